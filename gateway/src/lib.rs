@@ -1,0 +1,9 @@
+//! Sluice: an identity-aware gateway in the data path between people and the runtimes they
+//! reach. See ARCHITECTURE.md for the map; `frame` and `chain` hold the frame path.
+
+pub mod builtin;
+pub mod chain;
+pub mod frame;
+pub mod plugin_host;
+pub mod policy;
+pub mod runner;

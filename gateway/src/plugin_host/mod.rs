@@ -1,0 +1,685 @@
+//! The plugin host: runs untrusted Wasm components safely and fast.
+//!
+//! Architecture invariants:
+//! - This is the only module that depends on wasmtime.
+//! - One [`Engine`] per host; each plugin is compiled once (or loaded from the precompiled
+//!   cache) and kept as an `InstancePre`.
+//! - One instance per (session, plugin): a [`FilterInstance`] belongs to one session, so no
+//!   state crosses sessions.
+//! - Every call runs under a deadline (epoch interruption) and a memory limit. Any failure
+//!   (trap, deadline, memory, malformed verdict) is returned as a [`PluginError`]; the
+//!   instance is discarded and re-made before its next call. Nothing a plugin does can panic
+//!   or crash the gateway.
+//! - Plugins get no ambient authority: WASI is linked with an empty context (no files,
+//!   environment, sockets or inherited stdio), so the interfaces a Rust `std` guest imports
+//!   exist without granting anything.
+
+mod cache;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use cache::CacheOutcome;
+
+use crate::frame::{self, Content, Direction, Event, Frame, SessionInfo, SinkError, Verdict};
+use crate::policy::{PluginSpec, Source, World};
+
+mod bindings {
+    pub mod filter {
+        wasmtime::component::bindgen!({ path: "../wit", world: "filter" });
+    }
+    pub mod sink {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "sink",
+            with: {
+                "sluice:plugin/types": super::filter::sluice::plugin::types,
+                "sluice:plugin/log": super::filter::sluice::plugin::log,
+            },
+        });
+    }
+    mod conversions {
+        use super::filter::sluice::plugin::types as wit;
+        sluice_plugin_sdk::__impl_contract_conversions!();
+    }
+}
+use bindings::filter::sluice::plugin::log;
+
+/// The package every plugin's contract comes from.
+const CONTRACT: &str = "sluice:plugin@0.1.0";
+/// One epoch tick; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// `init` may compile patterns and build tables: it gets this multiple of the call deadline.
+const INIT_DEADLINE_FACTOR: u32 = 20;
+/// Plugin log messages are cut to this length.
+const MAX_LOG_MESSAGE: usize = 4096;
+
+/// Settings of the host, from the gateway's configuration.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Where precompiled components are kept; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// How many plugin instances may live at once (sessions × plugins in their chains).
+    pub max_instances: u32,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            cache_dir: None,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// Why a plugin call did not produce a usable answer. Whose fault: always the plugin's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// It ran past its deadline and was interrupted.
+    Deadline(Duration),
+    /// It tried to grow its memory past the limit.
+    Memory(usize),
+    /// It trapped (a panic, an unreachable, a bad memory access).
+    Trap(String),
+    /// It answered something the gateway cannot carry out.
+    Malformed(String),
+    /// Its `init` refused the configuration or the session.
+    Init(String),
+    /// It could not be instantiated (the instance pool is full, an import is missing).
+    Instantiate(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plugin `{plugin}` failed: {failure}")]
+pub struct PluginError {
+    pub plugin: String,
+    pub failure: Failure,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Deadline(d) => write!(
+                f,
+                "ran past its {} ms deadline and was stopped",
+                d.as_millis()
+            ),
+            Failure::Memory(limit) => {
+                write!(f, "tried to use more than its {limit} bytes of memory")
+            }
+            Failure::Trap(why) => write!(f, "trapped: {why}"),
+            Failure::Malformed(why) => write!(f, "returned a malformed verdict: {why}"),
+            Failure::Init(why) => write!(f, "init refused: {why}"),
+            Failure::Instantiate(why) => write!(f, "could not be instantiated: {why}"),
+        }
+    }
+}
+
+/// Errors loading a plugin: all are the operator's to fix, and say how.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{at}: cannot read {source_path}: {error}")]
+    Read {
+        at: String,
+        source_path: String,
+        error: std::io::Error,
+    },
+    #[error("{at}: {what}")]
+    Invalid { at: String, what: String },
+}
+
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<cache::ArtifactCache>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginHost").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginHost {
+    pub fn new(config: HostConfig) -> anyhow::Result<PluginHost> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances;
+        // A Rust guest component holds a few core instances and tables (its module plus the
+        // shims that wire up its imports) and one memory.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_tables(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .max_memory_size(crate::policy::MAX_MEMORY_BYTES as usize);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine =
+            Engine::new(&wasm).map_err(|e| anyhow::anyhow!("cannot start the Wasm engine: {e}"))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        log::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let cache = match config.cache_dir {
+            Some(dir) => Some(cache::ArtifactCache::open(&engine, dir)?),
+            None => None,
+        };
+
+        // One engine-wide clock for all deadlines: a tick per millisecond.
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticking.increment_epoch();
+                }
+            })?;
+        Ok(PluginHost {
+            engine,
+            linker,
+            cache,
+            ticker_stop,
+        })
+    }
+
+    /// Loads the plugin a policy declares: reads (or takes the built-in) component, checks
+    /// its pin and its world, compiles it or takes it from the cache, and links it.
+    pub fn load(&self, spec: &PluginSpec) -> Result<LoadedPlugin, LoadError> {
+        let bytes = read_source(spec)?;
+        self.load_bytes(spec, &bytes).map(|(plugin, _)| plugin)
+    }
+
+    /// Like [`PluginHost::load`], with the component's bytes given; also says whether the
+    /// precompiled cache was used.
+    pub fn load_bytes(
+        &self,
+        spec: &PluginSpec,
+        bytes: &[u8],
+    ) -> Result<(LoadedPlugin, CacheOutcome), LoadError> {
+        let invalid = |what: String| LoadError::Invalid {
+            at: format!("{} ({})", spec.declared_at, spec.source),
+            what,
+        };
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(pin) = spec.sha256
+            && pin != digest
+        {
+            return Err(invalid(format!(
+                "its SHA-256 is {} but the policy pins {}; refusing to load it",
+                hex::encode(digest),
+                hex::encode(pin)
+            )));
+        }
+        check_header(bytes).map_err(invalid)?;
+        let (component, outcome) = match &self.cache {
+            Some(cache) => cache.load(&self.engine, bytes, &digest),
+            None => Component::new(&self.engine, bytes).map(|c| (c, CacheOutcome::Compiled)),
+        }
+        .map_err(|e| invalid(format!("is not a valid component: {e:#}")))?;
+        let found = self.world_of(&component).map_err(invalid)?;
+        if found != spec.world {
+            return Err(invalid(format!(
+                "it implements the `{found}` world, but the policy declares `world = \"{}\"`",
+                spec.world
+            )));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("its imports cannot be satisfied: {e:#} (plugins may import only sluice:plugin/log and WASI)")))?;
+        let linked = match spec.world {
+            World::Filter => Linked::Filter(
+                bindings::filter::FilterPre::new(pre)
+                    .map_err(|e| invalid(format!("does not match the filter world: {e:#}")))?,
+            ),
+            World::Sink => Linked::Sink(
+                bindings::sink::SinkPre::new(pre)
+                    .map_err(|e| invalid(format!("does not match the sink world: {e:#}")))?,
+            ),
+        };
+        let plugin = LoadedPlugin(Arc::new(Loaded {
+            spec: spec.clone(),
+            digest,
+            linked,
+            engine: self.engine.clone(),
+        }));
+        Ok((plugin, outcome))
+    }
+
+    /// Compiles a component (without the cache) and says which world it implements and
+    /// what it imports.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<Inspection, String> {
+        check_header(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("is not a valid component: {e:#}"))?;
+        let world = self.world_of(&component)?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Ok(Inspection { world, imports })
+    }
+
+    /// Which world a component implements, judged by its exports and imports; errors say
+    /// what is foreign about it.
+    fn world_of(&self, component: &Component) -> Result<World, String> {
+        let ty = component.component_type();
+        let mut exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
+        exports.sort();
+        let foreign: Vec<&str> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name)
+            .filter(|name| {
+                !name.starts_with("wasi:")
+                    && !name.starts_with("sluice:plugin/log@")
+                    && !name.starts_with("sluice:plugin/types@")
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Err(format!(
+                "it imports {}, which Sluice does not provide (plugins may import only sluice:plugin/log and WASI)",
+                foreign.join(", ")
+            ));
+        }
+        match exports.as_slice() {
+            ["flush", "init", "on-frame"] => Ok(World::Filter),
+            ["deliver", "init"] => Ok(World::Sink),
+            other => Err(format!(
+                "its exports [{}] match no world of {CONTRACT} (filter exports init, on-frame, flush; sink exports init, deliver)",
+                other.join(", ")
+            )),
+        }
+    }
+}
+
+/// What [`PluginHost::inspect`] finds in a component.
+#[derive(Debug)]
+pub struct Inspection {
+    pub world: World,
+    pub imports: Vec<String>,
+}
+
+/// Reads a plugin's component bytes from its source.
+pub fn read_source(spec: &PluginSpec) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+    match &spec.source {
+        Source::Builtin(name) => {
+            crate::builtin::get(name)
+                .map(Into::into)
+                .ok_or_else(|| LoadError::Invalid {
+                    at: spec.declared_at.clone(),
+                    what: format!(
+                        "there is no built-in plugin `{name}` (built-ins: {})",
+                        crate::builtin::names().join(", ")
+                    ),
+                })
+        }
+        Source::File(path) => {
+            std::fs::read(path)
+                .map(Into::into)
+                .map_err(|error| LoadError::Read {
+                    at: spec.declared_at.clone(),
+                    source_path: path.display().to_string(),
+                    error,
+                })
+        }
+    }
+}
+
+/// A clear word for bytes that are not a component at all.
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    match bytes.get(..8) {
+        Some(h) if h.starts_with(MAGIC) && h[4..] == [1, 0, 0, 0] => Err(
+            "is a core WebAssembly module, not a component: build plugins with `cargo build --target wasm32-wasip2` \
+             (or wrap a module with `wasm-tools component new`)"
+                .into(),
+        ),
+        Some(h) if h.starts_with(MAGIC) => Ok(()),
+        _ => Err("is not WebAssembly (it does not start with \\0asm)".into()),
+    }
+}
+
+/// A compiled, linked plugin, ready to be instantiated for sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct LoadedPlugin(Arc<Loaded>);
+
+struct Loaded {
+    spec: PluginSpec,
+    digest: [u8; 32],
+    linked: Linked,
+    engine: Engine,
+}
+
+enum Linked {
+    Filter(bindings::filter::FilterPre<HostState>),
+    Sink(bindings::sink::SinkPre<HostState>),
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.0.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    pub fn spec(&self) -> &PluginSpec {
+        &self.0.spec
+    }
+
+    /// SHA-256 of the component, as recorded with every session that uses it.
+    pub fn digest(&self) -> [u8; 32] {
+        self.0.digest
+    }
+
+    /// A fresh instance of a filter plugin for one session, initialised. Init errors come
+    /// back here, so a session whose plugin refuses it never opens.
+    pub fn filter_instance(&self, session: &SessionInfo) -> Result<FilterInstance, PluginError> {
+        let mut instance = FilterInstance {
+            plugin: self.clone(),
+            session: session.clone(),
+            live: None,
+        };
+        instance.live()?;
+        Ok(instance)
+    }
+
+    pub fn sink_instance(&self) -> Result<SinkInstance, PluginError> {
+        let mut instance = SinkInstance {
+            plugin: self.clone(),
+            live: None,
+        };
+        instance.live()?;
+        Ok(instance)
+    }
+
+    fn error(&self, failure: Failure) -> PluginError {
+        PluginError {
+            plugin: self.0.spec.name.clone(),
+            failure,
+        }
+    }
+
+    /// A new store with this plugin's limits, for one instance.
+    fn store(&self, session: Option<&str>) -> Store<HostState> {
+        let spec = &self.0.spec;
+        let state = HostState {
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            table: ResourceTable::new(),
+            memory: MemoryLimit {
+                limit: spec.max_memory_bytes,
+                used: 0,
+                exceeded: false,
+            },
+            plugin: spec.name.clone(),
+            session: session.map(str::to_string),
+        };
+        let mut store = Store::new(&self.0.engine, state);
+        store.limiter(|state| &mut state.memory);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(spec.deadline * INIT_DEADLINE_FACTOR));
+        store
+    }
+
+    /// Turns a wasmtime error from a call into the plugin's failure.
+    fn classify(&self, store: &Store<HostState>, error: wasmtime::Error) -> PluginError {
+        let spec = &self.0.spec;
+        let failure = if store.data().memory.exceeded {
+            Failure::Memory(spec.max_memory_bytes)
+        } else {
+            match error.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => Failure::Deadline(spec.deadline),
+                Some(trap) => Failure::Trap(trap.to_string()),
+                None => Failure::Trap(format!("{error:#}")),
+            }
+        };
+        self.error(failure)
+    }
+}
+
+fn ticks(deadline: Duration) -> u64 {
+    (deadline.as_micros() / TICK.as_micros()).max(1) as u64
+}
+
+/// One filter plugin's instance for one session.
+pub struct FilterInstance {
+    plugin: LoadedPlugin,
+    session: SessionInfo,
+    /// `None` after a failure: the next call makes a fresh instance.
+    live: Option<(Store<HostState>, bindings::filter::Filter)>,
+}
+
+impl fmt::Debug for FilterInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterInstance")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FilterInstance {
+    pub fn plugin(&self) -> &LoadedPlugin {
+        &self.plugin
+    }
+
+    /// The plugin's verdict on one frame, checked. On any failure the instance is dropped.
+    pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
+        let wit_frame = frame.clone().into();
+        let verdict: Verdict = self
+            .call(|store, filter| filter.call_on_frame(store, &wit_frame))?
+            .into();
+        if let Err(why) = frame::check_verdict(frame, &verdict) {
+            self.live = None;
+            return Err(self.plugin.error(Failure::Malformed(why)));
+        }
+        Ok(verdict)
+    }
+
+    /// What the plugin still buffers for `direction`.
+    pub fn flush(&mut self, direction: Direction) -> Result<Option<Content>, PluginError> {
+        let content = self.call(|store, filter| filter.call_flush(store, direction.into()))?;
+        Ok(content.map(Into::into))
+    }
+
+    /// Bytes of linear memory the live instance uses (0 when there is none).
+    pub fn memory_bytes(&self) -> usize {
+        self.live
+            .as_ref()
+            .map_or(0, |(store, _)| store.data().memory.used)
+    }
+
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<HostState>, &bindings::filter::Filter) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let plugin = self.plugin.clone();
+        let (store, filter) = self.live()?;
+        store.set_epoch_deadline(ticks(plugin.0.spec.deadline));
+        match f(store, filter) {
+            Ok(result) => Ok(result),
+            Err(error) => {
+                let error = plugin.classify(store, error);
+                self.live = None;
+                Err(error)
+            }
+        }
+    }
+
+    fn live(&mut self) -> Result<&mut (Store<HostState>, bindings::filter::Filter), PluginError> {
+        if self.live.is_none() {
+            let Linked::Filter(pre) = &self.plugin.0.linked else {
+                return Err(self
+                    .plugin
+                    .error(Failure::Instantiate("not a filter plugin".into())));
+            };
+            let mut store = self.plugin.store(Some(&self.session.id));
+            let filter = pre
+                .instantiate(&mut store)
+                .map_err(|e| self.plugin.error(Failure::Instantiate(format!("{e:#}"))))?;
+            let session = self.session.clone().into();
+            match filter.call_init(&mut store, &self.plugin.0.spec.config_json, &session) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(self.plugin.error(Failure::Init(message))),
+                Err(e) => return Err(self.plugin.classify(&store, e)),
+            }
+            self.live = Some((store, filter));
+        }
+        // Just filled above; the `let else` keeps the data path free of panics.
+        let Some(live) = self.live.as_mut() else {
+            unreachable!("instance was just made")
+        };
+        Ok(live)
+    }
+}
+
+/// One sink plugin's instance.
+pub struct SinkInstance {
+    plugin: LoadedPlugin,
+    live: Option<(Store<HostState>, bindings::sink::Sink)>,
+}
+
+impl SinkInstance {
+    /// Delivers one batch. The outer error is the plugin failing; the inner one is the
+    /// plugin's own answer (retry later, or never).
+    pub fn deliver(&mut self, batch: &[Event]) -> Result<Result<(), SinkError>, PluginError> {
+        let plugin = self.plugin.clone();
+        let batch: Vec<_> = batch.iter().cloned().map(Into::into).collect();
+        let (store, sink) = self.live()?;
+        store.set_epoch_deadline(ticks(plugin.0.spec.deadline));
+        match sink.call_deliver(&mut *store, &batch) {
+            Ok(answer) => Ok(answer.map_err(Into::into)),
+            Err(error) => {
+                let error = plugin.classify(store, error);
+                self.live = None;
+                Err(error)
+            }
+        }
+    }
+
+    fn live(&mut self) -> Result<&mut (Store<HostState>, bindings::sink::Sink), PluginError> {
+        if self.live.is_none() {
+            let Linked::Sink(pre) = &self.plugin.0.linked else {
+                return Err(self
+                    .plugin
+                    .error(Failure::Instantiate("not a sink plugin".into())));
+            };
+            let mut store = self.plugin.store(None);
+            let sink = pre
+                .instantiate(&mut store)
+                .map_err(|e| self.plugin.error(Failure::Instantiate(format!("{e:#}"))))?;
+            match sink.call_init(&mut store, &self.plugin.0.spec.config_json) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(self.plugin.error(Failure::Init(message))),
+                Err(e) => return Err(self.plugin.classify(&store, e)),
+            }
+            self.live = Some((store, sink));
+        }
+        let Some(live) = self.live.as_mut() else {
+            unreachable!("instance was just made")
+        };
+        Ok(live)
+    }
+}
+
+/// What one instance's store holds: an empty WASI context and its limits.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimit,
+    plugin: String,
+    session: Option<String>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let session = self.session.as_deref().unwrap_or("-");
+        let (plugin, fields) = (&self.plugin, format!("{fields:?}"));
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, session, fields, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, session, fields, "{message}"),
+            log::Level::Info => tracing::info!(plugin, session, fields, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, session, fields, "{message}"),
+            log::Level::Error => tracing::error!(plugin, session, fields, "{message}"),
+        }
+    }
+}
+
+/// The per-instance memory limit: the sum of all of an instance's linear memories.
+struct MemoryLimit {
+    limit: usize,
+    used: usize,
+    exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.limit {
+            // Trap rather than let the guest see a failed grow: a Rust guest would abort
+            // anyway, and a trap tells the operator why.
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes exceeded",
+                self.limit
+            )));
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

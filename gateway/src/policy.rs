@@ -1,0 +1,458 @@
+//! Policies: TOML files that declare plugins with their settings and bind them, in order, to
+//! connections. Parsed into [`PolicyFile`] (what the user wrote), then validated into a
+//! [`Policy`] that cannot be invalid: every error names the file, the key and the fix.
+//!
+//! ```toml
+//! [plugins.redact]
+//! source = "builtin:example-redact"   # or a .wasm path, relative to this file
+//! world = "filter"                    # or "sink"
+//! deadline_ms = 50                    # per call
+//! max_memory_bytes = 67108864
+//! on_error = "deny"                   # "pass" only for plugins that guard nothing
+//! sha256 = "…"                        # optional pin of the component's digest
+//! config = { literal = "hunter2" }    # the plugin's own settings, passed to init as JSON
+//!
+//! [chains]
+//! shell = ["redact"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Defaults per world: filters sit in the data path and get short deadlines; sinks do
+/// network I/O and get long ones.
+pub const FILTER_DEADLINE_MS: u64 = 50;
+pub const SINK_DEADLINE_MS: u64 = 10_000;
+pub const MAX_DEADLINE_MS: u64 = 60_000;
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 64 << 20;
+/// A Rust guest starts with about 1.1 MiB of linear memory; less cannot even instantiate.
+pub const MIN_MEMORY_BYTES: u64 = 2 << 20;
+/// The plugin host reserves this much address space per instance; no limit can exceed it.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    plugins: BTreeMap<String, PluginEntry>,
+    #[serde(default)]
+    chains: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginEntry {
+    source: String,
+    #[serde(default)]
+    world: World,
+    deadline_ms: Option<u64>,
+    max_memory_bytes: Option<u64>,
+    #[serde(default)]
+    on_error: OnError,
+    sha256: Option<String>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    #[default]
+    Filter,
+    Sink,
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            World::Filter => "filter",
+            World::Sink => "sink",
+        })
+    }
+}
+
+/// What happens to a frame when its plugin fails (traps, overruns, answers garbage).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail closed: the frame is denied. The default, and the only sound choice for a plugin
+    /// that guards anything.
+    #[default]
+    Deny,
+    /// Fail open: the frame goes on as if the plugin had passed it.
+    Pass,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Builtin(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Builtin(name) => write!(f, "builtin:{name}"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A plugin as the policy declares it, validated.
+#[derive(Clone, Debug)]
+pub struct PluginSpec {
+    pub name: String,
+    pub source: Source,
+    pub world: World,
+    pub deadline: Duration,
+    pub max_memory_bytes: usize,
+    pub on_error: OnError,
+    pub sha256: Option<[u8; 32]>,
+    /// The plugin's `config` table as JSON, the form `init` receives.
+    pub config_json: String,
+    /// The policy file and key that declared it, for error messages.
+    pub declared_at: String,
+}
+
+impl PluginSpec {
+    /// A spec for a plugin outside any policy (the local runner, tests): world defaults.
+    pub fn standalone(name: &str, source: Source, world: World, config_json: String) -> Self {
+        let deadline_ms = match world {
+            World::Filter => FILTER_DEADLINE_MS,
+            World::Sink => SINK_DEADLINE_MS,
+        };
+        PluginSpec {
+            name: name.to_string(),
+            source,
+            world,
+            deadline: Duration::from_millis(deadline_ms),
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES as usize,
+            on_error: OnError::Deny,
+            sha256: None,
+            config_json,
+            declared_at: format!("plugin {name}"),
+        }
+    }
+}
+
+/// All policy files of a deployment, merged and validated.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub plugins: BTreeMap<String, PluginSpec>,
+    /// Filter chains by connection name, in order. Chains for the same connection from
+    /// several files are concatenated in file-name order.
+    pub chains: BTreeMap<String, Vec<String>>,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("policy {file}: {message}")]
+pub struct PolicyError {
+    pub file: String,
+    pub message: String,
+}
+
+impl PolicyError {
+    fn new(file: &Path, message: impl Into<String>) -> Self {
+        PolicyError {
+            file: file.display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Policy {
+    /// Loads every `*.toml` in `dir` (not recursively), in file-name order.
+    pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| PolicyError::new(dir, format!("cannot read the policy folder: {e}")))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        Policy::load_files(&files)
+    }
+
+    pub fn load_files(files: &[PathBuf]) -> Result<Policy, PolicyError> {
+        let mut policy = Policy::default();
+        for file in files {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| PolicyError::new(file, format!("cannot read: {e}")))?;
+            policy.add(file, &text)?;
+        }
+        policy.check_chains()?;
+        Ok(policy)
+    }
+
+    /// Parses one file's text and merges it in. `file` names it in errors and anchors
+    /// relative plugin paths.
+    pub fn add(&mut self, file: &Path, text: &str) -> Result<(), PolicyError> {
+        let parsed: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::new(file, e.to_string()))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        for (name, entry) in parsed.plugins {
+            let at = format!("{}: plugins.{name}", file.display());
+            if let Some(existing) = self.plugins.get(&name) {
+                return Err(PolicyError::new(
+                    file,
+                    format!(
+                        "plugins.{name} is already defined at {}; plugin names are global, rename one",
+                        existing.declared_at
+                    ),
+                ));
+            }
+            let spec = validate_plugin(&name, entry, base, at)
+                .map_err(|m| PolicyError::new(file, format!("plugins.{name}.{m}")))?;
+            self.plugins.insert(name, spec);
+        }
+        for (connection, chain) in parsed.chains {
+            self.chains.entry(connection).or_default().extend(chain);
+        }
+        self.files.push(file.to_path_buf());
+        Ok(())
+    }
+
+    /// Every name in a chain must be a filter plugin that some file defines.
+    fn check_chains(&self) -> Result<(), PolicyError> {
+        let file = self
+            .files
+            .first()
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new("policies"));
+        for (connection, chain) in &self.chains {
+            for name in chain {
+                match self.plugins.get(name) {
+                    None => {
+                        return Err(PolicyError::new(
+                            file,
+                            format!(
+                                "chains.{connection}: plugin `{name}` is not defined (add a [plugins.{name}] table)"
+                            ),
+                        ));
+                    }
+                    Some(spec) if spec.world != World::Filter => {
+                        return Err(PolicyError::new(
+                            file,
+                            format!(
+                                "chains.{connection}: plugin `{name}` is a {} plugin; chains take filter plugins only",
+                                spec.world
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The filter plugins bound to `connection`, in order.
+    pub fn chain(&self, connection: &str) -> Vec<&PluginSpec> {
+        let names = self
+            .chains
+            .get(connection)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        names.iter().filter_map(|n| self.plugins.get(n)).collect()
+    }
+}
+
+/// Validates one plugin table; the error is `KEY: reason` for the caller to prefix.
+fn validate_plugin(
+    name: &str,
+    entry: PluginEntry,
+    base: &Path,
+    declared_at: String,
+) -> Result<PluginSpec, String> {
+    let source = match entry.source.strip_prefix("builtin:") {
+        Some(builtin) => {
+            if crate::builtin::get(builtin).is_none() {
+                return Err(format!(
+                    "source: there is no built-in plugin `{builtin}` (built-ins: {})",
+                    crate::builtin::names().join(", ")
+                ));
+            }
+            Source::Builtin(builtin.to_string())
+        }
+        None => {
+            let path = base.join(&entry.source);
+            if !path.is_file() {
+                return Err(format!(
+                    "source: no file at {} (build the plugin with `cargo build --release --target wasm32-wasip2`, or fix the path; relative paths start at the policy file's folder)",
+                    path.display()
+                ));
+            }
+            Source::File(path)
+        }
+    };
+    let default_deadline = match entry.world {
+        World::Filter => FILTER_DEADLINE_MS,
+        World::Sink => SINK_DEADLINE_MS,
+    };
+    let deadline_ms = entry.deadline_ms.unwrap_or(default_deadline);
+    if deadline_ms == 0 || deadline_ms > MAX_DEADLINE_MS {
+        return Err(format!(
+            "deadline_ms: {deadline_ms} is out of range (1 to {MAX_DEADLINE_MS})"
+        ));
+    }
+    let memory = entry.max_memory_bytes.unwrap_or(DEFAULT_MAX_MEMORY_BYTES);
+    if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&memory) {
+        return Err(format!(
+            "max_memory_bytes: {memory} is out of range ({MIN_MEMORY_BYTES} to {MAX_MEMORY_BYTES})"
+        ));
+    }
+    let sha256 = match entry.sha256 {
+        None => None,
+        Some(hex_digest) => {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(hex_digest.trim(), &mut digest).map_err(|_| {
+                "sha256: expected 64 hexadecimal digits (see `sluice plugin check FILE`)"
+                    .to_string()
+            })?;
+            Some(digest)
+        }
+    };
+    let config_json = serde_json::to_string(&entry.config).map_err(|e| format!("config: {e}"))?;
+    Ok(PluginSpec {
+        name: name.to_string(),
+        source,
+        world: entry.world,
+        deadline: Duration::from_millis(deadline_ms),
+        max_memory_bytes: memory as usize,
+        on_error: entry.on_error,
+        sha256,
+        config_json,
+        declared_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let mut policy = Policy::default();
+        policy.add(Path::new("policies/test.toml"), text)?;
+        policy.check_chains()?;
+        Ok(policy)
+    }
+
+    #[test]
+    fn a_full_plugin_table_parses_with_defaults() {
+        let policy = parse(
+            r#"
+            [plugins.redact]
+            source = "builtin:example-redact"
+            config = { literal = "hunter2", nested = { list = [1, 2] } }
+            [chains]
+            shell = ["redact"]
+            "#,
+        )
+        .unwrap();
+        let spec = &policy.plugins["redact"];
+        assert_eq!(spec.deadline, Duration::from_millis(FILTER_DEADLINE_MS));
+        assert_eq!(spec.on_error, OnError::Deny);
+        assert_eq!(
+            spec.config_json,
+            r#"{"literal":"hunter2","nested":{"list":[1,2]}}"#
+        );
+        assert_eq!(policy.chain("shell").len(), 1);
+        assert!(policy.chain("python").is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_and_the_key() {
+        let err =
+            parse("[plugins.x]\nsource = \"builtin:passthrough\"\ndeadline = 5\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("policy policies/test.toml:"), "{text}");
+        assert!(text.contains("unknown field `deadline`"), "{text}");
+    }
+
+    #[test]
+    fn missing_files_and_builtins_are_named_with_a_fix() {
+        let err = parse("[plugins.x]\nsource = \"nowhere/mask.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugins.x.source: no file at policies/nowhere/mask.wasm"),
+            "{err}"
+        );
+        assert!(err.contains("cargo build"), "{err}");
+        let err = parse("[plugins.x]\nsource = \"builtin:nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no built-in plugin `nope` (built-ins: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chains_name_defined_filter_plugins_only() {
+        let err = parse("[chains]\nshell = [\"ghost\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chains.shell: plugin `ghost` is not defined"),
+            "{err}"
+        );
+        let err = parse("[plugins.s]\nsource = \"builtin:passthrough\"\nworld = \"sink\"\n[chains]\nshell = [\"s\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is a sink plugin; chains take filter plugins only"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_and_pins_are_checked() {
+        let err = parse("[plugins.x]\nsource = \"builtin:passthrough\"\ndeadline_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugins.x.deadline_ms: 0 is out of range"),
+            "{err}"
+        );
+        let err = parse("[plugins.x]\nsource = \"builtin:passthrough\"\nmax_memory_bytes = 1024\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plugins.x.max_memory_bytes"), "{err}");
+        let err = parse("[plugins.x]\nsource = \"builtin:passthrough\"\nsha256 = \"abc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugins.x.sha256: expected 64 hexadecimal digits"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_plugin_names_across_files_are_refused() {
+        let mut policy = Policy::default();
+        policy
+            .add(
+                Path::new("a.toml"),
+                "[plugins.x]\nsource = \"builtin:passthrough\"\n",
+            )
+            .unwrap();
+        let err = policy
+            .add(
+                Path::new("b.toml"),
+                "[plugins.x]\nsource = \"builtin:passthrough\"\n",
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("already defined at a.toml: plugins.x"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Conversions between the SDK's types and bindings generated from `wit/plugin.wit`.
+//!
+//! wit-bindgen (in plugins) and wasmtime's `bindgen!` (in the gateway) generate types of the
+//! same shape from the same contract, so one macro serves both sides. The caller brings the
+//! generated `types` interface into scope as `wit`.
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_contract_conversions {
+    () => {
+        $crate::__impl_contract_conversions!(@enum Direction { ClientToTarget, TargetToClient });
+        $crate::__impl_contract_conversions!(@enum CellFormat { Text, Binary });
+        $crate::__impl_contract_conversions!(@record Identity { subject, name, groups });
+        $crate::__impl_contract_conversions!(@record SessionInfo { id, connection, protocol, identity(into), started_at_ms });
+        $crate::__impl_contract_conversions!(@record Column { name, table, table_oid, type_oid, format(into) });
+        $crate::__impl_contract_conversions!(@record Statement { text, params });
+        $crate::__impl_contract_conversions!(@record Frame { seq, direction(into), timestamp_ms, content(into) });
+        $crate::__impl_contract_conversions!(@record Verdict { action(into), record_as(opt) });
+        $crate::__impl_contract_conversions!(@record Event { index, session, seq, kind, time_ms, meta, payload });
+        $crate::__impl_contract_conversions!(@variant Content {
+            Bytes(b) => b,
+            Line(l) => l,
+            Statement(s) => s.into(),
+            Columns(c) => c.into_iter().map(Into::into).collect(),
+            Row(r) => r,
+        });
+        $crate::__impl_contract_conversions!(@variant SinkError { Retryable(m) => m, Permanent(m) => m });
+
+        impl From<wit::Action> for $crate::Action {
+            fn from(a: wit::Action) -> Self {
+                match a {
+                    wit::Action::Pass => $crate::Action::Pass,
+                    wit::Action::Replace(c) => $crate::Action::Replace(c.into()),
+                    wit::Action::Hold(r) => $crate::Action::Hold(r),
+                    wit::Action::Deny(r) => $crate::Action::Deny(r),
+                }
+            }
+        }
+        impl From<$crate::Action> for wit::Action {
+            fn from(a: $crate::Action) -> Self {
+                match a {
+                    $crate::Action::Pass => wit::Action::Pass,
+                    $crate::Action::Replace(c) => wit::Action::Replace(c.into()),
+                    $crate::Action::Hold(r) => wit::Action::Hold(r),
+                    $crate::Action::Deny(r) => wit::Action::Deny(r),
+                }
+            }
+        }
+    };
+    (@enum $ty:ident { $($case:ident),* }) => {
+        impl From<wit::$ty> for $crate::$ty {
+            fn from(v: wit::$ty) -> Self {
+                match v { $(wit::$ty::$case => $crate::$ty::$case),* }
+            }
+        }
+        impl From<$crate::$ty> for wit::$ty {
+            fn from(v: $crate::$ty) -> Self {
+                match v { $($crate::$ty::$case => wit::$ty::$case),* }
+            }
+        }
+    };
+    (@record $ty:ident { $($field:ident $(($how:ident))?),* }) => {
+        impl From<wit::$ty> for $crate::$ty {
+            fn from(v: wit::$ty) -> Self {
+                $crate::$ty { $($field: $crate::__impl_contract_conversions!(@field v.$field $($how)?)),* }
+            }
+        }
+        impl From<$crate::$ty> for wit::$ty {
+            fn from(v: $crate::$ty) -> Self {
+                wit::$ty { $($field: $crate::__impl_contract_conversions!(@field v.$field $($how)?)),* }
+            }
+        }
+    };
+    // A field is moved as it is, converted (`into`), or converted inside an option (`opt`).
+    (@field $v:ident . $field:ident) => { $v.$field };
+    (@field $v:ident . $field:ident into) => { $v.$field.into() };
+    (@field $v:ident . $field:ident opt) => { $v.$field.map(Into::into) };
+    (@variant $ty:ident { $($case:ident($x:ident) => $conv:expr),* $(,)? }) => {
+        impl From<wit::$ty> for $crate::$ty {
+            fn from(v: wit::$ty) -> Self {
+                match v { $(wit::$ty::$case($x) => $crate::$ty::$case($conv)),* }
+            }
+        }
+        impl From<$crate::$ty> for wit::$ty {
+            fn from(v: $crate::$ty) -> Self {
+                match v { $($crate::$ty::$case($x) => wit::$ty::$case($conv)),* }
+            }
+        }
+    };
+}

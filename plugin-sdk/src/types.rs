@@ -1,0 +1,182 @@
+//! Plain Rust mirrors of the contract's types (`wit/plugin.wit`), so plugin logic never
+//! touches generated bindings and can be tested natively.
+
+use serde::de::DeserializeOwned;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub connection: String,
+    pub protocol: String,
+    pub identity: Identity,
+    pub started_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ClientToTarget,
+    TargetToClient,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellFormat {
+    Text,
+    Binary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub table: Option<String>,
+    pub table_oid: u32,
+    pub type_oid: u32,
+    pub format: CellFormat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub text: String,
+    /// Bound parameters; `None` is NULL.
+    pub params: Vec<Option<Vec<u8>>>,
+}
+
+/// A result row: one cell per column, `None` for NULL.
+pub type Cells = Vec<Option<Vec<u8>>>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Bytes(Vec<u8>),
+    Line(String),
+    Statement(Statement),
+    Columns(Vec<Column>),
+    Row(Cells),
+}
+
+impl Content {
+    /// The content as text, where it is text: bytes that are valid UTF-8, a line, a
+    /// statement's text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Content::Bytes(bytes) => std::str::from_utf8(bytes).ok(),
+            Content::Line(line) => Some(line),
+            Content::Statement(statement) => Some(&statement.text),
+            Content::Columns(_) | Content::Row(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub seq: u64,
+    pub direction: Direction,
+    pub timestamp_ms: u64,
+    pub content: Content,
+}
+
+impl Frame {
+    /// A frame for tests: sequence number 1, time 0.
+    pub fn new(direction: Direction, content: Content) -> Self {
+        Frame {
+            seq: 1,
+            direction,
+            timestamp_ms: 0,
+            content,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Replace(Content),
+    Hold(String),
+    Deny(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    pub record_as: Option<Content>,
+}
+
+impl Verdict {
+    pub fn pass() -> Self {
+        Self::from(Action::Pass)
+    }
+    pub fn replace(content: Content) -> Self {
+        Self::from(Action::Replace(content))
+    }
+    pub fn hold(reason: impl Into<String>) -> Self {
+        Self::from(Action::Hold(reason.into()))
+    }
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Self::from(Action::Deny(reason.into()))
+    }
+    /// Record (and ship to sinks) `content` instead of what is forwarded.
+    pub fn record_as(mut self, content: Content) -> Self {
+        self.record_as = Some(content);
+        self
+    }
+}
+
+impl From<Action> for Verdict {
+    fn from(action: Action) -> Self {
+        Verdict {
+            action,
+            record_as: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub index: u64,
+    pub session: String,
+    pub seq: u64,
+    pub kind: String,
+    pub time_ms: u64,
+    /// A JSON object.
+    pub meta: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkError {
+    Retryable(String),
+    Permanent(String),
+}
+
+/// The plugin's table from the policy, as the gateway passed it (JSON).
+#[derive(Clone, Debug)]
+pub struct Config {
+    json: String,
+}
+
+impl Config {
+    pub fn from_json(json: impl Into<String>) -> Self {
+        Config { json: json.into() }
+    }
+
+    /// The raw JSON text.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Deserialize the configuration into the plugin's own settings type. Use
+    /// `#[serde(deny_unknown_fields)]` on it so a typo in a policy is an error, not a no-op.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let json = if self.json.trim().is_empty() {
+            "{}"
+        } else {
+            &self.json
+        };
+        serde_json::from_str(json).map_err(|e| format!("invalid configuration: {e}"))
+    }
+}

@@ -1,0 +1,62 @@
+//! A filter that does what each input line tells it to, including the things a plugin must
+//! never be allowed to get away with.
+
+use sluice_plugin_sdk::{Config, Content, Filter, Frame, SessionInfo, Verdict};
+
+pub struct Antics {
+    remembered: Option<String>,
+    frames_seen: u64,
+}
+
+impl Filter for Antics {
+    fn init(config: &Config, _session: &SessionInfo) -> Result<Self, String> {
+        if config.json().contains("fail-init") {
+            return Err("asked to fail".into());
+        }
+        Ok(Antics {
+            remembered: None,
+            frames_seen: 0,
+        })
+    }
+
+    fn on_frame(&mut self, frame: &Frame) -> Verdict {
+        self.frames_seen += 1;
+        let Content::Line(line) = &frame.content else {
+            return Verdict::pass();
+        };
+        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("loop", _) => loop {
+                std::hint::black_box(&mut self.frames_seen);
+            },
+            ("alloc", _) => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            ("panic", _) => panic!("asked to panic"),
+            // A row for a line frame: a malformed verdict the host must refuse.
+            ("garbage", _) => Verdict::replace(Content::Row(vec![None])),
+            ("hold", reason) => Verdict::hold(reason),
+            ("deny", reason) => Verdict::deny(reason),
+            ("remember", value) => {
+                self.remembered = Some(value.to_string());
+                Verdict::pass()
+            }
+            ("recall", _) => {
+                let text = self
+                    .remembered
+                    .clone()
+                    .unwrap_or_else(|| "(nothing)".into());
+                Verdict::replace(Content::Line(text))
+            }
+            ("count", _) => Verdict::replace(Content::Line(self.frames_seen.to_string())),
+            ("secret", value) => Verdict::pass()
+                .record_as(Content::Line(format!("secret {}", "*".repeat(value.len())))),
+            _ => Verdict::pass(),
+        }
+    }
+}
+
+sluice_plugin_sdk::export_filter!(Antics);
