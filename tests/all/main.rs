@@ -1,1 +1,7 @@
-fn main() {}
+//! All integration and end-to-end tests, in one binary (one link step). A module per area.
+//! The Wasm guests and plugins they load are real components, built from `tests/guests/` and
+//! `plugins/` by the gateway's build script.
+
+mod cli;
+mod plugin_host;
+mod support;

@@ -1,10 +1,11 @@
 //! A filter that does what each input line tells it to, including the things a plugin must
 //! never be allowed to get away with.
 
-use sluice_plugin_sdk::{Config, Content, Filter, Frame, SessionInfo, Verdict};
+use sluice_plugin_sdk::{Config, Content, Direction, Filter, Frame, SessionInfo, Verdict};
 
 pub struct Antics {
     remembered: Option<String>,
+    stash: Option<String>,
     frames_seen: u64,
 }
 
@@ -15,6 +16,7 @@ impl Filter for Antics {
         }
         Ok(Antics {
             remembered: None,
+            stash: None,
             frames_seen: 0,
         })
     }
@@ -51,11 +53,20 @@ impl Filter for Antics {
                     .unwrap_or_else(|| "(nothing)".into());
                 Verdict::replace(Content::Line(text))
             }
+            // Held back until the host flushes, as a buffering masker does with a partial match.
+            ("stash", value) => {
+                self.stash = Some(value.to_string());
+                Verdict::replace(Content::Line(String::new()))
+            }
             ("count", _) => Verdict::replace(Content::Line(self.frames_seen.to_string())),
             ("secret", value) => Verdict::pass()
                 .record_as(Content::Line(format!("secret {}", "*".repeat(value.len())))),
             _ => Verdict::pass(),
         }
+    }
+
+    fn flush(&mut self, _direction: Direction) -> Option<Content> {
+        self.stash.take().map(Content::Line)
     }
 }
 
