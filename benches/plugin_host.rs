@@ -1,1 +1,125 @@
-fn main() {}
+//! Plugin host figures (issue 2): a 200-byte frame through 0, 1 and 3 pass-through plugins,
+//! a new per-session instance, and loading a plugin compiled vs from the precompiled cache.
+//!
+//! cargo bench -p sluice-gateway --bench plugin_host
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use sluice::chain::Chain;
+use sluice::frame::{Content, Direction, Frame, SessionInfo};
+use sluice::plugin_host::{CacheOutcome, HostConfig, PluginHost};
+use sluice::policy::{PluginSpec, Source, World};
+
+fn passthrough() -> PluginSpec {
+    PluginSpec::standalone(
+        "passthrough",
+        Source::Builtin("passthrough".into()),
+        World::Filter,
+        "{}".into(),
+    )
+}
+
+fn session() -> SessionInfo {
+    SessionInfo {
+        id: "bench".into(),
+        connection: "bench".into(),
+        protocol: "exec".into(),
+        ..SessionInfo::default()
+    }
+}
+
+fn frame_through_chain(c: &mut Criterion) {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let plugin = host.load(&passthrough()).unwrap();
+    let frame = Frame {
+        seq: 1,
+        direction: Direction::TargetToClient,
+        timestamp_ms: 0,
+        content: Content::Bytes(vec![b'x'; 200]),
+    };
+    let mut group = c.benchmark_group("frame_200B");
+    for n in [0, 1, 3] {
+        let mut chain = Chain::new(&vec![plugin.clone(); n], &session()).unwrap();
+        group.bench_function(format!("{n}_passthrough"), |b| {
+            b.iter(|| black_box(chain.on_frame(frame.clone())))
+        });
+    }
+    group.finish();
+}
+
+/// Instances kept alive per batch before they are dropped (unmeasured): well under the pool.
+const FEW: BatchSize = BatchSize::NumIterations(200);
+
+fn new_session_instance(c: &mut Criterion) {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let passthrough = host.load(&passthrough()).unwrap();
+    let redact = host
+        .load(&PluginSpec::standalone(
+            "redact",
+            Source::Builtin("example-redact".into()),
+            World::Filter,
+            r#"{"literal":"hunter2"}"#.into(),
+        ))
+        .unwrap();
+    let session = session();
+    let mut group = c.benchmark_group("instance");
+    // What a session waits for at open: instantiate and init. The instance is dropped outside
+    // the measurement (at session end, off the data path)...
+    group.bench_function("new_passthrough", |b| {
+        b.iter_batched(
+            || (),
+            |()| passthrough.filter_instance(&session).unwrap(),
+            FEW,
+        )
+    });
+    group.bench_function("new_example_redact", |b| {
+        b.iter_batched(|| (), |()| redact.filter_instance(&session).unwrap(), FEW)
+    });
+    // ...and the whole per-session cost, with the drop that resets the pooled slot.
+    group.bench_function("new_and_drop_passthrough", |b| {
+        b.iter(|| drop(black_box(passthrough.filter_instance(&session).unwrap())))
+    });
+    group.finish();
+}
+
+fn load_plugin(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = PluginHost::new(HostConfig {
+        cache_dir: Some(dir.path().into()),
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let uncached = PluginHost::new(HostConfig::default()).unwrap();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    for name in ["passthrough", "example-redact"] {
+        let spec = PluginSpec::standalone(
+            name,
+            Source::Builtin(name.into()),
+            World::Filter,
+            "{}".into(),
+        );
+        let bytes = sluice::plugin_host::read_source(&spec).unwrap();
+        group.bench_function(format!("{name}_compile"), |b| {
+            b.iter(|| black_box(uncached.load_bytes(&spec, &bytes).unwrap()))
+        });
+        cached.load_bytes(&spec, &bytes).unwrap();
+        group.bench_function(format!("{name}_from_cache"), |b| {
+            b.iter(|| {
+                let (plugin, outcome) = cached.load_bytes(&spec, &bytes).unwrap();
+                assert_eq!(outcome, CacheOutcome::Cached);
+                black_box(plugin)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = frame_through_chain, new_session_instance, load_plugin
+}
+criterion_main!(benches);

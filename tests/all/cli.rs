@@ -13,16 +13,28 @@ fn run_with_input(args: &[&str], input: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
 fn plugin_check_names_the_world_and_refuses_foreign_files() {
     let (ok, out, _) = run_with_input(&["plugin", "check", "builtin:example-redact"], "");
     assert!(ok);
-    assert!(out.contains("a `filter` plugin of sluice:plugin@0.1.0"), "{out}");
+    assert!(
+        out.contains("a `filter` plugin of sluice:plugin@0.1.0"),
+        "{out}"
+    );
     assert!(out.contains("sha256: "), "{out}");
 
     let sink = guest("sink-count");
@@ -41,14 +53,28 @@ fn plugin_check_names_the_world_and_refuses_foreign_files() {
 #[test]
 fn plugin_run_prints_a_verdict_per_frame_with_time_and_memory() {
     let input = "{\"line\": \"echo hunter2\"}\n{\"direction\": \"target-to-client\", \"row\": [\"hunter2\", null]}\n{\"line\": \"ls\"}\n";
-    let (ok, out, err) =
-        run_with_input(&["plugin", "run", "builtin:example-redact", "--config", "literal=hunter2"], input);
+    let (ok, out, err) = run_with_input(
+        &[
+            "plugin",
+            "run",
+            "builtin:example-redact",
+            "--config",
+            "literal=hunter2",
+        ],
+        input,
+    );
     assert!(ok, "{err}");
-    let reports: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reports: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(reports.len(), 3);
     assert_eq!(reports[0]["verdict"], "replace");
     assert_eq!(reports[0]["content"]["line"], "echo [REDACTED]");
-    assert_eq!(reports[1]["content"]["row"], serde_json::json!(["[REDACTED]", null]));
+    assert_eq!(
+        reports[1]["content"]["row"],
+        serde_json::json!(["[REDACTED]", null])
+    );
     assert_eq!(reports[2]["verdict"], "pass");
     for r in &reports {
         assert!(r["time_us"].as_f64().unwrap() > 0.0);
@@ -61,7 +87,13 @@ fn plugin_run_takes_a_config_file_and_reports_bad_input_lines() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("redact.toml");
     std::fs::write(&config, "literal = \"tiger\"\nreplacement = \"#\"\n").unwrap();
-    let args = ["plugin", "run", "builtin:example-redact", "--config-file", config.to_str().unwrap()];
+    let args = [
+        "plugin",
+        "run",
+        "builtin:example-redact",
+        "--config-file",
+        config.to_str().unwrap(),
+    ];
     let (ok, out, _) = run_with_input(&args, "{\"bytes\": \"a tiger\"}\n");
     assert!(ok);
     assert!(out.contains(r#""bytes":"a #""#), "{out}");
@@ -74,10 +106,17 @@ fn plugin_run_takes_a_config_file_and_reports_bad_input_lines() {
 #[test]
 fn policy_errors_name_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.toml"), "[plugins.mask]\nsource = \"mask.wasm\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "[plugins.mask]\nsource = \"mask.wasm\"\n",
+    )
+    .unwrap();
     let (ok, _, err) = run_with_input(&["policy", dir.path().to_str().unwrap()], "");
     assert!(!ok);
-    assert!(err.contains("a.toml: plugins.mask.source: no file at"), "{err}");
+    assert!(
+        err.contains("a.toml: plugins.mask.source: no file at"),
+        "{err}"
+    );
 
     std::fs::write(dir.path().join("a.toml"), "[plugins.redact]\nsource = \"builtin:example-redact\"\nconfig = { literal = \"x\" }\n[chains]\nshell = [\"redact\"]\n").unwrap();
     let (ok, out, err) = run_with_input(&["policy", dir.path().to_str().unwrap()], "");

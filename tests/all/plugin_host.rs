@@ -19,16 +19,33 @@ fn verdicts_compose_through_a_chain_in_order() {
     let host = host();
     let chain_plugins = vec![
         load(&host, &spec("pass", builtin("passthrough"), "{}")),
-        load(&host, &spec("redact", builtin("example-redact"), r#"{"literal":"hunter2","replacement":"***"}"#)),
+        load(
+            &host,
+            &spec(
+                "redact",
+                builtin("example-redact"),
+                r#"{"literal":"hunter2","replacement":"***"}"#,
+            ),
+        ),
         antics(&host, "antics"),
-        load(&host, &spec("redact-again", builtin("example-redact"), r#"{"literal":"***","replacement":"[gone]"}"#)),
+        load(
+            &host,
+            &spec(
+                "redact-again",
+                builtin("example-redact"),
+                r#"{"literal":"***","replacement":"[gone]"}"#,
+            ),
+        ),
     ];
     let mut chain = Chain::new(&chain_plugins, &session("s1")).unwrap();
     assert_eq!(chain.len(), 4);
 
     // pass everywhere.
     let d = chain.on_frame(line(1, "ls"));
-    assert_eq!((d.outcome, d.forward), (Outcome::Pass, Content::Line("ls".into())));
+    assert_eq!(
+        (d.outcome, d.forward),
+        (Outcome::Pass, Content::Line("ls".into()))
+    );
 
     // replace, then a later plugin sees the replaced content and replaces it again.
     let d = chain.on_frame(line(2, "echo hunter2"));
@@ -38,11 +55,22 @@ fn verdicts_compose_through_a_chain_in_order() {
 
     // hold: the later plugins still run (and could still mask what the reviewer sees).
     let d = chain.on_frame(line(3, "hold needs a second pair of eyes"));
-    assert_eq!(d.outcome, Outcome::Hold { reasons: vec!["needs a second pair of eyes".into()] });
+    assert_eq!(
+        d.outcome,
+        Outcome::Hold {
+            reasons: vec!["needs a second pair of eyes".into()]
+        }
+    );
 
     // deny stops the chain, naming the plugin.
     let d = chain.on_frame(line(4, "deny not on my watch"));
-    assert_eq!(d.outcome, Outcome::Deny { plugin: "antics".into(), reason: "not on my watch".into() });
+    assert_eq!(
+        d.outcome,
+        Outcome::Deny {
+            plugin: "antics".into(),
+            reason: "not on my watch".into()
+        }
+    );
 
     // record-as: forwarded intact, recorded redacted.
     let d = chain.on_frame(line(5, "secret s3cr3t"));
@@ -58,11 +86,22 @@ fn an_infinite_loop_is_stopped_by_the_deadline_and_the_next_frame_gets_a_fresh_i
     let started = Instant::now();
     let d = chain.on_frame(line(2, "loop"));
     // Generous bound: the point is that it stops at all, not how precisely.
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(d.outcome, Outcome::Deny { .. }), "{:?}", d.outcome);
-    assert!(matches!(d.failures[0].failure, Failure::Deadline(_)), "{:?}", d.failures);
+    assert!(
+        matches!(d.failures[0].failure, Failure::Deadline(_)),
+        "{:?}",
+        d.failures
+    );
     // The instance was thrown away: the counter starts again at 1.
-    assert_eq!(chain.on_frame(line(3, "count")).forward, Content::Line("1".into()));
+    assert_eq!(
+        chain.on_frame(line(3, "count")).forward,
+        Content::Line("1".into())
+    );
 }
 
 #[test]
@@ -74,7 +113,10 @@ fn unbounded_allocation_is_stopped_by_the_memory_limit() {
     let d = chain.on_frame(line(1, "alloc"));
     assert!(matches!(d.outcome, Outcome::Deny { .. }));
     assert_eq!(d.failures[0].failure, Failure::Memory(8 << 20));
-    assert_eq!(chain.on_frame(line(2, "count")).forward, Content::Line("1".into()));
+    assert_eq!(
+        chain.on_frame(line(2, "count")).forward,
+        Content::Line("1".into())
+    );
 }
 
 #[test]
@@ -87,7 +129,9 @@ fn a_panic_fails_closed_unless_the_policy_says_pass() {
 
     let mut chain = Chain::new(&[closed], &session("s")).unwrap();
     let d = chain.on_frame(line(1, "panic"));
-    let Outcome::Deny { plugin, reason } = &d.outcome else { panic!("{:?}", d.outcome) };
+    let Outcome::Deny { plugin, reason } = &d.outcome else {
+        panic!("{:?}", d.outcome)
+    };
     assert_eq!(plugin, "strict");
     assert!(reason.contains("trapped"), "{reason}");
 
@@ -95,7 +139,10 @@ fn a_panic_fails_closed_unless_the_policy_says_pass() {
     let d = chain.on_frame(line(1, "panic"));
     assert_eq!(d.outcome, Outcome::Pass);
     assert_eq!(d.forward, Content::Line("panic".into()));
-    assert!(matches!(d.failures[0].failure, Failure::Trap(_)), "the failure is still reported");
+    assert!(
+        matches!(d.failures[0].failure, Failure::Trap(_)),
+        "the failure is still reported"
+    );
 }
 
 #[test]
@@ -104,13 +151,17 @@ fn a_malformed_verdict_fails_closed() {
     let mut chain = Chain::new(&[antics(&host, "g")], &session("s")).unwrap();
     let d = chain.on_frame(line(1, "garbage"));
     assert!(matches!(d.outcome, Outcome::Deny { .. }));
-    assert!(matches!(&d.failures[0].failure, Failure::Malformed(why) if why.contains("line frame became a row")));
+    assert!(
+        matches!(&d.failures[0].failure, Failure::Malformed(why) if why.contains("line frame became a row"))
+    );
 
     // A hold on output is malformed too: only client-to-target frames can be held.
     let mut out = line(2, "hold x");
     out.direction = Direction::TargetToClient;
     let d = chain.on_frame(out);
-    assert!(matches!(&d.failures[0].failure, Failure::Malformed(why) if why.contains("target-to-client")));
+    assert!(
+        matches!(&d.failures[0].failure, Failure::Malformed(why) if why.contains("target-to-client"))
+    );
 }
 
 #[test]
@@ -120,20 +171,32 @@ fn plugin_state_never_crosses_sessions() {
     let mut alice = Chain::new(std::slice::from_ref(&plugin), &session("alice")).unwrap();
     let mut bob = Chain::new(&[plugin], &session("bob")).unwrap();
     alice.on_frame(line(1, "remember alice-secret"));
-    assert_eq!(bob.on_frame(line(1, "recall")).forward, Content::Line("(nothing)".into()));
-    assert_eq!(alice.on_frame(line(2, "recall")).forward, Content::Line("alice-secret".into()));
+    assert_eq!(
+        bob.on_frame(line(1, "recall")).forward,
+        Content::Line("(nothing)".into())
+    );
+    assert_eq!(
+        alice.on_frame(line(2, "recall")).forward,
+        Content::Line("alice-secret".into())
+    );
 }
 
 #[test]
 fn init_errors_refuse_the_session_with_the_plugins_message() {
     let host = host();
-    let plugin = load(&host, &spec("picky", file(guest("antics")), r#"{"fail-init":true}"#));
+    let plugin = load(
+        &host,
+        &spec("picky", file(guest("antics")), r#"{"fail-init":true}"#),
+    );
     let err = Chain::new(&[plugin], &session("s")).unwrap_err();
     assert_eq!(err.failure, Failure::Init("asked to fail".into()));
 
-    let err = load(&host, &spec("redact", builtin("example-redact"), r#"{"literl":"x"}"#))
-        .filter_instance(&session("s"))
-        .unwrap_err();
+    let err = load(
+        &host,
+        &spec("redact", builtin("example-redact"), r#"{"literl":"x"}"#),
+    )
+    .filter_instance(&session("s"))
+    .unwrap_err();
     assert!(err.to_string().contains("unknown field `literl`"), "{err}");
 }
 
@@ -161,14 +224,20 @@ fn foreign_and_broken_components_are_refused_at_load_with_clear_errors() {
     let module = dir.path().join("module.wasm");
     std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
     let err = load_err(&host, file(module), World::Filter);
-    assert!(err.contains("is a core WebAssembly module, not a component"), "{err}");
+    assert!(
+        err.contains("is a core WebAssembly module, not a component"),
+        "{err}"
+    );
 
     let text = dir.path().join("text.wasm");
     std::fs::write(&text, b"hello").unwrap();
     assert!(load_err(&host, file(text), World::Filter).contains("is not WebAssembly"));
 
     let err = load_err(&host, file(guest("sink-count")), World::Filter);
-    assert!(err.contains("implements the `sink` world, but the policy declares `world = \"filter\"`"), "{err}");
+    assert!(
+        err.contains("implements the `sink` world, but the policy declares `world = \"filter\"`"),
+        "{err}"
+    );
     let err = load_err(&host, builtin("passthrough"), World::Sink);
     assert!(err.contains("implements the `filter` world"), "{err}");
 
@@ -191,7 +260,10 @@ fn a_pinned_digest_must_match() {
 #[test]
 fn a_tampered_precompiled_cache_entry_is_detected_and_recompiled() {
     let dir = tempfile::tempdir().unwrap();
-    let config = HostConfig { cache_dir: Some(dir.path().to_path_buf()), ..HostConfig::default() };
+    let config = HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..HostConfig::default()
+    };
     let host = PluginHost::new(config.clone()).unwrap();
     let spec = spec("redact", builtin("example-redact"), r#"{"literal":"x"}"#);
     let bytes = sluice::plugin_host::read_source(&spec).unwrap();
@@ -202,7 +274,10 @@ fn a_tampered_precompiled_cache_entry_is_detected_and_recompiled() {
     assert_eq!(second, CacheOutcome::Cached);
 
     // Flip one byte of the compiled code in every cache entry.
-    let entries: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    let entries: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
     assert_eq!(entries.len(), 1);
     let mut code = std::fs::read(&entries[0]).unwrap();
     let middle = code.len() / 2;
@@ -211,18 +286,31 @@ fn a_tampered_precompiled_cache_entry_is_detected_and_recompiled() {
 
     let host = PluginHost::new(config).unwrap();
     let (plugin, outcome) = host.load_bytes(&spec, &bytes).unwrap();
-    assert!(matches!(&outcome, CacheOutcome::Recompiled { reason } if reason.contains("MAC")), "{outcome:?}");
+    assert!(
+        matches!(&outcome, CacheOutcome::Recompiled { reason } if reason.contains("MAC")),
+        "{outcome:?}"
+    );
     // The recompiled plugin works, and the entry was rewritten and is trusted again.
     let mut chain = Chain::new(&[plugin], &session("s")).unwrap();
-    assert_eq!(chain.on_frame(line(1, "x")).forward, Content::Line("[REDACTED]".into()));
-    assert_eq!(host.load_bytes(&spec, &bytes).unwrap().1, CacheOutcome::Cached);
+    assert_eq!(
+        chain.on_frame(line(1, "x")).forward,
+        Content::Line("[REDACTED]".into())
+    );
+    assert_eq!(
+        host.load_bytes(&spec, &bytes).unwrap().1,
+        CacheOutcome::Cached
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
-        if path.is_dir() { found.extend(walk(&path)) } else { found.push(path) }
+        if path.is_dir() {
+            found.extend(walk(&path))
+        } else {
+            found.push(path)
+        }
     }
     found
 }
@@ -242,7 +330,10 @@ fn a_sink_plugin_delivers_and_reports_retryable_errors() {
         meta: "{}".into(),
         payload: b"x".to_vec(),
     };
-    assert_eq!(sink.deliver(&[event("frame"), event("frame")]).unwrap(), Ok(()));
+    assert_eq!(
+        sink.deliver(&[event("frame"), event("frame")]).unwrap(),
+        Ok(())
+    );
     assert_eq!(
         sink.deliver(&[event("fail")]).unwrap(),
         Err(sluice::frame::SinkError::Retryable("asked to fail".into()))
@@ -254,20 +345,39 @@ fn buffered_content_is_flushed_through_the_rest_of_the_chain() {
     let host = host();
     let plugins = [
         antics(&host, "buffering"),
-        load(&host, &spec("redact", builtin("example-redact"), r#"{"literal":"hunter2"}"#)),
+        load(
+            &host,
+            &spec(
+                "redact",
+                builtin("example-redact"),
+                r#"{"literal":"hunter2"}"#,
+            ),
+        ),
     ];
     let mut chain = Chain::new(&plugins, &session("s")).unwrap();
     // The first plugin holds the content back...
-    assert_eq!(chain.on_frame(line(1, "stash pw hunter2")).forward, Content::Line(String::new()));
+    assert_eq!(
+        chain.on_frame(line(1, "stash pw hunter2")).forward,
+        Content::Line(String::new())
+    );
     // ...and releases it on flush; the plugins after it still see it.
     let mut headers = 0;
     let decisions = chain.flush(Direction::ClientToTarget, |content| {
         headers += 1;
-        Frame { seq: 2, direction: Direction::ClientToTarget, timestamp_ms: 0, content }
+        Frame {
+            seq: 2,
+            direction: Direction::ClientToTarget,
+            timestamp_ms: 0,
+            content,
+        }
     });
     assert_eq!(headers, 1);
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].forward, Content::Line("pw [REDACTED]".into()));
     // Nothing is left.
-    assert!(chain.flush(Direction::ClientToTarget, |_| panic!("flushed twice")).is_empty());
+    assert!(
+        chain
+            .flush(Direction::ClientToTarget, |_| panic!("flushed twice"))
+            .is_empty()
+    );
 }

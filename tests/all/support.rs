@@ -32,11 +32,21 @@ pub fn load(host: &PluginHost, spec: &PluginSpec) -> LoadedPlugin {
 }
 
 pub fn session(id: &str) -> SessionInfo {
-    SessionInfo { id: id.into(), connection: "test".into(), protocol: "exec".into(), ..SessionInfo::default() }
+    SessionInfo {
+        id: id.into(),
+        connection: "test".into(),
+        protocol: "exec".into(),
+        ..SessionInfo::default()
+    }
 }
 
 pub fn line(seq: u64, text: &str) -> Frame {
-    Frame { seq, direction: Direction::ClientToTarget, timestamp_ms: 0, content: Content::Line(text.into()) }
+    Frame {
+        seq,
+        direction: Direction::ClientToTarget,
+        timestamp_ms: 0,
+        content: Content::Line(text.into()),
+    }
 }
 
 /// The `sluice` binary under test.

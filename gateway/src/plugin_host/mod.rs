@@ -165,7 +165,12 @@ impl PluginHost {
             .total_core_instances(n.saturating_mul(8))
             .total_tables(n.saturating_mul(8))
             .total_memories(n.saturating_mul(2))
-            .max_memory_size(crate::policy::MAX_MEMORY_BYTES as usize);
+            .max_memory_size(crate::policy::MAX_MEMORY_BYTES as usize)
+            // Sessions come and go: return slots' pages to the OS in batches rather than
+            // with a syscall per instance, and keep the first pages resident (reset by memset).
+            .decommit_batch_size(32)
+            .linear_memory_keep_resident(256 << 10)
+            .table_keep_resident(16 << 10);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
