@@ -45,13 +45,11 @@ enum PluginCommand {
     Run {
         /// A .wasm file, or builtin:NAME.
         plugin: String,
-        /// A setting for the plugin's config: KEY=VALUE, VALUE read as TOML when it parses
-        /// (numbers, booleans, arrays), else as a string. Repeatable.
-        #[arg(long = "config", value_name = "KEY=VALUE")]
-        settings: Vec<String>,
-        /// The plugin's whole config table from a TOML or JSON file.
-        #[arg(long, value_name = "FILE")]
-        config_file: Option<PathBuf>,
+        /// The plugin's config: a TOML or JSON FILE with the whole table, or one KEY=VALUE
+        /// setting (VALUE read as TOML when it parses: numbers, booleans, arrays; else as a
+        /// string). Repeatable; settings apply on top of the file.
+        #[arg(long = "config", value_name = "FILE|KEY=VALUE")]
+        config: Vec<String>,
         /// Per-call deadline in milliseconds.
         #[arg(long, default_value_t = sluice::policy::FILTER_DEADLINE_MS)]
         deadline_ms: u64,
@@ -97,11 +95,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Run {
             plugin,
-            settings,
-            config_file,
+            config,
             deadline_ms,
         }) => {
-            let config = plugin_config(&settings, config_file.as_deref())?;
+            let config = plugin_config(&config)?;
             let mut spec = PluginSpec::standalone(
                 "local",
                 source(&plugin),
@@ -144,9 +141,14 @@ fn source(arg: &str) -> Source {
     }
 }
 
-/// Builds the plugin's config (JSON, as `init` receives it) from a file and KEY=VALUE pairs.
-fn plugin_config(settings: &[String], file: Option<&std::path::Path>) -> anyhow::Result<String> {
-    let mut table = match file {
+/// Builds the plugin's config (JSON, as `init` receives it) from files and KEY=VALUE pairs.
+fn plugin_config(args: &[String]) -> anyhow::Result<String> {
+    let (settings, files): (Vec<&String>, Vec<&String>) =
+        args.iter().partition(|a| a.contains('='));
+    if files.len() > 1 {
+        bail!("--config takes one FILE (and any number of KEY=VALUE settings)");
+    }
+    let mut table = match files.first().map(std::path::Path::new) {
         None => serde_json::Map::new(),
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -167,7 +169,7 @@ fn plugin_config(settings: &[String], file: Option<&std::path::Path>) -> anyhow:
     };
     for setting in settings {
         let Some((key, value)) = setting.split_once('=') else {
-            bail!("--config {setting}: expected KEY=VALUE");
+            unreachable!("partitioned on '='")
         };
         let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
             Ok(mut t) => serde_json::to_value(t.remove("v"))?,

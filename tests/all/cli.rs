@@ -91,7 +91,7 @@ fn plugin_run_takes_a_config_file_and_reports_bad_input_lines() {
         "plugin",
         "run",
         "builtin:example-redact",
-        "--config-file",
+        "--config",
         config.to_str().unwrap(),
     ];
     let (ok, out, _) = run_with_input(&args, "{\"bytes\": \"a tiger\"}\n");
