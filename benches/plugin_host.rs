@@ -3,6 +3,8 @@
 //!
 //! cargo bench -p sluice-gateway --bench plugin_host
 
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

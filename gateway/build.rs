@@ -2,6 +2,8 @@
 //! in `tests/guests/` (used by the tests only) as wasm32-wasip2 components, so that building
 //! or testing the gateway never needs a manual step.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A build script should fail loudly.
+
 use std::env;
 use std::fmt::Write as _;
 use std::fs;

@@ -163,9 +163,13 @@ pub fn run(
         serde_json::to_writer(&mut output, &report)?;
         writeln!(output)?;
     }
-    for direction in [Direction::ClientToTarget, Direction::TargetToClient] {
+    for (direction, name) in [
+        (Direction::ClientToTarget, JsonDirection::ClientToTarget),
+        (Direction::TargetToClient, JsonDirection::TargetToClient),
+    ] {
         if let Some(content) = instance.flush(direction)? {
-            let flushed = serde_json::json!({ "flushed": format!("{direction:?}"), "content": JsonContent::from(content) });
+            let flushed =
+                serde_json::json!({ "flushed": name, "content": JsonContent::from(content) });
             writeln!(output, "{flushed}")?;
         }
     }

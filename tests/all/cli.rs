@@ -130,3 +130,18 @@ fn the_shipped_policies_load() {
     let (ok, _, err) = run_with_input(&["policy", policies], "");
     assert!(ok, "{err}");
 }
+
+#[test]
+fn plugin_run_flushes_what_a_plugin_buffered_at_the_end_of_input() {
+    let antics = guest("antics");
+    let (ok, out, err) = run_with_input(
+        &["plugin", "run", antics.to_str().unwrap()],
+        "{\"line\": \"stash held back\"}\n",
+    );
+    assert!(ok, "{err}");
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last,
+        serde_json::json!({"flushed": "client-to-target", "content": {"line": "held back"}})
+    );
+}

@@ -2,6 +2,8 @@
 //! The Wasm guests and plugins they load are real components, built from `tests/guests/` and
 //! `plugins/` by the gateway's build script.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod plugin_host;
 mod support;

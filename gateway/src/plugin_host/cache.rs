@@ -85,6 +85,7 @@ impl ArtifactCache {
         Ok((component, outcome))
     }
 
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length: this cannot fail.
     fn mac(&self, digest: &[u8; 32], code: &[u8]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .expect("HMAC takes keys of any length");
