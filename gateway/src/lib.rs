@@ -3,7 +3,9 @@
 
 pub mod builtin;
 pub mod chain;
+mod files;
 pub mod frame;
 pub mod plugin_host;
 pub mod policy;
+pub mod record;
 pub mod runner;

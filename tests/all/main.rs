@@ -6,4 +6,5 @@
 
 mod cli;
 mod plugin_host;
+mod record;
 mod support;

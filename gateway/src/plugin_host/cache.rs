@@ -135,22 +135,6 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key)
         .map_err(|e| anyhow::anyhow!("no randomness for the cache key: {e}"))?;
-    write_private(path, &key)?;
+    crate::files::write_private(path, &key)?;
     Ok(key)
-}
-
-/// Writes a file readable by its owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(())
 }

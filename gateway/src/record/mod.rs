@@ -1,0 +1,412 @@
+//! The record: an append-only, hash-chained, signed log of everything that happens in
+//! sessions, in an embedded redb store.
+//!
+//! Architecture invariants:
+//! - This is the only module that depends on redb.
+//! - Entries are only ever appended, in one write transaction per batch (group commit); each
+//!   commit ends with a signed head `(index, hash)`, so truncating the newest entries is
+//!   detected, and the head is kept as a checkpoint so a rewrite is localised.
+//! - Payloads live beside the chain, keyed by entry, so retention can purge them without
+//!   breaking it; `verify` reports a purged payload as purged, not as tampered.
+//! - What reaches this module is already masked: it stores what it is given.
+
+mod entry;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ed25519_dalek::{Signer, SigningKey};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+pub use entry::{Entry, GENESIS, Hash};
+pub use verify::{Problem, VerifyReport, verify_store};
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+
+const NONCE_LEN: usize = 16;
+const HEAD_DOMAIN: &[u8] = b"sluice-record-head-v1";
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub session: String,
+    pub seq: u64,
+    pub kind: String,
+    pub time_ms: u64,
+    /// A JSON object.
+    pub meta: String,
+    pub payload: Vec<u8>,
+}
+
+/// A recorded event, read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub entry: Entry,
+    /// `None` when retention purged it.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The signed head of the chain: anchor it elsewhere to make the record evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    pub index: u64,
+    #[serde(with = "hex::serde")]
+    pub hash: Hash,
+    #[serde(with = "hex::serde")]
+    pub signature: [u8; 64],
+    #[serde(with = "hex::serde")]
+    pub public_key: [u8; 32],
+}
+
+impl SignedHead {
+    fn message(index: u64, hash: &Hash) -> Vec<u8> {
+        [HEAD_DOMAIN, &index.to_be_bytes(), hash].concat()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        [
+            &self.index.to_be_bytes()[..],
+            &self.hash,
+            &self.signature,
+            &self.public_key,
+        ]
+        .concat()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<SignedHead> {
+        if bytes.len() != 8 + 32 + 64 + 32 {
+            return None;
+        }
+        Some(SignedHead {
+            index: u64::from_be_bytes(bytes[..8].try_into().ok()?),
+            hash: bytes[8..40].try_into().ok()?,
+            signature: bytes[40..104].try_into().ok()?,
+            public_key: bytes[104..136].try_into().ok()?,
+        })
+    }
+
+    /// Whether the signature holds for this index and hash under `public_key`.
+    pub fn signature_holds(&self) -> bool {
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+        let Ok(key) = VerifyingKey::from_bytes(&self.public_key) else {
+            return false;
+        };
+        key.verify(
+            &Self::message(self.index, &self.hash),
+            &Signature::from_bytes(&self.signature),
+        )
+        .is_ok()
+    }
+}
+
+/// A session as listed by `sluice sessions`: derived from its open and close entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub subject: String,
+    pub connection: String,
+    pub client: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub exit_status: Option<i32>,
+    /// The first and last entry of the session.
+    pub first_index: u64,
+    pub last_index: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "record store {path}: {message} (the store may be corrupt; `sluice verify --store {path}` says where)"
+    )]
+    Corrupt { path: String, message: String },
+    #[error("record store {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    signer: SigningKey,
+    /// The last entry's index and hash; `None` before the first entry.
+    tail: Mutex<Option<(u64, Hash)>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, signing with the key in `key_file` (created,
+    /// mode 0600, on first start).
+    pub fn open(path: &Path, key_file: &Path) -> Result<Store, RecordError> {
+        let io = |message: String| RecordError::Io {
+            path: path.display().to_string(),
+            message,
+        };
+        let corrupt = |message: String| RecordError::Corrupt {
+            path: path.display().to_string(),
+            message,
+        };
+        let signer = load_or_create_signing_key(key_file).map_err(|e| io(format!("{e:#}")))?;
+        let db = Database::create(path).map_err(|e| corrupt(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
+        {
+            // Create every table up front so readers never meet a missing one.
+            for table in [ENTRIES, PAYLOADS, CHECKPOINTS] {
+                txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+            }
+            txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(SESSIONS)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| corrupt(e.to_string()))?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            signer,
+            tail: Mutex::new(None),
+        };
+        let tail = store.read_tail()?;
+        *store.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
+        Ok(store)
+    }
+
+    /// The key that signs this store's heads; pin it to verify a copy offline.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signer.verifying_key().to_bytes()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> RecordError {
+        RecordError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn read_tail(&self) -> Result<Option<(u64, Hash)>, RecordError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+        let Some((key, value)) = entries.last().map_err(|e| self.corrupt(e))? else {
+            return Ok(None);
+        };
+        let value = value.value();
+        if value.len() < 32 {
+            return Err(self.corrupt(format!("entry {} is truncated", key.value())));
+        }
+        let hash: Hash = value[value.len() - 32..]
+            .try_into()
+            .map_err(|e| self.corrupt(e))?;
+        Ok(Some((key.value(), hash)))
+    }
+
+    /// Appends `events` in one durable commit that ends with a signed head. Returns the index
+    /// of each. Either all of them are recorded or none is.
+    pub fn append(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut next, mut prev) = match *tail {
+            Some((index, hash)) => (index + 1, hash),
+            None => (0, GENESIS),
+        };
+        let mut indices = Vec::with_capacity(events.len());
+        let txn = self.db.begin_write().map_err(|e| self.corrupt(e))?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+            let mut stored = Vec::new();
+            for event in events {
+                let mut nonce_and_payload = vec![0u8; NONCE_LEN];
+                getrandom::fill(&mut nonce_and_payload).map_err(|e| self.corrupt(e))?;
+                let entry = Entry {
+                    index: next,
+                    prev_hash: prev,
+                    session: event.session.clone(),
+                    seq: event.seq,
+                    kind: event.kind.clone(),
+                    time_ms: event.time_ms,
+                    meta: event.meta.clone(),
+                    payload_digest: entry::payload_digest(&nonce_and_payload, &event.payload),
+                };
+                nonce_and_payload.extend_from_slice(&event.payload);
+                stored.clear();
+                stored.extend_from_slice(&entry.encode());
+                let hash = entry::Entry::hash(&entry);
+                stored.extend_from_slice(&hash);
+                entries
+                    .insert(next, stored.as_slice())
+                    .map_err(|e| self.corrupt(e))?;
+                payloads
+                    .insert(next, nonce_and_payload.as_slice())
+                    .map_err(|e| self.corrupt(e))?;
+                update_session(&mut sessions, &entry).map_err(|e| self.corrupt(e))?;
+                indices.push(next);
+                prev = hash;
+                next += 1;
+            }
+            if !events.is_empty() {
+                let head = self.sign(next - 1, prev);
+                let encoded = head.encode();
+                let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.corrupt(e))?;
+                checkpoints
+                    .insert(head.index, encoded.as_slice())
+                    .map_err(|e| self.corrupt(e))?;
+                let mut meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+                meta.insert("head", encoded.as_slice())
+                    .map_err(|e| self.corrupt(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.corrupt(e))?;
+        if !events.is_empty() {
+            *tail = Some((next - 1, prev));
+        }
+        Ok(indices)
+    }
+
+    fn sign(&self, index: u64, hash: Hash) -> SignedHead {
+        let signature = self
+            .signer
+            .sign(&SignedHead::message(index, &hash))
+            .to_bytes();
+        SignedHead {
+            index,
+            hash,
+            signature,
+            public_key: self.signer.verifying_key().to_bytes(),
+        }
+    }
+
+    /// The signed head of the chain, `None` while the record is empty.
+    pub fn head(&self) -> Result<Option<SignedHead>, RecordError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+        let head = meta.get("head").map_err(|e| self.corrupt(e))?;
+        Ok(head.and_then(|v| SignedHead::decode(v.value())))
+    }
+
+    /// Every session's summary, newest first.
+    pub fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+        let mut all = Vec::new();
+        for row in table.iter().map_err(|e| self.corrupt(e))? {
+            let (_, value) = row.map_err(|e| self.corrupt(e))?;
+            all.push(
+                serde_json::from_slice::<SessionSummary>(value.value())
+                    .map_err(|e| self.corrupt(e))?,
+            );
+        }
+        all.sort_by(|a, b| {
+            b.started_ms
+                .cmp(&a.started_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(all)
+    }
+
+    /// The entries of one session, in order, with their payloads.
+    pub fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
+        let Some(summary) = self.sessions()?.into_iter().find(|s| s.id == id) else {
+            return Ok(vec![]);
+        };
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+        let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+        let mut out = Vec::new();
+        for row in entries
+            .range(summary.first_index..=summary.last_index)
+            .map_err(|e| self.corrupt(e))?
+        {
+            let (key, value) = row.map_err(|e| self.corrupt(e))?;
+            let value = value.value();
+            let entry = Entry::decode(&value[..value.len().saturating_sub(32)])
+                .map_err(|e| self.corrupt(e))?;
+            if entry.session != id {
+                continue;
+            }
+            let payload = payloads.get(key.value()).map_err(|e| self.corrupt(e))?;
+            let payload = payload.map(|p| p.value().get(NONCE_LEN..).unwrap_or_default().to_vec());
+            out.push(Recorded { entry, payload });
+        }
+        Ok(out)
+    }
+}
+
+/// Keeps the session index (a derived view; the chain is the truth) up to date.
+fn update_session(
+    sessions: &mut redb::Table<&str, &[u8]>,
+    entry: &Entry,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let existing = sessions
+        .get(entry.session.as_str())?
+        .map(|v| v.value().to_vec());
+    let mut summary = match existing {
+        Some(bytes) => serde_json::from_slice::<SessionSummary>(&bytes)?,
+        None => SessionSummary {
+            id: entry.session.clone(),
+            started_ms: entry.time_ms,
+            first_index: entry.index,
+            ..SessionSummary::default()
+        },
+    };
+    summary.last_index = entry.index;
+    let meta: serde_json::Value = serde_json::from_str(&entry.meta).unwrap_or_default();
+    let text = |key: &str| {
+        meta.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    match entry.kind.as_str() {
+        "session-open" => {
+            summary.subject = text("subject");
+            summary.connection = text("connection");
+            summary.client = text("client");
+        }
+        "session-close" => {
+            summary.ended_ms = Some(entry.time_ms);
+            summary.exit_status = meta
+                .get("exit_status")
+                .and_then(|v| v.as_i64())
+                .map(|v| v as i32);
+        }
+        _ => {}
+    }
+    sessions.insert(
+        entry.session.as_str(),
+        serde_json::to_vec(&summary)?.as_slice(),
+    )?;
+    Ok(())
+}
+
+fn load_or_create_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if let Ok(bytes) = std::fs::read(path) {
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte Ed25519 key", path.display()))?;
+        return Ok(SigningKey::from_bytes(&seed));
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| anyhow::anyhow!("no randomness for the record key: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::files::write_private(path, &seed)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
