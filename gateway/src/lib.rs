@@ -1,11 +1,21 @@
 //! Sluice: an identity-aware gateway in the data path between people and the runtimes they
 //! reach. See ARCHITECTURE.md for the map; `frame` and `chain` hold the frame path.
 
+pub mod audit;
+pub mod auth;
 pub mod builtin;
 pub mod chain;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod exec;
 mod files;
 pub mod frame;
 pub mod plugin_host;
 pub mod policy;
 pub mod record;
 pub mod runner;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod wire;

@@ -20,8 +20,104 @@ struct Cli {
     command: Command,
 }
 
+/// Where the gateway is and who you are, for the client commands.
+#[derive(clap::Args)]
+struct Target {
+    /// The gateway, HOST:PORT.
+    #[arg(long, env = "SLUICE_GATEWAY", default_value = "127.0.0.1:7443")]
+    gateway: String,
+    /// Your token.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The gateway's CA certificate (default: sluice-data/tls/ca.pem here).
+    #[arg(long, env = "SLUICE_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl Target {
+    fn client(self) -> anyhow::Result<sluice::client::Client> {
+        sluice::client::Client::new(&self.gateway, self.token, self.ca)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Start the gateway (default: ./sluice.toml if present, else the built-in default).
+    Serve {
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Open an interactive session on a connection.
+    Connect {
+        connection: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a script or a command line on a connection; its exit status becomes this one's.
+    Exec {
+        connection: String,
+        /// The script to run.
+        #[arg(short = 'f', long = "file", conflicts_with = "words")]
+        file: Option<PathBuf>,
+        /// A command line, run as one line of the connection's script program.
+        #[arg(last = true)]
+        words: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List recorded sessions.
+    Sessions {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only sessions started at or after: unix seconds, or an age like 30m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions started before: unix seconds, or an age like 30m, 2h, 7d.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only sessions whose recorded payloads contain TEXT.
+        #[arg(long)]
+        grep: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Play a session's output back in this terminal, with its timing.
+    Replay {
+        id: String,
+        /// Playback speed; 0 prints everything at once.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Export a session: asciicast (for `asciinema play`) or jsonl (every event).
+    Export {
+        id: String,
+        #[arg(long, value_parser = ["asciicast", "jsonl"])]
+        format: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Verify the record: through the running gateway, or offline with --store.
+    Verify {
+        /// A store file to verify offline (a copy, or the gateway's while it is stopped).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The gateway's public key (hex) to require on signed heads; offline, the key file
+        /// beside the store is used when present.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print the signed head, to anchor it elsewhere.
+        #[arg(long)]
+        print_head: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The gateway's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Check and run plugins locally, without a gateway.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -30,6 +126,16 @@ enum Command {
         /// The policy folder.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) that clients and psql should trust.
+    Export {
+        /// The gateway's data folder.
+        #[arg(long, default_value = "sluice-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -74,7 +180,86 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
+        Command::Serve { config } => runtime()?.block_on(sluice::commands::serve(config)),
+        Command::Connect { connection, target } => {
+            let client = target.client()?;
+            Ok(ExitCode::from(
+                runtime()?.block_on(sluice::client::connect(&client, &connection))?,
+            ))
+        }
+        Command::Exec {
+            connection,
+            file,
+            words,
+            target,
+        } => {
+            let script = match file {
+                Some(path) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None if words.is_empty() => {
+                    bail!("give a script with -f FILE or a command after --")
+                }
+                None => format!("{}\n", words.join(" ")).into_bytes(),
+            };
+            let client = target.client()?;
+            Ok(ExitCode::from(runtime()?.block_on(
+                sluice::client::exec(&client, &connection, script),
+            )?))
+        }
+        Command::Sessions {
+            user,
+            connection,
+            since,
+            until,
+            grep,
+            target,
+        } => {
+            let filter = sluice::commands::SessionFilter {
+                user,
+                connection,
+                since,
+                until,
+                grep,
+            };
+            runtime()?.block_on(sluice::commands::sessions(target.client()?, filter))
+        }
+        Command::Replay { id, speed, target } => {
+            runtime()?.block_on(sluice::commands::replay(target.client()?, &id, speed))
+        }
+        Command::Export { id, format, target } => {
+            runtime()?.block_on(sluice::commands::export(target.client()?, &id, &format))
+        }
+        Command::Verify {
+            store,
+            public_key,
+            print_head,
+            target,
+        } => match store {
+            Some(path) => {
+                sluice::commands::verify_offline(&path, public_key.as_deref(), print_head)
+            }
+            None => runtime()?.block_on(sluice::commands::verify_online(
+                target.client()?,
+                print_head,
+            )),
+        },
+        Command::Ca(CaCommand::Export { data_dir }) => {
+            let path = sluice::tls::ca_path(&data_dir);
+            let pem = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {} (start the gateway once to make it)",
+                    path.display()
+                )
+            })?;
+            print!("{pem}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Check { plugin }) => {
             let host = PluginHost::new(HostConfig::default())?;
             let report = sluice::runner::check(&host, source(&plugin))?;

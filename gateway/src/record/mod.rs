@@ -12,6 +12,7 @@
 
 mod entry;
 mod verify;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use entry::{Entry, GENESIS, Hash};
 pub use verify::{Problem, VerifyReport, verify_store};
+pub use writer::{RecordFailed, Recorder};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");

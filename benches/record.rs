@@ -1,0 +1,47 @@
+//! Record throughput (issue 3): events appended with the SHA-256 chain and a durable commit,
+//! one event per commit vs group commits of 100 and 1,000.
+//!
+//! cargo bench -p sluice-gateway --bench record
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::record::{NewEvent, Store};
+
+fn event(seq: u64) -> NewEvent {
+    NewEvent {
+        session: "0b9a6c1e-bench".into(),
+        seq,
+        kind: "frame".into(),
+        time_ms: 1_764_000_000_000 + seq,
+        meta: r#"{"dir":"target-to-client","content":"bytes","outcome":"pass"}"#.into(),
+        payload: vec![b'x'; 200],
+    }
+}
+
+fn append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("record.redb"),
+        &dir.path().join("record.key"),
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("record_append_200B");
+    for per_commit in [1u64, 100, 1000] {
+        let batch: Vec<_> = (0..per_commit).map(event).collect();
+        group.throughput(Throughput::Elements(per_commit));
+        group.bench_function(format!("{per_commit}_per_durable_commit"), |b| {
+            b.iter(|| store.append(&batch).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(20);
+    targets = append
+}
+criterion_main!(benches);

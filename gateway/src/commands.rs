@@ -1,0 +1,217 @@
+//! The CLI commands that are more than a call: `serve`, and the auditor's commands, which
+//! fetch from the gateway and render here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::audit::EventView;
+use crate::client::Client;
+use crate::record::SessionSummary;
+
+pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = config_path.or_else(|| {
+        Path::new("sluice.toml")
+            .exists()
+            .then(|| PathBuf::from("sluice.toml"))
+    });
+    let config = crate::config::Config::load(path.as_deref())?;
+    let (started, task) = crate::server::start(config).await?;
+    println!("sluice gateway listening on https://{}", started.addr);
+    println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);
+    if let Some(dev) = &started.dev_tokens {
+        println!();
+        println!("DEVELOPMENT TOKENS (dev_tokens = true; never use in production):");
+        println!("  user:     export SLUICE_TOKEN={}", dev.user);
+        println!("  reviewer: export SLUICE_TOKEN={}", dev.reviewer);
+        println!();
+        println!("Try: sluice exec shell -- echo hello   or   sluice connect python");
+    }
+    std::io::stdout().flush()?;
+    tokio::select! {
+        _ = task => bail!("the listener stopped"),
+        _ = tokio::signal::ctrl_c() => {
+            println!("stopping");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub connection: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub grep: Option<String>,
+}
+
+/// `30m`, `2h`, `7d` ago, or unix seconds; in milliseconds.
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    let now = crate::session::now_ms();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("bad time `{text}`: use unix seconds or 30m, 2h, 7d"))?;
+    let seconds = match unit {
+        "" => return Ok(n * 1000),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad time `{text}`: use unix seconds or 30m, 2h, 7d"),
+    };
+    Ok(now.saturating_sub(seconds * 1000))
+}
+
+async fn events(client: &Client, id: &str) -> anyhow::Result<Vec<EventView>> {
+    let body = client.get(&format!("/api/sessions/{id}/events")).await?;
+    body.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).context("malformed event from the gateway"))
+        .collect()
+}
+
+pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<ExitCode> {
+    let all: Vec<SessionSummary> = serde_json::from_slice(&client.get("/api/sessions").await?)?;
+    let since = filter.since.as_deref().map(parse_time).transpose()?;
+    let until = filter.until.as_deref().map(parse_time).transpose()?;
+    println!(
+        "{:<28} {:<14} {:<10} {:<8} {:<7} CLIENT",
+        "SESSION", "USER", "CONNECTION", "MINUTES", "EXIT"
+    );
+    for s in all {
+        if filter.user.as_ref().is_some_and(|u| *u != s.subject)
+            || filter
+                .connection
+                .as_ref()
+                .is_some_and(|c| *c != s.connection)
+            || since.is_some_and(|t| s.started_ms < t)
+            || until.is_some_and(|t| s.started_ms >= t)
+        {
+            continue;
+        }
+        if let Some(needle) = &filter.grep {
+            let found = events(&client, &s.id)
+                .await?
+                .iter()
+                .any(|e| String::from_utf8_lossy(&e.payload()).contains(needle.as_str()));
+            if !found {
+                continue;
+            }
+        }
+        let minutes = s.ended_ms.map_or("active".into(), |end| {
+            format!("{:.1}", (end - s.started_ms) as f64 / 60000.0)
+        });
+        let exit = s.exit_status.map_or("-".into(), |c| c.to_string());
+        println!(
+            "{:<28} {:<14} {:<10} {:<8} {:<7} {}",
+            s.id, s.subject, s.connection, minutes, exit, s.client
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<ExitCode> {
+    let events = events(&client, id).await?;
+    if events.is_empty() {
+        bail!("session {id} has no recorded events");
+    }
+    let mut stdout = std::io::stdout();
+    let mut last = None;
+    for e in events.iter().filter(|e| e.is_output()) {
+        if let Some(previous) = last
+            && speed > 0.0
+        {
+            let gap =
+                Duration::from_millis(e.time_ms.saturating_sub(previous)).mul_f64(1.0 / speed);
+            tokio::time::sleep(gap.min(Duration::from_secs(5))).await;
+        }
+        last = Some(e.time_ms);
+        stdout.write_all(&e.payload())?;
+        stdout.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(client: Client, id: &str, format: &str) -> anyhow::Result<ExitCode> {
+    let events = events(&client, id).await?;
+    let mut stdout = std::io::stdout();
+    match format {
+        "asciicast" => stdout.write_all(crate::audit::asciicast(&events, 80, 24).as_bytes())?,
+        _ => {
+            let body = client.get(&format!("/api/sessions/{id}/events")).await?;
+            stdout.write_all(&body)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
+    let holds = report["holds"].as_bool().unwrap_or(false);
+    let entries = &report["entries"];
+    let purged = report["purged"].as_array().map_or(0, Vec::len);
+    if holds {
+        println!("record verified: {entries} entries hold ({purged} payloads purged by retention)");
+    } else {
+        println!(
+            "record does NOT verify: {}",
+            report["problem"].as_str().unwrap_or("unknown problem")
+        );
+    }
+    if print_head {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report["head"]).unwrap_or_default()
+        );
+    }
+    if holds {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+pub async fn verify_online(client: Client, print_head: bool) -> anyhow::Result<ExitCode> {
+    let report: serde_json::Value = serde_json::from_slice(&client.get("/api/verify").await?)?;
+    Ok(print_report(&report, print_head))
+}
+
+pub fn verify_offline(
+    store: &Path,
+    public_key: Option<&str>,
+    print_head: bool,
+) -> anyhow::Result<ExitCode> {
+    if !store.is_file() {
+        bail!("no store at {}", store.display());
+    }
+    let key = match public_key {
+        Some(hex_key) => {
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(hex_key, &mut key)
+                .context("--public-key: expected 64 hexadecimal digits")?;
+            Some(key)
+        }
+        None => {
+            let key_file = store.with_file_name("record.key");
+            std::fs::read(&key_file)
+                .ok()
+                .and_then(|seed| <[u8; 32]>::try_from(seed.as_slice()).ok())
+                .map(|seed| {
+                    ed25519_dalek::SigningKey::from_bytes(&seed)
+                        .verifying_key()
+                        .to_bytes()
+                })
+        }
+    };
+    let report = crate::record::verify_store(store, key);
+    Ok(print_report(
+        &crate::audit::report_json(&report),
+        print_head,
+    ))
+}

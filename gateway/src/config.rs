@@ -1,0 +1,225 @@
+//! `sluice.toml`: gateway settings, identity sources and connections. Plugin chains, roles
+//! and retention live in the policies. Secrets are never written here: connection
+//! environment values can name an environment variable to read at start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration `sluice serve` uses when there is no `sluice.toml`.
+pub const DEFAULT: &str = include_str!("../../sluice.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: Gateway,
+    /// Static tokens (service accounts), stored as SHA-256 hashes.
+    #[serde(default)]
+    pub tokens: Vec<StaticToken>,
+    #[serde(default)]
+    pub connections: BTreeMap<String, Connection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
+    #[serde(default)]
+    pub record_mode: RecordMode,
+    /// Generate a user and a reviewer token at first start and print them. For development.
+    #[serde(default)]
+    pub dev_tokens: bool,
+    /// How long a held frame waits before it is refused (until reviews exist).
+    #[serde(default = "default_hold_timeout_ms")]
+    pub hold_timeout_ms: u64,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            policies: default_policies(),
+            record_mode: RecordMode::default(),
+            dev_tokens: false,
+            hold_timeout_ms: default_hold_timeout_ms(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("sluice-data")
+}
+fn default_policies() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_hold_timeout_ms() -> u64 {
+    30_000
+}
+
+/// When a frame may be forwarded relative to its recording.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordMode {
+    /// Only after the commit that records it is durable: nothing reaches a peer unrecorded,
+    /// and if the record cannot commit, the session stops. The default.
+    #[default]
+    Strict,
+    /// As soon as it is queued for recording: lower latency, but a crash can lose the last
+    /// frames a peer already saw.
+    Async,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    pub subject: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Connection {
+    Exec(ExecConnection),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConnection {
+    /// Run in a terminal for `sluice connect`.
+    pub interactive: Vec<String>,
+    /// Reads the program from standard input, for `sluice exec`.
+    pub script: Vec<String>,
+    /// Environment of the process: `VALUE`, or `env:NAME` to read it from the gateway's
+    /// environment at start (for secrets). Nothing of it reaches the client.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the process.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// A session that runs longer is ended.
+    #[serde(default)]
+    pub max_session_seconds: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Loads `path`, or the shipped default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (file, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: p.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("(built-in default)".to_string(), DEFAULT.to_string()),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError { file, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, Connection::Exec(exec)) in &self.connections {
+            if exec.interactive.is_empty() || exec.script.is_empty() {
+                return Err(format!(
+                    "connections.{name}: `interactive` and `script` each need a program"
+                ));
+            }
+            for (key, value) in &exec.env {
+                if let Some(var) = value.strip_prefix("env:")
+                    && std::env::var_os(var).is_none()
+                {
+                    return Err(format!(
+                        "connections.{name}.env.{key}: environment variable {var} is not set"
+                    ));
+                }
+            }
+        }
+        for (i, token) in self.tokens.iter().enumerate() {
+            if token.sha256.len() != 64 || hex::decode(&token.sha256).is_err() {
+                return Err(format!(
+                    "tokens[{i}].sha256: expected 64 hexadecimal digits (sha256sum of the token)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ExecConnection {
+    /// The process environment with `env:NAME` values resolved.
+    pub fn resolved_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| match v.strip_prefix("env:") {
+                Some(var) => (k.clone(), std::env::var(var).unwrap_or_default()),
+                None => (k.clone(), v.clone()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_loads() {
+        let config = Config::load(None).unwrap();
+        assert!(config.connections.contains_key("shell"));
+        assert!(config.connections.contains_key("python"));
+        assert!(config.gateway.dev_tokens);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_secrets_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "[gateway]\nlisten = \"127.0.0.1:1\"\nport = 5\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("unknown field `port`"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[connections.db]\nkind = \"exec\"\ninteractive = [\"sh\"]\nscript = [\"sh\"]\nenv = { PW = \"env:SLUICE_TEST_SURELY_UNSET\" }\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "connections.db.env.PW: environment variable SLUICE_TEST_SURELY_UNSET is not set"
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! The one writer of the record: events from every session queue here and are committed in
+//! groups (one durable commit for everything that arrived meanwhile), which is what makes a
+//! durable, hash-chained record fast.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{NewEvent, RecordError, Store};
+
+/// Events per commit at most; more waiting events go into the next commit.
+const MAX_GROUP: usize = 1024;
+
+type Ack = oneshot::Sender<Result<u64, String>>;
+
+/// A handle for sessions to append through. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    queue: mpsc::Sender<(NewEvent, Option<Ack>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the record cannot commit: {0}")]
+pub struct RecordFailed(pub String);
+
+impl Recorder {
+    /// Starts the writer task for `store`.
+    pub fn spawn(store: Arc<Store>) -> Recorder {
+        let (queue, mut rx) = mpsc::channel::<(NewEvent, Option<Ack>)>(8 * MAX_GROUP);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (events, acks): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || store.append(&events))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(RecordError::Io {
+                            path: "record".into(),
+                            message: e.to_string(),
+                        })
+                    });
+                match result {
+                    Ok(indices) => {
+                        for (ack, index) in acks.into_iter().zip(indices) {
+                            if let Some(ack) = ack {
+                                let _ = ack.send(Ok(index));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "record commit failed");
+                        for ack in acks.into_iter().flatten() {
+                            let _ = ack.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        Recorder { queue }
+    }
+
+    /// Appends `event` and waits until the commit holding it is durable (strict mode).
+    pub async fn append(&self, event: NewEvent) -> Result<u64, RecordFailed> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((event, Some(tx)))
+            .await
+            .map_err(|_| RecordFailed("the writer stopped".into()))?;
+        rx.await
+            .map_err(|_| RecordFailed("the writer stopped".into()))?
+            .map_err(RecordFailed)
+    }
+
+    /// Queues `event` without waiting for its commit (async mode). Still bounded: a full
+    /// queue makes the caller wait.
+    pub async fn enqueue(&self, event: NewEvent) -> Result<(), RecordFailed> {
+        self.queue
+            .send((event, None))
+            .await
+            .map_err(|_| RecordFailed("the writer stopped".into()))
+    }
+}

@@ -1,0 +1,364 @@
+//! `sluice serve`: one TLS listener for session upgrades and `/api/...`.
+//!
+//! Routes:
+//! - `POST /api/sessions?connection=NAME&mode=exec|connect&rows=R&cols=C` with
+//!   `Upgrade: sluice-session/1`: opens a session (see `session.rs`) on the upgraded stream.
+//! - `GET /api/sessions`: recorded sessions (the caller's own; reviewers and auditors see all).
+//! - `GET /api/sessions/ID/events`: one session's events, as JSON lines.
+//! - `GET /api/verify`: verifies the record; the report as JSON.
+//! - `GET /api/ca`: the gateway's CA certificate (public).
+//!
+//! Every request but `/api/ca` needs `Authorization: Bearer TOKEN`; a refusal says why and is
+//! logged with the client's address, never the token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::auth::Tokens;
+use crate::config::{Config, Connection};
+use crate::frame::Identity;
+use crate::plugin_host::{HostConfig, LoadedPlugin, PluginHost};
+use crate::policy::Policy;
+use crate::record::{Recorder, Store};
+use crate::session::{self, Mode};
+
+pub struct Gateway {
+    config: Config,
+    tokens: Tokens,
+    store: Arc<Store>,
+    chains: BTreeMap<String, Vec<LoadedPlugin>>,
+    session_ctx: Arc<session::Context>,
+    ca_pem: String,
+    // Keeps the engine (and its epoch thread) alive as long as the plugins.
+    _host: PluginHost,
+}
+
+/// What `serve` prints at start.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub ca_fingerprint: String,
+    pub dev_tokens: Option<crate::auth::DevTokens>,
+}
+
+/// Loads everything `serve` needs, failing at start (not at first use) on any bad input.
+pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::JoinHandle<()>)> {
+    crate::tls::install_provider();
+    let data = config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create the data folder {}", data.display()))?;
+    let policy = Policy::load_dir(&config.gateway.policies)?;
+    let host = PluginHost::new(HostConfig {
+        cache_dir: Some(data.join("plugin-cache")),
+        ..HostConfig::default()
+    })?;
+    let mut chains = BTreeMap::new();
+    for name in config.connections.keys() {
+        let plugins = policy
+            .chain(name)
+            .into_iter()
+            .map(|spec| host.load(spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        chains.insert(name.clone(), plugins);
+    }
+    let store = Arc::new(Store::open(
+        &data.join("record.redb"),
+        &data.join("record.key"),
+    )?);
+    let dev_tokens = if config.gateway.dev_tokens {
+        Some(crate::auth::dev_tokens(&data)?)
+    } else {
+        None
+    };
+    let tokens = Tokens::new(&config.tokens, dev_tokens.as_ref());
+    let tls = crate::tls::load_or_create(&data)?;
+    let session_ctx = Arc::new(session::Context {
+        recorder: Recorder::spawn(store.clone()),
+        record_mode: config.gateway.record_mode,
+        hold_timeout: Duration::from_millis(config.gateway.hold_timeout_ms),
+    });
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let addr = listener.local_addr()?;
+    let started = Started {
+        addr,
+        ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
+        dev_tokens,
+    };
+    let gateway = Arc::new(Gateway {
+        config,
+        tokens,
+        store,
+        chains,
+        session_ctx,
+        ca_pem: tls.ca_pem,
+        _host: host,
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let (gateway, acceptor) = (gateway.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gateway.route(req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok((started, task))
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    reply(status, json!({ "error": message }).to_string())
+}
+
+impl Gateway {
+    async fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        let path = req.uri().path().to_string();
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .map(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if path == "/api/ca" {
+            return reply(StatusCode::OK, self.ca_pem.clone());
+        }
+        let identity = match self.authenticate(&req) {
+            Ok(identity) => identity,
+            Err(why) => {
+                tracing::warn!(%peer, %path, why, "authentication refused");
+                return error(StatusCode::UNAUTHORIZED, why);
+            }
+        };
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::POST, ["api", "sessions"]) => self.open_session(req, &query, identity, peer),
+            (&Method::GET, ["api", "sessions"]) => self.list_sessions(&identity),
+            (&Method::GET, ["api", "sessions", id, "events"]) => self.session_events(&identity, id),
+            (&Method::GET, ["api", "verify"]) => {
+                let store = self.store.clone();
+                let report = tokio::task::spawn_blocking(move || store.verify())
+                    .await
+                    .unwrap_or_default();
+                reply(
+                    StatusCode::OK,
+                    crate::audit::report_json(&report).to_string(),
+                )
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                &format!("no route {} {path}", req.method()),
+            ),
+        }
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, &'static str> {
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .ok_or("missing token: pass --token or set SLUICE_TOKEN")?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or("malformed Authorization header")?;
+        self.tokens
+            .authenticate(token.trim())
+            .ok_or("unknown token")
+    }
+
+    fn open_session(
+        &self,
+        req: Request<Incoming>,
+        query: &BTreeMap<String, String>,
+        identity: Identity,
+        peer: SocketAddr,
+    ) -> Reply {
+        let upgrade = req
+            .headers()
+            .get(hyper::header::UPGRADE)
+            .and_then(|v| v.to_str().ok());
+        if upgrade != Some(crate::wire::PROTOCOL) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "sessions need `Upgrade: sluice-session/1`",
+            );
+        }
+        let Some(name) = query.get("connection") else {
+            return error(StatusCode::BAD_REQUEST, "missing ?connection=NAME");
+        };
+        let Some(connection) = self.config.connections.get(name) else {
+            let known: Vec<_> = self.config.connections.keys().cloned().collect();
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("unknown connection `{name}` (known: {})", known.join(", ")),
+            );
+        };
+        let mode = match query.get("mode").map(String::as_str) {
+            Some("exec") => Mode::Exec,
+            Some("connect") => {
+                let dim = |k: &str, d: u16| query.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+                Mode::Connect {
+                    rows: dim("rows", 24),
+                    cols: dim("cols", 80),
+                }
+            }
+            _ => return error(StatusCode::BAD_REQUEST, "mode must be exec or connect"),
+        };
+        let Connection::Exec(_) = connection;
+        let request = session::Request {
+            id: new_session_id(),
+            connection_name: name.clone(),
+            connection: connection.clone(),
+            plugins: self.chains.get(name).cloned().unwrap_or_default(),
+            identity,
+            client: peer.to_string(),
+            mode,
+        };
+        let id = request.id.clone();
+        let ctx = self.session_ctx.clone();
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => session::run(ctx, request, TokioIo::new(upgraded)).await,
+                Err(e) => tracing::info!(%peer, error = %e, "session upgrade failed"),
+            }
+        });
+        let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static(crate::wire::PROTOCOL),
+        );
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&id) {
+            headers.insert("sluice-session", value);
+        }
+        response
+    }
+
+    /// Users see their own sessions; reviewers and auditors see all (roles come with OIDC).
+    fn may_see_all(identity: &Identity) -> bool {
+        identity
+            .groups
+            .iter()
+            .any(|g| g == "reviewers" || g == "auditors")
+    }
+
+    fn list_sessions(&self, identity: &Identity) -> Reply {
+        match self.store.sessions() {
+            Ok(all) => {
+                let visible: Vec<_> = all
+                    .into_iter()
+                    .filter(|s| Self::may_see_all(identity) || s.subject == identity.subject)
+                    .collect();
+                reply(
+                    StatusCode::OK,
+                    serde_json::to_string(&visible).unwrap_or_default(),
+                )
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    fn session_events(&self, identity: &Identity, id: &str) -> Reply {
+        let visible = self.store.sessions().map(|all| {
+            all.into_iter().any(|s| {
+                s.id == id && (Self::may_see_all(identity) || s.subject == identity.subject)
+            })
+        });
+        match visible {
+            Ok(true) => {}
+            Ok(false) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no session {id} that you may see"),
+                );
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+        match self.store.session_events(id) {
+            Ok(events) => {
+                let lines: String = events
+                    .iter()
+                    .map(|e| crate::audit::event_json(e).to_string() + "\n")
+                    .collect();
+                reply(StatusCode::OK, lines)
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+}
+
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    format!("{}-{}", crate::session::now_ms(), hex::encode(bytes))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,515 @@
+//! The frame path of one session, in both directions:
+//!
+//! ```text
+//! client --wire--> [frame] --> [filter chain] --> [record] --> [forward] --> process
+//! client <--wire-- [forward] <-- [record] <-- [filter chain] <-- [frame] <-- process
+//! ```
+//!
+//! Each step is a named function below. There is no other path: nothing reaches the process
+//! or the client without `filter` and `record`. In strict mode `record` returns only when the
+//! commit that holds the frame is durable, and a failed commit ends the session (fails
+//! closed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::chain::{Chain, Decision, Outcome};
+use crate::config::{Connection, ExecConnection, RecordMode};
+use crate::exec::Process;
+use crate::frame::{Content, Direction, Frame, Identity, SessionInfo, Statement};
+use crate::plugin_host::LoadedPlugin;
+use crate::record::{NewEvent, RecordFailed, Recorder};
+use crate::wire::{self, Message, WireError};
+
+/// The largest script `sluice exec` may send.
+pub const MAX_SCRIPT_BYTES: usize = 16 << 20;
+const READ_CHUNK: usize = 32 << 10;
+const CTRL_U: u8 = 0x15;
+const CTRL_D: u8 = 0x04;
+
+/// What a session needs from the gateway.
+pub struct Context {
+    pub recorder: Recorder,
+    pub record_mode: RecordMode,
+    pub hold_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One-shot: the whole input is one frame, then the program runs to its end.
+    Exec,
+    /// An interactive terminal of this size.
+    Connect { rows: u16, cols: u16 },
+}
+
+/// A session about to start.
+pub struct Request {
+    pub id: String,
+    pub connection_name: String,
+    pub connection: Connection,
+    pub plugins: Vec<LoadedPlugin>,
+    pub identity: Identity,
+    pub client: String,
+    pub mode: Mode,
+}
+
+/// Why a session ended early; told to the client and recorded.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("{0}")]
+    Record(#[from] RecordFailed),
+    #[error("client: {0}")]
+    Client(#[from] WireError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Target(String),
+}
+
+struct Session<S> {
+    ctx: Arc<Context>,
+    info: SessionInfo,
+    chain: Chain,
+    client: S,
+    seq: [u64; 2],
+    /// The line being typed (interactive sessions), for the line frame at Enter.
+    line: Vec<u8>,
+}
+
+/// Runs a session to its end over `client`, the upgraded stream.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    ctx: Arc<Context>,
+    request: Request,
+    client: S,
+) {
+    let Connection::Exec(exec) = &request.connection;
+    let info = SessionInfo {
+        id: request.id.clone(),
+        connection: request.connection_name.clone(),
+        protocol: "exec".into(),
+        identity: request.identity.clone(),
+        started_at_ms: now_ms(),
+    };
+    let span = tracing::info_span!("session", id = %info.id, connection = %info.connection, user = %info.identity.subject);
+    let _enter = span.enter();
+    let open_meta = json!({
+        "subject": info.identity.subject,
+        "name": info.identity.name,
+        "groups": info.identity.groups,
+        "connection": info.connection,
+        "protocol": info.protocol,
+        "client": request.client,
+        "mode": match request.mode { Mode::Exec => "exec", Mode::Connect { .. } => "connect" },
+        "plugins": request.plugins.iter().map(|p| json!({"name": p.spec().name, "sha256": hex::encode(p.digest())})).collect::<Vec<_>>(),
+    });
+    let mut client = client;
+    let chain = match Chain::new(&request.plugins, &info) {
+        Ok(chain) => chain,
+        Err(e) => {
+            let _ = wire::write(
+                &mut client,
+                &Message::Error(format!("session refused: {e}")),
+            )
+            .await;
+            return;
+        }
+    };
+    let mut session = Session {
+        ctx,
+        info,
+        chain,
+        client,
+        seq: [0, 0],
+        line: Vec::new(),
+    };
+    if let Err(e) = session
+        .record_event("session-open", 0, open_meta, Vec::new())
+        .await
+    {
+        let _ = wire::write(
+            &mut session.client,
+            &Message::Error(format!("session refused: {e}")),
+        )
+        .await;
+        return;
+    }
+    tracing::info!("session opened");
+    let result = match request.mode {
+        Mode::Exec => session.exec(exec).await,
+        Mode::Connect { rows, cols } => session.connect(exec, rows, cols).await,
+    };
+    let (status, reason) = match &result {
+        Ok(code) => (Some(*code), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let close = session
+        .record_event(
+            "session-close",
+            0,
+            json!({"exit_status": status, "reason": reason}),
+            Vec::new(),
+        )
+        .await;
+    let last = match (result, close) {
+        (Ok(code), Ok(())) => Message::Exit(code),
+        (Err(e), _) => Message::Error(e.to_string()),
+        (Ok(_), Err(e)) => Message::Error(e.to_string()),
+    };
+    tracing::info!(exit = ?status, reason = ?reason, "session closed");
+    let _ = wire::write(&mut session.client, &last).await;
+    let _ = session.client.shutdown().await;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// One-shot: the whole input is one statement frame; if the chain lets it through, the
+    /// program runs and its output streams back.
+    async fn exec(&mut self, conn: &ExecConnection) -> Result<i32, End> {
+        let mut script = Vec::new();
+        loop {
+            match wire::read(&mut self.client).await? {
+                Message::Input(bytes) => {
+                    if script.len() + bytes.len() > MAX_SCRIPT_BYTES {
+                        return Err(End::Refused(format!(
+                            "the script exceeds {MAX_SCRIPT_BYTES} bytes"
+                        )));
+                    }
+                    script.extend_from_slice(&bytes);
+                }
+                Message::InputEnd => break,
+                other => {
+                    return Err(WireError::Malformed(format!(
+                        "unexpected {other:?} before the script ended"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&script).into_owned();
+        let statement = Content::Statement(Statement {
+            text,
+            params: vec![],
+        });
+        let Some(forward) = self.client_frame(statement).await? else {
+            return Err(End::Refused("the script was not run".into()));
+        };
+        let mut process = Process::script(conn)
+            .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
+        let bytes = match forward {
+            Content::Statement(s) => s.text.into_bytes(),
+            other => content_bytes(&other),
+        };
+        let mut input = std::mem::replace(&mut process.input, Box::new(tokio::io::sink()));
+        // Feed the script while reading output, so a large script cannot deadlock on a full pipe.
+        let feeder = tokio::spawn(async move {
+            let _ = input.write_all(&bytes).await;
+            let _ = input.shutdown().await;
+        });
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = process.output.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            self.target_frame(buf[..n].to_vec()).await?;
+        }
+        let _ = feeder.await;
+        self.flush(Direction::TargetToClient).await?;
+        wait(&mut process).await
+    }
+
+    /// Interactive: keystrokes cross the chain as byte frames; at Enter the typed line crosses
+    /// it too, and the Enter key is held back until the line's verdict.
+    async fn connect(&mut self, conn: &ExecConnection, rows: u16, cols: u16) -> Result<i32, End> {
+        let mut process = Process::interactive(conn, rows, cols)
+            .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            tokio::select! {
+                read = process.output.read(&mut buf) => {
+                    match read {
+                        Ok(n) if n > 0 => self.target_frame(buf[..n].to_vec()).await?,
+                        // A terminal reports EIO once the program has exited.
+                        _ => break,
+                    }
+                }
+                message = wire::read(&mut self.client) => {
+                    match message {
+                        Ok(Message::Input(bytes)) => self.keystrokes(&mut process, bytes).await?,
+                        Ok(Message::Resize { rows, cols }) => process.resize(rows, cols),
+                        // The client's input ended (a pipe, not a person): type Ctrl-D, as a
+                        // person would, and let the program finish.
+                        Ok(Message::InputEnd) => self.keystrokes(&mut process, vec![CTRL_D]).await?,
+                        Err(WireError::Closed) => {
+                            // The client went away: end the program with the session.
+                            let _ = process.child.start_kill();
+                            break;
+                        }
+                        Ok(other) => return Err(WireError::Malformed(format!("unexpected {other:?}")).into()),
+                        Err(e) => {
+                            let _ = process.child.start_kill();
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+        }
+        self.flush(Direction::TargetToClient).await?;
+        wait(&mut process).await
+    }
+
+    /// Splits typed input at Enter: the bytes before it go as a byte frame, the assembled
+    /// line as a line frame, and the Enter only if the line passed.
+    async fn keystrokes(&mut self, process: &mut Process, bytes: Vec<u8>) -> Result<(), End> {
+        let echo = process.echoes();
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let enter = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+            let (typed, tail) = match enter {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            if !typed.is_empty() {
+                if echo {
+                    self.track_line(typed);
+                }
+                let recorded_as =
+                    (!echo).then(|| Content::Bytes(b"[redacted: typed with echo off]".to_vec()));
+                if let Some(Content::Bytes(out)) = self
+                    .client_frame_as(Content::Bytes(typed.to_vec()), recorded_as)
+                    .await?
+                {
+                    process
+                        .input
+                        .write_all(&out)
+                        .await
+                        .map_err(|e| End::Target(e.to_string()))?;
+                }
+            }
+            if let Some((&key, after)) = tail.split_first() {
+                let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
+                let pass = if echo && !line.trim().is_empty() {
+                    self.client_frame(Content::Line(line)).await?.is_some()
+                } else {
+                    true
+                };
+                let key = if pass { key } else { CTRL_U };
+                process
+                    .input
+                    .write_all(&[key])
+                    .await
+                    .map_err(|e| End::Target(e.to_string()))?;
+                rest = after;
+            } else {
+                rest = tail;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the typed line up to date with editing keys (best effort: see ARCHITECTURE.md for
+    /// what line gates cannot see).
+    fn track_line(&mut self, typed: &[u8]) {
+        for &b in typed {
+            match b {
+                0x7f | 0x08 => {
+                    self.line.pop();
+                }
+                0x03 | CTRL_U => self.line.clear(),
+                b if b >= 0x20 => self.line.push(b),
+                _ => {}
+            }
+        }
+    }
+
+    /// Output of the program: filter, record, forward. A denied output frame ends the session
+    /// (a terminal stream has no error frame).
+    async fn target_frame(&mut self, bytes: Vec<u8>) -> Result<(), End> {
+        let decision = self.filter(Direction::TargetToClient, Content::Bytes(bytes));
+        self.record_frame(Direction::TargetToClient, &decision, None)
+            .await?;
+        match decision.outcome {
+            Outcome::Pass => self.forward_to_client(&decision.forward).await,
+            Outcome::Deny { plugin, reason } => Err(End::Refused(format!(
+                "output refused by {plugin}: {reason}"
+            ))),
+            Outcome::Hold { .. } => Err(End::Refused("output cannot be held".into())),
+        }
+    }
+
+    /// Input from the client: filter, record; returns what may be forwarded, or `None` when
+    /// refused (the client was told why).
+    async fn client_frame(&mut self, content: Content) -> Result<Option<Content>, End> {
+        self.client_frame_as(content, None).await
+    }
+
+    async fn client_frame_as(
+        &mut self,
+        content: Content,
+        redacted: Option<Content>,
+    ) -> Result<Option<Content>, End> {
+        let mut decision = self.filter(Direction::ClientToTarget, content);
+        if let Some(redacted) = redacted {
+            decision.record = redacted;
+        }
+        if let Outcome::Hold { reasons } = &decision.outcome {
+            decision = self.hold(decision.clone(), reasons.join("; ")).await?;
+        }
+        self.record_frame(Direction::ClientToTarget, &decision, None)
+            .await?;
+        match decision.outcome {
+            Outcome::Pass => Ok(Some(decision.forward)),
+            Outcome::Deny { plugin, reason } => {
+                self.notice(format!("sluice: refused by {plugin}: {reason}"))
+                    .await?;
+                Ok(None)
+            }
+            Outcome::Hold { .. } => Ok(None),
+        }
+    }
+
+    /// Until reviews exist, a held frame waits for the hold timeout and is then refused.
+    async fn hold(&mut self, decision: Decision, reason: String) -> Result<Decision, End> {
+        let wait = self.ctx.hold_timeout;
+        self.notice(format!(
+            "sluice: held for review ({reason}); waiting up to {} s",
+            wait.as_secs()
+        ))
+        .await?;
+        tokio::time::sleep(wait).await;
+        let reason = format!(
+            "held for review ({reason}) and no reviewer approved it within {} s",
+            wait.as_secs()
+        );
+        Ok(Decision {
+            outcome: Outcome::Deny {
+                plugin: "review".into(),
+                reason,
+            },
+            ..decision
+        })
+    }
+
+    /// The filter step: the frame crosses the chain.
+    fn filter(&mut self, direction: Direction, content: Content) -> Decision {
+        let slot = &mut self.seq[direction as usize];
+        *slot += 1;
+        let frame = Frame {
+            seq: *slot,
+            direction,
+            timestamp_ms: now_ms(),
+            content,
+        };
+        self.chain.on_frame(frame)
+    }
+
+    /// Releases what plugins buffered, through the rest of the chain, to the client.
+    async fn flush(&mut self, direction: Direction) -> Result<(), End> {
+        let mut seq = self.seq[direction as usize];
+        let decisions = self.chain.flush(direction, |content| {
+            seq += 1;
+            Frame {
+                seq,
+                direction,
+                timestamp_ms: now_ms(),
+                content,
+            }
+        });
+        self.seq[direction as usize] = seq;
+        for decision in decisions {
+            self.record_frame(direction, &decision, None).await?;
+            if decision.outcome == Outcome::Pass {
+                self.forward_to_client(&decision.forward).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record step.
+    async fn record_frame(
+        &mut self,
+        direction: Direction,
+        decision: &Decision,
+        extra: Option<serde_json::Value>,
+    ) -> Result<(), End> {
+        let (outcome, reason) = match &decision.outcome {
+            Outcome::Pass => ("pass", None),
+            Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
+            Outcome::Deny { plugin, reason } => ("deny", Some(format!("{plugin}: {reason}"))),
+        };
+        let meta = json!({
+            "dir": match direction { Direction::ClientToTarget => "in", Direction::TargetToClient => "out" },
+            "content": crate::frame::kind(&decision.record),
+            "outcome": outcome,
+            "reason": reason,
+            "failures": decision.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "extra": extra,
+        });
+        let seq = self.seq[direction as usize];
+        self.record_event("frame", seq, meta, content_bytes(&decision.record))
+            .await
+    }
+
+    async fn record_event(
+        &mut self,
+        kind: &str,
+        seq: u64,
+        meta: serde_json::Value,
+        payload: Vec<u8>,
+    ) -> Result<(), End> {
+        let event = NewEvent {
+            session: self.info.id.clone(),
+            seq,
+            kind: kind.into(),
+            time_ms: now_ms(),
+            meta: meta.to_string(),
+            payload,
+        };
+        match self.ctx.record_mode {
+            RecordMode::Strict => self.ctx.recorder.append(event).await.map(|_| ())?,
+            RecordMode::Async => self.ctx.recorder.enqueue(event).await?,
+        }
+        Ok(())
+    }
+
+    /// The forward step, toward the client.
+    async fn forward_to_client(&mut self, content: &Content) -> Result<(), End> {
+        wire::write(&mut self.client, &Message::Output(content_bytes(content))).await?;
+        Ok(())
+    }
+
+    async fn notice(&mut self, text: String) -> Result<(), End> {
+        wire::write(&mut self.client, &Message::Notice(text)).await?;
+        Ok(())
+    }
+}
+
+async fn wait(process: &mut Process) -> Result<i32, End> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = process
+        .child
+        .wait()
+        .await
+        .map_err(|e| End::Target(e.to_string()))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The bytes of a content, as forwarded to a byte stream or stored as a payload.
+pub fn content_bytes(content: &Content) -> Vec<u8> {
+    match content {
+        Content::Bytes(b) => b.clone(),
+        Content::Line(l) => l.as_bytes().to_vec(),
+        Content::Statement(s) => s.text.as_bytes().to_vec(),
+        Content::Columns(_) | Content::Row(_) => Vec::new(),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
