@@ -54,6 +54,7 @@ pub fn report_json(report: &VerifyReport) -> serde_json::Value {
         "purged": report.purged,
         "problem": report.problem.as_ref().map(|p| p.to_string()),
         "head": report.head,
+        "repaired": report.repaired,
     })
 }
 

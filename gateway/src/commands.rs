@@ -164,6 +164,9 @@ fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
             report["problem"].as_str().unwrap_or("unknown problem")
         );
     }
+    if report["repaired"] == true {
+        println!("note: the store was not closed cleanly; a repaired copy was verified");
+    }
     if print_head {
         println!(
             "{}",

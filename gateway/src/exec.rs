@@ -103,12 +103,17 @@ impl Process {
         }
     }
 
-    /// Whether the terminal echoes input; off at password prompts, when input must not be
-    /// recorded.
+    /// Whether typed input is visible: false at a password prompt. A program that reads
+    /// passwords turns echo off and keeps line mode (`getpass`, `sudo`, `stty -echo`); a line
+    /// editor such as readline turns both off and echoes by itself, so that counts as visible.
     pub fn echoes(&self) -> bool {
+        use rustix::termios::LocalModes;
         match &self.terminal {
             Some(fd) => rustix::termios::tcgetattr(fd)
-                .map(|t| t.local_modes.contains(rustix::termios::LocalModes::ECHO))
+                .map(|t| {
+                    t.local_modes.contains(LocalModes::ECHO)
+                        || !t.local_modes.contains(LocalModes::ICANON)
+                })
                 .unwrap_or(true),
             None => true,
         }

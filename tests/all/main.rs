@@ -7,4 +7,5 @@
 mod cli;
 mod plugin_host;
 mod record;
+mod sessions;
 mod support;

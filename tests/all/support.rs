@@ -53,3 +53,146 @@ pub fn line(seq: u64, text: &str) -> Frame {
 pub fn sluice() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
+
+/// A real gateway (`sluice serve`) on a free loopback port, with its own data folder; killed
+/// when dropped.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub user_token: String,
+    pub reviewer_token: String,
+    child: Option<std::process::Child>,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    /// Starts with `extra` appended to the test configuration (more connections, say).
+    pub fn start_with(extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let config = format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\n\n\
+             [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ PS1 = \"$ \" }}\n\n\
+             [connections.python]\nkind = \"exec\"\ninteractive = [\"python3\", \"-i\", \"-q\"]\nscript = [\"python3\", \"-\"]\n{extra}"
+        );
+        std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+        let mut gateway = Gateway {
+            dir,
+            addr: String::new(),
+            user_token: String::new(),
+            reviewer_token: String::new(),
+            child: None,
+        };
+        gateway.restart();
+        gateway
+    }
+
+    /// Starts (again) the gateway on this data folder; waits until it listens.
+    pub fn restart(&mut self) {
+        use std::io::BufRead;
+        let mut child = sluice()
+            .arg("serve")
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().expect("serve printed nothing").unwrap();
+        self.addr = first.rsplit("https://").next().unwrap().trim().to_string();
+        // Keep draining stdout so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let tokens: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.path().join("data/dev-tokens.json")).unwrap(),
+        )
+        .unwrap();
+        self.user_token = tokens["user"].as_str().unwrap().to_string();
+        self.reviewer_token = tokens["reviewer"].as_str().unwrap().to_string();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The CLI, pointed at this gateway with the user's token.
+    pub fn cli(&self) -> std::process::Command {
+        let mut cmd = sluice();
+        cmd.current_dir(self.dir.path())
+            .env("SLUICE_GATEWAY", &self.addr)
+            .env("SLUICE_TOKEN", &self.user_token)
+            .env("SLUICE_CA", self.dir.path().join("data/tls/ca.pem"));
+        cmd
+    }
+
+    /// Runs the CLI with `stdin`; returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        run_command(self.cli().args(args), stdin)
+    }
+
+    /// Runs the CLI with another token, or none.
+    pub fn run_as(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = self.cli();
+        match token {
+            Some(token) => cmd.env("SLUICE_TOKEN", token),
+            None => cmd.env_remove("SLUICE_TOKEN"),
+        };
+        run_command(cmd.args(args), "")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("data/record.redb")
+    }
+
+    pub fn client(&self) -> sluice::client::Client {
+        let ca = self.dir.path().join("data/tls/ca.pem");
+        sluice::client::Client::new(&self.addr, Some(self.user_token.clone()), Some(ca)).unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn run_command(cmd: &mut std::process::Command, stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits for `check` to hold, up to `limit`; panics with `what` otherwise.
+pub fn eventually(what: &str, limit: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use ed25519_dalek::{Signer, SigningKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 pub use entry::{Entry, GENESIS, Hash};
 pub use verify::{Problem, VerifyReport, verify_store};
@@ -230,10 +231,13 @@ impl Store {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
             let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
             let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+            // One draw of randomness for the whole group's nonces.
+            let mut nonces = vec![0u8; NONCE_LEN * events.len()];
+            getrandom::fill(&mut nonces).map_err(|e| self.corrupt(e))?;
+            let mut touched: Vec<SessionSummary> = Vec::new();
             let mut stored = Vec::new();
-            for event in events {
-                let mut nonce_and_payload = vec![0u8; NONCE_LEN];
-                getrandom::fill(&mut nonce_and_payload).map_err(|e| self.corrupt(e))?;
+            let mut payload = Vec::new();
+            for (event, nonce) in events.iter().zip(nonces.chunks_exact(NONCE_LEN)) {
                 let entry = Entry {
                     index: next,
                     prev_hash: prev,
@@ -242,23 +246,48 @@ impl Store {
                     kind: event.kind.clone(),
                     time_ms: event.time_ms,
                     meta: event.meta.clone(),
-                    payload_digest: entry::payload_digest(&nonce_and_payload, &event.payload),
+                    payload_digest: entry::payload_digest(nonce, &event.payload),
                 };
-                nonce_and_payload.extend_from_slice(&event.payload);
                 stored.clear();
                 stored.extend_from_slice(&entry.encode());
-                let hash = entry::Entry::hash(&entry);
+                let hash: Hash = sha2::Sha256::digest(&stored).into();
                 stored.extend_from_slice(&hash);
+                payload.clear();
+                payload.extend_from_slice(nonce);
+                payload.extend_from_slice(&event.payload);
                 entries
                     .insert(next, stored.as_slice())
                     .map_err(|e| self.corrupt(e))?;
                 payloads
-                    .insert(next, nonce_and_payload.as_slice())
+                    .insert(next, payload.as_slice())
                     .map_err(|e| self.corrupt(e))?;
-                update_session(&mut sessions, &entry).map_err(|e| self.corrupt(e))?;
+                let summary = match touched.iter().position(|s| s.id == entry.session) {
+                    Some(i) => &mut touched[i],
+                    None => {
+                        let existing = sessions
+                            .get(entry.session.as_str())
+                            .map_err(|e| self.corrupt(e))?;
+                        let summary = match existing {
+                            Some(bytes) => serde_json::from_slice(bytes.value())
+                                .map_err(|e| self.corrupt(e))?,
+                            None => SessionSummary::new(&entry),
+                        };
+                        touched.push(summary);
+                        touched
+                            .last_mut()
+                            .ok_or_else(|| self.corrupt("session summary"))?
+                    }
+                };
+                summary.update(&entry);
                 indices.push(next);
                 prev = hash;
                 next += 1;
+            }
+            for summary in &touched {
+                let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
+                sessions
+                    .insert(summary.id.as_str(), bytes.as_slice())
+                    .map_err(|e| self.corrupt(e))?;
             }
             if !events.is_empty() {
                 let head = self.sign(next - 1, prev);
@@ -348,51 +377,43 @@ impl Store {
     }
 }
 
-/// Keeps the session index (a derived view; the chain is the truth) up to date.
-fn update_session(
-    sessions: &mut redb::Table<&str, &[u8]>,
-    entry: &Entry,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let existing = sessions
-        .get(entry.session.as_str())?
-        .map(|v| v.value().to_vec());
-    let mut summary = match existing {
-        Some(bytes) => serde_json::from_slice::<SessionSummary>(&bytes)?,
-        None => SessionSummary {
-            id: entry.session.clone(),
-            started_ms: entry.time_ms,
-            first_index: entry.index,
+/// The session index is a derived view (the chain is the truth), kept up to date per commit.
+impl SessionSummary {
+    fn new(first: &Entry) -> SessionSummary {
+        SessionSummary {
+            id: first.session.clone(),
+            started_ms: first.time_ms,
+            first_index: first.index,
             ..SessionSummary::default()
-        },
-    };
-    summary.last_index = entry.index;
-    let meta: serde_json::Value = serde_json::from_str(&entry.meta).unwrap_or_default();
-    let text = |key: &str| {
-        meta.get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    match entry.kind.as_str() {
-        "session-open" => {
-            summary.subject = text("subject");
-            summary.connection = text("connection");
-            summary.client = text("client");
         }
-        "session-close" => {
-            summary.ended_ms = Some(entry.time_ms);
-            summary.exit_status = meta
-                .get("exit_status")
-                .and_then(|v| v.as_i64())
-                .map(|v| v as i32);
-        }
-        _ => {}
     }
-    sessions.insert(
-        entry.session.as_str(),
-        serde_json::to_vec(&summary)?.as_slice(),
-    )?;
-    Ok(())
+
+    fn update(&mut self, entry: &Entry) {
+        self.last_index = entry.index;
+        let meta = || serde_json::from_str::<serde_json::Value>(&entry.meta).unwrap_or_default();
+        match entry.kind.as_str() {
+            "session-open" => {
+                let meta = meta();
+                let text = |key: &str| {
+                    meta.get(key)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                self.subject = text("subject");
+                self.connection = text("connection");
+                self.client = text("client");
+            }
+            "session-close" => {
+                self.ended_ms = Some(entry.time_ms);
+                self.exit_status = meta()
+                    .get("exit_status")
+                    .and_then(|v| v.as_i64())
+                    .map(|v| v as i32);
+            }
+            _ => {}
+        }
+    }
 }
 
 fn load_or_create_signing_key(path: &Path) -> anyhow::Result<SigningKey> {

@@ -73,6 +73,8 @@ pub struct VerifyReport {
     pub purged: Vec<u64>,
     pub head: Option<SignedHead>,
     pub problem: Option<Problem>,
+    /// The file was not closed cleanly (a crash) and a copy had to be repaired to read it.
+    pub repaired: bool,
 }
 
 impl VerifyReport {
@@ -95,9 +97,29 @@ impl Store {
 pub fn verify_store(path: &Path, trusted_key: Option<[u8; 32]>) -> VerifyReport {
     let result = std::panic::catch_unwind(|| match redb::ReadOnlyDatabase::open(path) {
         Ok(db) => verify_db(&db, trusted_key),
+        // After an unclean stop (a crash, SIGKILL) redb must repair the file before reading
+        // it. Repair a copy, never the evidence itself, and verify that.
+        Err(redb::DatabaseError::RepairAborted) => verify_repaired_copy(path, trusted_key),
         Err(e) => corrupt(None, e),
     });
     result.unwrap_or_else(|_| corrupt(None, "the store could not be read"))
+}
+
+fn verify_repaired_copy(path: &Path, trusted_key: Option<[u8; 32]>) -> VerifyReport {
+    let Ok(dir) = tempfile::tempdir() else {
+        return corrupt(None, "no temporary folder to repair a copy in");
+    };
+    let copy = dir.path().join("repaired.redb");
+    if let Err(e) = std::fs::copy(path, &copy) {
+        return corrupt(None, format!("cannot copy the store to repair it: {e}"));
+    }
+    match redb::Database::open(&copy) {
+        Ok(db) => VerifyReport {
+            repaired: true,
+            ..verify_db(&db, trusted_key)
+        },
+        Err(e) => corrupt(None, e),
+    }
 }
 
 fn corrupt(index: Option<u64>, why: impl fmt::Display) -> VerifyReport {

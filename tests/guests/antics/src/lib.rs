@@ -23,10 +23,12 @@ impl Filter for Antics {
 
     fn on_frame(&mut self, frame: &Frame) -> Verdict {
         self.frames_seen += 1;
-        let Content::Line(line) = &frame.content else {
-            return Verdict::pass();
+        let line = match &frame.content {
+            Content::Line(line) => line.as_str(),
+            Content::Statement(statement) => statement.text.trim_end(),
+            _ => return Verdict::pass(),
         };
-        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+        match line.split_once(' ').unwrap_or((line, "")) {
             ("loop", _) => loop {
                 std::hint::black_box(&mut self.frames_seen);
             },

@@ -1,0 +1,383 @@
+//! Sessions end to end: the real `sluice` binary as gateway and client, real bash and
+//! python3, the real record.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use redb::ReadableTable;
+use serde_json::Value;
+use sluice::wire::{self, Message};
+
+use crate::support::*;
+
+/// The ids of the recorded sessions, newest first.
+fn session_ids(gw: &Gateway) -> Vec<String> {
+    let (code, out, err) = gw.run(&["sessions"], "");
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+fn events(gw: &Gateway, id: &str) -> Vec<Value> {
+    let (code, out, err) = gw.run(&["export", id, "--format", "jsonl"], "");
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn payload(event: &Value) -> Vec<u8> {
+    hex::decode(event["payload_hex"].as_str().unwrap_or_default()).unwrap()
+}
+
+/// All output the record holds for a session, in order.
+fn recorded_output(events: &[Value]) -> Vec<u8> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "frame" && e["meta"]["dir"] == "out")
+        .flat_map(payload)
+        .collect()
+}
+
+#[test]
+fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_order() {
+    let gw = Gateway::start();
+    let (code, out, err) = gw.run(
+        &["exec", "shell", "--", "echo hello; echo pw hunter2; exit 3"],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (3, "hello\npw [REDACTED]\n"), "{err}");
+
+    std::fs::write(
+        gw.dir.path().join("fix.py"),
+        "import sys\nprint(6 * 7)\nsys.exit(5)\n",
+    )
+    .unwrap();
+    let (code, out, err) = gw.run(&["exec", "python", "-f", "fix.py"], "");
+    assert_eq!((code, out.as_str()), (5, "42\n"), "{err}");
+
+    let ids = session_ids(&gw);
+    assert_eq!(ids.len(), 2);
+    let shell = events(&gw, &ids[1]);
+    let kinds: Vec<_> = shell.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"session-open"));
+    assert_eq!(kinds.last(), Some(&"session-close"));
+    assert_eq!(shell[0]["meta"]["subject"], "dev-user");
+    assert_eq!(shell[0]["meta"]["connection"], "shell");
+    assert_eq!(shell[0]["meta"]["plugins"][0]["name"], "redact-demo");
+    // The script is one statement frame, recorded as forwarded (redacted).
+    assert_eq!(shell[1]["meta"]["dir"], "in");
+    assert_eq!(shell[1]["meta"]["content"], "statement");
+    assert_eq!(
+        String::from_utf8(payload(&shell[1])).unwrap(),
+        "echo hello; echo pw [REDACTED]; exit 3\n"
+    );
+    assert_eq!(recorded_output(&shell), b"hello\npw [REDACTED]\n");
+    assert_eq!(shell.last().unwrap()["meta"]["exit_status"], 3);
+    let indices: Vec<_> = shell.iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");
+}
+
+#[test]
+fn interactive_bash_and_python_sessions_work_and_are_recorded() {
+    let gw = Gateway::start();
+    let (code, out, err) = gw.run(&["connect", "shell"], "echo $((6 * 7))\nexit 4\n");
+    assert_eq!(code, 4, "{err}");
+    assert!(out.contains("42"), "{out}");
+
+    let (code, out, err) = gw.run(&["connect", "python"], "print('py' * 2)\nexit(6)\n");
+    assert_eq!(code, 6, "{err}");
+    assert!(out.contains("pypy"), "{out}");
+
+    let ids = session_ids(&gw);
+    let python = events(&gw, &ids[0]);
+    let lines: Vec<_> = python
+        .iter()
+        .filter(|e| e["meta"]["content"] == "line")
+        .map(|e| String::from_utf8(payload(e)).unwrap())
+        .collect();
+    assert_eq!(lines, ["print('py' * 2)", "exit(6)"]);
+    assert!(String::from_utf8_lossy(&recorded_output(&python)).contains("pypy"));
+}
+
+#[test]
+fn a_denied_line_is_erased_and_the_session_goes_on() {
+    let guests = env!("SLUICE_TEST_GUESTS");
+    let gw = Gateway::start();
+    // A policy folder of this gateway's own, with a plugin that denies on cue.
+    let policies = gw.dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("gate.toml"),
+        format!(
+            "[plugins.gate]\nsource = \"{guests}/antics.wasm\"\n[chains]\nshell = [\"gate\"]\n"
+        ),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(gw.dir.path().join("sluice.toml")).unwrap();
+    let config = config.replace(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
+        "policies",
+    );
+    std::fs::write(gw.dir.path().join("sluice.toml"), config).unwrap();
+    let mut gw = gw;
+    gw.kill();
+    gw.restart();
+
+    let (code, out, err) = gw.run(
+        &["connect", "shell"],
+        "deny not today\necho after\nexit 0\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("refused by gate: not today"),
+        "err={err} out={out}"
+    );
+    assert!(out.contains("after"), "{out}");
+
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "deny", "no", "scripts"], "");
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("refused by gate: no scripts"), "{err}");
+}
+
+#[test]
+fn replay_and_asciicast_export_reproduce_the_output() {
+    let gw = Gateway::start();
+    let (code, out, _) = gw.run(
+        &[
+            "exec",
+            "shell",
+            "--",
+            "printf 'one\\ntwo\\n'; sleep 0.2; echo three",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    let id = &session_ids(&gw)[0];
+    let (code, replayed, _) = gw.run(&["replay", id, "--speed", "0"], "");
+    assert_eq!((code, replayed.as_str()), (0, out.as_str()));
+
+    let (code, cast, _) = gw.run(&["export", id, "--format", "asciicast"], "");
+    assert_eq!(code, 0);
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    let mut text = String::new();
+    let mut last_time = 0.0;
+    for line in lines {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let time = event[0].as_f64().unwrap();
+        assert!(time >= last_time, "times go forward");
+        last_time = time;
+        if event[1] == "o" {
+            text.push_str(event[2].as_str().unwrap());
+        }
+    }
+    assert_eq!(text, out);
+}
+
+#[test]
+fn verify_holds_online_and_offline_and_names_a_tampered_entry() {
+    let mut gw = Gateway::start();
+    gw.run(&["exec", "shell", "--", "echo a; echo b"], "");
+    let (code, out, _) = gw.run(&["verify", "--print-head"], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("record verified"), "{out}");
+    assert!(out.contains("\"signature\""), "{out}");
+
+    gw.kill();
+    let store = gw.store();
+    let store = store.to_str().unwrap();
+    let (code, out, _) = gw.run(&["verify", "--store", store], "");
+    assert_eq!(code, 0, "{out}");
+
+    // Change one recorded payload in a copy, through redb.
+    let copy = gw.dir.path().join("data/copy.redb");
+    std::fs::copy(store, &copy).unwrap();
+    {
+        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("payloads");
+        let db = redb::Database::open(&copy).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut payloads = txn.open_table(table).unwrap();
+            let mut bytes = payloads.get(2).unwrap().unwrap().value().to_vec();
+            bytes.push(b'!');
+            payloads.insert(2, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (code, out, _) = gw.run(&["verify", "--store", copy.to_str().unwrap()], "");
+    assert_eq!(code, 2);
+    assert!(out.contains("entry 2 was altered"), "{out}");
+}
+
+#[test]
+fn after_sigkill_mid_session_the_store_opens_verifies_and_holds_every_byte_the_client_saw() {
+    let mut gw = Gateway::start();
+    let mut client = gw
+        .cli()
+        .args([
+            "exec",
+            "shell",
+            "--",
+            "for i in $(seq 1 200000); do echo line $i; done",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut received = vec![0u8; 64 << 10];
+    stdout.read_exact(&mut received).unwrap();
+    gw.kill();
+    stdout.read_to_end(&mut received).unwrap();
+    let _ = client.wait();
+
+    gw.restart();
+    let (code, out, _) = gw.run(&["verify"], "");
+    assert_eq!(code, 0, "{out}");
+    let id = &session_ids(&gw)[0];
+    let recorded = recorded_output(&events(&gw, id));
+    assert!(
+        recorded.len() >= received.len(),
+        "recorded {} < received {}",
+        recorded.len(),
+        received.len()
+    );
+    assert!(
+        recorded.starts_with(&received),
+        "the client saw bytes that are not in the record"
+    );
+}
+
+#[test]
+fn bad_tokens_and_unknown_connections_are_refused_clearly() {
+    let gw = Gateway::start();
+    let (code, _, err) = gw.run_as(None, &["exec", "shell", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("401") && err.contains("missing token"),
+        "{err}"
+    );
+    let (code, _, err) = gw.run_as(
+        Some("sluice_dev_user_guess"),
+        &["exec", "shell", "--", "true"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown token"), "{err}");
+    let (code, _, err) = gw.run(&["exec", "nope", "--", "true"], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown connection `nope` (known: python, shell)"),
+        "{err}"
+    );
+    // Nothing was opened.
+    assert!(session_ids(&gw).is_empty());
+}
+
+#[test]
+fn malformed_frames_and_vanishing_clients_end_only_their_own_session() {
+    let gw = Gateway::start();
+    let client = gw.client();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        // Garbage where a message should be: the gateway answers with an error.
+        let (_, mut stream) = client.open("connection=shell&mode=exec").await.unwrap();
+        stream.write_all(&[0xEE, 0, 0, 0, 1, 0]).await.unwrap();
+        match wire::read(&mut stream).await.unwrap() {
+            Message::Error(text) => assert!(text.contains("unknown message kind"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        // A client that vanishes halfway through a message.
+        let (_, mut stream) = client.open("connection=shell&mode=exec").await.unwrap();
+        stream
+            .write_all(&[1, 0, 0, 1, 0, b'e', b'c'])
+            .await
+            .unwrap();
+        drop(stream);
+        // An interactive client that vanishes mid-session.
+        let (_, mut stream) = client.open("connection=python&mode=connect").await.unwrap();
+        wire::write(&mut stream, &Message::Input(b"x = 1\r".to_vec()))
+            .await
+            .unwrap();
+        drop(stream);
+    });
+    // The gateway still serves everyone else.
+    let (code, out, err) = gw.run(&["exec", "shell", "--", "echo still here"], "");
+    assert_eq!((code, out.as_str()), (0, "still here\n"), "{err}");
+    eventually(
+        "the vanished sessions are closed in the record",
+        Duration::from_secs(10),
+        || {
+            let (_, out, _) = gw.run(&["sessions"], "");
+            !out.contains("active")
+        },
+    );
+}
+
+#[test]
+fn the_ca_export_is_what_the_gateway_serves() {
+    let gw = Gateway::start();
+    let (code, pem, _) = gw.run(&["ca", "export", "--data-dir", "data"], "");
+    assert_eq!(code, 0);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let served = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(gw.client().get("/api/ca"))
+        .unwrap();
+    assert_eq!(served, pem.as_bytes());
+    let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn input_typed_at_a_password_prompt_is_recorded_redacted() {
+    let gw = Gateway::start();
+    let client = gw.client();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let output = runtime.block_on(async {
+        let (_, mut stream) = client.open("connection=shell&mode=connect").await.unwrap();
+        let mut seen = Vec::new();
+        let mut step = 0;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), wire::read(&mut stream))
+                .await
+                .unwrap()
+                .unwrap();
+            match message {
+                Message::Output(bytes) => seen.extend_from_slice(&bytes),
+                Message::Exit(_) => break,
+                other => panic!("{other:?}"),
+            }
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            // Type only once the prompt is there, as a person would.
+            if step == 0 && text.contains("$ ") {
+                let line = b"read -s -p 'pw: ' PW; echo; echo \"got ${#PW} chars\"\r".to_vec();
+                wire::write(&mut stream, &Message::Input(line))
+                    .await
+                    .unwrap();
+                step = 1;
+            } else if step == 1 && text.contains("pw: ") {
+                wire::write(&mut stream, &Message::Input(b"s3cret-value\r".to_vec()))
+                    .await
+                    .unwrap();
+                step = 2;
+            } else if step == 2 && text.contains("got 12 chars") {
+                wire::write(&mut stream, &Message::Input(b"exit\r".to_vec()))
+                    .await
+                    .unwrap();
+                step = 3;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    assert!(output.contains("got 12 chars"), "{output}");
+    let id = &session_ids(&gw)[0];
+    let all: Vec<u8> = events(&gw, id).iter().flat_map(payload).collect();
+    let all = String::from_utf8_lossy(&all);
+    assert!(!all.contains("s3cret"), "the password reached the record");
+    assert!(all.contains("[redacted: typed with echo off]"), "{all}");
+}
