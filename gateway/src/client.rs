@@ -86,12 +86,21 @@ impl Client {
 
     /// GET `path`; the body when the status is 200, else the gateway's error.
     pub async fn get(&self, path: &str) -> anyhow::Result<Bytes> {
+        self.call("GET", path).await
+    }
+
+    /// POST `path` with no body.
+    pub async fn post(&self, path: &str) -> anyhow::Result<Bytes> {
+        self.call("POST", path).await
+    }
+
+    async fn call(&self, method: &str, path: &str) -> anyhow::Result<Bytes> {
         let io = TokioIo::new(self.tls_stream().await?);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
         tokio::spawn(conn);
         let response = sender
-            .send_request(self.request("GET", path)?.body(Full::new(Bytes::new()))?)
+            .send_request(self.request(method, path)?.body(Full::new(Bytes::new()))?)
             .await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

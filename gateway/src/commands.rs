@@ -41,6 +41,7 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 pub struct SessionFilter {
+    pub active: bool,
     pub user: Option<String>,
     pub connection: Option<String>,
     pub since: Option<String>,
@@ -78,6 +79,24 @@ async fn events(client: &Client, id: &str) -> anyhow::Result<Vec<EventView>> {
 }
 
 pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<ExitCode> {
+    if filter.active {
+        let live: Vec<serde_json::Value> =
+            serde_json::from_slice(&client.get("/api/sessions?active=1").await?)?;
+        println!(
+            "{:<32} {:<14} {:<10} STARTED",
+            "ACTIVE SESSION", "USER", "CONNECTION"
+        );
+        for s in live {
+            println!(
+                "{:<32} {:<14} {:<10} {}",
+                s["id"].as_str().unwrap_or("?"),
+                s["subject"].as_str().unwrap_or("?"),
+                s["connection"].as_str().unwrap_or("?"),
+                s["started_ms"]
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let all: Vec<SessionSummary> = serde_json::from_slice(&client.get("/api/sessions").await?)?;
     let since = filter.since.as_deref().map(parse_time).transpose()?;
     let until = filter.until.as_deref().map(parse_time).transpose()?;
@@ -114,6 +133,12 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
             s.id, s.subject, s.connection, minutes, exit, s.client
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
+    client.post(&format!("/api/sessions/{id}/kill")).await?;
+    println!("session {id} ended");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -67,6 +67,9 @@ enum Command {
     },
     /// List recorded sessions.
     Sessions {
+        /// Only live sessions.
+        #[arg(long)]
+        active: bool,
         #[arg(long)]
         user: Option<String>,
         #[arg(long)]
@@ -80,6 +83,12 @@ enum Command {
         /// Only sessions whose recorded payloads contain TEXT.
         #[arg(long)]
         grep: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a live session (auditors).
+    Kill {
+        id: String,
         #[command(flatten)]
         target: Target,
     },
@@ -213,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?))
         }
         Command::Sessions {
+            active,
             user,
             connection,
             since,
@@ -221,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let filter = sluice::commands::SessionFilter {
+                active,
                 user,
                 connection,
                 since,
@@ -228,6 +239,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grep,
             };
             runtime()?.block_on(sluice::commands::sessions(target.client()?, filter))
+        }
+        Command::Kill { id, target } => {
+            runtime()?.block_on(sluice::commands::kill(target.client()?, &id))
         }
         Command::Replay { id, speed, target } => {
             runtime()?.block_on(sluice::commands::replay(target.client()?, &id, speed))

@@ -84,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         recorder: Recorder::spawn(store.clone()),
         record_mode: config.gateway.record_mode,
         hold_timeout: Duration::from_millis(config.gateway.hold_timeout_ms),
+        active: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)
         .await
@@ -171,7 +172,13 @@ impl Gateway {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method(), segments.as_slice()) {
             (&Method::POST, ["api", "sessions"]) => self.open_session(req, &query, identity, peer),
+            (&Method::GET, ["api", "sessions"]) if query.contains_key("active") => {
+                self.live_sessions(&identity)
+            }
             (&Method::GET, ["api", "sessions"]) => self.list_sessions(&identity),
+            (&Method::POST, ["api", "sessions", id, "kill"]) => {
+                self.kill_session(&identity, id, peer)
+            }
             (&Method::GET, ["api", "sessions", id, "events"]) => self.session_events(&identity, id),
             (&Method::GET, ["api", "verify"]) => {
                 let store = self.store.clone();
@@ -283,6 +290,37 @@ impl Gateway {
             .groups
             .iter()
             .any(|g| g == "reviewers" || g == "auditors")
+    }
+
+    fn live_sessions(&self, identity: &Identity) -> Reply {
+        let live: Vec<_> = self
+            .session_ctx
+            .live()
+            .into_iter()
+            .filter(|(_, subject, _, _)| Self::may_see_all(identity) || *subject == identity.subject)
+            .map(|(id, subject, connection, started_ms)| json!({"id": id, "subject": subject, "connection": connection, "started_ms": started_ms}))
+            .collect();
+        reply(StatusCode::OK, serde_json::Value::from(live).to_string())
+    }
+
+    /// Auditors (for now: the reviewers and auditors groups) end live sessions.
+    fn kill_session(&self, identity: &Identity, id: &str, peer: SocketAddr) -> Reply {
+        if !Self::may_see_all(identity) {
+            tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused: not an auditor");
+            return error(
+                StatusCode::FORBIDDEN,
+                "ending sessions needs the auditor role (groups reviewers or auditors)",
+            );
+        }
+        if self
+            .session_ctx
+            .kill(id, format!("ended by {}", identity.subject))
+        {
+            tracing::info!(subject = %identity.subject, session = id, "session killed");
+            reply(StatusCode::OK, json!({"killed": id}).to_string())
+        } else {
+            error(StatusCode::NOT_FOUND, &format!("no live session {id}"))
+        }
     }
 
     fn list_sessions(&self, identity: &Identity) -> Reply {

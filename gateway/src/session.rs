@@ -10,11 +10,13 @@
 //! commit that holds the frame is durable, and a failed commit ends the session (fails
 //! closed).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use crate::chain::{Chain, Decision, Outcome};
 use crate::config::{Connection, ExecConnection, RecordMode};
@@ -35,6 +37,43 @@ pub struct Context {
     pub recorder: Recorder,
     pub record_mode: RecordMode,
     pub hold_timeout: Duration,
+    /// Live sessions, so auditors can list and end them.
+    pub active: Mutex<HashMap<String, Active>>,
+}
+
+/// A live session as `sluice sessions --active` shows it; `kill` ends it.
+pub struct Active {
+    pub subject: String,
+    pub connection: String,
+    pub started_ms: u64,
+    kill: Option<oneshot::Sender<String>>,
+}
+
+impl Context {
+    /// Ends a live session with `reason`; false when there is no such live session.
+    pub fn kill(&self, id: &str, reason: String) -> bool {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match active.get_mut(id).and_then(|a| a.kill.take()) {
+            Some(kill) => kill.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// (id, subject, connection, started) of every live session.
+    pub fn live(&self) -> Vec<(String, String, String, u64)> {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    a.subject.clone(),
+                    a.connection.clone(),
+                    a.started_ms,
+                )
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +106,8 @@ enum End {
     Refused(String),
     #[error("{0}")]
     Target(String),
+    #[error("session ended: {0}")]
+    Ended(String),
 }
 
 struct Session<S> {
@@ -137,10 +178,45 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         return;
     }
     tracing::info!("session opened");
-    let result = match request.mode {
-        Mode::Exec => session.exec(exec).await,
-        Mode::Connect { rows, cols } => session.connect(exec, rows, cols).await,
+    let (kill, killed) = oneshot::channel();
+    let id = session.info.id.clone();
+    let active = Active {
+        subject: session.info.identity.subject.clone(),
+        connection: session.info.connection.clone(),
+        started_ms: session.info.started_at_ms,
+        kill: Some(kill),
     };
+    session
+        .ctx
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), active);
+    let max = exec
+        .max_session_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::MAX);
+    // Dropping the mode's future drops its process, which kills it.
+    let result = tokio::select! {
+        result = async {
+            match tokio::time::timeout(max, async {
+                match request.mode {
+                    Mode::Exec => session.exec(exec).await,
+                    Mode::Connect { rows, cols } => session.connect(exec, rows, cols).await,
+                }
+            }).await {
+                Ok(result) => result,
+                Err(_) => Err(End::Ended(format!("the connection's maximum session duration of {} s was reached", max.as_secs()))),
+            }
+        } => result,
+        Ok(reason) = killed => Err(End::Ended(reason)),
+    };
+    session
+        .ctx
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
     let (status, reason) = match &result {
         Ok(code) => (Some(*code), None),
         Err(e) => (None, Some(e.to_string())),

@@ -381,3 +381,64 @@ fn input_typed_at_a_password_prompt_is_recorded_redacted() {
     assert!(!all.contains("s3cret"), "the password reached the record");
     assert!(all.contains("[redacted: typed with echo off]"), "{all}");
 }
+
+#[test]
+fn live_sessions_are_listed_and_only_auditors_end_them() {
+    let gw = Gateway::start();
+    let mut sleeper = gw
+        .cli()
+        .args(["exec", "shell", "--", "sleep 60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    eventually("the session is live", Duration::from_secs(10), || {
+        let (_, out, _) = gw.run(&["sessions", "--active"], "");
+        id = out
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        !id.is_empty()
+    });
+    let (code, _, err) = gw.run(&["kill", &id], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("403") && err.contains("auditor role"), "{err}");
+
+    let (code, out, err) = gw.run_as(Some(&gw.reviewer_token.clone()), &["kill", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ended"), "{out}");
+    let status = sleeper.wait().unwrap();
+    let mut err = String::new();
+    sleeper
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("session ended: ended by dev-reviewer"),
+        "{err}"
+    );
+    let close = events(&gw, &id).pop().unwrap();
+    assert_eq!(close["kind"], "session-close");
+    assert_eq!(
+        close["meta"]["reason"],
+        "session ended: ended by dev-reviewer"
+    );
+    let (_, out, _) = gw.run(&["sessions", "--active"], "");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn a_session_past_its_connections_maximum_duration_is_ended() {
+    let gw = Gateway::start_with(
+        "\n[connections.brief]\nkind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\nmax_session_seconds = 1\n",
+    );
+    let (code, _, err) = gw.run(&["exec", "brief", "--", "sleep 30"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("maximum session duration of 1 s"), "{err}");
+}
