@@ -3,8 +3,11 @@
 
 - round trip: type a line into an interactive `cat` and wait for it to come back
   (terminal echo + cat's output), p50 and p99, through `sluice connect` vs a local PTY;
-- throughput: `cat` of a 200 MB file through `sluice exec` (recording on, strict mode,
-  the shipped policy's plugin in the chain) vs `cat` run directly.
+- throughput: `cat` of a 200 MB file through `sluice exec` (recording on, the shipped
+  policy's plugin in the chain) vs `cat` run directly.
+
+Both through the gateway in strict mode (each frame forwarded after its durable commit, the
+default) and async mode.
 
     cargo build --release && python3 benches/sessions.py
 """
@@ -72,35 +75,43 @@ def throughput(cmd, **kw):
     return SIZE / 1e6 / (time.perf_counter() - start)
 
 
+def start_gateway(work, port, mode):
+    os.makedirs(work)
+    shutil.copytree(os.path.join(ROOT, "policies"), os.path.join(work, "policies"))
+    with open(os.path.join(work, "sluice.toml"), "w") as f:
+        f.write(f'[gateway]\nlisten = "127.0.0.1:{port}"\ndev_tokens = true\nrecord_mode = "{mode}"\n\n'
+                '[connections.shell]\nkind = "exec"\ninteractive = ["bash", "-i"]\nscript = ["bash", "-s"]\n\n'
+                '[connections.cat]\nkind = "exec"\ninteractive = ["cat"]\nscript = ["bash", "-s"]\n')
+    gw = subprocess.Popen([SLUICE, "serve"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    gw.stdout.readline()
+    tokens = json.load(open(os.path.join(work, "sluice-data", "dev-tokens.json")))
+    return gw, dict(os.environ, SLUICE_GATEWAY=f"127.0.0.1:{port}", SLUICE_TOKEN=tokens["user"])
+
+
 def main():
-    work = tempfile.mkdtemp(prefix="sluice-bench-")
+    root = tempfile.mkdtemp(prefix="sluice-bench-")
     try:
-        shutil.copytree(os.path.join(ROOT, "policies"), os.path.join(work, "policies"))
-        with open(os.path.join(work, "sluice.toml"), "w") as f:
-            f.write('[gateway]\nlisten = "127.0.0.1:7644"\ndev_tokens = true\n\n'
-                    '[connections.shell]\nkind = "exec"\ninteractive = ["bash", "-i"]\nscript = ["bash", "-s"]\n\n'
-                    '[connections.cat]\nkind = "exec"\ninteractive = ["cat"]\nscript = ["bash", "-s"]\n')
-        big = os.path.join(work, "big.txt")
+        big = os.path.join(root, "big.txt")
         with open(big, "wb") as f:
             line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\n"
             f.write(line * (SIZE // len(line)) + b"x" * (SIZE % len(line)))
-        gw = subprocess.Popen([SLUICE, "serve"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        gw.stdout.readline()
-        tokens = json.load(open(os.path.join(work, "sluice-data", "dev-tokens.json")))
-        env = dict(os.environ, SLUICE_GATEWAY="127.0.0.1:7644", SLUICE_TOKEN=tokens["user"])
-        try:
-            results = {
-                "round_trip_direct": summary(direct_round_trips()),
-                "round_trip_gateway": summary(gateway_round_trips(env, work)),
-                "cat_200MB_direct_MBps": round(throughput(["cat", big])),
-                "cat_200MB_gateway_MBps": round(throughput([SLUICE, "exec", "shell", "--", "cat", big], cwd=work, env=env)),
-            }
-        finally:
-            gw.kill()
-            gw.wait()
+        results = {
+            "round_trip_direct": summary(direct_round_trips()),
+            "cat_200MB_direct_MBps": round(throughput(["cat", big])),
+        }
+        for port, mode in [(7644, "strict"), (7645, "async")]:
+            work = os.path.join(root, mode)
+            gw, env = start_gateway(work, port, mode)
+            try:
+                results[f"round_trip_gateway_{mode}"] = summary(gateway_round_trips(env, work))
+                cmd = [SLUICE, "exec", "shell", "--", "cat", big]
+                results[f"cat_200MB_gateway_{mode}_MBps"] = round(throughput(cmd, cwd=work, env=env))
+            finally:
+                gw.kill()
+                gw.wait()
         print(json.dumps(results, indent=2))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

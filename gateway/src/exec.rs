@@ -29,6 +29,8 @@ impl Process {
     /// Runs the connection's `script` program with stdout and stderr merged into `output`.
     pub fn script(conn: &ExecConnection) -> std::io::Result<Process> {
         let (reader, writer) = std::io::pipe()?;
+        // A larger pipe lets a fast program run ahead while a chunk's commit is in flight.
+        let _ = rustix::pipe::fcntl_setpipe_size(&reader, 1 << 20);
         let mut cmd = tokio::process::Command::new(&conn.script[0]);
         cmd.args(&conn.script[1..])
             .env_clear()

@@ -110,6 +110,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
+            // Small interactive frames must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
             let (gateway, acceptor) = (gateway.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
@@ -264,7 +266,13 @@ impl Gateway {
         let ctx = self.session_ctx.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
-                Ok(upgraded) => session::run(ctx, request, TokioIo::new(upgraded)).await,
+                Ok(upgraded) => {
+                    use tracing::Instrument;
+                    let span = tracing::info_span!("session", id = %request.id, connection = %request.connection_name, user = %request.identity.subject);
+                    session::run(ctx, request, TokioIo::new(upgraded))
+                        .instrument(span)
+                        .await
+                }
                 Err(e) => tracing::info!(%peer, error = %e, "session upgrade failed"),
             }
         });

@@ -28,7 +28,9 @@ use crate::wire::{self, Message, WireError};
 
 /// The largest script `sluice exec` may send.
 pub const MAX_SCRIPT_BYTES: usize = 16 << 20;
-const READ_CHUNK: usize = 32 << 10;
+/// Output is read in chunks of up to this size: in strict mode each chunk waits for a durable
+/// commit, so bigger chunks mean fewer waits on a fast producer (a terminal gives at most 4 KiB).
+const READ_CHUNK: usize = 256 << 10;
 const CTRL_U: u8 = 0x15;
 const CTRL_D: u8 = 0x04;
 
@@ -114,14 +116,18 @@ struct Session<S> {
     ctx: Arc<Context>,
     info: SessionInfo,
     chain: Chain,
-    client: S,
+    /// Toward the client.
+    client: tokio::io::WriteHalf<S>,
+    /// From the client, read by a task of its own so that waiting for a message can be
+    /// cancelled (by output arriving) without losing half a message.
+    from_client: tokio::sync::mpsc::Receiver<Result<Message, WireError>>,
     seq: [u64; 2],
     /// The line being typed (interactive sessions), for the line frame at Enter.
     line: Vec<u8>,
 }
 
 /// Runs a session to its end over `client`, the upgraded stream.
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     ctx: Arc<Context>,
     request: Request,
     client: S,
@@ -134,8 +140,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         identity: request.identity.clone(),
         started_at_ms: now_ms(),
     };
-    let span = tracing::info_span!("session", id = %info.id, connection = %info.connection, user = %info.identity.subject);
-    let _enter = span.enter();
     let open_meta = json!({
         "subject": info.identity.subject,
         "name": info.identity.name,
@@ -146,7 +150,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         "mode": match request.mode { Mode::Exec => "exec", Mode::Connect { .. } => "connect" },
         "plugins": request.plugins.iter().map(|p| json!({"name": p.spec().name, "sha256": hex::encode(p.digest())})).collect::<Vec<_>>(),
     });
-    let mut client = client;
+    let (mut reader, mut client) = tokio::io::split(client);
     let chain = match Chain::new(&request.plugins, &info) {
         Ok(chain) => chain,
         Err(e) => {
@@ -158,11 +162,23 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return;
         }
     };
+    // Bounded: a client that sends faster than the session can filter and record waits.
+    let (tx, from_client) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let message = wire::read(&mut reader).await;
+            let last = message.is_err();
+            if tx.send(message).await.is_err() || last {
+                break;
+            }
+        }
+    });
     let mut session = Session {
         ctx,
         info,
         chain,
         client,
+        from_client,
         seq: [0, 0],
         line: Vec::new(),
     };
@@ -240,12 +256,19 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    async fn next_message(&mut self) -> Result<Message, WireError> {
+        self.from_client
+            .recv()
+            .await
+            .unwrap_or(Err(WireError::Closed))
+    }
+
     /// One-shot: the whole input is one statement frame; if the chain lets it through, the
     /// program runs and its output streams back.
     async fn exec(&mut self, conn: &ExecConnection) -> Result<i32, End> {
         let mut script = Vec::new();
         loop {
-            match wire::read(&mut self.client).await? {
+            match self.next_message().await? {
                 Message::Input(bytes) => {
                     if script.len() + bytes.len() > MAX_SCRIPT_BYTES {
                         return Err(End::Refused(format!(
@@ -311,7 +334,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         _ => break,
                     }
                 }
-                message = wire::read(&mut self.client) => {
+                message = self.from_client.recv() => {
+                    let message = message.unwrap_or(Err(WireError::Closed));
                     match message {
                         Ok(Message::Input(bytes)) => self.keystrokes(&mut process, bytes).await?,
                         Ok(Message::Resize { rows, cols }) => process.resize(rows, cols),
