@@ -33,6 +33,9 @@ pub const MAX_SCRIPT_BYTES: usize = 16 << 20;
 const READ_CHUNK: usize = 256 << 10;
 const CTRL_U: u8 = 0x15;
 const CTRL_D: u8 = 0x04;
+/// After this long without traffic, plugins are asked to flush what they buffer, so output is
+/// never held back without bound.
+const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
 /// What a session needs from the gateway.
 pub struct Context {
@@ -296,10 +299,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let mut process = Process::script(conn)
             .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
-        let bytes = match forward {
-            Content::Statement(s) => s.text.into_bytes(),
-            other => content_bytes(&other),
-        };
+        let mut bytes = content_bytes(&forward);
+        // Whatever a plugin still holds of the input is the script's tail.
+        for released in self.flush(Direction::ClientToTarget).await? {
+            bytes.extend_from_slice(&content_bytes(&released));
+        }
         let mut input = std::mem::replace(&mut process.input, Box::new(tokio::io::sink()));
         // Feed the script while reading output, so a large script cannot deadlock on a full pipe.
         let feeder = tokio::spawn(async move {
@@ -308,14 +312,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         });
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            let n = process.output.read(&mut buf).await.unwrap_or(0);
+            // Idle output: let buffering plugins release what they hold.
+            let n = match tokio::time::timeout(IDLE_FLUSH, process.output.read(&mut buf)).await {
+                Ok(read) => read.unwrap_or(0),
+                Err(_) => {
+                    self.flush_output().await?;
+                    continue;
+                }
+            };
             if n == 0 {
                 break;
             }
             self.target_frame(buf[..n].to_vec()).await?;
         }
         let _ = feeder.await;
-        self.flush(Direction::TargetToClient).await?;
+        self.flush_output().await?;
         wait(&mut process).await
     }
 
@@ -325,6 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut process = Process::interactive(conn, rows, cols)
             .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut since_flush = false;
         loop {
             tokio::select! {
                 read = process.output.read(&mut buf) => {
@@ -333,11 +345,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         // A terminal reports EIO once the program has exited.
                         _ => break,
                     }
+                    since_flush = true;
+                }
+                // Quiet for a while after traffic: plugins release what they buffer.
+                () = tokio::time::sleep(IDLE_FLUSH), if since_flush => {
+                    self.flush_output().await?;
+                    self.flush_input(&mut process.input).await?;
+                    since_flush = false;
                 }
                 message = self.from_client.recv() => {
                     let message = message.unwrap_or(Err(WireError::Closed));
                     match message {
-                        Ok(Message::Input(bytes)) => self.keystrokes(&mut process, bytes).await?,
+                        Ok(Message::Input(bytes)) => {
+                            self.keystrokes(&mut process, bytes).await?;
+                            since_flush = true;
+                        }
                         Ok(Message::Resize { rows, cols }) => process.resize(rows, cols),
                         // The client's input ended (a pipe, not a person): type Ctrl-D, as a
                         // person would, and let the program finish.
@@ -356,7 +378,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        self.flush(Direction::TargetToClient).await?;
+        self.flush_input(&mut process.input).await?;
+        self.flush_output().await?;
         wait(&mut process).await
     }
 
@@ -428,7 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// (a terminal stream has no error frame).
     async fn target_frame(&mut self, bytes: Vec<u8>) -> Result<(), End> {
         let decision = self.filter(Direction::TargetToClient, Content::Bytes(bytes));
-        self.record_frame(Direction::TargetToClient, &decision, None)
+        self.record_frame(Direction::TargetToClient, &decision)
             .await?;
         match decision.outcome {
             Outcome::Pass => self.forward_to_client(&decision.forward).await,
@@ -457,7 +480,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Outcome::Hold { reasons } = &decision.outcome {
             decision = self.hold(decision.clone(), reasons.join("; ")).await?;
         }
-        self.record_frame(Direction::ClientToTarget, &decision, None)
+        self.record_frame(Direction::ClientToTarget, &decision)
             .await?;
         match decision.outcome {
             Outcome::Pass => Ok(Some(decision.forward)),
@@ -506,7 +529,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Releases what plugins buffered, through the rest of the chain, to the client.
-    async fn flush(&mut self, direction: Direction) -> Result<(), End> {
+    /// Asks the chain for what plugins buffer in `direction`; records each piece and returns
+    /// the ones that may be forwarded.
+    async fn flush(&mut self, direction: Direction) -> Result<Vec<Content>, End> {
         let mut seq = self.seq[direction as usize];
         let decisions = self.chain.flush(direction, |content| {
             seq += 1;
@@ -518,22 +543,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         });
         self.seq[direction as usize] = seq;
+        let mut released = Vec::new();
         for decision in decisions {
-            self.record_frame(direction, &decision, None).await?;
+            self.record_frame(direction, &decision).await?;
             if decision.outcome == Outcome::Pass {
-                self.forward_to_client(&decision.forward).await?;
+                released.push(decision.forward);
             }
+        }
+        Ok(released)
+    }
+
+    /// Flushes output to the client.
+    async fn flush_output(&mut self) -> Result<(), End> {
+        for content in self.flush(Direction::TargetToClient).await? {
+            self.forward_to_client(&content).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes input to the program.
+    async fn flush_input(&mut self, input: &mut crate::exec::Input) -> Result<(), End> {
+        for content in self.flush(Direction::ClientToTarget).await? {
+            input
+                .write_all(&content_bytes(&content))
+                .await
+                .map_err(|e| End::Target(e.to_string()))?;
         }
         Ok(())
     }
 
     /// The record step.
-    async fn record_frame(
-        &mut self,
-        direction: Direction,
-        decision: &Decision,
-        extra: Option<serde_json::Value>,
-    ) -> Result<(), End> {
+    async fn record_frame(&mut self, direction: Direction, decision: &Decision) -> Result<(), End> {
         let (outcome, reason) = match &decision.outcome {
             Outcome::Pass => ("pass", None),
             Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
@@ -545,7 +585,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "outcome": outcome,
             "reason": reason,
             "failures": decision.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-            "extra": extra,
         });
         let seq = self.seq[direction as usize];
         self.record_event("frame", seq, meta, content_bytes(&decision.record))

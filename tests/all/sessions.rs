@@ -102,30 +102,30 @@ fn interactive_bash_and_python_sessions_work_and_are_recorded() {
     assert!(String::from_utf8_lossy(&recorded_output(&python)).contains("pypy"));
 }
 
-#[test]
-fn a_denied_line_is_erased_and_the_session_goes_on() {
+/// A gateway whose shell connection runs the misbehaving `antics` guest.
+fn gateway_with_antics() -> Gateway {
     let guests = env!("SLUICE_TEST_GUESTS");
-    let gw = Gateway::start();
-    // A policy folder of this gateway's own, with a plugin that denies on cue.
+    let mut gw = Gateway::start();
     let policies = gw.dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("gate.toml"),
-        format!(
-            "[plugins.gate]\nsource = \"{guests}/antics.wasm\"\n[chains]\nshell = [\"gate\"]\n"
-        ),
-    )
-    .unwrap();
+    let policy = format!(
+        "[plugins.gate]\nsource = \"{guests}/antics.wasm\"\n[chains]\nshell = [\"gate\"]\n"
+    );
+    std::fs::write(policies.join("gate.toml"), policy).unwrap();
     let config = std::fs::read_to_string(gw.dir.path().join("sluice.toml")).unwrap();
     let config = config.replace(
         concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
         "policies",
     );
     std::fs::write(gw.dir.path().join("sluice.toml"), config).unwrap();
-    let mut gw = gw;
     gw.kill();
     gw.restart();
+    gw
+}
 
+#[test]
+fn a_denied_line_is_erased_and_the_session_goes_on() {
+    let gw = gateway_with_antics();
     let (code, out, err) = gw.run(
         &["connect", "shell"],
         "deny not today\necho after\nexit 0\n",
@@ -441,4 +441,21 @@ fn a_session_past_its_connections_maximum_duration_is_ended() {
     let (code, _, err) = gw.run(&["exec", "brief", "--", "sleep 30"], "");
     assert_eq!(code, 1);
     assert!(err.contains("maximum session duration of 1 s"), "{err}");
+}
+
+#[test]
+fn output_a_plugin_buffers_is_flushed_when_the_stream_goes_idle() {
+    let gw = gateway_with_antics();
+    // The plugin holds back the chunk with the marker; only the idle flush (during the
+    // sleep) can release it before `done`. The end-of-stream flush alone would put it last.
+    let (code, out, err) = gw.run(
+        &[
+            "exec",
+            "shell",
+            "--",
+            "echo HOLD\"\"BACK; sleep 1; echo done",
+        ],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (0, "HOLDBACK\ndone\n"), "{err}");
 }

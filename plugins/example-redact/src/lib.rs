@@ -77,20 +77,18 @@ impl Filter for Redact {
 impl Redact {
     /// The input with every occurrence replaced, or `None` when there is none.
     fn redact(&self, input: &[u8]) -> Option<Vec<u8>> {
-        let n = self.literal.len();
+        let mut matches = memchr::memmem::find_iter(input, &self.literal).peekable();
+        matches.peek()?;
         let mut out = Vec::with_capacity(input.len());
-        let (mut i, mut found) = (0, false);
-        while i < input.len() {
-            if input[i..].starts_with(&self.literal) {
-                out.extend_from_slice(&self.replacement);
-                i += n;
-                found = true;
-            } else {
-                out.push(input[i]);
-                i += 1;
-            }
+        let mut copied = 0;
+        for start in matches {
+            // find_iter yields non-overlapping matches, left to right.
+            out.extend_from_slice(&input[copied..start]);
+            out.extend_from_slice(&self.replacement);
+            copied = start + self.literal.len();
         }
-        found.then_some(out)
+        out.extend_from_slice(&input[copied..]);
+        Some(out)
     }
 
     fn redact_text(&self, text: &str) -> Option<String> {

@@ -5,7 +5,7 @@ use sluice_plugin_sdk::{Config, Content, Direction, Filter, Frame, SessionInfo, 
 
 pub struct Antics {
     remembered: Option<String>,
-    stash: Option<String>,
+    stash: Option<Content>,
     frames_seen: u64,
 }
 
@@ -24,6 +24,11 @@ impl Filter for Antics {
     fn on_frame(&mut self, frame: &Frame) -> Verdict {
         self.frames_seen += 1;
         let line = match &frame.content {
+            // Output to hold back until the host flushes, as a buffering masker would.
+            Content::Bytes(bytes) if bytes.windows(8).any(|w| w == b"HOLDBACK") => {
+                self.stash = Some(frame.content.clone());
+                return Verdict::replace(Content::Bytes(Vec::new()));
+            }
             Content::Line(line) => line.as_str(),
             Content::Statement(statement) => statement.text.trim_end(),
             _ => return Verdict::pass(),
@@ -57,7 +62,7 @@ impl Filter for Antics {
             }
             // Held back until the host flushes, as a buffering masker does with a partial match.
             ("stash", value) => {
-                self.stash = Some(value.to_string());
+                self.stash = Some(Content::Line(value.to_string()));
                 Verdict::replace(Content::Line(String::new()))
             }
             ("count", _) => Verdict::replace(Content::Line(self.frames_seen.to_string())),
@@ -68,7 +73,7 @@ impl Filter for Antics {
     }
 
     fn flush(&mut self, _direction: Direction) -> Option<Content> {
-        self.stash.take().map(Content::Line)
+        self.stash.take()
     }
 }
 
