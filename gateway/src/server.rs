@@ -36,6 +36,8 @@ pub struct Gateway {
     tokens: Tokens,
     store: Arc<Store>,
     chains: BTreeMap<String, Vec<LoadedPlugin>>,
+    /// Each policy file with its SHA-256, recorded with every session.
+    policy_files: Vec<serde_json::Value>,
     session_ctx: Arc<session::Context>,
     ca_pem: String,
     // Keeps the engine (and its epoch thread) alive as long as the plugins.
@@ -69,6 +71,16 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             .collect::<Result<Vec<_>, _>>()?;
         chains.insert(name.clone(), plugins);
     }
+    let policy_files = policy
+        .files
+        .iter()
+        .map(|f| {
+            let digest = std::fs::read(f)
+                .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
+                .unwrap_or_default();
+            json!({"file": f.display().to_string(), "sha256": digest})
+        })
+        .collect();
     let store = Arc::new(Store::open(
         &data.join("record.redb"),
         &data.join("record.key"),
@@ -100,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         tokens,
         store,
         chains,
+        policy_files,
         session_ctx,
         ca_pem: tls.ca_pem,
         _host: host,
@@ -258,6 +271,7 @@ impl Gateway {
             connection_name: name.clone(),
             connection: connection.clone(),
             plugins: self.chains.get(name).cloned().unwrap_or_default(),
+            policy: self.policy_files.clone(),
             identity,
             client: peer.to_string(),
             mode,

@@ -95,6 +95,8 @@ pub struct Request {
     pub connection_name: String,
     pub connection: Connection,
     pub plugins: Vec<LoadedPlugin>,
+    /// The policy files in force, with their digests, for the record.
+    pub policy: Vec<serde_json::Value>,
     pub identity: Identity,
     pub client: String,
     pub mode: Mode,
@@ -150,6 +152,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         "connection": info.connection,
         "protocol": info.protocol,
         "client": request.client,
+        "policy": request.policy,
         "mode": match request.mode { Mode::Exec => "exec", Mode::Connect { .. } => "connect" },
         "plugins": request.plugins.iter().map(|p| json!({"name": p.spec().name, "sha256": hex::encode(p.digest())})).collect::<Vec<_>>(),
     });

@@ -67,6 +67,26 @@ fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_ord
     assert_eq!(shell[0]["meta"]["subject"], "dev-user");
     assert_eq!(shell[0]["meta"]["connection"], "shell");
     assert_eq!(shell[0]["meta"]["plugins"][0]["name"], "redact-demo");
+    assert_eq!(
+        shell[0]["meta"]["plugins"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(
+        shell[0]["meta"]["policy"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("default.toml")
+    );
+    assert_eq!(
+        shell[0]["meta"]["policy"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
     // The script is one statement frame, recorded as forwarded (redacted).
     assert_eq!(shell[1]["meta"]["dir"], "in");
     assert_eq!(shell[1]["meta"]["content"], "statement");
@@ -458,4 +478,41 @@ fn output_a_plugin_buffers_is_flushed_when_the_stream_goes_idle() {
         "",
     );
     assert_eq!((code, out.as_str()), (0, "HOLDBACK\ndone\n"), "{err}");
+}
+
+#[test]
+fn when_the_record_cannot_commit_frames_stop_and_the_client_is_told() {
+    let mut gw = Gateway::start();
+    gw.kill();
+    // Restart the gateway with its files capped at 4 MiB (and SIGXFSZ ignored, so a write
+    // past the cap fails with EFBIG, as on a full disk, instead of killing the process).
+    gw.restart_with_wrapper(&[
+        "bash",
+        "-c",
+        "trap '' XFSZ; ulimit -f 4096; exec \"$0\" \"$@\"",
+    ]);
+    let (code, out, err) = gw.run(
+        &[
+            "exec",
+            "shell",
+            "--",
+            "for i in $(seq 1 400000); do echo line $i; done",
+        ],
+        "",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the record cannot commit"), "{err}");
+    assert!(
+        !out.contains("line 400000"),
+        "output went on past the failed commit"
+    );
+    // Everything the client saw was recorded before it was forwarded.
+    gw.kill();
+    gw.restart();
+    let id = &session_ids(&gw)[0];
+    let recorded = recorded_output(&events(&gw, id));
+    assert!(
+        recorded.starts_with(out.as_bytes()),
+        "the client saw unrecorded bytes"
+    );
 }

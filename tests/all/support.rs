@@ -92,8 +92,22 @@ impl Gateway {
 
     /// Starts (again) the gateway on this data folder; waits until it listens.
     pub fn restart(&mut self) {
+        self.restart_with_wrapper(&[]);
+    }
+
+    /// Like `restart`, with the gateway started through `wrapper` (a program and its
+    /// arguments, given the gateway's command line after them).
+    pub fn restart_with_wrapper(&mut self, wrapper: &[&str]) {
         use std::io::BufRead;
-        let mut child = sluice()
+        let mut command = match wrapper.split_first() {
+            None => sluice(),
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_sluice"));
+                c
+            }
+        };
+        let mut child = command
             .arg("serve")
             .current_dir(self.dir.path())
             .stdout(std::process::Stdio::piped())
