@@ -101,7 +101,7 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
     let since = filter.since.as_deref().map(parse_time).transpose()?;
     let until = filter.until.as_deref().map(parse_time).transpose()?;
     println!(
-        "{:<28} {:<14} {:<10} {:<8} {:<7} CLIENT",
+        "{:<32} {:<14} {:<10} {:<8} {:<7} CLIENT",
         "SESSION", "USER", "CONNECTION", "MINUTES", "EXIT"
     );
     for s in all {
@@ -129,7 +129,7 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
         });
         let exit = s.exit_status.map_or("-".into(), |c| c.to_string());
         println!(
-            "{:<28} {:<14} {:<10} {:<8} {:<7} {}",
+            "{:<32} {:<14} {:<10} {:<8} {:<7} {}",
             s.id, s.subject, s.connection, minutes, exit, s.client
         );
     }
