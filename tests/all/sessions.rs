@@ -60,6 +60,20 @@ fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_ord
 
     let ids = session_ids(&gw);
     assert_eq!(ids.len(), 2);
+    // The auditor's filters.
+    let listed = |args: &[&str]| {
+        let (code, out, err) = gw.run(&[&["sessions"], args].concat(), "");
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&["--connection", "python"]), [ids[0].clone()]);
+    assert_eq!(listed(&["--grep", "pw [REDACTED]"]), [ids[1].clone()]);
+    assert_eq!(listed(&["--user", "dev-user", "--since", "1h"]).len(), 2);
+    assert!(listed(&["--user", "somebody-else"]).is_empty());
+    assert!(listed(&["--until", "1h"]).is_empty());
     let shell = events(&gw, &ids[1]);
     let kinds: Vec<_> = shell.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"session-open"));
