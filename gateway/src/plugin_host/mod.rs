@@ -552,13 +552,14 @@ impl FilterInstance {
                 Ok(Err(message)) => return Err(self.plugin.error(Failure::Init(message))),
                 Err(e) => return Err(self.plugin.classify(&store, e)),
             }
-            self.live = Some((store, filter));
+            return Ok(self.live.insert((store, filter)));
         }
-        // Just filled above; the `let else` keeps the data path free of panics.
-        let Some(live) = self.live.as_mut() else {
-            unreachable!("instance was just made")
-        };
-        Ok(live)
+        match self.live.as_mut() {
+            Some(live) => Ok(live),
+            None => Err(self
+                .plugin
+                .error(Failure::Instantiate("no live instance".into()))),
+        }
     }
 }
 
@@ -602,12 +603,14 @@ impl SinkInstance {
                 Ok(Err(message)) => return Err(self.plugin.error(Failure::Init(message))),
                 Err(e) => return Err(self.plugin.classify(&store, e)),
             }
-            self.live = Some((store, sink));
+            return Ok(self.live.insert((store, sink)));
         }
-        let Some(live) = self.live.as_mut() else {
-            unreachable!("instance was just made")
-        };
-        Ok(live)
+        match self.live.as_mut() {
+            Some(live) => Ok(live),
+            None => Err(self
+                .plugin
+                .error(Failure::Instantiate("no live instance".into()))),
+        }
     }
 }
 
