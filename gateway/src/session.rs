@@ -10,7 +10,7 @@
 //! commit that holds the frame is durable, and a failed commit ends the session (fails
 //! closed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::config::{Connection, ExecConnection, RecordMode};
 use crate::exec::Process;
 use crate::frame::{Content, Direction, Frame, Identity, SessionInfo, Statement};
 use crate::plugin_host::LoadedPlugin;
-use crate::record::{NewEvent, RecordFailed, Recorder};
+use crate::record::{NewEvent, Receipt, RecordFailed, Recorder};
 use crate::wire::{self, Message, WireError};
 
 /// The largest script `sluice exec` may send.
@@ -36,6 +36,9 @@ const CTRL_D: u8 = 0x04;
 /// After this long without traffic, plugins are asked to flush what they buffer, so output is
 /// never held back without bound.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
+/// One-shot output chunks that may wait for their commit at once (at most this many times
+/// `READ_CHUNK` bytes are held back).
+const PIPELINE: usize = 8;
 
 /// What a session needs from the gateway.
 pub struct Context {
@@ -313,21 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let _ = input.write_all(&bytes).await;
             let _ = input.shutdown().await;
         });
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            // Idle output: let buffering plugins release what they hold.
-            let n = match tokio::time::timeout(IDLE_FLUSH, process.output.read(&mut buf)).await {
-                Ok(read) => read.unwrap_or(0),
-                Err(_) => {
-                    self.flush_output().await?;
-                    continue;
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            self.target_frame(buf[..n].to_vec()).await?;
-        }
+        self.pump_output(&mut process.output).await?;
         let _ = feeder.await;
         self.flush_output().await?;
         wait(&mut process).await
@@ -450,6 +439,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// Output of a one-shot program, pipelined for throughput: while up to [`PIPELINE`]
+    /// chunks wait for their commit (one group commit for them all), the next ones are read
+    /// and filtered. Each chunk is still forwarded only once durable, and in order.
+    async fn pump_output(&mut self, output: &mut crate::exec::Output) -> Result<(), End> {
+        let mut pending: VecDeque<(Receipt, Content)> = VecDeque::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if pending.len() >= PIPELINE {
+                self.forward_recorded(pending.pop_front()).await?;
+                continue;
+            }
+            let n = if pending.is_empty() {
+                match tokio::time::timeout(IDLE_FLUSH, output.read(&mut buf)).await {
+                    Ok(read) => read.unwrap_or(0),
+                    Err(_idle) => {
+                        // Nothing pending and nothing new: plugins release what they buffer.
+                        self.flush_output().await?;
+                        continue;
+                    }
+                }
+            } else {
+                // Read on while the oldest chunk's commit is in flight; forward it as soon as
+                // it is durable, so a pause in the output never holds recorded output back.
+                let oldest = async {
+                    match pending.front_mut() {
+                        Some((receipt, _)) => receipt.wait().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    durable = oldest => {
+                        durable?;
+                        if let Some((_, content)) = pending.pop_front() {
+                            self.forward_to_client(&content).await?;
+                        }
+                        continue;
+                    }
+                    read = output.read(&mut buf) => read.unwrap_or(0),
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let decision =
+                self.filter(Direction::TargetToClient, Content::Bytes(buf[..n].to_vec()));
+            let receipt = self
+                .submit_frame(Direction::TargetToClient, &decision)
+                .await?;
+            match decision.outcome {
+                Outcome::Pass => pending.push_back((receipt, decision.forward)),
+                refused => {
+                    // What passed before still goes out; this and everything after does not.
+                    while let Some(next) = pending.pop_front() {
+                        self.forward_recorded(Some(next)).await?;
+                    }
+                    receipt.durable().await?;
+                    return Err(output_refused(refused));
+                }
+            }
+        }
+        while let Some(next) = pending.pop_front() {
+            self.forward_recorded(Some(next)).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards a chunk once the commit recording it is durable.
+    async fn forward_recorded(&mut self, entry: Option<(Receipt, Content)>) -> Result<(), End> {
+        if let Some((receipt, content)) = entry {
+            receipt.durable().await?;
+            self.forward_to_client(&content).await?;
+        }
+        Ok(())
+    }
+
     /// Output of the program: filter, record, forward. A denied output frame ends the session
     /// (a terminal stream has no error frame).
     async fn target_frame(&mut self, bytes: Vec<u8>) -> Result<(), End> {
@@ -458,10 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await?;
         match decision.outcome {
             Outcome::Pass => self.forward_to_client(&decision.forward).await,
-            Outcome::Deny { plugin, reason } => Err(End::Refused(format!(
-                "output refused by {plugin}: {reason}"
-            ))),
-            Outcome::Hold { .. } => Err(End::Refused("output cannot be held".into())),
+            refused => Err(output_refused(refused)),
         }
     }
 
@@ -577,6 +639,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The record step.
     async fn record_frame(&mut self, direction: Direction, decision: &Decision) -> Result<(), End> {
+        self.submit_frame(direction, decision)
+            .await?
+            .durable()
+            .await?;
+        Ok(())
+    }
+
+    /// Queues a frame for the record; the receipt says when it is durable (strict mode) or
+    /// at once (async mode).
+    async fn submit_frame(
+        &mut self,
+        direction: Direction,
+        decision: &Decision,
+    ) -> Result<Receipt, End> {
         let (outcome, reason) = match &decision.outcome {
             Outcome::Pass => ("pass", None),
             Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
@@ -590,7 +666,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "failures": decision.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         });
         let seq = self.seq[direction as usize];
-        self.record_event("frame", seq, meta, content_bytes(&decision.record))
+        self.submit_event("frame", seq, meta, content_bytes(&decision.record))
             .await
     }
 
@@ -601,6 +677,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         meta: serde_json::Value,
         payload: Vec<u8>,
     ) -> Result<(), End> {
+        self.submit_event(kind, seq, meta, payload)
+            .await?
+            .durable()
+            .await?;
+        Ok(())
+    }
+
+    async fn submit_event(
+        &mut self,
+        kind: &str,
+        seq: u64,
+        meta: serde_json::Value,
+        payload: Vec<u8>,
+    ) -> Result<Receipt, End> {
         let event = NewEvent {
             session: self.info.id.clone(),
             seq,
@@ -609,11 +699,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             meta: meta.to_string(),
             payload,
         };
-        match self.ctx.record_mode {
-            RecordMode::Strict => self.ctx.recorder.append(event).await.map(|_| ())?,
-            RecordMode::Async => self.ctx.recorder.enqueue(event).await?,
-        }
-        Ok(())
+        let track = self.ctx.record_mode == RecordMode::Strict;
+        Ok(self.ctx.recorder.submit(event, track).await?)
     }
 
     /// The forward step, toward the client.
@@ -625,6 +712,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn notice(&mut self, text: String) -> Result<(), End> {
         wire::write(&mut self.client, &Message::Notice(text)).await?;
         Ok(())
+    }
+}
+
+fn output_refused(outcome: Outcome) -> End {
+    match outcome {
+        Outcome::Deny { plugin, reason } => {
+            End::Refused(format!("output refused by {plugin}: {reason}"))
+        }
+        _ => End::Refused("output cannot be held".into()),
     }
 }
 

@@ -24,7 +24,7 @@ use sha2::Digest;
 
 pub use entry::{Entry, GENESIS, Hash};
 pub use verify::{Problem, VerifyReport, verify_store};
-pub use writer::{RecordFailed, Recorder};
+pub use writer::{Receipt, RecordFailed, Recorder};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");

@@ -68,22 +68,62 @@ impl Recorder {
 
     /// Appends `event` and waits until the commit holding it is durable (strict mode).
     pub async fn append(&self, event: NewEvent) -> Result<u64, RecordFailed> {
-        let (tx, rx) = oneshot::channel();
-        self.queue
-            .send((event, Some(tx)))
+        self.submit(event, true)
+            .await?
+            .durable()
             .await
-            .map_err(|_| RecordFailed("the writer stopped".into()))?;
-        rx.await
-            .map_err(|_| RecordFailed("the writer stopped".into()))?
-            .map_err(RecordFailed)
+            .map(|index| index.unwrap_or_default())
     }
 
     /// Queues `event` without waiting for its commit (async mode). Still bounded: a full
     /// queue makes the caller wait.
     pub async fn enqueue(&self, event: NewEvent) -> Result<(), RecordFailed> {
+        self.submit(event, false).await.map(|_| ())
+    }
+
+    /// Queues `event`; with `track`, the receipt resolves once its commit is durable, so a
+    /// caller can queue more events (one commit for them all) before it waits.
+    pub async fn submit(&self, event: NewEvent, track: bool) -> Result<Receipt, RecordFailed> {
+        let (ack, receipt) = if track {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         self.queue
-            .send((event, None))
+            .send((event, ack))
             .await
-            .map_err(|_| RecordFailed("the writer stopped".into()))
+            .map_err(|_| RecordFailed("the writer stopped".into()))?;
+        Ok(Receipt(receipt))
+    }
+}
+
+/// Proof of a queued event; `durable` waits for its commit (at once for untracked events).
+#[derive(Debug)]
+pub struct Receipt(Option<oneshot::Receiver<Result<u64, String>>>);
+
+impl Receipt {
+    /// Like [`Receipt::durable`], without consuming the receipt; poll it to completion once.
+    pub async fn wait(&mut self) -> Result<Option<u64>, RecordFailed> {
+        match self.0.as_mut() {
+            None => Ok(None),
+            Some(rx) => match rx.await {
+                Ok(Ok(index)) => Ok(Some(index)),
+                Ok(Err(e)) => Err(RecordFailed(e)),
+                Err(_) => Err(RecordFailed("the writer stopped".into())),
+            },
+        }
+    }
+
+    /// The event's index once its commit is durable (`None` for an untracked event).
+    pub async fn durable(self) -> Result<Option<u64>, RecordFailed> {
+        match self.0 {
+            None => Ok(None),
+            Some(rx) => match rx.await {
+                Ok(Ok(index)) => Ok(Some(index)),
+                Ok(Err(e)) => Err(RecordFailed(e)),
+                Err(_) => Err(RecordFailed("the writer stopped".into())),
+            },
+        }
     }
 }
