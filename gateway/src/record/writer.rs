@@ -116,14 +116,7 @@ impl Receipt {
     }
 
     /// The event's index once its commit is durable (`None` for an untracked event).
-    pub async fn durable(self) -> Result<Option<u64>, RecordFailed> {
-        match self.0 {
-            None => Ok(None),
-            Some(rx) => match rx.await {
-                Ok(Ok(index)) => Ok(Some(index)),
-                Ok(Err(e)) => Err(RecordFailed(e)),
-                Err(_) => Err(RecordFailed("the writer stopped".into())),
-            },
-        }
+    pub async fn durable(mut self) -> Result<Option<u64>, RecordFailed> {
+        self.wait().await
     }
 }
