@@ -142,7 +142,7 @@ pub fn run(
         let frame = Frame {
             seq: seq[direction as usize],
             direction,
-            timestamp_ms: now_ms(),
+            timestamp_ms: crate::session::now_ms(),
             content: parsed.content.into(),
         };
         let started = Instant::now();
@@ -192,12 +192,6 @@ fn report(seq: u64, verdict: Verdict, time_us: f64, memory_bytes: usize) -> Repo
         time_us,
         memory_bytes,
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn text(bytes: Vec<u8>) -> String {

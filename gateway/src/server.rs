@@ -362,10 +362,8 @@ impl Gateway {
     }
 
     fn session_events(&self, identity: &Identity, id: &str) -> Reply {
-        let visible = self.store.sessions().map(|all| {
-            all.into_iter().any(|s| {
-                s.id == id && (Self::may_see_all(identity) || s.subject == identity.subject)
-            })
+        let visible = self.store.session(id).map(|found| {
+            found.is_some_and(|s| Self::may_see_all(identity) || s.subject == identity.subject)
         });
         match visible {
             Ok(true) => {}

@@ -295,11 +295,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        let text = String::from_utf8_lossy(&script).into_owned();
-        let statement = Content::Statement(Statement {
-            text,
-            params: vec![],
-        });
+        // A script is one statement; one that is not UTF-8 goes as bytes, so it reaches the
+        // program exactly as sent.
+        let statement = match String::from_utf8(script) {
+            Ok(text) => Content::Statement(Statement {
+                text,
+                params: vec![],
+            }),
+            Err(e) => Content::Bytes(e.into_bytes()),
+        };
         let Some(forward) = self.client_frame(statement).await? else {
             return Err(End::Refused("the script was not run".into()));
         };

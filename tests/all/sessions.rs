@@ -530,3 +530,16 @@ fn when_the_record_cannot_commit_frames_stop_and_the_client_is_told() {
         "the client saw unrecorded bytes"
     );
 }
+
+#[test]
+fn a_script_that_is_not_utf8_reaches_the_program_byte_for_byte() {
+    let gw = Gateway::start();
+    let script = [&b"od -An -tx1 <<'END'\n"[..], &[0xff, 0xfe], b"\nEND\n"].concat();
+    std::fs::write(gw.dir.path().join("bin.sh"), script).unwrap();
+    let (code, out, err) = gw.run(&["exec", "shell", "-f", "bin.sh"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["ff", "fe", "0a"]
+    );
+}

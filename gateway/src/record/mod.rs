@@ -350,8 +350,17 @@ impl Store {
     }
 
     /// The entries of one session, in order, with their payloads.
+    /// One session's summary, looked up by its id.
+    pub fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+        let row = table.get(id).map_err(|e| self.corrupt(e))?;
+        row.map(|v| serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e)))
+            .transpose()
+    }
+
     pub fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
-        let Some(summary) = self.sessions()?.into_iter().find(|s| s.id == id) else {
+        let Some(summary) = self.session(id)? else {
             return Ok(vec![]);
         };
         let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
