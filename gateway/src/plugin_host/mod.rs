@@ -451,6 +451,24 @@ impl LoadedPlugin {
         store
     }
 
+    /// A fresh instance: a store with this plugin's limits, instantiated by `make` and
+    /// initialised by `init` (whose inner result is the plugin's own answer).
+    fn instantiate<B>(
+        &self,
+        session: Option<&str>,
+        make: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<B>,
+        init: impl FnOnce(&B, &mut Store<HostState>) -> wasmtime::Result<Result<(), String>>,
+    ) -> Result<(Store<HostState>, B), PluginError> {
+        let mut store = self.store(session);
+        let bindings =
+            make(&mut store).map_err(|e| self.error(Failure::Instantiate(format!("{e:#}"))))?;
+        match init(&bindings, &mut store) {
+            Ok(Ok(())) => Ok((store, bindings)),
+            Ok(Err(message)) => Err(self.error(Failure::Init(message))),
+            Err(e) => Err(self.classify(&store, e)),
+        }
+    }
+
     /// Turns a wasmtime error from a call into the plugin's failure.
     fn classify(&self, store: &Store<HostState>, error: wasmtime::Error) -> PluginError {
         let spec = &self.0.spec;
@@ -542,17 +560,14 @@ impl FilterInstance {
                     .plugin
                     .error(Failure::Instantiate("not a filter plugin".into())));
             };
-            let mut store = self.plugin.store(Some(&self.session.id));
-            let filter = pre
-                .instantiate(&mut store)
-                .map_err(|e| self.plugin.error(Failure::Instantiate(format!("{e:#}"))))?;
             let session = self.session.clone().into();
-            match filter.call_init(&mut store, &self.plugin.0.spec.config_json, &session) {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(self.plugin.error(Failure::Init(message))),
-                Err(e) => return Err(self.plugin.classify(&store, e)),
-            }
-            return Ok(self.live.insert((store, filter)));
+            let config = &self.plugin.0.spec.config_json;
+            let made = self.plugin.instantiate(
+                Some(&self.session.id),
+                |store| pre.instantiate(store),
+                |filter, store| filter.call_init(store, config, &session),
+            )?;
+            return Ok(self.live.insert(made));
         }
         match self.live.as_mut() {
             Some(live) => Ok(live),
@@ -594,16 +609,13 @@ impl SinkInstance {
                     .plugin
                     .error(Failure::Instantiate("not a sink plugin".into())));
             };
-            let mut store = self.plugin.store(None);
-            let sink = pre
-                .instantiate(&mut store)
-                .map_err(|e| self.plugin.error(Failure::Instantiate(format!("{e:#}"))))?;
-            match sink.call_init(&mut store, &self.plugin.0.spec.config_json) {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(self.plugin.error(Failure::Init(message))),
-                Err(e) => return Err(self.plugin.classify(&store, e)),
-            }
-            return Ok(self.live.insert((store, sink)));
+            let config = &self.plugin.0.spec.config_json;
+            let made = self.plugin.instantiate(
+                None,
+                |store| pre.instantiate(store),
+                |sink, store| sink.call_init(store, config),
+            )?;
+            return Ok(self.live.insert(made));
         }
         match self.live.as_mut() {
             Some(live) => Ok(live),
