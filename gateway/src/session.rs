@@ -36,6 +36,8 @@ const CTRL_D: u8 = 0x04;
 /// After this long without traffic, plugins are asked to flush what they buffer, so output is
 /// never held back without bound.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
+/// Quiet time after the client's input ended before Ctrl-D is typed again.
+const EOF_RETRY: Duration = Duration::from_millis(500);
 /// One-shot output chunks that may wait for their commit at once (at most this many times
 /// `READ_CHUNK` bytes are held back).
 const PIPELINE: usize = 8;
@@ -333,6 +335,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut since_flush = false;
+        // Ctrl-Ds still to type after the client's input ended (see InputEnd below).
+        let mut eof_retries = 0;
         loop {
             tokio::select! {
                 read = process.output.read(&mut buf) => {
@@ -349,6 +353,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.flush_input(&mut process.input).await?;
                     since_flush = false;
                 }
+                // A program still starting up can drop typed-ahead input with the Ctrl-D in it;
+                // while it stays quiet, press Ctrl-D again, a few times, as a person would.
+                () = tokio::time::sleep(EOF_RETRY), if eof_retries > 0 => {
+                    eof_retries -= 1;
+                    self.keystrokes(&mut process, vec![CTRL_D]).await?;
+                }
                 message = self.from_client.recv() => {
                     let message = message.unwrap_or(Err(WireError::Closed));
                     match message {
@@ -359,7 +369,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Ok(Message::Resize { rows, cols }) => process.resize(rows, cols),
                         // The client's input ended (a pipe, not a person): type Ctrl-D, as a
                         // person would, and let the program finish.
-                        Ok(Message::InputEnd) => self.keystrokes(&mut process, vec![CTRL_D]).await?,
+                        Ok(Message::InputEnd) => {
+                            self.keystrokes(&mut process, vec![CTRL_D]).await?;
+                            eof_retries = 3;
+                        }
                         Err(WireError::Closed) => {
                             // The client went away: end the program with the session.
                             let _ = process.child.start_kill();

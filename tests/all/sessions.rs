@@ -543,3 +543,13 @@ fn a_script_that_is_not_utf8_reaches_the_program_byte_for_byte() {
         ["ff", "fe", "0a"]
     );
 }
+
+#[test]
+fn piped_input_that_ends_without_exit_still_ends_the_session() {
+    let gw = Gateway::start();
+    // No `exit()`: the end of the piped input is Ctrl-D, even if Python drops the first one
+    // while it starts.
+    let (code, out, err) = gw.run(&["connect", "python"], "print(6 * 7)\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("42"), "{out}");
+}

@@ -178,8 +178,10 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `cmd` with `stdin`; returns (exit code, stdout, stderr). A command still running
+/// after two minutes is killed and the test fails, so a hang cannot stall the suite.
 pub fn run_command(cmd: &mut std::process::Command, stdin: &str) -> (i32, String, String) {
-    use std::io::Write;
+    use std::io::{Read, Write};
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -191,11 +193,30 @@ pub fn run_command(cmd: &mut std::process::Command, stdin: &str) -> (i32, String
     std::thread::spawn(move || {
         let _ = input.write_all(stdin.as_bytes());
     });
-    let out = child.wait_with_output().unwrap();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within two minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
     )
 }
 
