@@ -36,6 +36,9 @@ const CTRL_D: u8 = 0x04;
 /// After this long without traffic, plugins are asked to flush what they buffer, so output is
 /// never held back without bound.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
+/// The same in an interactive session, shorter: a plugin holding back a partial line (the
+/// masker, which waits to see whether a value continues) must not make typing echo late.
+const INTERACTIVE_FLUSH: Duration = Duration::from_millis(20);
 /// Quiet time after the client's input ended before Ctrl-D is typed again.
 const EOF_RETRY: Duration = Duration::from_millis(500);
 /// One-shot output chunks that may wait for their commit at once (at most this many times
@@ -348,7 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     since_flush = true;
                 }
                 // Quiet for a while after traffic: plugins release what they buffer.
-                () = tokio::time::sleep(IDLE_FLUSH), if since_flush => {
+                () = tokio::time::sleep(INTERACTIVE_FLUSH), if since_flush => {
                     self.flush_output().await?;
                     self.flush_input(&mut process.input).await?;
                     since_flush = false;
@@ -722,7 +725,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The forward step, toward the client.
     async fn forward_to_client(&mut self, content: &Content) -> Result<(), End> {
-        wire::write(&mut self.client, &Message::Output(content_bytes(content))).await?;
+        let bytes = content_bytes(content);
+        // A plugin that held the whole chunk back (to see what follows) left nothing to send.
+        if !bytes.is_empty() {
+            wire::write(&mut self.client, &Message::Output(bytes)).await?;
+        }
         Ok(())
     }
 

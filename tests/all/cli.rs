@@ -118,6 +118,29 @@ fn policy_errors_name_the_file_and_the_key() {
         "{err}"
     );
 
+    // A plugin's own config is checked at load too: its refusal names the entry.
+    for (config, says) in [
+        (
+            "detectors = [\"crad\"]",
+            "unknown detector \"crad\" (known: default, pem",
+        ),
+        (
+            "custom = [{ name = \"emp\", pattern = \"EMP-(\" }]",
+            "custom[0] (\"emp\"): invalid pattern",
+        ),
+    ] {
+        let policy =
+            format!("[plugins.mask]\nsource = \"builtin:mask\"\nconfig = {{ {config} }}\n");
+        std::fs::write(dir.path().join("a.toml"), policy).unwrap();
+        let (ok, _, err) = run_with_input(&["policy", dir.path().to_str().unwrap()], "");
+        assert!(!ok);
+        assert!(
+            err.contains("a.toml: plugins.mask (builtin:mask): its config is refused: "),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
+
     std::fs::write(dir.path().join("a.toml"), "[plugins.redact]\nsource = \"builtin:example-redact\"\nconfig = { literal = \"x\" }\n[chains]\nshell = [\"redact\"]\n").unwrap();
     let (ok, out, err) = run_with_input(&["policy", dir.path().to_str().unwrap()], "");
     assert!(ok, "{err}");

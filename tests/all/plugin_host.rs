@@ -191,13 +191,17 @@ fn init_errors_refuse_the_session_with_the_plugins_message() {
     let err = Chain::new(&[plugin], &session("s")).unwrap_err();
     assert_eq!(err.failure, Failure::Init("asked to fail".into()));
 
-    let err = load(
-        &host,
-        &spec("redact", builtin("example-redact"), r#"{"literl":"x"}"#),
-    )
-    .filter_instance(&session("s"))
-    .unwrap_err();
-    assert!(err.to_string().contains("unknown field `literl`"), "{err}");
+    // A config the plugin refuses is caught at load, before any session.
+    let err = host
+        .load(&spec(
+            "redact",
+            builtin("example-redact"),
+            r#"{"literl":"x"}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("its config is refused"), "{err}");
+    assert!(err.contains("unknown field `literl`"), "{err}");
 }
 
 fn load_err(host: &PluginHost, source: Source, world: World) -> String {

@@ -45,10 +45,19 @@ fn recorded_output(events: &[Value]) -> Vec<u8> {
 fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_order() {
     let gw = Gateway::start();
     let (code, out, err) = gw.run(
-        &["exec", "shell", "--", "echo hello; echo pw hunter2; exit 3"],
+        &[
+            "exec",
+            "shell",
+            "--",
+            "echo hello; echo password=hunter2; exit 3",
+        ],
         "",
     );
-    assert_eq!((code, out.as_str()), (3, "hello\npw [REDACTED]\n"), "{err}");
+    assert_eq!(
+        (code, out.as_str()),
+        (3, "hello\npassword=[MASKED:assignment]\n"),
+        "{err}"
+    );
 
     std::fs::write(
         gw.dir.path().join("fix.py"),
@@ -70,7 +79,7 @@ fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_ord
             .collect::<Vec<_>>()
     };
     assert_eq!(listed(&["--connection", "python"]), [ids[0].clone()]);
-    assert_eq!(listed(&["--grep", "pw [REDACTED]"]), [ids[1].clone()]);
+    assert_eq!(listed(&["--grep", "password=[MASKED"]), [ids[1].clone()]);
     assert_eq!(listed(&["--user", "dev-user", "--since", "1h"]).len(), 2);
     assert!(listed(&["--user", "somebody-else"]).is_empty());
     assert!(listed(&["--until", "1h"]).is_empty());
@@ -80,7 +89,7 @@ fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_ord
     assert_eq!(kinds.last(), Some(&"session-close"));
     assert_eq!(shell[0]["meta"]["subject"], "dev-user");
     assert_eq!(shell[0]["meta"]["connection"], "shell");
-    assert_eq!(shell[0]["meta"]["plugins"][0]["name"], "redact-demo");
+    assert_eq!(shell[0]["meta"]["plugins"][0]["name"], "mask");
     assert_eq!(
         shell[0]["meta"]["plugins"][0]["sha256"]
             .as_str()
@@ -101,14 +110,17 @@ fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_ord
             .len(),
         64
     );
-    // The script is one statement frame, recorded as forwarded (redacted).
+    // The script is one statement frame: bash got it as sent, the record has it masked.
     assert_eq!(shell[1]["meta"]["dir"], "in");
     assert_eq!(shell[1]["meta"]["content"], "statement");
     assert_eq!(
         String::from_utf8(payload(&shell[1])).unwrap(),
-        "echo hello; echo pw [REDACTED]; exit 3\n"
+        "echo hello; echo password=[MASKED:assignment]; exit 3\n"
     );
-    assert_eq!(recorded_output(&shell), b"hello\npw [REDACTED]\n");
+    assert_eq!(
+        recorded_output(&shell),
+        b"hello\npassword=[MASKED:assignment]\n"
+    );
     assert_eq!(shell.last().unwrap()["meta"]["exit_status"], 3);
     let indices: Vec<_> = shell.iter().map(|e| e["index"].as_u64().unwrap()).collect();
     assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");

@@ -208,9 +208,13 @@ impl PluginHost {
 
     /// Loads the plugin a policy declares: reads (or takes the built-in) component, checks
     /// its pin and its world, compiles it or takes it from the cache, and links it.
+    /// Then checks its config: a policy with a bad config fails at load, not at the first
+    /// session.
     pub fn load(&self, spec: &PluginSpec) -> Result<LoadedPlugin, LoadError> {
         let bytes = read_source(spec)?;
-        self.load_bytes(spec, &bytes).map(|(plugin, _)| plugin)
+        let (plugin, _) = self.load_bytes(spec, &bytes)?;
+        plugin.check_config()?;
+        Ok(plugin)
     }
 
     /// Like [`PluginHost::load`], with the component's bytes given; also says whether the
@@ -364,6 +368,16 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The session a filter's `init` sees when the gateway checks its config at load: a plugin
+/// should refuse it only for what is wrong with the config.
+pub fn config_check_session() -> SessionInfo {
+    SessionInfo {
+        id: "config-check".into(),
+        protocol: "check".into(),
+        ..SessionInfo::default()
+    }
+}
+
 /// A compiled, linked plugin, ready to be instantiated for sessions. Cheap to clone.
 #[derive(Clone)]
 pub struct LoadedPlugin(Arc<Loaded>);
@@ -396,6 +410,22 @@ impl LoadedPlugin {
     /// SHA-256 of the component, as recorded with every session that uses it.
     pub fn digest(&self) -> [u8; 32] {
         self.0.digest
+    }
+
+    /// Runs `init` once on a throwaway instance, for a filter with [`config_check_session`],
+    /// and turns a refusal into a load error that names the policy entry.
+    pub fn check_config(&self) -> Result<(), LoadError> {
+        let checked = match &self.0.linked {
+            Linked::Filter(_) => self.filter_instance(&config_check_session()).map(drop),
+            Linked::Sink(_) => self.sink_instance().map(drop),
+        };
+        checked.map_err(|e| LoadError::Invalid {
+            at: format!("{} ({})", self.0.spec.declared_at, self.0.spec.source),
+            what: match e.failure {
+                Failure::Init(why) => format!("its config is refused: {why}"),
+                other => format!("it failed while checking its config: {other}"),
+            },
+        })
     }
 
     /// A fresh instance of a filter plugin for one session, initialised. Init errors come

@@ -1,0 +1,159 @@
+//! Masking figures (issue 4): the shipped `mask` plugin's default detector set on realistic
+//! log and table text, with no values and with 1% of lines holding one, inside Wasm through
+//! the real plugin host, against the same plugin code as a native Rust function (the
+//! ceiling); and the latency it adds to one 200-byte frame, against a pass-through plugin.
+//!
+//! cargo bench -p sluice-gateway --bench mask
+
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::frame::{Content, Direction, Frame, SessionInfo};
+use sluice::plugin_host::{FilterInstance, HostConfig, PluginHost};
+use sluice::policy::{PluginSpec, Source, World};
+use sluice_plugin_sdk::{Config, Filter};
+
+/// The shipped policy's settings (policies/default.toml).
+const CONFIG: &str =
+    r#"{"detectors": ["default"], "style": "label", "styles": {"card": "keep-last"}}"#;
+const CHUNK: usize = 64 << 10;
+
+/// Application log lines: timestamps, ids, paths, IPs, versions, durations.
+fn log_line(i: usize, with_value: bool) -> String {
+    let mut line = format!(
+        "2026-11-29T04:{:02}:{:02}.{:03}Z INFO api::orders request_id=7f3a9c2e-{:04x}-4d1b-9e2f-{:012x} \
+         method=GET path=/v1/orders/{} status=200 bytes={} took={}ms client=10.0.{}.{} version=1.42.{}",
+        i / 60 % 60,
+        i % 60,
+        i % 1000,
+        i % 65536,
+        i * 7919,
+        100_000 + i,
+        512 + i % 4096,
+        i % 250,
+        i % 256,
+        (i * 7) % 256,
+        i % 10
+    );
+    if with_value {
+        line.push_str(if i % 2 == 0 {
+            " customer=alice.smith@example.com"
+        } else {
+            " card=4111 1111 1111 1111"
+        });
+    }
+    line.push('\n');
+    line
+}
+
+/// `psql` aligned output: ids, names, cities, amounts, dates.
+fn table_line(i: usize, with_value: bool) -> String {
+    let email = if with_value {
+        "bob.jones@example.org"
+    } else {
+        "(none)"
+    };
+    format!(
+        " {:>7} | {:<18} | {:<12} | {:>10}.{:02} | 2026-11-{:02} 12:{:02}:00 | {:<22}\n",
+        i,
+        ["Alice Smith", "Bob Jones", "Chen Wei", "Dana Kowalski"][i % 4],
+        ["Lisbon", "Toronto", "Osaka", "Nairobi"][i % 4],
+        i * 37 % 100_000,
+        i % 100,
+        1 + i % 28,
+        i % 60,
+        email
+    )
+}
+
+/// About `CHUNK` bytes of lines; every hundredth holds a value when `percent` is 1.
+fn text(line: fn(usize, bool) -> String, percent: usize) -> Vec<u8> {
+    let mut out = String::new();
+    let mut i = 0;
+    while out.len() < CHUNK {
+        out.push_str(&line(i, percent > 0 && i % 100 == 42));
+        i += 1;
+    }
+    out.into_bytes()
+}
+
+fn frame(bytes: &[u8]) -> Frame {
+    Frame {
+        seq: 1,
+        direction: Direction::TargetToClient,
+        timestamp_ms: 0,
+        content: Content::Bytes(bytes.to_vec()),
+    }
+}
+
+fn instance(host: &PluginHost, name: &str, config: &str) -> FilterInstance {
+    let spec = PluginSpec::standalone(
+        name,
+        Source::Builtin(name.into()),
+        World::Filter,
+        config.into(),
+    );
+    let session = SessionInfo {
+        id: "bench".into(),
+        ..SessionInfo::default()
+    };
+    host.load(&spec).unwrap().filter_instance(&session).unwrap()
+}
+
+fn native() -> mask::Mask {
+    mask::Mask::init(&Config::from_json(CONFIG), &SessionInfo::default()).unwrap()
+}
+
+fn throughput(c: &mut Criterion) {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let mut wasm = instance(&host, "mask", CONFIG);
+    let mut ceiling = native();
+    let mut group = c.benchmark_group("mask_64KiB");
+    group.throughput(Throughput::Bytes(CHUNK as u64));
+    for (name, line) in [
+        ("log", log_line as fn(usize, bool) -> String),
+        ("table", table_line),
+    ] {
+        for percent in [0, 1] {
+            let frame = frame(&text(line, percent));
+            group.bench_function(format!("{name}_{percent}pct/wasm"), |b| {
+                b.iter(|| black_box(wasm.on_frame(&frame).unwrap()))
+            });
+            group.bench_function(format!("{name}_{percent}pct/native"), |b| {
+                b.iter(|| black_box(ceiling.on_frame(&frame)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn frame_latency(c: &mut Criterion) {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let mut wasm = instance(&host, "mask", CONFIG);
+    let mut passthrough = instance(&host, "passthrough", "{}");
+    let mut ceiling = native();
+    let line = format!("{:<199}\n", log_line(7, false).trim_end());
+    let frame = frame(line.as_bytes());
+    assert_eq!(line.len(), 200);
+    let mut group = c.benchmark_group("frame_200B");
+    group.bench_function("mask/wasm", |b| {
+        b.iter(|| black_box(wasm.on_frame(&frame).unwrap()))
+    });
+    group.bench_function("mask/native", |b| {
+        b.iter(|| black_box(ceiling.on_frame(&frame)))
+    });
+    group.bench_function("passthrough/wasm", |b| {
+        b.iter(|| black_box(passthrough.on_frame(&frame).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = throughput, frame_latency
+}
+criterion_main!(benches);

@@ -1,0 +1,315 @@
+//! The built-in detectors: what each one finds, and the checks that keep look-alikes out.
+//!
+//! Patterns are ASCII-only regexes (no Unicode classes: `[0-9]`, not `\d`). A pattern with
+//! capture groups masks only its first group that took part in the match (the value of
+//! `password=value`); a pattern without groups masks the whole match.
+
+/// Checks a candidate beyond its shape: most digit runs are not card numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validator {
+    /// Luhn checksum, 13–19 digits, and a known issuer prefix.
+    Card,
+    /// Luhn checksum alone (custom detectors).
+    Luhn,
+    /// ISO 7064 mod-97 (IBAN).
+    Mod97,
+    /// US social security number: area not 000, 666 or 9xx; group not 00; serial not 0000.
+    Ssn,
+}
+
+impl Validator {
+    pub fn from_name(name: &str) -> Option<Validator> {
+        match name {
+            "luhn" => Some(Validator::Luhn),
+            "mod97" => Some(Validator::Mod97),
+            _ => None,
+        }
+    }
+
+    pub fn accepts(self, candidate: &[u8]) -> bool {
+        match self {
+            Validator::Card => card(candidate),
+            Validator::Luhn => luhn(&digits(candidate)),
+            Validator::Mod97 => mod97(candidate),
+            Validator::Ssn => ssn(candidate),
+        }
+    }
+
+    /// Whether spaces and dashes inside a value are formatting (so `4242 4242 …` and
+    /// `4242-4242-…` are the same value for a pseudonym).
+    pub fn strips_separators(self) -> bool {
+        matches!(self, Validator::Card | Validator::Luhn | Validator::Mod97)
+    }
+}
+
+pub struct Builtin {
+    pub name: &'static str,
+    /// Patterns in priority order: where two start at the same byte, the first wins.
+    pub patterns: &'static [Pattern],
+    pub validator: Option<Validator>,
+    pub on_by_default: bool,
+}
+
+pub struct Pattern {
+    pub regex: &'static str,
+    /// Opens a block that runs to a closing marker (a PEM private key): when the close is not
+    /// in sight yet, everything from the opener on is held, and masked if forced out.
+    pub opens_block: bool,
+    /// After a match, look for other detectors' values from the start of the masked group
+    /// (`password=4242 4242 4242 4242`: the value is a whole card number).
+    pub rescans: bool,
+}
+
+macro_rules! patterns {
+    ($($regex:expr),+ $(,)?) => {
+        &[$(Pattern { regex: $regex, opens_block: false, rescans: false }),+]
+    };
+}
+
+/// Every built-in detector, in priority order.
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "pem",
+        patterns: &[
+            Pattern {
+                regex: r"-----BEGIN[ A-Z]*PRIVATE KEY-----(?s:.)*?-----END[ A-Z]*PRIVATE KEY-----",
+                opens_block: false,
+                rescans: false,
+            },
+            Pattern {
+                regex: r"-----BEGIN[ A-Z]*PRIVATE KEY-----",
+                opens_block: true,
+                rescans: false,
+            },
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        name: "jwt",
+        patterns: patterns![r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        name: "aws-key",
+        patterns: patterns![
+            // Access key ids: a fixed prefix per kind, then 16 base-32 characters.
+            r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b",
+            // Secret keys: 40 base-64 characters, recognised by the name they are given.
+            r#"(?i:aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key)["']?[ \t]*[:=][ \t]*["']?([A-Za-z0-9/+]{40})\b"#,
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        name: "github",
+        patterns: patterns![r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b"],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        name: "slack",
+        patterns: patterns![
+            r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+            r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // user:password@ in a URL: the password.
+        name: "url-password",
+        patterns: patterns![r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@"],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // password=…, "secret": "…", TOKEN: … — the value.
+        name: "assignment",
+        patterns: &[Pattern {
+            regex: r#"(?i:passw(?:or)?d|secret|token|api_?key|access_?key|auth_?key|private_?key)(?:[_-][A-Za-z]+)?["']?[ \t]*[:=][ \t]*(?:"([^"\r\n]+)"|'([^'\r\n]+)'|([^\s"',;&<>]+))"#,
+            opens_block: false,
+            rescans: true,
+        }],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        name: "email",
+        patterns: patterns![
+            r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        name: "iban",
+        patterns: patterns![r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b"],
+        validator: Some(Validator::Mod97),
+        on_by_default: true,
+    },
+    Builtin {
+        // 13–19 digits, in groups separated by single spaces or dashes, or none.
+        name: "card",
+        patterns: patterns![r"\b[0-9](?:[ -]?[0-9]){12,18}\b"],
+        validator: Some(Validator::Card),
+        on_by_default: true,
+    },
+    Builtin {
+        name: "ssn",
+        patterns: patterns![r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"],
+        validator: Some(Validator::Ssn),
+        on_by_default: true,
+    },
+    Builtin {
+        // E.164: a plus, a non-zero country code digit, up to 15 digits in all.
+        name: "phone",
+        patterns: patterns![r"\+[1-9][0-9]{7,14}\b"],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Off by default: version strings and OIDs look the same.
+        name: "ipv4",
+        patterns: patterns![
+            r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b"
+        ],
+        validator: None,
+        on_by_default: false,
+    },
+];
+
+/// Closes a block opened by the `pem` opener.
+pub const BLOCK_CLOSE: &str = r"-----END[ A-Z]*PRIVATE KEY-----";
+
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+pub fn names() -> String {
+    BUILTINS
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn digits(candidate: &[u8]) -> Vec<u8> {
+    candidate
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| b - b'0')
+        .collect()
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    !digits.is_empty() && sum.is_multiple_of(10)
+}
+
+fn card(candidate: &[u8]) -> bool {
+    let digits = digits(candidate);
+    if !(13..=19).contains(&digits.len()) || !luhn(&digits) {
+        return false;
+    }
+    // Mixed separators (`4242-4242 4242`) are not how anyone writes a card number.
+    let dashes = candidate.contains(&b'-');
+    let spaces = candidate.contains(&b' ');
+    if dashes && spaces {
+        return false;
+    }
+    let prefix = |n: usize| {
+        digits[..n]
+            .iter()
+            .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
+    };
+    let (p1, p2, p3, p4) = (prefix(1), prefix(2), prefix(3), prefix(4));
+    p1 == 4                                         // Visa
+        || (51..=55).contains(&p2)                  // Mastercard
+        || (2221..=2720).contains(&p4)              // Mastercard 2-series
+        || p2 == 34 || p2 == 37                     // American Express
+        || p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) // Discover
+        || p2 == 62                                 // UnionPay
+        || (3528..=3589).contains(&p4)              // JCB
+        || (300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39 // Diners
+        || p2 == 50 || (56..=58).contains(&p2) || p2 == 67 // Maestro
+}
+
+fn mod97(candidate: &[u8]) -> bool {
+    let compact: Vec<u8> = candidate.iter().copied().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    // Move the country code and check digits to the end; letters count as 10..35.
+    let (head, tail) = compact.split_at(4);
+    let mut remainder = 0u32;
+    for &b in tail.iter().chain(head) {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        let width = if value >= 10 { 100 } else { 10 };
+        remainder = (remainder * width + value) % 97;
+    }
+    remainder == 1
+}
+
+fn ssn(candidate: &[u8]) -> bool {
+    let d = digits(candidate);
+    if d.len() != 9 {
+        return false;
+    }
+    let area = u32::from(d[0]) * 100 + u32::from(d[1]) * 10 + u32::from(d[2]);
+    let group = d[3] * 10 + d[4];
+    let serial = d[5..].iter().all(|&x| x == 0);
+    area != 0 && area != 666 && area < 900 && group != 0 && !serial
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_accepts_test_cards_and_refuses_one_digit_off() {
+        assert!(Validator::Card.accepts(b"4242 4242 4242 4242"));
+        assert!(Validator::Card.accepts(b"378282246310005"));
+        assert!(!Validator::Card.accepts(b"4242 4242 4242 4241"));
+        assert!(!Validator::Card.accepts(b"4242-4242 4242-4242"));
+    }
+
+    #[test]
+    fn iban_needs_its_check_digits() {
+        assert!(Validator::Mod97.accepts(b"GB82 WEST 1234 5698 7654 32"));
+        assert!(Validator::Mod97.accepts(b"DE89370400440532013000"));
+        assert!(!Validator::Mod97.accepts(b"DE89370400440532013001"));
+    }
+
+    #[test]
+    fn ssn_invalid_ranges_are_refused() {
+        assert!(Validator::Ssn.accepts(b"123-45-6789"));
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-34-5678",
+            "123-00-4567",
+            "123-45-0000",
+        ] {
+            assert!(!Validator::Ssn.accepts(bad.as_bytes()), "{bad}");
+        }
+    }
+}
