@@ -151,9 +151,29 @@ fn frame_latency(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a session pays at open for the masker: `init` compiles the detectors' regex.
+fn new_instance(c: &mut Criterion) {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let session = SessionInfo::default();
+    let mut group = c.benchmark_group("new_instance");
+    for (name, config) in [("mask", CONFIG), ("passthrough", "{}")] {
+        let spec = PluginSpec::standalone(
+            name,
+            Source::Builtin(name.into()),
+            World::Filter,
+            config.into(),
+        );
+        let plugin = host.load(&spec).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(plugin.filter_instance(&session).unwrap()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = throughput, frame_latency
+    targets = throughput, frame_latency, new_instance
 }
 criterion_main!(benches);

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod docs;
 mod masking;
 mod plugin_host;
 mod record;
