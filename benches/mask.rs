@@ -39,7 +39,7 @@ fn log_line(i: usize, with_value: bool) -> String {
         i % 10
     );
     if with_value {
-        line.push_str(if i % 2 == 0 {
+        line.push_str(if i.is_multiple_of(2) {
             " customer=alice.smith@example.com"
         } else {
             " card=4111 1111 1111 1111"

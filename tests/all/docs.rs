@@ -39,7 +39,10 @@ fn blocks(markdown: &str) -> Vec<Block> {
 /// `rust-toolchain.toml` does not apply.
 fn toolchain(repo: &Path) -> String {
     let pin = std::fs::read_to_string(repo.join("rust-toolchain.toml")).unwrap();
-    let line = pin.lines().find(|l| l.trim_start().starts_with("channel")).unwrap();
+    let line = pin
+        .lines()
+        .find(|l| l.trim_start().starts_with("channel"))
+        .unwrap();
     line.split('"').nth(1).unwrap().to_string()
 }
 
@@ -67,7 +70,11 @@ fn the_plugin_authors_walkthrough_works_as_written() {
     let mut outputs = String::new();
     let mut files = 0;
     for block in blocks(&guide) {
-        if let Some(file) = block.info.split_whitespace().find_map(|w| w.strip_prefix("file=")) {
+        if let Some(file) = block
+            .info
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("file="))
+        {
             let file = krate.join(file);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
             let mut text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -88,7 +95,16 @@ fn the_plugin_authors_walkthrough_works_as_written() {
         }
     }
     assert_eq!(files, 4, "Cargo.toml, two parts of src/lib.rs and a policy");
-    assert!(outputs.contains("test tests::masks_customer_ids_in_output ... ok"), "{outputs}");
-    assert!(outputs.contains(r#""bytes":"owner [customer]""#), "{outputs}");
-    assert!(outputs.contains("chain shell: mask -> customer-ids"), "{outputs}");
+    assert!(
+        outputs.contains("test tests::masks_customer_ids_in_output ... ok"),
+        "{outputs}"
+    );
+    assert!(
+        outputs.contains(r#""bytes":"owner [customer]""#),
+        "{outputs}"
+    );
+    assert!(
+        outputs.contains("chain shell: mask -> customer-ids"),
+        "{outputs}"
+    );
 }
