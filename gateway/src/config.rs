@@ -97,6 +97,7 @@ pub struct StaticToken {
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum Connection {
     Exec(ExecConnection),
+    Postgres(PostgresConnection),
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -116,6 +117,38 @@ pub struct ExecConnection {
     /// A session that runs longer is ended.
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
+}
+
+/// A PostgreSQL server reached through the gateway. Clients connect to `listen` with any
+/// PostgreSQL client, their Sluice token as the password; the gateway connects upstream with
+/// the credentials here, which clients never see.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConnection {
+    /// Where PostgreSQL clients connect to the gateway for this connection.
+    pub listen: SocketAddr,
+    /// The real server, `host:port`.
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    /// `VALUE` or `env:NAME` (read at start); none for trust authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Client TLS: `"optional"` (the default: TLS when the client asks for it, and the token
+    /// as a cleartext password only inside TLS or from loopback), `"required"`, or `"off"`.
+    #[serde(default)]
+    pub client_tls: ClientTls,
+    #[serde(default)]
+    pub max_session_seconds: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    #[default]
+    Optional,
+    Required,
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +182,26 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        for (name, Connection::Exec(exec)) in &self.connections {
+        for (name, connection) in &self.connections {
+            let exec = match connection {
+                Connection::Exec(exec) => exec,
+                Connection::Postgres(pg) => {
+                    if let Some(var) = pg.password.as_deref().and_then(|p| p.strip_prefix("env:"))
+                        && std::env::var_os(var).is_none()
+                    {
+                        return Err(format!(
+                            "connections.{name}.password: environment variable {var} is not set"
+                        ));
+                    }
+                    if pg.listen == self.gateway.listen {
+                        return Err(format!(
+                            "connections.{name}.listen: {} is the gateway's own listener",
+                            pg.listen
+                        ));
+                    }
+                    continue;
+                }
+            };
             if exec.interactive.is_empty() || exec.script.is_empty() {
                 return Err(format!(
                     "connections.{name}: `interactive` and `script` each need a program"
@@ -173,6 +225,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl PostgresConnection {
+    /// The upstream password with an `env:NAME` value resolved.
+    pub fn resolved_password(&self) -> Option<String> {
+        let password = self.password.as_deref()?;
+        Some(match password.strip_prefix("env:") {
+            Some(var) => std::env::var(var).unwrap_or_default(),
+            None => password.to_string(),
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod exec;
 mod files;
 pub mod frame;
+pub mod pg;
 pub mod plugin_host;
 pub mod policy;
 pub mod record;

@@ -33,7 +33,7 @@ use crate::session::{self, Mode};
 
 pub struct Gateway {
     config: Config,
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     store: Arc<Store>,
     chains: BTreeMap<String, Vec<LoadedPlugin>>,
     /// Each policy file with its SHA-256, recorded with every session.
@@ -90,7 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
     } else {
         None
     };
-    let tokens = Tokens::new(&config.tokens, dev_tokens.as_ref());
+    let tokens = Arc::new(Tokens::new(&config.tokens, dev_tokens.as_ref()));
     let tls = crate::tls::load_or_create(&data)?;
     let session_ctx = Arc::new(session::Context {
         recorder: Recorder::spawn(store.clone()),
@@ -118,6 +118,26 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         _host: host,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
+    // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
+    // the start.
+    for (name, connection) in &gateway.config.connections {
+        let Connection::Postgres(pg) = connection else {
+            continue;
+        };
+        let listener = tokio::net::TcpListener::bind(pg.listen)
+            .await
+            .with_context(|| format!("connections.{name}: cannot listen on {}", pg.listen))?;
+        let front = crate::pg::Front::new(
+            name.clone(),
+            pg.clone(),
+            gateway.tokens.clone(),
+            gateway.chains.get(name).cloned().unwrap_or_default(),
+            gateway.policy_files.clone(),
+            gateway.session_ctx.clone(),
+            acceptor.clone(),
+        );
+        tokio::spawn(crate::pg::serve(Arc::new(front), listener));
+    }
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -265,24 +285,40 @@ impl Gateway {
             }
             _ => return error(StatusCode::BAD_REQUEST, "mode must be exec or connect"),
         };
-        let Connection::Exec(_) = connection;
-        let request = session::Request {
-            id: new_session_id(),
-            connection_name: name.clone(),
-            connection: connection.clone(),
-            plugins: self.chains.get(name).cloned().unwrap_or_default(),
-            policy: self.policy_files.clone(),
-            identity,
-            client: peer.to_string(),
+        let connection = match connection {
+            Connection::Exec(exec) => exec.clone(),
+            Connection::Postgres(pg) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "`{name}` is a PostgreSQL connection: point a PostgreSQL client at {}",
+                        pg.listen
+                    ),
+                );
+            }
+        };
+        let request = session::exec::Request {
+            opening: session::Opening {
+                id: new_session_id(),
+                connection_name: name.clone(),
+                protocol: "exec",
+                plugins: self.chains.get(name).cloned().unwrap_or_default(),
+                policy: self.policy_files.clone(),
+                identity,
+                client: peer.to_string(),
+                meta: serde_json::Value::Null,
+            },
+            connection,
             mode,
         };
-        let id = request.id.clone();
+        let id = request.opening.id.clone();
         let ctx = self.session_ctx.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     use tracing::Instrument;
-                    let span = tracing::info_span!("session", id = %request.id, connection = %request.connection_name, user = %request.identity.subject);
+                    let o = &request.opening;
+                    let span = tracing::info_span!("session", id = %o.id, connection = %o.connection_name, user = %o.identity.subject);
                     session::run(ctx, request, TokioIo::new(upgraded))
                         .instrument(span)
                         .await
@@ -388,7 +424,7 @@ impl Gateway {
     }
 }
 
-fn new_session_id() -> String {
+pub fn new_session_id() -> String {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     format!("{}-{}", crate::session::now_ms(), hex::encode(bytes))

@@ -8,6 +8,7 @@ mod cli;
 mod docs;
 mod masking;
 mod plugin_host;
+mod postgres;
 mod record;
 mod sessions;
 mod support;

@@ -71,8 +71,23 @@ impl Gateway {
 
     /// Starts with `extra` appended to the test configuration (more connections, say).
     pub fn start_with(extra: &str) -> Gateway {
+        Gateway::start_with_policy(extra, None)
+    }
+
+    /// Like `start_with`, with `policy` as one more policy file beside the shipped ones.
+    pub fn start_with_policy(extra: &str, policy: Option<&str>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let policies = match policy {
+            None => shipped.to_string(),
+            Some(policy) => {
+                let own = dir.path().join("policies");
+                std::fs::create_dir(&own).unwrap();
+                std::fs::copy(format!("{shipped}/default.toml"), own.join("default.toml")).unwrap();
+                std::fs::write(own.join("test.toml"), policy).unwrap();
+                own.display().to_string()
+            }
+        };
         let config = format!(
             "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\n\n\
              [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ PS1 = \"$ \" }}\n\n\

@@ -32,6 +32,13 @@ impl Filter for Antics {
                 return Verdict::replace(Content::Bytes(Vec::new()));
             }
             Content::Line(line) => line.as_str(),
+            // SQL that asks in a comment, so it stays valid SQL for a real server.
+            Content::Statement(statement) if statement.text.contains("--deny") => {
+                return Verdict::deny("asked in a comment");
+            }
+            Content::Statement(statement) if statement.text.contains("--hold") => {
+                return Verdict::hold("asked in a comment");
+            }
             Content::Statement(statement) => statement.text.trim_end(),
             _ => return Verdict::pass(),
         };

@@ -1,29 +1,26 @@
-//! The frame path of one session, in both directions:
+//! The frame path of a program session (`kind = "exec"`), in both directions:
 //!
 //! ```text
 //! client --wire--> [frame] --> [filter chain] --> [record] --> [forward] --> process
 //! client <--wire-- [forward] <-- [record] <-- [filter chain] <-- [frame] <-- process
 //! ```
 //!
-//! Each step is a named function below. There is no other path: nothing reaches the process
-//! or the client without `filter` and `record`. In strict mode `record` returns only when the
-//! commit that holds the frame is durable, and a failed commit ends the session (fails
-//! closed).
+//! `sluice exec` sends a whole script as one statement frame; `sluice connect` runs the program
+//! in a terminal, with keystrokes as byte frames and each typed line as a line frame.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 
-use crate::chain::{Chain, Decision, Outcome};
-use crate::config::{Connection, ExecConnection, RecordMode};
+use super::{Context, Core, Opening, content_bytes};
+use crate::chain::Outcome;
+use crate::config::ExecConnection;
 use crate::exec::Process;
-use crate::frame::{Content, Direction, Frame, Identity, SessionInfo, Statement};
-use crate::plugin_host::LoadedPlugin;
-use crate::record::{NewEvent, Receipt, RecordFailed, Recorder};
+use crate::frame::{Content, Direction, Statement};
+use crate::record::{Receipt, RecordFailed};
 use crate::wire::{self, Message, WireError};
 
 /// The largest script `sluice exec` may send.
@@ -45,50 +42,6 @@ const EOF_RETRY: Duration = Duration::from_millis(500);
 /// `READ_CHUNK` bytes are held back).
 const PIPELINE: usize = 8;
 
-/// What a session needs from the gateway.
-pub struct Context {
-    pub recorder: Recorder,
-    pub record_mode: RecordMode,
-    pub hold_timeout: Duration,
-    /// Live sessions, so auditors can list and end them.
-    pub active: Mutex<HashMap<String, Active>>,
-}
-
-/// A live session as `sluice sessions --active` shows it; `kill` ends it.
-pub struct Active {
-    pub subject: String,
-    pub connection: String,
-    pub started_ms: u64,
-    kill: Option<oneshot::Sender<String>>,
-}
-
-impl Context {
-    /// Ends a live session with `reason`; false when there is no such live session.
-    pub fn kill(&self, id: &str, reason: String) -> bool {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        match active.get_mut(id).and_then(|a| a.kill.take()) {
-            Some(kill) => kill.send(reason).is_ok(),
-            None => false,
-        }
-    }
-
-    /// (id, subject, connection, started) of every live session.
-    pub fn live(&self) -> Vec<(String, String, String, u64)> {
-        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active
-            .iter()
-            .map(|(id, a)| {
-                (
-                    id.clone(),
-                    a.subject.clone(),
-                    a.connection.clone(),
-                    a.started_ms,
-                )
-            })
-            .collect()
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// One-shot: the whole input is one frame, then the program runs to its end.
@@ -97,16 +50,10 @@ pub enum Mode {
     Connect { rows: u16, cols: u16 },
 }
 
-/// A session about to start.
+/// A program session about to start.
 pub struct Request {
-    pub id: String,
-    pub connection_name: String,
-    pub connection: Connection,
-    pub plugins: Vec<LoadedPlugin>,
-    /// The policy files in force, with their digests, for the record.
-    pub policy: Vec<serde_json::Value>,
-    pub identity: Identity,
-    pub client: String,
+    pub opening: Opening,
+    pub connection: ExecConnection,
     pub mode: Mode,
 }
 
@@ -126,15 +73,12 @@ enum End {
 }
 
 struct Session<S> {
-    ctx: Arc<Context>,
-    info: SessionInfo,
-    chain: Chain,
+    core: Core,
     /// Toward the client.
     client: tokio::io::WriteHalf<S>,
     /// From the client, read by a task of its own so that waiting for a message can be
     /// cancelled (by output arriving) without losing half a message.
     from_client: tokio::sync::mpsc::Receiver<Result<Message, WireError>>,
-    seq: [u64; 2],
     /// The line being typed (interactive sessions), for the line frame at Enter.
     line: Vec<u8>,
 }
@@ -142,31 +86,15 @@ struct Session<S> {
 /// Runs a session to its end over `client`, the upgraded stream.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     ctx: Arc<Context>,
-    request: Request,
+    mut request: Request,
     client: S,
 ) {
-    let Connection::Exec(exec) = &request.connection;
-    let info = SessionInfo {
-        id: request.id.clone(),
-        connection: request.connection_name.clone(),
-        protocol: "exec".into(),
-        identity: request.identity.clone(),
-        started_at_ms: now_ms(),
-    };
-    let open_meta = json!({
-        "subject": info.identity.subject,
-        "name": info.identity.name,
-        "groups": info.identity.groups,
-        "connection": info.connection,
-        "protocol": info.protocol,
-        "client": request.client,
-        "policy": request.policy,
-        "mode": match request.mode { Mode::Exec => "exec", Mode::Connect { .. } => "connect" },
-        "plugins": request.plugins.iter().map(|p| json!({"name": p.spec().name, "sha256": hex::encode(p.digest())})).collect::<Vec<_>>(),
-    });
     let (mut reader, mut client) = tokio::io::split(client);
-    let chain = match Chain::new(&request.plugins, &info) {
-        Ok(chain) => chain,
+    request.opening.meta = json!({
+        "mode": match request.mode { Mode::Exec => "exec", Mode::Connect { .. } => "connect" },
+    });
+    let (core, killed) = match Core::open(ctx, request.opening).await {
+        Ok(opened) => opened,
         Err(e) => {
             let _ = wire::write(
                 &mut client,
@@ -188,40 +116,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     });
     let mut session = Session {
-        ctx,
-        info,
-        chain,
+        core,
         client,
         from_client,
-        seq: [0, 0],
         line: Vec::new(),
     };
-    if let Err(e) = session
-        .record_event("session-open", 0, open_meta, Vec::new())
-        .await
-    {
-        let _ = wire::write(
-            &mut session.client,
-            &Message::Error(format!("session refused: {e}")),
-        )
-        .await;
-        return;
-    }
-    tracing::info!("session opened");
-    let (kill, killed) = oneshot::channel();
-    let id = session.info.id.clone();
-    let active = Active {
-        subject: session.info.identity.subject.clone(),
-        connection: session.info.connection.clone(),
-        started_ms: session.info.started_at_ms,
-        kill: Some(kill),
-    };
-    session
-        .ctx
-        .active
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), active);
+    let exec = &request.connection;
     let max = exec
         .max_session_seconds
         .map(Duration::from_secs)
@@ -241,23 +141,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         } => result,
         Ok(reason) = killed => Err(End::Ended(reason)),
     };
-    session
-        .ctx
-        .active
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
     let (status, reason) = match &result {
         Ok(code) => (Some(*code), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let close = session
-        .record_event(
-            "session-close",
-            0,
-            json!({"exit_status": status, "reason": reason}),
-            Vec::new(),
-        )
+        .core
+        .close(json!({"exit_status": status, "reason": reason}))
         .await;
     let last = match (result, close) {
         (Ok(code), Ok(())) => Message::Exit(code),
@@ -316,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
         let mut bytes = content_bytes(&forward);
         // Whatever a plugin still holds of the input is the script's tail.
-        for released in self.flush(Direction::ClientToTarget).await? {
+        for released in self.core.flush(Direction::ClientToTarget).await? {
             bytes.extend_from_slice(&content_bytes(&released));
         }
         let mut input = std::mem::replace(&mut process.input, Box::new(tokio::io::sink()));
@@ -503,9 +393,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if n == 0 {
                 break;
             }
-            let decision =
-                self.filter(Direction::TargetToClient, Content::Bytes(buf[..n].to_vec()));
+            let decision = self
+                .core
+                .filter(Direction::TargetToClient, Content::Bytes(buf[..n].to_vec()));
             let receipt = self
+                .core
                 .submit_frame(Direction::TargetToClient, &decision)
                 .await?;
             match decision.outcome {
@@ -538,8 +430,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Output of the program: filter, record, forward. A denied output frame ends the session
     /// (a terminal stream has no error frame).
     async fn target_frame(&mut self, bytes: Vec<u8>) -> Result<(), End> {
-        let decision = self.filter(Direction::TargetToClient, Content::Bytes(bytes));
-        self.record_frame(Direction::TargetToClient, &decision)
+        let decision = self
+            .core
+            .filter(Direction::TargetToClient, Content::Bytes(bytes));
+        self.core
+            .record_frame(Direction::TargetToClient, &decision)
             .await?;
         match decision.outcome {
             Outcome::Pass => self.forward_to_client(&decision.forward).await,
@@ -558,14 +453,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         content: Content,
         redacted: Option<Content>,
     ) -> Result<Option<Content>, End> {
-        let mut decision = self.filter(Direction::ClientToTarget, content);
+        let mut decision = self.core.filter(Direction::ClientToTarget, content);
         if let Some(redacted) = redacted {
             decision.record = redacted;
         }
         if let Outcome::Hold { reasons } = &decision.outcome {
-            decision = self.hold(decision.clone(), reasons.join("; ")).await?;
+            let reason = reasons.join("; ");
+            self.notice(format!(
+                "sluice: held for review ({reason}); waiting up to {} s",
+                self.core.ctx.hold_timeout.as_secs()
+            ))
+            .await?;
+            decision = self.core.hold(decision, &reason).await;
         }
-        self.record_frame(Direction::ClientToTarget, &decision)
+        self.core
+            .record_frame(Direction::ClientToTarget, &decision)
             .await?;
         match decision.outcome {
             Outcome::Pass => Ok(Some(decision.forward)),
@@ -578,69 +480,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// Until reviews exist, a held frame waits for the hold timeout and is then refused.
-    async fn hold(&mut self, decision: Decision, reason: String) -> Result<Decision, End> {
-        let wait = self.ctx.hold_timeout;
-        self.notice(format!(
-            "sluice: held for review ({reason}); waiting up to {} s",
-            wait.as_secs()
-        ))
-        .await?;
-        tokio::time::sleep(wait).await;
-        let reason = format!(
-            "held for review ({reason}) and no reviewer approved it within {} s",
-            wait.as_secs()
-        );
-        Ok(Decision {
-            outcome: Outcome::Deny {
-                plugin: "review".into(),
-                reason,
-            },
-            ..decision
-        })
-    }
-
-    /// The filter step: the frame crosses the chain.
-    fn filter(&mut self, direction: Direction, content: Content) -> Decision {
-        let slot = &mut self.seq[direction as usize];
-        *slot += 1;
-        let frame = Frame {
-            seq: *slot,
-            direction,
-            timestamp_ms: now_ms(),
-            content,
-        };
-        self.chain.on_frame(frame)
-    }
-
-    /// Releases what plugins buffered, through the rest of the chain, to the client.
-    /// Asks the chain for what plugins buffer in `direction`; records each piece and returns
-    /// the ones that may be forwarded.
-    async fn flush(&mut self, direction: Direction) -> Result<Vec<Content>, End> {
-        let mut seq = self.seq[direction as usize];
-        let decisions = self.chain.flush(direction, |content| {
-            seq += 1;
-            Frame {
-                seq,
-                direction,
-                timestamp_ms: now_ms(),
-                content,
-            }
-        });
-        self.seq[direction as usize] = seq;
-        let mut released = Vec::new();
-        for decision in decisions {
-            self.record_frame(direction, &decision).await?;
-            if decision.outcome == Outcome::Pass {
-                released.push(decision.forward);
-            }
-        }
-        Ok(released)
-    }
-
     /// Flushes output to the client.
     async fn flush_output(&mut self) -> Result<(), End> {
-        for content in self.flush(Direction::TargetToClient).await? {
+        for content in self.core.flush(Direction::TargetToClient).await? {
             self.forward_to_client(&content).await?;
         }
         Ok(())
@@ -648,79 +490,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Flushes input to the program.
     async fn flush_input(&mut self, input: &mut crate::exec::Input) -> Result<(), End> {
-        for content in self.flush(Direction::ClientToTarget).await? {
+        for content in self.core.flush(Direction::ClientToTarget).await? {
             input
                 .write_all(&content_bytes(&content))
                 .await
                 .map_err(|e| End::Target(e.to_string()))?;
         }
         Ok(())
-    }
-
-    /// The record step.
-    async fn record_frame(&mut self, direction: Direction, decision: &Decision) -> Result<(), End> {
-        self.submit_frame(direction, decision)
-            .await?
-            .durable()
-            .await?;
-        Ok(())
-    }
-
-    /// Queues a frame for the record; the receipt says when it is durable (strict mode) or
-    /// at once (async mode).
-    async fn submit_frame(
-        &mut self,
-        direction: Direction,
-        decision: &Decision,
-    ) -> Result<Receipt, End> {
-        let (outcome, reason) = match &decision.outcome {
-            Outcome::Pass => ("pass", None),
-            Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
-            Outcome::Deny { plugin, reason } => ("deny", Some(format!("{plugin}: {reason}"))),
-        };
-        let meta = json!({
-            "dir": match direction { Direction::ClientToTarget => "in", Direction::TargetToClient => "out" },
-            "content": crate::frame::kind(&decision.record),
-            "outcome": outcome,
-            "reason": reason,
-            "failures": decision.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-        });
-        let seq = self.seq[direction as usize];
-        self.submit_event("frame", seq, meta, content_bytes(&decision.record))
-            .await
-    }
-
-    async fn record_event(
-        &mut self,
-        kind: &str,
-        seq: u64,
-        meta: serde_json::Value,
-        payload: Vec<u8>,
-    ) -> Result<(), End> {
-        self.submit_event(kind, seq, meta, payload)
-            .await?
-            .durable()
-            .await?;
-        Ok(())
-    }
-
-    async fn submit_event(
-        &mut self,
-        kind: &str,
-        seq: u64,
-        meta: serde_json::Value,
-        payload: Vec<u8>,
-    ) -> Result<Receipt, End> {
-        let event = NewEvent {
-            session: self.info.id.clone(),
-            seq,
-            kind: kind.into(),
-            time_ms: now_ms(),
-            meta: meta.to_string(),
-            payload,
-        };
-        let track = self.ctx.record_mode == RecordMode::Strict;
-        Ok(self.ctx.recorder.submit(event, track).await?)
     }
 
     /// The forward step, toward the client.
@@ -758,20 +534,4 @@ async fn wait(process: &mut Process) -> Result<i32, End> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// The bytes of a content, as forwarded to a byte stream or stored as a payload.
-pub fn content_bytes(content: &Content) -> Vec<u8> {
-    match content {
-        Content::Bytes(b) => b.clone(),
-        Content::Line(l) => l.as_bytes().to_vec(),
-        Content::Statement(s) => s.text.as_bytes().to_vec(),
-        Content::Columns(_) | Content::Row(_) => Vec::new(),
-    }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

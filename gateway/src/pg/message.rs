@@ -1,0 +1,320 @@
+//! PostgreSQL wire protocol 3.0 messages: enough structure to frame every message, read the
+//! few Sluice looks inside, and build the ones it sends itself. Every length is checked
+//! before anything is allocated for it.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// No message may be larger: far above any real statement or row, far below what would let
+/// a broken or hostile peer make the gateway allocate without bound.
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Startup packets carry a few parameters; PostgreSQL itself allows 10,000 bytes.
+pub const MAX_STARTUP: usize = 10_000;
+
+pub const PROTOCOL_3: i32 = 196_608;
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection closed")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// One message after startup: a tag byte and its body (the length is implied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub tag: u8,
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    pub fn new(tag: u8, body: Vec<u8>) -> Message {
+        Message { tag, body }
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.tag);
+        out.extend_from_slice(&(self.body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(&self.body);
+    }
+
+    pub fn reader(&self) -> Body<'_> {
+        Body(&self.body)
+    }
+}
+
+/// The first thing a client sends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Startup {
+    Ssl,
+    GssEnc,
+    Cancel { pid: i32, secret: i32 },
+    Start { params: Vec<(String, String)> },
+}
+
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Startup, Error> {
+    let len = read_i32(r).await? as usize;
+    if !(8..=MAX_STARTUP).contains(&len) {
+        return Err(Error::Malformed(format!(
+            "a startup packet of {len} bytes (this is a PostgreSQL port: is the client speaking \
+             PostgreSQL?)"
+        )));
+    }
+    let mut body = vec![0; len - 4];
+    r.read_exact(&mut body).await?;
+    let mut b = Body(&body);
+    let code = b.i32()?;
+    Ok(match code {
+        SSL_REQUEST => Startup::Ssl,
+        GSSENC_REQUEST => Startup::GssEnc,
+        CANCEL_REQUEST => Startup::Cancel {
+            pid: b.i32()?,
+            secret: b.i32()?,
+        },
+        PROTOCOL_3 => {
+            let mut params = Vec::new();
+            loop {
+                let key = b.cstr()?;
+                if key.is_empty() {
+                    break;
+                }
+                params.push((key, b.cstr()?));
+            }
+            Startup::Start { params }
+        }
+        other => {
+            return Err(Error::Malformed(format!(
+                "unsupported protocol version {}.{}",
+                other >> 16,
+                other & 0xffff
+            )));
+        }
+    })
+}
+
+/// Reads one tagged message; `Error::Closed` on a clean end between messages.
+pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Error> {
+    let mut tag = [0u8; 1];
+    if r.read(&mut tag).await? == 0 {
+        return Err(Error::Closed);
+    }
+    let len = read_i32(r).await?;
+    if len < 4 || len as usize - 4 > MAX_MESSAGE {
+        return Err(Error::Malformed(format!(
+            "a '{}' message declares {len} bytes (the limit is {MAX_MESSAGE})",
+            tag[0].escape_ascii()
+        )));
+    }
+    let mut body = vec![0; len as usize - 4];
+    r.read_exact(&mut body).await?;
+    Ok(Message { tag: tag[0], body })
+}
+
+async fn read_i32<R: AsyncRead + Unpin>(r: &mut R) -> Result<i32, Error> {
+    let mut b = [0u8; 4];
+    match r.read_exact(&mut b).await {
+        Ok(_) => Ok(i32::from_be_bytes(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, messages: &[Message]) -> Result<(), Error> {
+    let mut out = Vec::new();
+    for m in messages {
+        m.encode_into(&mut out);
+    }
+    w.write_all(&out).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// A startup packet (client side, toward the upstream server).
+pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+    for (k, v) in params {
+        put_cstr(&mut body, k);
+        put_cstr(&mut body, v);
+    }
+    body.push(0);
+    let mut out = (body.len() as i32 + 4).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A cancel request toward the upstream server.
+pub fn cancel_request(pid: i32, secret: i32) -> Vec<u8> {
+    let mut out = 16i32.to_be_bytes().to_vec();
+    out.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(&secret.to_be_bytes());
+    out
+}
+
+pub fn put_cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+/// `ErrorResponse` (`tag` `E`) or `NoticeResponse` (`N`) with the fields psql shows.
+pub fn error(tag: u8, severity: &str, code: &str, message: &str) -> Message {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        put_cstr(&mut body, value);
+    }
+    body.push(0);
+    Message::new(tag, body)
+}
+
+pub fn auth(code: i32, data: &[u8]) -> Message {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(data);
+    Message::new(b'R', body)
+}
+
+pub fn ready_for_query(status: u8) -> Message {
+    Message::new(b'Z', vec![status])
+}
+
+pub fn backend_key_data(pid: i32, secret: i32) -> Message {
+    let mut body = pid.to_be_bytes().to_vec();
+    body.extend_from_slice(&secret.to_be_bytes());
+    Message::new(b'K', body)
+}
+
+pub fn query(text: &str) -> Message {
+    let mut body = Vec::new();
+    put_cstr(&mut body, text);
+    Message::new(b'Q', body)
+}
+
+/// A cursor over a message body; every read checks what is left.
+pub struct Body<'a>(pub &'a [u8]);
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.0.len() < n {
+            return Err(Error::Malformed("a message ends early".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn i16(&mut self) -> Result<i16, Error> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, Error> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A count (of fields, parameters, format codes): never negative.
+    pub fn count(&mut self) -> Result<usize, Error> {
+        let n = self.i16()?;
+        usize::try_from(n).map_err(|_| Error::Malformed(format!("a negative count ({n})")))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        self.take(n)
+    }
+
+    pub fn cstr(&mut self) -> Result<String, Error> {
+        let end = memchr_zero(self.0)
+            .ok_or_else(|| Error::Malformed("a string without its terminating NUL".into()))?;
+        let s = String::from_utf8_lossy(&self.0[..end]).into_owned();
+        self.0 = &self.0[end + 1..];
+        Ok(s)
+    }
+
+    /// A length-prefixed value (`-1` is NULL).
+    pub fn value(&mut self) -> Result<Option<&'a [u8]>, Error> {
+        let len = self.i32()?;
+        if len == -1 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Malformed(format!("a value of length {len}")))?;
+        self.take(len).map(Some)
+    }
+
+    pub fn rest(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+fn memchr_zero(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == 0)
+}
+
+pub fn put_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        Some(v) => {
+            out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn startup_packets_and_absurd_lengths() {
+        let packet = startup(&[("user", "alice"), ("database", "app")]);
+        let parsed = read_startup(&mut packet.as_slice()).await.unwrap();
+        assert_eq!(
+            parsed,
+            Startup::Start {
+                params: vec![
+                    ("user".into(), "alice".into()),
+                    ("database".into(), "app".into())
+                ]
+            }
+        );
+        let http = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        let err = read_startup(&mut http.as_slice()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is the client speaking PostgreSQL"),
+            "{err}"
+        );
+
+        let mut huge = vec![b'Q'];
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        let err = read(&mut huge.as_slice()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("declares 2147483647 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bodies_refuse_to_read_past_their_end() {
+        let mut b = Body(&[0, 0, 0, 9, b'x']);
+        assert!(b.value().is_err());
+        let mut b = Body(b"no nul");
+        assert!(b.cstr().is_err());
+        let mut b = Body(&[0xff, 0xff]);
+        assert!(b.count().is_err());
+    }
+}

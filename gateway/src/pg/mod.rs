@@ -1,0 +1,316 @@
+//! PostgreSQL connections (`kind = "postgres"`): a listener per connection that speaks the
+//! PostgreSQL protocol to any client (psql, drivers, BI tools), authenticates the person by
+//! their Sluice token given as the password, connects upstream with credentials the client
+//! never sees, and runs the session's frame path (`session.rs`).
+//!
+//! Client side: `SSLRequest` is answered with TLS (the gateway's certificate) unless
+//! `client_tls = "off"`; `GSSENCRequest` is refused so the client goes on without it; the
+//! token travels as a cleartext password, so it is asked for only inside TLS or from
+//! loopback. `CancelRequest` carries a key the gateway made and is forwarded to the upstream
+//! backend the key stands for.
+
+pub mod message;
+mod session;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::auth::Tokens;
+use crate::config::{ClientTls, PostgresConnection};
+use crate::plugin_host::LoadedPlugin;
+use crate::session::{Context, Core, Opening};
+use message::Startup;
+
+/// What a PostgreSQL connection's listener needs.
+pub struct Front {
+    pub name: String,
+    pub conn: PostgresConnection,
+    pub tokens: Arc<Tokens>,
+    pub plugins: Vec<LoadedPlugin>,
+    pub policy: Vec<serde_json::Value>,
+    pub ctx: Arc<Context>,
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// Cancel keys given to clients -> the upstream backend's key.
+    cancels: Mutex<HashMap<(i32, i32), (i32, i32)>>,
+}
+
+/// A client stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How long a client may take to finish startup and authentication.
+const STARTUP: Duration = Duration::from_secs(30);
+
+impl Front {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        conn: PostgresConnection,
+        tokens: Arc<Tokens>,
+        plugins: Vec<LoadedPlugin>,
+        policy: Vec<serde_json::Value>,
+        ctx: Arc<Context>,
+        tls: tokio_rustls::TlsAcceptor,
+    ) -> Front {
+        Front {
+            name,
+            conn,
+            tokens,
+            plugins,
+            policy,
+            ctx,
+            tls,
+            cancels: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Accepts PostgreSQL clients on `listener` for as long as the gateway runs.
+pub async fn serve(front: Arc<Front>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let front = front.clone();
+        tokio::spawn(async move {
+            if let Err(e) = front.client(tcp, peer).await {
+                tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
+            }
+        });
+    }
+}
+
+impl Front {
+    /// One client: startup, authentication, the upstream connection, then the session.
+    async fn client(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
+        let started = tokio::time::timeout(STARTUP, self.startup(tcp, peer)).await;
+        let Some((mut client, params, tls)) = started.map_err(|_| "startup timed out")?? else {
+            return Ok(()); // a cancel request, served
+        };
+        let refuse = |code: &'static str, text: String| (code, text);
+        let authenticated = tokio::time::timeout(STARTUP, async {
+            if !tls && !peer.ip().is_loopback() {
+                return Err(refuse(
+                    "28000",
+                    "the password (your Sluice token) may only travel inside TLS: connect with \
+                     sslmode=require"
+                        .into(),
+                ));
+            }
+            message::write(&mut client, &[message::auth(3, &[])])
+                .await
+                .map_err(|e| refuse("08006", e.to_string()))?;
+            let m = message::read(&mut client)
+                .await
+                .map_err(|e| refuse("08006", e.to_string()))?;
+            if m.tag != b'p' {
+                return Err(refuse("08P01", "expected a password message".into()));
+            }
+            let token = m
+                .reader()
+                .cstr()
+                .map_err(|e| refuse("08P01", e.to_string()))?;
+            self.tokens.authenticate(&token).ok_or_else(|| {
+                refuse(
+                    "28P01",
+                    "password authentication failed: the password must be a valid Sluice token"
+                        .into(),
+                )
+            })
+        })
+        .await
+        .unwrap_or_else(|_| Err(("08006", "authentication timed out".into())));
+        let identity = match authenticated {
+            Ok(identity) => identity,
+            Err((code, text)) => {
+                let _ = message::write(&mut client, &[message::error(b'E', "FATAL", code, &text)])
+                    .await;
+                return Err(text);
+            }
+        };
+        let upstream = match upstream::connect(&self.conn).await {
+            Ok(upstream) => upstream,
+            Err(text) => {
+                let _ = message::write(
+                    &mut client,
+                    &[message::error(
+                        b'E',
+                        "FATAL",
+                        "08006",
+                        &format!("sluice: {text}"),
+                    )],
+                )
+                .await;
+                return Err(text);
+            }
+        };
+        let client_user = params
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.clone());
+        let opening = Opening {
+            id: crate::server::new_session_id(),
+            connection_name: self.name.clone(),
+            protocol: "postgres",
+            plugins: self.plugins.clone(),
+            policy: self.policy.clone(),
+            identity,
+            client: peer.to_string(),
+            meta: json!({"tls": tls, "client_user": client_user, "database": self.conn.database}),
+        };
+        let span = tracing::info_span!("session", id = %opening.id, connection = %self.name, user = %opening.identity.subject);
+        self.session(client, upstream, opening)
+            .instrument(span)
+            .await;
+        Ok(())
+    }
+
+    /// The session, once the client is known and the server connected.
+    async fn session(
+        &self,
+        mut client: Box<dyn Io>,
+        upstream: upstream::Upstream,
+        opening: Opening,
+    ) {
+        let (core, killed) = match Core::open(self.ctx.clone(), opening).await {
+            Ok(opened) => opened,
+            Err(text) => {
+                let text = format!("sluice: session refused: {text}");
+                let _ = message::write(
+                    &mut client,
+                    &[message::error(b'E', "FATAL", "42501", &text)],
+                )
+                .await;
+                tracing::info!(error = %text, "session refused");
+                return;
+            }
+        };
+        // The client gets a cancel key of the gateway's; the server's stays here.
+        let key = (rand_i32(), rand_i32());
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (upstream.pid, upstream.secret));
+        let mut hello = vec![message::auth(0, &[])];
+        hello.extend(upstream.parameters.iter().cloned());
+        hello.push(message::backend_key_data(key.0, key.1));
+        hello.push(message::ready_for_query(b'I'));
+        let mut session = session::Session::new(core, client, upstream.stream);
+        let result = match session.greet(&hello).await {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let max = self
+                    .conn
+                    .max_session_seconds
+                    .map(Duration::from_secs)
+                    .unwrap_or(Duration::MAX);
+                tokio::select! {
+                    result = tokio::time::timeout(max, session.run()) => result.unwrap_or_else(|_| Err(session::End::Ended(format!("the connection's maximum session duration of {} s was reached", max.as_secs())))),
+                    Ok(reason) = killed => Err(session::End::Ended(reason)),
+                }
+            }
+        };
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        let reason = result.as_ref().err().map(ToString::to_string);
+        if let Err(end) = &result {
+            session.fatal(end).await;
+        }
+        let _ = session.core.close(json!({"reason": reason})).await;
+        tracing::info!(reason = ?reason, "session closed");
+    }
+
+    /// Reads the startup packets: TLS and GSS negotiation, then the real startup (or a
+    /// cancel request, served here: `None`).
+    #[allow(clippy::type_complexity)]
+    async fn startup(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Option<(Box<dyn Io>, Vec<(String, String)>, bool)>, String> {
+        let mut first = message::read_startup(&mut tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        if first == Startup::GssEnc {
+            tcp.write_all(b"N").await.map_err(|e| e.to_string())?;
+            first = message::read_startup(&mut tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let (mut client, tls, next): (Box<dyn Io>, bool, Startup) = match first {
+            Startup::Ssl if self.conn.client_tls != ClientTls::Off => {
+                tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
+                let mut tls = self
+                    .tls
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let next = message::read_startup(&mut tls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (Box::new(tls), true, next)
+            }
+            Startup::Ssl => {
+                tcp.write_all(b"N").await.map_err(|e| e.to_string())?;
+                let next = message::read_startup(&mut tcp)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (Box::new(tcp), false, next)
+            }
+            other => (Box::new(tcp), false, other),
+        };
+        match next {
+            Startup::Start { params } => {
+                if self.conn.client_tls == ClientTls::Required && !tls {
+                    let text = "this connection requires TLS: connect with sslmode=require";
+                    let _ = message::write(
+                        &mut client,
+                        &[message::error(b'E', "FATAL", "28000", text)],
+                    )
+                    .await;
+                    return Err(text.into());
+                }
+                Ok(Some((client, params, tls)))
+            }
+            Startup::Cancel { pid, secret } => {
+                let target = self
+                    .cancels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(pid, secret))
+                    .copied();
+                match target {
+                    Some((pid, secret)) => upstream::cancel(&self.conn, pid, secret).await,
+                    None => tracing::info!(%peer, "cancel request with an unknown key"),
+                }
+                Ok(None)
+            }
+            other => {
+                let text = format!("unexpected {other:?} after negotiation");
+                let _ = message::write(
+                    &mut client,
+                    &[message::error(b'E', "FATAL", "08P01", &text)],
+                )
+                .await;
+                Err(text)
+            }
+        }
+    }
+}
+
+fn rand_i32() -> i32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    i32::from_be_bytes(b)
+}

@@ -1,0 +1,724 @@
+//! The frame path of a PostgreSQL session, in both directions:
+//!
+//! ```text
+//! psql --> Query / Execute --> [statement frame] --> [chain] --> [record] --> server
+//! psql <-- RowDescription, DataRow, CopyData <-- [record] <-- [chain] <-- [row frames] <-- server
+//! ```
+//!
+//! Every other message passes through unchanged, in order. To know what each server message
+//! answers (which columns a `DataRow` has, in which formats), the session keeps the queue of
+//! what the client asked for ([`Expect`]), as the server answers in order.
+//!
+//! A refused statement never reaches the server as sent: a simple query is replaced by a
+//! statement that raises the refusal as an error; an extended-protocol batch is cut at the
+//! refused `Execute` and the same error is raised in its place at the `Sync`. Either way the
+//! client gets a proper `ErrorResponse` at the right place in the stream, the server's
+//! transaction state follows, and the session stays usable.
+
+use std::collections::{HashMap, VecDeque};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::message::{self, Body, Message};
+use crate::chain::{Decision, Outcome};
+use crate::frame::{CellFormat, Column, Content, Direction, Statement};
+use crate::record::{Receipt, RecordFailed};
+use crate::session::Core;
+
+/// Why a session ended; told to the client as a FATAL error.
+#[derive(Debug, thiserror::Error)]
+pub enum End {
+    #[error("{0}")]
+    Record(#[from] RecordFailed),
+    #[error("the client's connection: {0}")]
+    Client(message::Error),
+    #[error("the database connection was lost: {0}")]
+    Upstream(message::Error),
+    #[error("{0}")]
+    Ended(String),
+}
+
+/// What the client asked for, in order; the server's answers are matched against it.
+#[derive(Debug)]
+enum Expect {
+    /// A simple query: everything up to `ReadyForQuery`.
+    Query,
+    Parse {
+        swallow: bool,
+    },
+    Bind {
+        swallow: bool,
+    },
+    DescribeStatement(String),
+    DescribePortal(String),
+    Execute(String),
+    Close,
+    Sync,
+}
+
+/// A prepared statement as far as the session knows it.
+#[derive(Default, Clone)]
+struct Prepared {
+    text: String,
+    columns: Vec<Column>,
+}
+
+/// A bound portal: its statement, parameters and result formats.
+#[derive(Default, Clone)]
+struct Portal {
+    statement: String,
+    params: Vec<Option<Vec<u8>>>,
+    formats: Vec<i16>,
+    /// From a `Describe` of the portal, when the client asked.
+    columns: Option<Vec<Column>>,
+}
+
+/// What the rows now arriving look like.
+struct Rows {
+    /// Inside a `COPY TO STDOUT`, in this format (text: rows are tab-separated lines).
+    copy: Option<CellFormat>,
+}
+
+pub struct Session<C, U> {
+    pub core: Core,
+    client_in: mpsc::Receiver<Result<Message, message::Error>>,
+    client_out: tokio::io::WriteHalf<C>,
+    upstream_in: mpsc::Receiver<Result<Message, message::Error>>,
+    upstream_out: tokio::io::WriteHalf<U>,
+    /// Messages for the server, written together once the client's pipeline is drained.
+    to_upstream: Vec<u8>,
+    /// Messages for the client, written together once the server's answers are drained.
+    to_client: Vec<u8>,
+    expect: VecDeque<Expect>,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+    result: Option<Rows>,
+    /// Client messages are dropped until `Sync`: an `Execute` of this batch was refused.
+    refused: Option<String>,
+    /// The server's answer to this batch is cut short: a result row was refused.
+    cut: bool,
+}
+
+const BUFFER: usize = 64 << 10;
+/// Messages read ahead per direction: bounds memory whatever the size of a result.
+const QUEUE: usize = 256;
+const SQLSTATE_REFUSED: &str = "42501";
+
+impl<
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    U: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+> Session<C, U>
+{
+    pub fn new(core: Core, client: C, upstream: U) -> Self {
+        let (client_in, client_out) = tokio::io::split(client);
+        let (upstream_in, upstream_out) = tokio::io::split(upstream);
+        Session {
+            core,
+            client_in: reader(client_in),
+            client_out,
+            upstream_in: reader(upstream_in),
+            upstream_out,
+            to_upstream: Vec::new(),
+            to_client: Vec::new(),
+            expect: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            result: None,
+            refused: None,
+            cut: false,
+        }
+    }
+
+    /// Relays until either side ends; `Ok` when the client said goodbye.
+    pub async fn run(&mut self) -> Result<(), End> {
+        loop {
+            tokio::select! {
+                m = self.client_in.recv() => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        None | Some(Err(message::Error::Closed)) => return Ok(()),
+                        Some(Err(e)) => return Err(End::Client(e)),
+                    };
+                    if m.tag == b'X' {
+                        return Ok(());
+                    }
+                    self.client_message(m).await?;
+                    // Keep pipelined messages together: write when no more are waiting.
+                    if self.client_in.is_empty() {
+                        self.send_upstream().await?;
+                    }
+                }
+                m = self.upstream_in.recv() => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return Err(End::Upstream(e)),
+                        None => return Err(End::Upstream(message::Error::Closed)),
+                    };
+                    self.server_messages(m).await?;
+                    if self.upstream_in.is_empty() {
+                        self.send_client().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the client why the session ends, as PostgreSQL would (a FATAL error).
+    pub async fn fatal(&mut self, end: &End) {
+        let code = match end {
+            End::Upstream(_) => "08006",
+            End::Ended(_) => "57P01",
+            _ => "58000",
+        };
+        self.queue_client(&message::error(
+            b'E',
+            "FATAL",
+            code,
+            &format!("sluice: {end}"),
+        ));
+        let _ = self.send_client().await;
+        let _ = self.client_out.shutdown().await;
+    }
+
+    /// Sends `messages` to the client at once.
+    pub async fn greet(&mut self, messages: &[Message]) -> Result<(), End> {
+        for m in messages {
+            self.queue_client(m);
+        }
+        self.send_client().await
+    }
+
+    async fn send_client(&mut self) -> Result<(), End> {
+        if !self.to_client.is_empty() {
+            let out = std::mem::take(&mut self.to_client);
+            self.client_out
+                .write_all(&out)
+                .await
+                .map_err(|e| End::Client(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn queue_client(&mut self, m: &Message) {
+        m.encode_into(&mut self.to_client);
+    }
+
+    async fn send_upstream(&mut self) -> Result<(), End> {
+        if !self.to_upstream.is_empty() {
+            let out = std::mem::take(&mut self.to_upstream);
+            self.upstream_out
+                .write_all(&out)
+                .await
+                .map_err(|e| End::Upstream(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, m: &Message) {
+        m.encode_into(&mut self.to_upstream);
+    }
+
+    /// One client message: statements cross the chain; the rest passes in order.
+    async fn client_message(&mut self, m: Message) -> Result<(), End> {
+        let malformed = |e: message::Error| End::Client(e);
+        if self.refused.is_some() && m.tag != b'S' {
+            return Ok(()); // the rest of a refused batch, up to its Sync
+        }
+        let mut body = m.reader();
+        match m.tag {
+            b'Q' => {
+                let text = body.cstr().map_err(malformed)?;
+                let statement = Statement {
+                    text,
+                    params: vec![],
+                };
+                self.expect.push_back(Expect::Query);
+                match self.statement(statement).await? {
+                    Ok(text) => self.forward(&message::query(&text)),
+                    Err(refusal) => self.forward(&message::query(&raise(&refusal))),
+                }
+            }
+            b'P' => {
+                let name = body.cstr().map_err(malformed)?;
+                let text = body.cstr().map_err(malformed)?;
+                self.statements.insert(
+                    name.clone(),
+                    Prepared {
+                        text,
+                        columns: vec![],
+                    },
+                );
+                self.expect.push_back(Expect::Parse { swallow: false });
+                self.forward(&m);
+            }
+            b'B' => {
+                let portal = parse_bind(&mut body).map_err(malformed)?;
+                self.expect.push_back(Expect::Bind { swallow: false });
+                let name = portal.0;
+                self.portals.insert(name, portal.1);
+                self.forward(&m);
+            }
+            b'D' => {
+                let kind = body.u8().map_err(malformed)?;
+                let name = body.cstr().map_err(malformed)?;
+                self.expect.push_back(match kind {
+                    b'S' => Expect::DescribeStatement(name),
+                    _ => Expect::DescribePortal(name),
+                });
+                self.forward(&m);
+            }
+            b'E' => {
+                let portal_name = body.cstr().map_err(malformed)?;
+                let portal = self.portals.get(&portal_name).cloned().unwrap_or_default();
+                let text = self
+                    .statements
+                    .get(&portal.statement)
+                    .map(|s| s.text.clone())
+                    .unwrap_or_default();
+                let statement = Statement {
+                    text,
+                    params: portal.params,
+                };
+                match self.statement(statement).await? {
+                    Ok(_) => {
+                        self.expect.push_back(Expect::Execute(portal_name));
+                        self.forward(&m);
+                    }
+                    Err(refusal) => self.refused = Some(refusal),
+                }
+            }
+            b'C' => {
+                self.expect.push_back(Expect::Close);
+                self.forward(&m);
+            }
+            b'S' => {
+                if let Some(refusal) = self.refused.take() {
+                    // Raise the refusal where the refused Execute was: the server answers
+                    // it with an error, then discards up to this Sync, as for its own errors.
+                    let mut parse = Vec::new();
+                    message::put_cstr(&mut parse, "");
+                    message::put_cstr(&mut parse, &raise(&refusal));
+                    parse.extend_from_slice(&0i16.to_be_bytes());
+                    self.forward(&Message::new(b'P', parse));
+                    self.forward(&Message::new(b'B', vec![0, 0, 0, 0, 0, 0, 0, 0]));
+                    self.forward(&Message::new(b'E', vec![0, 0, 0, 0, 0]));
+                    self.expect.push_back(Expect::Parse { swallow: true });
+                    self.expect.push_back(Expect::Bind { swallow: true });
+                    self.expect.push_back(Expect::Execute(String::new()));
+                }
+                self.expect.push_back(Expect::Sync);
+                self.forward(&m);
+            }
+            b'd' => {
+                // COPY FROM STDIN: the server gets the data as sent; the record, masked.
+                let decision = self
+                    .core
+                    .filter(Direction::ClientToTarget, Content::Bytes(m.body.clone()));
+                self.core
+                    .record_frame(Direction::ClientToTarget, &decision)
+                    .await?;
+                match decision.outcome {
+                    Outcome::Pass => self.forward(&m),
+                    _ => {
+                        let reason = refusal_text(&decision);
+                        let mut body = Vec::new();
+                        message::put_cstr(&mut body, &reason);
+                        self.forward(&Message::new(b'f', body)); // CopyFail
+                    }
+                }
+            }
+            _ => self.forward(&m),
+        }
+        Ok(())
+    }
+
+    /// A statement through the chain and into the record: `Ok(text to run)` or
+    /// `Err(refusal)`. A hold tells the client it waits.
+    async fn statement(&mut self, statement: Statement) -> Result<Result<String, String>, End> {
+        let mut decision = self
+            .core
+            .filter(Direction::ClientToTarget, Content::Statement(statement));
+        if let Outcome::Hold { reasons } = &decision.outcome {
+            let reason = reasons.join("; ");
+            let text = format!(
+                "sluice: waiting for approval ({reason}); up to {} s",
+                self.core.ctx.hold_timeout.as_secs()
+            );
+            self.queue_client(&message::error(b'N', "NOTICE", "00000", &text));
+            self.send_client().await?;
+            self.send_upstream().await?;
+            decision = self.core.hold(decision, &reason).await;
+        }
+        self.core
+            .record_frame(Direction::ClientToTarget, &decision)
+            .await?;
+        let refusal = refusal_text(&decision);
+        Ok(match (decision.outcome, decision.forward) {
+            (Outcome::Pass, Content::Statement(s)) => Ok(s.text),
+            _ => Err(refusal),
+        })
+    }
+
+    /// Server messages, matched against what the client asked.
+    async fn server_messages(&mut self, mut m: Message) -> Result<(), End> {
+        // Rows are taken in batches; the message that ends a batch comes back to be handled.
+        while let Some(next) = self.server_message(m).await? {
+            m = next;
+        }
+        Ok(())
+    }
+
+    async fn server_message(&mut self, m: Message) -> Result<Option<Message>, End> {
+        let malformed = |e: message::Error| End::Upstream(e);
+        match m.tag {
+            b'1' => {
+                if let Some(Expect::Parse { swallow, .. }) = self.expect.pop_front()
+                    && swallow
+                {
+                    return Ok(None);
+                }
+            }
+            b'2' => {
+                if let Some(Expect::Bind { swallow }) = self.expect.pop_front()
+                    && swallow
+                {
+                    return Ok(None);
+                }
+            }
+            b'3' => {
+                self.expect.pop_front();
+            }
+            b't' => {} // ParameterDescription: part of a statement's Describe
+            b'n' => {
+                if matches!(
+                    self.expect.front(),
+                    Some(Expect::DescribeStatement(_) | Expect::DescribePortal(_))
+                ) {
+                    self.expect.pop_front();
+                }
+            }
+            b'T' => {
+                let columns = parse_row_description(&m).map_err(malformed)?;
+                match self.expect.front() {
+                    Some(Expect::DescribeStatement(name)) => {
+                        let name = name.clone();
+                        self.expect.pop_front();
+                        if let Some(s) = self.statements.get_mut(&name) {
+                            s.columns = columns;
+                        }
+                    }
+                    Some(Expect::DescribePortal(name)) => {
+                        let name = name.clone();
+                        self.expect.pop_front();
+                        if let Some(p) = self.portals.get_mut(&name) {
+                            p.columns = Some(columns);
+                        }
+                    }
+                    _ => self.begin_result(columns, None).await?,
+                }
+            }
+            b'D' => {
+                if self.result.is_none() {
+                    let columns = self.execute_columns();
+                    self.begin_result(columns, None).await?;
+                }
+                return self.rows(m).await;
+            }
+            b'H' => {
+                // CopyOutResponse: a text COPY's lines become rows.
+                let mut body = m.reader();
+                let format = body.u8().map_err(malformed)?;
+                let n = body.count().map_err(malformed)?;
+                let format = if format == 0 {
+                    CellFormat::Text
+                } else {
+                    CellFormat::Binary
+                };
+                let columns = (1..=n)
+                    .map(|i| Column {
+                        name: format!("column{i}"),
+                        table: None,
+                        table_oid: 0,
+                        type_oid: 0,
+                        format,
+                    })
+                    .collect();
+                self.begin_result(columns, Some(format)).await?;
+            }
+            b'd' if self.result.as_ref().is_some_and(|r| r.copy.is_some()) => {
+                return self.rows(m).await;
+            }
+            b'C' | b'I' | b's' => {
+                self.result = None;
+                if matches!(self.expect.front(), Some(Expect::Execute(_))) {
+                    self.expect.pop_front();
+                }
+            }
+            b'E' => {
+                self.result = None;
+                // After an error the server skips to the Sync; so does the queue.
+                while let Some(front) = self.expect.front() {
+                    if matches!(front, Expect::Sync | Expect::Query) {
+                        break;
+                    }
+                    self.expect.pop_front();
+                }
+            }
+            b'Z' => {
+                self.result = None;
+                self.cut = false;
+                self.expect.pop_front();
+            }
+            _ => {}
+        }
+        if self.cut && m.tag != b'Z' {
+            return Ok(None); // the rest of a response whose row was refused
+        }
+        self.queue_client(&m);
+        Ok(None)
+    }
+
+    /// The columns of an `Execute` whose portal was not described: the statement's, in the
+    /// formats its `Bind` asked for.
+    fn execute_columns(&self) -> Vec<Column> {
+        let Some(Expect::Execute(portal)) = self.expect.front() else {
+            return vec![];
+        };
+        let Some(portal) = self.portals.get(portal) else {
+            return vec![];
+        };
+        if let Some(columns) = &portal.columns {
+            return columns.clone();
+        }
+        let mut columns = self
+            .statements
+            .get(&portal.statement)
+            .map(|s| s.columns.clone())
+            .unwrap_or_default();
+        for (i, c) in columns.iter_mut().enumerate() {
+            let code = match portal.formats.len() {
+                0 => 0,
+                1 => portal.formats[0],
+                _ => portal.formats.get(i).copied().unwrap_or(1),
+            };
+            c.format = if code == 0 {
+                CellFormat::Text
+            } else {
+                CellFormat::Binary
+            };
+        }
+        columns
+    }
+
+    /// A result begins: its columns cross the chain (a masker learns its column rules) and
+    /// are recorded.
+    async fn begin_result(
+        &mut self,
+        columns: Vec<Column>,
+        copy: Option<CellFormat>,
+    ) -> Result<(), End> {
+        let decision = self
+            .core
+            .filter(Direction::TargetToClient, Content::Columns(columns));
+        self.core
+            .record_frame(Direction::TargetToClient, &decision)
+            .await?;
+        self.result = Some(Rows { copy });
+        Ok(())
+    }
+
+    /// Result rows: this one and every further one already read cross the chain and are
+    /// recorded together (one commit), then go to the client. Returns the first message that
+    /// is not a row.
+    async fn rows(&mut self, first: Message) -> Result<Option<Message>, End> {
+        let mut last: Option<Receipt> = None;
+        let mut ready = Vec::new();
+        let mut m = first;
+        let after = loop {
+            if !self.cut {
+                let cells = self.row(&m).map_err(End::Upstream)?;
+                let decision = self
+                    .core
+                    .filter(Direction::TargetToClient, Content::Row(cells));
+                last = Some(
+                    self.core
+                        .submit_frame(Direction::TargetToClient, &decision)
+                        .await?,
+                );
+                match (&decision.outcome, decision.forward) {
+                    (Outcome::Pass, Content::Row(cells)) => {
+                        ready.push(self.encode_row(m.tag, &cells))
+                    }
+                    (outcome, _) => {
+                        // A refused row ends its response with an error.
+                        let reason = format!("a result row was {}", refusal_text_of(outcome));
+                        ready.push(message::error(b'E', "ERROR", SQLSTATE_REFUSED, &reason));
+                        self.cut = true;
+                    }
+                }
+            }
+            // Rows already read join this commit; anything else ends the batch.
+            match self.upstream_in.try_recv() {
+                Ok(Ok(next)) if self.is_row(&next) => m = next,
+                Ok(Ok(next)) => break Some(next),
+                Ok(Err(e)) => return Err(End::Upstream(e)),
+                Err(_) => break None,
+            }
+        };
+        if let Some(receipt) = last {
+            receipt.durable().await?;
+        }
+        for m in &ready {
+            self.queue_client(m);
+        }
+        Ok(after)
+    }
+
+    fn is_row(&self, m: &Message) -> bool {
+        m.tag == b'D' || (m.tag == b'd' && self.result.as_ref().is_some_and(|r| r.copy.is_some()))
+    }
+
+    /// The cells of a `DataRow`, or of a text `COPY` line.
+    fn row(&self, m: &Message) -> Result<Vec<Option<Vec<u8>>>, message::Error> {
+        if m.tag == b'd' {
+            let copy = self.result.as_ref().and_then(|r| r.copy);
+            return Ok(match copy {
+                Some(CellFormat::Text) => {
+                    let line = m.body.strip_suffix(b"\n").unwrap_or(&m.body);
+                    line.split(|&b| b == b'\t')
+                        .map(|cell| (cell != b"\\N").then(|| cell.to_vec()))
+                        .collect()
+                }
+                _ => vec![Some(m.body.clone())],
+            });
+        }
+        let mut body = m.reader();
+        let n = body.count()?;
+        let mut cells = Vec::with_capacity(n);
+        for _ in 0..n {
+            cells.push(body.value()?.map(<[u8]>::to_vec));
+        }
+        Ok(cells)
+    }
+
+    fn encode_row(&self, tag: u8, cells: &[Option<Vec<u8>>]) -> Message {
+        if tag == b'd' {
+            if self.result.as_ref().and_then(|r| r.copy) == Some(CellFormat::Text) {
+                let mut line = Vec::new();
+                for (i, cell) in cells.iter().enumerate() {
+                    if i > 0 {
+                        line.push(b'\t');
+                    }
+                    line.extend_from_slice(cell.as_deref().unwrap_or(b"\\N"));
+                }
+                line.push(b'\n');
+                return Message::new(b'd', line);
+            }
+            return Message::new(b'd', cells.first().cloned().flatten().unwrap_or_default());
+        }
+        let mut body = (cells.len() as i16).to_be_bytes().to_vec();
+        for cell in cells {
+            message::put_value(&mut body, cell.as_deref());
+        }
+        Message::new(b'D', body)
+    }
+}
+
+fn parse_bind(body: &mut Body<'_>) -> Result<(String, Portal), message::Error> {
+    let portal = body.cstr()?;
+    let statement = body.cstr()?;
+    let n = body.count()?;
+    let mut param_formats = Vec::with_capacity(n);
+    for _ in 0..n {
+        param_formats.push(body.i16()?);
+    }
+    let n = body.count()?;
+    let mut params = Vec::with_capacity(n);
+    for _ in 0..n {
+        params.push(body.value()?.map(<[u8]>::to_vec));
+    }
+    let n = body.count()?;
+    let mut formats = Vec::with_capacity(n);
+    for _ in 0..n {
+        formats.push(body.i16()?);
+    }
+    Ok((
+        portal,
+        Portal {
+            statement,
+            params,
+            formats,
+            columns: None,
+        },
+    ))
+}
+
+fn parse_row_description(m: &Message) -> Result<Vec<Column>, message::Error> {
+    let mut body = m.reader();
+    let n = body.count()?;
+    let mut columns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = body.cstr()?;
+        let table_oid = body.i32()? as u32;
+        let _attnum = body.i16()?;
+        let type_oid = body.i32()? as u32;
+        let _len = body.i16()?;
+        let _typmod = body.i32()?;
+        let format = body.i16()?;
+        columns.push(Column {
+            name,
+            table: None,
+            table_oid,
+            type_oid,
+            format: if format == 0 {
+                CellFormat::Text
+            } else {
+                CellFormat::Binary
+            },
+        });
+    }
+    Ok(columns)
+}
+
+fn refusal_text(decision: &Decision) -> String {
+    refusal_text_of(&decision.outcome)
+}
+
+fn refusal_text_of(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Deny { plugin, reason } => format!("sluice: refused by {plugin}: {reason}"),
+        Outcome::Hold { reasons } => format!("sluice: held: {}", reasons.join("; ")),
+        Outcome::Pass => "sluice: refused".into(),
+    }
+}
+
+/// A statement that fails with `message`, for the server to answer in place of a refused one.
+fn raise(message: &str) -> String {
+    let mut tag = "m".to_string();
+    while message.contains(&format!("${tag}$")) {
+        tag.push('m');
+    }
+    format!(
+        "DO $sluice$ BEGIN RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_REFUSED}', MESSAGE = ${tag}${message}${tag}$; END $sluice$"
+    )
+}
+
+/// Reads whole messages in a task of its own, so that waiting for one side never cuts a
+/// message of the other in half (a `select!` drops the losing read).
+fn reader<R: AsyncRead + Unpin + Send + 'static>(
+    r: R,
+) -> mpsc::Receiver<Result<Message, message::Error>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let mut r = BufReader::with_capacity(BUFFER, r);
+        loop {
+            let m = message::read(&mut r).await;
+            let last = m.is_err();
+            if tx.send(m).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,171 @@
+//! The gateway as a PostgreSQL client: connects to the real server and authenticates with
+//! the connection's credentials (trust, cleartext, MD5 or SCRAM-SHA-256), which never leave
+//! the gateway.
+
+use postgres_protocol::authentication::{md5_hash, sasl};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::message::{self, Message};
+use crate::config::PostgresConnection;
+
+/// An authenticated upstream connection, ready for queries.
+pub struct Upstream {
+    pub stream: TcpStream,
+    /// The server's `ParameterStatus` messages, relayed to the client.
+    pub parameters: Vec<Message>,
+    /// The server's cancel key, kept by the gateway; the client gets a key of its own.
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Errors are phrased for the client and the log; none carries the password.
+pub async fn connect(conn: &PostgresConnection) -> Result<Upstream, String> {
+    let mut stream = TcpStream::connect(&conn.upstream)
+        .await
+        .map_err(|e| format!("cannot reach the database at {}: {e}", conn.upstream))?;
+    let _ = stream.set_nodelay(true);
+    let startup = message::startup(&[
+        ("user", &conn.user),
+        ("database", &conn.database),
+        ("application_name", "sluice"),
+    ]);
+    stream
+        .write_all(&startup)
+        .await
+        .map_err(|e| format!("database connection: {e}"))?;
+    let password = conn.resolved_password();
+    let need_password = || {
+        password.as_deref().ok_or_else(|| {
+            "the database asks for a password and the connection has none configured".to_string()
+        })
+    };
+    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut parameters = Vec::new();
+    let (mut pid, mut secret) = (0, 0);
+    loop {
+        let m = message::read(&mut stream)
+            .await
+            .map_err(|e| format!("database connection: {e}"))?;
+        let mut body = m.reader();
+        match m.tag {
+            b'R' => {
+                let code = body.i32().map_err(|e| e.to_string())?;
+                let reply = match code {
+                    0 => None, // AuthenticationOk
+                    3 => Some(password_message(need_password()?.as_bytes())),
+                    5 => {
+                        let salt = body.bytes(4).map_err(|e| e.to_string())?;
+                        let hash = md5_hash(
+                            conn.user.as_bytes(),
+                            need_password()?.as_bytes(),
+                            salt.try_into().unwrap_or_default(),
+                        );
+                        Some(password_message(hash.as_bytes()))
+                    }
+                    10 => {
+                        let mechanisms = String::from_utf8_lossy(body.rest()).into_owned();
+                        if !mechanisms.split('\0').any(|m| m == sasl::SCRAM_SHA_256) {
+                            return Err(format!(
+                                "the database offers no SASL mechanism the gateway supports ({})",
+                                mechanisms.trim_matches('\0').replace('\0', ", ")
+                            ));
+                        }
+                        let client = sasl::ScramSha256::new(
+                            need_password()?.as_bytes(),
+                            sasl::ChannelBinding::unsupported(),
+                        );
+                        let mut body = Vec::new();
+                        message::put_cstr(&mut body, sasl::SCRAM_SHA_256);
+                        message::put_value(&mut body, Some(client.message()));
+                        scram = Some(client);
+                        Some(Message::new(b'p', body))
+                    }
+                    11 => {
+                        let client = scram.as_mut().ok_or("SASL continue before SASL start")?;
+                        client.update(body.rest()).map_err(|e| {
+                            format!("SCRAM authentication with the database failed: {e}")
+                        })?;
+                        Some(Message::new(b'p', client.message().to_vec()))
+                    }
+                    12 => {
+                        let mut client = scram.take().ok_or("SASL final before SASL start")?;
+                        client
+                            .finish(body.rest())
+                            .map_err(|e| format!("the database's SCRAM signature is wrong: {e}"))?;
+                        None
+                    }
+                    other => {
+                        return Err(format!(
+                            "the database asks for an authentication method the gateway does not \
+                             support (code {other})"
+                        ));
+                    }
+                };
+                if let Some(reply) = reply {
+                    message::write(&mut stream, &[reply])
+                        .await
+                        .map_err(|e| format!("database connection: {e}"))?;
+                }
+            }
+            b'S' => parameters.push(m),
+            b'K' => {
+                pid = body.i32().map_err(|e| e.to_string())?;
+                secret = body.i32().map_err(|e| e.to_string())?;
+            }
+            b'Z' => {
+                return Ok(Upstream {
+                    stream,
+                    parameters,
+                    pid,
+                    secret,
+                });
+            }
+            b'E' => {
+                return Err(format!(
+                    "the database refused the gateway: {}",
+                    error_text(&m)
+                ));
+            }
+            b'N' => {}
+            other => {
+                return Err(format!(
+                    "unexpected '{}' message from the database during startup",
+                    other.escape_ascii()
+                ));
+            }
+        }
+    }
+}
+
+fn password_message(password: &[u8]) -> Message {
+    let mut body = password.to_vec();
+    body.push(0);
+    Message::new(b'p', body)
+}
+
+/// The severity, code and message of an `ErrorResponse` or `NoticeResponse`.
+pub fn error_text(m: &Message) -> String {
+    let mut fields = m.body.split(|&b| b == 0);
+    let mut out = Vec::new();
+    for field in fields.by_ref() {
+        let Some((&kind, value)) = field.split_first() else {
+            break;
+        };
+        if matches!(kind, b'S' | b'C' | b'M') {
+            out.push(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    out.join(" ")
+}
+
+/// Asks the server to cancel what the backend `pid` runs (a new connection, as the protocol
+/// wants).
+pub async fn cancel(conn: &PostgresConnection, pid: i32, secret: i32) {
+    if let Ok(mut stream) = TcpStream::connect(&conn.upstream).await {
+        let _ = stream
+            .write_all(&message::cancel_request(pid, secret))
+            .await;
+        let _ = stream.shutdown().await;
+    }
+}

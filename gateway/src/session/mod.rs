@@ -1,0 +1,335 @@
+//! Sessions: what every protocol's frame path shares.
+//!
+//! ```text
+//! client --> [frame] --> [filter chain] --> [record] --> [forward] --> target
+//! client <-- [forward] <-- [record] <-- [filter chain] <-- [frame] <-- target
+//! ```
+//!
+//! A protocol (`exec.rs` for programs, `crate::pg` for PostgreSQL) turns its traffic into
+//! frames and hands each to [`Core`]: `filter` runs the chain, `record_frame` records the
+//! decision, and only then does the protocol forward what the decision allows. There is no
+//! other path. In strict mode `record_frame` returns only when the commit that holds the
+//! frame is durable, and a failed commit ends the session (fails closed).
+
+pub mod exec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::chain::{Chain, Decision, Outcome};
+use crate::config::RecordMode;
+use crate::frame::{Content, Direction, Frame, Identity, SessionInfo};
+use crate::plugin_host::LoadedPlugin;
+use crate::record::{NewEvent, Receipt, RecordFailed, Recorder};
+
+pub use exec::{MAX_SCRIPT_BYTES, Mode, run};
+
+/// What a session needs from the gateway.
+pub struct Context {
+    pub recorder: Recorder,
+    pub record_mode: RecordMode,
+    pub hold_timeout: Duration,
+    /// Live sessions, so auditors can list and end them.
+    pub active: Mutex<HashMap<String, Active>>,
+}
+
+/// A live session as `sluice sessions --active` shows it; `kill` ends it.
+pub struct Active {
+    pub subject: String,
+    pub connection: String,
+    pub started_ms: u64,
+    kill: Option<oneshot::Sender<String>>,
+}
+
+impl Context {
+    /// Ends a live session with `reason`; false when there is no such live session.
+    pub fn kill(&self, id: &str, reason: String) -> bool {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match active.get_mut(id).and_then(|a| a.kill.take()) {
+            Some(kill) => kill.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// (id, subject, connection, started) of every live session.
+    pub fn live(&self) -> Vec<(String, String, String, u64)> {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    a.subject.clone(),
+                    a.connection.clone(),
+                    a.started_ms,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Who opens which connection, with what.
+pub struct Opening {
+    pub id: String,
+    pub connection_name: String,
+    /// `exec`, `postgres`, ...
+    pub protocol: &'static str,
+    pub plugins: Vec<LoadedPlugin>,
+    /// The policy files in force, with their digests, for the record.
+    pub policy: Vec<serde_json::Value>,
+    pub identity: Identity,
+    pub client: String,
+    /// More for the session-open event (the exec mode, the database).
+    pub meta: serde_json::Value,
+}
+
+/// One open session's chain, record and frame numbering.
+pub struct Core {
+    pub ctx: Arc<Context>,
+    pub info: SessionInfo,
+    chain: Chain,
+    seq: [u64; 2],
+}
+
+impl Core {
+    /// Makes the chain (a plugin may refuse the session), records `session-open` and lists the
+    /// session as live. The receiver fires when an auditor ends the session.
+    pub async fn open(
+        ctx: Arc<Context>,
+        opening: Opening,
+    ) -> Result<(Core, oneshot::Receiver<String>), String> {
+        let info = SessionInfo {
+            id: opening.id,
+            connection: opening.connection_name,
+            protocol: opening.protocol.into(),
+            identity: opening.identity,
+            started_at_ms: now_ms(),
+        };
+        let mut meta = json!({
+            "subject": info.identity.subject,
+            "name": info.identity.name,
+            "groups": info.identity.groups,
+            "connection": info.connection,
+            "protocol": info.protocol,
+            "client": opening.client,
+            "policy": opening.policy,
+            "plugins": opening.plugins.iter().map(|p| json!({"name": p.spec().name, "sha256": hex::encode(p.digest())})).collect::<Vec<_>>(),
+        });
+        if let (Some(meta), serde_json::Value::Object(extra)) = (meta.as_object_mut(), opening.meta)
+        {
+            meta.extend(extra);
+        }
+        let chain = Chain::new(&opening.plugins, &info).map_err(|e| e.to_string())?;
+        let mut core = Core {
+            ctx,
+            info,
+            chain,
+            seq: [0, 0],
+        };
+        core.record_event("session-open", 0, meta, Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (kill, killed) = oneshot::channel();
+        let active = Active {
+            subject: core.info.identity.subject.clone(),
+            connection: core.info.connection.clone(),
+            started_ms: core.info.started_at_ms,
+            kill: Some(kill),
+        };
+        core.ctx
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(core.info.id.clone(), active);
+        tracing::info!("session opened");
+        Ok((core, killed))
+    }
+
+    /// Lists the session as ended and records `session-close`.
+    pub async fn close(&mut self, meta: serde_json::Value) -> Result<(), RecordFailed> {
+        self.ctx
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.info.id);
+        self.record_event("session-close", 0, meta, Vec::new())
+            .await
+    }
+
+    /// The filter step: the frame crosses the chain.
+    pub fn filter(&mut self, direction: Direction, content: Content) -> Decision {
+        let slot = &mut self.seq[direction as usize];
+        *slot += 1;
+        let frame = Frame {
+            seq: *slot,
+            direction,
+            timestamp_ms: now_ms(),
+            content,
+        };
+        self.chain.on_frame(frame)
+    }
+
+    /// Asks the chain for what plugins buffer in `direction`; records each piece and returns
+    /// the ones that may be forwarded.
+    pub async fn flush(&mut self, direction: Direction) -> Result<Vec<Content>, RecordFailed> {
+        let mut seq = self.seq[direction as usize];
+        let decisions = self.chain.flush(direction, |content| {
+            seq += 1;
+            Frame {
+                seq,
+                direction,
+                timestamp_ms: now_ms(),
+                content,
+            }
+        });
+        self.seq[direction as usize] = seq;
+        let mut released = Vec::new();
+        for decision in decisions {
+            self.record_frame(direction, &decision).await?;
+            if decision.outcome == Outcome::Pass {
+                released.push(decision.forward);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Until reviews exist, a held frame waits for the hold timeout and is then refused.
+    /// The caller has told the client that it waits.
+    pub async fn hold(&mut self, decision: Decision, reason: &str) -> Decision {
+        let wait = self.ctx.hold_timeout;
+        tokio::time::sleep(wait).await;
+        let reason = format!(
+            "held for review ({reason}) and no reviewer approved it within {} s",
+            wait.as_secs()
+        );
+        Decision {
+            outcome: Outcome::Deny {
+                plugin: "review".into(),
+                reason,
+            },
+            ..decision
+        }
+    }
+
+    /// The record step.
+    pub async fn record_frame(
+        &mut self,
+        direction: Direction,
+        decision: &Decision,
+    ) -> Result<(), RecordFailed> {
+        self.submit_frame(direction, decision)
+            .await?
+            .durable()
+            .await
+            .map(drop)
+    }
+
+    /// Queues a frame for the record; the receipt says when it is durable (strict mode) or
+    /// at once (async mode).
+    pub async fn submit_frame(
+        &mut self,
+        direction: Direction,
+        decision: &Decision,
+    ) -> Result<Receipt, RecordFailed> {
+        let (outcome, reason) = match &decision.outcome {
+            Outcome::Pass => ("pass", None),
+            Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
+            Outcome::Deny { plugin, reason } => ("deny", Some(format!("{plugin}: {reason}"))),
+        };
+        let mut meta = json!({
+            "dir": match direction { Direction::ClientToTarget => "in", Direction::TargetToClient => "out" },
+            "content": crate::frame::kind(&decision.record),
+            "outcome": outcome,
+            "reason": reason,
+            "failures": decision.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        });
+        if let Content::Statement(s) = &decision.record
+            && !s.params.is_empty()
+        {
+            meta["params"] = cells_json(&s.params);
+        }
+        let seq = self.seq[direction as usize];
+        self.submit_event("frame", seq, meta, record_payload(&decision.record))
+            .await
+    }
+
+    pub async fn record_event(
+        &mut self,
+        kind: &str,
+        seq: u64,
+        meta: serde_json::Value,
+        payload: Vec<u8>,
+    ) -> Result<(), RecordFailed> {
+        self.submit_event(kind, seq, meta, payload)
+            .await?
+            .durable()
+            .await
+            .map(drop)
+    }
+
+    pub async fn submit_event(
+        &mut self,
+        kind: &str,
+        seq: u64,
+        meta: serde_json::Value,
+        payload: Vec<u8>,
+    ) -> Result<Receipt, RecordFailed> {
+        let event = NewEvent {
+            session: self.info.id.clone(),
+            seq,
+            kind: kind.into(),
+            time_ms: now_ms(),
+            meta: meta.to_string(),
+            payload,
+        };
+        let track = self.ctx.record_mode == RecordMode::Strict;
+        self.ctx.recorder.submit(event, track).await
+    }
+}
+
+/// The bytes of a content, as forwarded to a byte stream.
+pub fn content_bytes(content: &Content) -> Vec<u8> {
+    match content {
+        Content::Bytes(b) => b.clone(),
+        Content::Line(l) => l.as_bytes().to_vec(),
+        Content::Statement(s) => s.text.as_bytes().to_vec(),
+        Content::Columns(_) | Content::Row(_) => Vec::new(),
+    }
+}
+
+/// What the record stores as a frame's payload: the bytes of stream content, a statement's
+/// text (its parameters go in the meta), a row's cells or a result's column names as JSON.
+pub fn record_payload(content: &Content) -> Vec<u8> {
+    match content {
+        Content::Row(cells) => cells_json(cells).to_string().into_bytes(),
+        Content::Columns(columns) => {
+            let names: Vec<_> = columns.iter().map(|c| c.name.as_str()).collect();
+            json!(names).to_string().into_bytes()
+        }
+        other => content_bytes(other),
+    }
+}
+
+/// Cells as JSON: text where it is UTF-8, `{"hex": …}` where not, `null` for NULL.
+fn cells_json(cells: &[Option<Vec<u8>>]) -> serde_json::Value {
+    cells
+        .iter()
+        .map(|c| match c {
+            None => serde_json::Value::Null,
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => json!(text),
+                Err(_) => json!({"hex": hex::encode(bytes)}),
+            },
+        })
+        .collect()
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,379 @@
+//! PostgreSQL connections end to end: a throwaway server of our own (SCRAM or MD5 password
+//! auth), the real gateway, and real clients: `psql` and `tokio-postgres`.
+
+use std::process::Command;
+
+use crate::support::{Gateway, guest, run_command};
+
+const UPSTREAM_PASSWORD: &str = "upstream-Secret-9f3b";
+
+/// A PostgreSQL cluster in a temporary folder on a free port; stopped when dropped.
+/// `initdb` and `pg_ctl` refuse to run as root, so as root they run as `postgres`.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+fn as_postgres(program: &str) -> Command {
+    if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// `auth` is the method for TCP clients (`scram-sha-256`, `md5`).
+    pub fn start(auth: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        if rustix::process::geteuid().is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, UPSTREAM_PASSWORD).unwrap();
+        let encryption = if auth == "md5" {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
+        let (code, _, err) = run_command(
+            as_postgres("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    &format!("--auth-host={auth}"),
+                ])
+                .arg(format!("--pwfile={}", pwfile.display())),
+            "",
+        );
+        assert_eq!(code, 0, "initdb: {err}");
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption={encryption}",
+            dir.path().display()
+        );
+        let (code, _, err) = run_command(
+            as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(dir.path().join("log"))
+                .args(["-w", "start"]),
+            "",
+        );
+        assert_eq!(code, 0, "pg_ctl start: {err}");
+        let cluster = Cluster { dir, port };
+        // Stored again under the server's password_encryption (initdb used the default).
+        cluster.sql(&format!(
+            "ALTER ROLE postgres PASSWORD '{UPSTREAM_PASSWORD}'"
+        ));
+        cluster.sql(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text, ssn text);
+             INSERT INTO customers VALUES
+               (1, 'Alice', 'alice@example.com', '4242 4242 4242 4242', '123-45-6789'),
+               (2, 'Bob', 'bob@example.org', '4111111111111111', '234-56-7890');",
+        );
+        cluster
+    }
+
+    /// Runs SQL directly (over the local socket, as the superuser).
+    pub fn sql(&self, sql: &str) -> String {
+        let (code, out, err) = run_command(
+            Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    "postgres",
+                    "-h",
+                ])
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql]),
+            "",
+        );
+        assert_eq!(code, 0, "{sql}: {err}");
+        out
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = run_command(
+            as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "immediate", "stop"]),
+            "",
+        );
+    }
+}
+
+/// A gateway with a `pg` connection to `cluster`, listening on the returned port; the
+/// shipped policy masks it, and the `antics` guest gates it (`--deny` / `--hold` comments).
+fn gateway(cluster: &Cluster) -> (Gateway, u16) {
+    let port = free_port();
+    let config = format!(
+        "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n",
+        cluster.port
+    );
+    let policy = format!(
+        "[plugins.gate]\nsource = \"{}\"\n\n[chains]\npg = [\"gate\"]\n",
+        guest("antics").display()
+    );
+    (Gateway::start_with_policy(&config, Some(&policy)), port)
+}
+
+/// psql through the gateway with `token` as the password; (exit code, stdout, stderr).
+fn psql(port: u16, token: &str, args: &[&str]) -> (i32, String, String) {
+    run_command(
+        Command::new("psql")
+            .env("PGPASSWORD", token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args([
+                "-X",
+                "-A",
+                "-F",
+                "|",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .args(["-U", "whoever", "-d", "postgres"])
+            .args(args),
+        "",
+    )
+}
+
+fn store_holds(gw: &Gateway, needle: &str) -> bool {
+    let raw = std::fs::read(gw.store()).unwrap();
+    raw.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let token = gw.user_token.clone();
+
+    let (code, out, err) = psql(
+        port,
+        &token,
+        &[
+            "-c",
+            "SELECT id, name, email, card FROM customers ORDER BY id",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "id|name|email|card\n1|Alice|[MASKED:email]|**** **** **** 4242\n2|Bob|[MASKED:email]|************1111\n(2 rows)\n"
+    );
+
+    // Meta-commands, a transaction, prepared statements, COPY and a server error, in one
+    // session: each behaves as it does directly.
+    let (_, out, err) = psql(
+        port,
+        &token,
+        &[
+            "-c",
+            "\\d customers",
+            "-c",
+            "BEGIN; UPDATE customers SET name = 'Alicia' WHERE id = 1; COMMIT;",
+            "-c",
+            "PREPARE one(int) AS SELECT name, ssn FROM customers WHERE id = $1; EXECUTE one(1);",
+            "-c",
+            "COPY customers TO STDOUT",
+            "-c",
+            "SELECT * FROM no_such_table",
+            "-c",
+            "SELECT 'still usable'",
+        ],
+    );
+    assert!(out.contains("Table \"public.customers\""), "{out}");
+    assert!(out.contains("Alicia|[MASKED:ssn]"), "{out}");
+    assert!(
+        out.contains("1\tAlicia\t[MASKED:email]\t**** **** **** 4242\t[MASKED:ssn]\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("relation \"no_such_table\" does not exist"),
+        "{err}"
+    );
+    assert!(out.contains("still usable"), "{out}");
+    assert_eq!(
+        cluster.sql("SELECT name FROM customers WHERE id = 1"),
+        "Alicia\n"
+    );
+
+    // A refused statement: a proper error, the server never ran it, the session goes on.
+    let (_, out, err) = psql(
+        port,
+        &token,
+        &[
+            "-c",
+            "UPDATE customers SET name = 'Mallory' --deny",
+            "-c",
+            "SELECT 'after the refusal'",
+        ],
+    );
+    assert!(
+        err.contains("ERROR:  sluice: refused by gate: asked in a comment"),
+        "{err}"
+    );
+    assert!(out.contains("after the refusal"), "{out}");
+    assert_eq!(
+        cluster.sql("SELECT count(*) FROM customers WHERE name = 'Mallory'"),
+        "0\n"
+    );
+
+    // A held one: the client is told, then (no reviewer yet) refused when the hold times out.
+    let (_, _, err) = psql(port, &token, &["-c", "SELECT 1 --hold"]);
+    assert!(
+        err.contains("NOTICE:  sluice: waiting for approval (asked in a comment)"),
+        "{err}"
+    );
+    assert!(err.contains("no reviewer approved it"), "{err}");
+
+    // The record has statements and masked rows; no value, and never the upstream password.
+    assert!(store_holds(
+        &gw,
+        "SELECT id, name, email, card FROM customers ORDER BY id"
+    ));
+    assert!(store_holds(&gw, "[MASKED:email]"));
+    for secret in [
+        "alice@example.com",
+        "4242 4242 4242 4242",
+        "123-45-6789",
+        UPSTREAM_PASSWORD,
+    ] {
+        assert!(!store_holds(&gw, secret), "the store holds {secret}");
+    }
+    let (code, out, _) = gw.run(&["sessions", "--connection", "pg"], "");
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 5, "a header and four sessions: {out}");
+}
+
+#[test]
+fn bad_tokens_and_clients_that_are_not_postgres_get_clear_errors() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let (code, _, err) = psql(port, "not-a-token", &["-c", "SELECT 1"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("password authentication failed: the password must be a valid Sluice token"),
+        "{err}"
+    );
+
+    // Not PostgreSQL at all, an absurd length, a message cut short: the client is dropped,
+    // the gateway and other sessions go on.
+    use std::io::{Read, Write};
+    for garbage in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        [&[0x7f, 0xff, 0xff, 0xff][..], &[0; 8]].concat(),
+        vec![0, 0, 0, 40, 0, 3, 0, 0, b'u'],
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(40)))
+            .unwrap();
+        s.write_all(&garbage).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let (code, out, err) = psql(port, &gw.user_token, &["-c", "SELECT 'fine'"]);
+    assert_eq!((code, out.contains("fine")), (0, true), "{err}");
+}
+
+#[test]
+fn md5_upstreams_work_too() {
+    let cluster = Cluster::start("md5");
+    let (gw, port) = gateway(&cluster);
+    let (code, out, err) = psql(
+        port,
+        &gw.user_token,
+        &["-t", "-c", "SELECT name FROM customers WHERE id = 2"],
+    );
+    assert_eq!((code, out.as_str()), (0, "Bob\n"), "{err}");
+}
+
+#[test]
+fn tokio_postgres_with_binary_parameters_and_pipelining() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let token = gw.user_token.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config =
+            format!("host=127.0.0.1 port={port} user=whoever dbname=postgres password={token}");
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // Binary parameters in, binary cells out: a cell in which the masker finds a value
+        // cannot be masked in place, so it arrives as NULL; the others arrive intact.
+        let row = client
+            .query_one(
+                "SELECT id, name, email FROM customers WHERE id = $1",
+                &[&1i32],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1);
+        assert_eq!(row.get::<_, String>(1), "Alice");
+        assert_eq!(row.get::<_, Option<String>>(2), None);
+
+        // Pipelined: both queries are sent before either answer is read.
+        let one = client
+            .prepare("SELECT name FROM customers WHERE id = $1")
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(
+            client.query_one(&one, &[&1i32]),
+            client.query_one(&one, &[&2i32])
+        );
+        assert_eq!(a.unwrap().get::<_, String>(0), "Alice");
+        assert_eq!(b.unwrap().get::<_, String>(0), "Bob");
+
+        // A refused Execute: an error in its place, and the connection stays usable.
+        let err = client
+            .query("SELECT name FROM customers --deny", &[])
+            .await
+            .unwrap_err();
+        let db = err.as_db_error().expect("an error from the server's side");
+        assert_eq!(db.message(), "sluice: refused by gate: asked in a comment");
+        assert_eq!(db.code().code(), "42501");
+        let rows = client.query("SELECT 2 + $1::int", &[&40i32]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0), 42);
+    });
+}
