@@ -17,6 +17,7 @@ use crate::wire::{self, Message};
 /// Exit status when the gateway refused the session or its input.
 pub const EXIT_REFUSED: u8 = 126;
 
+#[derive(Clone)]
 pub struct Client {
     host: String,
     port: u16,
@@ -240,4 +241,30 @@ pub async fn connect(client: &Client, connection: &str) -> anyhow::Result<u8> {
         let _ = crossterm::terminal::disable_raw_mode();
     }
     result
+}
+
+/// `sluice connect NAME --port PORT`: every connection to the local port is tunneled to the
+/// connection through the gateway (TLS, this user's token). Only this machine can reach
+/// the port, and a PostgreSQL client still signs in with its own token.
+pub async fn tunnel(client: &Client, connection: &str, port: u16) -> anyhow::Result<u8> {
+    use std::io::Write;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let local = listener.local_addr()?;
+    println!("sluice: forwarding {local} to connection `{connection}` (Ctrl-C to stop)");
+    std::io::stdout().flush()?;
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        let _ = socket.set_nodelay(true);
+        let (client, query) = (client.clone(), format!("connection={connection}&mode=tunnel"));
+        tokio::spawn(async move {
+            match client.open(&query).await {
+                Ok((_, mut remote)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut remote).await;
+                }
+                Err(e) => eprintln!("sluice: {e:#}"),
+            }
+        });
+    }
 }

@@ -98,6 +98,16 @@ pub struct StaticToken {
 pub enum Connection {
     Exec(ExecConnection),
     Postgres(PostgresConnection),
+    Tcp(TcpConnection),
+}
+
+/// Any TCP service, reached only through `sluice connect NAME --port PORT` (the tunnel is
+/// authenticated; a listener of its own would not be). Byte frames both ways.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConnection {
+    /// The service, `host:port`.
+    pub upstream: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -201,6 +211,7 @@ impl Config {
                     }
                     continue;
                 }
+                Connection::Tcp(_) => continue,
             };
             if exec.interactive.is_empty() || exec.script.is_empty() {
                 return Err(format!(

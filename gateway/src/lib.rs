@@ -18,5 +18,6 @@ pub mod record;
 pub mod runner;
 pub mod server;
 pub mod session;
+pub mod tcp;
 pub mod tls;
 pub mod wire;

@@ -47,9 +47,13 @@ enum Command {
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Open an interactive session on a connection.
+    /// Open an interactive session on a connection; with --port, forward a local port to a
+    /// PostgreSQL or TCP connection.
     Connect {
         connection: String,
+        /// Listen on 127.0.0.1:PORT (0: any free port) and tunnel each client to the connection.
+        #[arg(long)]
+        port: Option<u16>,
         #[command(flatten)]
         target: Target,
     },
@@ -196,11 +200,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve { config } => runtime()?.block_on(sluice::commands::serve(config)),
-        Command::Connect { connection, target } => {
+        Command::Connect {
+            connection,
+            port,
+            target,
+        } => {
             let client = target.client()?;
-            Ok(ExitCode::from(
-                runtime()?.block_on(sluice::client::connect(&client, &connection))?,
-            ))
+            let runtime = runtime()?;
+            Ok(ExitCode::from(match port {
+                Some(port) => runtime.block_on(sluice::client::tunnel(&client, &connection, port))?,
+                None => runtime.block_on(sluice::client::connect(&client, &connection))?,
+            }))
         }
         Command::Exec {
             connection,

@@ -30,6 +30,7 @@ use crate::plugin_host::{HostConfig, LoadedPlugin, PluginHost};
 use crate::policy::Policy;
 use crate::record::{Recorder, Store};
 use crate::session::{self, Mode};
+use tracing::Instrument;
 
 pub struct Gateway {
     config: Config,
@@ -39,6 +40,8 @@ pub struct Gateway {
     /// Each policy file with its SHA-256, recorded with every session.
     policy_files: Vec<serde_json::Value>,
     session_ctx: Arc<session::Context>,
+    /// PostgreSQL connections' front doors, for clients that come through the tunnel.
+    fronts: BTreeMap<String, Arc<crate::pg::Front>>,
     ca_pem: String,
     // Keeps the engine (and its epoch thread) alive as long as the plugins.
     _host: PluginHost,
@@ -71,7 +74,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             .collect::<Result<Vec<_>, _>>()?;
         chains.insert(name.clone(), plugins);
     }
-    let policy_files = policy
+    let policy_files: Vec<serde_json::Value> = policy
         .files
         .iter()
         .map(|f| {
@@ -107,6 +110,29 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
         dev_tokens,
     };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
+    // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
+    // the start.
+    let mut fronts = BTreeMap::new();
+    for (name, connection) in &config.connections {
+        let Connection::Postgres(pg) = connection else {
+            continue;
+        };
+        let listener = tokio::net::TcpListener::bind(pg.listen)
+            .await
+            .with_context(|| format!("connections.{name}: cannot listen on {}", pg.listen))?;
+        let front = Arc::new(crate::pg::Front::new(
+            name.clone(),
+            pg.clone(),
+            tokens.clone(),
+            chains.get(name).cloned().unwrap_or_default(),
+            policy_files.clone(),
+            session_ctx.clone(),
+            acceptor.clone(),
+        ));
+        tokio::spawn(crate::pg::serve(front.clone(), listener));
+        fronts.insert(name.clone(), front);
+    }
     let gateway = Arc::new(Gateway {
         config,
         tokens,
@@ -114,30 +140,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         chains,
         policy_files,
         session_ctx,
+        fronts,
         ca_pem: tls.ca_pem,
         _host: host,
     });
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
-    // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
-    // the start.
-    for (name, connection) in &gateway.config.connections {
-        let Connection::Postgres(pg) = connection else {
-            continue;
-        };
-        let listener = tokio::net::TcpListener::bind(pg.listen)
-            .await
-            .with_context(|| format!("connections.{name}: cannot listen on {}", pg.listen))?;
-        let front = crate::pg::Front::new(
-            name.clone(),
-            pg.clone(),
-            gateway.tokens.clone(),
-            gateway.chains.get(name).cloned().unwrap_or_default(),
-            gateway.policy_files.clone(),
-            gateway.session_ctx.clone(),
-            acceptor.clone(),
-        );
-        tokio::spawn(crate::pg::serve(Arc::new(front), listener));
-    }
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -274,41 +280,47 @@ impl Gateway {
                 &format!("unknown connection `{name}` (known: {})", known.join(", ")),
             );
         };
-        let mode = match query.get("mode").map(String::as_str) {
-            Some("exec") => Mode::Exec,
-            Some("connect") => {
-                let dim = |k: &str, d: u16| query.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-                Mode::Connect {
-                    rows: dim("rows", 24),
-                    cols: dim("cols", 80),
-                }
-            }
-            _ => return error(StatusCode::BAD_REQUEST, "mode must be exec or connect"),
+        let opening = session::Opening {
+            id: new_session_id(),
+            connection_name: name.clone(),
+            protocol: "exec",
+            plugins: self.chains.get(name).cloned().unwrap_or_default(),
+            policy: self.policy_files.clone(),
+            identity,
+            client: peer.to_string(),
+            meta: serde_json::Value::Null,
         };
-        let connection = match connection {
-            Connection::Exec(exec) => exec.clone(),
-            Connection::Postgres(pg) => {
+        let mode = query.get("mode").map(String::as_str).unwrap_or_default();
+        let exec = match (connection, mode) {
+            (Connection::Exec(exec), "exec" | "connect") => exec.clone(),
+            (Connection::Postgres(_) | Connection::Tcp(_), "tunnel") => {
+                return self.tunnel(req, name, connection, opening, peer);
+            }
+            (Connection::Exec(_), _) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    &format!(
-                        "`{name}` is a PostgreSQL connection: point a PostgreSQL client at {}",
-                        pg.listen
-                    ),
+                    &format!("`{name}` runs a program: use `sluice connect {name}` or `sluice exec {name}`"),
+                );
+            }
+            (Connection::Postgres(_) | Connection::Tcp(_), _) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("`{name}` forwards a port: use `sluice connect {name} --port PORT`"),
                 );
             }
         };
+        let mode = if mode == "exec" {
+            Mode::Exec
+        } else {
+            let dim = |k: &str, d: u16| query.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+            Mode::Connect {
+                rows: dim("rows", 24),
+                cols: dim("cols", 80),
+            }
+        };
         let request = session::exec::Request {
-            opening: session::Opening {
-                id: new_session_id(),
-                connection_name: name.clone(),
-                protocol: "exec",
-                plugins: self.chains.get(name).cloned().unwrap_or_default(),
-                policy: self.policy_files.clone(),
-                identity,
-                client: peer.to_string(),
-                meta: serde_json::Value::Null,
-            },
-            connection,
+            opening,
+            connection: exec,
             mode,
         };
         let id = request.opening.id.clone();
@@ -316,7 +328,6 @@ impl Gateway {
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    use tracing::Instrument;
                     let o = &request.opening;
                     let span = tracing::info_span!("session", id = %o.id, connection = %o.connection_name, user = %o.identity.subject);
                     session::run(ctx, request, TokioIo::new(upgraded))
@@ -326,20 +337,50 @@ impl Gateway {
                 Err(e) => tracing::info!(%peer, error = %e, "session upgrade failed"),
             }
         });
-        let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
-        let headers = response.headers_mut();
-        headers.insert(
-            hyper::header::UPGRADE,
-            hyper::header::HeaderValue::from_static(crate::wire::PROTOCOL),
-        );
-        headers.insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("upgrade"),
-        );
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&id) {
-            headers.insert("sluice-session", value);
+        upgraded(&id)
+    }
+
+    /// `sluice connect NAME --port`: after the upgrade the stream carries the connection's
+    /// own protocol. A PostgreSQL client still signs in with its token at startup; a TCP
+    /// session is the tunnel's user's.
+    fn tunnel(
+        &self,
+        req: Request<Incoming>,
+        name: &str,
+        connection: &Connection,
+        mut opening: session::Opening,
+        peer: SocketAddr,
+    ) -> Reply {
+        let id = opening.id.clone();
+        match connection {
+            Connection::Postgres(_) => {
+                let Some(front) = self.fronts.get(name).cloned() else {
+                    return error(StatusCode::NOT_FOUND, "no such PostgreSQL connection");
+                };
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = hyper::upgrade::on(req).await
+                        && let Err(e) = front.client(Box::new(TokioIo::new(upgraded)), peer, true).await
+                    {
+                        tracing::info!(%peer, error = %e, "postgres client refused");
+                    }
+                });
+            }
+            Connection::Tcp(tcp) => {
+                let (ctx, target) = (self.session_ctx.clone(), tcp.upstream.clone());
+                opening.protocol = "tcp";
+                tokio::spawn(async move {
+                    let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                        return;
+                    };
+                    let span = tracing::info_span!("session", id = %opening.id, connection = %opening.connection_name, user = %opening.identity.subject);
+                    crate::tcp::session(ctx, opening, Box::new(TokioIo::new(upgraded)), target)
+                        .instrument(span)
+                        .await;
+                });
+            }
+            Connection::Exec(_) => return error(StatusCode::BAD_REQUEST, "not a tunnel"),
         }
-        response
+        upgraded(&id)
     }
 
     /// Users see their own sessions; reviewers and auditors see all (roles come with OIDC).
@@ -455,4 +496,22 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `101 Switching Protocols` to the session stream.
+fn upgraded(id: &str) -> Reply {
+    let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static(crate::wire::PROTOCOL),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(id) {
+        headers.insert("sluice-session", value);
+    }
+    response
 }

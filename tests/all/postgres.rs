@@ -377,3 +377,120 @@ fn tokio_postgres_with_binary_parameters_and_pipelining() {
         assert_eq!(rows[0].get::<_, i32>(0), 42);
     });
 }
+
+/// `sluice connect NAME --port 0` in the background; returns it and the port it forwards.
+fn tunnel(gw: &Gateway, connection: &str) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = gw
+        .cli()
+        .args(["connect", connection, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (child, port)
+}
+
+#[test]
+fn the_local_tunnel_carries_psql_and_still_wants_the_token() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, _) = gateway(&cluster);
+    let (mut child, port) = tunnel(&gw, "pg");
+    let (code, out, err) = psql(port, &gw.user_token, &["-t", "-c", "SELECT email FROM customers WHERE id = 1"]);
+    assert_eq!((code, out.as_str()), (0, "[MASKED:email]\n"), "{err}");
+    // The port is no open door for other local users: the token is asked again.
+    let (code, _, err) = psql(port, "someone-elses-guess", &["-c", "SELECT 1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("password authentication failed"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn plain_tcp_connections_are_byte_frames_through_the_chain_and_the_record() {
+    use std::io::{BufRead, BufReader, Write};
+    // A line service: answers each line with a card number in it.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let service_port = service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in service.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = writeln!(out, "you said {line}; card 4242 4242 4242 4242");
+                }
+            });
+        }
+    });
+    let config = format!("\n[connections.lines]\nkind = \"tcp\"\nupstream = \"127.0.0.1:{service_port}\"\n");
+    let policy = "[chains]\nlines = [\"mask\"]\n";
+    let gw = Gateway::start_with_policy(&config, Some(policy));
+    let (mut child, port) = tunnel(&gw, "lines");
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    socket.write_all(b"hello bob@example.com\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(socket.try_clone().unwrap()).read_line(&mut answer).unwrap();
+    assert_eq!(answer, "you said hello [MASKED:email]; card **** **** **** 4242\n");
+    drop(socket);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!store_holds(&gw, "4242 4242 4242 4242"));
+    assert!(!store_holds(&gw, "bob@example.com"));
+    let (_, out, _) = gw.run(&["sessions", "--connection", "lines"], "");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[test]
+fn cancel_requests_reach_the_right_backend_and_a_lost_server_ends_only_its_session() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let token = gw.user_token.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = format!("host=127.0.0.1 port={port} user=whoever dbname=postgres password={token}");
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let cancel = client.cancel_token();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            cancel.cancel_query(tokio_postgres::NoTls).await
+        });
+        let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        let db = err.as_db_error().expect("an error from the server");
+        assert_eq!(db.code().code(), "57014", "{}", db.message()); // query_canceled
+        canceller.await.unwrap().unwrap();
+        // The session is still usable after the cancel.
+        let messages = client.simple_query("SELECT 'after cancel'").await.unwrap();
+        let answered = messages.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("after cancel"))
+        });
+        assert!(answered);
+    });
+
+    // The server goes away mid-query: that client gets an error, the gateway goes on.
+    let sleeper = std::thread::spawn(move || psql(port, &token, &["-c", "SELECT pg_sleep(30)"]));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    drop(cluster);
+    let (code, _, err) = sleeper.join().unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("server closed the connection") || err.contains("terminating connection") || err.contains("connection was lost"), "{err}");
+    let (code, out, _) = gw.run(&["sessions", "--connection", "pg"], "");
+    assert_eq!(code, 0, "the gateway still answers");
+    assert!(out.lines().count() >= 3, "{out}");
+}

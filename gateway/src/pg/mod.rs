@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::auth::Tokens;
@@ -43,7 +43,7 @@ pub struct Front {
 }
 
 /// A client stream, plain or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long a client may take to finish startup and authentication.
@@ -82,7 +82,7 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
         let _ = tcp.set_nodelay(true);
         let front = front.clone();
         tokio::spawn(async move {
-            if let Err(e) = front.client(tcp, peer).await {
+            if let Err(e) = front.client(Box::new(tcp), peer, false).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
             }
         });
@@ -91,8 +91,9 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
 
 impl Front {
     /// One client: startup, authentication, the upstream connection, then the session.
-    async fn client(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
-        let started = tokio::time::timeout(STARTUP, self.startup(tcp, peer)).await;
+    /// `tunneled`: the client came through `sluice connect --port`, inside the gateway's TLS.
+    pub async fn client(&self, tcp: Box<dyn Io>, peer: SocketAddr, tunneled: bool) -> Result<(), String> {
+        let started = tokio::time::timeout(STARTUP, self.startup(tcp, peer, tunneled)).await;
         let Some((mut client, params, tls)) = started.map_err(|_| "startup timed out")?? else {
             return Ok(()); // a cancel request, served
         };
@@ -236,8 +237,9 @@ impl Front {
     #[allow(clippy::type_complexity)]
     async fn startup(
         &self,
-        mut tcp: TcpStream,
+        mut tcp: Box<dyn Io>,
         peer: SocketAddr,
+        tunneled: bool,
     ) -> Result<Option<(Box<dyn Io>, Vec<(String, String)>, bool)>, String> {
         let mut first = message::read_startup(&mut tcp)
             .await
@@ -249,6 +251,13 @@ impl Front {
                 .map_err(|e| e.to_string())?;
         }
         let (mut client, tls, next): (Box<dyn Io>, bool, Startup) = match first {
+            // Through the tunnel the bytes already travel inside the gateway's TLS.
+            Startup::Ssl if tunneled => {
+                tcp.write_all(b"N").await.map_err(|e| e.to_string())?;
+                let next = message::read_startup(&mut tcp).await.map_err(|e| e.to_string())?;
+                (tcp, true, next)
+            }
+            other if tunneled => (tcp, true, other),
             Startup::Ssl if self.conn.client_tls != ClientTls::Off => {
                 tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
                 let mut tls = self
