@@ -257,7 +257,10 @@ pub async fn tunnel(client: &Client, connection: &str, port: u16) -> anyhow::Res
     loop {
         let (mut socket, _) = listener.accept().await?;
         let _ = socket.set_nodelay(true);
-        let (client, query) = (client.clone(), format!("connection={connection}&mode=tunnel"));
+        let (client, query) = (
+            client.clone(),
+            format!("connection={connection}&mode=tunnel"),
+        );
         tokio::spawn(async move {
             match client.open(&query).await {
                 Ok((_, mut remote)) => {

@@ -208,7 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = target.client()?;
             let runtime = runtime()?;
             Ok(ExitCode::from(match port {
-                Some(port) => runtime.block_on(sluice::client::tunnel(&client, &connection, port))?,
+                Some(port) => {
+                    runtime.block_on(sluice::client::tunnel(&client, &connection, port))?
+                }
                 None => runtime.block_on(sluice::client::connect(&client, &connection))?,
             }))
         }

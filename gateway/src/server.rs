@@ -299,7 +299,9 @@ impl Gateway {
             (Connection::Exec(_), _) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    &format!("`{name}` runs a program: use `sluice connect {name}` or `sluice exec {name}`"),
+                    &format!(
+                        "`{name}` runs a program: use `sluice connect {name}` or `sluice exec {name}`"
+                    ),
                 );
             }
             (Connection::Postgres(_) | Connection::Tcp(_), _) => {
@@ -359,7 +361,9 @@ impl Gateway {
                 };
                 tokio::spawn(async move {
                     if let Ok(upgraded) = hyper::upgrade::on(req).await
-                        && let Err(e) = front.client(Box::new(TokioIo::new(upgraded)), peer, true).await
+                        && let Err(e) = front
+                            .client(Box::new(TokioIo::new(upgraded)), peer, true)
+                            .await
                     {
                         tracing::info!(%peer, error = %e, "postgres client refused");
                     }

@@ -34,7 +34,10 @@ pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io
         }
     };
     let _ = target.set_nodelay(true);
-    let Ok((mut core, killed)) = Core::open(ctx, opening).await.inspect_err(|e| tracing::info!(error = %e, "session refused")) else {
+    let Ok((mut core, killed)) = Core::open(ctx, opening)
+        .await
+        .inspect_err(|e| tracing::info!(error = %e, "session refused"))
+    else {
         return;
     };
     let result = tokio::select! {
@@ -47,7 +50,11 @@ pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io
 }
 
 /// Relays until either side closes; `Err` says why the session ended otherwise.
-pub async fn run(core: &mut Core, mut client: Box<dyn Io>, mut target: TcpStream) -> Result<(), String> {
+pub async fn run(
+    core: &mut Core,
+    mut client: Box<dyn Io>,
+    mut target: TcpStream,
+) -> Result<(), String> {
     let mut from_client = vec![0u8; CHUNK];
     let mut from_target = vec![0u8; CHUNK];
     let mut since_flush = false;
@@ -89,17 +96,38 @@ async fn frame(core: &mut Core, direction: Direction, bytes: Vec<u8>) -> Result<
     match decision.outcome {
         Outcome::Pass => Ok(content_bytes(&decision.forward)),
         Outcome::Deny { plugin, reason } => Err(format!("refused by {plugin}: {reason}")),
-        Outcome::Hold { reasons } => Err(format!("held ({}); a byte stream cannot wait", reasons.join("; "))),
+        Outcome::Hold { reasons } => Err(format!(
+            "held ({}); a byte stream cannot wait",
+            reasons.join("; ")
+        )),
     }
 }
 
 /// What plugins held back, both ways.
-async fn release(core: &mut Core, client: &mut Box<dyn Io>, target: &mut TcpStream) -> Result<(), String> {
-    for content in core.flush(Direction::TargetToClient).await.map_err(|e| e.to_string())? {
-        client.write_all(&content_bytes(&content)).await.map_err(|e| format!("client: {e}"))?;
+async fn release(
+    core: &mut Core,
+    client: &mut Box<dyn Io>,
+    target: &mut TcpStream,
+) -> Result<(), String> {
+    for content in core
+        .flush(Direction::TargetToClient)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        client
+            .write_all(&content_bytes(&content))
+            .await
+            .map_err(|e| format!("client: {e}"))?;
     }
-    for content in core.flush(Direction::ClientToTarget).await.map_err(|e| e.to_string())? {
-        target.write_all(&content_bytes(&content)).await.map_err(|e| format!("target: {e}"))?;
+    for content in core
+        .flush(Direction::ClientToTarget)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        target
+            .write_all(&content_bytes(&content))
+            .await
+            .map_err(|e| format!("target: {e}"))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::{Gateway, guest, run_command};
+use crate::support::{Gateway, guest, rss_kib, run_command};
 
 const UPSTREAM_PASSWORD: &str = "upstream-Secret-9f3b";
 
@@ -406,7 +406,11 @@ fn the_local_tunnel_carries_psql_and_still_wants_the_token() {
     let cluster = Cluster::start("scram-sha-256");
     let (gw, _) = gateway(&cluster);
     let (mut child, port) = tunnel(&gw, "pg");
-    let (code, out, err) = psql(port, &gw.user_token, &["-t", "-c", "SELECT email FROM customers WHERE id = 1"]);
+    let (code, out, err) = psql(
+        port,
+        &gw.user_token,
+        &["-t", "-c", "SELECT email FROM customers WHERE id = 1"],
+    );
     assert_eq!((code, out.as_str()), (0, "[MASKED:email]\n"), "{err}");
     // The port is no open door for other local users: the token is asked again.
     let (code, _, err) = psql(port, "someone-elses-guess", &["-c", "SELECT 1"]);
@@ -432,16 +436,24 @@ fn plain_tcp_connections_are_byte_frames_through_the_chain_and_the_record() {
             });
         }
     });
-    let config = format!("\n[connections.lines]\nkind = \"tcp\"\nupstream = \"127.0.0.1:{service_port}\"\n");
+    let config =
+        format!("\n[connections.lines]\nkind = \"tcp\"\nupstream = \"127.0.0.1:{service_port}\"\n");
     let policy = "[chains]\nlines = [\"mask\"]\n";
     let gw = Gateway::start_with_policy(&config, Some(policy));
     let (mut child, port) = tunnel(&gw, "lines");
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     socket.write_all(b"hello bob@example.com\n").unwrap();
     let mut answer = String::new();
-    BufReader::new(socket.try_clone().unwrap()).read_line(&mut answer).unwrap();
-    assert_eq!(answer, "you said hello [MASKED:email]; card **** **** **** 4242\n");
+    BufReader::new(socket.try_clone().unwrap())
+        .read_line(&mut answer)
+        .unwrap();
+    assert_eq!(
+        answer,
+        "you said hello [MASKED:email]; card **** **** **** 4242\n"
+    );
     drop(socket);
     let _ = child.kill();
     let _ = child.wait();
@@ -489,8 +501,62 @@ fn cancel_requests_reach_the_right_backend_and_a_lost_server_ends_only_its_sessi
     drop(cluster);
     let (code, _, err) = sleeper.join().unwrap();
     assert_ne!(code, 0);
-    assert!(err.contains("server closed the connection") || err.contains("terminating connection") || err.contains("connection was lost"), "{err}");
+    assert!(
+        err.contains("server closed the connection")
+            || err.contains("terminating connection")
+            || err.contains("connection was lost"),
+        "{err}"
+    );
     let (code, out, _) = gw.run(&["sessions", "--connection", "pg"], "");
     assert_eq!(code, 0, "the gateway still answers");
     assert!(out.lines().count() >= 3, "{out}");
+}
+
+#[test]
+fn a_large_result_streams_through_in_bounded_memory() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let pid = gw.pid();
+    let before = rss_kib(pid);
+    // About 50 MB of rows, every one masked and recorded, while the gateway's memory is
+    // sampled.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let rows = 400_000;
+    let (code, out, err) = run_command(
+        Command::new("psql")
+            .env("PGPASSWORD", &gw.user_token)
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "u", "-d", "postgres"])
+            .arg("-c")
+            .arg(format!("SELECT g, 'user' || g || '@example.com', repeat('x', 100) FROM generate_series(1, {rows}) g")),
+        "",
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), rows);
+    assert_eq!(
+        out.lines().last().unwrap(),
+        format!("{rows}|[MASKED:email]|{}", "x".repeat(100))
+    );
+    let result_kib = out.len() as u64 / 1024;
+    let growth = peak.saturating_sub(before);
+    println!("result {result_kib} KiB, gateway RSS {before} KiB before, peak {peak} KiB");
+    // The record's page cache (16 MiB) and buffers, never the result: holding the rows
+    // (the bug this caught) grew the gateway by more than three times the result's size.
+    assert!(result_kib > 45 << 10);
+    assert!(
+        growth < 40 << 10,
+        "the gateway grew by {growth} KiB for a {result_kib} KiB result"
+    );
 }

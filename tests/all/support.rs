@@ -177,6 +177,10 @@ impl Gateway {
         run_command(cmd.args(args), "")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     pub fn store(&self) -> PathBuf {
         self.dir.path().join("data/record.redb")
     }
@@ -245,4 +249,14 @@ pub fn eventually(what: &str, limit: std::time::Duration, mut check: impl FnMut(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// A process's resident memory now, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -92,7 +92,12 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
 impl Front {
     /// One client: startup, authentication, the upstream connection, then the session.
     /// `tunneled`: the client came through `sluice connect --port`, inside the gateway's TLS.
-    pub async fn client(&self, tcp: Box<dyn Io>, peer: SocketAddr, tunneled: bool) -> Result<(), String> {
+    pub async fn client(
+        &self,
+        tcp: Box<dyn Io>,
+        peer: SocketAddr,
+        tunneled: bool,
+    ) -> Result<(), String> {
         let started = tokio::time::timeout(STARTUP, self.startup(tcp, peer, tunneled)).await;
         let Some((mut client, params, tls)) = started.map_err(|_| "startup timed out")?? else {
             return Ok(()); // a cancel request, served
@@ -254,7 +259,9 @@ impl Front {
             // Through the tunnel the bytes already travel inside the gateway's TLS.
             Startup::Ssl if tunneled => {
                 tcp.write_all(b"N").await.map_err(|e| e.to_string())?;
-                let next = message::read_startup(&mut tcp).await.map_err(|e| e.to_string())?;
+                let next = message::read_startup(&mut tcp)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 (tcp, true, next)
             }
             other if tunneled => (tcp, true, other),

@@ -144,8 +144,9 @@ impl<
                         return Ok(());
                     }
                     self.client_message(m).await?;
-                    // Keep pipelined messages together: write when no more are waiting.
-                    if self.client_in.is_empty() {
+                    // Keep pipelined messages together: write when no more are waiting (or
+                    // a buffer's worth is ready: memory stays bounded).
+                    if self.client_in.is_empty() || self.to_upstream.len() >= BUFFER {
                         self.send_upstream().await?;
                     }
                 }
@@ -156,7 +157,7 @@ impl<
                         None => return Err(End::Upstream(message::Error::Closed)),
                     };
                     self.server_messages(m).await?;
-                    if self.upstream_in.is_empty() {
+                    if self.upstream_in.is_empty() || self.to_client.len() >= BUFFER {
                         self.send_client().await?;
                     }
                 }
@@ -558,7 +559,10 @@ impl<
                     }
                 }
             }
-            // Rows already read join this commit; anything else ends the batch.
+            // Rows already read join this commit, up to a batch; anything else ends it.
+            if ready.len() >= QUEUE {
+                break None;
+            }
             match self.upstream_in.try_recv() {
                 Ok(Ok(next)) if self.is_row(&next) => m = next,
                 Ok(Ok(next)) => break Some(next),

@@ -26,6 +26,9 @@ pub use entry::{Entry, GENESIS, Hash};
 pub use verify::{Problem, VerifyReport, verify_store};
 pub use writer::{Receipt, RecordFailed, Recorder};
 
+/// The store's page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
@@ -162,7 +165,12 @@ impl Store {
             message,
         };
         let signer = load_or_create_signing_key(key_file).map_err(|e| io(format!("{e:#}")))?;
-        let db = Database::create(path).map_err(|e| corrupt(e.to_string()))?;
+        // redb caches up to 1 GiB by default; the record is written far more than read, so a
+        // small cache keeps the gateway's memory flat however much it records.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| corrupt(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
         {
             // Create every table up front so readers never meet a missing one.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewEvent, RecordError, Store};
+use super::{NewEvent, Store};
 
 /// Events per commit at most; more waiting events go into the next commit.
 const MAX_GROUP: usize = 1024;
@@ -27,42 +27,42 @@ impl Recorder {
     /// Starts the writer task for `store`.
     pub fn spawn(store: Arc<Store>) -> Recorder {
         let (queue, mut rx) = mpsc::channel::<(NewEvent, Option<Ack>)>(8 * MAX_GROUP);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(next) => group.push(next),
-                        Err(_) => break,
+        // One thread of its own: redb blocks, and commits from one thread keep the
+        // allocator from spreading freed pages over many arenas (memory stays flat).
+        let spawned = std::thread::Builder::new()
+            .name("sluice-record".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
                     }
-                }
-                let (events, acks): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let store = store.clone();
-                let result = tokio::task::spawn_blocking(move || store.append(&events))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(RecordError::Io {
-                            path: "record".into(),
-                            message: e.to_string(),
-                        })
-                    });
-                match result {
-                    Ok(indices) => {
-                        for (ack, index) in acks.into_iter().zip(indices) {
-                            if let Some(ack) = ack {
-                                let _ = ack.send(Ok(index));
+                    let (events, acks): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    let result = store.append(&events);
+                    match result {
+                        Ok(indices) => {
+                            for (ack, index) in acks.into_iter().zip(indices) {
+                                if let Some(ack) = ack {
+                                    let _ = ack.send(Ok(index));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "record commit failed");
+                            for ack in acks.into_iter().flatten() {
+                                let _ = ack.send(Err(e.to_string()));
                             }
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "record commit failed");
-                        for ack in acks.into_iter().flatten() {
-                            let _ = ack.send(Err(e.to_string()));
-                        }
-                    }
                 }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // No writer: every submit fails, so sessions fail closed.
+            tracing::error!(error = %e, "cannot start the record writer");
+        }
         Recorder { queue }
     }
 
