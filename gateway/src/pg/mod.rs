@@ -40,6 +40,7 @@ pub struct Front {
     pub tls: tokio_rustls::TlsAcceptor,
     /// Cancel keys given to clients -> the upstream backend's key.
     cancels: Mutex<HashMap<(i32, i32), (i32, i32)>>,
+    tables: session::Tables,
 }
 
 /// A client stream, plain or TLS.
@@ -69,6 +70,7 @@ impl Front {
             ctx,
             tls,
             cancels: Mutex::new(HashMap::new()),
+            tables: Default::default(),
         }
     }
 }
@@ -210,7 +212,13 @@ impl Front {
         hello.extend(upstream.parameters.iter().cloned());
         hello.push(message::backend_key_data(key.0, key.1));
         hello.push(message::ready_for_query(b'I'));
-        let mut session = session::Session::new(core, client, upstream.stream);
+        let mut session = session::Session::new(
+            core,
+            client,
+            upstream.stream,
+            self.conn.clone(),
+            self.tables.clone(),
+        );
         let result = match session.greet(&hello).await {
             Err(e) => Err(e),
             Ok(()) => {

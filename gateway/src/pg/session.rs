@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::message::{self, Body, Message};
 use crate::chain::{Decision, Outcome};
+use crate::config::PostgresConnection;
 use crate::frame::{CellFormat, Column, Content, Direction, Statement};
 use crate::record::{Receipt, RecordFailed};
 use crate::session::Core;
@@ -80,8 +81,14 @@ struct Rows {
     copy: Option<CellFormat>,
 }
 
+/// Table names by OID, shared by a connection's sessions.
+pub type Tables = std::sync::Arc<std::sync::Mutex<HashMap<u32, String>>>;
+
 pub struct Session<C, U> {
     pub core: Core,
+    /// For looking up the tables result columns come from.
+    conn: PostgresConnection,
+    tables: Tables,
     client_in: mpsc::Receiver<Result<Message, message::Error>>,
     client_out: tokio::io::WriteHalf<C>,
     upstream_in: mpsc::Receiver<Result<Message, message::Error>>,
@@ -110,11 +117,19 @@ impl<
     U: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 > Session<C, U>
 {
-    pub fn new(core: Core, client: C, upstream: U) -> Self {
+    pub fn new(
+        core: Core,
+        client: C,
+        upstream: U,
+        conn: PostgresConnection,
+        tables: Tables,
+    ) -> Self {
         let (client_in, client_out) = tokio::io::split(client);
         let (upstream_in, upstream_out) = tokio::io::split(upstream);
         Session {
             core,
+            conn,
+            tables,
             client_in: reader(client_in),
             client_out,
             upstream_in: reader(upstream_in),
@@ -516,9 +531,10 @@ impl<
     /// are recorded.
     async fn begin_result(
         &mut self,
-        columns: Vec<Column>,
+        mut columns: Vec<Column>,
         copy: Option<CellFormat>,
     ) -> Result<(), End> {
+        self.name_tables(&mut columns).await;
         let decision = self
             .core
             .filter(Direction::TargetToClient, Content::Columns(columns));
@@ -527,6 +543,34 @@ impl<
             .await?;
         self.result = Some(Rows { copy });
         Ok(())
+    }
+
+    /// Fills in `schema.table` for columns that come from a table, so that per-column rules
+    /// (`users.ssn`) apply. A lookup that fails leaves the names out; rules on bare column
+    /// names and the detectors still apply.
+    async fn name_tables(&mut self, columns: &mut [Column]) {
+        let lock = |t: &Tables| t.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut known = lock(&self.tables);
+        let mut missing: Vec<u32> = columns
+            .iter()
+            .map(|c| c.table_oid)
+            .filter(|oid| *oid != 0 && !known.contains_key(oid))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            match super::upstream::table_names(&self.conn, &missing).await {
+                Ok(names) => {
+                    let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+                    tables.extend(names);
+                    known = tables.clone();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look up table names"),
+            }
+        }
+        for c in columns {
+            c.table = known.get(&c.table_oid).cloned();
+        }
     }
 
     /// Result rows: this one and every further one already read cross the chain and are

@@ -169,3 +169,51 @@ pub async fn cancel(conn: &PostgresConnection, pid: i32, secret: i32) {
         let _ = stream.shutdown().await;
     }
 }
+
+/// `schema.table` of each table OID, asked on a connection of its own (the session's is busy
+/// with the client's traffic). Unknown OIDs are left out.
+pub async fn table_names(
+    conn: &PostgresConnection,
+    oids: &[u32],
+) -> Result<Vec<(u32, String)>, String> {
+    let mut upstream = connect(conn).await?;
+    let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+    let sql = format!(
+        "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid IN ({})",
+        list.join(",")
+    );
+    message::write(&mut upstream.stream, &[message::query(&sql)])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    loop {
+        let m = message::read(&mut upstream.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        match m.tag {
+            b'D' => {
+                let mut body = m.reader();
+                let _ = body.count();
+                let oid = body
+                    .value()
+                    .ok()
+                    .flatten()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                let name = body
+                    .value()
+                    .ok()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                if let (Some(oid), Some(name)) = (oid, name) {
+                    names.push((oid, name));
+                }
+            }
+            b'E' => return Err(error_text(&m)),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    let _ = message::write(&mut upstream.stream, &[Message::new(b'X', vec![])]).await;
+    Ok(names)
+}
