@@ -591,7 +591,17 @@ impl<
                         .submit_frame(Direction::TargetToClient, &decision)
                         .await?,
                 );
+                let binary_copy = m.tag == b'd'
+                    && self.result.as_ref().and_then(|r| r.copy) != Some(CellFormat::Text);
                 match (&decision.outcome, decision.forward) {
+                    // A binary COPY chunk cannot become NULL: that is a refusal.
+                    (Outcome::Pass, Content::Row(cells))
+                        if binary_copy && cells.first().is_none_or(Option::is_none) =>
+                    {
+                        let text = "sluice: binary COPY data held a value to mask; use COPY in text format";
+                        ready.push(message::error(b'E', "ERROR", SQLSTATE_REFUSED, text));
+                        self.cut = true;
+                    }
                     (Outcome::Pass, Content::Row(cells)) => {
                         ready.push(self.encode_row(m.tag, &cells))
                     }
