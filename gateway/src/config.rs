@@ -144,12 +144,29 @@ pub struct PostgresConnection {
     /// `VALUE` or `env:NAME` (read at start); none for trust authentication.
     #[serde(default)]
     pub password: Option<String>,
+    /// TLS toward the server: `"off"` (the default), `"require"` (encrypted, certificate not
+    /// checked, as libpq's sslmode=require) or `"verify"` (checked against `upstream_ca` and
+    /// the host name in `upstream`).
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    /// PEM file of the CA that signed the server's certificate, for `upstream_tls = "verify"`.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
     /// Client TLS: `"optional"` (the default: TLS when the client asks for it, and the token
     /// as a cleartext password only inside TLS or from loopback), `"required"`, or `"off"`.
     #[serde(default)]
     pub client_tls: ClientTls,
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    #[default]
+    Off,
+    Require,
+    Verify,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -202,6 +219,21 @@ impl Config {
                         return Err(format!(
                             "connections.{name}.password: environment variable {var} is not set"
                         ));
+                    }
+                    if pg.upstream_tls == UpstreamTls::Verify {
+                        let Some(ca) = &pg.upstream_ca else {
+                            return Err(format!(
+                                "connections.{name}: upstream_tls = \"verify\" needs upstream_ca (a PEM file)"
+                            ));
+                        };
+                        let pem = std::fs::read_to_string(ca).map_err(|e| {
+                            format!(
+                                "connections.{name}.upstream_ca: cannot read {}: {e}",
+                                ca.display()
+                            )
+                        })?;
+                        crate::tls::client_config(&pem)
+                            .map_err(|e| format!("connections.{name}.upstream_ca: {e}"))?;
                     }
                     if pg.listen == self.gateway.listen {
                         return Err(format!(

@@ -95,6 +95,35 @@ impl Cluster {
         cluster
     }
 
+    /// Turns on TLS with a certificate for 127.0.0.1 signed by a CA of the test's (returned),
+    /// and accepts TCP clients only over TLS.
+    pub fn require_tls(&self) -> std::path::PathBuf {
+        let certs = self.dir.path().join("certs");
+        sluice::tls::load_or_create(&certs).unwrap();
+        let data = self.data();
+        std::fs::copy(certs.join("tls/server.pem"), data.join("server.crt")).unwrap();
+        std::fs::copy(certs.join("tls/server.key"), data.join("server.key")).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        if rustix::process::geteuid().is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        self.sql("ALTER SYSTEM SET ssl = on");
+        let (code, _, err) =
+            run_command(as_postgres("pg_ctl").arg("-D").arg(&data).arg("reload"), "");
+        assert_eq!(code, 0, "reload: {err}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        certs.join("tls/ca.pem")
+    }
+
     /// Runs SQL directly (over the local socket, as the superuser).
     pub fn sql(&self, sql: &str) -> String {
         let (code, out, err) = run_command(
@@ -154,6 +183,10 @@ fn gateway(cluster: &Cluster) -> (Gateway, u16) {
 
 /// psql through the gateway with `token` as the password; (exit code, stdout, stderr).
 fn psql(port: u16, token: &str, args: &[&str]) -> (i32, String, String) {
+    psql_with_input(port, token, args, "")
+}
+
+fn psql_with_input(port: u16, token: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
     run_command(
         Command::new("psql")
             .env("PGPASSWORD", token)
@@ -170,7 +203,7 @@ fn psql(port: u16, token: &str, args: &[&str]) -> (i32, String, String) {
             ])
             .args(["-U", "whoever", "-d", "postgres"])
             .args(args),
-        "",
+        stdin,
     )
 }
 
@@ -236,6 +269,19 @@ fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
         "Alicia\n"
     );
 
+    // COPY FROM STDIN: the server gets the data as sent; the record, masked.
+    let (code, _, err) = psql_with_input(
+        port,
+        &token,
+        &["-c", "COPY customers (id, name, email) FROM STDIN"],
+        "3\tCarol\tcarol@example.com\n\\.\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        cluster.sql("SELECT email FROM customers WHERE id = 3"),
+        "carol@example.com\n"
+    );
+
     // A refused statement: a proper error, the server never ran it, the session goes on.
     let (_, out, err) = psql(
         port,
@@ -273,6 +319,7 @@ fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
     assert!(store_holds(&gw, "[MASKED:email]"));
     for secret in [
         "alice@example.com",
+        "carol@example.com",
         "4242 4242 4242 4242",
         "123-45-6789",
         UPSTREAM_PASSWORD,
@@ -281,7 +328,7 @@ fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
     }
     let (code, out, _) = gw.run(&["sessions", "--connection", "pg"], "");
     assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 5, "a header and four sessions: {out}");
+    assert_eq!(out.lines().count(), 6, "a header and five sessions: {out}");
 }
 
 #[test]
@@ -562,5 +609,51 @@ fn a_large_result_streams_through_in_bounded_memory() {
     assert!(
         growth < 40 << 10,
         "the gateway grew by {growth} KiB for a {result_kib} KiB result"
+    );
+}
+
+#[test]
+fn the_upstream_can_require_tls_and_the_gateway_verifies_its_certificate() {
+    let cluster = Cluster::start("scram-sha-256");
+    let ca = cluster.require_tls();
+    let connection = |name: &str, port: u16, tls: &str| {
+        format!(
+            "\n[connections.{name}]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n{tls}\n",
+            cluster.port
+        )
+    };
+    let (verified, required, plain) = (free_port(), free_port(), free_port());
+    let config = [
+        connection(
+            "verified",
+            verified,
+            &format!(
+                "upstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+                ca.display()
+            ),
+        ),
+        connection("required", required, "upstream_tls = \"require\""),
+        connection("plain", plain, ""),
+    ]
+    .concat();
+    let gw = Gateway::start_with(&config);
+    for port in [verified, required] {
+        let (code, out, err) = psql(
+            port,
+            &gw.user_token,
+            &[
+                "-t",
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ],
+        );
+        assert_eq!((code, out.as_str()), (0, "t\n"), "{err}");
+    }
+    // The server takes no plain connection: the client hears why.
+    let (code, _, err) = psql(plain, &gw.user_token, &["-c", "SELECT 1"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("sluice: the database refused the gateway") && err.contains("no encryption"),
+        "{err}"
     );
 }

@@ -147,6 +147,13 @@ pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// `SSLRequest` toward the upstream server.
+pub fn ssl_request() -> Vec<u8> {
+    let mut out = 8i32.to_be_bytes().to_vec();
+    out.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+    out
+}
+
 /// A cancel request toward the upstream server.
 pub fn cancel_request(pid: i32, secret: i32) -> Vec<u8> {
     let mut out = 16i32.to_be_bytes().to_vec();

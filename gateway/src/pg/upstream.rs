@@ -3,15 +3,16 @@
 //! the gateway.
 
 use postgres_protocol::authentication::{md5_hash, sasl};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::Io;
 use super::message::{self, Message};
-use crate::config::PostgresConnection;
+use crate::config::{PostgresConnection, UpstreamTls};
 
 /// An authenticated upstream connection, ready for queries.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Io>,
     /// The server's `ParameterStatus` messages, relayed to the client.
     pub parameters: Vec<Message>,
     /// The server's cancel key, kept by the gateway; the client gets a key of its own.
@@ -21,10 +22,11 @@ pub struct Upstream {
 
 /// Errors are phrased for the client and the log; none carries the password.
 pub async fn connect(conn: &PostgresConnection) -> Result<Upstream, String> {
-    let mut stream = TcpStream::connect(&conn.upstream)
+    let tcp = TcpStream::connect(&conn.upstream)
         .await
         .map_err(|e| format!("cannot reach the database at {}: {e}", conn.upstream))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = secure(conn, tcp).await?;
     let startup = message::startup(&[
         ("user", &conn.user),
         ("database", &conn.database),
@@ -136,6 +138,49 @@ pub async fn connect(conn: &PostgresConnection) -> Result<Upstream, String> {
             }
         }
     }
+}
+
+/// TLS toward the server, as the connection asks.
+async fn secure(conn: &PostgresConnection, mut tcp: TcpStream) -> Result<Box<dyn Io>, String> {
+    let config = match conn.upstream_tls {
+        UpstreamTls::Off => return Ok(Box::new(tcp)),
+        UpstreamTls::Require => {
+            crate::tls::unverified_client_config().map_err(|e| e.to_string())?
+        }
+        UpstreamTls::Verify => {
+            let ca = conn
+                .upstream_ca
+                .as_deref()
+                .ok_or("upstream_tls = \"verify\" needs upstream_ca")?;
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            crate::tls::client_config(&pem).map_err(|e| e.to_string())?
+        }
+    };
+    tcp.write_all(&message::ssl_request())
+        .await
+        .map_err(|e| format!("database connection: {e}"))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|e| format!("database connection: {e}"))?;
+    if answer[0] != b'S' {
+        return Err(
+            "the database does not accept TLS, but the connection's upstream_tls asks for it"
+                .into(),
+        );
+    }
+    let host = conn
+        .upstream
+        .rsplit_once(':')
+        .map_or(conn.upstream.as_str(), |(h, _)| h);
+    let name = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .map_err(|e| format!("upstream host {host}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with the database failed: {e}"))?;
+    Ok(Box::new(tls))
 }
 
 fn password_message(password: &[u8]) -> Message {
