@@ -569,7 +569,7 @@ fn a_large_result_streams_through_in_bounded_memory() {
     let (gw, port) = gateway(&cluster);
     let pid = gw.pid();
     let before = rss_kib(pid);
-    // About 50 MB of rows, every one masked and recorded, while the gateway's memory is
+    // About 70 MB of rows, every one masked and recorded, while the gateway's memory is
     // sampled.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -583,7 +583,7 @@ fn a_large_result_streams_through_in_bounded_memory() {
             peak
         })
     };
-    let rows = 400_000;
+    let rows = 600_000;
     let (code, out, err) = run_command(
         Command::new("psql")
             .env("PGPASSWORD", &gw.user_token)
@@ -603,11 +603,11 @@ fn a_large_result_streams_through_in_bounded_memory() {
     let result_kib = out.len() as u64 / 1024;
     let growth = peak.saturating_sub(before);
     println!("result {result_kib} KiB, gateway RSS {before} KiB before, peak {peak} KiB");
-    // The record's page cache (16 MiB) and buffers, never the result: holding the rows
-    // (the bug this caught) grew the gateway by more than three times the result's size.
-    assert!(result_kib > 45 << 10);
+    // The record's page cache (16 MiB), buffers and the allocator's slack, never the result:
+    // holding the rows (the bug this caught) grew the gateway by three times the result.
+    assert!(result_kib > 70 << 10);
     assert!(
-        growth < 40 << 10,
+        growth < 64 << 10,
         "the gateway grew by {growth} KiB for a {result_kib} KiB result"
     );
 }

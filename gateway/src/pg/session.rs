@@ -17,8 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::message::{self, Body, Message};
 use crate::chain::{Decision, Outcome};
@@ -89,9 +88,9 @@ pub struct Session<C, U> {
     /// For looking up the tables result columns come from.
     conn: PostgresConnection,
     tables: Tables,
-    client_in: mpsc::Receiver<Result<Message, message::Error>>,
+    client_in: Inbound<tokio::io::ReadHalf<C>>,
     client_out: tokio::io::WriteHalf<C>,
-    upstream_in: mpsc::Receiver<Result<Message, message::Error>>,
+    upstream_in: Inbound<tokio::io::ReadHalf<U>>,
     upstream_out: tokio::io::WriteHalf<U>,
     /// Messages for the server, written together once the client's pipeline is drained.
     to_upstream: Vec<u8>,
@@ -130,9 +129,9 @@ impl<
             core,
             conn,
             tables,
-            client_in: reader(client_in),
+            client_in: Inbound::new(client_in),
             client_out,
-            upstream_in: reader(upstream_in),
+            upstream_in: Inbound::new(upstream_in),
             upstream_out,
             to_upstream: Vec::new(),
             to_client: Vec::new(),
@@ -145,37 +144,33 @@ impl<
         }
     }
 
-    /// Relays until either side ends; `Ok` when the client said goodbye.
+    /// Relays until either side ends; `Ok` when the client said goodbye. Everything already
+    /// read is handled before waiting again, so pipelined messages leave together.
     pub async fn run(&mut self) -> Result<(), End> {
         loop {
+            while let Some(m) = self.client_in.next().map_err(End::Client)? {
+                if m.tag == b'X' {
+                    return Ok(());
+                }
+                self.client_message(m).await?;
+                if self.to_upstream.len() >= BUFFER {
+                    self.send_upstream().await?;
+                }
+            }
+            self.send_upstream().await?;
+            while let Some(m) = self.upstream_in.next().map_err(End::Upstream)? {
+                self.server_messages(m).await?;
+                if self.to_client.len() >= BUFFER {
+                    self.send_client().await?;
+                }
+            }
+            self.send_client().await?;
             tokio::select! {
-                m = self.client_in.recv() => {
-                    let m = match m {
-                        Some(Ok(m)) => m,
-                        None | Some(Err(message::Error::Closed)) => return Ok(()),
-                        Some(Err(e)) => return Err(End::Client(e)),
-                    };
-                    if m.tag == b'X' {
-                        return Ok(());
-                    }
-                    self.client_message(m).await?;
-                    // Keep pipelined messages together: write when no more are waiting (or
-                    // a buffer's worth is ready: memory stays bounded).
-                    if self.client_in.is_empty() || self.to_upstream.len() >= BUFFER {
-                        self.send_upstream().await?;
-                    }
-                }
-                m = self.upstream_in.recv() => {
-                    let m = match m {
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => return Err(End::Upstream(e)),
-                        None => return Err(End::Upstream(message::Error::Closed)),
-                    };
-                    self.server_messages(m).await?;
-                    if self.upstream_in.is_empty() || self.to_client.len() >= BUFFER {
-                        self.send_client().await?;
-                    }
-                }
+                read = self.client_in.fill() => match read {
+                    Err(message::Error::Closed) => return Ok(()),
+                    other => other.map_err(End::Client)?,
+                },
+                read = self.upstream_in.fill() => read.map_err(End::Upstream)?,
             }
         }
     }
@@ -617,11 +612,9 @@ impl<
             if ready.len() >= QUEUE {
                 break None;
             }
-            match self.upstream_in.try_recv() {
-                Ok(Ok(next)) if self.is_row(&next) => m = next,
-                Ok(Ok(next)) => break Some(next),
-                Ok(Err(e)) => return Err(End::Upstream(e)),
-                Err(_) => break None,
+            match self.upstream_in.next().map_err(End::Upstream)? {
+                Some(next) if self.is_row(&next) => m = next,
+                other => break other,
             }
         };
         if let Some(receipt) = last {
@@ -762,21 +755,64 @@ fn raise(message: &str) -> String {
     )
 }
 
-/// Reads whole messages in a task of its own, so that waiting for one side never cuts a
-/// message of the other in half (a `select!` drops the losing read).
-fn reader<R: AsyncRead + Unpin + Send + 'static>(
-    r: R,
-) -> mpsc::Receiver<Result<Message, message::Error>> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(async move {
-        let mut r = BufReader::with_capacity(BUFFER, r);
-        loop {
-            let m = message::read(&mut r).await;
-            let last = m.is_err();
-            if tx.send(m).await.is_err() || last {
-                break;
-            }
+/// Messages from one side, read into a buffer. `fill` may be abandoned by a `select!`
+/// without losing anything (it only appends what one read returned); `next` takes whole
+/// messages out.
+struct Inbound<R> {
+    from: R,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<R: AsyncRead + Unpin> Inbound<R> {
+    fn new(from: R) -> Self {
+        Inbound {
+            from,
+            buf: Vec::with_capacity(BUFFER),
+            start: 0,
         }
-    });
-    rx
+    }
+
+    /// The next whole message already read, if any.
+    fn next(&mut self) -> Result<Option<Message>, message::Error> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]);
+        if len < 4 || len as usize - 4 > message::MAX_MESSAGE {
+            return Err(message::Error::Malformed(format!(
+                "a '{}' message declares {len} bytes (the limit is {})",
+                avail[0].escape_ascii(),
+                message::MAX_MESSAGE
+            )));
+        }
+        let total = 1 + len as usize;
+        if avail.len() < total {
+            self.buf.reserve(total - avail.len());
+            return Ok(None);
+        }
+        let m = Message::new(avail[0], avail[5..total].to_vec());
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(m))
+    }
+
+    /// Reads what the peer sent next; `Closed` at its end.
+    async fn fill(&mut self) -> Result<(), message::Error> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < BUFFER / 4 {
+            self.buf.reserve(BUFFER);
+        }
+        match self.from.read_buf(&mut self.buf).await? {
+            0 => Err(message::Error::Closed),
+            _ => Ok(()),
+        }
+    }
 }

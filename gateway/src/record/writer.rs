@@ -24,8 +24,15 @@ pub struct Recorder {
 pub struct RecordFailed(pub String);
 
 impl Recorder {
-    /// Starts the writer task for `store`.
+    /// Starts the writer for `store`, committing as soon as events arrive.
     pub fn spawn(store: Arc<Store>) -> Recorder {
+        Recorder::spawn_lingering(store, std::time::Duration::ZERO)
+    }
+
+    /// Starts the writer for `store`; after the first event of a group it waits `linger` for
+    /// more, so a steady flow of events costs one durable commit per `linger` rather than one
+    /// per event (for async mode, where nobody waits for the commit).
+    pub fn spawn_lingering(store: Arc<Store>, linger: std::time::Duration) -> Recorder {
         let (queue, mut rx) = mpsc::channel::<(NewEvent, Option<Ack>)>(8 * MAX_GROUP);
         // One thread of its own: redb blocks, and commits from one thread keep the
         // allocator from spreading freed pages over many arenas (memory stays flat).
@@ -33,6 +40,9 @@ impl Recorder {
             .name("sluice-record".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
+                    if !linger.is_zero() {
+                        std::thread::sleep(linger);
+                    }
                     let mut group = vec![first];
                     while group.len() < MAX_GROUP {
                         match rx.try_recv() {
