@@ -6,6 +6,8 @@
 #   benches/pg.sh            # needs: cargo build --release; pgbench, pgbouncer, initdb, pg_ctl
 #
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report.
+# Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
+# throwaway server and pgbouncer here have no certificates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
@@ -77,7 +79,7 @@ STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['
 run() { # LABEL PORT PASSWORD SCRIPT-ARGS...
   local label=$1 port=$2 password=$3; shift 3
   local out
-  out=$(PGPASSWORD=$password pgbench -n -c 8 -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1)
+  out=$(PGSSLMODE=${SSLMODE:-disable} PGPASSWORD=$password pgbench -n -c 8 -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1)
   printf '%-16s %-10s tps %8.0f  latency %7s ms\n' "$label" "${SCRIPT}" \
     "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")" \
     "$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")"

@@ -544,25 +544,25 @@ impl<
     /// (`users.ssn`) apply. A lookup that fails leaves the names out; rules on bare column
     /// names and the detectors still apply.
     async fn name_tables(&mut self, columns: &mut [Column]) {
-        let lock = |t: &Tables| t.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut known = lock(&self.tables);
-        let mut missing: Vec<u32> = columns
-            .iter()
-            .map(|c| c.table_oid)
-            .filter(|oid| *oid != 0 && !known.contains_key(oid))
-            .collect();
+        let tables = self.tables.clone();
+        let lock = || tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<u32> = {
+            let known = lock();
+            columns
+                .iter()
+                .map(|c| c.table_oid)
+                .filter(|oid| *oid != 0 && !known.contains_key(oid))
+                .collect()
+        };
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
             match super::upstream::table_names(&self.conn, &missing).await {
-                Ok(names) => {
-                    let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-                    tables.extend(names);
-                    known = tables.clone();
-                }
+                Ok(names) => lock().extend(names),
                 Err(e) => tracing::warn!(error = %e, "cannot look up table names"),
             }
         }
+        let known = lock();
         for c in columns {
             c.table = known.get(&c.table_oid).cloned();
         }
