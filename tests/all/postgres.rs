@@ -374,22 +374,32 @@ fn md5_upstreams_work_too() {
     assert_eq!((code, out.as_str()), (0, "***\n"), "{err}");
 }
 
+/// A `tokio-postgres` client through the gateway on `port`, on the current runtime.
+async fn driver(port: u16, token: &str) -> tokio_postgres::Client {
+    let config =
+        format!("host=127.0.0.1 port={port} user=whoever dbname=postgres password={token}");
+    let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 #[test]
 fn tokio_postgres_with_binary_parameters_and_pipelining() {
     let cluster = Cluster::start("scram-sha-256");
     let (gw, port) = gateway(&cluster);
     let token = gw.user_token.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let config =
-            format!("host=127.0.0.1 port={port} user=whoever dbname=postgres password={token}");
-        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+    block_on(async move {
+        let client = driver(port, &token).await;
         // Binary parameters in, binary cells out: a cell in which the masker finds a value
         // cannot be masked in place, so it arrives as NULL; the others arrive intact.
         let row = client
@@ -519,22 +529,17 @@ fn cancel_requests_reach_the_right_backend_and_a_lost_server_ends_only_its_sessi
     let cluster = Cluster::start("scram-sha-256");
     let (gw, port) = gateway(&cluster);
     let token = gw.user_token.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let config = format!("host=127.0.0.1 port={port} user=whoever dbname=postgres password={token}");
-        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+    block_on(async {
+        let client = driver(port, &token).await;
         let cancel = client.cancel_token();
         let canceller = tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             cancel.cancel_query(tokio_postgres::NoTls).await
         });
-        let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        let err = client
+            .simple_query("SELECT pg_sleep(30)")
+            .await
+            .unwrap_err();
         let db = err.as_db_error().expect("an error from the server");
         assert_eq!(db.code().code(), "57014", "{}", db.message()); // query_canceled
         canceller.await.unwrap().unwrap();
