@@ -140,24 +140,14 @@ impl Front {
         let identity = match authenticated {
             Ok(identity) => identity,
             Err((code, text)) => {
-                let _ = message::write(&mut client, &[message::error(b'E', "FATAL", code, &text)])
-                    .await;
+                turn_away(&mut client, code, &text).await;
                 return Err(text);
             }
         };
         let upstream = match upstream::connect(&self.conn).await {
             Ok(upstream) => upstream,
             Err(text) => {
-                let _ = message::write(
-                    &mut client,
-                    &[message::error(
-                        b'E',
-                        "FATAL",
-                        "08006",
-                        &format!("sluice: {text}"),
-                    )],
-                )
-                .await;
+                turn_away(&mut client, "08006", &format!("sluice: {text}")).await;
                 return Err(text);
             }
         };
@@ -193,11 +183,7 @@ impl Front {
             Ok(opened) => opened,
             Err(text) => {
                 let text = format!("sluice: session refused: {text}");
-                let _ = message::write(
-                    &mut client,
-                    &[message::error(b'E', "FATAL", "42501", &text)],
-                )
-                .await;
+                turn_away(&mut client, "42501", &text).await;
                 tracing::info!(error = %text, "session refused");
                 return;
             }
@@ -298,11 +284,7 @@ impl Front {
             Startup::Start { params } => {
                 if self.conn.client_tls == ClientTls::Required && !tls {
                     let text = "this connection requires TLS: connect with sslmode=require";
-                    let _ = message::write(
-                        &mut client,
-                        &[message::error(b'E', "FATAL", "28000", text)],
-                    )
-                    .await;
+                    turn_away(&mut client, "28000", text).await;
                     return Err(text.into());
                 }
                 Ok(Some((client, params, tls)))
@@ -322,15 +304,16 @@ impl Front {
             }
             other => {
                 let text = format!("unexpected {other:?} after negotiation");
-                let _ = message::write(
-                    &mut client,
-                    &[message::error(b'E', "FATAL", "08P01", &text)],
-                )
-                .await;
+                turn_away(&mut client, "08P01", &text).await;
                 Err(text)
             }
         }
     }
+}
+
+/// Tells a client that is not let in why, as PostgreSQL would (a FATAL error), and ends.
+async fn turn_away(client: &mut Box<dyn Io>, code: &str, text: &str) {
+    let _ = message::write(client, &[message::error(b'E', "FATAL", code, text)]).await;
 }
 
 fn rand_i32() -> i32 {

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::message::{self, Body, Message};
-use crate::chain::{Decision, Outcome};
+use crate::chain::Outcome;
 use crate::config::PostgresConnection;
 use crate::frame::{CellFormat, Column, Content, Direction, Statement};
 use crate::record::{Receipt, RecordFailed};
@@ -201,14 +201,9 @@ impl<
     }
 
     async fn send_client(&mut self) -> Result<(), End> {
-        if !self.to_client.is_empty() {
-            let out = std::mem::take(&mut self.to_client);
-            self.client_out
-                .write_all(&out)
-                .await
-                .map_err(|e| End::Client(e.into()))?;
-        }
-        Ok(())
+        drain(&mut self.client_out, &mut self.to_client)
+            .await
+            .map_err(End::Client)
     }
 
     fn queue_client(&mut self, m: &Message) {
@@ -216,14 +211,9 @@ impl<
     }
 
     async fn send_upstream(&mut self) -> Result<(), End> {
-        if !self.to_upstream.is_empty() {
-            let out = std::mem::take(&mut self.to_upstream);
-            self.upstream_out
-                .write_all(&out)
-                .await
-                .map_err(|e| End::Upstream(e.into()))?;
-        }
-        Ok(())
+        drain(&mut self.upstream_out, &mut self.to_upstream)
+            .await
+            .map_err(End::Upstream)
     }
 
     fn forward(&mut self, m: &Message) {
@@ -332,7 +322,7 @@ impl<
                 match decision.outcome {
                     Outcome::Pass => self.forward(&m),
                     _ => {
-                        let reason = refusal_text(&decision);
+                        let reason = refusal(&decision.outcome);
                         let mut body = Vec::new();
                         message::put_cstr(&mut body, &reason);
                         self.forward(&Message::new(b'f', body)); // CopyFail
@@ -364,7 +354,7 @@ impl<
         self.core
             .record_frame(Direction::ClientToTarget, &decision)
             .await?;
-        let refusal = refusal_text(&decision);
+        let refusal = refusal(&decision.outcome);
         Ok(match (decision.outcome, decision.forward) {
             (Outcome::Pass, Content::Statement(s)) => Ok(s.text),
             _ => Err(refusal),
@@ -602,7 +592,7 @@ impl<
                     }
                     (outcome, _) => {
                         // A refused row ends its response with an error.
-                        let reason = format!("a result row was {}", refusal_text_of(outcome));
+                        let reason = format!("{} (a result row)", refusal(outcome));
                         ready.push(message::error(b'E', "ERROR", SQLSTATE_REFUSED, &reason));
                         self.cut = true;
                     }
@@ -732,16 +722,25 @@ fn parse_row_description(m: &Message) -> Result<Vec<Column>, message::Error> {
     Ok(columns)
 }
 
-fn refusal_text(decision: &Decision) -> String {
-    refusal_text_of(&decision.outcome)
-}
-
-fn refusal_text_of(outcome: &Outcome) -> String {
+/// What the client is told of a frame the chain did not pass.
+fn refusal(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Deny { plugin, reason } => format!("sluice: refused by {plugin}: {reason}"),
         Outcome::Hold { reasons } => format!("sluice: held: {}", reasons.join("; ")),
         Outcome::Pass => "sluice: refused".into(),
     }
+}
+
+/// Writes out and empties `queued`.
+async fn drain<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queued: &mut Vec<u8>,
+) -> Result<(), message::Error> {
+    if !queued.is_empty() {
+        w.write_all(queued).await?;
+        queued.clear();
+    }
+    Ok(())
 }
 
 /// A statement that fails with `message`, for the server to answer in place of a refused one.

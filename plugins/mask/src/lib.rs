@@ -347,17 +347,17 @@ impl Mask {
                 out.push(None);
                 continue;
             };
-            let (name, rule, format) = self.cells[d].get(i).cloned().unwrap_or((
-                String::new(),
-                CellRule::Scan,
-                CellFormat::Text,
-            ));
+            // Borrowed, not cloned: this runs for every cell of every row.
+            let (name, rule, format) = match self.cells[d].get(i) {
+                Some((name, rule, format)) => (name.as_str(), rule, *format),
+                None => ("", &CellRule::Scan, CellFormat::Text),
+            };
             let new = match (rule, format) {
                 (CellRule::Never, _) => None,
                 (CellRule::Always(_), CellFormat::Binary) => Some(None),
                 (CellRule::Always(style), CellFormat::Text) => {
                     let mut v = Vec::new();
-                    style.render(&name, value, false, &mut v);
+                    style.render(name, value, false, &mut v);
                     Some(Some(v))
                 }
                 (CellRule::Scan, CellFormat::Binary) => self.masker.mask(value).map(|_| None),

@@ -200,10 +200,6 @@ impl Masker {
         })
     }
 
-    pub fn detectors(&self) -> &[Detector] {
-        &self.detectors
-    }
-
     /// Appends the values to mask in `hay[from..]` to `hits`, left to right, overlapping
     /// ones merged. Bytes before `from` are context only (for `\b`).
     pub fn scan(&mut self, hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
