@@ -9,7 +9,6 @@
 //! A refused frame ends the session (a byte stream has no error message of its own).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,11 +16,9 @@ use tokio::net::TcpStream;
 use crate::chain::Outcome;
 use crate::frame::{Content, Direction};
 use crate::pg::Io;
-use crate::session::{Context, Core, Opening, content_bytes};
+use crate::session::{Context, Core, INTERACTIVE_FLUSH, Opening, content_bytes};
 
 const CHUNK: usize = 64 << 10;
-/// Quiet time after which plugins release what they hold back.
-const IDLE_FLUSH: Duration = Duration::from_millis(20);
 
 /// A whole session: connect, open, relay, close.
 pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io>, target: String) {
@@ -79,7 +76,7 @@ pub async fn run(
                 client.write_all(&out).await.map_err(|e| format!("client: {e}"))?;
                 since_flush = true;
             }
-            () = tokio::time::sleep(IDLE_FLUSH), if since_flush => {
+            () = tokio::time::sleep(INTERACTIVE_FLUSH), if since_flush => {
                 release(core, &mut client, &mut target).await?;
                 since_flush = false;
             }

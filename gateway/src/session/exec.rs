@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Context, Core, Opening, content_bytes};
+use super::{Context, Core, INTERACTIVE_FLUSH, Opening, content_bytes};
 use crate::chain::Outcome;
 use crate::config::ExecConnection;
 use crate::exec::Process;
@@ -33,9 +33,6 @@ const CTRL_D: u8 = 0x04;
 /// After this long without traffic, plugins are asked to flush what they buffer, so output is
 /// never held back without bound.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
-/// The same in an interactive session, shorter: a plugin holding back a partial line (the
-/// masker, which waits to see whether a value continues) must not make typing echo late.
-const INTERACTIVE_FLUSH: Duration = Duration::from_millis(20);
 /// Quiet time after the client's input ended before Ctrl-D is typed again.
 const EOF_RETRY: Duration = Duration::from_millis(500);
 /// One-shot output chunks that may wait for their commit at once (at most this many times

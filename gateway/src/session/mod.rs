@@ -28,6 +28,11 @@ use crate::record::{NewEvent, Receipt, RecordFailed, Recorder};
 
 pub use exec::{MAX_SCRIPT_BYTES, Mode, run};
 
+/// Quiet time after which plugins release what they hold back, in sessions where a person
+/// waits on each byte (a terminal, a TCP tunnel): a plugin holding a partial line (the
+/// masker, which waits to see whether a value continues) must not make typing echo late.
+pub const INTERACTIVE_FLUSH: Duration = Duration::from_millis(20);
+
 /// What a session needs from the gateway.
 pub struct Context {
     pub recorder: Recorder,
