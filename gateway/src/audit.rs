@@ -38,6 +38,16 @@ impl EventView {
             .unwrap_or_default()
     }
 
+    /// What the event put on the client's screen: stream bytes as they were; a result's
+    /// column names and each of its rows on a line of their own.
+    pub fn shown(&self) -> Vec<u8> {
+        let mut bytes = self.payload();
+        if matches!(self.meta["content"].as_str(), Some("columns" | "row")) {
+            bytes.push(b'\n');
+        }
+        bytes
+    }
+
     pub fn is_output(&self) -> bool {
         self.kind == "frame" && self.meta["dir"] == "out" && self.meta["outcome"] == "pass"
     }
@@ -75,7 +85,7 @@ pub fn asciicast(events: &[EventView], width: u16, height: u16) -> String {
             continue;
         };
         let t = (e.time_ms.saturating_sub(start)) as f64 / 1000.0;
-        out.push_str(&json!([t, code, String::from_utf8_lossy(&e.payload())]).to_string());
+        out.push_str(&json!([t, code, String::from_utf8_lossy(&e.shown())]).to_string());
         out.push('\n');
     }
     out

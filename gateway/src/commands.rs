@@ -158,7 +158,7 @@ pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<Exit
             tokio::time::sleep(gap.min(Duration::from_secs(5))).await;
         }
         last = Some(e.time_ms);
-        stdout.write_all(&e.payload())?;
+        stdout.write_all(&e.shown())?;
         stdout.flush()?;
     }
     Ok(ExitCode::SUCCESS)

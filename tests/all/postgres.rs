@@ -473,6 +473,21 @@ fn the_local_tunnel_carries_psql_and_still_wants_the_token() {
         &["-t", "-c", "SELECT email FROM customers WHERE id = 1"],
     );
     assert_eq!((code, out.as_str()), (0, "[MASKED:email]\n"), "{err}");
+    // Replayed, a result shows as its column names and rows, a line each.
+    let (_, listed, _) = gw.run(&["sessions", "--connection", "pg"], "");
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let (code, replayed, err) = gw.run(&["replay", id, "--speed", "0"], "");
+    assert_eq!(
+        (code, replayed.as_str()),
+        (0, "[\"email\"]\n[\"[MASKED:email]\"]\n"),
+        "{err}"
+    );
     // The port is no open door for other local users: the token is asked again.
     let (code, _, err) = psql(port, "someone-elses-guess", &["-c", "SELECT 1"]);
     assert_eq!(code, 2);
