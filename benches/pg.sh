@@ -23,6 +23,7 @@ mkdir -p "$work/pg" "$work/bouncer"
 cleanup() {
   as_pg pg_ctl -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
   kill "${pids[@]}" 2>/dev/null || true
+  pkill -f "$work/" 2>/dev/null || true # pgbouncer runs under runuser, which does not pass the signal on
   rm -rf "$work"
 }
 pids=()
@@ -57,7 +58,7 @@ gateway() { # NAME MODE PORT
 [gateway]
 listen = "127.0.0.1:0"
 data_dir = "data"
-policies = "$PWD/policies"
+policies = "${POLICIES:-$PWD/policies}"
 record_mode = "$2"
 dev_tokens = true
 [connections.pg]
@@ -72,7 +73,11 @@ EOF
 }
 gateway async async "$ASYNC"
 gateway strict strict "$STRICT"
-sleep 3
+for _ in $(seq 300); do # the first start compiles the plugins
+  [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] && break
+  sleep 0.1
+done
+sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
 
@@ -84,7 +89,7 @@ run() { # LABEL PORT PASSWORD SCRIPT-ARGS...
     "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")" \
     "$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")"
 }
-for SCRIPT in select-only tpcb-like; do
+for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
   args=(); [ "$SCRIPT" = select-only ] && args=(-S)
   run direct "$PG" "" "${args[@]}"
   run pgbouncer "$BOUNCER" "" "${args[@]}"
