@@ -1,0 +1,346 @@
+//! `approve`: the gate. It reads each statement or command line a client sends and holds the
+//! risky ones for review (the gateway asks reviewers and lets the frame through only when
+//! approved) or denies them outright.
+//!
+//! ```toml
+//! [plugins.sql-gate]
+//! source = "builtin:approve"
+//! [plugins.sql-gate.config]
+//! rules = ["sql"]                          # "sql", "shell", or single rule names
+//! action = "hold"                          # for every rule, unless `actions` says otherwise
+//! actions = { truncate = "deny", alter = "off" }
+//! [[plugins.sql-gate.config.custom]]
+//! name = "payroll"
+//! pattern = "(?i)\\bpayroll\\b"            # over the normalized statement or the command
+//! action = "hold"
+//! reason = "touches payroll"
+//! ```
+//!
+//! Rules: `sql.rs` and `shell.rs`; every setting: `docs/approvals.md`.
+
+pub mod shell;
+pub mod sql;
+
+use std::collections::BTreeMap;
+
+use regex_automata::meta::Regex;
+use regex_automata::util::syntax;
+use serde::Deserialize;
+use sluice_plugin_sdk::{Config, Content, Direction, Filter, Frame, SessionInfo, Verdict};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub rules: Vec<String>,
+    pub action: Option<String>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub custom: Vec<CustomRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRule {
+    pub name: String,
+    pub pattern: String,
+    pub action: Option<String>,
+    pub reason: Option<String>,
+    /// `sql` (matched per statement, normalized) or `shell` (per simple command); needed
+    /// only when both sets are on.
+    pub on: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Hold,
+    Deny,
+    Off,
+}
+
+fn action(text: &str, at: &str) -> Result<Action, String> {
+    match text {
+        "hold" => Ok(Action::Hold),
+        "deny" => Ok(Action::Deny),
+        "off" => Ok(Action::Off),
+        other => Err(format!(
+            "{at}: unknown action `{other}` (hold, deny or off)"
+        )),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Language {
+    Sql,
+    Shell,
+}
+
+struct Custom {
+    regex: Regex,
+    action: Action,
+    reason: String,
+    on: Language,
+}
+
+pub struct Gate {
+    sql: bool,
+    shell: bool,
+    /// Built-in rule -> action; rules not listed are off.
+    actions: BTreeMap<&'static str, Action>,
+    custom: Vec<Custom>,
+}
+
+impl Gate {
+    pub fn new(settings: Settings) -> Result<Gate, String> {
+        let default = action(settings.action.as_deref().unwrap_or("hold"), "action")?;
+        let mut actions = BTreeMap::new();
+        let (mut sql, mut shell) = (false, false);
+        for name in &settings.rules {
+            let set: Vec<&'static str> = match name.as_str() {
+                "sql" => {
+                    sql = true;
+                    sql::RULES.iter().map(|r| r.0).collect()
+                }
+                "shell" => {
+                    shell = true;
+                    shell::RULES.iter().map(|r| r.0).collect()
+                }
+                one => {
+                    let rule = sql::RULES
+                        .iter()
+                        .map(|r| (r.0, true))
+                        .chain(shell::RULES.iter().map(|r| (r.0, false)))
+                        .find(|(r, _)| *r == one)
+                        .ok_or_else(|| {
+                            format!(
+                                "rules: unknown rule `{one}` (sets: sql, shell; rules: {})",
+                                all_rules().join(", ")
+                            )
+                        })?;
+                    if rule.1 {
+                        sql = true
+                    } else {
+                        shell = true
+                    }
+                    vec![rule.0]
+                }
+            };
+            for rule in set {
+                actions.insert(rule, default);
+            }
+        }
+        for (rule, text) in &settings.actions {
+            let known = all_rules().into_iter().find(|r| r == rule).ok_or_else(|| {
+                format!(
+                    "actions: unknown rule `{rule}` ({})",
+                    all_rules().join(", ")
+                )
+            })?;
+            if !actions.contains_key(known) {
+                return Err(format!(
+                    "actions.{rule}: the rule is not on; add it (or its set) to `rules`"
+                ));
+            }
+            actions.insert(known, action(text, &format!("actions.{rule}"))?);
+        }
+        let mut custom = Vec::new();
+        for (i, c) in settings.custom.into_iter().enumerate() {
+            let at = format!("custom[{i}] ({:?})", c.name);
+            let on = match (c.on.as_deref(), sql, shell) {
+                (Some("sql"), ..) => Language::Sql,
+                (Some("shell"), ..) => Language::Shell,
+                (Some(other), ..) => {
+                    return Err(format!("{at}: `on` is sql or shell, not `{other}`"));
+                }
+                (None, true, false) => Language::Sql,
+                (None, false, true) => Language::Shell,
+                (None, ..) => return Err(format!("{at}: say `on = \"sql\"` or `on = \"shell\"`")),
+            };
+            let regex = Regex::builder()
+                .syntax(syntax::Config::new().unicode(false).utf8(false))
+                .build(&c.pattern)
+                .map_err(|e| format!("{at}: invalid pattern: {e}"))?;
+            custom.push(Custom {
+                action: action(c.action.as_deref().unwrap_or("hold"), &at)?,
+                reason: c
+                    .reason
+                    .unwrap_or_else(|| format!("matches rule `{}`", c.name)),
+                regex,
+                on,
+            });
+            match on {
+                Language::Sql => sql = true,
+                Language::Shell => shell = true,
+            }
+        }
+        if !sql && !shell {
+            return Err("nothing to check: set `rules` (sql, shell) or add `custom` rules".into());
+        }
+        Ok(Gate {
+            sql,
+            shell,
+            actions,
+            custom,
+        })
+    }
+
+    /// What to do with `text`, a query or a command line: every hit with its action.
+    pub fn check(&self, text: &str) -> Vec<(Action, String)> {
+        let mut found = Vec::new();
+        if self.sql {
+            match sql::statements(text) {
+                Ok(statements) => {
+                    for s in &statements {
+                        for hit in s.hits() {
+                            found.push((self.action_of(hit.rule), hit.reason));
+                        }
+                        self.custom_hits(Language::Sql, &s.normalized, &mut found);
+                    }
+                }
+                // Unreadable SQL (an unterminated literal) cannot be judged: a person must.
+                Err(e) => found.push((Action::Hold, format!("the statement cannot be read ({e})"))),
+            }
+        }
+        if self.shell {
+            for command in shell::commands(text) {
+                for hit in command.hits() {
+                    found.push((self.action_of(hit.rule), hit.reason));
+                }
+                self.custom_hits(Language::Shell, &command.words.join(" "), &mut found);
+            }
+        }
+        found.retain(|(a, _)| *a != Action::Off);
+        found.dedup();
+        found
+    }
+
+    fn action_of(&self, rule: &str) -> Action {
+        self.actions.get(rule).copied().unwrap_or(Action::Off)
+    }
+
+    fn custom_hits(&self, on: Language, text: &str, found: &mut Vec<(Action, String)>) {
+        for c in self.custom.iter().filter(|c| c.on == on) {
+            if c.regex.is_match(text) {
+                found.push((c.action, c.reason.clone()));
+            }
+        }
+    }
+
+    pub fn verdict(&self, text: &str) -> Verdict {
+        let found = self.check(text);
+        let reasons = |a: Action| {
+            let r: Vec<_> = found
+                .iter()
+                .filter(|(x, _)| *x == a)
+                .map(|(_, r)| r.as_str())
+                .collect();
+            r.join("; ")
+        };
+        if found.iter().any(|(a, _)| *a == Action::Deny) {
+            Verdict::deny(reasons(Action::Deny))
+        } else if found.is_empty() {
+            Verdict::pass()
+        } else {
+            Verdict::hold(reasons(Action::Hold))
+        }
+    }
+}
+
+fn all_rules() -> Vec<&'static str> {
+    sql::RULES.iter().chain(shell::RULES).map(|r| r.0).collect()
+}
+
+impl Filter for Gate {
+    fn init(config: &Config, _session: &SessionInfo) -> Result<Self, String> {
+        Gate::new(config.parse()?)
+    }
+
+    /// Only what the client sends is judged: statements (PostgreSQL, `exec` scripts) and
+    /// lines (terminals). Output, rows and raw bytes pass.
+    fn on_frame(&mut self, frame: &Frame) -> Verdict {
+        if frame.direction != Direction::ClientToTarget {
+            return Verdict::pass();
+        }
+        match &frame.content {
+            Content::Statement(s) => self.verdict(&s.text),
+            Content::Line(line) => self.verdict(line),
+            _ => Verdict::pass(),
+        }
+    }
+}
+
+sluice_plugin_sdk::export_filter!(Gate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(toml_rules: &str) -> Result<Gate, String> {
+        let settings: Settings = serde_json::from_str(toml_rules).map_err(|e| e.to_string())?;
+        Gate::new(settings)
+    }
+
+    fn outcome(v: &Verdict) -> String {
+        format!("{:?}", v.action)
+    }
+
+    #[test]
+    fn holds_denies_and_passes() {
+        let g =
+            gate(r#"{"rules": ["sql"], "actions": {"truncate": "deny", "alter": "off"}}"#).unwrap();
+        assert_eq!(
+            outcome(&g.verdict("DROP TABLE t")),
+            "Hold(\"DROP statement\")"
+        );
+        assert_eq!(
+            outcome(&g.verdict("truncate t")),
+            "Deny(\"TRUNCATE statement\")"
+        );
+        assert_eq!(
+            outcome(&g.verdict("DROP TABLE a; TRUNCATE b")),
+            "Deny(\"TRUNCATE statement\")"
+        );
+        assert_eq!(outcome(&g.verdict("ALTER TABLE t ADD c int")), "Pass");
+        assert_eq!(outcome(&g.verdict("SELECT 'drop table t'")), "Pass");
+        assert!(matches!(
+            g.verdict("SELECT 'open").action,
+            sluice_plugin_sdk::Action::Hold(_)
+        ));
+    }
+
+    #[test]
+    fn custom_rules() {
+        let g = gate(r#"{"rules": ["shell"], "custom": [{"name": "prod", "pattern": "--context[= ]prod", "action": "deny", "reason": "prod context"}]}"#).unwrap();
+        assert_eq!(
+            outcome(&g.verdict("kubectl --context prod get pods")),
+            "Deny(\"prod context\")"
+        );
+        let g = gate(
+            r#"{"custom": [{"name": "payroll", "pattern": "(?i)\\bpayroll\\b", "on": "sql"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            outcome(&g.verdict("select * from Payroll")),
+            "Hold(\"matches rule `payroll`\")"
+        );
+        assert_eq!(outcome(&g.verdict("select 'payroll'")), "Pass");
+    }
+
+    #[test]
+    fn config_errors_are_clear() {
+        let err = |s: &str| gate(s).err().unwrap();
+        assert!(err(r#"{}"#).contains("nothing to check"));
+        assert!(err(r#"{"rules": ["sqll"]}"#).contains("unknown rule `sqll`"));
+        assert!(err(r#"{"rules": ["sql"], "action": "maybe"}"#).contains("unknown action"));
+        assert!(err(r#"{"rules": ["sql"], "actions": {"mkfs": "deny"}}"#).contains("not on"));
+        assert!(
+            err(r#"{"rules": ["sql", "shell"], "custom": [{"name": "x", "pattern": "x"}]}"#)
+                .contains("on = ")
+        );
+        assert!(
+            err(r#"{"rules": ["sql"], "custom": [{"name": "x", "pattern": "("}]}"#)
+                .contains("invalid pattern")
+        );
+    }
+}
