@@ -23,6 +23,8 @@ pub struct Client {
     port: u16,
     token: Option<String>,
     tls: Arc<rustls::ClientConfig>,
+    /// Why sessions are opened (`--reason`), shown to reviewers of access requests.
+    reason: Option<String>,
 }
 
 impl Client {
@@ -50,7 +52,14 @@ impl Client {
             port,
             token,
             tls: crate::tls::client_config(&pem)?,
+            reason: None,
         })
+    }
+
+    /// Sessions this client opens say why (`--reason`).
+    pub fn with_reason(mut self, reason: Option<String>) -> Client {
+        self.reason = reason;
+        self
     }
 
     async fn tls_stream(
@@ -120,8 +129,13 @@ impl Client {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
         tokio::spawn(conn.with_upgrades());
+        let reason = self
+            .reason
+            .as_deref()
+            .map(|r| format!("&reason={}", query_value(r)))
+            .unwrap_or_default();
         let request = self
-            .request("POST", &format!("/api/sessions?{query}"))?
+            .request("POST", &format!("/api/sessions?{query}{reason}"))?
             .header(hyper::header::CONNECTION, "upgrade")
             .header(hyper::header::UPGRADE, wire::PROTOCOL)
             .body(Full::new(Bytes::new()))?;
@@ -139,6 +153,18 @@ impl Client {
             .to_string();
         Ok((id, TokioIo::new(hyper::upgrade::on(response).await?)))
     }
+}
+
+/// `text` percent-encoded for a query string.
+pub fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn gateway_error(status: StatusCode, body: &[u8]) -> String {

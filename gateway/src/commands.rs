@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use crate::audit::EventView;
 use crate::client::Client;
 use crate::record::SessionSummary;
+use crate::review::Review;
 
 pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let path = config_path.or_else(|| {
@@ -134,6 +135,128 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reviews(client: Client, status: Option<String>) -> anyhow::Result<ExitCode> {
+    let query = status
+        .map(|s| format!("?status={}", crate::client::query_value(&s)))
+        .unwrap_or_default();
+    let all: Vec<Review> =
+        serde_json::from_slice(&client.get(&format!("/api/reviews{query}")).await?)?;
+    println!(
+        "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} WHAT",
+        "REVIEW", "STATUS", "KIND", "CONNECTION", "REQUESTER", "APPROVALS"
+    );
+    for r in all {
+        let mut what = format!("{} ({})", r.text.replace('\n', " "), r.reason);
+        if what.chars().count() > 60 {
+            what = what.chars().take(59).collect::<String>() + "…";
+        }
+        println!(
+            "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} {what}",
+            r.id,
+            r.status.as_str(),
+            match r.kind {
+                crate::review::Kind::Frame => "command",
+                crate::review::Kind::Access => "access",
+            },
+            r.connection,
+            r.requester,
+            format!("{}/{}", r.approvals.len(), r.required),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn review_show(client: Client, id: &str) -> anyhow::Result<ExitCode> {
+    let r: Review = serde_json::from_slice(&client.get(&format!("/api/reviews/{id}")).await?)?;
+    print_review(&r);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn review_decide(
+    client: Client,
+    id: &str,
+    verb: &str,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let query = reason
+        .map(|r| format!("?reason={}", crate::client::query_value(&r)))
+        .unwrap_or_default();
+    let r: Review = serde_json::from_slice(
+        &client
+            .post(&format!("/api/reviews/{id}/{verb}{query}"))
+            .await?,
+    )?;
+    match r.status {
+        crate::review::Status::Pending => println!(
+            "review {id}: approval {} of {} recorded; it needs more from other reviewers",
+            r.approvals.len(),
+            r.required
+        ),
+        status => println!("review {id} {}", status.as_str()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_review(r: &Review) {
+    let time = |ms: u64| {
+        let now = crate::session::now_ms();
+        match ms.checked_sub(now) {
+            Some(ahead) => format!("in {} s", ahead / 1000),
+            None => format!("{} s ago", (now - ms) / 1000),
+        }
+    };
+    println!("review     {}", r.id);
+    println!("status     {}", r.status.as_str());
+    println!(
+        "kind       {}",
+        serde_json::to_value(r.kind)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?")
+    );
+    println!("connection {}", r.connection);
+    println!(
+        "requester  {}{}",
+        r.requester,
+        r.requester_name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    if let Some(session) = &r.session {
+        println!("session    {session}");
+    }
+    println!("reason     {}", r.reason);
+    println!("created    {}", time(r.created_ms));
+    println!("expires    {}", time(r.expires_ms));
+    println!(
+        "reviewers  {} ({} approval(s) needed)",
+        r.reviewer_groups.join(", "),
+        r.required
+    );
+    for v in &r.approvals {
+        println!(
+            "approved   by {}{}",
+            v.by,
+            v.reason
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(v) = &r.rejection {
+        println!(
+            "rejected   by {}: {}",
+            v.by,
+            v.reason.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(until) = r.granted_until_ms {
+        println!("granted    until {}", time(until));
+    }
+    println!("---\n{}", r.text);
 }
 
 pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {

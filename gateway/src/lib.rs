@@ -15,6 +15,7 @@ pub mod pg;
 pub mod plugin_host;
 pub mod policy;
 pub mod record;
+pub mod review;
 pub mod runner;
 pub mod server;
 pub mod session;

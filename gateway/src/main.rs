@@ -54,6 +54,9 @@ enum Command {
         /// Listen on 127.0.0.1:PORT (0: any free port) and tunnel each client to the connection.
         #[arg(long)]
         port: Option<u16>,
+        /// Why you connect; reviewers see it when the connection needs approved access.
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -66,9 +69,23 @@ enum Command {
         /// A command line, run as one line of the connection's script program.
         #[arg(last = true)]
         words: Vec<String>,
+        /// Why you run it; reviewers see it when the connection needs approved access.
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         target: Target,
     },
+    /// List reviews: held commands and access requests you asked for or may decide.
+    Reviews {
+        /// pending, approved, rejected, expired or session-ended (default: all).
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show, approve or reject one review.
+    #[command(subcommand)]
+    Review(ReviewCommand),
     /// List recorded sessions.
     Sessions {
         /// Only live sessions.
@@ -143,6 +160,32 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ReviewCommand {
+    /// Everything about a review: what was held, why, who asked, who decided.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Approve: the held command runs (once enough distinct reviewers approved).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reject: the held command is refused with your reason.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
 enum CaCommand {
     /// Print the CA certificate (PEM) that clients and psql should trust.
     Export {
@@ -203,9 +246,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connect {
             connection,
             port,
+            reason,
             target,
         } => {
-            let client = target.client()?;
+            let client = target.client()?.with_reason(reason);
             let runtime = runtime()?;
             Ok(ExitCode::from(match port {
                 Some(port) => {
@@ -218,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connection,
             file,
             words,
+            reason,
             target,
         } => {
             let script = match file {
@@ -228,11 +273,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => format!("{}\n", words.join(" ")).into_bytes(),
             };
-            let client = target.client()?;
+            let client = target.client()?.with_reason(reason);
             Ok(ExitCode::from(runtime()?.block_on(
                 sluice::client::exec(&client, &connection, script),
             )?))
         }
+        Command::Reviews { status, target } => {
+            runtime()?.block_on(sluice::commands::reviews(target.client()?, status))
+        }
+        Command::Review(ReviewCommand::Show { id, target }) => {
+            runtime()?.block_on(sluice::commands::review_show(target.client()?, &id))
+        }
+        Command::Review(ReviewCommand::Approve { id, reason, target }) => runtime()?.block_on(
+            sluice::commands::review_decide(target.client()?, &id, "approve", reason),
+        ),
+        Command::Review(ReviewCommand::Reject { id, reason, target }) => runtime()?.block_on(
+            sluice::commands::review_decide(target.client()?, &id, "reject", Some(reason)),
+        ),
         Command::Sessions {
             active,
             user,

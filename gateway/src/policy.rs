@@ -41,6 +41,54 @@ struct PolicyFile {
     plugins: BTreeMap<String, PluginEntry>,
     #[serde(default)]
     chains: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    reviews: BTreeMap<String, ReviewRules>,
+}
+
+/// Who reviews what a connection's gates hold (`[reviews.NAME]`), and whether sessions on it
+/// need approved access first.
+///
+/// ```toml
+/// [reviews.pg]
+/// reviewers = ["dba"]            # groups whose members decide (default: ["reviewers"])
+/// approvals = 2                  # distinct reviewers needed (default 1)
+/// expire_seconds = 600           # a held statement waits this long (default: hold_timeout_ms)
+/// access_grant_minutes = 60      # sessions need an approved access request, valid this long
+/// access_request_minutes = 60    # an access request waits this long for a decision
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRules {
+    #[serde(default = "default_reviewers")]
+    pub reviewers: Vec<String>,
+    #[serde(default = "one")]
+    pub approvals: u32,
+    pub expire_seconds: Option<u64>,
+    pub access_grant_minutes: Option<u64>,
+    #[serde(default = "sixty")]
+    pub access_request_minutes: u64,
+}
+
+impl Default for ReviewRules {
+    fn default() -> Self {
+        ReviewRules {
+            reviewers: default_reviewers(),
+            approvals: 1,
+            expire_seconds: None,
+            access_grant_minutes: None,
+            access_request_minutes: 60,
+        }
+    }
+}
+
+fn default_reviewers() -> Vec<String> {
+    vec!["reviewers".into()]
+}
+fn one() -> u32 {
+    1
+}
+fn sixty() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +195,8 @@ pub struct Policy {
     /// Filter chains by connection name, in order. Chains for the same connection from
     /// several files are concatenated in file-name order.
     pub chains: BTreeMap<String, Vec<String>>,
+    /// Review rules by connection name.
+    pub reviews: BTreeMap<String, ReviewRules>,
     pub files: Vec<PathBuf>,
 }
 
@@ -213,6 +263,28 @@ impl Policy {
         }
         for (connection, chain) in parsed.chains {
             self.chains.entry(connection).or_default().extend(chain);
+        }
+        for (connection, rules) in parsed.reviews {
+            let at = format!("reviews.{connection}");
+            if self.reviews.contains_key(&connection) {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at} is defined twice; keep one"),
+                ));
+            }
+            if rules.approvals == 0 || rules.reviewers.is_empty() {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at}: needs at least one approval and one reviewer group"),
+                ));
+            }
+            if rules.access_grant_minutes == Some(0) || rules.access_request_minutes == 0 {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at}: minutes must be at least 1"),
+                ));
+            }
+            self.reviews.insert(connection, rules);
         }
         self.files.push(file.to_path_buf());
         Ok(())

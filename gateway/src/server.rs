@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use http_body_util::Full;
+use std::convert::Infallible;
+
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -29,6 +31,7 @@ use crate::frame::Identity;
 use crate::plugin_host::{HostConfig, LoadedPlugin, PluginHost};
 use crate::policy::Policy;
 use crate::record::{Recorder, Store};
+use crate::review::{Review, Reviews};
 use crate::session::{self, Mode};
 use tracing::Instrument;
 
@@ -95,17 +98,25 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
     };
     let tokens = Arc::new(Tokens::new(&config.tokens, dev_tokens.as_ref()));
     let tls = crate::tls::load_or_create(&data)?;
+    // In async mode nobody waits for a commit: group events over 10 ms per fsync.
+    let recorder = Recorder::spawn_lingering(
+        store.clone(),
+        match config.gateway.record_mode {
+            crate::config::RecordMode::Async => Duration::from_millis(10),
+            crate::config::RecordMode::Strict => Duration::ZERO,
+        },
+    );
+    let reviews = Reviews::open(
+        store.clone(),
+        recorder.clone(),
+        policy.reviews.clone(),
+        Duration::from_millis(config.gateway.hold_timeout_ms),
+    )
+    .await?;
     let session_ctx = Arc::new(session::Context {
-        // In async mode nobody waits for a commit: group events over 10 ms per fsync.
-        recorder: Recorder::spawn_lingering(
-            store.clone(),
-            match config.gateway.record_mode {
-                crate::config::RecordMode::Async => Duration::from_millis(10),
-                crate::config::RecordMode::Strict => Duration::ZERO,
-            },
-        ),
+        recorder,
         record_mode: config.gateway.record_mode,
-        hold_timeout: Duration::from_millis(config.gateway.hold_timeout_ms),
+        reviews,
         active: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)
@@ -182,10 +193,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
     Ok((started, task))
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<BoxBody<Bytes, Infallible>>;
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Full::new(body.into()).boxed());
     *response.status_mut() = status;
     response
 }
@@ -219,7 +230,46 @@ impl Gateway {
         };
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method(), segments.as_slice()) {
-            (&Method::POST, ["api", "sessions"]) => self.open_session(req, &query, identity, peer),
+            (&Method::POST, ["api", "sessions"]) => {
+                self.open_session(req, &query, identity, peer).await
+            }
+            (&Method::GET, ["api", "reviews"]) => {
+                let status = query.get("status").map(String::as_str);
+                let list = self.reviews().visible(&identity, status);
+                reply(StatusCode::OK, json!(list).to_string())
+            }
+            (&Method::GET, ["api", "reviews", "events"]) => self.review_events(identity),
+            (&Method::GET, ["api", "reviews", id]) => match self.reviews().get(id) {
+                Some(r) if self.reviews().may_see(&identity, &r) => {
+                    reply(StatusCode::OK, json!(r).to_string())
+                }
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no review {id} that you may see"),
+                ),
+            },
+            (&Method::POST, ["api", "reviews", id, verb @ ("approve" | "reject")]) => {
+                let reason = query
+                    .get("reason")
+                    .cloned()
+                    .filter(|r| !r.trim().is_empty());
+                match self
+                    .reviews()
+                    .decide(id, &identity, *verb == "approve", reason)
+                    .await
+                {
+                    Ok(review) => {
+                        tracing::info!(review = %id, by = %identity.subject, status = review.status.as_str(), "review decided");
+                        reply(StatusCode::OK, json!(review).to_string())
+                    }
+                    Err(refused) => {
+                        tracing::warn!(review = %id, by = %identity.subject, why = %refused.message, "review decision refused");
+                        let status = StatusCode::from_u16(refused.status)
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        error(status, &refused.message)
+                    }
+                }
+            }
             (&Method::GET, ["api", "sessions"]) if query.contains_key("active") => {
                 self.live_sessions(&identity)
             }
@@ -260,7 +310,64 @@ impl Gateway {
             .ok_or("unknown token")
     }
 
-    fn open_session(
+    fn reviews(&self) -> &Arc<Reviews> {
+        &self.session_ctx.reviews
+    }
+
+    /// Server-sent events: every review `identity` may see, pending ones first, then each
+    /// change as it happens (`event: review`, the review as JSON), with a keep-alive comment
+    /// every 15 s.
+    fn review_events(&self, identity: Identity) -> Reply {
+        let reviews = self.reviews().clone();
+        let mut changes = reviews.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let event = |r: &Review| Bytes::from(format!("event: review\ndata: {}\n\n", json!(r)));
+        tokio::spawn(async move {
+            for r in reviews.visible(&identity, Some("pending")).iter().rev() {
+                if tx.send(event(r)).await.is_err() {
+                    return;
+                }
+            }
+            let mut keep_alive = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                let next = tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(r) if reviews.may_see(&identity, &r) => event(&r),
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            Bytes::from(format!(": {n} changes skipped; list /api/reviews\n\n"))
+                        }
+                        Err(_) => return,
+                    },
+                    _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                };
+                if tx.send(next).await.is_err() {
+                    return; // the reader went away
+                }
+            }
+        });
+        let mut response = Response::new(BodyExt::boxed(EventStream(rx)));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    }
+
+    /// Just-in-time access for a session about to open: `Err` is the reply refusing it.
+    async fn access(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<u64>, Reply> {
+        self.reviews()
+            .access(identity, connection, reason)
+            .await
+            .map_err(|text| error(StatusCode::FORBIDDEN, &text))
+    }
+
+    async fn open_session(
         &self,
         req: Request<Incoming>,
         query: &BTreeMap<String, String>,
@@ -287,7 +394,7 @@ impl Gateway {
                 &format!("unknown connection `{name}` (known: {})", known.join(", ")),
             );
         };
-        let opening = session::Opening {
+        let mut opening = session::Opening {
             id: new_session_id(),
             connection_name: name.clone(),
             protocol: "exec",
@@ -296,12 +403,16 @@ impl Gateway {
             identity,
             client: peer.to_string(),
             meta: serde_json::Value::Null,
+            access_until: None,
         };
+        let reason = query.get("reason").map(String::as_str);
         let mode = query.get("mode").map(String::as_str).unwrap_or_default();
         let exec = match (connection, mode) {
             (Connection::Exec(exec), "exec" | "connect") => exec.clone(),
             (Connection::Postgres(_) | Connection::Tcp(_), "tunnel") => {
-                return self.tunnel(req, name, connection, opening, peer);
+                return self
+                    .tunnel(req, name, connection, opening, peer, reason)
+                    .await;
             }
             (Connection::Exec(_), _) => {
                 return error(
@@ -317,6 +428,10 @@ impl Gateway {
                     &format!("`{name}` forwards a port: use `sluice connect {name} --port PORT`"),
                 );
             }
+        };
+        opening.access_until = match self.access(&opening.identity, name, reason).await {
+            Ok(until) => until,
+            Err(refused) => return refused,
         };
         let mode = if mode == "exec" {
             Mode::Exec
@@ -352,13 +467,14 @@ impl Gateway {
     /// `sluice connect NAME --port`: after the upgrade the stream carries the connection's
     /// own protocol. A PostgreSQL client still signs in with its token at startup; a TCP
     /// session is the tunnel's user's.
-    fn tunnel(
+    async fn tunnel(
         &self,
         req: Request<Incoming>,
         name: &str,
         connection: &Connection,
         mut opening: session::Opening,
         peer: SocketAddr,
+        reason: Option<&str>,
     ) -> Reply {
         let id = opening.id.clone();
         match connection {
@@ -366,10 +482,12 @@ impl Gateway {
                 let Some(front) = self.fronts.get(name).cloned() else {
                     return error(StatusCode::NOT_FOUND, "no such PostgreSQL connection");
                 };
+                // The PostgreSQL client signs in (and is checked for access) at startup.
+                let reason = reason.map(String::from);
                 tokio::spawn(async move {
                     if let Ok(upgraded) = hyper::upgrade::on(req).await
                         && let Err(e) = front
-                            .client(Box::new(TokioIo::new(upgraded)), peer, true)
+                            .client(Box::new(TokioIo::new(upgraded)), peer, true, reason)
                             .await
                     {
                         tracing::info!(%peer, error = %e, "postgres client refused");
@@ -377,6 +495,10 @@ impl Gateway {
                 });
             }
             Connection::Tcp(tcp) => {
+                opening.access_until = match self.access(&opening.identity, name, reason).await {
+                    Ok(until) => until,
+                    Err(refused) => return refused,
+                };
                 let (ctx, target) = (self.session_ctx.clone(), tcp.upstream.clone());
                 opening.protocol = "tcp";
                 tokio::spawn(async move {
@@ -507,6 +629,23 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of a server-sent-events reply: whatever the feeding task sends.
+struct EventStream(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|next| next.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
 }
 
 /// `101 Switching Protocols` to the session stream.

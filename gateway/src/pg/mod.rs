@@ -84,7 +84,7 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
         let _ = tcp.set_nodelay(true);
         let front = front.clone();
         tokio::spawn(async move {
-            if let Err(e) = front.client(Box::new(tcp), peer, false).await {
+            if let Err(e) = front.client(Box::new(tcp), peer, false, None).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
             }
         });
@@ -99,6 +99,7 @@ impl Front {
         tcp: Box<dyn Io>,
         peer: SocketAddr,
         tunneled: bool,
+        reason: Option<String>,
     ) -> Result<(), String> {
         let started = tokio::time::timeout(STARTUP, self.startup(tcp, peer, tunneled)).await;
         let Some((mut client, params, tls)) = started.map_err(|_| "startup timed out")?? else {
@@ -144,6 +145,18 @@ impl Front {
                 return Err(text);
             }
         };
+        let access = self
+            .ctx
+            .reviews
+            .access(&identity, &self.name, reason.as_deref())
+            .await;
+        let access_until = match access {
+            Ok(until) => until,
+            Err(text) => {
+                turn_away(&mut client, "28000", &format!("sluice: {text}")).await;
+                return Err(text);
+            }
+        };
         let upstream = match upstream::connect(&self.conn).await {
             Ok(upstream) => upstream,
             Err(text) => {
@@ -164,6 +177,7 @@ impl Front {
             identity,
             client: peer.to_string(),
             meta: json!({"tls": tls, "client_user": client_user, "database": self.conn.database}),
+            access_until,
         };
         let span = tracing::info_span!("session", id = %opening.id, connection = %self.name, user = %opening.identity.subject);
         self.session(client, upstream, opening)

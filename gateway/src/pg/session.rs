@@ -341,15 +341,25 @@ impl<
             .core
             .filter(Direction::ClientToTarget, Content::Statement(statement));
         if let Outcome::Hold { reasons } = &decision.outcome {
-            let reason = reasons.join("; ");
-            let text = format!(
-                "sluice: waiting for approval ({reason}); up to {} s",
-                self.core.ctx.hold_timeout.as_secs()
-            );
-            self.queue_client(&message::error(b'N', "NOTICE", "00000", &text));
+            let mut pending = self
+                .core
+                .request_review(&decision, &reasons.join("; "))
+                .await?;
+            self.queue_client(&message::error(b'N', "NOTICE", "00000", &pending.notice()));
             self.send_client().await?;
             self.send_upstream().await?;
-            decision = self.core.hold(decision, &reason).await;
+            // The server is watched while the statement waits: if it ends the connection
+            // (an idle timeout, a restart), the review ends with the session, at once.
+            let review = loop {
+                tokio::select! {
+                    review = pending.decided() => break review,
+                    // (Up to a bound: what the server sends meanwhile waits in memory.)
+                    read = self.upstream_in.fill(), if self.upstream_in.buffered() < 16 * BUFFER => {
+                        read.map_err(End::Upstream)?
+                    }
+                }
+            };
+            decision = self.core.reviewed(decision, &review);
         }
         self.core
             .record_frame(Direction::ClientToTarget, &decision)
@@ -801,6 +811,10 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
     }
 
     /// Reads what the peer sent next; `Closed` at its end.
+    fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     async fn fill(&mut self) -> Result<(), message::Error> {
         if self.start > 0 {
             self.buf.drain(..self.start);

@@ -34,6 +34,8 @@ const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// The review queue's state (`crate::review`), by review id; its history is in the chain.
+const REVIEWS: TableDefinition<&str, &[u8]> = TableDefinition::new("reviews");
 
 const NONCE_LEN: usize = 16;
 const HEAD_DOMAIN: &[u8] = b"sluice-record-head-v1";
@@ -178,8 +180,9 @@ impl Store {
                 txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
             }
             txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
-            txn.open_table(SESSIONS)
-                .map_err(|e| corrupt(e.to_string()))?;
+            for table in [SESSIONS, REVIEWS] {
+                txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+            }
         }
         txn.commit().map_err(|e| corrupt(e.to_string()))?;
         let store = Store {
@@ -269,24 +272,27 @@ impl Store {
                 payloads
                     .insert(next, payload.as_slice())
                     .map_err(|e| self.corrupt(e))?;
-                let summary = match touched.iter().position(|s| s.id == entry.session) {
-                    Some(i) => &mut touched[i],
-                    None => {
-                        let existing = sessions
-                            .get(entry.session.as_str())
-                            .map_err(|e| self.corrupt(e))?;
-                        let summary = match existing {
-                            Some(bytes) => serde_json::from_slice(bytes.value())
-                                .map_err(|e| self.corrupt(e))?,
-                            None => SessionSummary::new(&entry),
-                        };
-                        touched.push(summary);
-                        touched
-                            .last_mut()
-                            .ok_or_else(|| self.corrupt("session summary"))?
-                    }
-                };
-                summary.update(&entry);
+                // The gateway's own events (access requests) belong to no session.
+                if !entry.session.is_empty() {
+                    let summary = match touched.iter().position(|s| s.id == entry.session) {
+                        Some(i) => &mut touched[i],
+                        None => {
+                            let existing = sessions
+                                .get(entry.session.as_str())
+                                .map_err(|e| self.corrupt(e))?;
+                            let summary = match existing {
+                                Some(bytes) => serde_json::from_slice(bytes.value())
+                                    .map_err(|e| self.corrupt(e))?,
+                                None => SessionSummary::new(&entry),
+                            };
+                            touched.push(summary);
+                            touched
+                                .last_mut()
+                                .ok_or_else(|| self.corrupt("session summary"))?
+                        }
+                    };
+                    summary.update(&entry);
+                }
                 indices.push(next);
                 prev = hash;
                 next += 1;
@@ -327,6 +333,27 @@ impl Store {
             signature,
             public_key: self.signer.verifying_key().to_bytes(),
         }
+    }
+
+    /// Stores a review's current state (one small commit; reviews change rarely).
+    pub fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
+        let txn = self.db.begin_write().map_err(|e| self.corrupt(e))?;
+        txn.open_table(REVIEWS)
+            .map_err(|e| self.corrupt(e))?
+            .insert(id, review)
+            .map_err(|e| self.corrupt(e))?;
+        txn.commit().map_err(|e| self.corrupt(e))
+    }
+
+    /// Every stored review.
+    pub fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
+        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let table = txn.open_table(REVIEWS).map_err(|e| self.corrupt(e))?;
+        let mut all = Vec::new();
+        for row in table.iter().map_err(|e| self.corrupt(e))? {
+            all.push(row.map_err(|e| self.corrupt(e))?.1.value().to_vec());
+        }
+        Ok(all)
     }
 
     /// The signed head of the chain, `None` while the record is empty.

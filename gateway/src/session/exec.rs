@@ -455,13 +455,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             decision.record = redacted;
         }
         if let Outcome::Hold { reasons } = &decision.outcome {
-            let reason = reasons.join("; ");
-            self.notice(format!(
-                "sluice: held for review ({reason}); waiting up to {} s",
-                self.core.ctx.hold_timeout.as_secs()
-            ))
-            .await?;
-            decision = self.core.hold(decision, &reason).await;
+            let mut pending = self
+                .core
+                .request_review(&decision, &reasons.join("; "))
+                .await?;
+            self.notice(pending.notice()).await?;
+            let review = pending.decided().await;
+            decision = self.core.reviewed(decision, &review);
+            if review.status == crate::review::Status::Approved {
+                self.notice(format!("sluice: review {} approved; running it", review.id))
+                    .await?;
+            }
         }
         self.core
             .record_frame(Direction::ClientToTarget, &decision)

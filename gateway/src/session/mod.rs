@@ -25,6 +25,7 @@ use crate::config::RecordMode;
 use crate::frame::{Content, Direction, Frame, Identity, SessionInfo};
 use crate::plugin_host::LoadedPlugin;
 use crate::record::{NewEvent, Receipt, RecordFailed, Recorder};
+use crate::review::{Kind, Pending, Review, Reviews, Status};
 
 pub use exec::{MAX_SCRIPT_BYTES, Mode, run};
 
@@ -37,7 +38,7 @@ pub const INTERACTIVE_FLUSH: Duration = Duration::from_millis(20);
 pub struct Context {
     pub recorder: Recorder,
     pub record_mode: RecordMode,
-    pub hold_timeout: Duration,
+    pub reviews: Arc<Reviews>,
     /// Live sessions, so auditors can list and end them.
     pub active: Mutex<HashMap<String, Active>>,
 }
@@ -90,6 +91,8 @@ pub struct Opening {
     pub client: String,
     /// More for the session-open event (the exec mode, the database).
     pub meta: serde_json::Value,
+    /// When just-in-time access to the connection ends (unix ms): the session ends then.
+    pub access_until: Option<u64>,
 }
 
 /// One open session's chain, record and frame numbering.
@@ -150,6 +153,18 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(core.info.id.clone(), active);
+        if let Some(until) = opening.access_until {
+            let (ctx, id) = (core.ctx.clone(), core.info.id.clone());
+            let connection = core.info.connection.clone();
+            tokio::spawn(async move {
+                let left = until.saturating_sub(now_ms());
+                tokio::time::sleep(Duration::from_millis(left)).await;
+                ctx.kill(
+                    &id,
+                    format!("your just-in-time access to `{connection}` ended; request access again to go on"),
+                );
+            });
+        }
         tracing::info!("session opened");
         Ok((core, killed))
     }
@@ -202,20 +217,41 @@ impl Core {
         Ok(released)
     }
 
-    /// Until reviews exist, a held frame waits for the hold timeout and is then refused.
-    /// The caller has told the client that it waits.
-    pub async fn hold(&mut self, decision: Decision, reason: &str) -> Decision {
-        let wait = self.ctx.hold_timeout;
-        tokio::time::sleep(wait).await;
-        let reason = format!(
-            "held for review ({reason}) and no reviewer approved it within {} s",
-            wait.as_secs()
-        );
-        Decision {
-            outcome: Outcome::Deny {
+    /// A held frame becomes a review; the caller tells the client `pending.notice()` and
+    /// waits on `pending.decided()`, then applies the decision with [`Core::reviewed`].
+    pub async fn request_review(
+        &mut self,
+        decision: &Decision,
+        reason: &str,
+    ) -> Result<Pending, RecordFailed> {
+        let text = match &decision.record {
+            Content::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            other => String::from_utf8_lossy(&record_payload(other)).into_owned(),
+        };
+        self.ctx
+            .reviews
+            .request(
+                Kind::Frame,
+                &self.info.identity,
+                &self.info.connection,
+                Some(&self.info.id),
+                text,
+                reason.into(),
+            )
+            .await
+    }
+
+    /// The held `decision` after its review: passed when approved, refused otherwise.
+    pub fn reviewed(&self, decision: Decision, review: &Review) -> Decision {
+        let outcome = match review.status {
+            Status::Approved => Outcome::Pass,
+            _ => Outcome::Deny {
                 plugin: "review".into(),
-                reason,
+                reason: review.refusal(),
             },
+        };
+        Decision {
+            outcome,
             ..decision
         }
     }

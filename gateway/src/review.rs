@@ -1,0 +1,603 @@
+//! The review queue: frames a gate plugin held, and requests for access to connections that
+//! need approval before a session opens. Reviews are kept in the record's store (they outlive
+//! restarts) and every change is an event in the hash chain (`kind = "review"`), so who asked,
+//! who decided and why is as tamper-evident as the sessions themselves.
+//!
+//! ```text
+//! session --hold--> request() --> [store + chain] --> reviewers: CLI, /api/reviews, SSE
+//!    ^                                                        |
+//!    +------------- Pending::decided() <-- decide() <---------+
+//! ```
+//!
+//! Who may decide: members of the connection's reviewer groups (policy `[reviews.NAME]`),
+//! never the requester; `approvals` distinct reviewers are needed. A pending review expires
+//! at its deadline. A held frame whose session is gone (ended, or the gateway restarted) is
+//! marked `session-ended` and can no longer be approved.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::frame::Identity;
+use crate::policy::ReviewRules;
+use crate::record::{NewEvent, RecordFailed, Recorder, Store};
+use crate::session::now_ms;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A statement or command a gate plugin held.
+    Frame,
+    /// A request to open sessions on a connection (just-in-time access).
+    Access,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+    SessionEnded,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Rejected => "rejected",
+            Status::Expired => "expired",
+            Status::SessionEnded => "session-ended",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Vote {
+    pub by: String,
+    pub reason: Option<String>,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Review {
+    pub id: String,
+    pub kind: Kind,
+    pub status: Status,
+    pub requester: String,
+    pub requester_name: Option<String>,
+    pub connection: String,
+    /// The session a held frame belongs to.
+    pub session: Option<String>,
+    /// The held frame's text as recorded (after masking); for access, what is asked.
+    pub text: String,
+    /// Why it needs review: the gate's reason, or the requester's for access.
+    pub reason: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// Distinct approvals needed.
+    pub required: u32,
+    pub reviewer_groups: Vec<String>,
+    pub approvals: Vec<Vote>,
+    pub rejection: Option<Vote>,
+    /// Access: how long a granted access lasts, and until when it was granted.
+    pub grant_ms: Option<u64>,
+    pub granted_until_ms: Option<u64>,
+}
+
+impl Review {
+    /// Why the frame or access is refused, for the requester.
+    pub fn refusal(&self) -> String {
+        match self.status {
+            Status::Rejected => {
+                let vote = self.rejection.as_ref();
+                format!(
+                    "review {} rejected by {}: {}",
+                    self.id,
+                    vote.map_or("?", |v| v.by.as_str()),
+                    vote.and_then(|v| v.reason.as_deref())
+                        .unwrap_or("no reason given")
+                )
+            }
+            Status::Expired => format!(
+                "review {} expired: no decision within {} s",
+                self.id,
+                (self.expires_ms.saturating_sub(self.created_ms)) / 1000
+            ),
+            Status::SessionEnded => format!("review {}: the session ended", self.id),
+            Status::Pending | Status::Approved => {
+                format!("review {} is {}", self.id, self.status.as_str())
+            }
+        }
+    }
+
+    fn may_decide(&self, identity: &Identity) -> bool {
+        identity
+            .groups
+            .iter()
+            .any(|g| self.reviewer_groups.contains(g))
+    }
+}
+
+/// Why a decision was refused: an HTTP status and a sentence.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+fn refused(status: u16, message: String) -> Refused {
+    Refused { status, message }
+}
+
+pub struct Reviews {
+    store: Arc<Store>,
+    recorder: Recorder,
+    rules: BTreeMap<String, ReviewRules>,
+    /// How long a held frame waits, unless its connection's rules say otherwise.
+    hold_timeout: Duration,
+    state: Mutex<State>,
+    /// Every change, for the live stream (`/api/reviews/events`).
+    changes: broadcast::Sender<Review>,
+}
+
+#[derive(Default)]
+struct State {
+    all: BTreeMap<String, Review>,
+    /// Held frames' sessions wait on these.
+    waiters: HashMap<String, watch::Sender<Review>>,
+}
+
+impl Reviews {
+    /// Loads the reviews; held frames still pending belonged to sessions that died with the
+    /// previous run: they become `session-ended`. Starts the expiry sweep.
+    pub async fn open(
+        store: Arc<Store>,
+        recorder: Recorder,
+        rules: BTreeMap<String, ReviewRules>,
+        hold_timeout: Duration,
+    ) -> anyhow::Result<Arc<Reviews>> {
+        let mut all = BTreeMap::new();
+        for bytes in store.reviews()? {
+            let review: Review = serde_json::from_slice(&bytes)?;
+            all.insert(review.id.clone(), review);
+        }
+        let (changes, _) = broadcast::channel(256);
+        let reviews = Arc::new(Reviews {
+            store,
+            recorder,
+            rules,
+            hold_timeout,
+            state: Mutex::new(State {
+                all,
+                waiters: HashMap::new(),
+            }),
+            changes,
+        });
+        let orphans: Vec<String> = reviews
+            .lock()
+            .all
+            .values()
+            .filter(|r| r.kind == Kind::Frame && r.status == Status::Pending)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in orphans {
+            reviews.finish(&id, Status::SessionEnded, None).await?;
+        }
+        let sweeper = Arc::downgrade(&reviews);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(reviews) = sweeper.upgrade() else {
+                    return;
+                };
+                reviews.expire_due().await;
+            }
+        });
+        Ok(reviews)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn rules(&self, connection: &str) -> ReviewRules {
+        self.rules.get(connection).cloned().unwrap_or_default()
+    }
+
+    /// Whether sessions on `connection` need an approved access request first.
+    pub fn needs_access(&self, connection: &str) -> bool {
+        self.rules(connection).access_grant_minutes.is_some()
+    }
+
+    /// Creates a review: stored, recorded, announced. A held frame's session then waits on
+    /// the returned [`Pending`].
+    pub async fn request(
+        self: &Arc<Self>,
+        kind: Kind,
+        identity: &Identity,
+        connection: &str,
+        session: Option<&str>,
+        text: String,
+        reason: String,
+    ) -> Result<Pending, RecordFailed> {
+        let rules = self.rules(connection);
+        let now = now_ms();
+        let wait = match kind {
+            Kind::Frame => rules
+                .expire_seconds
+                .map_or(self.hold_timeout, Duration::from_secs),
+            Kind::Access => Duration::from_secs(rules.access_request_minutes * 60),
+        };
+        let review = Review {
+            id: new_id(),
+            kind,
+            status: Status::Pending,
+            requester: identity.subject.clone(),
+            requester_name: identity.name.clone(),
+            connection: connection.into(),
+            session: session.map(String::from),
+            text,
+            reason,
+            created_ms: now,
+            expires_ms: now + wait.as_millis() as u64,
+            required: rules.approvals.max(1),
+            reviewer_groups: rules.reviewers.clone(),
+            approvals: Vec::new(),
+            rejection: None,
+            grant_ms: rules.access_grant_minutes.map(|m| m * 60_000),
+            granted_until_ms: None,
+        };
+        let (tx, rx) = watch::channel(review.clone());
+        self.lock().waiters.insert(review.id.clone(), tx);
+        self.save(&review, "created", None).await?;
+        Ok(Pending {
+            id: review.id.clone(),
+            rx,
+            reviews: self.clone(),
+            // An access request outlives whoever asked; a held frame lives with its session.
+            settled: kind == Kind::Access,
+        })
+    }
+
+    /// Approves or rejects review `id` as `identity`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        identity: &Identity,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<Review, Refused> {
+        let (review, action) = {
+            let mut state = self.lock();
+            let Some(review) = state.all.get(id) else {
+                return Err(refused(404, format!("no review {id}")));
+            };
+            if !review.may_decide(identity) {
+                return Err(refused(
+                    403,
+                    format!(
+                        "{} may not decide reviews of connection `{}`: the reviewer role is missing (reviewer groups: {})",
+                        identity.subject,
+                        review.connection,
+                        review.reviewer_groups.join(", ")
+                    ),
+                ));
+            }
+            if review.requester == identity.subject {
+                return Err(refused(
+                    403,
+                    format!(
+                        "{} requested review {id} and cannot decide it",
+                        identity.subject
+                    ),
+                ));
+            }
+            if review.status != Status::Pending {
+                return Err(refused(
+                    409,
+                    format!("review {id} is already {}", review.status.as_str()),
+                ));
+            }
+            if now_ms() >= review.expires_ms {
+                return Err(refused(409, format!("review {id} has expired")));
+            }
+            if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                return Err(refused(400, "a rejection needs a reason (--reason)".into()));
+            }
+            let mut review = review.clone();
+            let vote = Vote {
+                by: identity.subject.clone(),
+                reason,
+                at_ms: now_ms(),
+            };
+            let action = if approve {
+                if review.approvals.iter().any(|v| v.by == vote.by) {
+                    return Err(refused(
+                        409,
+                        format!(
+                            "{} already approved review {id}; it needs {} approvals from distinct reviewers",
+                            vote.by, review.required
+                        ),
+                    ));
+                }
+                review.approvals.push(vote);
+                if review.approvals.len() as u32 >= review.required {
+                    review.status = Status::Approved;
+                    if let Some(grant) = review.grant_ms {
+                        review.granted_until_ms = Some(now_ms() + grant);
+                    }
+                    "approved"
+                } else {
+                    "approval"
+                }
+            } else {
+                review.status = Status::Rejected;
+                review.rejection = Some(vote);
+                "rejected"
+            };
+            // Taken while locked, so two reviewers deciding at once cannot both win.
+            state.all.insert(id.into(), review.clone());
+            (review, action)
+        };
+        self.save(&review, action, Some(&identity.subject))
+            .await
+            .map_err(|e| refused(500, e.to_string()))?;
+        Ok(review)
+    }
+
+    /// Ends review `id` (if still pending) as expired or session-ended.
+    async fn finish(&self, id: &str, status: Status, by: Option<&str>) -> Result<(), RecordFailed> {
+        let review = {
+            let mut state = self.lock();
+            match state.all.get_mut(id) {
+                Some(r) if r.status == Status::Pending => {
+                    r.status = status;
+                    r.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.save(&review, status.as_str(), by).await
+    }
+
+    async fn expire_due(&self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .lock()
+            .all
+            .values()
+            .filter(|r| r.status == Status::Pending && r.expires_ms <= now)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in due {
+            if let Err(e) = self.finish(&id, Status::Expired, None).await {
+                tracing::error!(error = %e, review = %id, "cannot record an expired review");
+            }
+        }
+    }
+
+    /// Stores `review`, records the change in the chain, tells its waiter and the stream.
+    async fn save(
+        &self,
+        review: &Review,
+        action: &str,
+        by: Option<&str>,
+    ) -> Result<(), RecordFailed> {
+        self.lock().all.insert(review.id.clone(), review.clone());
+        let bytes = serde_json::to_vec(review).map_err(|e| RecordFailed(e.to_string()))?;
+        self.store
+            .put_review(&review.id, &bytes)
+            .map_err(|e| RecordFailed(e.to_string()))?;
+        let event = NewEvent {
+            // A held frame's events join its session's record; access requests are the
+            // gateway's own.
+            session: review.session.clone().unwrap_or_default(),
+            seq: 0,
+            kind: "review".into(),
+            time_ms: now_ms(),
+            meta: json!({
+                "review": review.id,
+                "action": action,
+                "by": by,
+                "status": review.status.as_str(),
+                "kind": review.kind,
+                "requester": review.requester,
+                "connection": review.connection,
+                "reason": review.reason,
+                "approvals": review.approvals.len(),
+                "required": review.required,
+                "decision_reason": review.rejection.as_ref().and_then(|v| v.reason.clone())
+                    .or_else(|| review.approvals.last().and_then(|v| v.reason.clone())),
+            })
+            .to_string(),
+            payload: review.text.clone().into_bytes(),
+        };
+        self.recorder.append(event).await?;
+        let mut state = self.lock();
+        if let Some(waiter) = state.waiters.get(&review.id) {
+            let _ = waiter.send(review.clone());
+        }
+        if review.status != Status::Pending {
+            state.waiters.remove(&review.id);
+        }
+        drop(state);
+        let _ = self.changes.send(review.clone());
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Review> {
+        self.lock().all.get(id).cloned()
+    }
+
+    /// What `identity` may see: their own requests and those they may decide; newest first.
+    pub fn visible(&self, identity: &Identity, status: Option<&str>) -> Vec<Review> {
+        let mut out: Vec<Review> = self
+            .lock()
+            .all
+            .values()
+            .filter(|r| self.may_see(identity, r))
+            .filter(|r| status.is_none_or(|s| r.status.as_str() == s))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    pub fn may_see(&self, identity: &Identity, review: &Review) -> bool {
+        review.requester == identity.subject
+            || review.may_decide(identity)
+            || identity.groups.iter().any(|g| g == "auditors")
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Review> {
+        self.changes.subscribe()
+    }
+
+    /// Until when `identity` may open sessions on `connection` (an approved access request
+    /// not yet over), if at all.
+    pub fn access_until(&self, identity: &Identity, connection: &str) -> Option<u64> {
+        let now = now_ms();
+        self.lock()
+            .all
+            .values()
+            .filter(|r| r.kind == Kind::Access && r.status == Status::Approved)
+            .filter(|r| r.requester == identity.subject && r.connection == connection)
+            .filter_map(|r| r.granted_until_ms)
+            .filter(|until| *until > now)
+            .max()
+    }
+
+    /// The pending access request of `identity` for `connection`, if any (not asked twice).
+    pub fn pending_access(&self, identity: &Identity, connection: &str) -> Option<String> {
+        self.lock()
+            .all
+            .values()
+            .find(|r| {
+                r.kind == Kind::Access
+                    && r.status == Status::Pending
+                    && r.requester == identity.subject
+                    && r.connection == connection
+            })
+            .map(|r| r.id.clone())
+    }
+
+    /// Just-in-time access: `Ok(None)` when `connection` needs none, `Ok(Some(until))` while an
+    /// approved request lasts; otherwise a request is made (once) and `Err` tells the person
+    /// its id, to come back once a reviewer approved it.
+    pub async fn access(
+        self: &Arc<Self>,
+        identity: &Identity,
+        connection: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<u64>, String> {
+        let Some(minutes) = self.rules(connection).access_grant_minutes else {
+            return Ok(None);
+        };
+        if let Some(until) = self.access_until(identity, connection) {
+            return Ok(Some(until));
+        }
+        let id = match self.pending_access(identity, connection) {
+            Some(id) => id,
+            None => {
+                let text = format!("open sessions on `{connection}` for {minutes} min");
+                let reason = reason.unwrap_or("(no reason given)").to_string();
+                self.request(Kind::Access, identity, connection, None, text, reason)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .id
+                    .clone()
+            }
+        };
+        Err(format!(
+            "access to `{connection}` needs approval: review {id} is pending; connect again once a reviewer approved it (`sluice review approve {id}`)"
+        ))
+    }
+}
+
+/// A review a session waits on. Dropped before its decision (the session ended), a held
+/// frame's review becomes `session-ended`: it can no longer be approved into nothing.
+pub struct Pending {
+    id: String,
+    rx: watch::Receiver<Review>,
+    reviews: Arc<Reviews>,
+    settled: bool,
+}
+
+impl Pending {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn review(&self) -> Review {
+        self.rx.borrow().clone()
+    }
+
+    /// What the requester is told while waiting.
+    pub fn notice(&self) -> String {
+        let r = self.review();
+        let subject = match r.kind {
+            Kind::Frame => format!("held for review ({})", r.reason),
+            Kind::Access => format!("access to `{}` needs approval", r.connection),
+        };
+        format!(
+            "sluice: {subject}: review {id}; a reviewer decides with `sluice review approve {id}` or `sluice review reject {id} --reason …`; waiting up to {} s",
+            (r.expires_ms.saturating_sub(now_ms())) / 1000,
+            id = r.id,
+        )
+    }
+
+    /// Waits for the decision (or the deadline). Cancel-safe: call again after a select.
+    pub async fn decided(&mut self) -> Review {
+        loop {
+            let review = self.rx.borrow_and_update().clone();
+            if review.status != Status::Pending {
+                self.settled = true;
+                return review;
+            }
+            let left = review.expires_ms.saturating_sub(now_ms());
+            tokio::select! {
+                changed = self.rx.changed() => if changed.is_err() {
+                    // The queue let go of the waiter: read the stored outcome.
+                    self.settled = true;
+                    return self.reviews.get(&self.id).unwrap_or(review);
+                },
+                () = tokio::time::sleep(Duration::from_millis(left)) => {
+                    let _ = self.reviews.finish(&self.id, Status::Expired, None).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (reviews, id) = (self.reviews.clone(), self.id.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = reviews.finish(&id, Status::SessionEnded, None).await;
+            });
+        }
+    }
+}
+
+/// Short, unambiguous ids a person can type: `r-` and 10 base32 characters.
+fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 10];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    let id: String = bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    format!("r-{id}")
+}
