@@ -53,8 +53,8 @@ struct PolicyFile {
 /// reviewers = ["dba"]            # groups whose members decide (default: ["reviewers"])
 /// approvals = 2                  # distinct reviewers needed (default 1)
 /// expire_seconds = 600           # a held statement waits this long (default: hold_timeout_ms)
-/// access_grant_minutes = 60      # sessions need an approved access request, valid this long
-/// access_request_minutes = 60    # an access request waits this long for a decision
+/// access_grant_seconds = 3600   # sessions need an approved access request, valid this long
+/// access_request_seconds = 3600 # an access request waits this long for a decision (default)
 /// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,9 +64,9 @@ pub struct ReviewRules {
     #[serde(default = "one")]
     pub approvals: u32,
     pub expire_seconds: Option<u64>,
-    pub access_grant_minutes: Option<u64>,
-    #[serde(default = "sixty")]
-    pub access_request_minutes: u64,
+    pub access_grant_seconds: Option<u64>,
+    #[serde(default = "an_hour")]
+    pub access_request_seconds: u64,
 }
 
 impl Default for ReviewRules {
@@ -75,8 +75,8 @@ impl Default for ReviewRules {
             reviewers: default_reviewers(),
             approvals: 1,
             expire_seconds: None,
-            access_grant_minutes: None,
-            access_request_minutes: 60,
+            access_grant_seconds: None,
+            access_request_seconds: an_hour(),
         }
     }
 }
@@ -87,8 +87,8 @@ fn default_reviewers() -> Vec<String> {
 fn one() -> u32 {
     1
 }
-fn sixty() -> u64 {
-    60
+fn an_hour() -> u64 {
+    3600
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,10 +278,10 @@ impl Policy {
                     format!("{at}: needs at least one approval and one reviewer group"),
                 ));
             }
-            if rules.access_grant_minutes == Some(0) || rules.access_request_minutes == 0 {
+            if rules.access_grant_seconds == Some(0) || rules.access_request_seconds == 0 {
                 return Err(PolicyError::new(
                     file,
-                    format!("{at}: minutes must be at least 1"),
+                    format!("{at}: durations must be at least 1 s"),
                 ));
             }
             self.reviews.insert(connection, rules);

@@ -105,11 +105,15 @@ impl Review {
                         .unwrap_or("no reason given")
                 )
             }
-            Status::Expired => format!(
-                "review {} expired: no decision within {} s",
-                self.id,
-                (self.expires_ms.saturating_sub(self.created_ms)) / 1000
-            ),
+            Status::Expired => {
+                let ms = self.expires_ms.saturating_sub(self.created_ms);
+                let wait = if ms < 1000 {
+                    format!("{ms} ms")
+                } else {
+                    format!("{} s", ms / 1000)
+                };
+                format!("review {} expired: no decision within {wait}", self.id)
+            }
             Status::SessionEnded => format!("review {}: the session ended", self.id),
             Status::Pending | Status::Approved => {
                 format!("review {} is {}", self.id, self.status.as_str())
@@ -213,7 +217,7 @@ impl Reviews {
 
     /// Whether sessions on `connection` need an approved access request first.
     pub fn needs_access(&self, connection: &str) -> bool {
-        self.rules(connection).access_grant_minutes.is_some()
+        self.rules(connection).access_grant_seconds.is_some()
     }
 
     /// Creates a review: stored, recorded, announced. A held frame's session then waits on
@@ -233,7 +237,7 @@ impl Reviews {
             Kind::Frame => rules
                 .expire_seconds
                 .map_or(self.hold_timeout, Duration::from_secs),
-            Kind::Access => Duration::from_secs(rules.access_request_minutes * 60),
+            Kind::Access => Duration::from_secs(rules.access_request_seconds),
         };
         let review = Review {
             id: new_id(),
@@ -251,7 +255,7 @@ impl Reviews {
             reviewer_groups: rules.reviewers.clone(),
             approvals: Vec::new(),
             rejection: None,
-            grant_ms: rules.access_grant_minutes.map(|m| m * 60_000),
+            grant_ms: rules.access_grant_seconds.map(|s| s * 1000),
             granted_until_ms: None,
         };
         let (tx, rx) = watch::channel(review.clone());
@@ -497,7 +501,7 @@ impl Reviews {
         connection: &str,
         reason: Option<&str>,
     ) -> Result<Option<u64>, String> {
-        let Some(minutes) = self.rules(connection).access_grant_minutes else {
+        let Some(seconds) = self.rules(connection).access_grant_seconds else {
             return Ok(None);
         };
         if let Some(until) = self.access_until(identity, connection) {
@@ -506,7 +510,7 @@ impl Reviews {
         let id = match self.pending_access(identity, connection) {
             Some(id) => id,
             None => {
-                let text = format!("open sessions on `{connection}` for {minutes} min");
+                let text = format!("open sessions on `{connection}` for {}", duration(seconds));
                 let reason = reason.unwrap_or("(no reason given)").to_string();
                 self.request(Kind::Access, identity, connection, None, text, reason)
                     .await
@@ -587,6 +591,15 @@ impl Drop for Pending {
                 let _ = reviews.finish(&id, Status::SessionEnded, None).await;
             });
         }
+    }
+}
+
+/// `90 s`, `15 min`, `2 h`.
+fn duration(seconds: u64) -> String {
+    match seconds {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 

@@ -10,5 +10,6 @@ mod masking;
 mod plugin_host;
 mod postgres;
 mod record;
+mod reviews;
 mod sessions;
 mod support;

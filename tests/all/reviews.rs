@@ -1,0 +1,402 @@
+//! Approvals end to end: the shipped gates hold risky commands and statements, reviewers
+//! decide from the CLI, and the queue keeps its word across restarts.
+
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::postgres::{Cluster, psql};
+use crate::support::{Gateway, run_command};
+
+/// Static tokens: alice and bob review, carol only works.
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-0123456789abc";
+
+fn token_entry(token: &str, subject: &str, group: &str) -> String {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    format!("\n[[tokens]]\nsha256 = \"{hash}\"\nsubject = \"{subject}\"\ngroups = [\"{group}\"]\n")
+}
+
+/// Exec connections behind the shipped shell gate: `ops` (one approval, 30 s), `ops2` (two
+/// approvals), `brief` (expires after 1 s) and `jit` (sessions need approved access, 3 s).
+fn gateway() -> Gateway {
+    let exec = |name: &str| {
+        format!(
+            "\n[connections.{name}]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n"
+        )
+    };
+    let config = ["ops", "ops2", "brief", "jit"].map(exec).concat()
+        + &token_entry(ALICE, "alice", "reviewers")
+        + &token_entry(BOB, "bob", "reviewers");
+    let policy = "[chains]\nops = [\"shell-gate\"]\nops2 = [\"shell-gate\"]\nbrief = [\"shell-gate\"]\n\n\
+                  [reviews.ops]\nexpire_seconds = 30\n\n\
+                  [reviews.ops2]\napprovals = 2\nexpire_seconds = 30\n\n\
+                  [reviews.brief]\nexpire_seconds = 1\n\n\
+                  [reviews.jit]\naccess_grant_seconds = 3\n";
+    Gateway::start_with_policy(&config, Some(policy))
+}
+
+/// `sluice exec CONNECTION -- rm -rf DIR` as the dev user, in the background.
+fn remove_in_background(
+    gw: &Gateway,
+    connection: &str,
+    dir: &Path,
+) -> JoinHandle<(i32, String, String)> {
+    let mut cmd = gw.cli();
+    cmd.args(["exec", connection, "--", "rm", "-rf"]).arg(dir);
+    std::thread::spawn(move || run_command(&mut cmd, ""))
+}
+
+/// Waits for a pending review whose text contains `needle`; its id.
+fn pending_review(gw: &Gateway, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = gw.run_as(
+            Some(&gw.reviewer_token),
+            &["reviews", "--status", "pending"],
+        );
+        assert_eq!(code, 0, "{err}");
+        if let Some(line) = out.lines().find(|l| l.contains(needle)) {
+            return line.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending review for {needle}: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn show(gw: &Gateway, id: &str) -> String {
+    let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "show", id]);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+fn scratch(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    dir
+}
+
+#[test]
+fn a_held_rm_runs_once_approved_and_never_when_rejected() {
+    let gw = gateway();
+
+    // Approved: it runs.
+    let dir = scratch("approve");
+    let waiting = remove_in_background(&gw, "ops", dir.path());
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    assert!(dir.path().exists(), "nothing runs before the decision");
+    // The requester is no reviewer; a decision needs the role.
+    let (code, _, err) = gw.run(&["review", "approve", &id], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("the reviewer role is missing"), "{err}");
+    let (code, out, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "approve", &id, "--reason", "scratch"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("review {id} approved")), "{out}");
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "held for review (recursive rm of an absolute or home path): review {id}"
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().exists(), "approved, the folder is gone");
+
+    // Rejected: it does not run, and the client hears why.
+    let dir = scratch("reject");
+    let waiting = remove_in_background(&gw, "ops", dir.path());
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "reject", &id]);
+    assert_ne!(code, 0, "a rejection needs a reason");
+    assert!(err.contains("--reason"), "{err}");
+    let (code, _, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "reject", &id, "--reason", "not on a Friday"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 126, "{err}");
+    assert!(
+        err.contains(&format!(
+            "review {id} rejected by dev-reviewer: not on a Friday"
+        )),
+        "{err}"
+    );
+    assert!(
+        dir.path().join("file").exists(),
+        "rejected, the folder stays"
+    );
+    let shown = show(&gw, &id);
+    assert!(
+        shown.contains("status     rejected")
+            && shown.contains("rejected   by dev-reviewer: not on a Friday"),
+        "{shown}"
+    );
+
+    // A decided review stays decided.
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already rejected"), "{err}");
+
+    // Harmless commands pass without a review.
+    let (code, out, err) = gw.run(&["exec", "ops", "--", "echo", "fine"], "");
+    assert_eq!((code, out.as_str()), (0, "fine\n"), "{err}");
+
+    // Every step is in the session's record: the held frame, the review's life, the verdict.
+    let session = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("session    "))
+        .unwrap()
+        .to_string();
+    let (code, out, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["export", &session, "--format", "jsonl"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "review")
+        .map(|e| e["meta"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["created", "rejected"], "{events:#?}");
+    let (code, out, _) = gw.run_as(Some(&gw.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn self_approval_two_approvers_and_expiry() {
+    let gw = gateway();
+
+    // alice is a reviewer, but not of her own request.
+    let dir = scratch("self");
+    let mut cmd = gw.cli();
+    cmd.env("SLUICE_TOKEN", ALICE)
+        .args(["exec", "ops", "--", "rm", "-rf"])
+        .arg(dir.path());
+    let waiting = std::thread::spawn(move || run_command(&mut cmd, ""));
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    let (code, _, err) = gw.run_as(Some(ALICE), &["review", "approve", &id]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("alice requested review {id} and cannot decide it")),
+        "{err}"
+    );
+    let (code, _, err) = gw.run_as(Some(BOB), &["review", "reject", &id, "--reason", "no"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(waiting.join().unwrap().0, 126);
+
+    // Two approvals from distinct reviewers.
+    let dir = scratch("two");
+    let waiting = remove_in_background(&gw, "ops2", dir.path());
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    let (code, out, err) = gw.run_as(Some(ALICE), &["review", "approve", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("approval 1 of 2 recorded"), "{out}");
+    let (code, _, err) = gw.run_as(Some(ALICE), &["review", "approve", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("alice already approved"), "{err}");
+    assert!(dir.path().exists(), "one approval is not enough");
+    let (code, out, err) = gw.run_as(Some(BOB), &["review", "approve", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("approved"), "{out}");
+    assert_eq!(waiting.join().unwrap().0, 0);
+    assert!(!dir.path().exists());
+
+    // Nobody decides in time: refused, not run.
+    let dir = scratch("expire");
+    let (code, _, err) = gw.run(
+        &[
+            "exec",
+            "brief",
+            "--",
+            "rm",
+            "-rf",
+            &dir.path().display().to_string(),
+        ],
+        "",
+    );
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("expired: no decision within 1 s"), "{err}");
+    assert!(dir.path().exists());
+}
+
+#[test]
+fn reviewers_get_a_live_stream_of_reviews() {
+    let gw = gateway();
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "20", "--cacert"])
+        .arg(gw.dir.path().join("data/tls/ca.pem"))
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", gw.reviewer_token),
+        ])
+        .arg(format!("https://{}/api/reviews/events", gw.addr))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = scratch("stream");
+    let waiting = remove_in_background(&gw, "ops", dir.path());
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "reject", &id, "--reason", "seen live"],
+    );
+    waiting.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = curl.kill();
+    let mut out = String::new();
+    std::io::Read::read_to_string(curl.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .filter(|r: &serde_json::Value| r["id"] == id.as_str())
+        .collect();
+    let statuses: Vec<_> = events
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["pending", "rejected"], "{out}");
+    assert!(out.contains("event: review\n"));
+}
+
+#[test]
+fn access_requests_survive_restarts_and_held_frames_of_dead_sessions_do_not() {
+    let mut gw = gateway();
+
+    // The connection needs approved access: the first try asks for it.
+    let (code, _, err) = gw.run(
+        &["exec", "jit", "--reason", "incident 42", "--", "echo", "in"],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("access to `jit` needs approval: review r-"),
+        "{err}"
+    );
+    let access = pending_review(&gw, "open sessions on `jit`");
+    assert!(show(&gw, &access).contains("reason     incident 42"));
+    // Asking again does not make a second request.
+    let (_, _, err) = gw.run(&["exec", "jit", "--", "echo", "in"], "");
+    assert!(err.contains(&access), "{err}");
+
+    // A held frame, then the gateway dies.
+    let dir = scratch("restart");
+    let waiting = remove_in_background(&gw, "ops", dir.path());
+    let held = pending_review(&gw, &dir.path().display().to_string());
+    gw.kill();
+    let (code, _, _) = waiting.join().unwrap();
+    assert_ne!(code, 0);
+    gw.restart();
+
+    // The held frame's session is gone: it says so and cannot be approved into nothing.
+    assert!(show(&gw, &held).contains("status     session-ended"));
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &held]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already session-ended"), "{err}");
+    assert!(dir.path().exists());
+
+    // The access request is still pending and decidable; approved, sessions open, and end
+    // when the access does.
+    assert!(show(&gw, &access).contains("status     pending"));
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &access]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = gw.run(&["exec", "jit", "--", "echo", "in"], "");
+    assert_eq!((code, out.as_str()), (0, "in\n"), "{err}");
+    let (code, out, err) = gw.run(
+        &["exec", "jit", "--", "echo start; sleep 20; echo never"],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("start") && !out.contains("never"), "{out}");
+    assert!(err.contains("just-in-time access to `jit` ended"), "{err}");
+}
+
+#[test]
+fn psql_statements_are_gated_by_the_sql_rules() {
+    let cluster = Cluster::start("scram-sha-256");
+    cluster.sql("CREATE TABLE t1 (id int); CREATE TABLE t2 (id int); CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)");
+    let port = crate::postgres::free_port();
+    let config = format!(
+        "\n[connections.db]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{}\"\n",
+        cluster.port,
+        crate::postgres::UPSTREAM_PASSWORD
+    );
+    let gw = Gateway::start_with_policy(
+        &config,
+        Some("[chains]\ndb = [\"sql-gate\", \"mask\"]\n\n[reviews.db]\nexpire_seconds = 30\n"),
+    );
+    let token = gw.user_token.clone();
+    let in_background = |sql: &str| {
+        let (token, sql) = (token.clone(), sql.to_string());
+        std::thread::spawn(move || psql(port, &token, &["-c", &sql]))
+    };
+    let tables = || {
+        cluster.sql("SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relname IN ('t', 't1', 't2')")
+    };
+
+    // DROP TABLE held, approved: the table is gone.
+    let waiting = in_background("DROP TABLE t1");
+    let id = pending_review(&gw, "DROP TABLE t1");
+    gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "NOTICE:  sluice: held for review (DROP statement): review {id}"
+        )),
+        "{err}"
+    );
+    assert_eq!(tables(), "t,t2\n");
+
+    // Another rejected: still there, and psql shows the reviewer's reason.
+    let waiting = in_background("DROP TABLE t2");
+    let id = pending_review(&gw, "DROP TABLE t2");
+    gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "reject", &id, "--reason", "keep t2"],
+    );
+    let (code, _, err) = waiting.join().unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "ERROR:  sluice: refused by review: review {id} rejected by dev-reviewer: keep t2"
+        )),
+        "{err}"
+    );
+    assert_eq!(tables(), "t,t2\n");
+
+    // Tricks are caught; string literals are not statements; a DELETE with WHERE passes.
+    for tricky in ["delete/**/from t", "SELECT 1; DROP TABLE t"] {
+        let waiting = in_background(tricky);
+        let id = pending_review(&gw, tricky);
+        gw.run_as(
+            Some(&gw.reviewer_token),
+            &["review", "reject", &id, "--reason", "no"],
+        );
+        assert_ne!(waiting.join().unwrap().0, 0, "{tricky}");
+    }
+    assert_eq!(cluster.sql("SELECT count(*) FROM t"), "2\n");
+    let (code, out, err) = psql(port, &token, &["-c", "SELECT 'drop table t'"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("drop table t") && !err.contains("held"),
+        "{out}{err}"
+    );
+    let (code, _, err) = psql(port, &token, &["-c", "DELETE FROM t WHERE id = 1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("held"), "{err}");
+    assert_eq!(cluster.sql("SELECT count(*) FROM t"), "1\n");
+}
