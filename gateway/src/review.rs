@@ -240,7 +240,7 @@ impl Reviews {
             Kind::Access => Duration::from_secs(rules.access_request_seconds),
         };
         let review = Review {
-            id: new_id(),
+            id: new_id()?,
             kind,
             status: Status::Pending,
             requester: identity.subject.clone(),
@@ -604,13 +604,14 @@ fn duration(seconds: u64) -> String {
 }
 
 /// Short, unambiguous ids a person can type: `r-` and 10 base32 characters.
-fn new_id() -> String {
+fn new_id() -> Result<String, RecordFailed> {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
     let mut bytes = [0u8; 10];
-    getrandom::fill(&mut bytes).expect("the OS random source");
+    getrandom::fill(&mut bytes)
+        .map_err(|e| RecordFailed(format!("no randomness for a review id: {e}")))?;
     let id: String = bytes
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect();
-    format!("r-{id}")
+    Ok(format!("r-{id}"))
 }

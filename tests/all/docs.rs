@@ -104,7 +104,7 @@ fn the_plugin_authors_walkthrough_works_as_written() {
         "{outputs}"
     );
     assert!(
-        outputs.contains("chain shell: mask -> customer-ids"),
+        outputs.contains("chain shell: shell-gate -> mask -> customer-ids"),
         "{outputs}"
     );
 }

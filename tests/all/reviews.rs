@@ -256,6 +256,7 @@ fn reviewers_get_a_live_stream_of_reviews() {
     waiting.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let _ = curl.kill();
+    let _ = curl.wait();
     let mut out = String::new();
     std::io::Read::read_to_string(curl.stdout.as_mut().unwrap(), &mut out).unwrap();
     let events: Vec<serde_json::Value> = out
@@ -376,6 +377,27 @@ fn psql_statements_are_gated_by_the_sql_rules() {
         )),
         "{err}"
     );
+    assert_eq!(tables(), "t,t2\n");
+
+    // The server hangs up while a statement waits (its idle timeout): the gateway notices at
+    // once, ends the session with a clear error, and the review with it.
+    let (code, _, err) = psql(
+        port,
+        &token,
+        &[
+            "-c",
+            "SET idle_session_timeout = '1s'",
+            "-c",
+            "DROP TABLE t2",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("the database connection was lost"), "{err}");
+    let (_, ended, _) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["reviews", "--status", "session-ended"],
+    );
+    assert!(ended.contains("DROP TABLE t2"), "{ended}");
     assert_eq!(tables(), "t,t2\n");
 
     // Tricks are caught; string literals are not statements; a DELETE with WHERE passes.

@@ -89,7 +89,8 @@ fn one_shot_bash_and_python_carry_output_and_exit_status_and_are_recorded_in_ord
     assert_eq!(kinds.last(), Some(&"session-close"));
     assert_eq!(shell[0]["meta"]["subject"], "dev-user");
     assert_eq!(shell[0]["meta"]["connection"], "shell");
-    assert_eq!(shell[0]["meta"]["plugins"][0]["name"], "mask");
+    assert_eq!(shell[0]["meta"]["plugins"][0]["name"], "shell-gate");
+    assert_eq!(shell[0]["meta"]["plugins"][1]["name"], "mask");
     assert_eq!(
         shell[0]["meta"]["plugins"][0]["sha256"]
             .as_str()
