@@ -120,6 +120,30 @@ impl Client {
         Ok(body)
     }
 
+    /// GET `path` and hand each piece of the body to `each` as it arrives, until the
+    /// gateway ends it (a server-sent-events stream).
+    pub async fn follow(&self, path: &str, mut each: impl FnMut(&[u8])) -> anyhow::Result<()> {
+        let io = TokioIo::new(self.tls_stream().await?);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(self.request("GET", path)?.body(Full::new(Bytes::new()))?)
+            .await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if status != StatusCode::OK {
+            let body = body.collect().await?.to_bytes();
+            bail!("{}", gateway_error(status, &body));
+        }
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                each(data);
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a session; the stream carries `wire` messages.
     pub async fn open(
         &self,

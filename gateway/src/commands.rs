@@ -137,35 +137,64 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn reviews(client: Client, status: Option<String>) -> anyhow::Result<ExitCode> {
+pub async fn reviews(
+    client: Client,
+    status: Option<String>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} WHAT",
+        "REVIEW", "STATUS", "KIND", "CONNECTION", "REQUESTER", "APPROVALS"
+    );
+    if watch {
+        // The live inbox: pending reviews first, then every change, a line each.
+        let mut pending = Vec::new();
+        client
+            .follow("/api/reviews/events", |bytes| {
+                pending.extend_from_slice(bytes);
+                while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = pending.drain(..end + 2).collect();
+                    for line in String::from_utf8_lossy(&event).lines() {
+                        if let Some(data) = line.strip_prefix("data: ")
+                            && let Ok(r) = serde_json::from_str::<Review>(data)
+                        {
+                            print_review_line(&r);
+                            let _ = std::io::stdout().flush();
+                        }
+                    }
+                }
+            })
+            .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let query = status
         .map(|s| format!("?status={}", crate::client::query_value(&s)))
         .unwrap_or_default();
     let all: Vec<Review> =
         serde_json::from_slice(&client.get(&format!("/api/reviews{query}")).await?)?;
-    println!(
-        "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} WHAT",
-        "REVIEW", "STATUS", "KIND", "CONNECTION", "REQUESTER", "APPROVALS"
-    );
-    for r in all {
-        let mut what = format!("{} ({})", r.text.replace('\n', " "), r.reason);
-        if what.chars().count() > 60 {
-            what = what.chars().take(59).collect::<String>() + "…";
-        }
-        println!(
-            "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} {what}",
-            r.id,
-            r.status.as_str(),
-            match r.kind {
-                crate::review::Kind::Frame => "command",
-                crate::review::Kind::Access => "access",
-            },
-            r.connection,
-            r.requester,
-            format!("{}/{}", r.approvals.len(), r.required),
-        );
+    for r in &all {
+        print_review_line(r);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_review_line(r: &Review) {
+    let mut what = format!("{} ({})", r.text.replace('\n', " "), r.reason);
+    if what.chars().count() > 60 {
+        what = what.chars().take(59).collect::<String>() + "…";
+    }
+    println!(
+        "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} {what}",
+        r.id,
+        r.status.as_str(),
+        match r.kind {
+            crate::review::Kind::Frame => "command",
+            crate::review::Kind::Access => "access",
+        },
+        r.connection,
+        r.requester,
+        format!("{}/{}", r.approvals.len(), r.required),
+    );
 }
 
 pub async fn review_show(client: Client, id: &str) -> anyhow::Result<ExitCode> {

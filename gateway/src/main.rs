@@ -78,8 +78,11 @@ enum Command {
     /// List reviews: held commands and access requests you asked for or may decide.
     Reviews {
         /// pending, approved, rejected, expired or session-ended (default: all).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         status: Option<String>,
+        /// Stay and print each change as it happens (pending reviews first).
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -278,9 +281,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sluice::client::exec(&client, &connection, script),
             )?))
         }
-        Command::Reviews { status, target } => {
-            runtime()?.block_on(sluice::commands::reviews(target.client()?, status))
-        }
+        Command::Reviews {
+            status,
+            watch,
+            target,
+        } => runtime()?.block_on(sluice::commands::reviews(target.client()?, status, watch)),
         Command::Review(ReviewCommand::Show { id, target }) => {
             runtime()?.block_on(sluice::commands::review_show(target.client()?, &id))
         }

@@ -245,6 +245,13 @@ fn reviewers_get_a_live_stream_of_reviews() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut watch = gw.cli();
+    let mut watch = watch
+        .env("SLUICE_TOKEN", &gw.reviewer_token)
+        .args(["reviews", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let dir = scratch("stream");
     let waiting = remove_in_background(&gw, "ops", dir.path());
@@ -271,6 +278,18 @@ fn reviewers_get_a_live_stream_of_reviews() {
         .collect();
     assert_eq!(statuses, ["pending", "rejected"], "{out}");
     assert!(out.contains("event: review\n"));
+
+    // `sluice reviews --watch` is the same stream for people: a line per change.
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let mut out = String::new();
+    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let statuses: Vec<_> = out
+        .lines()
+        .filter(|l| l.starts_with(&id))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(statuses, ["pending", "rejected"], "{out}");
 }
 
 #[test]
