@@ -467,6 +467,26 @@ mod tests {
     }
 
     #[test]
+    fn review_rules_have_safe_defaults_and_refuse_nonsense() {
+        let policy = parse("[reviews.pg]\napprovals = 2\n").unwrap();
+        let rules = &policy.reviews["pg"];
+        assert_eq!(rules.reviewers, ["reviewers"]);
+        assert_eq!((rules.approvals, rules.access_grant_seconds), (2, None));
+        for (text, expected) in [
+            ("[reviews.pg]\napprovals = 0\n", "at least one approval"),
+            ("[reviews.pg]\nreviewers = []\n", "one reviewer group"),
+            ("[reviews.pg]\naccess_grant_seconds = 0\n", "at least 1 s"),
+            (
+                "[reviews.pg]\nreviewer = [\"x\"]\n",
+                "unknown field `reviewer`",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn chains_name_defined_filter_plugins_only() {
         let err = parse("[chains]\nshell = [\"ghost\"]\n")
             .unwrap_err()
