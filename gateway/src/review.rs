@@ -396,8 +396,11 @@ impl Reviews {
     ) -> Result<(), RecordFailed> {
         self.lock().all.insert(review.id.clone(), review.clone());
         let bytes = serde_json::to_vec(review).map_err(|e| RecordFailed(e.to_string()))?;
-        self.store
-            .put_review(&review.id, &bytes)
+        // A durable redb commit blocks (and waits for the record writer's): not on a worker.
+        let (store, id) = (self.store.clone(), review.id.clone());
+        tokio::task::spawn_blocking(move || store.put_review(&id, &bytes))
+            .await
+            .map_err(|e| RecordFailed(e.to_string()))?
             .map_err(|e| RecordFailed(e.to_string()))?;
         let event = NewEvent {
             // A held frame's events join its session's record; access requests are the

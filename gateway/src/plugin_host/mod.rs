@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use cache::CacheOutcome;
@@ -59,6 +61,10 @@ const CONTRACT: &str = "sluice:plugin@0.1.0";
 const TICK: Duration = Duration::from_millis(1);
 /// `init` may compile patterns and build tables: it gets this multiple of the call deadline.
 const INIT_DEADLINE_FACTOR: u32 = 20;
+/// Deadlines count the CPU time a call uses, so a loaded machine that leaves the call's
+/// thread waiting for a core does not fail a healthy plugin; wall time is still capped at
+/// this multiple of the deadline.
+const WALL_DEADLINE_FACTOR: u32 = 20;
 /// Plugin log messages are cut to this length.
 const MAX_LOG_MESSAGE: usize = 4096;
 
@@ -473,11 +479,16 @@ impl LoadedPlugin {
             },
             plugin: spec.name.clone(),
             session: session.map(str::to_string),
+            clock: CallClock {
+                cpu_at_start: Duration::ZERO,
+                wall_at_start: std::time::Instant::now(),
+                budget: spec.deadline,
+            },
         };
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|state| &mut state.memory);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(spec.deadline * INIT_DEADLINE_FACTOR));
+        store.epoch_deadline_callback(|store| Ok(store.data().clock.check()));
+        start_call(&mut store, spec.deadline * INIT_DEADLINE_FACTOR);
         store
     }
 
@@ -517,6 +528,43 @@ impl LoadedPlugin {
 
 fn ticks(deadline: Duration) -> u64 {
     (deadline.as_micros() / TICK.as_micros()).max(1) as u64
+}
+
+/// Arms the deadline for the call about to run on this thread.
+fn start_call(store: &mut Store<HostState>, budget: Duration) {
+    store.data_mut().clock = CallClock {
+        cpu_at_start: thread_cpu_time(),
+        wall_at_start: std::time::Instant::now(),
+        budget,
+    };
+    store.set_epoch_deadline(ticks(budget));
+}
+
+/// When a call started and how much it may use.
+struct CallClock {
+    cpu_at_start: Duration,
+    wall_at_start: std::time::Instant,
+    budget: Duration,
+}
+
+impl CallClock {
+    /// At each deadline tick: stop the call when it used its CPU budget (or many times it in
+    /// wall time), else let it run for what is left.
+    fn check(&self) -> UpdateDeadline {
+        let used = thread_cpu_time().saturating_sub(self.cpu_at_start);
+        if used >= self.budget || self.wall_at_start.elapsed() >= self.budget * WALL_DEADLINE_FACTOR
+        {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(ticks(self.budget - used))
+        }
+    }
+}
+
+/// CPU time this thread has used (calls run on the thread that makes them).
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// One filter plugin's instance for one session.
@@ -572,7 +620,7 @@ impl FilterInstance {
     ) -> Result<R, PluginError> {
         let plugin = self.plugin.clone();
         let (store, filter) = self.live()?;
-        store.set_epoch_deadline(ticks(plugin.0.spec.deadline));
+        start_call(store, plugin.0.spec.deadline);
         match f(store, filter) {
             Ok(result) => Ok(result),
             Err(error) => {
@@ -621,7 +669,7 @@ impl SinkInstance {
         let plugin = self.plugin.clone();
         let batch: Vec<_> = batch.iter().cloned().map(Into::into).collect();
         let (store, sink) = self.live()?;
-        store.set_epoch_deadline(ticks(plugin.0.spec.deadline));
+        start_call(store, plugin.0.spec.deadline);
         match sink.call_deliver(&mut *store, &batch) {
             Ok(answer) => Ok(answer.map_err(Into::into)),
             Err(error) => {
@@ -663,6 +711,7 @@ struct HostState {
     memory: MemoryLimit,
     plugin: String,
     session: Option<String>,
+    clock: CallClock,
 }
 
 impl WasiView for HostState {
@@ -731,5 +780,35 @@ impl wasmtime::ResourceLimiter for MemoryLimit {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_count_the_cpu_a_call_uses_not_the_time_it_waits_for_a_core() {
+        let budget = Duration::from_millis(50);
+        let clock = CallClock {
+            cpu_at_start: thread_cpu_time(),
+            wall_at_start: std::time::Instant::now(),
+            budget,
+        };
+        // Waiting (here: sleeping, on a loaded machine: descheduled) uses no budget.
+        std::thread::sleep(budget * 2);
+        assert!(matches!(clock.check(), UpdateDeadline::Continue(_)));
+        // Computing does.
+        while thread_cpu_time().saturating_sub(clock.cpu_at_start) < budget {
+            std::hint::black_box(0u64);
+        }
+        assert!(matches!(clock.check(), UpdateDeadline::Interrupt));
+        // And wall time is capped all the same.
+        let stuck = CallClock {
+            cpu_at_start: thread_cpu_time(),
+            wall_at_start: std::time::Instant::now() - budget * WALL_DEADLINE_FACTOR,
+            budget,
+        };
+        assert!(matches!(stuck.check(), UpdateDeadline::Interrupt));
     }
 }
