@@ -140,6 +140,32 @@ fn a_held_rm_runs_once_approved_and_never_when_rejected() {
         "{shown}"
     );
 
+    // A requester who gives up (Ctrl-C) takes the held command along: it can never run.
+    let dir = scratch("gone");
+    let mut gone = gw
+        .cli()
+        .args(["exec", "ops", "--", "rm", "-rf"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gone_id = pending_review(&gw, &dir.path().display().to_string());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(gone.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let _ = gone.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !show(&gw, &gone_id).contains("status     session-ended") {
+        assert!(Instant::now() < deadline, "{}", show(&gw, &gone_id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &gone_id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already session-ended"), "{err}");
+    assert!(dir.path().join("file").exists());
+
     // A decided review stays decided.
     let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
     assert_ne!(code, 0);

@@ -78,7 +78,12 @@ struct Session<S> {
     from_client: tokio::sync::mpsc::Receiver<Result<Message, WireError>>,
     /// The line being typed (interactive sessions), for the line frame at Enter.
     line: Vec<u8>,
+    /// Client messages that arrived while a frame waited for review, in order.
+    stash: std::collections::VecDeque<Message>,
 }
+
+/// Client messages kept while a frame waits for review; beyond this the client waits.
+const MAX_STASH: usize = 1024;
 
 /// Runs a session to its end over `client`, the upgraded stream.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -117,6 +122,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         client,
         from_client,
         line: Vec::new(),
+        stash: Default::default(),
     };
     let exec = &request.connection;
     let max = exec
@@ -158,6 +164,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn next_message(&mut self) -> Result<Message, WireError> {
+        if let Some(message) = self.stash.pop_front() {
+            return Ok(message);
+        }
         self.from_client
             .recv()
             .await
@@ -249,8 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     eof_retries -= 1;
                     self.keystrokes(&mut process, vec![CTRL_D]).await?;
                 }
-                message = self.from_client.recv() => {
-                    let message = message.unwrap_or(Err(WireError::Closed));
+                message = self.next_message() => {
                     match message {
                         Ok(Message::Input(bytes)) => {
                             self.keystrokes(&mut process, bytes).await?;
@@ -460,7 +468,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .request_review(&decision, &reasons.join("; "))
                 .await?;
             self.notice(pending.notice()).await?;
-            let review = pending.decided().await;
+            // The client is watched meanwhile: one that goes away (Ctrl-C on `sluice exec`)
+            // takes its held command with it; the review ends as `session-ended`.
+            let review = loop {
+                tokio::select! {
+                    review = pending.decided() => break review,
+                    message = self.from_client.recv(), if self.stash.len() < MAX_STASH => {
+                        match message {
+                            Some(Ok(message)) => self.stash.push_back(message),
+                            Some(Err(e)) => return Err(e.into()),
+                            None => return Err(WireError::Closed.into()),
+                        }
+                    }
+                }
+            };
             decision = self.core.reviewed(decision, &review);
             if review.status == crate::review::Status::Approved {
                 self.notice(format!("sluice: review {} approved; running it", review.id))
