@@ -480,14 +480,14 @@ impl LoadedPlugin {
             plugin: spec.name.clone(),
             session: session.map(str::to_string),
             clock: CallClock {
-                cpu_at_start: Duration::ZERO,
                 wall_at_start: std::time::Instant::now(),
                 budget: spec.deadline,
+                cpu_mark: None,
             },
         };
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|state| &mut state.memory);
-        store.epoch_deadline_callback(|store| Ok(store.data().clock.check()));
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().clock.check()));
         start_call(&mut store, spec.deadline * INIT_DEADLINE_FACTOR);
         store
     }
@@ -533,30 +533,35 @@ fn ticks(deadline: Duration) -> u64 {
 /// Arms the deadline for the call about to run on this thread.
 fn start_call(store: &mut Store<HostState>, budget: Duration) {
     store.data_mut().clock = CallClock {
-        cpu_at_start: thread_cpu_time(),
         wall_at_start: std::time::Instant::now(),
         budget,
+        cpu_mark: None,
     };
     store.set_epoch_deadline(ticks(budget));
 }
 
-/// When a call started and how much it may use.
+/// When a call started, how long it may take, and (once past its deadline) the thread's CPU
+/// time when it was last seen.
 struct CallClock {
-    cpu_at_start: Duration,
     wall_at_start: std::time::Instant,
     budget: Duration,
+    cpu_mark: Option<Duration>,
 }
 
 impl CallClock {
-    /// At each deadline tick: stop the call when it used its CPU budget (or many times it in
-    /// wall time), else let it run for what is left.
-    fn check(&self) -> UpdateDeadline {
-        let used = thread_cpu_time().saturating_sub(self.cpu_at_start);
-        if used >= self.budget || self.wall_at_start.elapsed() >= self.budget * WALL_DEADLINE_FACTOR
-        {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Continue(ticks(self.budget - used))
+    /// At the deadline and every deadline after it. A call still running is stopped as soon
+    /// as it is seen computing (at least half of a further deadline's worth of CPU); one that
+    /// was only kept waiting for a core, on a loaded machine, is given more time, up to
+    /// [`WALL_DEADLINE_FACTOR`] deadlines. Calls that end in time never read the CPU clock
+    /// (a system call).
+    fn check(&mut self) -> UpdateDeadline {
+        if self.wall_at_start.elapsed() >= self.budget * WALL_DEADLINE_FACTOR {
+            return UpdateDeadline::Interrupt;
+        }
+        let now = thread_cpu_time();
+        match self.cpu_mark.replace(now) {
+            Some(mark) if now.saturating_sub(mark) >= self.budget / 2 => UpdateDeadline::Interrupt,
+            _ => UpdateDeadline::Continue(ticks(self.budget)),
         }
     }
 }
@@ -788,26 +793,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deadlines_count_the_cpu_a_call_uses_not_the_time_it_waits_for_a_core() {
+    fn past_its_deadline_a_call_is_stopped_when_seen_computing_not_when_kept_waiting() {
         let budget = Duration::from_millis(50);
-        let clock = CallClock {
-            cpu_at_start: thread_cpu_time(),
+        let mut clock = CallClock {
             wall_at_start: std::time::Instant::now(),
             budget,
+            cpu_mark: None,
         };
-        // Waiting (here: sleeping, on a loaded machine: descheduled) uses no budget.
+        // At the deadline: one more deadline to see what the call does with it.
+        assert!(matches!(clock.check(), UpdateDeadline::Continue(_)));
+        // Waiting (here: sleeping; on a loaded machine: descheduled) uses no CPU: more time.
         std::thread::sleep(budget * 2);
         assert!(matches!(clock.check(), UpdateDeadline::Continue(_)));
-        // Computing does.
-        while thread_cpu_time().saturating_sub(clock.cpu_at_start) < budget {
+        // Computing through the next one: stopped.
+        let mark = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(mark) < budget / 2 {
             std::hint::black_box(0u64);
         }
         assert!(matches!(clock.check(), UpdateDeadline::Interrupt));
         // And wall time is capped all the same.
-        let stuck = CallClock {
-            cpu_at_start: thread_cpu_time(),
+        let mut stuck = CallClock {
             wall_at_start: std::time::Instant::now() - budget * WALL_DEADLINE_FACTOR,
             budget,
+            cpu_mark: None,
         };
         assert!(matches!(stuck.check(), UpdateDeadline::Interrupt));
     }
