@@ -57,38 +57,25 @@ struct PolicyFile {
 /// access_request_seconds = 3600 # an access request waits this long for a decision (default)
 /// ```
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReviewRules {
-    #[serde(default = "default_reviewers")]
     pub reviewers: Vec<String>,
-    #[serde(default = "one")]
     pub approvals: u32,
     pub expire_seconds: Option<u64>,
     pub access_grant_seconds: Option<u64>,
-    #[serde(default = "an_hour")]
     pub access_request_seconds: u64,
 }
 
 impl Default for ReviewRules {
     fn default() -> Self {
         ReviewRules {
-            reviewers: default_reviewers(),
+            reviewers: vec!["reviewers".into()],
             approvals: 1,
             expire_seconds: None,
             access_grant_seconds: None,
-            access_request_seconds: an_hour(),
+            access_request_seconds: 3600,
         }
     }
-}
-
-fn default_reviewers() -> Vec<String> {
-    vec!["reviewers".into()]
-}
-fn one() -> u32 {
-    1
-}
-fn an_hour() -> u64 {
-    3600
 }
 
 #[derive(Debug, Deserialize)]

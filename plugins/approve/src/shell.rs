@@ -102,10 +102,7 @@ impl Command {
 
     /// The built-in rules this command matches.
     pub fn hits(&self) -> Vec<Hit> {
-        let hit = |rule: &'static str| Hit {
-            rule,
-            reason: describe(rule).into(),
-        };
+        let hit = |rule| Hit::of(RULES, rule);
         let args = self.args();
         let name = self.name();
         let mut hits = Vec::new();
@@ -175,13 +172,6 @@ impl Command {
         }
         hits
     }
-}
-
-pub fn describe(rule: &str) -> &'static str {
-    RULES
-        .iter()
-        .find(|(name, _)| *name == rule)
-        .map_or("custom rule", |(_, reason)| reason)
 }
 
 /// The first argument that is not an option (kubectl's and terraform's verb). Options that

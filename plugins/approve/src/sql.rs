@@ -3,13 +3,27 @@
 //! `/* DROP */` are not statements, while `delete/**/from t` and `SELECT 1; DROP TABLE t` are.
 
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// A rule that matched, by name, with what the user is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hit {
     pub rule: &'static str,
     pub reason: String,
+}
+
+impl Hit {
+    /// A hit of built-in `rule` from `rules` (name, reason): the reason is the rule's.
+    pub fn of(rules: &[(&'static str, &'static str)], rule: &'static str) -> Hit {
+        let reason = rules
+            .iter()
+            .find(|(name, _)| *name == rule)
+            .map_or(rule, |r| r.1);
+        Hit {
+            rule,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// The built-in SQL rules, in the order they are checked.
@@ -30,6 +44,8 @@ pub const RULES: &[(&str, &str)] = &[
 /// (literals as `?`, words as written, one space between tokens), which custom patterns see.
 pub struct Statement {
     tokens: Vec<Token>,
+    /// Each token as an upper-cased keyword, where it is an unquoted word.
+    keywords: Vec<Option<String>>,
     pub normalized: String,
 }
 
@@ -65,13 +81,23 @@ impl Statement {
             .map(|t| match t {
                 Token::Word(w) if w.quote_style.is_none() => w.value.clone(),
                 Token::Word(w) => format!("\"{}\"", w.value),
-                Token::Whitespace(Whitespace::Space) => String::new(),
                 t if is_literal(t) => "?".into(),
                 t => t.to_string(),
             })
             .collect::<Vec<_>>()
             .join(" ");
-        Statement { tokens, normalized }
+        let keywords = tokens
+            .iter()
+            .map(|t| match t {
+                Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+                _ => None,
+            })
+            .collect();
+        Statement {
+            tokens,
+            keywords,
+            normalized,
+        }
     }
 
     /// The built-in rules this statement matches.
@@ -81,7 +107,7 @@ impl Statement {
             let Some(verb) = self.keyword(start) else {
                 continue;
             };
-            let rule = match verb.as_str() {
+            let rule = match verb {
                 "DROP" => "drop",
                 "TRUNCATE" => "truncate",
                 "ALTER" => "alter",
@@ -92,10 +118,7 @@ impl Statement {
                 _ => continue,
             };
             if !hits.iter().any(|h: &Hit| h.rule == rule) {
-                hits.push(Hit {
-                    rule,
-                    reason: describe(rule).into(),
-                });
+                hits.push(Hit::of(RULES, rule));
             }
         }
         hits
@@ -110,11 +133,10 @@ impl Statement {
             let previous = self.keyword(i - 1);
             let after_as_paren = self.tokens[i - 1] == Token::LParen
                 && i >= 2
-                && matches!(self.keyword(i - 2).as_deref(), Some("AS" | "MATERIALIZED"));
-            let after_as =
-                previous.as_deref() == Some("AS") && self.keyword(0).as_deref() == Some("PREPARE");
-            let rule_action = matches!(previous.as_deref(), Some("DO" | "ALSO" | "INSTEAD"))
-                && self.keyword(0).as_deref() == Some("CREATE");
+                && matches!(self.keyword(i - 2), Some("AS" | "MATERIALIZED"));
+            let after_as = previous == Some("AS") && self.keyword(0) == Some("PREPARE");
+            let rule_action = matches!(previous, Some("DO" | "ALSO" | "INSTEAD"))
+                && self.keyword(0) == Some("CREATE");
             if after_as_paren || after_as || rule_action {
                 starts.push(self.skip_explain(i));
             }
@@ -124,14 +146,14 @@ impl Statement {
 
     /// `EXPLAIN [ANALYZE] [VERBOSE] (options)` before a statement.
     fn skip_explain(&self, mut i: usize) -> usize {
-        if self.keyword(i).as_deref() != Some("EXPLAIN") {
+        if self.keyword(i) != Some("EXPLAIN") {
             return i;
         }
         i += 1;
         loop {
             match self.tokens.get(i) {
                 Some(Token::LParen) => i = self.close(i) + 1,
-                _ if matches!(self.keyword(i).as_deref(), Some("ANALYZE" | "VERBOSE")) => i += 1,
+                _ if matches!(self.keyword(i), Some("ANALYZE" | "VERBOSE")) => i += 1,
                 _ => return i,
             }
         }
@@ -146,7 +168,7 @@ impl Statement {
                 Token::LParen => depth += 1,
                 Token::RParen if depth == 0 => return false,
                 Token::RParen => depth -= 1,
-                _ if depth == 0 && self.keyword(i).as_deref() == Some("WHERE") => return true,
+                _ if depth == 0 && self.keyword(i) == Some("WHERE") => return true,
                 _ => {}
             }
         }
@@ -172,19 +194,9 @@ impl Statement {
     }
 
     /// The unquoted word at `i`, upper-cased; quoted identifiers are never keywords.
-    fn keyword(&self, i: usize) -> Option<String> {
-        match self.tokens.get(i) {
-            Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        }
+    fn keyword(&self, i: usize) -> Option<&str> {
+        self.keywords.get(i).and_then(|k| k.as_deref())
     }
-}
-
-pub fn describe(rule: &str) -> &'static str {
-    RULES
-        .iter()
-        .find(|(name, _)| *name == rule)
-        .map_or("custom rule", |(_, reason)| reason)
 }
 
 fn is_literal(token: &Token) -> bool {
