@@ -4,6 +4,7 @@
 # and through Sluice (the shipped mask plugin on, recording in async and in strict mode).
 #
 #   benches/pg.sh            # needs: cargo build --release; pgbench, pgbouncer, initdb, pg_ctl
+#   SCRIPTS=select-only TARGETS="pgbouncer sluice-async" SECONDS_PER_RUN=10 ROUNDS=3 benches/pg.sh
 #
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report.
 # Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
@@ -89,10 +90,16 @@ run() { # LABEL PORT PASSWORD SCRIPT-ARGS...
     "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")" \
     "$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")"
 }
+for round in $(seq "${ROUNDS:-1}"); do # rounds interleave the targets: the machine drifts
 for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
   args=(); [ "$SCRIPT" = select-only ] && args=(-S)
-  run direct "$PG" "" "${args[@]}"
-  run pgbouncer "$BOUNCER" "" "${args[@]}"
-  run sluice-async "$ASYNC" "$TOKEN" "${args[@]}"
-  run sluice-strict "$STRICT" "$STRICT_TOKEN" "${args[@]}"
+  for target in ${TARGETS:-direct pgbouncer sluice-async sluice-strict}; do
+    case $target in
+      direct) run direct "$PG" "" "${args[@]}" ;;
+      pgbouncer) run pgbouncer "$BOUNCER" "" "${args[@]}" ;;
+      sluice-async) run sluice-async "$ASYNC" "$TOKEN" "${args[@]}" ;;
+      sluice-strict) run sluice-strict "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
+    esac
+  done
+done
 done

@@ -119,9 +119,93 @@ fn load_plugin(c: &mut Criterion) {
     group.finish();
 }
 
+/// One pgbench select-only transaction as the `pg` chain sees it: the statement, the result's
+/// columns and its one row, through each shipped plugin alone and through the shipped chain.
+fn pg_transaction(c: &mut Criterion) {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let spec = |name: &str, builtin: &str, config: &str| {
+        let spec = PluginSpec::standalone(
+            name,
+            Source::Builtin(builtin.into()),
+            World::Filter,
+            config.into(),
+        );
+        host.load(&spec).unwrap()
+    };
+    let gate = spec("sql-gate", "approve", r#"{"rules":["sql"]}"#);
+    let mask = spec(
+        "mask",
+        "mask",
+        r#"{"detectors":["default"],"style":"label","styles":{"card":"keep-last"}}"#,
+    );
+    let frames = [
+        (
+            Direction::ClientToTarget,
+            Content::Statement(sluice::frame::Statement {
+                text: "SELECT abalance FROM pgbench_accounts WHERE aid = 412345;".into(),
+                params: vec![],
+            }),
+        ),
+        (
+            Direction::TargetToClient,
+            Content::Columns(vec![sluice::frame::Column {
+                name: "abalance".into(),
+                table: Some("public.pgbench_accounts".into()),
+                table_oid: 16398,
+                type_oid: 23,
+                format: sluice::frame::CellFormat::Text,
+            }]),
+        ),
+        (
+            Direction::TargetToClient,
+            Content::Row(vec![Some(b"-2345".to_vec())]),
+        ),
+    ];
+    let mut group = c.benchmark_group("pg_transaction");
+    for (label, plugins) in [
+        ("none", vec![]),
+        ("sql-gate", vec![gate.clone()]),
+        ("mask", vec![mask.clone()]),
+        ("sql-gate+mask", vec![gate.clone(), mask.clone()]),
+    ] {
+        let mut chain = Chain::new(&plugins, &session()).unwrap();
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                for (seq, (direction, content)) in frames.iter().enumerate() {
+                    let frame = Frame {
+                        seq: seq as u64 + 1,
+                        direction: *direction,
+                        timestamp_ms: 0,
+                        content: content.clone(),
+                    };
+                    black_box(chain.on_frame(frame));
+                }
+            })
+        });
+    }
+    for (i, name) in ["statement", "columns", "row"].iter().enumerate() {
+        for (label, plugin) in [("sql-gate", &gate), ("mask", &mask)] {
+            let mut chain = Chain::new(std::slice::from_ref(plugin), &session()).unwrap();
+            let (direction, content) = &frames[i];
+            group.bench_function(format!("{label}/{name}"), |b| {
+                b.iter(|| {
+                    let frame = Frame {
+                        seq: 1,
+                        direction: *direction,
+                        timestamp_ms: 0,
+                        content: content.clone(),
+                    };
+                    black_box(chain.on_frame(frame))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = frame_through_chain, new_session_instance, load_plugin
+    targets = frame_through_chain, pg_transaction, new_session_instance, load_plugin
 }
 criterion_main!(benches);

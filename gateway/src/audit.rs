@@ -39,11 +39,18 @@ impl EventView {
     }
 
     /// What the event put on the client's screen: stream bytes as they were; a result's
-    /// column names and each of its rows on a line of their own.
+    /// column names and each of its rows on a line of their own (a `rows` event holds a
+    /// batch of rows, a line each, and the column names before a result's first batch).
     pub fn shown(&self) -> Vec<u8> {
         let mut bytes = self.payload();
-        if matches!(self.meta["content"].as_str(), Some("columns" | "row")) {
-            bytes.push(b'\n');
+        match self.meta["content"].as_str() {
+            Some("columns" | "row") => bytes.push(b'\n'),
+            Some("rows") if self.meta.get("columns").is_some() => {
+                let mut names = self.meta["columns"].to_string().into_bytes();
+                names.push(b'\n');
+                bytes.splice(0..0, names);
+            }
+            _ => {}
         }
         bytes
     }

@@ -6,6 +6,7 @@
 //! | a plugin says | the chain does                                                        |
 //! |---------------|-----------------------------------------------------------------------|
 //! | pass          | hands the frame, unchanged, to the next plugin                         |
+//! | (not asked)   | the same: a frame outside a plugin's `interest` skips it               |
 //! | replace       | hands the new content to the next plugin; it is what gets forwarded    |
 //! | hold          | notes the reason and goes on (a later deny still wins, a later mask   |
 //! |               | still masks what the reviewer sees); the frame ends held               |
@@ -109,6 +110,9 @@ impl Chain {
         let mut holds = Vec::new();
         let mut failures = Vec::new();
         for link in &mut self.links[start..] {
+            if !link.wants(&frame) {
+                continue; // as if it said pass, without the call
+            }
             let verdict = match link.on_frame(&frame) {
                 Ok(verdict) => verdict,
                 Err(error) => {

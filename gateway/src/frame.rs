@@ -4,19 +4,13 @@
 //! Architecture invariant: this module does no I/O.
 
 pub use sluice_plugin_sdk::{
-    Action, CellFormat, Cells, Column, Config, Content, Direction, Event, Frame, Identity,
-    SessionInfo, SinkError, Statement, Verdict,
+    Action, CellFormat, Cells, Column, Config, Content, ContentKind, Direction, Event, Frame,
+    Identity, Interest, SessionInfo, SinkError, Statement, Verdict,
 };
 
 /// A short name for the kind of a frame's content, for logs and error messages.
 pub fn kind(content: &Content) -> &'static str {
-    match content {
-        Content::Bytes(_) => "bytes",
-        Content::Line(_) => "line",
-        Content::Statement(_) => "statement",
-        Content::Columns(_) => "columns",
-        Content::Row(_) => "row",
-    }
+    content.kind().name()
 }
 
 /// Checks that a verdict is one the gateway can carry out for `frame`: a replacement keeps

@@ -352,7 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let host = PluginHost::new(HostConfig::default())?;
             let report = sluice::runner::check(&host, source(&plugin))?;
             println!(
-                "{plugin}: a `{}` plugin of sluice:plugin@0.1.0",
+                "{plugin}: a `{}` plugin of sluice:plugin@0.2.0",
                 report.world
             );
             println!("sha256: {}", report.sha256);

@@ -23,8 +23,8 @@ pub mod sink {
         export_macro_name: "__export_sink_world",
         default_bindings_module: "sluice_plugin_sdk::__wasm::sink",
         with: {
-            "sluice:plugin/types@0.1.0": crate::__wasm::filter::sluice::plugin::types,
-            "sluice:plugin/log@0.1.0": crate::__wasm::filter::sluice::plugin::log,
+            "sluice:plugin/types@0.2.0": crate::__wasm::filter::sluice::plugin::types,
+            "sluice:plugin/log@0.2.0": crate::__wasm::filter::sluice::plugin::log,
         },
     });
 }
@@ -35,10 +35,11 @@ pub fn filter_init<F: Filter>(
     state: &RefCell<Option<F>>,
     config: String,
     session: wit::SessionInfo,
-) -> Result<(), String> {
+) -> Result<wit::Interest, String> {
     let plugin = F::init(&crate::Config::from_json(config), &session.into())?;
+    let interest = plugin.interest().into();
     *state.borrow_mut() = Some(plugin);
-    Ok(())
+    Ok(interest)
 }
 
 pub fn filter_on_frame<F: Filter>(state: &RefCell<Option<F>>, frame: wit::Frame) -> wit::Verdict {

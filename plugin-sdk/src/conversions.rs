@@ -10,6 +10,8 @@ macro_rules! __impl_contract_conversions {
     () => {
         $crate::__impl_contract_conversions!(@enum Direction { ClientToTarget, TargetToClient });
         $crate::__impl_contract_conversions!(@enum CellFormat { Text, Binary });
+        $crate::__impl_contract_conversions!(@enum ContentKind { Bytes, Line, Statement, Columns, Row });
+        $crate::__impl_contract_conversions!(@record Interest { client_to_target(each), target_to_client(each) });
         $crate::__impl_contract_conversions!(@record Identity { subject, name, groups });
         $crate::__impl_contract_conversions!(@record SessionInfo { id, connection, protocol, identity(into), started_at_ms });
         $crate::__impl_contract_conversions!(@record Column { name, table, table_oid, type_oid, format(into) });
@@ -71,10 +73,12 @@ macro_rules! __impl_contract_conversions {
             }
         }
     };
-    // A field is moved as it is, converted (`into`), or converted inside an option (`opt`).
+    // A field is moved as it is, converted (`into`), converted inside an option (`opt`) or
+    // element by element (`each`).
     (@field $v:ident . $field:ident) => { $v.$field };
     (@field $v:ident . $field:ident into) => { $v.$field.into() };
     (@field $v:ident . $field:ident opt) => { $v.$field.map(Into::into) };
+    (@field $v:ident . $field:ident each) => { $v.$field.into_iter().map(Into::into).collect() };
     (@variant $ty:ident { $($case:ident($x:ident) => $conv:expr),* $(,)? }) => {
         impl From<wit::$ty> for $crate::$ty {
             fn from(v: wit::$ty) -> Self {

@@ -47,6 +47,13 @@ pub trait Filter: Sized {
     /// patterns), not per frame. An error refuses the session with this message.
     fn init(config: &Config, session: &SessionInfo) -> Result<Self, String>;
 
+    /// The frames this instance wants to see, asked once after `init`. The gateway passes
+    /// every other frame on without calling [`Filter::on_frame`], as if it said `pass`; a
+    /// plugin that judges only some frames says so here and costs nothing on the rest.
+    fn interest(&self) -> Interest {
+        Interest::all()
+    }
+
     /// Decide what happens to one frame.
     fn on_frame(&mut self, frame: &Frame) -> Verdict;
 
@@ -81,7 +88,10 @@ macro_rules! export_filter {
                 fn init(
                     config: ::std::string::String,
                     session: $crate::__wasm::filter::SessionInfo,
-                ) -> ::core::result::Result<(), ::std::string::String> {
+                ) -> ::core::result::Result<
+                    $crate::__wasm::filter::sluice::plugin::types::Interest,
+                    ::std::string::String,
+                > {
                     STATE.with(|state| $crate::__wasm::filter_init(state, config, session))
                 }
                 fn on_frame(

@@ -1,11 +1,12 @@
 //! Native test helpers: drive a [`Filter`] the way the gateway does, without Wasm.
 
-use crate::{Config, Content, Direction, Filter, Frame, SessionInfo, Verdict};
+use crate::{Config, Content, Direction, Filter, Frame, Interest, SessionInfo, Verdict};
 
 /// One plugin instance for one test session, numbering frames per direction as the
 /// gateway does.
 pub struct FilterHarness<F: Filter> {
     plugin: F,
+    interest: Interest,
     next_seq: [u64; 2],
 }
 
@@ -20,11 +21,14 @@ impl<F: Filter> FilterHarness<F> {
         };
         let plugin = F::init(&Config::from_json(config_json), &session)?;
         Ok(FilterHarness {
+            interest: plugin.interest(),
             plugin,
             next_seq: [1, 1],
         })
     }
 
+    /// The plugin's verdict on the next frame, or `pass` without asking it when the frame is
+    /// not one its [`Filter::interest`] names (as the gateway does).
     pub fn send(&mut self, direction: Direction, content: Content) -> Verdict {
         let slot = &mut self.next_seq[direction as usize];
         let frame = Frame {
@@ -34,6 +38,9 @@ impl<F: Filter> FilterHarness<F> {
             content,
         };
         *slot += 1;
+        if !self.interest.wants(direction, frame.content.kind()) {
+            return Verdict::pass();
+        }
         self.plugin.on_frame(&frame)
     }
 

@@ -72,6 +72,87 @@ impl Content {
     }
 }
 
+/// The kinds of content a frame can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContentKind {
+    Bytes,
+    Line,
+    Statement,
+    Columns,
+    Row,
+}
+
+impl ContentKind {
+    pub const ALL: [ContentKind; 5] = [
+        ContentKind::Bytes,
+        ContentKind::Line,
+        ContentKind::Statement,
+        ContentKind::Columns,
+        ContentKind::Row,
+    ];
+
+    /// Its name in logs, the record and error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContentKind::Bytes => "bytes",
+            ContentKind::Line => "line",
+            ContentKind::Statement => "statement",
+            ContentKind::Columns => "columns",
+            ContentKind::Row => "row",
+        }
+    }
+}
+
+impl Content {
+    pub fn kind(&self) -> ContentKind {
+        match self {
+            Content::Bytes(_) => ContentKind::Bytes,
+            Content::Line(_) => ContentKind::Line,
+            Content::Statement(_) => ContentKind::Statement,
+            Content::Columns(_) => ContentKind::Columns,
+            Content::Row(_) => ContentKind::Row,
+        }
+    }
+}
+
+/// The frames a filter wants to see. The gateway passes every other frame on without calling
+/// the plugin, exactly as if it had said `pass`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interest {
+    pub client_to_target: Vec<ContentKind>,
+    pub target_to_client: Vec<ContentKind>,
+}
+
+impl Interest {
+    /// Every frame, both ways (the default).
+    pub fn all() -> Interest {
+        Interest {
+            client_to_target: ContentKind::ALL.to_vec(),
+            target_to_client: ContentKind::ALL.to_vec(),
+        }
+    }
+
+    /// Only frames of these kinds in `direction`.
+    pub fn only(direction: Direction, kinds: &[ContentKind]) -> Interest {
+        let mut interest = Interest {
+            client_to_target: vec![],
+            target_to_client: vec![],
+        };
+        match direction {
+            Direction::ClientToTarget => interest.client_to_target = kinds.to_vec(),
+            Direction::TargetToClient => interest.target_to_client = kinds.to_vec(),
+        }
+        interest
+    }
+
+    pub fn wants(&self, direction: Direction, kind: ContentKind) -> bool {
+        match direction {
+            Direction::ClientToTarget => self.client_to_target.contains(&kind),
+            Direction::TargetToClient => self.target_to_client.contains(&kind),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub seq: u64,

@@ -489,6 +489,17 @@ fn the_local_tunnel_carries_psql_and_still_wants_the_token() {
         (0, "[\"email\"]\n[\"[MASKED:email]\"]\n"),
         "{err}"
     );
+    // Recorded as one event: the batch of rows, with the column names of its result.
+    let (_, exported, _) = gw.run(&["export", id, "--format", "jsonl"], "");
+    let results: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["meta"]["dir"] == "out")
+        .collect();
+    assert_eq!(results.len(), 1, "{exported}");
+    assert_eq!(results[0]["meta"]["content"], "rows");
+    assert_eq!(results[0]["meta"]["count"], 1);
+    assert_eq!(results[0]["meta"]["columns"], serde_json::json!(["email"]));
     // The port is no open door for other local users: the token is asked again.
     let (code, _, err) = psql(port, "someone-elses-guess", &["-c", "SELECT 1"]);
     assert_eq!(code, 2);

@@ -20,11 +20,11 @@ use std::collections::{HashMap, VecDeque};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::message::{self, Body, Message};
-use crate::chain::Outcome;
+use crate::chain::{Decision, Outcome};
 use crate::config::PostgresConnection;
 use crate::frame::{CellFormat, Column, Content, Direction, Statement};
 use crate::record::{Receipt, RecordFailed};
-use crate::session::Core;
+use crate::session::{Core, RowBatch};
 
 /// Why a session ended; told to the client as a FATAL error.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,10 @@ struct Portal {
 struct Rows {
     /// Inside a `COPY TO STDOUT`, in this format (text: rows are tab-separated lines).
     copy: Option<CellFormat>,
+    /// The result's columns as they crossed the chain, and the message that announced them
+    /// (`RowDescription`, `CopyOutResponse`; none when the statement was described before):
+    /// recorded with the first batch of rows (alone when no row comes) and sent only then.
+    header: Option<(Decision, Option<Message>)>,
 }
 
 /// Table names by OID, shared by a connection's sessions.
@@ -382,6 +386,9 @@ impl<
 
     async fn server_message(&mut self, m: Message) -> Result<Option<Message>, End> {
         let malformed = |e: message::Error| End::Upstream(e);
+        if !self.is_row(&m) {
+            self.result_without_rows().await?;
+        }
         match m.tag {
             b'1' => {
                 if let Some(Expect::Parse { swallow, .. }) = self.expect.pop_front()
@@ -426,13 +433,16 @@ impl<
                             p.columns = Some(columns);
                         }
                     }
-                    _ => self.begin_result(columns, None).await?,
+                    _ => {
+                        self.begin_result(columns, None, Some(m)).await?;
+                        return Ok(None);
+                    }
                 }
             }
             b'D' => {
                 if self.result.is_none() {
                     let columns = self.execute_columns();
-                    self.begin_result(columns, None).await?;
+                    self.begin_result(columns, None, None).await?;
                 }
                 return self.rows(m).await;
             }
@@ -455,7 +465,8 @@ impl<
                         format,
                     })
                     .collect();
-                self.begin_result(columns, Some(format)).await?;
+                self.begin_result(columns, Some(format), Some(m)).await?;
+                return Ok(None);
             }
             b'd' if self.result.as_ref().is_some_and(|r| r.copy.is_some()) => {
                 return self.rows(m).await;
@@ -522,21 +533,45 @@ impl<
         columns
     }
 
-    /// A result begins: its columns cross the chain (a masker learns its column rules) and
-    /// are recorded.
+    /// A result begins, announced by `message`: its columns cross the chain (a masker learns
+    /// its column rules) and wait to be recorded with the first rows. Columns the chain
+    /// refuses end the response with an error.
     async fn begin_result(
         &mut self,
         mut columns: Vec<Column>,
         copy: Option<CellFormat>,
+        message: Option<Message>,
     ) -> Result<(), End> {
         self.name_tables(&mut columns).await;
         let decision = self
             .core
             .filter(Direction::TargetToClient, Content::Columns(columns));
+        if decision.outcome != Outcome::Pass {
+            self.core
+                .record_frame(Direction::TargetToClient, &decision)
+                .await?;
+            let reason = format!("{} (a result's columns)", refusal(&decision.outcome));
+            self.queue_client(&message::error(b'E', "ERROR", SQLSTATE_REFUSED, &reason));
+            self.cut = true;
+        }
+        self.result = Some(Rows {
+            copy,
+            header: Some((decision, message)).filter(|(d, _)| d.outcome == Outcome::Pass),
+        });
+        Ok(())
+    }
+
+    /// A result that ends before any row: its columns are recorded alone, then sent.
+    async fn result_without_rows(&mut self) -> Result<(), End> {
+        let Some((decision, message)) = self.result.as_mut().and_then(|r| r.header.take()) else {
+            return Ok(());
+        };
         self.core
             .record_frame(Direction::TargetToClient, &decision)
             .await?;
-        self.result = Some(Rows { copy });
+        if let Some(m) = message {
+            self.queue_client(&m);
+        }
         Ok(())
     }
 
@@ -569,46 +604,45 @@ impl<
     }
 
     /// Result rows: this one and every further one already read cross the chain and are
-    /// recorded together (one commit), then go to the client. Returns the first message that
-    /// is not a row.
+    /// recorded as one event (with the result's columns, before its first rows), then go to
+    /// the client. Returns the first message that is not a row.
     async fn rows(&mut self, first: Message) -> Result<Option<Message>, End> {
-        let mut last: Option<Receipt> = None;
+        let out = Direction::TargetToClient;
+        let header = self.result.as_mut().and_then(|r| r.header.take());
+        let mut batch = RowBatch::default();
+        let mut refused: Option<Decision> = None;
         let mut ready = Vec::new();
         let mut m = first;
         let after = loop {
             if !self.cut {
                 let cells = self.row(&m).map_err(End::Upstream)?;
-                let decision = self
-                    .core
-                    .filter(Direction::TargetToClient, Content::Row(cells));
-                last = Some(
-                    self.core
-                        .submit_frame(Direction::TargetToClient, &decision)
-                        .await?,
-                );
+                let decision = self.core.filter(out, Content::Row(cells));
                 let binary_copy = m.tag == b'd'
                     && self.result.as_ref().and_then(|r| r.copy) != Some(CellFormat::Text);
-                match (&decision.outcome, decision.forward) {
+                match (&decision.outcome, &decision.forward) {
                     // A binary COPY chunk cannot become NULL: that is a refusal.
                     (Outcome::Pass, Content::Row(cells))
                         if binary_copy && cells.first().is_none_or(Option::is_none) =>
                     {
                         let text = "sluice: binary COPY data held a value to mask; use COPY in text format";
                         ready.push(message::error(b'E', "ERROR", SQLSTATE_REFUSED, text));
+                        batch.push(self.core.seq(out), &decision);
                         self.cut = true;
                     }
                     (Outcome::Pass, Content::Row(cells)) => {
-                        ready.push(self.encode_row(m.tag, &cells))
+                        ready.push(self.encode_row(m.tag, cells));
+                        batch.push(self.core.seq(out), &decision);
                     }
                     (outcome, _) => {
                         // A refused row ends its response with an error.
                         let reason = format!("{} (a result row)", refusal(outcome));
                         ready.push(message::error(b'E', "ERROR", SQLSTATE_REFUSED, &reason));
+                        refused = Some(decision);
                         self.cut = true;
                     }
                 }
             }
-            // Rows already read join this commit, up to a batch; anything else ends it.
+            // Rows already read join this event, up to a batch; anything else ends it.
             if ready.len() >= QUEUE {
                 break None;
             }
@@ -617,8 +651,21 @@ impl<
                 other => break other,
             }
         };
+        let columns = header.as_ref().map(|(decision, _)| decision);
+        let mut last: Option<Receipt> = None;
+        if !batch.is_empty() {
+            last = Some(self.core.submit_rows(columns, batch).await?);
+        } else if let Some(columns) = columns {
+            last = Some(self.core.submit_frame(out, columns).await?);
+        }
+        if let Some(refused) = &refused {
+            last = Some(self.core.submit_frame(out, refused).await?);
+        }
         if let Some(receipt) = last {
             receipt.durable().await?;
+        }
+        if let Some((_, Some(message))) = header {
+            self.queue_client(&message);
         }
         for m in &ready {
             self.queue_client(m);

@@ -298,6 +298,36 @@ impl Core {
             .await
     }
 
+    /// Queues a batch of result rows that all passed as one event, with the result's columns
+    /// when the batch is its first (see [`RowBatch`]). The receipt says when it is durable.
+    pub async fn submit_rows(
+        &mut self,
+        columns: Option<&Decision>,
+        batch: RowBatch,
+    ) -> Result<Receipt, RecordFailed> {
+        let mut failures = batch.failures;
+        let mut meta = json!({
+            "dir": "out",
+            "content": "rows",
+            "outcome": "pass",
+            "count": batch.count,
+        });
+        if let Some(columns) = columns {
+            failures.extend(columns.failures.iter().map(|f| f.to_string()));
+            if let Content::Columns(c) = &columns.record {
+                meta["columns"] = c.iter().map(|c| c.name.as_str()).collect();
+            }
+        }
+        meta["failures"] = failures.into();
+        self.submit_event("frame", batch.first_seq, meta, batch.payload)
+            .await
+    }
+
+    /// The sequence number of the last frame in `direction`.
+    pub fn seq(&self, direction: Direction) -> u64 {
+        self.seq[direction as usize]
+    }
+
     pub async fn record_event(
         &mut self,
         kind: &str,
@@ -329,6 +359,41 @@ impl Core {
         };
         let track = self.ctx.record_mode == RecordMode::Strict;
         self.ctx.recorder.submit(event, track).await
+    }
+}
+
+/// Result rows that passed the chain, recorded together: one event per batch (a `rows` frame
+/// event: its payload a line of JSON cells per row, its meta the count and, for a result's
+/// first batch, the column names) rather than one per row, which is most of what recording a
+/// query's answer costs.
+#[derive(Debug, Default)]
+pub struct RowBatch {
+    first_seq: u64,
+    count: usize,
+    payload: Vec<u8>,
+    failures: Vec<String>,
+}
+
+impl RowBatch {
+    /// Adds a passed row frame's decision; `seq` is its sequence number.
+    pub fn push(&mut self, seq: u64, decision: &Decision) {
+        if self.count == 0 {
+            self.first_seq = seq;
+        }
+        self.count += 1;
+        let cells = match &decision.record {
+            Content::Row(cells) => cells.as_slice(),
+            _ => &[],
+        };
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.payload, &cells_json(cells));
+        self.payload.push(b'\n');
+        self.failures
+            .extend(decision.failures.iter().map(|f| f.to_string()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 }
 

@@ -26,7 +26,9 @@ use std::collections::BTreeMap;
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
 use serde::Deserialize;
-use sluice_plugin_sdk::{Config, Content, Direction, Filter, Frame, SessionInfo, Verdict};
+use sluice_plugin_sdk::{
+    Config, Content, ContentKind, Direction, Filter, Frame, Interest, SessionInfo, Verdict,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +90,8 @@ pub struct Gate {
     shell: bool,
     /// Built-in rule -> action; rules not listed are off.
     actions: BTreeMap<&'static str, Action>,
+    /// The verbs of the built-in SQL rules whose action is not `off`.
+    verbs_on: sql::Verbs,
     custom: Vec<Custom>,
 }
 
@@ -177,9 +181,16 @@ impl Gate {
         if !sql && !shell {
             return Err("nothing to check: set `rules` (sql, shell) or add `custom` rules".into());
         }
+        let rules_on: Vec<_> = actions
+            .iter()
+            .filter(|(_, a)| **a != Action::Off)
+            .map(|(rule, _)| *rule)
+            .collect();
+        let verbs_on = sql::Verbs::of(&rules_on);
         Ok(Gate {
             sql,
             shell,
+            verbs_on,
             actions,
             custom,
         })
@@ -188,7 +199,7 @@ impl Gate {
     /// What to do with `text`, a query or a command line: every hit with its action.
     pub fn check(&self, text: &str) -> Vec<(Action, String)> {
         let mut found = Vec::new();
-        if self.sql {
+        if self.sql && (self.has_custom(Language::Sql) || self.verbs_on.mentioned_in(text)) {
             match sql::statements(text) {
                 Ok(statements) => {
                     for s in &statements {
@@ -213,6 +224,10 @@ impl Gate {
         found.retain(|(a, _)| *a != Action::Off);
         found.dedup();
         found
+    }
+
+    fn has_custom(&self, on: Language) -> bool {
+        self.custom.iter().any(|c| c.on == on)
     }
 
     fn action_of(&self, rule: &str) -> Action {
@@ -257,7 +272,14 @@ impl Filter for Gate {
     }
 
     /// Only what the client sends is judged: statements (PostgreSQL, `exec` scripts) and
-    /// lines (terminals). Output, rows and raw bytes pass.
+    /// lines (terminals). Output, rows and raw bytes pass without a call.
+    fn interest(&self) -> Interest {
+        Interest::only(
+            Direction::ClientToTarget,
+            &[ContentKind::Statement, ContentKind::Line],
+        )
+    }
+
     fn on_frame(&mut self, frame: &Frame) -> Verdict {
         if frame.direction != Direction::ClientToTarget {
             return Verdict::pass();
@@ -303,10 +325,36 @@ mod tests {
         );
         assert_eq!(outcome(&g.verdict("ALTER TABLE t ADD c int")), "Pass");
         assert_eq!(outcome(&g.verdict("SELECT 'drop table t'")), "Pass");
+        // Unreadable SQL that may hold a rule's statement is held; without any rule's verb
+        // it cannot be one, and passes unread (the server will refuse it).
         assert!(matches!(
-            g.verdict("SELECT 'open").action,
+            g.verdict("DELETE FROM t WHERE x = 'open").action,
             sluice_plugin_sdk::Action::Hold(_)
         ));
+        assert_eq!(outcome(&g.verdict("SELECT 'open")), "Pass");
+        assert!(matches!(
+            g.verdict("SELECT 'x' || $$ $$; dRoP/**/TABLE t").action,
+            sluice_plugin_sdk::Action::Hold(_)
+        ));
+    }
+
+    #[test]
+    fn only_queries_naming_a_verb_are_read() {
+        let all = sql::Verbs::of(&sql::RULES.iter().map(|r| r.0).collect::<Vec<_>>());
+        assert!(all.mentioned_in("delete/**/from t"));
+        assert!(sql::Verbs::of(&["grant"]).mentioned_in("x; Revoke all on t from u"));
+        assert!(!sql::Verbs::of(&["drop"]).mentioned_in("x; Revoke all on t from u"));
+        assert!(all.mentioned_in("SELECT 1;dO"));
+        assert!(!all.mentioned_in("SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
+    }
+
+    #[test]
+    fn asks_only_for_what_the_client_sends() {
+        let g = gate(r#"{"rules": ["sql"]}"#).unwrap();
+        let interest = g.interest();
+        assert!(interest.wants(Direction::ClientToTarget, ContentKind::Statement));
+        assert!(!interest.wants(Direction::TargetToClient, ContentKind::Row));
+        assert!(!interest.wants(Direction::ClientToTarget, ContentKind::Bytes));
     }
 
     #[test]

@@ -40,6 +40,65 @@ pub const RULES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The keyword that starts a (sub)statement each rule is about. A query that contains none
+/// of them, in any case, anywhere (even inside a literal), cannot match: see [`mentions`].
+const VERBS: &[(&str, &str)] = &[
+    ("DROP", "drop"),
+    ("TRUNCATE", "truncate"),
+    ("ALTER", "alter"),
+    ("GRANT", "grant"),
+    ("REVOKE", "grant"),
+    ("DELETE", "delete-without-where"),
+    ("UPDATE", "update-without-where"),
+    ("DO", "do-block"),
+];
+
+/// The verbs of some rules, to tell quickly whether a query mentions any of them. When it
+/// does not, no statement in it can match those rules, whatever it is or whether it can be
+/// read at all: PostgreSQL's keywords are unquoted words, written out letter by letter. So
+/// most queries (reads) are passed without being tokenized.
+pub struct Verbs {
+    list: Vec<&'static str>,
+    /// For each byte, the verbs (bits into `list`) that begin with it, in either case.
+    by_first: [u8; 256],
+}
+
+impl Verbs {
+    pub fn of(rules: &[&str]) -> Verbs {
+        let list: Vec<_> = VERBS
+            .iter()
+            .filter(|(_, rule)| rules.contains(rule))
+            .map(|(verb, _)| *verb)
+            .collect();
+        let mut by_first = [0u8; 256];
+        for (i, verb) in list.iter().enumerate() {
+            let first = verb.as_bytes()[0];
+            by_first[first as usize] |= 1 << i;
+            by_first[first.to_ascii_lowercase() as usize] |= 1 << i;
+        }
+        Verbs { list, by_first }
+    }
+
+    /// Whether `sql` contains one of the verbs anywhere (ASCII case-insensitive).
+    pub fn mentioned_in(&self, sql: &str) -> bool {
+        let sql = sql.as_bytes();
+        (0..sql.len()).any(|i| {
+            let mut candidates = self.by_first[sql[i] as usize];
+            while candidates != 0 {
+                let verb = self.list[candidates.trailing_zeros() as usize].as_bytes();
+                if sql[i..]
+                    .get(..verb.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(verb))
+                {
+                    return true;
+                }
+                candidates &= candidates - 1;
+            }
+            false
+        })
+    }
+}
+
 /// One statement of a query: its tokens (no whitespace, no comments) and its normalized text
 /// (literals as `?`, words as written, one space between tokens), which custom patterns see.
 pub struct Statement {
@@ -107,16 +166,12 @@ impl Statement {
             let Some(verb) = self.keyword(start) else {
                 continue;
             };
-            let rule = match verb {
-                "DROP" => "drop",
-                "TRUNCATE" => "truncate",
-                "ALTER" => "alter",
-                "GRANT" | "REVOKE" => "grant",
-                "DO" => "do-block",
-                "DELETE" if !self.has_where(start) => "delete-without-where",
-                "UPDATE" if !self.has_where(start) => "update-without-where",
-                _ => continue,
+            let Some(&(_, rule)) = VERBS.iter().find(|(v, _)| *v == verb) else {
+                continue;
             };
+            if matches!(verb, "DELETE" | "UPDATE") && self.has_where(start) {
+                continue;
+            }
             if !hits.iter().any(|h: &Hit| h.rule == rule) {
                 hits.push(Hit::of(RULES, rule));
             }
