@@ -13,6 +13,32 @@ use crate::client::Client;
 use crate::record::SessionSummary;
 use crate::review::Review;
 
+/// `sluice login`: asks the gateway where to sign in, then signs in there.
+pub async fn login(client: Client, gateway: &str, browser: bool) -> anyhow::Result<ExitCode> {
+    let auth: serde_json::Value = serde_json::from_slice(&client.get("/api/auth").await?)?;
+    if auth["oidc"].is_null() {
+        bail!(
+            "the gateway at {gateway} has no identity provider configured ([oidc] in its sluice.toml): use a token (--token or SLUICE_TOKEN)"
+        );
+    }
+    let provider: crate::login::Provider = serde_json::from_value(auth["oidc"].clone())?;
+    let who = crate::login::login(gateway, &provider, |url| {
+        eprintln!("Sign in at: {url}");
+        if browser {
+            // Best effort: a headless machine just has the address above.
+            let _ = std::process::Command::new("xdg-open")
+                .arg(url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+        }
+        eprintln!("Waiting for the sign-in (5 minutes at most)...");
+    })
+    .await?;
+    eprintln!("signed in to {gateway} as {who}");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let path = config_path.or_else(|| {
         Path::new("sluice.toml")

@@ -19,6 +19,8 @@ pub struct Config {
     /// Static tokens (service accounts), stored as SHA-256 hashes.
     #[serde(default)]
     pub tokens: Vec<StaticToken>,
+    /// The OpenID provider whose tokens identify people (and machines).
+    pub oidc: Option<OidcConfig>,
     #[serde(default)]
     pub connections: BTreeMap<String, Connection>,
 }
@@ -79,6 +81,58 @@ pub enum RecordMode {
     /// As soon as it is queued for recording: lower latency, but a crash can lose the last
     /// frames a peer already saw.
     Async,
+}
+
+/// `[oidc]`: the identity provider.
+///
+/// ```toml
+/// [oidc]
+/// issuer = "https://login.example.com"   # discovery: ISSUER/.well-known/openid-configuration
+/// client_id = "sluice-cli"               # `sluice login` signs in as this public client
+/// audience = "sluice-gateway"            # JWT access tokens (machines) must name it
+/// groups_claim = "groups"                # where a token lists its holder's groups
+/// scopes = ["openid", "email", "profile", "offline_access"]
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub audience: Option<String>,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Signature algorithms accepted; asymmetric only.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Tolerance for clocks that disagree, on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    /// The provider's keys are fetched again for an unknown key id at most this often.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_algorithms() -> Vec<String> {
+    crate::auth::oidc::ALGORITHMS
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_jwks_refresh() -> u64 {
+    30
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -260,12 +314,48 @@ impl Config {
                 }
             }
         }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
         for (i, token) in self.tokens.iter().enumerate() {
             if token.sha256.len() != 64 || hex::decode(&token.sha256).is_err() {
                 return Err(format!(
                     "tokens[{i}].sha256: expected 64 hexadecimal digits (sha256sum of the token)"
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl OidcConfig {
+    fn validate(&self) -> Result<(), String> {
+        let url = openidconnect::url::Url::parse(&self.issuer)
+            .map_err(|e| format!("oidc.issuer: `{}` is not a URL: {e}", self.issuer))?;
+        let loopback = match url.host() {
+            Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(format!(
+                "oidc.issuer: `{}` must use https (plain http only on loopback, for tests)",
+                self.issuer
+            ));
+        }
+        for alg in &self.algorithms {
+            if alg == "none" || alg.starts_with("HS") {
+                return Err(format!(
+                    "oidc.algorithms: `{alg}` is never accepted (unsigned, or HMAC keyed with what is public)"
+                ));
+            }
+            if !crate::auth::oidc::ALGORITHMS.contains(&alg.as_str()) {
+                return Err(format!("oidc.algorithms: unknown algorithm `{alg}`"));
+            }
+        }
+        if self.algorithms.is_empty() || self.client_id.is_empty() {
+            return Err("oidc: `client_id` and at least one algorithm are needed".into());
         }
         Ok(())
     }

@@ -35,13 +35,36 @@ struct Target {
 }
 
 impl Target {
+    /// A client with `--token`/`SLUICE_TOKEN`, else the tokens `sluice login` saved for this
+    /// gateway (renewed first when they expire).
     fn client(self) -> anyhow::Result<sluice::client::Client> {
-        sluice::client::Client::new(&self.gateway, self.token, self.ca)
+        let token = match self.token {
+            Some(token) => Some(token),
+            None => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(sluice::login::token(&self.gateway))?,
+        };
+        sluice::client::Client::new(&self.gateway, token, self.ca)
     }
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sign in at the gateway's identity provider (OpenID Connect, in a browser); every other
+    /// command then uses the saved tokens.
+    Login {
+        /// Print the sign-in page's address instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget the tokens `sluice login` saved for the gateway.
+    Logout {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Start the gateway (default: ./sluice.toml if present, else the built-in default).
     Serve {
         #[arg(long, env = "SLUICE_CONFIG")]
@@ -246,6 +269,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve { config } => runtime()?.block_on(sluice::commands::serve(config)),
+        Command::Login { no_browser, target } => {
+            let gateway = target.gateway.clone();
+            let client = sluice::client::Client::new(&gateway, None, target.ca)?;
+            runtime()?.block_on(sluice::commands::login(client, &gateway, !no_browser))
+        }
+        Command::Logout { target } => {
+            if sluice::login::logout(&target.gateway)? {
+                eprintln!("signed out of {}", target.gateway);
+            } else {
+                eprintln!("not signed in to {}", target.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Connect {
             connection,
             port,

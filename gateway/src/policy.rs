@@ -43,14 +43,49 @@ struct PolicyFile {
     chains: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     reviews: BTreeMap<String, ReviewRules>,
+    #[serde(default)]
+    roles: BTreeMap<String, RoleGroups>,
 }
 
-/// Who reviews what a connection's gates hold (`[reviews.NAME]`), and whether sessions on it
-/// need approved access first.
+/// Which groups hold each role on a connection (`[roles.NAME]`, or `[roles.default]`); see
+/// `crate::roles`. A role left out comes from `[roles.default]`.
+///
+/// ```toml
+/// [roles.default]
+/// connect = ["developers"]
+/// review = ["reviewers"]
+/// audit = ["auditors"]
+/// admin = ["admins"]
+///
+/// [roles.pg]
+/// connect = ["dba"]
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGroups {
+    pub connect: Option<Vec<String>>,
+    pub review: Option<Vec<String>>,
+    pub audit: Option<Vec<String>>,
+    pub admin: Option<Vec<String>>,
+}
+
+impl RoleGroups {
+    pub fn get(&self, role: crate::roles::Role) -> Option<&Vec<String>> {
+        use crate::roles::Role;
+        match role {
+            Role::Connect => self.connect.as_ref(),
+            Role::Review => self.review.as_ref(),
+            Role::Audit => self.audit.as_ref(),
+            Role::Admin => self.admin.as_ref(),
+        }
+    }
+}
+
+/// How what a connection's gates hold is reviewed (`[reviews.NAME]`; who reviews is the
+/// `review` role of `[roles]`), and whether sessions on it need approved access first.
 ///
 /// ```toml
 /// [reviews.pg]
-/// reviewers = ["dba"]            # groups whose members decide (default: ["reviewers"])
 /// approvals = 2                  # distinct reviewers needed (default 1)
 /// expire_seconds = 600           # a held statement waits this long (default: hold_timeout_ms)
 /// access_grant_seconds = 3600   # sessions need an approved access request, valid this long
@@ -59,7 +94,8 @@ struct PolicyFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReviewRules {
-    pub reviewers: Vec<String>,
+    /// Moved to `[roles.NAME] review`; kept only to say so.
+    reviewers: Option<Vec<String>>,
     pub approvals: u32,
     pub expire_seconds: Option<u64>,
     pub access_grant_seconds: Option<u64>,
@@ -69,7 +105,7 @@ pub struct ReviewRules {
 impl Default for ReviewRules {
     fn default() -> Self {
         ReviewRules {
-            reviewers: vec!["reviewers".into()],
+            reviewers: None,
             approvals: 1,
             expire_seconds: None,
             access_grant_seconds: None,
@@ -184,6 +220,8 @@ pub struct Policy {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Review rules by connection name.
     pub reviews: BTreeMap<String, ReviewRules>,
+    /// Role tables by connection name (and `default`).
+    pub roles: BTreeMap<String, RoleGroups>,
     pub files: Vec<PathBuf>,
 }
 
@@ -259,10 +297,18 @@ impl Policy {
                     format!("{at} is defined twice; keep one"),
                 ));
             }
-            if rules.approvals == 0 || rules.reviewers.is_empty() {
+            if rules.reviewers.is_some() {
                 return Err(PolicyError::new(
                     file,
-                    format!("{at}: needs at least one approval and one reviewer group"),
+                    format!(
+                        "{at}.reviewers: reviewers are the `review` role now: write `[roles.{connection}] review = [...]`"
+                    ),
+                ));
+            }
+            if rules.approvals == 0 {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at}: needs at least one approval"),
                 ));
             }
             if rules.access_grant_seconds == Some(0) || rules.access_request_seconds == 0 {
@@ -272,6 +318,15 @@ impl Policy {
                 ));
             }
             self.reviews.insert(connection, rules);
+        }
+        for (connection, groups) in parsed.roles {
+            if self.roles.contains_key(&connection) {
+                return Err(PolicyError::new(
+                    file,
+                    format!("roles.{connection} is defined twice; keep one"),
+                ));
+            }
+            self.roles.insert(connection, groups);
         }
         self.files.push(file.to_path_buf());
         Ok(())
@@ -457,11 +512,17 @@ mod tests {
     fn review_rules_have_safe_defaults_and_refuse_nonsense() {
         let policy = parse("[reviews.pg]\napprovals = 2\n").unwrap();
         let rules = &policy.reviews["pg"];
-        assert_eq!(rules.reviewers, ["reviewers"]);
         assert_eq!((rules.approvals, rules.access_grant_seconds), (2, None));
         for (text, expected) in [
             ("[reviews.pg]\napprovals = 0\n", "at least one approval"),
-            ("[reviews.pg]\nreviewers = []\n", "one reviewer group"),
+            (
+                "[reviews.pg]\nreviewers = [\"dba\"]\n",
+                "write `[roles.pg] review = [...]`",
+            ),
+            (
+                "[roles.pg]\nreviewers = [\"dba\"]\n",
+                "unknown field `reviewers`",
+            ),
             ("[reviews.pg]\naccess_grant_seconds = 0\n", "at least 1 s"),
             (
                 "[reviews.pg]\nreviewer = [\"x\"]\n",
@@ -471,6 +532,29 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn roles_fall_back_to_the_default_table_and_otherwise_to_nobody() {
+        let policy = parse(
+            "[roles.default]\nconnect = [\"dev\"]\nreview = [\"rev\"]\n[roles.pg]\nconnect = [\"dba\"]\n",
+        )
+        .unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let roles = crate::roles::Roles::new(policy.roles, crate::record::Recorder::from_queue(tx));
+        use crate::roles::Role;
+        assert_eq!(roles.groups(Role::Connect, "pg"), ["dba"]);
+        assert_eq!(roles.groups(Role::Review, "pg"), ["rev"]);
+        assert_eq!(roles.groups(Role::Connect, "shell"), ["dev"]);
+        assert!(roles.groups(Role::Audit, "shell").is_empty());
+        let dba = crate::frame::Identity {
+            subject: "d".into(),
+            name: None,
+            groups: vec!["dba".into()],
+        };
+        assert!(roles.has(&dba, Role::Connect, "pg"));
+        assert!(!roles.has(&dba, Role::Connect, "shell"));
+        assert!(roles.any(&dba, "pg") && !roles.any(&dba, "shell"));
     }
 
     #[test]

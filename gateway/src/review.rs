@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, watch};
 use crate::frame::Identity;
 use crate::policy::ReviewRules;
 use crate::record::{NewEvent, RecordFailed, Recorder, Store};
+use crate::roles::{Role, Roles};
 use crate::session::now_ms;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +145,7 @@ pub struct Reviews {
     store: Arc<Store>,
     recorder: Recorder,
     rules: BTreeMap<String, ReviewRules>,
+    roles: Arc<Roles>,
     /// How long a held frame waits, unless its connection's rules say otherwise.
     hold_timeout: Duration,
     state: Mutex<State>,
@@ -165,6 +167,7 @@ impl Reviews {
         store: Arc<Store>,
         recorder: Recorder,
         rules: BTreeMap<String, ReviewRules>,
+        roles: Arc<Roles>,
         hold_timeout: Duration,
     ) -> anyhow::Result<Arc<Reviews>> {
         let mut all = BTreeMap::new();
@@ -177,6 +180,7 @@ impl Reviews {
             store,
             recorder,
             rules,
+            roles,
             hold_timeout,
             state: Mutex::new(State {
                 all,
@@ -252,7 +256,7 @@ impl Reviews {
             created_ms: now,
             expires_ms: now + wait.as_millis() as u64,
             required: rules.approvals.max(1),
-            reviewer_groups: rules.reviewers.clone(),
+            reviewer_groups: self.roles.groups(Role::Review, connection),
             approvals: Vec::new(),
             rejection: None,
             grant_ms: rules.access_grant_seconds.map(|s| s * 1000),
@@ -278,6 +282,27 @@ impl Reviews {
         approve: bool,
         reason: Option<String>,
     ) -> Result<Review, Refused> {
+        if let Some(review) = self.get(id)
+            && !review.may_decide(identity)
+        {
+            let message = format!(
+                "`{}` may not decide review {id}: that needs the `review` role on `{}`, held by groups {}",
+                identity.subject,
+                review.connection,
+                review.reviewer_groups.join(", ")
+            );
+            let action = format!("decide review {id}");
+            self.roles
+                .record(
+                    identity,
+                    Role::Review,
+                    &review.connection,
+                    &action,
+                    &message,
+                )
+                .await;
+            return Err(refused(403, message));
+        }
         let (review, action) = {
             let mut state = self.lock();
             let Some(review) = state.all.get(id) else {
@@ -460,7 +485,7 @@ impl Reviews {
     pub fn may_see(&self, identity: &Identity, review: &Review) -> bool {
         review.requester == identity.subject
             || review.may_decide(identity)
-            || identity.groups.iter().any(|g| g == "auditors")
+            || self.roles.has(identity, Role::Audit, &review.connection)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Review> {

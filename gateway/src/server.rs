@@ -25,19 +25,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::auth::Tokens;
+use crate::auth::{Authenticator, Tokens};
 use crate::config::{Config, Connection};
 use crate::frame::Identity;
 use crate::plugin_host::{HostConfig, LoadedPlugin, PluginHost};
 use crate::policy::Policy;
 use crate::record::{Recorder, Store};
 use crate::review::{Review, Reviews};
+use crate::roles::{Role, Roles};
 use crate::session::{self, Mode};
 use tracing::Instrument;
 
 pub struct Gateway {
     config: Config,
-    tokens: Arc<Tokens>,
+    auth: Arc<Authenticator>,
     store: Arc<Store>,
     chains: BTreeMap<String, Vec<LoadedPlugin>>,
     /// Each policy file with its SHA-256, recorded with every session.
@@ -96,7 +97,16 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
     } else {
         None
     };
-    let tokens = Arc::new(Tokens::new(&config.tokens, dev_tokens.as_ref()));
+    let oidc = config
+        .oidc
+        .clone()
+        .map(crate::auth::oidc::Oidc::new)
+        .transpose()
+        .context("oidc")?;
+    let auth = Arc::new(Authenticator::new(
+        Tokens::new(&config.tokens, dev_tokens.as_ref()),
+        oidc,
+    ));
     let tls = crate::tls::load_or_create(&data)?;
     // In async mode nobody waits for a commit: group events over 10 ms per fsync.
     let recorder = Recorder::spawn_lingering(
@@ -106,10 +116,12 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             crate::config::RecordMode::Strict => Duration::ZERO,
         },
     );
+    let roles = Arc::new(Roles::new(policy.roles.clone(), recorder.clone()));
     let reviews = Reviews::open(
         store.clone(),
         recorder.clone(),
         policy.reviews.clone(),
+        roles.clone(),
         Duration::from_millis(config.gateway.hold_timeout_ms),
     )
     .await?;
@@ -117,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         recorder,
         record_mode: config.gateway.record_mode,
         reviews,
+        roles,
         active: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)
@@ -142,7 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         let front = Arc::new(crate::pg::Front::new(
             name.clone(),
             pg.clone(),
-            tokens.clone(),
+            auth.clone(),
             chains.get(name).cloned().unwrap_or_default(),
             policy_files.clone(),
             session_ctx.clone(),
@@ -153,7 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
     }
     let gateway = Arc::new(Gateway {
         config,
-        tokens,
+        auth,
         store,
         chains,
         policy_files,
@@ -221,11 +234,19 @@ impl Gateway {
         if path == "/api/ca" {
             return reply(StatusCode::OK, self.ca_pem.clone());
         }
-        let identity = match self.authenticate(&req) {
+        if path == "/api/auth" {
+            // What `sluice login` needs to sign in: public.
+            let oidc = self.auth.oidc().map(|o| {
+                let c = o.config();
+                json!({"issuer": c.issuer, "client_id": c.client_id, "scopes": c.scopes})
+            });
+            return reply(StatusCode::OK, json!({ "oidc": oidc }).to_string());
+        }
+        let identity = match self.authenticate(&req).await {
             Ok(identity) => identity,
             Err(why) => {
-                tracing::warn!(%peer, %path, why, "authentication refused");
-                return error(StatusCode::UNAUTHORIZED, why);
+                tracing::warn!(%peer, %path, %why, "authentication refused");
+                return error(StatusCode::UNAUTHORIZED, &why);
             }
         };
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -275,10 +296,24 @@ impl Gateway {
             }
             (&Method::GET, ["api", "sessions"]) => self.list_sessions(&identity),
             (&Method::POST, ["api", "sessions", id, "kill"]) => {
-                self.kill_session(&identity, id, peer)
+                self.kill_session(&identity, id, peer).await
             }
-            (&Method::GET, ["api", "sessions", id, "events"]) => self.session_events(&identity, id),
+            (&Method::GET, ["api", "sessions", id, "events"]) => {
+                self.session_events(&identity, id).await
+            }
             (&Method::GET, ["api", "verify"]) => {
+                if !self.roles().anywhere(&identity, Role::Audit) {
+                    let why = self
+                        .roles()
+                        .refuse(
+                            &identity,
+                            Role::Audit,
+                            crate::roles::DEFAULT,
+                            "verify the record",
+                        )
+                        .await;
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
                 let store = self.store.clone();
                 let report = tokio::task::spawn_blocking(move || store.verify())
                     .await
@@ -295,23 +330,25 @@ impl Gateway {
         }
     }
 
-    fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, &'static str> {
+    async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, String> {
         let header = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
-            .ok_or("missing token: pass --token or set SLUICE_TOKEN")?;
+            .ok_or("missing token: run `sluice login`, pass --token or set SLUICE_TOKEN")?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or("malformed Authorization header")?;
-        self.tokens
-            .authenticate(token.trim())
-            .ok_or("unknown token")
+        self.auth.authenticate(token.trim()).await
     }
 
     fn reviews(&self) -> &Arc<Reviews> {
         &self.session_ctx.reviews
+    }
+
+    fn roles(&self) -> &Arc<Roles> {
+        &self.session_ctx.roles
     }
 
     /// Server-sent events: every review `identity` may see, pending ones first, then each
@@ -394,6 +431,14 @@ impl Gateway {
                 &format!("unknown connection `{name}` (known: {})", known.join(", ")),
             );
         };
+        let action = format!("connect to `{name}`");
+        if let Err(why) = self
+            .roles()
+            .require(&identity, Role::Connect, name, &action)
+            .await
+        {
+            return error(StatusCode::FORBIDDEN, &why);
+        }
         let mut opening = session::Opening {
             id: new_session_id(),
             connection_name: name.clone(),
@@ -516,12 +561,11 @@ impl Gateway {
         upgraded(&id)
     }
 
-    /// Users see their own sessions; reviewers and auditors see all (roles come with OIDC).
-    fn may_see_all(identity: &Identity) -> bool {
-        identity
-            .groups
-            .iter()
-            .any(|g| g == "reviewers" || g == "auditors")
+    /// A recorded session is visible to its auditors, and to its own user while they hold
+    /// a role on its connection; to nobody else.
+    fn may_read(&self, identity: &Identity, subject: &str, connection: &str) -> bool {
+        self.roles().has(identity, Role::Audit, connection)
+            || (subject == identity.subject && self.roles().any(identity, connection))
     }
 
     fn live_sessions(&self, identity: &Identity) -> Reply {
@@ -529,20 +573,29 @@ impl Gateway {
             .session_ctx
             .live()
             .into_iter()
-            .filter(|(_, subject, _, _)| Self::may_see_all(identity) || *subject == identity.subject)
+            .filter(|(_, subject, connection, _)| {
+                self.may_read(identity, subject, connection)
+                    || self.roles().has(identity, Role::Admin, connection)
+            })
             .map(|(id, subject, connection, started_ms)| json!({"id": id, "subject": subject, "connection": connection, "started_ms": started_ms}))
             .collect();
         reply(StatusCode::OK, serde_json::Value::from(live).to_string())
     }
 
-    /// Auditors (for now: the reviewers and auditors groups) end live sessions.
-    fn kill_session(&self, identity: &Identity, id: &str, peer: SocketAddr) -> Reply {
-        if !Self::may_see_all(identity) {
-            tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused: not an auditor");
-            return error(
-                StatusCode::FORBIDDEN,
-                "ending sessions needs the auditor role (groups reviewers or auditors)",
-            );
+    /// Admins of its connection end a live session.
+    async fn kill_session(&self, identity: &Identity, id: &str, peer: SocketAddr) -> Reply {
+        let live = self.session_ctx.live();
+        let Some((_, _, connection, _)) = live.iter().find(|(live_id, ..)| live_id == id) else {
+            return error(StatusCode::NOT_FOUND, &format!("no live session {id}"));
+        };
+        let action = format!("end session {id}");
+        if let Err(why) = self
+            .roles()
+            .require(identity, Role::Admin, connection, &action)
+            .await
+        {
+            tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused");
+            return error(StatusCode::FORBIDDEN, &why);
         }
         if self
             .session_ctx
@@ -560,7 +613,7 @@ impl Gateway {
             Ok(all) => {
                 let visible: Vec<_> = all
                     .into_iter()
-                    .filter(|s| Self::may_see_all(identity) || s.subject == identity.subject)
+                    .filter(|s| self.may_read(identity, &s.subject, &s.connection))
                     .collect();
                 reply(
                     StatusCode::OK,
@@ -571,18 +624,18 @@ impl Gateway {
         }
     }
 
-    fn session_events(&self, identity: &Identity, id: &str) -> Reply {
-        let visible = self.store.session(id).map(|found| {
-            found.is_some_and(|s| Self::may_see_all(identity) || s.subject == identity.subject)
-        });
-        match visible {
-            Ok(true) => {}
-            Ok(false) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no session {id} that you may see"),
-                );
+    async fn session_events(&self, identity: &Identity, id: &str) -> Reply {
+        match self.store.session(id) {
+            Ok(Some(s)) if self.may_read(identity, &s.subject, &s.connection) => {}
+            Ok(Some(s)) => {
+                let action = format!("read session {id}");
+                let why = self
+                    .roles()
+                    .refuse(identity, Role::Audit, &s.connection, &action)
+                    .await;
+                return error(StatusCode::FORBIDDEN, &why);
             }
+            Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no session {id}")),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
         match self.store.session_events(id) {

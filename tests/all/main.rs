@@ -7,6 +7,7 @@
 mod cli;
 mod docs;
 mod masking;
+mod oidc;
 mod plugin_host;
 mod postgres;
 mod record;

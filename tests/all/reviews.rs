@@ -92,7 +92,7 @@ fn a_held_rm_runs_once_approved_and_never_when_rejected() {
     // The requester is no reviewer; a decision needs the role.
     let (code, _, err) = gw.run(&["review", "approve", &id], "");
     assert_ne!(code, 0);
-    assert!(err.contains("the reviewer role is missing"), "{err}");
+    assert!(err.contains("needs the `review` role on `ops`"), "{err}");
     let (code, out, err) = gw.run_as(
         Some(&gw.reviewer_token),
         &["review", "approve", &id, "--reason", "scratch"],

@@ -156,7 +156,8 @@ fn gateway_with_antics() -> Gateway {
     let policies = gw.dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     let policy = format!(
-        "[plugins.gate]\nsource = \"{guests}/antics.wasm\"\n[chains]\nshell = [\"gate\"]\n"
+        "[plugins.gate]\nsource = \"{guests}/antics.wasm\"\n[chains]\nshell = [\"gate\"]\n\
+         [roles.default]\nconnect = [\"developers\"]\n"
     );
     std::fs::write(policies.join("gate.toml"), policy).unwrap();
     let config = std::fs::read_to_string(gw.dir.path().join("sluice.toml")).unwrap();
@@ -229,7 +230,9 @@ fn replay_and_asciicast_export_reproduce_the_output() {
 fn verify_holds_online_and_offline_and_names_a_tampered_entry() {
     let mut gw = Gateway::start();
     gw.run(&["exec", "shell", "--", "echo a; echo b"], "");
-    let (code, out, _) = gw.run(&["verify", "--print-head"], "");
+    // Verifying is the auditors' (the reviewer dev token's, in the shipped policy).
+    let auditor = gw.reviewer_token.clone();
+    let (code, out, _) = gw.run_as(Some(&auditor), &["verify", "--print-head"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("record verified"), "{out}");
     assert!(out.contains("\"signature\""), "{out}");
@@ -284,7 +287,7 @@ fn after_sigkill_mid_session_the_store_opens_verifies_and_holds_every_byte_the_c
     let _ = client.wait();
 
     gw.restart();
-    let (code, out, _) = gw.run(&["verify"], "");
+    let (code, out, _) = gw.run_as(Some(&gw.reviewer_token.clone()), &["verify"]);
     assert_eq!(code, 0, "{out}");
     let id = &session_ids(&gw)[0];
     let recorded = recorded_output(&events(&gw, id));
@@ -430,7 +433,7 @@ fn input_typed_at_a_password_prompt_is_recorded_redacted() {
 }
 
 #[test]
-fn live_sessions_are_listed_and_only_auditors_end_them() {
+fn live_sessions_are_listed_and_only_admins_end_them() {
     let gw = Gateway::start();
     let mut sleeper = gw
         .cli()
@@ -452,7 +455,10 @@ fn live_sessions_are_listed_and_only_auditors_end_them() {
     });
     let (code, _, err) = gw.run(&["kill", &id], "");
     assert_eq!(code, 1);
-    assert!(err.contains("403") && err.contains("auditor role"), "{err}");
+    assert!(
+        err.contains("403") && err.contains("needs the `admin` role on `shell`"),
+        "{err}"
+    );
 
     let (code, out, err) = gw.run_as(Some(&gw.reviewer_token.clone()), &["kill", &id]);
     assert_eq!(code, 0, "{err}");

@@ -1,6 +1,11 @@
-//! Static-token authentication: tokens are stored as SHA-256 hashes, each mapped to an
+//! Who is asking: a bearer token becomes an [`Identity`].
+//!
+//! Static tokens (service accounts, CI) are stored as SHA-256 hashes, each mapped to an
 //! identity. Dev tokens are made at first start, kept in a 0600 file in the data folder and
-//! printed; the configuration never holds a token itself.
+//! printed; the configuration never holds a token itself. Every other token must be a JWT
+//! from the configured OpenID provider (`oidc.rs`).
+
+pub mod oidc;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,6 +57,39 @@ impl Tokens {
     /// touches the secret byte by byte.
     pub fn authenticate(&self, token: &str) -> Option<Identity> {
         self.by_hash.get(&hash(token)).cloned()
+    }
+}
+
+/// Static tokens first, then the OpenID provider.
+pub struct Authenticator {
+    tokens: Tokens,
+    oidc: Option<oidc::Oidc>,
+}
+
+impl Authenticator {
+    pub fn new(tokens: Tokens, oidc: Option<oidc::Oidc>) -> Authenticator {
+        Authenticator { tokens, oidc }
+    }
+
+    pub fn oidc(&self) -> Option<&oidc::Oidc> {
+        self.oidc.as_ref()
+    }
+
+    /// The identity behind `token`, or why there is none (for the client).
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, String> {
+        if let Some(identity) = self.tokens.authenticate(token) {
+            return Ok(identity);
+        }
+        match &self.oidc {
+            Some(oidc) if token.split('.').count() == 3 => {
+                oidc.verify(token).await.map_err(|e| e.to_string())
+            }
+            Some(_) => Err(
+                "unknown token (neither a service token nor a JWT from the identity provider)"
+                    .into(),
+            ),
+            None => Err("unknown token".into()),
+        }
     }
 }
 

@@ -23,9 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::auth::Tokens;
+use crate::auth::Authenticator;
 use crate::config::{ClientTls, PostgresConnection};
 use crate::plugin_host::LoadedPlugin;
+use crate::roles::Role;
 use crate::session::{Context, Core, Opening};
 use message::Startup;
 
@@ -33,7 +34,7 @@ use message::Startup;
 pub struct Front {
     pub name: String,
     pub conn: PostgresConnection,
-    pub tokens: Arc<Tokens>,
+    pub auth: Arc<Authenticator>,
     pub plugins: Vec<LoadedPlugin>,
     pub policy: Vec<serde_json::Value>,
     pub ctx: Arc<Context>,
@@ -55,7 +56,7 @@ impl Front {
     pub fn new(
         name: String,
         conn: PostgresConnection,
-        tokens: Arc<Tokens>,
+        auth: Arc<Authenticator>,
         plugins: Vec<LoadedPlugin>,
         policy: Vec<serde_json::Value>,
         ctx: Arc<Context>,
@@ -64,7 +65,7 @@ impl Front {
         Front {
             name,
             conn,
-            tokens,
+            auth,
             plugins,
             policy,
             ctx,
@@ -128,11 +129,10 @@ impl Front {
                 .reader()
                 .cstr()
                 .map_err(|e| refuse("08P01", e.to_string()))?;
-            self.tokens.authenticate(&token).ok_or_else(|| {
+            self.auth.authenticate(&token).await.map_err(|why| {
                 refuse(
                     "28P01",
-                    "password authentication failed: the password must be a valid Sluice token"
-                        .into(),
+                    format!("password authentication failed: the password must be a valid Sluice token ({why})"),
                 )
             })
         })
@@ -145,6 +145,20 @@ impl Front {
                 return Err(text);
             }
         };
+        let role = self
+            .ctx
+            .roles
+            .require(
+                &identity,
+                Role::Connect,
+                &self.name,
+                &format!("connect to `{}`", self.name),
+            )
+            .await;
+        if let Err(text) = role {
+            turn_away(&mut client, "28000", &format!("sluice: {text}")).await;
+            return Err(text);
+        }
         let access = self
             .ctx
             .reviews

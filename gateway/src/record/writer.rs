@@ -11,7 +11,7 @@ use super::{NewEvent, Store};
 /// Events per commit at most; more waiting events go into the next commit.
 const MAX_GROUP: usize = 1024;
 
-type Ack = oneshot::Sender<Result<u64, String>>;
+pub type Ack = oneshot::Sender<Result<u64, String>>;
 
 /// A handle for sessions to append through. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -73,6 +73,11 @@ impl Recorder {
             // No writer: every submit fails, so sessions fail closed.
             tracing::error!(error = %e, "cannot start the record writer");
         }
+        Recorder { queue }
+    }
+
+    /// A recorder feeding `queue` (for tests that look at what would be recorded).
+    pub fn from_queue(queue: mpsc::Sender<(NewEvent, Option<Ack>)>) -> Recorder {
         Recorder { queue }
     }
 

@@ -39,6 +39,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub record_mode: RecordMode,
     pub reviews: Arc<Reviews>,
+    /// Who may do what (from the policy's `[roles]`).
+    pub roles: Arc<crate::roles::Roles>,
     /// Live sessions, so auditors can list and end them.
     pub active: Mutex<HashMap<String, Active>>,
 }

@@ -1,0 +1,519 @@
+//! Identity from a real OpenID provider (the `oidc-provider` npm package, run by
+//! `tests/oidc/provider.mjs` on loopback; `.ci/run` installs it): sign-in through the code flow
+//! with PKCE (driving the provider's own login and consent pages, as a browser would), machine
+//! tokens by client credentials, every kind of bad token refused, key rotation picked up
+//! without a restart, and roles from the policy deciding who may connect, review and read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// `tests/oidc`, with its npm packages installed (once, on a fresh checkout).
+fn oidc_dir() -> PathBuf {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/oidc"));
+    INSTALLED.get_or_init(|| {
+        if !dir.join("node_modules/oidc-provider").exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .status()
+                .expect("npm runs (the identity tests need Node.js and npm)");
+            assert!(status.success(), "npm ci in tests/oidc failed");
+        }
+    });
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A signing key for a provider, as a private JWK file.
+fn keygen(dir: &Path, kid: &str) -> PathBuf {
+    let out = Command::new("node")
+        .arg(oidc_dir().join("provider.mjs"))
+        .args(["keygen", kid])
+        .output()
+        .expect("node runs (the tests need Node.js and `npm ci --prefix tests/oidc`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join(format!("{kid}.json"));
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+/// A running provider; killed when dropped.
+struct Provider {
+    port: u16,
+    child: Child,
+}
+
+impl Provider {
+    fn start(port: u16, keys: &[&Path]) -> Provider {
+        use std::io::BufRead;
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("provider.mjs"))
+            .arg("serve")
+            .arg(port.to_string())
+            .args(keys)
+            .env("ID_TOKEN_TTL", "70")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().expect("the provider printed nothing").unwrap();
+        assert!(first.starts_with("listening"), "{first}");
+        std::thread::spawn(move || for _ in lines {});
+        Provider { port, child }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A JWT access token for the gateway, by client credentials (what a CI job does).
+    fn machine_token(&self) -> String {
+        let out = curl(&[
+            "-u",
+            "ci-bot:ci-bot-secret",
+            "-d",
+            "grant_type=client_credentials&scope=sluice&resource=urn:sluice:gateway",
+            &format!("{}/token", self.issuer()),
+        ]);
+        let body: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A token signed with the provider's key, with any header and claims (see provider.mjs).
+    fn mint(&self, header: Value, claims: Value) -> String {
+        let body = json!({"header": header, "claims": claims}).to_string();
+        curl(&["-d", &body, &format!("{}/test/mint", self.issuer())])
+    }
+
+    /// An ID token for `user` as `sluice login` gets it (audience: the CLI's client).
+    fn id_token(&self, user: &str, groups: &[&str]) -> String {
+        self.mint(
+            json!({}),
+            json!({"sub": user, "aud": "sluice-cli", "email": format!("{user}@example.com"), "groups": groups}),
+        )
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A gateway trusting `issuer`, with roles of its own: `shell` for developers and the CI
+/// bot, reviewed by reviewers, audited by auditors; `python` for reviewers only.
+fn gateway(issuer: &str) -> Gateway {
+    let config = format!(
+        "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"sluice-cli\"\naudience = \"sluice-gateway\"\n\
+         scopes = [\"openid\", \"email\", \"groups\", \"offline_access\"]\nclock_skew_seconds = 5\njwks_refresh_seconds = 1\n"
+    );
+    let policy = "[roles.shell]\nconnect = [\"developers\", \"ci\"]\nreview = [\"reviewers\"]\naudit = [\"auditors\"]\nadmin = []\n\n\
+                  [roles.python]\nconnect = [\"reviewers\"]\n";
+    Gateway::start_with_policy(&config, Some(policy))
+}
+
+/// `sluice exec shell -- echo hi` with `token`: (exit code, stdout, stderr).
+fn echo_as(gw: &Gateway, token: &str) -> (i32, String, String) {
+    gw.run_as(Some(token), &["exec", "shell", "--", "echo", "hi"])
+}
+
+fn store_holds(gw: &Gateway, needle: &str) -> bool {
+    let raw = std::fs::read(gw.store()).unwrap();
+    raw.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = keygen(dir.path(), "k1");
+    let provider = Provider::start(free_port(), &[&k1]);
+    let gw = gateway(&provider.issuer());
+
+    // Client credentials: a JWT access token (typ at+jwt, audience the gateway).
+    let machine = provider.machine_token();
+    let (code, out, err) = echo_as(&gw, &machine);
+    assert_eq!((code, out.as_str()), (0, "hi\n"), "{err}");
+    let (_, listed, _) = gw.run_as(Some(&machine), &["sessions"]);
+    assert!(listed.contains("ci-bot"), "{listed}");
+
+    // Every bad token: refused with its reason, and nothing opened.
+    let good = provider.id_token("alice", &["developers"]);
+    assert_eq!(echo_as(&gw, &good).0, 0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (header, payload, signature) = {
+        let mut parts = good.split('.');
+        (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        )
+    };
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let mut flipped = signature.to_string().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let second_dir = tempfile::tempdir().unwrap();
+    let untrusted_key = keygen(second_dir.path(), "k1"); // same kid, another key
+    let untrusted = Provider::start(free_port(), &[&untrusted_key]);
+    let alice = |extra: Value| {
+        let mut claims = json!({"sub": "alice", "aud": "sluice-cli", "groups": ["developers"]});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let cases = [
+        (
+            provider.mint(
+                json!({}),
+                alice(json!({"iat": now - 1200, "exp": now - 600})),
+            ),
+            "the token expired",
+        ),
+        (
+            provider.mint(json!({}), alice(json!({"nbf": now + 600}))),
+            "not valid yet",
+        ),
+        (
+            provider.mint(json!({}), alice(json!({"aud": "another-app"}))),
+            "for another audience",
+        ),
+        (
+            provider.mint(json!({}), alice(json!({"iss": "http://127.0.0.1:1"}))),
+            "an issuer this gateway does not trust",
+        ),
+        (
+            format!("{}.{payload}.", b64(&json!({"alg": "none", "typ": "JWT"}))),
+            "algorithm `none` is not accepted",
+        ),
+        (
+            provider.mint(json!({"alg": "HS256"}), alice(json!({}))),
+            "algorithm `HS256` is not accepted",
+        ),
+        (
+            format!("{header}.{payload}.{}", String::from_utf8(flipped).unwrap()),
+            "signature does not verify",
+        ),
+        (
+            format!(
+                "{header}.{}.{signature}",
+                b64(&alice(
+                    json!({"groups": ["reviewers"], "exp": now + 600, "iat": now, "iss": provider.issuer()})
+                ))
+            ),
+            "signature does not verify",
+        ),
+        (
+            provider.mint(json!({"kid": "nobody-knows"}), alice(json!({}))),
+            "a key the provider does not publish (kid nobody-knows)",
+        ),
+        (
+            untrusted.machine_token(),
+            "an issuer this gateway does not trust",
+        ),
+        ("not-a-token".to_string(), "unknown token"),
+    ];
+    let (_, before, _) = gw.run_as(Some(&machine), &["sessions"]);
+    for (token, expected) in &cases {
+        let (code, _, err) = echo_as(&gw, token);
+        assert_ne!(code, 0, "accepted: {expected}");
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+    let (_, after, _) = gw.run_as(Some(&machine), &["sessions"]);
+    assert_eq!(before, after, "a refused token opened a session");
+
+    // The provider rotates its key (the new one signs, the old one is still published): new
+    // tokens are accepted without restarting the gateway, and so are the old ones.
+    let port = provider.port;
+    drop(provider);
+    let k2 = keygen(dir.path(), "k2");
+    let rotated = Provider::start(port, &[&k2, &k1]);
+    let fresh = rotated.machine_token();
+    let fresh_header = {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(fresh.split('.').next().unwrap())
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    assert!(fresh_header.contains("\"kid\":\"k2\""), "{fresh_header}");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // past the refresh limit
+    let (code, out, err) = echo_as(&gw, &fresh);
+    assert_eq!((code, out.as_str()), (0, "hi\n"), "{err}");
+    assert_eq!(
+        echo_as(&gw, &machine).0,
+        0,
+        "a token of the old, still published key"
+    );
+}
+
+#[test]
+fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k1");
+    let provider = Provider::start(free_port(), &[&key]);
+    let gw = gateway(&provider.issuer());
+    let credentials = dir.path().join("credentials.json");
+
+    let mut login = gw.cli();
+    let mut login = login
+        .env_remove("SLUICE_TOKEN")
+        .env("SLUICE_CREDENTIALS", &credentials)
+        .args(["login", "--no-browser"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = {
+        use std::io::BufRead;
+        let stderr = login.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines.next().expect("login printed no address").unwrap();
+            if let Some(url) = line.strip_prefix("Sign in at: ") {
+                break url.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        url
+    };
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+
+    // The browser: the provider's login page, then its consent page, then back to the CLI.
+    let jar = dir.path().join("cookies");
+    let jar = jar.to_str().unwrap();
+    let browse = |args: &[&str]| curl(&[&["-L", "-c", jar, "-b", jar], args].concat());
+    let form_action = |page: &str| {
+        let at = page
+            .find("action=\"")
+            .unwrap_or_else(|| panic!("no form in {page}"))
+            + 8;
+        let action = &page[at..at + page[at..].find('"').unwrap()];
+        if action.starts_with("http") {
+            action.to_string()
+        } else {
+            format!("{}{action}", provider.issuer())
+        }
+    };
+    let login_page = browse(&[&url]);
+    assert!(login_page.contains("name=\"login\""), "{login_page}");
+    let consent_page = browse(&[
+        "-d",
+        "prompt=login&login=alice&password=any",
+        &form_action(&login_page),
+    ]);
+    assert!(consent_page.contains("value=\"consent\""), "{consent_page}");
+    let done = browse(&["-d", "prompt=consent", &form_action(&consent_page)]);
+    assert!(done.contains("Signed in to Sluice"), "{done}");
+    let status = login.wait().unwrap();
+    assert!(status.success());
+
+    // Kept for this gateway in a file only its owner can read.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&credentials)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let saved = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap()
+    };
+    let first = saved()[&gw.addr]["id_token"].as_str().unwrap().to_string();
+    assert!(saved()[&gw.addr]["refresh_token"].is_string());
+
+    // Every command then uses it (no --token): alice's session, as alice.
+    let as_saved = |args: &[&str]| {
+        let mut cmd = gw.cli();
+        cmd.env_remove("SLUICE_TOKEN")
+            .env("SLUICE_CREDENTIALS", &credentials)
+            .args(args);
+        run_command(&mut cmd, "")
+    };
+    let (code, out, err) = as_saved(&["exec", "shell", "--", "echo", "as alice"]);
+    assert_eq!((code, out.as_str()), (0, "as alice\n"), "{err}");
+    let (_, listed, _) = as_saved(&["sessions"]);
+    assert!(listed.contains("alice"), "{listed}");
+
+    // The ID token lives 70 s here; within a minute of its end the CLI renews it with the
+    // refresh token before use.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let (code, _, err) = as_saved(&["sessions"]);
+    assert_eq!(code, 0, "{err}");
+    let renewed = saved()[&gw.addr]["id_token"].as_str().unwrap().to_string();
+    assert_ne!(first, renewed, "the token was not renewed");
+
+    // Logout forgets it; then the gateway says how to sign in.
+    let (code, _, err) = as_saved(&["logout"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!credentials.exists());
+    let (code, _, err) = as_saved(&["sessions"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("run `sluice login`"), "{err}");
+}
+
+#[test]
+fn roles_from_the_policy_decide_who_connects_reviews_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k1");
+    let provider = Provider::start(free_port(), &[&key]);
+    let gw = gateway(&provider.issuer());
+    let alice = provider.id_token("alice", &["developers"]);
+    let bob = provider.id_token("bob", &["reviewers"]);
+    let carol = provider.id_token("carol", &["auditors"]);
+    let dave = provider.id_token("dave", &[]);
+
+    // Connecting: developers on shell, not on python (reviewers only); nobody without a group.
+    assert_eq!(echo_as(&gw, &alice).0, 0);
+    let (code, _, err) = gw.run_as(Some(&alice), &["exec", "python", "--", "print(1)"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("`alice` may not connect to `python`: that needs the `connect` role on `python`, held by groups reviewers; your groups: developers"),
+        "{err}"
+    );
+    let (code, _, err) = echo_as(&gw, &dave);
+    assert_ne!(code, 0);
+    assert!(err.contains("your groups: none"), "{err}");
+
+    // Reading: each sees their own sessions and nobody else's; carol, the auditor, sees and
+    // replays all of them.
+    let (_, mine, _) = gw.run_as(Some(&alice), &["sessions"]);
+    let alice_session = mine
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let machine = provider.machine_token();
+    assert_eq!(echo_as(&gw, &machine).0, 0);
+    let (_, bots, _) = gw.run_as(Some(&machine), &["sessions"]);
+    assert!(
+        !bots.contains(&alice_session),
+        "the bot sees alice's session: {bots}"
+    );
+    let (code, _, err) = gw.run_as(Some(&machine), &["replay", &alice_session, "--speed", "0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("needs the `audit` role on `shell`, held by groups auditors"),
+        "{err}"
+    );
+    let (_, all, _) = gw.run_as(Some(&carol), &["sessions"]);
+    assert!(
+        all.contains(&alice_session) && all.contains("ci-bot"),
+        "{all}"
+    );
+    let (code, replayed, err) =
+        gw.run_as(Some(&carol), &["replay", &alice_session, "--speed", "0"]);
+    assert_eq!((code, replayed.as_str()), (0, "hi\n"), "{err}");
+    let (code, _, _) = gw.run_as(Some(&carol), &["verify"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = gw.run_as(Some(&alice), &["verify"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs the `audit` role"), "{err}");
+
+    // Reviewing: the bot's risky command is held; alice (no review role) cannot approve it,
+    // bob can.
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let mut held = gw.cli();
+    let held = held
+        .env("SLUICE_TOKEN", &machine)
+        .args([
+            "exec",
+            "shell",
+            "--",
+            "rm",
+            "-rf",
+            scratch.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut review = String::new();
+    eventually(
+        "a pending review",
+        std::time::Duration::from_secs(20),
+        || {
+            let (_, out, _) = gw.run_as(Some(&bob), &["reviews", "--status", "pending"]);
+            review = out
+                .split_whitespace()
+                .find(|w| w.starts_with("r-"))
+                .unwrap_or_default()
+                .to_string();
+            !review.is_empty()
+        },
+    );
+    let (code, _, err) = gw.run_as(Some(&alice), &["review", "approve", &review]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("needs the `review` role on `shell`, held by groups reviewers"),
+        "{err}"
+    );
+    let (code, _, err) = gw.run_as(Some(&bob), &["review", "approve", &review]);
+    assert_eq!(code, 0, "{err}");
+    let status = wait_child(held);
+    assert!(status.success());
+    assert!(!scratch.exists());
+
+    // Every refusal is in the record, with the role it lacked.
+    for refusal in [
+        "may not connect to `python`",
+        "may not read session",
+        "may not decide review",
+        "may not verify the record",
+    ] {
+        assert!(store_holds(&gw, refusal), "not recorded: {refusal}");
+    }
+}
+
+fn wait_child(mut child: Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
