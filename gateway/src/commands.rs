@@ -14,7 +14,12 @@ use crate::record::SessionSummary;
 use crate::review::Review;
 
 /// `sluice login`: asks the gateway where to sign in, then signs in there.
-pub async fn login(client: Client, gateway: &str, browser: bool) -> anyhow::Result<ExitCode> {
+pub async fn login(
+    client: Client,
+    gateway: &str,
+    flow: crate::login::Flow,
+    browser: bool,
+) -> anyhow::Result<ExitCode> {
     let auth: serde_json::Value = serde_json::from_slice(&client.get("/api/auth").await?)?;
     if auth["oidc"].is_null() {
         bail!(
@@ -22,9 +27,9 @@ pub async fn login(client: Client, gateway: &str, browser: bool) -> anyhow::Resu
         );
     }
     let provider: crate::login::Provider = serde_json::from_value(auth["oidc"].clone())?;
-    let who = crate::login::login(gateway, &provider, |url| {
-        eprintln!("Sign in at: {url}");
-        if browser {
+    let who = crate::login::login(gateway, &provider, flow, |text, url| {
+        eprintln!("{text}");
+        if browser && flow == crate::login::Flow::Browser {
             // Best effort: a headless machine just has the address above.
             let _ = std::process::Command::new("xdg-open")
                 .arg(url)

@@ -55,12 +55,26 @@ fn http() -> anyhow::Result<openidconnect::reqwest::Client> {
         .build()?)
 }
 
-/// Signs in at `provider` for `gateway`; `announce` gets the sign-in URL (to print, or to
-/// open in a browser).
+/// How `sluice login` signs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// The code flow with PKCE: a browser comes back to a loopback port of this machine.
+    Browser,
+    /// The device authorization flow (RFC 8628), for machines without a browser: a code to
+    /// enter on any other device.
+    Device,
+}
+
+type Tokens = openidconnect::core::CoreTokenResponse;
+
+/// Signs in at `provider` for `gateway`; `announce` gets what to tell the person (the page
+/// to open and, in the device flow, the code to enter) and the page's address. Returns who
+/// signed in.
 pub async fn login(
     gateway: &str,
     provider: &Provider,
-    announce: impl FnOnce(&str),
+    flow: Flow,
+    announce: impl FnOnce(&str, &str),
 ) -> anyhow::Result<String> {
     let http = http()?;
     let issuer = IssuerUrl::new(provider.issuer.clone())?;
@@ -72,17 +86,69 @@ pub async fn login(
                 provider.issuer
             )
         })?;
+    let client = |metadata: &CoreProviderMetadata| {
+        CoreClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(provider.client_id.clone()),
+            None,
+        )
+    };
+    let (tokens, nonce) = match flow {
+        Flow::Browser => browser(&http, client(&metadata), provider, announce).await?,
+        Flow::Device => {
+            let client = client(&metadata);
+            (device(&http, &client, provider, announce).await?, None)
+        }
+    };
+    let id_token = tokens
+        .id_token()
+        .ok_or_else(|| anyhow!("the provider sent no ID token"))?;
+    let verifying = client(&metadata);
+    let verifier = verifying.id_token_verifier();
+    let claims = match &nonce {
+        Some(nonce) => id_token.claims(&verifier, nonce),
+        // The device flow has no nonce; everything else is checked.
+        None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+    }
+    .context("the provider's ID token does not verify")?;
+    let saved = Saved {
+        issuer: provider.issuer.clone(),
+        client_id: provider.client_id.clone(),
+        id_token: id_token.to_string(),
+        refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
+        expires_at: claims.expiration().timestamp(),
+    };
+    let who = claims
+        .email()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| claims.subject().to_string());
+    save(gateway, Some(saved))?;
+    Ok(who)
+}
+
+/// A client made from the provider's discovery document.
+type Client = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// The code flow with PKCE through a loopback redirect: the tokens, and the nonce sent.
+async fn browser(
+    http: &openidconnect::reqwest::Client,
+    client: Client,
+    provider: &Provider,
+    announce: impl FnOnce(&str, &str),
+) -> anyhow::Result<(Tokens, Option<Nonce>)> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let redirect = format!(
         "http://127.0.0.1:{}/callback",
         listener.local_addr()?.port()
     );
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(provider.client_id.clone()),
-        None,
-    )
-    .set_redirect_uri(RedirectUrl::new(redirect)?);
+    let client = client.set_redirect_uri(RedirectUrl::new(redirect)?);
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client
         .authorize_url(
@@ -99,35 +165,63 @@ pub async fn login(
         request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Consent);
     }
     let (url, state, nonce) = request.url();
-    announce(url.as_str());
+    announce(&format!("Sign in at: {url}"), url.as_str());
     let code = tokio::time::timeout(SIGN_IN, callback(&listener, state.secret()))
         .await
         .map_err(|_| anyhow!("no sign-in within {} s", SIGN_IN.as_secs()))??;
     let tokens = client
         .exchange_code(AuthorizationCode::new(code))?
         .set_pkce_verifier(verifier)
-        .request_async(&http)
+        .request_async(http)
         .await
         .map_err(|e| anyhow!("the provider refused the code: {}", error_chain(&e)))?;
-    let id_token = tokens
-        .id_token()
-        .ok_or_else(|| anyhow!("the provider sent no ID token"))?;
-    let claims = id_token
-        .claims(&client.id_token_verifier(), &nonce)
-        .context("the provider's ID token does not verify")?;
-    let saved = Saved {
-        issuer: provider.issuer.clone(),
-        client_id: provider.client_id.clone(),
-        id_token: id_token.to_string(),
-        refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
-        expires_at: claims.expiration().timestamp(),
+    Ok((tokens, Some(nonce)))
+}
+
+/// The device authorization flow: a code the person enters on another device, while this
+/// polls the provider until they did (or the code expires).
+async fn device(
+    http: &openidconnect::reqwest::Client,
+    client: &Client,
+    provider: &Provider,
+    announce: impl FnOnce(&str, &str),
+) -> anyhow::Result<Tokens> {
+    // The device endpoint is not a field of the core discovery document type: read it.
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        provider.issuer.trim_end_matches('/')
+    );
+    let document: serde_json::Value =
+        serde_json::from_slice(&http.get(&discovery).send().await?.bytes().await?)?;
+    let Some(endpoint) = document["device_authorization_endpoint"].as_str() else {
+        bail!(
+            "the identity provider offers no device flow: sign in with a browser (`sluice login --no-browser` prints the page, to open anywhere)"
+        );
     };
-    let who = claims
-        .email()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| claims.subject().to_string());
-    save(gateway, Some(saved))?;
-    Ok(who)
+    let client = client
+        .clone()
+        .set_device_authorization_url(openidconnect::DeviceAuthorizationUrl::new(endpoint.into())?);
+    let mut request = client.exchange_device_code();
+    for scope in provider.scopes.iter().filter(|s| *s != "openid") {
+        request = request.add_scope(Scope::new(scope.clone()));
+    }
+    let details: openidconnect::core::CoreDeviceAuthorizationResponse = request
+        .request_async(http)
+        .await
+        .map_err(|e| anyhow!("the provider refused the device flow: {}", error_chain(&e)))?;
+    let page = details
+        .verification_uri_complete()
+        .map(|u| u.secret().to_string())
+        .unwrap_or_else(|| details.verification_uri().to_string());
+    announce(
+        &format!("Sign in at: {page}\nCode: {}", details.user_code().secret()),
+        &page,
+    );
+    client
+        .exchange_device_access_token(&details)?
+        .request_async(http, tokio::time::sleep, Some(SIGN_IN))
+        .await
+        .map_err(|e| anyhow!("the device sign-in did not complete: {}", error_chain(&e)))
 }
 
 /// Waits for the provider to send the browser back with a code for `state`.

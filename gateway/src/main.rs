@@ -57,6 +57,10 @@ enum Command {
         /// Print the sign-in page's address instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        /// The device flow, for machines without a browser: enter the printed code on any
+        /// other device.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -269,10 +273,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve { config } => runtime()?.block_on(sluice::commands::serve(config)),
-        Command::Login { no_browser, target } => {
+        Command::Login {
+            no_browser,
+            device,
+            target,
+        } => {
             let gateway = target.gateway.clone();
             let client = sluice::client::Client::new(&gateway, None, target.ca)?;
-            runtime()?.block_on(sluice::commands::login(client, &gateway, !no_browser))
+            let flow = if device {
+                sluice::login::Flow::Device
+            } else {
+                sluice::login::Flow::Browser
+            };
+            runtime()?.block_on(sluice::commands::login(client, &gateway, flow, !no_browser))
         }
         Command::Logout { target } => {
             if sluice::login::logout(&target.gateway)? {

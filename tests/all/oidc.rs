@@ -286,6 +286,90 @@ fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
     );
 }
 
+/// A browser for the provider's pages: keeps cookies, follows redirects, fills forms.
+struct Browser<'a> {
+    provider: &'a Provider,
+    jar: String,
+}
+
+impl Browser<'_> {
+    fn get(&self, url: &str) -> String {
+        curl(&["-L", "-c", &self.jar, "-b", &self.jar, url])
+    }
+
+    /// Submits the page's first form: its hidden and prefilled fields, plus `fields`.
+    fn submit(&self, page: &str, fields: &[(&str, &str)]) -> String {
+        let form = &page[page
+            .find("<form")
+            .unwrap_or_else(|| panic!("no form in {page}"))..];
+        let form = &form[..form.find("</form>").unwrap_or(form.len())];
+        let attribute = |tag: &str, name: &str| {
+            let at = tag
+                .find(&format!("{name}=\""))
+                .map(|i| i + name.len() + 2)?;
+            Some(tag[at..at + tag[at..].find('"')?].to_string())
+        };
+        let action = attribute(form, "action").unwrap();
+        let action = if action.starts_with("http") {
+            action
+        } else {
+            format!("{}{action}", self.provider.issuer())
+        };
+        let mut body: Vec<(String, String)> = form
+            .split("<input")
+            .skip(1)
+            .filter_map(|tag| Some((attribute(tag, "name")?, attribute(tag, "value")?)))
+            .collect();
+        body.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut args = vec![
+            "-L".to_string(),
+            "-c".into(),
+            self.jar.clone(),
+            "-b".into(),
+            self.jar.clone(),
+        ];
+        for (k, v) in body {
+            args.extend(["--data-urlencode".into(), format!("{k}={v}")]);
+        }
+        args.push(action);
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Signs in as `user` on the provider's login page, then consents.
+    fn sign_in(&self, login_page: &str, user: &str) -> String {
+        assert!(login_page.contains("name=\"login\""), "{login_page}");
+        let consent = self.submit(login_page, &[("login", user), ("password", "any")]);
+        assert!(consent.contains("value=\"consent\""), "{consent}");
+        self.submit(&consent, &[])
+    }
+}
+
+/// Starts `sluice login ARGS` with its own credentials file; returns it and the page it asks
+/// to open.
+fn start_login(gw: &Gateway, credentials: &Path, args: &[&str]) -> (Child, String) {
+    use std::io::BufRead;
+    let mut login = gw.cli();
+    let mut login = login
+        .env_remove("SLUICE_TOKEN")
+        .env("SLUICE_CREDENTIALS", credentials)
+        .arg("login")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = login.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("login printed no address").unwrap();
+        if let Some(url) = line.strip_prefix("Sign in at: ") {
+            break url.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (login, url)
+}
+
 #[test]
 fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,58 +378,16 @@ fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
     let gw = gateway(&provider.issuer());
     let credentials = dir.path().join("credentials.json");
 
-    let mut login = gw.cli();
-    let mut login = login
-        .env_remove("SLUICE_TOKEN")
-        .env("SLUICE_CREDENTIALS", &credentials)
-        .args(["login", "--no-browser"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = {
-        use std::io::BufRead;
-        let stderr = login.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines.next().expect("login printed no address").unwrap();
-            if let Some(url) = line.strip_prefix("Sign in at: ") {
-                break url.to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        url
-    };
+    let (login, url) = start_login(&gw, &credentials, &["--no-browser"]);
     assert!(url.contains("code_challenge_method=S256"), "{url}");
-
-    // The browser: the provider's login page, then its consent page, then back to the CLI.
-    let jar = dir.path().join("cookies");
-    let jar = jar.to_str().unwrap();
-    let browse = |args: &[&str]| curl(&[&["-L", "-c", jar, "-b", jar], args].concat());
-    let form_action = |page: &str| {
-        let at = page
-            .find("action=\"")
-            .unwrap_or_else(|| panic!("no form in {page}"))
-            + 8;
-        let action = &page[at..at + page[at..].find('"').unwrap()];
-        if action.starts_with("http") {
-            action.to_string()
-        } else {
-            format!("{}{action}", provider.issuer())
-        }
+    // The browser: the provider's login page, its consent page, then back to the CLI.
+    let browser = Browser {
+        provider: &provider,
+        jar: dir.path().join("cookies").display().to_string(),
     };
-    let login_page = browse(&[&url]);
-    assert!(login_page.contains("name=\"login\""), "{login_page}");
-    let consent_page = browse(&[
-        "-d",
-        "prompt=login&login=alice&password=any",
-        &form_action(&login_page),
-    ]);
-    assert!(consent_page.contains("value=\"consent\""), "{consent_page}");
-    let done = browse(&["-d", "prompt=consent", &form_action(&consent_page)]);
+    let done = browser.sign_in(&browser.get(&url), "alice");
     assert!(done.contains("Signed in to Sluice"), "{done}");
-    let status = login.wait().unwrap();
-    assert!(status.success());
+    assert!(wait_child(login).success());
 
     // Kept for this gateway in a file only its owner can read.
     use std::os::unix::fs::PermissionsExt;
@@ -388,6 +430,45 @@ fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
     let (code, _, err) = as_saved(&["sessions"]);
     assert_ne!(code, 0);
     assert!(err.contains("run `sluice login`"), "{err}");
+}
+
+#[test]
+fn sluice_login_device_signs_in_a_machine_without_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k1");
+    let provider = Provider::start(free_port(), &[&key]);
+    let gw = gateway(&provider.issuer());
+    let credentials = dir.path().join("credentials.json");
+
+    let (login, url) = start_login(&gw, &credentials, &["--device"]);
+    assert!(url.contains("user_code="), "{url}");
+    // Someone opens the page on another device, confirms the code and signs in as bob.
+    let browser = Browser {
+        provider: &provider,
+        jar: dir.path().join("cookies").display().to_string(),
+    };
+    let mut page = browser.get(&url);
+    while page.contains("name=\"xsrf\"") {
+        page = browser.submit(&page, &[]);
+    }
+    let done = browser.sign_in(&page, "bob");
+    assert!(done.contains("Sign-in Success"), "{done}");
+    assert!(wait_child(login).success());
+
+    let mut cmd = gw.cli();
+    cmd.env_remove("SLUICE_TOKEN")
+        .env("SLUICE_CREDENTIALS", &credentials)
+        .args(["reviews"]);
+    let (code, _, err) = run_command(&mut cmd, "");
+    assert_eq!(code, 0, "{err}");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap();
+    let token = saved[&gw.addr]["id_token"].as_str().unwrap();
+    use base64::Engine as _;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1).unwrap())
+        .unwrap();
+    assert!(String::from_utf8_lossy(&claims).contains("\"sub\":\"bob\""));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //
 // Users (any password on the dev login form): alice (developers), bob (reviewers),
 // carol (auditors), dave (no group). Clients: `sluice-cli` (public, native: the code flow with
-// PKCE on a loopback redirect, refresh tokens); `ci-bot` (client credentials, secret
+// PKCE on a loopback redirect, the device flow, refresh tokens); `ci-bot` (client credentials, secret
 // `ci-bot-secret`, group `ci`). Access tokens for the resource `urn:sluice:gateway` are JWTs
 // (RFC 9068) with audience `sluice-gateway`.
 //
@@ -39,7 +39,7 @@ const provider = new Provider(issuer, {
       client_id: 'sluice-cli',
       application_type: 'native',
       token_endpoint_auth_method: 'none',
-      grant_types: ['authorization_code', 'refresh_token'],
+      grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/callback'],
     },
@@ -63,6 +63,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'urn:sluice:gateway',
