@@ -145,6 +145,18 @@ pub fn run(
             timestamp_ms: crate::session::now_ms(),
             content: parsed.content.into(),
         };
+        if !instance.wants(&frame) {
+            // As in the gateway: a frame outside the plugin's interest passes uncalled.
+            let report = Report {
+                reason: Some(
+                    "not asked: outside the plugin's interest, passed without a call".into(),
+                ),
+                ..report(frame.seq, Verdict::pass(), 0.0, instance.memory_bytes())
+            };
+            serde_json::to_writer(&mut output, &report)?;
+            writeln!(output)?;
+            continue;
+        }
         let started = Instant::now();
         let result = instance.on_frame(&frame);
         let time_us = started.elapsed().as_secs_f64() * 1e6;

@@ -83,6 +83,36 @@ fn plugin_run_prints_a_verdict_per_frame_with_time_and_memory() {
 }
 
 #[test]
+fn plugin_run_passes_frames_outside_the_plugins_interest_uncalled() {
+    // The SQL gate asks for client statements and lines only, as the gateway would honour.
+    let input = "{\"statement\": {\"text\": \"DROP TABLE t\", \"params\": []}}\n{\"direction\": \"target-to-client\", \"row\": [\"DROP TABLE t\"]}\n";
+    let (ok, out, err) = run_with_input(
+        &[
+            "plugin",
+            "run",
+            "builtin:approve",
+            "--config",
+            "rules=[\"sql\"]",
+        ],
+        input,
+    );
+    assert!(ok, "{err}");
+    let reports: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports[0]["verdict"], "hold", "{out}");
+    assert_eq!(reports[1]["verdict"], "pass", "{out}");
+    assert!(
+        reports[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("outside the plugin's interest"),
+        "{out}"
+    );
+}
+
+#[test]
 fn plugin_run_takes_a_config_file_and_reports_bad_input_lines() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("redact.toml");

@@ -168,6 +168,8 @@ fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
     assert_eq!((code, out.as_str()), (0, "hi\n"), "{err}");
     let (_, listed, _) = gw.run_as(Some(&machine), &["sessions"]);
     assert!(listed.contains("ci-bot"), "{listed}");
+    // Static tokens keep working beside the provider's.
+    assert_eq!(echo_as(&gw, &gw.user_token).0, 0);
 
     // Every bad token: refused with its reason, and nothing opened.
     let good = provider.id_token("alice", &["developers"]);
