@@ -136,9 +136,14 @@ fn curl(args: &[&str]) -> String {
 /// A gateway trusting `issuer`, with roles of its own: `shell` for developers and the CI
 /// bot, reviewed by reviewers, audited by auditors; `python` for reviewers only.
 fn gateway(issuer: &str) -> Gateway {
+    gateway_with(issuer, "")
+}
+
+/// Like [`gateway`], with `extra` configuration (more connections).
+fn gateway_with(issuer: &str, extra: &str) -> Gateway {
     let config = format!(
         "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"sluice-cli\"\naudience = \"sluice-gateway\"\n\
-         scopes = [\"openid\", \"email\", \"groups\", \"offline_access\"]\nclock_skew_seconds = 5\njwks_refresh_seconds = 1\n"
+         scopes = [\"openid\", \"email\", \"groups\", \"offline_access\"]\nclock_skew_seconds = 5\njwks_refresh_seconds = 1\n{extra}"
     );
     let policy = "[roles.shell]\nconnect = [\"developers\", \"ci\"]\nreview = [\"reviewers\"]\naudit = [\"auditors\"]\nadmin = []\n\n\
                   [roles.python]\nconnect = [\"reviewers\"]\n";
@@ -599,4 +604,43 @@ fn wait_child(mut child: Child) -> std::process::ExitStatus {
         assert!(std::time::Instant::now() < deadline, "still running");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_provider_token_is_a_postgresql_password_too() {
+    use crate::postgres::{Cluster, UPSTREAM_PASSWORD, psql};
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k1");
+    let provider = Provider::start(free_port(), &[&key]);
+    let cluster = Cluster::start("scram-sha-256");
+    let port = free_port();
+    let pg = format!(
+        "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n",
+        cluster.port
+    );
+    let _gateway = gateway_with(&provider.issuer(), &pg);
+
+    // `pg` takes its roles from the shipped [roles.default]: developers connect.
+    let alice = provider.id_token("alice", &["developers"]);
+    let (code, out, err) = psql(port, &alice, &["-t", "-c", "SELECT 'through the gateway'"]);
+    assert_eq!((code, out.as_str()), (0, "through the gateway\n"), "{err}");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = provider.mint(
+        json!({}),
+        json!({"sub": "alice", "aud": "sluice-cli", "groups": ["developers"], "iat": now - 1200, "exp": now - 600}),
+    );
+    let (code, _, err) = psql(port, &expired, &["-c", "SELECT 1"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("password authentication failed") && err.contains("the token expired"),
+        "{err}"
+    );
+    let dave = provider.id_token("dave", &[]);
+    let (code, _, err) = psql(port, &dave, &["-c", "SELECT 1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`dave` may not connect to `pg`"), "{err}");
 }

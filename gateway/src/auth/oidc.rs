@@ -67,7 +67,11 @@ pub struct Oidc {
 struct Keys {
     jwks_url: Option<openidconnect::JsonWebKeySetUrl>,
     set: Option<CoreJsonWebKeySet>,
-    fetched: Option<Instant>,
+    /// The last attempt to fetch them, failed or not: attempts are rate-limited too, so a
+    /// provider that is down is not asked again by every request.
+    attempted: Option<Instant>,
+    /// Why the last attempt failed.
+    failure: Option<String>,
 }
 
 impl Oidc {
@@ -186,35 +190,51 @@ impl Oidc {
             })
         };
         let min_interval = Duration::from_secs(self.config.jwks_refresh_seconds);
-        let may_fetch = keys.fetched.is_none_or(|at| at.elapsed() >= min_interval);
+        let may_fetch = keys.attempted.is_none_or(|at| at.elapsed() >= min_interval);
         if !known(&keys) && may_fetch {
-            let url = match &keys.jwks_url {
-                Some(url) => url.clone(),
-                None => {
-                    let metadata =
-                        CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
-                            .await
-                            .map_err(|e| TokenError::Provider(error_chain(&e)))?;
-                    metadata.jwks_uri().clone()
+            keys.attempted = Some(Instant::now());
+            match self.fetch_keys(keys.jwks_url.clone()).await {
+                Ok((url, set)) => {
+                    tracing::info!(
+                        keys = set.keys().len(),
+                        "fetched the identity provider's keys"
+                    );
+                    keys.jwks_url = Some(url);
+                    keys.set = Some(set);
+                    keys.failure = None;
                 }
-            };
-            let set = CoreJsonWebKeySet::fetch_async(&url, &self.http)
-                .await
-                .map_err(|e| TokenError::Provider(error_chain(&e)))?;
-            tracing::info!(
-                keys = set.keys().len(),
-                "fetched the identity provider's keys"
-            );
-            *keys = Keys {
-                jwks_url: Some(url),
-                set: Some(set),
-                fetched: Some(Instant::now()),
-            };
+                Err(why) => {
+                    tracing::warn!(error = %why, "cannot fetch the identity provider's keys");
+                    keys.failure = Some(why);
+                }
+            }
         }
         if !known(&keys) {
-            return Err(TokenError::UnknownKey(kid.unwrap_or("none").into()));
+            return Err(match (&keys.set, &keys.failure) {
+                (None, Some(why)) => TokenError::Provider(why.clone()),
+                _ => TokenError::UnknownKey(kid.unwrap_or("none").into()),
+            });
         }
         Ok(keys.set.clone().unwrap_or_default())
+    }
+
+    /// The provider's key set (discovering where it is, the first time).
+    async fn fetch_keys(
+        &self,
+        known_url: Option<openidconnect::JsonWebKeySetUrl>,
+    ) -> Result<(openidconnect::JsonWebKeySetUrl, CoreJsonWebKeySet), String> {
+        let url = match known_url {
+            Some(url) => url,
+            None => CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
+                .await
+                .map_err(|e| error_chain(&e))?
+                .jwks_uri()
+                .clone(),
+        };
+        let set = CoreJsonWebKeySet::fetch_async(&url, &self.http)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        Ok((url, set))
     }
 }
 
