@@ -12,6 +12,7 @@ pub mod exec;
 mod files;
 pub mod frame;
 pub mod login;
+pub mod metrics;
 pub mod pg;
 pub mod plugin_host;
 pub mod policy;

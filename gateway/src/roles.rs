@@ -134,6 +134,8 @@ impl Roles {
         message: &str,
     ) {
         tracing::warn!(subject = %identity.subject, role = role.name(), connection, action, "refused");
+        let labels = crate::metrics::labels(&[("role", role.name())]);
+        crate::metrics::count(crate::metrics::REFUSALS, &labels, 1);
         let event = NewEvent {
             session: String::new(),
             seq: 0,

@@ -301,6 +301,24 @@ impl Gateway {
             (&Method::GET, ["api", "sessions", id, "events"]) => {
                 self.session_events(&identity, id).await
             }
+            (&Method::GET, ["metrics"]) => {
+                if !self.roles().anywhere(&identity, Role::Admin) {
+                    let why = self
+                        .roles()
+                        .refuse(
+                            &identity,
+                            Role::Admin,
+                            crate::roles::DEFAULT,
+                            "read the metrics",
+                        )
+                        .await;
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                let open = self.session_ctx.live().len() as f64;
+                let text =
+                    crate::metrics::render(&[("sluice_sessions_open", "Sessions open now.", open)]);
+                reply(StatusCode::OK, text)
+            }
             (&Method::GET, ["api", "verify"]) => {
                 if !self.roles().anywhere(&identity, Role::Audit) {
                     let why = self

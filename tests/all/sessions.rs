@@ -572,3 +572,46 @@ fn piped_input_that_ends_without_exit_still_ends_the_session() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("42"), "{out}");
 }
+
+#[test]
+fn metrics_count_sessions_frames_plugin_calls_and_commits_for_admins_only() {
+    let gw = Gateway::start();
+    let (code, out, err) = gw.run(&["exec", "shell", "--", "echo counted"], "");
+    assert_eq!((code, out.as_str()), (0, "counted\n"), "{err}");
+    let ca = gw.dir.path().join("data/tls/ca.pem");
+    let get = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("https://{}/metrics", gw.addr))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The reviewer dev token is an admin in the shipped policy.
+    let text = get(&gw.reviewer_token);
+    assert!(text.ends_with("\n200"), "{text}");
+    for expected in [
+        "sluice_sessions_open 0\n",
+        "sluice_sessions_total{connection=\"shell\"} 1\n",
+        "sluice_frames_total{connection=\"shell\",direction=\"in\",outcome=\"pass\"} 1\n",
+        "# TYPE sluice_plugin_call_seconds histogram\n",
+        "sluice_record_commit_seconds_count ",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    // Both plugins of the shell chain were called (the input, the output), and timed.
+    for plugin in ["shell-gate", "mask"] {
+        let prefix = format!("sluice_plugin_call_seconds_count{{plugin=\"{plugin}\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {text}"));
+        assert!(line[prefix.len()..].parse::<u64>().unwrap() >= 1, "{line}");
+    }
+    let refused = get(&gw.user_token);
+    assert!(refused.ends_with("\n403"), "{refused}");
+    assert!(refused.contains("needs the `admin` role"), "{refused}");
+}

@@ -446,6 +446,7 @@ impl LoadedPlugin {
             session: session.clone(),
             live: None,
             wants: Wants([0; 2]),
+            metric_labels: crate::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
         instance.live()?;
         Ok(instance)
@@ -585,6 +586,8 @@ pub struct FilterInstance {
     live: Option<(Store<HostState>, bindings::filter::Filter)>,
     /// The frames the instance asked for in `init`.
     wants: Wants,
+    /// Its labels in `/metrics`, made once.
+    metric_labels: String,
 }
 
 /// The frames a filter instance wants: a bit per kind of content, per direction.
@@ -627,9 +630,14 @@ impl FilterInstance {
     /// The plugin's verdict on one frame, checked. On any failure the instance is dropped.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
         let wit_frame = frame.clone().into();
-        let verdict: Verdict = self
-            .call(|store, filter| filter.call_on_frame(store, &wit_frame))?
-            .into();
+        let started = std::time::Instant::now();
+        let called = self.call(|store, filter| filter.call_on_frame(store, &wit_frame));
+        crate::metrics::observe(
+            crate::metrics::PLUGIN_CALLS,
+            &self.metric_labels,
+            started.elapsed(),
+        );
+        let verdict: Verdict = called?.into();
         if let Err(why) = frame::check_verdict(frame, &verdict) {
             self.live = None;
             return Err(self.plugin.error(Failure::Malformed(why)));

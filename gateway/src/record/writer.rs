@@ -51,7 +51,12 @@ impl Recorder {
                         }
                     }
                     let (events, acks): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    let started = std::time::Instant::now();
                     let result = store.append(&events);
+                    crate::metrics::observe(crate::metrics::COMMITS, "", started.elapsed());
+                    if result.is_ok() {
+                        crate::metrics::count(crate::metrics::EVENTS, "", events.len() as u64);
+                    }
                     match result {
                         Ok(indices) => {
                             for (ack, index) in acks.into_iter().zip(indices) {

@@ -167,6 +167,11 @@ impl Core {
                 );
             });
         }
+        crate::metrics::count(
+            crate::metrics::SESSIONS,
+            &crate::metrics::labels(&[("connection", &core.info.connection)]),
+            1,
+        );
         tracing::info!("session opened");
         Ok((core, killed))
     }
@@ -295,6 +300,7 @@ impl Core {
         {
             meta["params"] = cells_json(&s.params);
         }
+        self.count_frames(direction, outcome, 1);
         let seq = self.seq[direction as usize];
         self.submit_event("frame", seq, meta, record_payload(&decision.record))
             .await
@@ -321,8 +327,22 @@ impl Core {
             }
         }
         meta["failures"] = failures.into();
+        self.count_frames(Direction::TargetToClient, "pass", batch.count as u64);
         self.submit_event("frame", batch.first_seq, meta, batch.payload)
             .await
+    }
+
+    fn count_frames(&self, direction: Direction, outcome: &str, n: u64) {
+        let direction = match direction {
+            Direction::ClientToTarget => "in",
+            Direction::TargetToClient => "out",
+        };
+        let labels = crate::metrics::labels(&[
+            ("connection", &self.info.connection),
+            ("direction", direction),
+            ("outcome", outcome),
+        ]);
+        crate::metrics::count(crate::metrics::FRAMES, &labels, n);
     }
 
     /// The sequence number of the last frame in `direction`.
