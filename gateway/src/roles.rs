@@ -95,6 +95,20 @@ impl Roles {
         Err(self.refuse(identity, role, connection, action).await)
     }
 
+    /// Like [`Roles::require`], for what concerns no one connection (`verify`, `/metrics`):
+    /// `role` on any connection will do; a refusal names the default table's groups.
+    pub async fn require_anywhere(
+        &self,
+        identity: &Identity,
+        role: Role,
+        action: &str,
+    ) -> Result<(), String> {
+        if self.anywhere(identity, role) {
+            return Ok(());
+        }
+        Err(self.refuse(identity, role, DEFAULT, action).await)
+    }
+
     /// Records a refusal of `action` for want of `role` and returns its message.
     pub async fn refuse(
         &self,

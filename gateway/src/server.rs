@@ -302,16 +302,10 @@ impl Gateway {
                 self.session_events(&identity, id).await
             }
             (&Method::GET, ["metrics"]) => {
-                if !self.roles().anywhere(&identity, Role::Admin) {
-                    let why = self
-                        .roles()
-                        .refuse(
-                            &identity,
-                            Role::Admin,
-                            crate::roles::DEFAULT,
-                            "read the metrics",
-                        )
-                        .await;
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "read the metrics");
+                if let Err(why) = allowed.await {
                     return error(StatusCode::FORBIDDEN, &why);
                 }
                 let open = self.session_ctx.live().len() as f64;
@@ -320,16 +314,10 @@ impl Gateway {
                 reply(StatusCode::OK, text)
             }
             (&Method::GET, ["api", "verify"]) => {
-                if !self.roles().anywhere(&identity, Role::Audit) {
-                    let why = self
-                        .roles()
-                        .refuse(
-                            &identity,
-                            Role::Audit,
-                            crate::roles::DEFAULT,
-                            "verify the record",
-                        )
-                        .await;
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Audit, "verify the record");
+                if let Err(why) = allowed.await {
                     return error(StatusCode::FORBIDDEN, &why);
                 }
                 let store = self.store.clone();
