@@ -184,6 +184,18 @@ pub fn error(tag: u8, severity: &str, code: &str, message: &str) -> Message {
     Message::new(tag, body)
 }
 
+/// The fields of an `ErrorResponse` or `NoticeResponse`: (field type, value).
+pub fn fields(m: &Message) -> Result<Vec<(u8, String)>, Error> {
+    let mut body = m.reader();
+    let mut fields = Vec::new();
+    loop {
+        match body.u8()? {
+            0 => return Ok(fields),
+            tag => fields.push((tag, body.cstr()?)),
+        }
+    }
+}
+
 pub fn auth(code: i32, data: &[u8]) -> Message {
     let mut body = code.to_be_bytes().to_vec();
     body.extend_from_slice(data);

@@ -486,6 +486,10 @@ impl<
                     }
                     self.expect.pop_front();
                 }
+                if let Some(clean) = own_refusal(&m) {
+                    self.queue_client(&clean);
+                    return Ok(None);
+                }
             }
             b'Z' => {
                 self.result = None;
@@ -798,6 +802,22 @@ async fn drain<W: AsyncWrite + Unpin>(
         queued.clear();
     }
     Ok(())
+}
+
+/// The server's answer to a refusal the gateway raised in place of a statement ([`raise`]),
+/// cut back to what the gateway means: without the `CONTEXT` (the `DO` block that raised
+/// it) the server adds, which would only puzzle the client.
+fn own_refusal(m: &Message) -> Option<Message> {
+    let fields = message::fields(m).ok()?;
+    let field = |tag: u8| {
+        fields
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| v.as_str())
+    };
+    let text = field(b'M').filter(|t| t.starts_with("sluice: "))?;
+    (field(b'C') == Some(SQLSTATE_REFUSED))
+        .then(|| message::error(b'E', "ERROR", SQLSTATE_REFUSED, text))
 }
 
 /// A statement that fails with `message`, for the server to answer in place of a refused one.
