@@ -112,6 +112,9 @@ pub struct OidcConfig {
     /// The provider's keys are fetched again for an unknown key id at most this often.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
+    /// Keys older than this are fetched again on the next token.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_seconds: u64,
 }
 
 fn default_groups_claim() -> String {
@@ -130,6 +133,9 @@ fn default_algorithms() -> Vec<String> {
 }
 fn default_clock_skew() -> u64 {
     60
+}
+fn default_jwks_max_age() -> u64 {
+    3600
 }
 fn default_jwks_refresh() -> u64 {
     30

@@ -143,7 +143,7 @@ fn gateway(issuer: &str) -> Gateway {
 fn gateway_with(issuer: &str, extra: &str) -> Gateway {
     let config = format!(
         "\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"sluice-cli\"\naudience = \"sluice-gateway\"\n\
-         scopes = [\"openid\", \"email\", \"groups\", \"offline_access\"]\nclock_skew_seconds = 5\njwks_refresh_seconds = 1\n{extra}"
+         scopes = [\"openid\", \"email\", \"groups\", \"offline_access\"]\nclock_skew_seconds = 5\njwks_refresh_seconds = 1\njwks_max_age_seconds = 3\n{extra}"
     );
     let policy = "[roles.shell]\nconnect = [\"developers\", \"ci\"]\nreview = [\"reviewers\"]\naudit = [\"auditors\"]\nadmin = []\n\n\
                   [roles.python]\nconnect = [\"reviewers\"]\n";
@@ -291,6 +291,20 @@ fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
         0,
         "a token of the old, still published key"
     );
+
+    // The old key is withdrawn: once the gateway's copy of the keys is older than its max
+    // age (3 s here), tokens signed with it are refused.
+    let port = rotated.port;
+    drop(rotated);
+    let _withdrawn = Provider::start(port, &[&k2]);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let (code, _, err) = echo_as(&gw, &machine);
+    assert_ne!(code, 0, "a withdrawn key's token was accepted");
+    assert!(
+        err.contains("a key the provider does not publish (kid k1)"),
+        "{err}"
+    );
+    assert_eq!(echo_as(&gw, &fresh).0, 0);
 }
 
 /// A browser for the provider's pages: keeps cookies, follows redirects, fills forms.

@@ -3,7 +3,9 @@
 //!
 //! The provider is discovered from its issuer URL on first use; its signing keys (JWKS) are
 //! cached, and fetched again when a token names a key id the cache does not hold (the
-//! provider rotated its keys), at most once per `jwks_refresh_seconds`. Checked: signature,
+//! provider rotated its keys), at most once per `jwks_refresh_seconds`, and when they are
+//! older than `jwks_max_age_seconds` (a key the provider withdrew stops being trusted; if the
+//! provider cannot be reached then, the keys it last published stay). Checked: signature,
 //! algorithm (an allow-list of asymmetric ones: never `none`, never HMAC, whose key would be
 //! the public one), `iss`, `aud`, `exp`, `nbf` and `iat` with a small clock skew.
 
@@ -72,6 +74,9 @@ struct Keys {
     attempted: Option<Instant>,
     /// Why the last attempt failed.
     failure: Option<String>,
+    /// The last fetch that succeeded: keys older than `jwks_max_age_seconds` are fetched
+    /// again, so a key the provider withdrew stops being trusted.
+    fetched: Option<Instant>,
 }
 
 impl Oidc {
@@ -191,7 +196,9 @@ impl Oidc {
         };
         let min_interval = Duration::from_secs(self.config.jwks_refresh_seconds);
         let may_fetch = keys.attempted.is_none_or(|at| at.elapsed() >= min_interval);
-        if !known(&keys) && may_fetch {
+        let max_age = Duration::from_secs(self.config.jwks_max_age_seconds);
+        let stale = keys.fetched.is_none_or(|at| at.elapsed() >= max_age);
+        if (!known(&keys) || stale) && may_fetch {
             keys.attempted = Some(Instant::now());
             match self.fetch_keys(keys.jwks_url.clone()).await {
                 Ok((url, set)) => {
@@ -202,6 +209,7 @@ impl Oidc {
                     keys.jwks_url = Some(url);
                     keys.set = Some(set);
                     keys.failure = None;
+                    keys.fetched = Some(Instant::now());
                 }
                 Err(why) => {
                     tracing::warn!(error = %why, "cannot fetch the identity provider's keys");
