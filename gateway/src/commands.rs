@@ -319,6 +319,29 @@ fn print_review(r: &Review) {
     println!("---\n{}", r.text);
 }
 
+/// `sluice whoami`: who the gateway takes you for, and your roles on each connection.
+pub async fn whoami(client: Client) -> anyhow::Result<ExitCode> {
+    let who: serde_json::Value = serde_json::from_slice(&client.get("/api/whoami").await?)?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let list = |v: &serde_json::Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    match who["name"].as_str() {
+        Some(name) => println!("{} ({name})", text(&who["subject"])),
+        None => println!("{}", text(&who["subject"])),
+    }
+    println!("groups: {}", list(&who["groups"]));
+    for (connection, roles) in who["roles"].as_object().into_iter().flatten() {
+        println!("{connection}: {}", list(roles));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
     client.post(&format!("/api/sessions/{id}/kill")).await?;
     println!("session {id} ended");

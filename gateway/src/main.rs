@@ -64,6 +64,11 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Who the gateway takes you for: your subject, groups and roles on each connection.
+    Whoami {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Forget the tokens `sluice login` saved for the gateway.
     Logout {
         #[command(flatten)]
@@ -362,6 +367,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grep,
             };
             runtime()?.block_on(sluice::commands::sessions(target.client()?, filter))
+        }
+        Command::Whoami { target } => {
+            runtime()?.block_on(sluice::commands::whoami(target.client()?))
         }
         Command::Kill { id, target } => {
             runtime()?.block_on(sluice::commands::kill(target.client()?, &id))

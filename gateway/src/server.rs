@@ -1,15 +1,20 @@
 //! `sluice serve`: one TLS listener for session upgrades and `/api/...`.
 //!
-//! Routes:
-//! - `POST /api/sessions?connection=NAME&mode=exec|connect&rows=R&cols=C` with
-//!   `Upgrade: sluice-session/1`: opens a session (see `session.rs`) on the upgraded stream.
-//! - `GET /api/sessions`: recorded sessions (the caller's own; reviewers and auditors see all).
-//! - `GET /api/sessions/ID/events`: one session's events, as JSON lines.
-//! - `GET /api/verify`: verifies the record; the report as JSON.
-//! - `GET /api/ca`: the gateway's CA certificate (public).
+//! Routes (each checks the caller's role on what it touches, see `roles.rs`):
+//! - `POST /api/sessions?connection=NAME&mode=exec|connect|tunnel&rows=R&cols=C` with
+//!   `Upgrade: sluice-session/1`: opens a session on the upgraded stream (connect).
+//! - `GET /api/sessions[?active]`: recorded (or live) sessions the caller may read.
+//! - `GET /api/sessions/ID/events`: one session's events, as JSON lines (own, or audit).
+//! - `POST /api/sessions/ID/kill`: ends a live session (admin).
+//! - `GET /api/reviews[?status=S]`, `GET /api/reviews/events` (SSE), `GET /api/reviews/ID`,
+//!   `POST /api/reviews/ID/approve|reject?reason=R` (review).
+//! - `GET /api/verify`: verifies the record; the report as JSON (audit).
+//! - `GET /api/whoami`: the caller's identity and roles per connection.
+//! - `GET /metrics`: Prometheus text (admin).
+//! - `GET /api/ca`, `GET /api/auth`: the gateway's CA certificate and where to sign in (public).
 //!
-//! Every request but `/api/ca` needs `Authorization: Bearer TOKEN`; a refusal says why and is
-//! logged with the client's address, never the token.
+//! Every other request needs `Authorization: Bearer TOKEN`; a refusal says why and is logged
+//! with the client's address, never the token.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -300,6 +305,23 @@ impl Gateway {
             }
             (&Method::GET, ["api", "sessions", id, "events"]) => {
                 self.session_events(&identity, id).await
+            }
+            (&Method::GET, ["api", "whoami"]) => {
+                let roles: serde_json::Map<String, serde_json::Value> = self
+                    .config
+                    .connections
+                    .keys()
+                    .map(|c| {
+                        let held: Vec<_> = Role::ALL
+                            .iter()
+                            .filter(|r| self.roles().has(&identity, **r, c))
+                            .map(|r| r.name())
+                            .collect();
+                        (c.clone(), json!(held))
+                    })
+                    .collect();
+                let who = json!({"subject": identity.subject, "name": identity.name, "groups": identity.groups, "roles": roles});
+                reply(StatusCode::OK, who.to_string())
             }
             (&Method::GET, ["metrics"]) => {
                 let allowed =

@@ -503,6 +503,14 @@ fn roles_from_the_policy_decide_who_connects_reviews_and_reads() {
     let carol = provider.id_token("carol", &["auditors"]);
     let dave = provider.id_token("dave", &[]);
 
+    // Each can see what they may do.
+    let (code, out, err) = gw.run_as(Some(&alice), &["whoami"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "alice (alice@example.com)\ngroups: developers\npython: none\nshell: connect\n"
+    );
+
     // Connecting: developers on shell, not on python (reviewers only); nobody without a group.
     assert_eq!(echo_as(&gw, &alice).0, 0);
     let (code, _, err) = gw.run_as(Some(&alice), &["exec", "python", "--", "print(1)"]);
