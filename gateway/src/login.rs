@@ -86,25 +86,19 @@ pub async fn login(
                 provider.issuer
             )
         })?;
-    let client = |metadata: &CoreProviderMetadata| {
-        CoreClient::from_provider_metadata(
-            metadata.clone(),
-            ClientId::new(provider.client_id.clone()),
-            None,
-        )
-    };
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(provider.client_id.clone()),
+        None,
+    );
     let (tokens, nonce) = match flow {
-        Flow::Browser => browser(&http, client(&metadata), provider, announce).await?,
-        Flow::Device => {
-            let client = client(&metadata);
-            (device(&http, &client, provider, announce).await?, None)
-        }
+        Flow::Browser => browser(&http, client.clone(), provider, announce).await?,
+        Flow::Device => (device(&http, &client, provider, announce).await?, None),
     };
     let id_token = tokens
         .id_token()
         .ok_or_else(|| anyhow!("the provider sent no ID token"))?;
-    let verifying = client(&metadata);
-    let verifier = verifying.id_token_verifier();
+    let verifier = client.id_token_verifier();
     let claims = match &nonce {
         Some(nonce) => id_token.claims(&verifier, nonce),
         // The device flow has no nonce; everything else is checked.

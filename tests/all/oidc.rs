@@ -53,6 +53,23 @@ fn keygen(dir: &Path, kid: &str) -> PathBuf {
     path
 }
 
+/// Part `i` of a JWT (0: header, 1: claims), decoded.
+fn jwt_part(token: &str, i: usize) -> String {
+    use base64::Engine as _;
+    let part = token.split('.').nth(i).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// A running provider; killed when dropped.
 struct Provider {
     port: u16,
@@ -78,6 +95,11 @@ impl Provider {
         assert!(first.starts_with("listening"), "{first}");
         std::thread::spawn(move || for _ in lines {});
         Provider { port, child }
+    }
+
+    /// A provider of its own on a free port, signing with a new key `k1` kept in `dir`.
+    fn start_new(dir: &Path) -> Provider {
+        Provider::start(free_port(), &[&keygen(dir, "k1")])
     }
 
     fn issuer(&self) -> String {
@@ -179,10 +201,7 @@ fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
     // Every bad token: refused with its reason, and nothing opened.
     let good = provider.id_token("alice", &["developers"]);
     assert_eq!(echo_as(&gw, &good).0, 0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now_secs();
     let (header, payload, signature) = {
         let mut parts = good.split('.');
         (
@@ -275,13 +294,7 @@ fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
     let k2 = keygen(dir.path(), "k2");
     let rotated = Provider::start(port, &[&k2, &k1]);
     let fresh = rotated.machine_token();
-    let fresh_header = {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(fresh.split('.').next().unwrap())
-            .unwrap();
-        String::from_utf8(bytes).unwrap()
-    };
+    let fresh_header = jwt_part(&fresh, 0);
     assert!(fresh_header.contains("\"kid\":\"k2\""), "{fresh_header}");
     std::thread::sleep(std::time::Duration::from_millis(1100)); // past the refresh limit
     let (code, out, err) = echo_as(&gw, &fresh);
@@ -313,7 +326,13 @@ struct Browser<'a> {
     jar: String,
 }
 
-impl Browser<'_> {
+impl<'a> Browser<'a> {
+    /// A browser with its cookies in `dir`.
+    fn new(provider: &'a Provider, dir: &Path) -> Browser<'a> {
+        let jar = dir.join("cookies").display().to_string();
+        Browser { provider, jar }
+    }
+
     fn get(&self, url: &str) -> String {
         curl(&["-L", "-c", &self.jar, "-b", &self.jar, url])
     }
@@ -391,21 +410,31 @@ fn start_login(gw: &Gateway, credentials: &Path, args: &[&str]) -> (Child, Strin
     (login, url)
 }
 
+/// The CLI with `args`, signed in through `credentials` (no token given).
+fn with_saved(gw: &Gateway, credentials: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = gw.cli();
+    cmd.env_remove("SLUICE_TOKEN")
+        .env("SLUICE_CREDENTIALS", credentials)
+        .args(args);
+    run_command(&mut cmd, "")
+}
+
+/// What `sluice login` saved, by gateway.
+fn saved(credentials: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(credentials).unwrap()).unwrap()
+}
+
 #[test]
 fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "k1");
-    let provider = Provider::start(free_port(), &[&key]);
+    let provider = Provider::start_new(dir.path());
     let gw = gateway(&provider.issuer());
     let credentials = dir.path().join("credentials.json");
 
     let (login, url) = start_login(&gw, &credentials, &["--no-browser"]);
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     // The browser: the provider's login page, its consent page, then back to the CLI.
-    let browser = Browser {
-        provider: &provider,
-        jar: dir.path().join("cookies").display().to_string(),
-    };
+    let browser = Browser::new(&provider, dir.path());
     let done = browser.sign_in(&browser.get(&url), "alice");
     assert!(done.contains("Signed in to Sluice"), "{done}");
     assert!(wait_child(login).success());
@@ -417,20 +446,12 @@ fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let saved = || -> Value {
-        serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap()
-    };
+    let saved = || saved(&credentials);
     let first = saved()[&gw.addr]["id_token"].as_str().unwrap().to_string();
     assert!(saved()[&gw.addr]["refresh_token"].is_string());
 
     // Every command then uses it (no --token): alice's session, as alice.
-    let as_saved = |args: &[&str]| {
-        let mut cmd = gw.cli();
-        cmd.env_remove("SLUICE_TOKEN")
-            .env("SLUICE_CREDENTIALS", &credentials)
-            .args(args);
-        run_command(&mut cmd, "")
-    };
+    let as_saved = |args: &[&str]| with_saved(&gw, &credentials, args);
     let (code, out, err) = as_saved(&["exec", "shell", "--", "echo", "as alice"]);
     assert_eq!((code, out.as_str()), (0, "as alice\n"), "{err}");
     let (_, listed, _) = as_saved(&["sessions"]);
@@ -456,18 +477,14 @@ fn sluice_login_signs_in_through_the_browser_flow_and_renews_its_token() {
 #[test]
 fn sluice_login_device_signs_in_a_machine_without_a_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "k1");
-    let provider = Provider::start(free_port(), &[&key]);
+    let provider = Provider::start_new(dir.path());
     let gw = gateway(&provider.issuer());
     let credentials = dir.path().join("credentials.json");
 
     let (login, url) = start_login(&gw, &credentials, &["--device"]);
     assert!(url.contains("user_code="), "{url}");
     // Someone opens the page on another device, confirms the code and signs in as bob.
-    let browser = Browser {
-        provider: &provider,
-        jar: dir.path().join("cookies").display().to_string(),
-    };
+    let browser = Browser::new(&provider, dir.path());
     let mut page = browser.get(&url);
     while page.contains("name=\"xsrf\"") {
         page = browser.submit(&page, &[]);
@@ -476,27 +493,16 @@ fn sluice_login_device_signs_in_a_machine_without_a_browser() {
     assert!(done.contains("Sign-in Success"), "{done}");
     assert!(wait_child(login).success());
 
-    let mut cmd = gw.cli();
-    cmd.env_remove("SLUICE_TOKEN")
-        .env("SLUICE_CREDENTIALS", &credentials)
-        .args(["reviews"]);
-    let (code, _, err) = run_command(&mut cmd, "");
+    let (code, _, err) = with_saved(&gw, &credentials, &["reviews"]);
     assert_eq!(code, 0, "{err}");
-    let saved: Value =
-        serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap();
-    let token = saved[&gw.addr]["id_token"].as_str().unwrap();
-    use base64::Engine as _;
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token.split('.').nth(1).unwrap())
-        .unwrap();
-    assert!(String::from_utf8_lossy(&claims).contains("\"sub\":\"bob\""));
+    let token = saved(&credentials)[&gw.addr]["id_token"].clone();
+    assert!(jwt_part(token.as_str().unwrap(), 1).contains("\"sub\":\"bob\""));
 }
 
 #[test]
 fn roles_from_the_policy_decide_who_connects_reviews_and_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "k1");
-    let provider = Provider::start(free_port(), &[&key]);
+    let provider = Provider::start_new(dir.path());
     let gw = gateway(&provider.issuer());
     let alice = provider.id_token("alice", &["developers"]);
     let bob = provider.id_token("bob", &["reviewers"]);
@@ -632,8 +638,7 @@ fn wait_child(mut child: Child) -> std::process::ExitStatus {
 fn a_provider_token_is_a_postgresql_password_too() {
     use crate::postgres::{Cluster, UPSTREAM_PASSWORD, psql};
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "k1");
-    let provider = Provider::start(free_port(), &[&key]);
+    let provider = Provider::start_new(dir.path());
     let cluster = Cluster::start("scram-sha-256");
     let port = free_port();
     let pg = format!(
@@ -647,10 +652,7 @@ fn a_provider_token_is_a_postgresql_password_too() {
     let (code, out, err) = psql(port, &alice, &["-t", "-c", "SELECT 'through the gateway'"]);
     assert_eq!((code, out.as_str()), (0, "through the gateway\n"), "{err}");
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now_secs();
     let expired = provider.mint(
         json!({}),
         json!({"sub": "alice", "aud": "sluice-cli", "groups": ["developers"], "iat": now - 1200, "exp": now - 600}),

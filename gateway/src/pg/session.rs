@@ -550,18 +550,18 @@ impl<
         let decision = self
             .core
             .filter(Direction::TargetToClient, Content::Columns(columns));
-        if decision.outcome != Outcome::Pass {
+        let header = if decision.outcome == Outcome::Pass {
+            Some((decision, message))
+        } else {
             self.core
                 .record_frame(Direction::TargetToClient, &decision)
                 .await?;
             let reason = format!("{} (a result's columns)", refusal(&decision.outcome));
             self.queue_client(&message::error(b'E', "ERROR", SQLSTATE_REFUSED, &reason));
             self.cut = true;
-        }
-        self.result = Some(Rows {
-            copy,
-            header: Some((decision, message)).filter(|(d, _)| d.outcome == Outcome::Pass),
-        });
+            None
+        };
+        self.result = Some(Rows { copy, header });
         Ok(())
     }
 

@@ -103,7 +103,19 @@ pub struct Core {
     pub info: SessionInfo,
     chain: Chain,
     seq: [u64; 2],
+    /// This session's `/metrics` labels for frames, by direction and outcome, made once.
+    frame_labels: [[String; 3]; 2],
 }
+
+/// How the record and `/metrics` name a direction.
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::ClientToTarget => "in",
+        Direction::TargetToClient => "out",
+    }
+}
+
+const OUTCOMES: [&str; 3] = ["pass", "hold", "deny"];
 
 impl Core {
     /// Makes the chain (a plugin may refuse the session), records `session-open` and lists the
@@ -134,11 +146,21 @@ impl Core {
             meta.extend(extra);
         }
         let chain = Chain::new(&opening.plugins, &info).map_err(|e| e.to_string())?;
+        let frame_labels = [Direction::ClientToTarget, Direction::TargetToClient].map(|d| {
+            OUTCOMES.map(|outcome| {
+                crate::metrics::labels(&[
+                    ("connection", &info.connection),
+                    ("direction", direction_name(d)),
+                    ("outcome", outcome),
+                ])
+            })
+        });
         let mut core = Core {
             ctx,
             info,
             chain,
             seq: [0, 0],
+            frame_labels,
         };
         core.record_event("session-open", 0, meta, Vec::new())
             .await
@@ -289,7 +311,7 @@ impl Core {
             Outcome::Deny { plugin, reason } => ("deny", Some(format!("{plugin}: {reason}"))),
         };
         let mut meta = json!({
-            "dir": match direction { Direction::ClientToTarget => "in", Direction::TargetToClient => "out" },
+            "dir": direction_name(direction),
             "content": crate::frame::kind(&decision.record),
             "outcome": outcome,
             "reason": reason,
@@ -333,16 +355,9 @@ impl Core {
     }
 
     fn count_frames(&self, direction: Direction, outcome: &str, n: u64) {
-        let direction = match direction {
-            Direction::ClientToTarget => "in",
-            Direction::TargetToClient => "out",
-        };
-        let labels = crate::metrics::labels(&[
-            ("connection", &self.info.connection),
-            ("direction", direction),
-            ("outcome", outcome),
-        ]);
-        crate::metrics::count(crate::metrics::FRAMES, &labels, n);
+        let outcome = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        let labels = &self.frame_labels[direction as usize][outcome];
+        crate::metrics::count(crate::metrics::FRAMES, labels, n);
     }
 
     /// The sequence number of the last frame in `direction`.
