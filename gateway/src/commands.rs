@@ -331,9 +331,12 @@ pub async fn whoami(client: Client) -> anyhow::Result<ExitCode> {
             items.join(", ")
         }
     };
+    let subject = text(&who["subject"]);
     match who["name"].as_str() {
-        Some(name) => println!("{} ({name})", text(&who["subject"])),
-        None => println!("{}", text(&who["subject"])),
+        // A name that already says the subject (dev tokens') is shown alone.
+        Some(name) if name.starts_with(&subject) => println!("{name}"),
+        Some(name) => println!("{subject} ({name})"),
+        None => println!("{subject}"),
     }
     println!("groups: {}", list(&who["groups"]));
     for (connection, roles) in who["roles"].as_object().into_iter().flatten() {
