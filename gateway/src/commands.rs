@@ -334,7 +334,7 @@ pub async fn whoami(client: Client) -> anyhow::Result<ExitCode> {
     let subject = text(&who["subject"]);
     match who["name"].as_str() {
         // A name that already says the subject (dev tokens') is shown alone.
-        Some(name) if name.starts_with(&subject) => println!("{name}"),
+        Some(name) if name.starts_with(&format!("{subject} (")) => println!("{name}"),
         Some(name) => println!("{subject} ({name})"),
         None => println!("{subject}"),
     }

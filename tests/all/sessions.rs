@@ -611,6 +611,13 @@ fn metrics_count_sessions_frames_plugin_calls_and_commits_for_admins_only() {
             .unwrap_or_else(|| panic!("{prefix}: {text}"));
         assert!(line[prefix.len()..].parse::<u64>().unwrap() >= 1, "{line}");
     }
+    // whoami names the dev user once, with its roles.
+    let (code, who, _) = gw.run(&["whoami"], "");
+    assert_eq!(code, 0);
+    assert!(
+        who.starts_with("dev-user (development token)\ngroups: developers\n"),
+        "{who}"
+    );
     let refused = get(&gw.user_token);
     assert!(refused.ends_with("\n403"), "{refused}");
     assert!(refused.contains("needs the `admin` role"), "{refused}");
