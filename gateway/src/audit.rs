@@ -68,7 +68,8 @@ pub fn report_json(report: &VerifyReport) -> serde_json::Value {
     json!({
         "holds": report.holds(),
         "entries": report.entries,
-        "purged": report.purged,
+        "purged": report.purged.len(),
+        "purged_ranges": report.purged_ranges(),
         "problem": report.problem.as_ref().map(|p| p.to_string()),
         "head": report.head,
         "repaired": report.repaired,

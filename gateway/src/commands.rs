@@ -345,6 +345,77 @@ pub async fn whoami(client: Client) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn sinks(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
+    let body = client.get("/api/sinks").await?;
+    if raw {
+        std::io::stdout().write_all(&body)?;
+        println!();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sinks: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    if sinks.is_empty() {
+        println!("no sinks: the policy enables none (see docs/sinks.md)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<16} {:<11} {:>10} {:>8} {:>10}  LAST ERROR",
+        "SINK", "PLUGIN", "STATE", "DELIVERED", "LAG", "FAILURES"
+    );
+    for s in &sinks {
+        let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
+        let number = |k: &str| s[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<16} {:<16} {:<11} {:>10} {:>8} {:>10}  {}",
+            text("name"),
+            text("plugin"),
+            text("state"),
+            number("cursor"),
+            number("lag"),
+            number("failures"),
+            s["last_error"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reload(client: Client) -> anyhow::Result<ExitCode> {
+    let applied: serde_json::Value = serde_json::from_slice(&client.post("/api/reload").await?)?;
+    let files = applied["files"].as_array().map_or(0, Vec::len);
+    let sinks: Vec<&str> = applied["sinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    println!(
+        "policy applied: {files} file(s); sinks: {}",
+        if sinks.is_empty() {
+            "none".to_string()
+        } else {
+            sinks.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn retention(client: Client) -> anyhow::Result<ExitCode> {
+    let report: serde_json::Value = serde_json::from_slice(&client.post("/api/retention").await?)?;
+    let count = |k: &str| report[k].as_array().map_or(0, Vec::len);
+    println!(
+        "purged {} payload(s) of {} session(s); removed {} decided review(s)",
+        report["payloads"].as_u64().unwrap_or(0),
+        count("sessions"),
+        count("reviews"),
+    );
+    if let Some(c) = report["compacted"].as_object() {
+        println!(
+            "store compacted: {} -> {} bytes",
+            c["bytes_before"], c["bytes_after"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
     client.post(&format!("/api/sessions/{id}/kill")).await?;
     println!("session {id} ended");
@@ -389,9 +460,24 @@ pub async fn export(client: Client, id: &str, format: &str) -> anyhow::Result<Ex
 fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
     let holds = report["holds"].as_bool().unwrap_or(false);
     let entries = &report["entries"];
-    let purged = report["purged"].as_array().map_or(0, Vec::len);
     if holds {
-        println!("record verified: {entries} entries hold ({purged} payloads purged by retention)");
+        println!("record verified: {entries} entries hold");
+        let ranges: Vec<String> = report["purged_ranges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| match (r[0].as_u64(), r[1].as_u64()) {
+                (Some(a), Some(b)) if a == b => format!("{a}"),
+                (a, b) => format!("{}-{}", a.unwrap_or(0), b.unwrap_or(0)),
+            })
+            .collect();
+        if !ranges.is_empty() {
+            println!(
+                "purged by retention (payloads deleted, digests kept): {} entries: {}",
+                report["purged"],
+                ranges.join(", ")
+            );
+        }
     } else {
         println!(
             "record does NOT verify: {}",

@@ -23,6 +23,33 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     #[serde(default)]
     pub connections: BTreeMap<String, Connection>,
+    /// How sink plugins' outgoing requests resolve names.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// `[egress]`: the resolver of sink plugins' outgoing HTTP (what they may reach is each
+/// plugin's `allow_hosts` in the policy).
+///
+/// ```toml
+/// [egress]
+/// hosts = { "logs.internal.example" = ["10.0.4.7"] }   # looked up here before DNS
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Connection {
+    pub fn retention_days(&self) -> Option<f64> {
+        match self {
+            Connection::Exec(c) => c.retention_days,
+            Connection::Postgres(c) => c.retention_days,
+            Connection::Tcp(c) => c.retention_days,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -42,6 +69,12 @@ pub struct Gateway {
     /// How long a held frame waits before it is refused (until reviews exist).
     #[serde(default = "default_hold_timeout_ms")]
     pub hold_timeout_ms: u64,
+    /// Days decided reviews and access requests are kept; None: forever.
+    #[serde(default)]
+    pub review_retention_days: Option<f64>,
+    /// How often retention runs (it also runs at start).
+    #[serde(default = "default_purge_interval_seconds")]
+    pub purge_interval_seconds: u64,
 }
 
 impl Default for Gateway {
@@ -53,6 +86,8 @@ impl Default for Gateway {
             record_mode: RecordMode::default(),
             dev_tokens: false,
             hold_timeout_ms: default_hold_timeout_ms(),
+            review_retention_days: None,
+            purge_interval_seconds: default_purge_interval_seconds(),
         }
     }
 }
@@ -68,6 +103,9 @@ fn default_policies() -> PathBuf {
 }
 fn default_hold_timeout_ms() -> u64 {
     30_000
+}
+fn default_purge_interval_seconds() -> u64 {
+    3600
 }
 
 /// When a frame may be forwarded relative to its recording.
@@ -168,6 +206,8 @@ pub enum Connection {
 pub struct TcpConnection {
     /// The service, `host:port`.
     pub upstream: String,
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -187,6 +227,10 @@ pub struct ExecConnection {
     /// A session that runs longer is ended.
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
+    /// Days a session's recording is kept after it ends; then retention purges its payloads
+    /// (the chain stays verifiable). None: kept forever.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 /// A PostgreSQL server reached through the gateway. Clients connect to `listen` with any
@@ -218,6 +262,10 @@ pub struct PostgresConnection {
     pub client_tls: ClientTls,
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
+    /// Days a session's recording is kept after it ends; then retention purges its payloads
+    /// (the chain stays verifiable). None: kept forever.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -269,7 +317,19 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let days_ok = |days: Option<f64>| days.is_none_or(|d| d.is_finite() && d > 0.0);
+        if !days_ok(self.gateway.review_retention_days) {
+            return Err("gateway.review_retention_days: a number of days above 0".into());
+        }
+        if self.gateway.purge_interval_seconds == 0 {
+            return Err("gateway.purge_interval_seconds: at least 1".into());
+        }
         for (name, connection) in &self.connections {
+            if !days_ok(connection.retention_days()) {
+                return Err(format!(
+                    "connections.{name}.retention_days: a number of days above 0 (leave it out to keep recordings forever)"
+                ));
+            }
             let exec = match connection {
                 Connection::Exec(exec) => exec,
                 Connection::Postgres(pg) => {

@@ -180,6 +180,25 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Where the record is delivered: each sink's position, lag, state and last error.
+    Sinks {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Apply the policy folder again without a restart (as `kill -HUP` does); a policy that
+    /// does not load is refused and the running one stays.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run retention now: purge the payloads of expired sessions and decisions, then compact.
+    Retention {
+        #[command(flatten)]
+        target: Target,
+    },
     /// The gateway's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -370,6 +389,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whoami { target } => {
             runtime()?.block_on(sluice::commands::whoami(target.client()?))
+        }
+        Command::Sinks { json, target } => {
+            runtime()?.block_on(sluice::commands::sinks(target.client()?, json))
+        }
+        Command::Reload { target } => {
+            runtime()?.block_on(sluice::commands::reload(target.client()?))
+        }
+        Command::Retention { target } => {
+            runtime()?.block_on(sluice::commands::retention(target.client()?))
         }
         Command::Kill { id, target } => {
             runtime()?.block_on(sluice::commands::kill(target.client()?, &id))

@@ -85,14 +85,17 @@ pub fn observe(name: &'static str, labels: &str, took: Duration) {
     h.sum += seconds;
 }
 
-/// Every metric, with `gauges` (computed by the caller now) first.
-pub fn render(gauges: &[(&str, &str, f64)]) -> String {
+/// Every metric, with `gauges` (computed by the caller now: name, help, labels, value)
+/// first; series of one gauge come together.
+pub fn render(gauges: &[(&str, &str, String, f64)]) -> String {
     let mut out = String::new();
-    for (name, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
+    let mut previous = "";
+    for (name, help, labels, value) in gauges {
+        if *name != previous {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            previous = name;
+        }
+        let _ = writeln!(out, "{name}{} {value}", braced(labels));
     }
     let registry = registry();
     for (name, series) in &registry.counters {
@@ -133,6 +136,8 @@ fn help(name: &str) -> &'static str {
         COMMITS => "Time of each record commit (a group of events made durable).",
         EVENTS => "Events appended to the record.",
         REFUSALS => "Actions refused for want of a role, by role.",
+        SINK_EVENTS => "Events a sink delivered (accepted by its backend), by sink.",
+        SINK_FAILURES => "Failed sink deliveries (retried, or stopping the sink), by sink.",
         _ => "",
     }
 }
@@ -143,6 +148,8 @@ pub const PLUGIN_CALLS: &str = "sluice_plugin_call_seconds";
 pub const COMMITS: &str = "sluice_record_commit_seconds";
 pub const EVENTS: &str = "sluice_record_events_total";
 pub const REFUSALS: &str = "sluice_refusals_total";
+pub const SINK_EVENTS: &str = "sluice_sink_events_total";
+pub const SINK_FAILURES: &str = "sluice_sink_failures_total";
 
 #[cfg(test)]
 mod tests {
@@ -161,7 +168,7 @@ mod tests {
             &labels(&[("p", "m")]),
             Duration::from_millis(2),
         );
-        let text = render(&[("sluice_test_open", "Open things.", 3.0)]);
+        let text = render(&[("sluice_test_open", "Open things.", String::new(), 3.0)]);
         assert!(text.contains("sluice_test_open 3\n"), "{text}");
         assert!(
             text.contains("sluice_test_total{a=\"x\\\"y\"} 2\n"),

@@ -45,6 +45,48 @@ struct PolicyFile {
     reviews: BTreeMap<String, ReviewRules>,
     #[serde(default)]
     roles: BTreeMap<String, RoleGroups>,
+    #[serde(default)]
+    sinks: BTreeMap<String, SinkRules>,
+}
+
+/// Where the record is delivered (`[sinks.NAME]`): every recorded event, in order, in
+/// batches, to a sink plugin; see `crate::sinks`.
+///
+/// ```toml
+/// [sinks.siem]
+/// plugin = "siem"             # a [plugins.siem] with world = "sink"
+/// batch_events = 500          # events per delivery, at most
+/// from = "start"              # a new sink starts with the oldest entry, or "now"
+/// retry_max_seconds = 60      # backoff between failed deliveries grows to this
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkRules {
+    pub plugin: String,
+    #[serde(default = "default_batch_events")]
+    pub batch_events: usize,
+    #[serde(default)]
+    pub from: StartAt,
+    #[serde(default = "default_retry_max_seconds")]
+    pub retry_max_seconds: u64,
+}
+
+fn default_batch_events() -> usize {
+    500
+}
+fn default_retry_max_seconds() -> u64 {
+    60
+}
+
+/// Where a sink without a cursor yet starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// With the oldest entry of the record: nothing is left out.
+    #[default]
+    Start,
+    /// With the next entry recorded (a chat notification has no use for history).
+    Now,
 }
 
 /// Which groups hold each role on a connection (`[roles.NAME]`, or `[roles.default]`); see
@@ -125,6 +167,9 @@ struct PluginEntry {
     #[serde(default)]
     on_error: OnError,
     sha256: Option<String>,
+    /// Sinks only: the hosts it may send HTTP requests to (see `crate::egress`).
+    #[serde(default)]
+    allow_hosts: Vec<String>,
     #[serde(default)]
     config: toml::Table,
 }
@@ -184,6 +229,8 @@ pub struct PluginSpec {
     pub max_memory_bytes: usize,
     pub on_error: OnError,
     pub sha256: Option<[u8; 32]>,
+    /// Sinks only: the hosts it may reach.
+    pub allow_hosts: Vec<String>,
     /// The plugin's `config` table as JSON, the form `init` receives.
     pub config_json: String,
     /// The policy file and key that declared it, for error messages.
@@ -205,6 +252,7 @@ impl PluginSpec {
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES as usize,
             on_error: OnError::Deny,
             sha256: None,
+            allow_hosts: Vec::new(),
             config_json,
             declared_at: format!("plugin {name}"),
         }
@@ -222,6 +270,8 @@ pub struct Policy {
     pub reviews: BTreeMap<String, ReviewRules>,
     /// Role tables by connection name (and `default`).
     pub roles: BTreeMap<String, RoleGroups>,
+    /// Sinks by name.
+    pub sinks: BTreeMap<String, SinkRules>,
     pub files: Vec<PathBuf>,
 }
 
@@ -319,6 +369,28 @@ impl Policy {
             }
             self.reviews.insert(connection, rules);
         }
+        for (name, rules) in parsed.sinks {
+            let at = format!("sinks.{name}");
+            if self.sinks.contains_key(&name) {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at} is defined twice; keep one"),
+                ));
+            }
+            if !(1..=10_000).contains(&rules.batch_events) {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at}.batch_events: 1 to 10000"),
+                ));
+            }
+            if rules.retry_max_seconds == 0 {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at}.retry_max_seconds: at least 1"),
+                ));
+            }
+            self.sinks.insert(name, rules);
+        }
         for (connection, groups) in parsed.roles {
             if self.roles.contains_key(&connection) {
                 return Err(PolicyError::new(
@@ -332,13 +404,37 @@ impl Policy {
         Ok(())
     }
 
-    /// Every name in a chain must be a filter plugin that some file defines.
+    /// Every name in a chain must be a filter plugin that some file defines, and every sink a
+    /// sink plugin.
     fn check_chains(&self) -> Result<(), PolicyError> {
         let file = self
             .files
             .first()
             .map(PathBuf::as_path)
             .unwrap_or(Path::new("policies"));
+        for (name, sink) in &self.sinks {
+            match self.plugins.get(&sink.plugin) {
+                Some(spec) if spec.world == World::Sink => {}
+                Some(_) => {
+                    return Err(PolicyError::new(
+                        file,
+                        format!(
+                            "sinks.{name}.plugin: `{}` is a filter plugin; declare a sink plugin (world = \"sink\")",
+                            sink.plugin
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(PolicyError::new(
+                        file,
+                        format!(
+                            "sinks.{name}.plugin: plugin `{}` is not defined (add a [plugins.{}] table)",
+                            sink.plugin, sink.plugin
+                        ),
+                    ));
+                }
+            }
+        }
         for (connection, chain) in &self.chains {
             for name in chain {
                 match self.plugins.get(name) {
@@ -432,7 +528,15 @@ fn validate_plugin(
             Some(digest)
         }
     };
-    let config_json = serde_json::to_string(&entry.config).map_err(|e| format!("config: {e}"))?;
+    if !entry.allow_hosts.is_empty() && entry.world != World::Sink {
+        return Err(
+            "allow_hosts: only sink plugins may reach the network (add `world = \"sink\"`)".into(),
+        );
+    }
+    crate::egress::Egress::new(&entry.allow_hosts, Default::default())?;
+    let mut config = entry.config;
+    resolve_env(&mut config, "config")?;
+    let config_json = serde_json::to_string(&config).map_err(|e| format!("config: {e}"))?;
     Ok(PluginSpec {
         name: name.to_string(),
         source,
@@ -441,9 +545,37 @@ fn validate_plugin(
         max_memory_bytes: memory as usize,
         on_error: entry.on_error,
         sha256,
+        allow_hosts: entry.allow_hosts,
         config_json,
         declared_at,
     })
+}
+
+/// Replaces every string `env:NAME` in a plugin's config with that environment variable, so
+/// secrets (a sink's keys) stay out of policy files.
+fn resolve_env(table: &mut toml::Table, at: &str) -> Result<(), String> {
+    fn walk(value: &mut toml::Value, at: &str) -> Result<(), String> {
+        match value {
+            toml::Value::String(text) => {
+                if let Some(name) = text.strip_prefix("env:") {
+                    *text = std::env::var(name)
+                        .map_err(|_| format!("{at}: the environment variable {name} is not set"))?;
+                }
+            }
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    walk(item, &format!("{at}[{i}]"))?;
+                }
+            }
+            toml::Value::Table(table) => resolve_env(table, at)?,
+            _ => {}
+        }
+        Ok(())
+    }
+    for (key, value) in table.iter_mut() {
+        walk(value, &format!("{at}.{key}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -144,7 +144,8 @@ fn refused(status: u16, message: String) -> Refused {
 pub struct Reviews {
     store: Arc<Store>,
     recorder: Recorder,
-    rules: BTreeMap<String, ReviewRules>,
+    /// Replaced whole by `sluice reload`.
+    rules: std::sync::RwLock<BTreeMap<String, ReviewRules>>,
     roles: Arc<Roles>,
     /// How long a held frame waits, unless its connection's rules say otherwise.
     hold_timeout: Duration,
@@ -179,7 +180,7 @@ impl Reviews {
         let reviews = Arc::new(Reviews {
             store,
             recorder,
-            rules,
+            rules: std::sync::RwLock::new(rules),
             roles,
             hold_timeout,
             state: Mutex::new(State {
@@ -215,8 +216,22 @@ impl Reviews {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Applies a reloaded policy's rules (reviews already open keep theirs).
+    pub fn set_rules(&self, rules: BTreeMap<String, ReviewRules>) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
+    }
+
+    /// Drops reviews that retention removed from the store.
+    pub fn forget(&self, ids: &[String]) {
+        let mut state = self.lock();
+        for id in ids {
+            state.all.remove(id);
+        }
+    }
+
     pub fn rules(&self, connection: &str) -> ReviewRules {
-        self.rules.get(connection).cloned().unwrap_or_default()
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        rules.get(connection).cloned().unwrap_or_default()
     }
 
     /// Whether sessions on `connection` need an approved access request first.

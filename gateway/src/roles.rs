@@ -45,20 +45,34 @@ impl Role {
 pub const DEFAULT: &str = "default";
 
 pub struct Roles {
-    tables: BTreeMap<String, RoleGroups>,
+    /// Replaced whole by `sluice reload`.
+    tables: std::sync::RwLock<BTreeMap<String, RoleGroups>>,
     recorder: Recorder,
 }
 
 impl Roles {
     pub fn new(tables: BTreeMap<String, RoleGroups>, recorder: Recorder) -> Roles {
-        Roles { tables, recorder }
+        Roles {
+            tables: std::sync::RwLock::new(tables),
+            recorder,
+        }
+    }
+
+    /// Applies a reloaded policy's tables.
+    pub fn replace(&self, tables: BTreeMap<String, RoleGroups>) {
+        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+    }
+
+    fn tables(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, RoleGroups>> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The groups holding `role` on `connection`.
     pub fn groups(&self, role: Role, connection: &str) -> Vec<String> {
         let of = |table: Option<&RoleGroups>| table.and_then(|t| t.get(role)).cloned();
-        of(self.tables.get(connection))
-            .or_else(|| of(self.tables.get(DEFAULT)))
+        let tables = self.tables();
+        of(tables.get(connection))
+            .or_else(|| of(tables.get(DEFAULT)))
             .unwrap_or_default()
     }
 
@@ -74,8 +88,9 @@ impl Roles {
 
     /// Whether `identity` holds `role` on some connection (or the default table).
     pub fn anywhere(&self, identity: &Identity, role: Role) -> bool {
-        self.tables
-            .keys()
+        let connections: Vec<String> = self.tables().keys().cloned().collect();
+        connections
+            .iter()
             .any(|connection| self.has(identity, role, connection))
     }
 

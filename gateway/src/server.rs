@@ -10,6 +10,9 @@
 //!   `POST /api/reviews/ID/approve|reject?reason=R` (review).
 //! - `GET /api/verify`: verifies the record; the report as JSON (audit).
 //! - `GET /api/whoami`: the caller's identity and roles per connection.
+//! - `GET /api/sinks`: each sink's cursor, lag and state (admin).
+//! - `POST /api/reload`: reads the policy again and applies it, or keeps the old one (admin).
+//! - `POST /api/retention`: runs retention now (admin).
 //! - `GET /metrics`: Prometheus text (admin).
 //! - `GET /api/ca`, `GET /api/auth`: the gateway's CA certificate and where to sign in (public).
 //!
@@ -33,27 +36,92 @@ use serde_json::json;
 use crate::auth::{Authenticator, Tokens};
 use crate::config::{Config, Connection};
 use crate::frame::Identity;
-use crate::plugin_host::{HostConfig, LoadedPlugin, PluginHost};
+use crate::plugin_host::{HostConfig, PluginHost};
 use crate::policy::Policy;
-use crate::record::{Recorder, Store};
+use crate::record::{NewEvent, Recorder, RetentionRules, Store};
 use crate::review::{Review, Reviews};
 use crate::roles::{Role, Roles};
-use crate::session::{self, Mode};
+use crate::session::{self, Chains, Mode};
+use crate::sinks::{SinkPlan, Sinks};
 use tracing::Instrument;
 
 pub struct Gateway {
     config: Config,
     auth: Arc<Authenticator>,
     store: Arc<Store>,
-    chains: BTreeMap<String, Vec<LoadedPlugin>>,
-    /// Each policy file with its SHA-256, recorded with every session.
-    policy_files: Vec<serde_json::Value>,
     session_ctx: Arc<session::Context>,
+    sinks: Arc<Sinks>,
     /// PostgreSQL connections' front doors, for clients that come through the tunnel.
     fronts: BTreeMap<String, Arc<crate::pg::Front>>,
     ca_pem: String,
-    // Keeps the engine (and its epoch thread) alive as long as the plugins.
-    _host: PluginHost,
+    /// Loads plugins (again, on reload); keeps the engine and its epoch thread alive.
+    host: Arc<PluginHost>,
+    /// One reload (or retention run) at a time.
+    maintenance: tokio::sync::Mutex<()>,
+}
+
+/// A policy read and every plugin it names loaded: what start and reload apply, whole.
+struct LoadedPolicy {
+    policy: Policy,
+    chains: Chains,
+    sinks: Vec<SinkPlan>,
+}
+
+/// Reads the policy folder and loads its plugins; any error leaves nothing half-applied.
+fn load_policy(host: &PluginHost, config: &Config) -> anyhow::Result<LoadedPolicy> {
+    let policy = Policy::load_dir(&config.gateway.policies)?;
+    let mut plugins = BTreeMap::new();
+    for name in config.connections.keys() {
+        let chain = policy
+            .chain(name)
+            .into_iter()
+            .map(|spec| host.load(spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        plugins.insert(name.clone(), chain);
+    }
+    let mut sinks = Vec::new();
+    for (name, rules) in &policy.sinks {
+        let spec = policy
+            .plugins
+            .get(&rules.plugin)
+            .ok_or_else(|| anyhow::anyhow!("sinks.{name}: no plugin `{}`", rules.plugin))?;
+        sinks.push(SinkPlan {
+            name: name.clone(),
+            rules: rules.clone(),
+            plugin: host.load(spec)?,
+        });
+    }
+    let policy_files = policy
+        .files
+        .iter()
+        .map(|f| {
+            let digest = std::fs::read(f)
+                .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
+                .unwrap_or_default();
+            json!({"file": f.display().to_string(), "sha256": digest})
+        })
+        .collect();
+    Ok(LoadedPolicy {
+        policy,
+        chains: Chains {
+            plugins,
+            policy_files,
+        },
+        sinks,
+    })
+}
+
+/// Retention as the configuration sets it.
+fn retention_rules(config: &Config) -> RetentionRules {
+    let days = |d: f64| Duration::from_secs_f64(d * 86_400.0);
+    RetentionRules {
+        sessions: config
+            .connections
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), days(c.retention_days()?))))
+            .collect(),
+        reviews: config.gateway.review_retention_days.map(days),
+    }
 }
 
 /// What `serve` prints at start.
@@ -69,30 +137,18 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
     let data = config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data folder {}", data.display()))?;
-    let policy = Policy::load_dir(&config.gateway.policies)?;
-    let host = PluginHost::new(HostConfig {
+    let host = Arc::new(PluginHost::new(HostConfig {
         cache_dir: Some(data.join("plugin-cache")),
+        resolver: Arc::new(crate::egress::Resolver {
+            hosts: config.egress.hosts.clone(),
+        }),
         ..HostConfig::default()
-    })?;
-    let mut chains = BTreeMap::new();
-    for name in config.connections.keys() {
-        let plugins = policy
-            .chain(name)
-            .into_iter()
-            .map(|spec| host.load(spec))
-            .collect::<Result<Vec<_>, _>>()?;
-        chains.insert(name.clone(), plugins);
-    }
-    let policy_files: Vec<serde_json::Value> = policy
-        .files
-        .iter()
-        .map(|f| {
-            let digest = std::fs::read(f)
-                .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
-                .unwrap_or_default();
-            json!({"file": f.display().to_string(), "sha256": digest})
-        })
-        .collect();
+    })?);
+    let LoadedPolicy {
+        policy,
+        chains,
+        sinks: sink_plans,
+    } = load_policy(&host, &config)?;
     let store = Arc::new(Store::open(
         &data.join("record.redb"),
         &data.join("record.key"),
@@ -136,7 +192,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         reviews,
         roles,
         active: Default::default(),
+        chains: std::sync::RwLock::new(Arc::new(chains)),
     });
+    let sinks = Arc::new(Sinks::new(store.clone()));
+    sinks.apply(sink_plans);
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
@@ -161,8 +220,6 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             name.clone(),
             pg.clone(),
             auth.clone(),
-            chains.get(name).cloned().unwrap_or_default(),
-            policy_files.clone(),
             session_ctx.clone(),
             acceptor.clone(),
         ));
@@ -173,13 +230,43 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         config,
         auth,
         store,
-        chains,
-        policy_files,
         session_ctx,
+        sinks,
         fronts,
         ca_pem: tls.ca_pem,
-        _host: host,
+        host,
+        maintenance: tokio::sync::Mutex::new(()),
     });
+    // `kill -HUP` applies the policy again, as `sluice reload` does.
+    let reloader = gateway.clone();
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reloader.reload("SIGHUP").await {
+                Ok(_) => tracing::info!("policy reloaded (SIGHUP)"),
+                Err(why) => tracing::error!(%why, "policy reload refused (SIGHUP)"),
+            }
+        }
+    });
+    // Retention runs at start and then on schedule, when anything has a retention.
+    let rules = retention_rules(&gateway.config);
+    if !rules.sessions.is_empty() || rules.reviews.is_some() {
+        let purger = gateway.clone();
+        let every = Duration::from_secs(purger.config.gateway.purge_interval_seconds);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                if let Err(why) = purger.retention("schedule").await {
+                    tracing::error!(%why, "retention failed");
+                }
+            }
+        });
+    }
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -331,9 +418,54 @@ impl Gateway {
                     return error(StatusCode::FORBIDDEN, &why);
                 }
                 let open = self.session_ctx.live().len() as f64;
-                let text =
-                    crate::metrics::render(&[("sluice_sessions_open", "Sessions open now.", open)]);
-                reply(StatusCode::OK, text)
+                let mut gauges = vec![(
+                    "sluice_sessions_open",
+                    "Sessions open now.",
+                    String::new(),
+                    open,
+                )];
+                for sink in self.sinks.status() {
+                    gauges.push((
+                        "sluice_sink_lag_events",
+                        "Entries recorded but not yet delivered, by sink.",
+                        crate::metrics::labels(&[("sink", &sink.name)]),
+                        sink.lag as f64,
+                    ));
+                }
+                reply(StatusCode::OK, crate::metrics::render(&gauges))
+            }
+            (&Method::GET, ["api", "sinks"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "see the sinks");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                reply(StatusCode::OK, json!(self.sinks.status()).to_string())
+            }
+            (&Method::POST, ["api", "reload"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "reload the policy");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                match self.reload(&identity.subject).await {
+                    Ok(applied) => reply(StatusCode::OK, applied.to_string()),
+                    Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
+                }
+            }
+            (&Method::POST, ["api", "retention"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "run retention");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                match self.retention(&identity.subject).await {
+                    Ok(report) => reply(StatusCode::OK, report.to_string()),
+                    Err(why) => error(StatusCode::INTERNAL_SERVER_ERROR, &why),
+                }
             }
             (&Method::GET, ["api", "verify"]) => {
                 let allowed =
@@ -369,6 +501,86 @@ impl Gateway {
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or("malformed Authorization header")?;
         self.auth.authenticate(token.trim()).await
+    }
+
+    /// Reads the policy again and applies it whole: new sessions get the new chains, roles
+    /// and review rules at once; sessions in flight keep their plugin instances until they
+    /// end; sinks start, stop or restart as their tables changed. A policy that does not
+    /// load is refused and the old one stays. Recorded (kind `policy`).
+    async fn reload(&self, by: &str) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let (host, config) = (self.host.clone(), self.config.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_policy(&host, &config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e:#} (nothing was applied: the running policy stays)"))?;
+        let files = loaded.chains.policy_files.clone();
+        let sink_names: Vec<String> = loaded.sinks.iter().map(|s| s.name.clone()).collect();
+        self.session_ctx.set_chains(loaded.chains);
+        self.roles().replace(loaded.policy.roles);
+        self.reviews().set_rules(loaded.policy.reviews);
+        let sinks = self.sinks.clone();
+        tokio::task::spawn_blocking(move || sinks.apply(loaded.sinks))
+            .await
+            .map_err(|e| e.to_string())?;
+        let applied = json!({"by": by, "files": files, "sinks": sink_names});
+        self.record_gateway_event("policy", &applied).await?;
+        tracing::info!(%by, "policy reloaded");
+        Ok(applied)
+    }
+
+    /// Purges what retention says has expired, then compacts the store so the purged bytes
+    /// are gone from the file. Recorded (kind `retention`) when anything was purged.
+    async fn retention(&self, by: &str) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let (store, rules) = (self.store.clone(), retention_rules(&self.config));
+        let (purged, compacted) = tokio::task::spawn_blocking(move || {
+            let purged = store.purge(&rules, session::now_ms())?;
+            let compacted = match purged.is_empty() {
+                true => None,
+                false => Some(store.compact()?),
+            };
+            Ok::<_, crate::record::RecordError>((purged, compacted))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.reviews().forget(&purged.reviews);
+        let report = json!({
+            "by": by,
+            "sessions": purged.sessions,
+            "reviews": purged.reviews,
+            "payloads": purged.payloads,
+            "ranges": purged.ranges,
+            "compacted": compacted,
+        });
+        if !purged.is_empty() {
+            tracing::info!(%by, payloads = purged.payloads, sessions = purged.sessions.len(), "retention purged");
+            self.record_gateway_event("retention", &report).await?;
+        }
+        Ok(report)
+    }
+
+    /// An event of the gateway's own (no session) in the chain.
+    async fn record_gateway_event(
+        &self,
+        kind: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), String> {
+        let event = NewEvent {
+            session: String::new(),
+            seq: 0,
+            kind: kind.into(),
+            time_ms: session::now_ms(),
+            meta: meta.to_string(),
+            payload: Vec::new(),
+        };
+        self.session_ctx
+            .recorder
+            .append(event)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     fn reviews(&self) -> &Arc<Reviews> {
@@ -467,12 +679,13 @@ impl Gateway {
         {
             return error(StatusCode::FORBIDDEN, &why);
         }
+        let (plugins, policy) = self.session_ctx.chain(name);
         let mut opening = session::Opening {
             id: new_session_id(),
             connection_name: name.clone(),
             protocol: "exec",
-            plugins: self.chains.get(name).cloned().unwrap_or_default(),
-            policy: self.policy_files.clone(),
+            plugins,
+            policy,
             identity,
             client: peer.to_string(),
             meta: serde_json::Value::Null,

@@ -31,6 +31,7 @@ mod types;
 
 pub use types::*;
 
+pub mod http;
 pub mod log;
 pub mod testing;
 

@@ -228,6 +228,47 @@ pub struct Event {
     pub payload: Vec<u8>,
 }
 
+impl Event {
+    /// The event as one JSON object, the form first-party sinks ship: `meta` as JSON, the
+    /// payload as `payload` when it is UTF-8 text, else as `payload_base64`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let meta = serde_json::from_str(&self.meta)
+            .unwrap_or_else(|_| serde_json::Value::String(self.meta.clone()));
+        let mut object = serde_json::json!({
+            "index": self.index,
+            "session": self.session,
+            "seq": self.seq,
+            "kind": self.kind,
+            "time_ms": self.time_ms,
+            "meta": meta,
+        });
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => object["payload"] = text.into(),
+            Err(_) => object["payload_base64"] = base64(&self.payload).into(),
+        }
+        object
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkError {
     Retryable(String),
@@ -259,5 +300,30 @@ impl Config {
             &self.json
         };
         serde_json::from_str(json).map_err(|e| format!("invalid configuration: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn events_become_json_with_text_or_base64_payloads() {
+        let mut event = Event {
+            index: 7,
+            session: "s1".into(),
+            seq: 2,
+            kind: "frame".into(),
+            time_ms: 1000,
+            meta: r#"{"dir":"out"}"#.into(),
+            payload: b"hello".to_vec(),
+        };
+        let json = event.to_json();
+        assert_eq!(json["meta"]["dir"], "out");
+        assert_eq!(json["payload"], "hello");
+        event.payload = vec![0xff, 0x00, 0x61, 0x62];
+        assert_eq!(event.to_json()["payload_base64"], "/wBhYg==");
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
     }
 }

@@ -13,4 +13,5 @@ mod postgres;
 mod record;
 mod reviews;
 mod sessions;
+mod sinks;
 mod support;

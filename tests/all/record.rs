@@ -257,3 +257,97 @@ fn raw_byte_flips_anywhere_give_a_clear_answer_never_a_panic() {
     // Most of a small store's file is free space or padding; some flips must land in data.
     assert!(detected > 0, "no flip was detected");
 }
+
+#[test]
+fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_verifies() {
+    use sluice::record::RetentionRules;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("record.redb");
+    let store = Store::open(&path, &dir.path().join("record.key")).unwrap();
+    let close = |session: &str, seq| NewEvent {
+        time_ms: 2_000,
+        ..event(session, seq, "session-close", "")
+    };
+    store
+        .append(&[
+            event("old", 0, "session-open", ""),
+            event("old", 1, "frame", "old secret"),
+            close("old", 2),
+            event("open", 0, "session-open", ""),
+            event("open", 1, "frame", "still running"),
+        ])
+        .unwrap();
+    // An access request's decision: the gateway's own event, and its state in the queue.
+    let decision = NewEvent {
+        session: String::new(),
+        seq: 0,
+        kind: "review".into(),
+        time_ms: 2_050,
+        meta: "{}".into(),
+        payload: b"access to shell".to_vec(),
+    };
+    store.append(&[decision]).unwrap();
+    store
+        .put_review(
+            "r-old",
+            br#"{"status":"rejected","created_ms":1000,"expires_ms":2050}"#,
+        )
+        .unwrap();
+    store
+        .put_review(
+            "r-pending",
+            br#"{"status":"pending","created_ms":1000,"expires_ms":1500}"#,
+        )
+        .unwrap();
+    let rules = RetentionRules {
+        sessions: [("shell".to_string(), Duration::from_millis(500))].into(),
+        reviews: Some(Duration::from_millis(500)),
+    };
+    let before = std::fs::read(&path).unwrap();
+    assert!(before.windows(10).any(|w| w == b"old secret"));
+    // Not yet: the session ended at 2000 and the decision was made at 2050, kept 500 ms.
+    let early = store.purge(&rules, 2_400).unwrap();
+    assert!(early.is_empty(), "{early:?}");
+    let purged = store.purge(&rules, 2_560).unwrap();
+    assert_eq!(purged.sessions, ["old"]);
+    assert_eq!(purged.reviews, ["r-old"]);
+    // The old session's three entries and the decision (entry 5); the open session is kept.
+    assert_eq!(purged.ranges, [(0, 2), (5, 5)]);
+    assert_eq!(
+        store.purge(&rules, 9_000).unwrap().payloads,
+        0,
+        "purged twice"
+    );
+    assert!(
+        store
+            .session_events("old")
+            .unwrap()
+            .iter()
+            .all(|e| e.payload.is_none())
+    );
+    assert!(
+        store
+            .session_events("open")
+            .unwrap()
+            .iter()
+            .all(|e| e.payload.is_some())
+    );
+    assert_eq!(store.reviews().unwrap().len(), 1);
+
+    store.compact().unwrap();
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        !after.windows(10).any(|w| w == b"old secret"),
+        "left in the file"
+    );
+    assert!(after.windows(13).any(|w| w == b"still running"));
+    let report = store.verify();
+    assert!(report.holds(), "{:?}", report.problem);
+    assert_eq!(report.purged_ranges(), [(0, 2), (5, 5)]);
+    // The store goes on after the swap.
+    store
+        .append(&[event("new", 0, "session-open", "")])
+        .unwrap();
+    assert!(store.verify().holds());
+}

@@ -25,7 +25,6 @@ use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::config::{ClientTls, PostgresConnection};
-use crate::plugin_host::LoadedPlugin;
 use crate::roles::Role;
 use crate::session::{Context, Core, Opening};
 use message::Startup;
@@ -35,8 +34,6 @@ pub struct Front {
     pub name: String,
     pub conn: PostgresConnection,
     pub auth: Arc<Authenticator>,
-    pub plugins: Vec<LoadedPlugin>,
-    pub policy: Vec<serde_json::Value>,
     pub ctx: Arc<Context>,
     pub tls: tokio_rustls::TlsAcceptor,
     /// Cancel keys given to clients -> the upstream backend's key.
@@ -52,13 +49,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const STARTUP: Duration = Duration::from_secs(30);
 
 impl Front {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         conn: PostgresConnection,
         auth: Arc<Authenticator>,
-        plugins: Vec<LoadedPlugin>,
-        policy: Vec<serde_json::Value>,
         ctx: Arc<Context>,
         tls: tokio_rustls::TlsAcceptor,
     ) -> Front {
@@ -66,8 +60,6 @@ impl Front {
             name,
             conn,
             auth,
-            plugins,
-            policy,
             ctx,
             tls,
             cancels: Mutex::new(HashMap::new()),
@@ -182,12 +174,13 @@ impl Front {
             .iter()
             .find(|(k, _)| k == "user")
             .map(|(_, v)| v.clone());
+        let (plugins, policy) = self.ctx.chain(&self.name);
         let opening = Opening {
             id: crate::server::new_session_id(),
             connection_name: self.name.clone(),
             protocol: "postgres",
-            plugins: self.plugins.clone(),
-            policy: self.policy.clone(),
+            plugins,
+            policy,
             identity,
             client: peer.to_string(),
             meta: json!({"tls": tls, "client_user": client_user, "database": self.conn.database}),

@@ -12,7 +12,8 @@
 //!   or crash the gateway.
 //! - Plugins get no ambient authority: WASI is linked with an empty context (no files,
 //!   environment, sockets or inherited stdio), so the interfaces a Rust `std` guest imports
-//!   exist without granting anything.
+//!   exist without granting anything. `wasi:http` is linked too, but a request leaves only
+//!   for a sink whose policy lists the host (`crate::egress`).
 
 mod cache;
 
@@ -28,9 +29,11 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use cache::CacheOutcome;
 
+use crate::egress::{Egress, Hooks, Resolver};
 use crate::frame::{
     self, Content, ContentKind, Direction, Event, Frame, SessionInfo, SinkError, Verdict,
 };
@@ -79,6 +82,8 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// How many plugin instances may live at once (sessions × plugins in their chains).
     pub max_instances: u32,
+    /// How sinks' outgoing requests resolve names (`[egress] hosts`, then DNS).
+    pub resolver: Arc<Resolver>,
 }
 
 impl Default for HostConfig {
@@ -86,6 +91,7 @@ impl Default for HostConfig {
         HostConfig {
             cache_dir: None,
             max_instances: 1000,
+            resolver: Arc::default(),
         }
     }
 }
@@ -151,6 +157,7 @@ pub struct PluginHost {
     linker: Linker<HostState>,
     cache: Option<cache::ArtifactCache>,
     ticker_stop: Arc<AtomicBool>,
+    resolver: Arc<Resolver>,
 }
 
 impl fmt::Debug for PluginHost {
@@ -189,6 +196,8 @@ impl PluginHost {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         log::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -213,6 +222,7 @@ impl PluginHost {
             linker,
             cache,
             ticker_stop,
+            resolver: config.resolver,
         })
     }
 
@@ -275,11 +285,18 @@ impl PluginHost {
                     .map_err(|e| invalid(format!("does not match the sink world: {e:#}")))?,
             ),
         };
+        let egress = match spec.world {
+            World::Sink if !spec.allow_hosts.is_empty() => Some(Arc::new(
+                Egress::new(&spec.allow_hosts, self.resolver.clone()).map_err(invalid)?,
+            )),
+            _ => None,
+        };
         let plugin = LoadedPlugin(Arc::new(Loaded {
             spec: spec.clone(),
             digest,
             linked,
             engine: self.engine.clone(),
+            egress,
         }));
         Ok((plugin, outcome))
     }
@@ -397,6 +414,8 @@ struct Loaded {
     digest: [u8; 32],
     linked: Linked,
     engine: Engine,
+    /// Where it may send HTTP requests: sinks with `allow_hosts` only.
+    egress: Option<Arc<Egress>>,
 }
 
 enum Linked {
@@ -482,6 +501,11 @@ impl LoadedPlugin {
                 limit: spec.max_memory_bytes,
                 used: 0,
                 exceeded: false,
+            },
+            http: WasiHttpCtx::new(),
+            hooks: Hooks {
+                egress: self.0.egress.clone(),
+                refused: Arc::default(),
             },
             plugin: spec.name.clone(),
             session: session.map(str::to_string),
@@ -708,6 +732,19 @@ pub struct SinkInstance {
 }
 
 impl SinkInstance {
+    /// Why the gateway refused the last outgoing request of this instance, if it did (taken:
+    /// asked once per failed delivery).
+    pub fn take_refusal(&mut self) -> Option<String> {
+        let (store, _) = self.live.as_mut()?;
+        store
+            .data()
+            .hooks
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     /// Delivers one batch. The outer error is the plugin failing; the inner one is the
     /// plugin's own answer (retry later, or never).
     pub fn deliver(&mut self, batch: &[Event]) -> Result<Result<(), SinkError>, PluginError> {
@@ -749,10 +786,12 @@ impl SinkInstance {
     }
 }
 
-/// What one instance's store holds: an empty WASI context and its limits.
+/// What one instance's store holds: an empty WASI context, its HTTP egress and its limits.
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: Hooks,
     memory: MemoryLimit,
     plugin: String,
     session: Option<String>,
@@ -764,6 +803,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
         }
     }
 }

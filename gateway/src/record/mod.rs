@@ -11,11 +11,13 @@
 //! - What reaches this module is already masked: it stores what it is given.
 
 mod entry;
+mod retention;
 mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 pub use entry::{Entry, GENESIS, Hash};
+pub use retention::{Purged, RetentionRules};
 pub use verify::{Problem, VerifyReport, verify_store};
 pub use writer::{Receipt, RecordFailed, Recorder};
 
@@ -36,6 +39,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// The review queue's state (`crate::review`), by review id; its history is in the chain.
 const REVIEWS: TableDefinition<&str, &[u8]> = TableDefinition::new("reviews");
+/// Each sink's durable cursor (`crate::sinks`): the index of the next entry to deliver.
+const SINK_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("sink_cursors");
 
 const NONCE_LEN: usize = 16;
 const HEAD_DOMAIN: &[u8] = b"sluice-record-head-v1";
@@ -126,6 +131,9 @@ pub struct SessionSummary {
     /// The first and last entry of the session.
     pub first_index: u64,
     pub last_index: u64,
+    /// When retention purged its payloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,11 +147,15 @@ pub enum RecordError {
 }
 
 pub struct Store {
-    db: Database,
+    /// Behind a lock only so that compaction can swap in the rewritten file: everything else
+    /// takes it shared for the length of one call.
+    db: RwLock<Database>,
     path: PathBuf,
     signer: SigningKey,
     /// The last entry's index and hash; `None` before the first entry.
     tail: Mutex<Option<(u64, Hash)>>,
+    /// Signalled after every append, for readers that follow the chain (sinks).
+    appended: Condvar,
 }
 
 impl std::fmt::Debug for Store {
@@ -167,12 +179,7 @@ impl Store {
             message,
         };
         let signer = load_or_create_signing_key(key_file).map_err(|e| io(format!("{e:#}")))?;
-        // redb caches up to 1 GiB by default; the record is written far more than read, so a
-        // small cache keeps the gateway's memory flat however much it records.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let db = open_db(path).map_err(|e| corrupt(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
         {
             // Create every table up front so readers never meet a missing one.
@@ -183,13 +190,16 @@ impl Store {
             for table in [SESSIONS, REVIEWS] {
                 txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
             }
+            txn.open_table(SINK_CURSORS)
+                .map_err(|e| corrupt(e.to_string()))?;
         }
         txn.commit().map_err(|e| corrupt(e.to_string()))?;
         let store = Store {
-            db,
+            db: RwLock::new(db),
             path: path.to_path_buf(),
             signer,
             tail: Mutex::new(None),
+            appended: Condvar::new(),
         };
         let tail = store.read_tail()?;
         *store.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
@@ -205,6 +215,11 @@ impl Store {
         &self.path
     }
 
+    /// The database, shared for the length of one call (compaction takes it exclusively).
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn corrupt(&self, e: impl std::fmt::Display) -> RecordError {
         RecordError::Corrupt {
             path: self.path.display().to_string(),
@@ -213,7 +228,7 @@ impl Store {
     }
 
     fn read_tail(&self) -> Result<Option<(u64, Hash)>, RecordError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
         let Some((key, value)) = entries.last().map_err(|e| self.corrupt(e))? else {
             return Ok(None);
@@ -237,7 +252,8 @@ impl Store {
             None => (0, GENESIS),
         };
         let mut indices = Vec::with_capacity(events.len());
-        let txn = self.db.begin_write().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
             let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
@@ -318,8 +334,67 @@ impl Store {
         txn.commit().map_err(|e| self.corrupt(e))?;
         if !events.is_empty() {
             *tail = Some((next - 1, prev));
+            self.appended.notify_all();
         }
         Ok(indices)
+    }
+
+    /// The index the next entry will get (the number of entries).
+    pub fn next_index(&self) -> u64 {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.map_or(0, |(index, _)| index + 1)
+    }
+
+    /// Waits until the chain holds an entry at `index`, or `timeout` passed. Returns whether it
+    /// does.
+    pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let (tail, _) = self
+            .appended
+            .wait_timeout_while(tail, timeout, |t| t.is_none_or(|(last, _)| last < index))
+            .unwrap_or_else(|e| e.into_inner());
+        tail.is_some_and(|(last, _)| last >= index)
+    }
+
+    /// Up to `max` entries from `from` on, in order, with their payloads.
+    pub fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError> {
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+        let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+        let mut out = Vec::new();
+        for row in entries
+            .range(from..)
+            .map_err(|e| self.corrupt(e))?
+            .take(max)
+        {
+            let (key, value) = row.map_err(|e| self.corrupt(e))?;
+            let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
+            out.push(Recorded {
+                entry,
+                payload: payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Where the sink `name` resumes: the index of the next entry to deliver to it.
+    pub fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError> {
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let table = txn.open_table(SINK_CURSORS).map_err(|e| self.corrupt(e))?;
+        let cursor = table.get(name).map_err(|e| self.corrupt(e))?;
+        Ok(cursor.map(|v| v.value()))
+    }
+
+    /// Moves the sink `name`'s cursor, durably: what it delivered is never delivered again
+    /// after a restart (unless the commit is lost with a crash: delivery is at least once).
+    pub fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+        txn.open_table(SINK_CURSORS)
+            .map_err(|e| self.corrupt(e))?
+            .insert(name, next)
+            .map_err(|e| self.corrupt(e))?;
+        txn.commit().map_err(|e| self.corrupt(e))
     }
 
     fn sign(&self, index: u64, hash: Hash) -> SignedHead {
@@ -337,7 +412,8 @@ impl Store {
 
     /// Stores a review's current state (one small commit; reviews change rarely).
     pub fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
-        let txn = self.db.begin_write().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
         txn.open_table(REVIEWS)
             .map_err(|e| self.corrupt(e))?
             .insert(id, review)
@@ -347,7 +423,7 @@ impl Store {
 
     /// Every stored review.
     pub fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(REVIEWS).map_err(|e| self.corrupt(e))?;
         let mut all = Vec::new();
         for row in table.iter().map_err(|e| self.corrupt(e))? {
@@ -358,7 +434,7 @@ impl Store {
 
     /// The signed head of the chain, `None` while the record is empty.
     pub fn head(&self) -> Result<Option<SignedHead>, RecordError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
         let meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
         let head = meta.get("head").map_err(|e| self.corrupt(e))?;
         Ok(head.and_then(|v| SignedHead::decode(v.value())))
@@ -366,7 +442,7 @@ impl Store {
 
     /// Every session's summary, newest first.
     pub fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
         let mut all = Vec::new();
         for row in table.iter().map_err(|e| self.corrupt(e))? {
@@ -387,7 +463,7 @@ impl Store {
     /// The entries of one session, in order, with their payloads.
     /// One session's summary, looked up by its id.
     pub fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
         let row = table.get(id).map_err(|e| self.corrupt(e))?;
         row.map(|v| serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e)))
@@ -398,7 +474,7 @@ impl Store {
         let Some(summary) = self.session(id)? else {
             return Ok(vec![]);
         };
-        let txn = self.db.begin_read().map_err(|e| self.corrupt(e))?;
+        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
         let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
         let mut out = Vec::new();
@@ -407,18 +483,35 @@ impl Store {
             .map_err(|e| self.corrupt(e))?
         {
             let (key, value) = row.map_err(|e| self.corrupt(e))?;
-            let value = value.value();
-            let entry = Entry::decode(&value[..value.len().saturating_sub(32)])
-                .map_err(|e| self.corrupt(e))?;
+            let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
             if entry.session != id {
                 continue;
             }
-            let payload = payloads.get(key.value()).map_err(|e| self.corrupt(e))?;
-            let payload = payload.map(|p| p.value().get(NONCE_LEN..).unwrap_or_default().to_vec());
+            let payload = payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?;
             out.push(Recorded { entry, payload });
         }
         Ok(out)
     }
+}
+
+/// An entry as stored: its encoding followed by its hash.
+fn decode_stored(value: &[u8]) -> Result<Entry, String> {
+    Entry::decode(&value[..value.len().saturating_sub(32)])
+}
+
+/// An entry's payload without its nonce; `None` when retention purged it.
+fn payload_of(
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+    index: u64,
+) -> Result<Option<Vec<u8>>, redb::StorageError> {
+    let payload = payloads.get(index)?;
+    Ok(payload.map(|p| p.value().get(NONCE_LEN..).unwrap_or_default().to_vec()))
+}
+
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    // redb caches up to 1 GiB by default; the record is written far more than read, so a
+    // small cache keeps the gateway's memory flat however much it records.
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 /// The session index is a derived view (the chain is the truth), kept up to date per commit.

@@ -81,12 +81,24 @@ impl VerifyReport {
     pub fn holds(&self) -> bool {
         self.problem.is_none()
     }
+
+    /// The purged entries as ranges `(first, last)`.
+    pub fn purged_ranges(&self) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &index in &self.purged {
+            match ranges.last_mut() {
+                Some((_, last)) if *last + 1 == index => *last = index,
+                _ => ranges.push((index, index)),
+            }
+        }
+        ranges
+    }
 }
 
 impl Store {
     /// Verifies the live store (through the running gateway).
     pub fn verify(&self) -> VerifyReport {
-        verify_db(&self.db, Some(self.public_key()))
+        verify_db(&*self.db(), Some(self.public_key()))
     }
 }
 

@@ -43,6 +43,35 @@ pub struct Context {
     pub roles: Arc<crate::roles::Roles>,
     /// Live sessions, so auditors can list and end them.
     pub active: Mutex<HashMap<String, Active>>,
+    /// The filter chains new sessions get; `sluice reload` replaces them whole.
+    pub chains: std::sync::RwLock<Arc<Chains>>,
+}
+
+/// The plugins of each connection's chain, and the policy files they come from (recorded
+/// with every session). Sessions keep the chain they opened with until they end.
+#[derive(Clone, Debug, Default)]
+pub struct Chains {
+    pub plugins: std::collections::BTreeMap<String, Vec<LoadedPlugin>>,
+    pub policy_files: Vec<serde_json::Value>,
+}
+
+impl Context {
+    /// The chain a new session on `connection` gets, with the policy files it comes from.
+    pub fn chain(&self, connection: &str) -> (Vec<LoadedPlugin>, Vec<serde_json::Value>) {
+        let chains = self
+            .chains
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (
+            chains.plugins.get(connection).cloned().unwrap_or_default(),
+            chains.policy_files.clone(),
+        )
+    }
+
+    pub fn set_chains(&self, chains: Chains) {
+        *self.chains.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(chains);
+    }
 }
 
 /// A live session as `sluice sessions --active` shows it; `kill` ends it.

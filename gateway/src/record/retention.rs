@@ -1,0 +1,260 @@
+//! Retention: the payloads of expired sessions (and of old decisions) are deleted, then the
+//! store is rewritten so that the deleted bytes are gone from the file, not just unreachable.
+//!
+//! The chain itself stays: entries keep their digests, so `verify` still proves that nothing
+//! was altered and reports the purged payloads as purged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+
+use super::{
+    CHECKPOINTS, ENTRIES, META, PAYLOADS, REVIEWS, RecordError, SESSIONS, SINK_CURSORS,
+    SessionSummary, Store, decode_stored, open_db,
+};
+
+/// Rows copied per transaction when the store is rewritten.
+const COPY_CHUNK: usize = 10_000;
+/// Where the scan for old session-less review events resumes (`META`).
+const REVIEW_SCAN: &str = "retention-review-scan";
+
+/// How long recordings are kept; what has no rule is kept forever.
+#[derive(Clone, Debug, Default)]
+pub struct RetentionRules {
+    /// Sessions by connection, counted from their end.
+    pub sessions: BTreeMap<String, Duration>,
+    /// Decided reviews and access requests, counted from when they stopped mattering.
+    pub reviews: Option<Duration>,
+}
+
+/// What one purge removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    /// Sessions whose payloads were deleted.
+    pub sessions: Vec<String>,
+    /// Decided reviews removed from the queue's table.
+    pub reviews: Vec<String>,
+    /// Payloads deleted, in all.
+    pub payloads: u64,
+    /// Entry ranges (first, last) whose payloads were deleted, in order.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Purged {
+    pub fn is_empty(&self) -> bool {
+        self.payloads == 0 && self.reviews.is_empty()
+    }
+
+    fn add_index(&mut self, index: u64) {
+        self.payloads += 1;
+        match self.ranges.last_mut() {
+            Some((_, last)) if *last + 1 == index => *last = index,
+            _ => self.ranges.push((index, index)),
+        }
+    }
+}
+
+/// The file sizes around a compaction.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Compacted {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+impl Store {
+    /// Deletes the payloads that `rules` say have expired at `now_ms`, in one transaction.
+    /// Sessions still open are never purged.
+    pub fn purge(&self, rules: &RetentionRules, now_ms: u64) -> Result<Purged, RecordError> {
+        let expired = |keep: Duration, since_ms: u64| {
+            since_ms.saturating_add(keep.as_millis() as u64) <= now_ms
+        };
+        let mut purged = Purged::default();
+        let db = self.db();
+        let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+        {
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+            let mut due: Vec<SessionSummary> = Vec::new();
+            for row in sessions.iter().map_err(|e| self.corrupt(e))? {
+                let (_, value) = row.map_err(|e| self.corrupt(e))?;
+                let summary: SessionSummary =
+                    serde_json::from_slice(value.value()).map_err(|e| self.corrupt(e))?;
+                let keep = rules.sessions.get(&summary.connection);
+                if let (Some(&keep), Some(ended), None) =
+                    (keep, summary.ended_ms, summary.purged_ms)
+                    && expired(keep, ended)
+                {
+                    due.push(summary);
+                }
+            }
+            due.sort_by_key(|s| s.first_index);
+            for mut summary in due {
+                let range = entries
+                    .range(summary.first_index..=summary.last_index)
+                    .map_err(|e| self.corrupt(e))?;
+                for row in range {
+                    let (key, value) = row.map_err(|e| self.corrupt(e))?;
+                    let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
+                    if entry.session == summary.id
+                        && payloads
+                            .remove(key.value())
+                            .map_err(|e| self.corrupt(e))?
+                            .is_some()
+                    {
+                        purged.add_index(key.value());
+                    }
+                }
+                summary.purged_ms = Some(now_ms);
+                let bytes = serde_json::to_vec(&summary).map_err(|e| self.corrupt(e))?;
+                sessions
+                    .insert(summary.id.as_str(), bytes.as_slice())
+                    .map_err(|e| self.corrupt(e))?;
+                purged.sessions.push(summary.id);
+            }
+
+            if let Some(keep) = rules.reviews {
+                // The queue's state of decided reviews...
+                let mut reviews = txn.open_table(REVIEWS).map_err(|e| self.corrupt(e))?;
+                for row in reviews.iter().map_err(|e| self.corrupt(e))? {
+                    let (id, value) = row.map_err(|e| self.corrupt(e))?;
+                    let review: serde_json::Value =
+                        serde_json::from_slice(value.value()).unwrap_or_default();
+                    let time = |key: &str| review.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+                    let last_mattered = time("created_ms")
+                        .max(time("expires_ms"))
+                        .max(time("granted_until_ms"));
+                    if review.get("status").and_then(|s| s.as_str()) != Some("pending")
+                        && expired(keep, last_mattered)
+                    {
+                        purged.reviews.push(id.value().to_string());
+                    }
+                }
+                for id in &purged.reviews {
+                    reviews.remove(id.as_str()).map_err(|e| self.corrupt(e))?;
+                }
+                // ...and the payloads of decisions that belong to no session (access
+                // requests; a held frame's decisions go with its session). Entries are in
+                // time order: scan from where the last purge stopped to the first one that
+                // is still kept.
+                let mut meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+                let mut scan = meta
+                    .get(REVIEW_SCAN)
+                    .map_err(|e| self.corrupt(e))?
+                    .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
+                    .unwrap_or(0);
+                for row in entries.range(scan..).map_err(|e| self.corrupt(e))? {
+                    let (key, value) = row.map_err(|e| self.corrupt(e))?;
+                    let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
+                    if !expired(keep, entry.time_ms) {
+                        break;
+                    }
+                    if entry.session.is_empty()
+                        && entry.kind == "review"
+                        && payloads
+                            .remove(key.value())
+                            .map_err(|e| self.corrupt(e))?
+                            .is_some()
+                    {
+                        purged.add_index(key.value());
+                    }
+                    scan = key.value() + 1;
+                }
+                meta.insert(REVIEW_SCAN, &scan.to_be_bytes()[..])
+                    .map_err(|e| self.corrupt(e))?;
+            }
+        }
+        purged.ranges.sort_unstable();
+        txn.commit().map_err(|e| self.corrupt(e))?;
+        Ok(purged)
+    }
+
+    /// Rewrites the store into a fresh file holding only what is live, then puts it in place
+    /// of the old one: deleted payloads leave no copy behind in free pages. Recording waits
+    /// meanwhile (the whole store is copied once).
+    pub fn compact(&self) -> Result<Compacted, RecordError> {
+        let io = |e: std::io::Error| RecordError::Io {
+            path: self.path.display().to_string(),
+            message: format!("compaction: {e}"),
+        };
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let bytes_before = std::fs::metadata(&self.path).map_err(io)?.len();
+        let fresh = self.path.with_extension("redb.compacting");
+        let _ = std::fs::remove_file(&fresh);
+        {
+            let to = open_db(&fresh).map_err(|e| self.corrupt(e))?;
+            for table in [ENTRIES, PAYLOADS, CHECKPOINTS] {
+                copy_indexed(&db, &to, table).map_err(|e| self.corrupt(e))?;
+            }
+            for table in [META, SESSIONS, REVIEWS] {
+                copy_named(&db, &to, table).map_err(|e| self.corrupt(e))?;
+            }
+            copy_named(&db, &to, SINK_CURSORS).map_err(|e| self.corrupt(e))?;
+        }
+        std::fs::File::open(&fresh)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&fresh, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        *db = open_db(&self.path).map_err(|e| self.corrupt(e))?;
+        let bytes_after = std::fs::metadata(&self.path).map_err(io)?.len();
+        Ok(Compacted {
+            bytes_before,
+            bytes_after,
+        })
+    }
+}
+
+/// Copies a table keyed by entry index, in chunks.
+fn copy_indexed(
+    from: &Database,
+    to: &Database,
+    table: TableDefinition<u64, &[u8]>,
+) -> Result<(), redb::Error> {
+    let mut next = 0u64;
+    loop {
+        let read = from.begin_read()?;
+        let source = read.open_table(table)?;
+        let write = to.begin_write()?;
+        let mut copied = 0;
+        {
+            let mut target = write.open_table(table)?;
+            for row in source.range(next..)?.take(COPY_CHUNK) {
+                let (key, value) = row?;
+                target.insert(key.value(), value.value())?;
+                next = key.value() + 1;
+                copied += 1;
+            }
+        }
+        write.commit()?;
+        if copied < COPY_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// Copies a table keyed by name (small ones: sessions, reviews, meta, sink cursors).
+fn copy_named<V: redb::Value + 'static>(
+    from: &Database,
+    to: &Database,
+    table: TableDefinition<&str, V>,
+) -> Result<(), redb::Error> {
+    let read = from.begin_read()?;
+    let source = read.open_table(table)?;
+    let write = to.begin_write()?;
+    {
+        let mut target = write.open_table(table)?;
+        for row in source.iter()? {
+            let (key, value) = row?;
+            target.insert(key.value(), value.value())?;
+        }
+    }
+    write.commit()?;
+    Ok(())
+}
