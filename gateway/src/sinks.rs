@@ -253,6 +253,7 @@ fn deliver_loop(store: &Store, plan: &SinkPlan, shared: &Shared) {
                     s.cursor = cursor;
                     s.delivered += delivered as u64;
                     s.failures = 0;
+                    s.last_error = None;
                     s.state = "delivering".into();
                     s.last_delivery_ms = Some(now_ms());
                 });

@@ -222,11 +222,15 @@ pub fn send(request: &Request) -> Result<Response, HttpError> {
     let body = outgoing
         .body()
         .map_err(|()| HttpError::Transport("no request body".into()))?;
-    let transport = |e: ErrorCode| match e {
-        ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited => {
-            HttpError::Refused(format!("{} ({e:?})", url.host()))
+    let transport = |e: ErrorCode| {
+        let code = format!("{e:?}");
+        let code = code.trim_start_matches("ErrorCode::").to_string();
+        match e {
+            ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited => {
+                HttpError::Refused(code)
+            }
+            _ => HttpError::Transport(code),
         }
-        other => HttpError::Transport(format!("{}: {other:?}", url.host())),
     };
     let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(transport)?;
     {

@@ -592,3 +592,45 @@ fn retention_purges_expired_sessions_scrubs_the_file_and_verify_reports_the_rang
     assert_ne!(code, 0);
     assert!(err.contains("admin"), "{err}");
 }
+
+#[test]
+fn a_sink_that_traps_is_retried_apart_and_neither_sessions_nor_other_sinks_notice() {
+    let receiver = Receiver::start(0, Arc::default());
+    let crashy = crate::support::guest("sink-count");
+    let mut policy = format!(
+        "[plugins.crashy]\nsource = \"{}\"\nworld = \"sink\"\nconfig = {{ trap_on = \"session-open\" }}\n\
+         [sinks.crashy]\nplugin = \"crashy\"\nretry_max_seconds = 1\n",
+        crashy.display()
+    );
+    let url = format!("http://receiver.test:{}/", receiver.port);
+    policy.push_str(&http_sink_policy(
+        "steady",
+        &url,
+        &["receiver.test", "127.0.0.1"],
+        "",
+    ));
+    let gateway = Gateway::start_with_policy(RESOLVE, Some(&policy));
+    let out = exec(&gateway, "echo unaffected");
+    assert!(out.contains("unaffected"), "{out}");
+    let total = entries(&gateway);
+    eventually("the steady sink delivered", Duration::from_secs(20), || {
+        sink(&sinks(&gateway), "steady")["lag"] == 0
+    });
+    assert_in_order_without_gaps(&shipped(&receiver), total);
+    eventually("the trap reported", Duration::from_secs(20), || {
+        let all = sinks(&gateway);
+        let s = sink(&all, "crashy");
+        s["failures"].as_u64().unwrap() >= 2 && s["state"] == "retrying"
+    });
+    let all = sinks(&gateway);
+    let crashy = sink(&all, "crashy");
+    assert!(
+        crashy["last_error"].as_str().unwrap().contains("trapped"),
+        "{crashy}"
+    );
+    assert_eq!(
+        crashy["cursor"], 0,
+        "nothing may be skipped past a failing batch"
+    );
+    exec(&gateway, "echo still serving");
+}
