@@ -192,7 +192,7 @@ fn retention_compact(c: &mut Criterion) {
                     sessions: [(String::new(), Duration::ZERO)].into(),
                     reviews: None,
                 };
-                let purged = store.purge(&rules, u64::MAX).unwrap();
+                let purged = store.purge(&rules, u64::MAX, &Default::default()).unwrap();
                 assert_eq!(purged.sessions, ["old"]);
                 let started = Instant::now();
                 let sizes = store.compact().unwrap();

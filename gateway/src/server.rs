@@ -534,8 +534,14 @@ impl Gateway {
     async fn retention(&self, by: &str) -> Result<serde_json::Value, String> {
         let _one_at_a_time = self.maintenance.lock().await;
         let (store, rules) = (self.store.clone(), retention_rules(&self.config));
+        let live: std::collections::HashSet<String> = self
+            .session_ctx
+            .live()
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect();
         let (purged, compacted) = tokio::task::spawn_blocking(move || {
-            let purged = store.purge(&rules, session::now_ms())?;
+            let purged = store.purge(&rules, session::now_ms(), &live)?;
             let compacted = match purged.is_empty() {
                 true => None,
                 false => Some(store.compact()?),

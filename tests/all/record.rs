@@ -278,6 +278,12 @@ fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_ve
             event("open", 1, "frame", "still running"),
         ])
         .unwrap();
+    store
+        .append(&[NewEvent {
+            time_ms: 2_000,
+            ..event("crashed", 0, "session-open", "")
+        }])
+        .unwrap();
     // An access request's decision: the gateway's own event, and its state in the queue.
     let decision = NewEvent {
         session: String::new(),
@@ -300,6 +306,9 @@ fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_ve
             br#"{"status":"pending","created_ms":1000,"expires_ms":1500}"#,
         )
         .unwrap();
+    // `open` is live: never purged however old. `crashed` never closed and is not live: its
+    // last entry counts as its end.
+    let live = ["open".to_string()].into();
     let rules = RetentionRules {
         sessions: [("shell".to_string(), Duration::from_millis(500))].into(),
         reviews: Some(Duration::from_millis(500)),
@@ -307,15 +316,16 @@ fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_ve
     let before = std::fs::read(&path).unwrap();
     assert!(before.windows(10).any(|w| w == b"old secret"));
     // Not yet: the session ended at 2000 and the decision was made at 2050, kept 500 ms.
-    let early = store.purge(&rules, 2_400).unwrap();
+    let early = store.purge(&rules, 2_400, &live).unwrap();
     assert!(early.is_empty(), "{early:?}");
-    let purged = store.purge(&rules, 2_560).unwrap();
-    assert_eq!(purged.sessions, ["old"]);
+    let purged = store.purge(&rules, 2_560, &live).unwrap();
+    assert_eq!(purged.sessions, ["old", "crashed"]);
     assert_eq!(purged.reviews, ["r-old"]);
-    // The old session's three entries and the decision (entry 5); the open session is kept.
-    assert_eq!(purged.ranges, [(0, 2), (5, 5)]);
+    // The old session's three entries, the crashed one's (5) and the decision (6); the open
+    // session is kept.
+    assert_eq!(purged.ranges, [(0, 2), (5, 6)]);
     assert_eq!(
-        store.purge(&rules, 9_000).unwrap().payloads,
+        store.purge(&rules, 9_000, &live).unwrap().payloads,
         0,
         "purged twice"
     );
@@ -344,7 +354,7 @@ fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_ve
     assert!(after.windows(13).any(|w| w == b"still running"));
     let report = store.verify();
     assert!(report.holds(), "{:?}", report.problem);
-    assert_eq!(report.purged_ranges(), [(0, 2), (5, 5)]);
+    assert_eq!(report.purged_ranges(), [(0, 2), (5, 6)]);
     // The store goes on after the swap.
     store
         .append(&[event("new", 0, "session-open", "")])

@@ -215,7 +215,8 @@ impl Store {
         &self.path
     }
 
-    /// The database, shared for the length of one call (compaction takes it exclusively).
+    /// The database, shared for the length of one call: hold the guard while a transaction
+    /// is in use (compaction takes it exclusively to swap the file).
     fn db(&self) -> RwLockReadGuard<'_, Database> {
         self.db.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -228,7 +229,8 @@ impl Store {
     }
 
     fn read_tail(&self) -> Result<Option<(u64, Hash)>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
         let Some((key, value)) = entries.last().map_err(|e| self.corrupt(e))? else {
             return Ok(None);
@@ -358,7 +360,8 @@ impl Store {
 
     /// Up to `max` entries from `from` on, in order, with their payloads.
     pub fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
         let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
         let mut out = Vec::new();
@@ -379,7 +382,8 @@ impl Store {
 
     /// Where the sink `name` resumes: the index of the next entry to deliver to it.
     pub fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(SINK_CURSORS).map_err(|e| self.corrupt(e))?;
         let cursor = table.get(name).map_err(|e| self.corrupt(e))?;
         Ok(cursor.map(|v| v.value()))
@@ -423,7 +427,8 @@ impl Store {
 
     /// Every stored review.
     pub fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(REVIEWS).map_err(|e| self.corrupt(e))?;
         let mut all = Vec::new();
         for row in table.iter().map_err(|e| self.corrupt(e))? {
@@ -434,7 +439,8 @@ impl Store {
 
     /// The signed head of the chain, `None` while the record is empty.
     pub fn head(&self) -> Result<Option<SignedHead>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
         let head = meta.get("head").map_err(|e| self.corrupt(e))?;
         Ok(head.and_then(|v| SignedHead::decode(v.value())))
@@ -442,7 +448,8 @@ impl Store {
 
     /// Every session's summary, newest first.
     pub fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
         let mut all = Vec::new();
         for row in table.iter().map_err(|e| self.corrupt(e))? {
@@ -463,7 +470,8 @@ impl Store {
     /// The entries of one session, in order, with their payloads.
     /// One session's summary, looked up by its id.
     pub fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
         let row = table.get(id).map_err(|e| self.corrupt(e))?;
         row.map(|v| serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e)))
@@ -474,7 +482,8 @@ impl Store {
         let Some(summary) = self.session(id)? else {
             return Ok(vec![]);
         };
-        let txn = self.db().begin_read().map_err(|e| self.corrupt(e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
         let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
         let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
         let mut out = Vec::new();

@@ -4,7 +4,7 @@
 //! The chain itself stays: entries keep their digests, so `verify` still proves that nothing
 //! was altered and reports the purged payloads as purged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -65,8 +65,14 @@ pub struct Compacted {
 
 impl Store {
     /// Deletes the payloads that `rules` say have expired at `now_ms`, in one transaction.
-    /// Sessions still open are never purged.
-    pub fn purge(&self, rules: &RetentionRules, now_ms: u64) -> Result<Purged, RecordError> {
+    /// Sessions in `live` are never purged; a session that never closed and is not live (its
+    /// gateway died) counts as ended at its last entry.
+    pub fn purge(
+        &self,
+        rules: &RetentionRules,
+        now_ms: u64,
+        live: &HashSet<String>,
+    ) -> Result<Purged, RecordError> {
         let expired = |keep: Duration, since_ms: u64| {
             since_ms.saturating_add(keep.as_millis() as u64) <= now_ms
         };
@@ -82,11 +88,27 @@ impl Store {
                 let (_, value) = row.map_err(|e| self.corrupt(e))?;
                 let summary: SessionSummary =
                     serde_json::from_slice(value.value()).map_err(|e| self.corrupt(e))?;
-                let keep = rules.sessions.get(&summary.connection);
-                if let (Some(&keep), Some(ended), None) =
-                    (keep, summary.ended_ms, summary.purged_ms)
-                    && expired(keep, ended)
-                {
+                let Some(&keep) = rules.sessions.get(&summary.connection) else {
+                    continue;
+                };
+                if summary.purged_ms.is_some() || live.contains(&summary.id) {
+                    continue;
+                }
+                let ended = match summary.ended_ms {
+                    Some(ended) => ended,
+                    None => match entries
+                        .get(summary.last_index)
+                        .map_err(|e| self.corrupt(e))?
+                    {
+                        Some(last) => {
+                            decode_stored(last.value())
+                                .map_err(|e| self.corrupt(e))?
+                                .time_ms
+                        }
+                        None => continue,
+                    },
+                };
+                if expired(keep, ended) {
                     due.push(summary);
                 }
             }
