@@ -487,6 +487,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (connection, chain) in &policy.chains {
                 println!("chain {connection}: {}", chain.join(" -> "));
             }
+            for (name, sink) in &policy.sinks {
+                let allowed = &policy.plugins[&sink.plugin].allow_hosts;
+                println!(
+                    "sink {name}: plugin {}, batches of {}, may reach {}",
+                    sink.plugin,
+                    sink.batch_events,
+                    if allowed.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

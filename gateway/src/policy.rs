@@ -11,9 +11,19 @@
 //! on_error = "deny"                   # "pass" only for plugins that guard nothing
 //! sha256 = "…"                        # optional pin of the component's digest
 //! config = { literal = "hunter2" }    # the plugin's own settings, passed to init as JSON
+//!                                     # (a string `env:NAME` is read from the environment)
 //!
 //! [chains]
 //! shell = ["redact"]
+//!
+//! [plugins.siem]
+//! source = "builtin:sink-http"
+//! world = "sink"
+//! allow_hosts = ["logs.example.com"]  # sinks only: where it may send HTTP requests
+//! config = { url = "https://logs.example.com/ingest" }
+//!
+//! [sinks.siem]                        # deliver the record to it (see `SinkRules`)
+//! plugin = "siem"
 //! ```
 
 use std::collections::BTreeMap;

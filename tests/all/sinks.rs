@@ -322,6 +322,18 @@ fn egress_is_refused_off_the_allow_list_and_for_names_resolving_to_private_addre
         "a refused request got through"
     );
 
+    // `sluice policy` lists sinks with what they may reach.
+    let policies = gateway.dir.path().join("policies");
+    let (code, out, err) = crate::support::run_command(
+        crate::support::sluice().args(["policy", policies.to_str().unwrap()]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("sink by-name: plugin by-name, batches of 20, may reach internal.test"),
+        "{out}"
+    );
+
     // A filter may not be given the network at all.
     let bad = "[plugins.leaky]\nsource = \"builtin:passthrough\"\nallow_hosts = [\"x.test\"]\n";
     let dir = tempfile::tempdir().unwrap();
