@@ -191,6 +191,17 @@ fn a_denied_line_is_erased_and_the_session_goes_on() {
 }
 
 #[test]
+fn a_plugin_that_blocks_on_a_wasi_clock_neither_kills_its_session_nor_the_gateway() {
+    let gw = gateway_with_antics();
+    // Blocking is a failure of the plugin: its frame is refused (fail closed), with the reason.
+    let (code, out, err) = gw.run(&["exec", "shell", "--", "sleep", "a little"], "");
+    assert_eq!(code, 126, "{out}{err}");
+    assert!(err.contains("blocked on a WASI call"), "{err}");
+    let (code, out, err) = gw.run(&["exec", "shell", "--", "echo", "still here"], "");
+    assert_eq!((code, out.as_str()), (0, "still here\n"), "{err}");
+}
+
+#[test]
 fn replay_and_asciicast_export_reproduce_the_output() {
     let gw = Gateway::start();
     let (code, out, _) = gw.run(

@@ -154,7 +154,10 @@ pub enum LoadError {
 
 pub struct PluginHost {
     engine: Engine,
+    /// Filters: WASI over an empty context and `log`.
     linker: Linker<HostState>,
+    /// Sinks: the same and `wasi:http` (sent by `crate::egress`, to allowed hosts only).
+    sink_linker: Linker<HostState>,
     cache: Option<cache::ArtifactCache>,
     ticker_stop: Arc<AtomicBool>,
     resolver: Arc<Resolver>,
@@ -196,9 +199,10 @@ impl PluginHost {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         log::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut sink_linker = linker.clone();
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut sink_linker)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
 
         let cache = match config.cache_dir {
@@ -220,6 +224,7 @@ impl PluginHost {
         Ok(PluginHost {
             engine,
             linker,
+            sink_linker,
             cache,
             ticker_stop,
             resolver: config.resolver,
@@ -271,10 +276,15 @@ impl PluginHost {
                 spec.world
             )));
         }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| invalid(format!("its imports cannot be satisfied: {e:#} (plugins may import only sluice:plugin/log and WASI)")))?;
+        let linker = match spec.world {
+            World::Filter => &self.linker,
+            World::Sink => &self.sink_linker,
+        };
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "its imports cannot be satisfied: {e:#} (plugins may import only sluice:plugin/log and WASI; only sinks get wasi:http)"
+            ))
+        })?;
         let linked = match spec.world {
             World::Filter => Linked::Filter(
                 bindings::filter::FilterPre::new(pre)
@@ -533,7 +543,7 @@ impl LoadedPlugin {
         let mut store = self.store(session);
         let bindings =
             make(&mut store).map_err(|e| self.error(Failure::Instantiate(format!("{e:#}"))))?;
-        match init(&bindings, &mut store) {
+        match guarded(|| init(&bindings, &mut store)) {
             Ok(Ok(answer)) => Ok((store, bindings, answer)),
             Ok(Err(message)) => Err(self.error(Failure::Init(message))),
             Err(e) => Err(self.classify(&store, e)),
@@ -554,6 +564,26 @@ impl LoadedPlugin {
         };
         self.error(failure)
     }
+}
+
+/// Runs a call into a plugin, turning a panic of the host's WASI code into an error. The one
+/// known cause: a filter that blocks (sleeps, polls) makes WASI's synchronous bindings start
+/// a Tokio runtime inside the session's, which panics; the call fails (closed) and the
+/// instance is dropped, instead of the panic taking the session's task down.
+fn guarded<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime::Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        let why = if why.contains("runtime") {
+            "it blocked on a WASI call (sleep, poll), which a filter in the data path may not"
+        } else {
+            why
+        };
+        Err(wasmtime::Error::msg(why.to_string()))
+    })
 }
 
 fn ticks(deadline: Duration) -> u64 {
@@ -689,7 +719,7 @@ impl FilterInstance {
         let plugin = self.plugin.clone();
         let (store, filter) = self.live()?;
         start_call(store, plugin.0.spec.deadline);
-        match f(store, filter) {
+        match guarded(|| f(store, filter)) {
             Ok(result) => Ok(result),
             Err(error) => {
                 let error = plugin.classify(store, error);
@@ -752,7 +782,7 @@ impl SinkInstance {
         let batch: Vec<_> = batch.iter().cloned().map(Into::into).collect();
         let (store, sink) = self.live()?;
         start_call(store, plugin.0.spec.deadline);
-        match sink.call_deliver(&mut *store, &batch) {
+        match guarded(|| sink.call_deliver(&mut *store, &batch)) {
             Ok(answer) => Ok(answer.map_err(Into::into)),
             Err(error) => {
                 let error = plugin.classify(store, error);

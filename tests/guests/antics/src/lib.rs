@@ -54,6 +54,11 @@ impl Filter for Antics {
                 }
             }
             ("panic", _) => panic!("asked to panic"),
+            // Blocks on a WASI clock, as a plugin that sleeps or polls would.
+            ("sleep", _) => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                Verdict::pass()
+            }
             // A row for a line frame: a malformed verdict the host must refuse.
             ("garbage", _) => Verdict::replace(Content::Row(vec![None])),
             ("hold", reason) => Verdict::hold(reason),
