@@ -407,6 +407,9 @@ pub async fn retention(client: Client) -> anyhow::Result<ExitCode> {
         count("sessions"),
         count("reviews"),
     );
+    if report["payloads"].as_u64().unwrap_or(0) > 0 {
+        println!("entries: {}", entry_ranges(&report["ranges"]));
+    }
     if let Some(c) = report["compacted"].as_object() {
         println!(
             "store compacted: {} -> {} bytes",
@@ -414,6 +417,20 @@ pub async fn retention(client: Client) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `[[3, 31], [88, 88]]` as `3-31, 88`.
+fn entry_ranges(ranges: &serde_json::Value) -> String {
+    let ranges: Vec<String> = ranges
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| match (r[0].as_u64(), r[1].as_u64()) {
+            (Some(a), Some(b)) if a == b => format!("{a}"),
+            (a, b) => format!("{}-{}", a.unwrap_or(0), b.unwrap_or(0)),
+        })
+        .collect();
+    ranges.join(", ")
 }
 
 pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
@@ -462,20 +479,11 @@ fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
     let entries = &report["entries"];
     if holds {
         println!("record verified: {entries} entries hold");
-        let ranges: Vec<String> = report["purged_ranges"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| match (r[0].as_u64(), r[1].as_u64()) {
-                (Some(a), Some(b)) if a == b => format!("{a}"),
-                (a, b) => format!("{}-{}", a.unwrap_or(0), b.unwrap_or(0)),
-            })
-            .collect();
-        if !ranges.is_empty() {
+        if report["purged"].as_u64().unwrap_or(0) > 0 {
             println!(
                 "purged by retention (payloads deleted, digests kept): {} entries: {}",
                 report["purged"],
-                ranges.join(", ")
+                entry_ranges(&report["purged_ranges"])
             );
         }
     } else {
