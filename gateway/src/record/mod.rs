@@ -179,6 +179,9 @@ impl Store {
             message,
         };
         let signer = load_or_create_signing_key(key_file).map_err(|e| io(format!("{e:#}")))?;
+        // A compaction cut short (a crash mid-copy) leaves its unfinished copy: the store
+        // itself was never touched, so the copy is just removed.
+        let _ = std::fs::remove_file(retention::compacting_path(path));
         let db = open_db(path).map_err(|e| corrupt(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
         {

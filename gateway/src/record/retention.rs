@@ -203,7 +203,7 @@ impl Store {
         };
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         let bytes_before = std::fs::metadata(&self.path).map_err(io)?.len();
-        let fresh = self.path.with_extension("redb.compacting");
+        let fresh = compacting_path(&self.path);
         let _ = std::fs::remove_file(&fresh);
         {
             let to = open_db(&fresh).map_err(|e| self.corrupt(e))?;
@@ -231,6 +231,11 @@ impl Store {
             bytes_after,
         })
     }
+}
+
+/// Where compaction writes the store's copy before it takes the store's place.
+pub(super) fn compacting_path(store: &std::path::Path) -> std::path::PathBuf {
+    store.with_extension("redb.compacting")
 }
 
 /// Copies a table keyed by entry index, in chunks.
