@@ -247,13 +247,11 @@ pub struct Hooks {
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-type Sent = Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ),
-    Error,
->;
+/// A response, and the future that drives its connection to the end.
+type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), Error>> + Send>,
+);
 
 impl WasiHttpHooks for Hooks {
     fn send_request(
@@ -261,7 +259,7 @@ impl WasiHttpHooks for Hooks {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ) -> Box<dyn Future<Output = Sent> + Send> {
+    ) -> Box<dyn Future<Output = Result<Sent, Error>> + Send> {
         let (egress, refused) = (self.egress.clone(), self.refused.clone());
         Box::new(async move {
             let Some(egress) = egress else {
@@ -298,13 +296,7 @@ async fn send(
     egress: &Egress,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
-) -> Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ),
-    Refusal,
-> {
+) -> Result<Sent, Refusal> {
     let failed = Refusal::Failed;
     let uri = request.uri().clone();
     let tls = uri.scheme_str() == Some("https");

@@ -556,12 +556,12 @@ impl Gateway {
             "by": by,
             "sessions": purged.sessions,
             "reviews": purged.reviews,
-            "payloads": purged.payloads,
+            "payloads": purged.payloads(),
             "ranges": purged.ranges,
             "compacted": compacted,
         });
         if !purged.is_empty() {
-            tracing::info!(%by, payloads = purged.payloads, sessions = purged.sessions.len(), "retention purged");
+            tracing::info!(%by, payloads = purged.payloads(), sessions = purged.sessions.len(), "retention purged");
             self.record_gateway_event("retention", &report).await?;
         }
         Ok(report)

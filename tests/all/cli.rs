@@ -50,24 +50,21 @@ fn plugin_check_names_the_world_and_refuses_foreign_files() {
     assert!(err.contains("not a component"), "{err}");
 }
 
-#[test]
-fn plugin_run_prints_a_verdict_per_frame_with_time_and_memory() {
-    let input = "{\"line\": \"echo hunter2\"}\n{\"direction\": \"target-to-client\", \"row\": [\"hunter2\", null]}\n{\"line\": \"ls\"}\n";
-    let (ok, out, err) = run_with_input(
-        &[
-            "plugin",
-            "run",
-            "builtin:example-redact",
-            "--config",
-            "literal=hunter2",
-        ],
-        input,
-    );
+/// `sluice plugin run SOURCE --config CONFIG` on `input`: its reports, and its raw output.
+fn plugin_run(source: &str, config: &str, input: &str) -> (Vec<serde_json::Value>, String) {
+    let (ok, out, err) = run_with_input(&["plugin", "run", source, "--config", config], input);
     assert!(ok, "{err}");
-    let reports: Vec<serde_json::Value> = out
+    let reports = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    (reports, out)
+}
+
+#[test]
+fn plugin_run_prints_a_verdict_per_frame_with_time_and_memory() {
+    let input = "{\"line\": \"echo hunter2\"}\n{\"direction\": \"target-to-client\", \"row\": [\"hunter2\", null]}\n{\"line\": \"ls\"}\n";
+    let (reports, _) = plugin_run("builtin:example-redact", "literal=hunter2", input);
     assert_eq!(reports.len(), 3);
     assert_eq!(reports[0]["verdict"], "replace");
     assert_eq!(reports[0]["content"]["line"], "echo [REDACTED]");
@@ -86,21 +83,7 @@ fn plugin_run_prints_a_verdict_per_frame_with_time_and_memory() {
 fn plugin_run_passes_frames_outside_the_plugins_interest_uncalled() {
     // The SQL gate asks for client statements and lines only, as the gateway would honour.
     let input = "{\"statement\": {\"text\": \"DROP TABLE t\", \"params\": []}}\n{\"direction\": \"target-to-client\", \"row\": [\"DROP TABLE t\"]}\n";
-    let (ok, out, err) = run_with_input(
-        &[
-            "plugin",
-            "run",
-            "builtin:approve",
-            "--config",
-            "rules=[\"sql\"]",
-        ],
-        input,
-    );
-    assert!(ok, "{err}");
-    let reports: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (reports, out) = plugin_run("builtin:approve", "rules=[\"sql\"]", input);
     assert_eq!(reports[0]["verdict"], "hold", "{out}");
     assert_eq!(reports[1]["verdict"], "pass", "{out}");
     assert!(

@@ -329,7 +329,7 @@ fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_ve
     // session is kept.
     assert_eq!(purged.ranges, [(0, 2), (5, 6)]);
     assert_eq!(
-        store.purge(&rules, 9_000, &live).unwrap().payloads,
+        store.purge(&rules, 9_000, &live).unwrap().payloads(),
         0,
         "purged twice"
     );

@@ -470,7 +470,6 @@ impl Store {
         Ok(all)
     }
 
-    /// The entries of one session, in order, with their payloads.
     /// One session's summary, looked up by its id.
     pub fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
         let db = self.db();
@@ -481,6 +480,7 @@ impl Store {
             .transpose()
     }
 
+    /// The entries of one session, in order, with their payloads.
     pub fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
         let Some(summary) = self.session(id)? else {
             return Ok(vec![]);
@@ -504,6 +504,18 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Ascending entry indices as ranges `(first, last)` of consecutive ones.
+fn index_ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for index in sorted {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == index => *last = index,
+            _ => ranges.push((index, index)),
+        }
+    }
+    ranges
 }
 
 /// An entry as stored: its encoding followed by its hash.

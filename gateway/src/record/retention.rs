@@ -36,23 +36,21 @@ pub struct Purged {
     pub sessions: Vec<String>,
     /// Decided reviews removed from the queue's table.
     pub reviews: Vec<String>,
-    /// Payloads deleted, in all.
-    pub payloads: u64,
     /// Entry ranges (first, last) whose payloads were deleted, in order.
     pub ranges: Vec<(u64, u64)>,
 }
 
 impl Purged {
-    pub fn is_empty(&self) -> bool {
-        self.payloads == 0 && self.reviews.is_empty()
+    /// Payloads deleted, in all.
+    pub fn payloads(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|(first, last)| last - first + 1)
+            .sum()
     }
 
-    fn add_index(&mut self, index: u64) {
-        self.payloads += 1;
-        match self.ranges.last_mut() {
-            Some((_, last)) if *last + 1 == index => *last = index,
-            _ => self.ranges.push((index, index)),
-        }
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty() && self.reviews.is_empty()
     }
 }
 
@@ -77,6 +75,7 @@ impl Store {
             since_ms.saturating_add(keep.as_millis() as u64) <= now_ms
         };
         let mut purged = Purged::default();
+        let mut removed: Vec<u64> = Vec::new();
         let db = self.db();
         let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
         {
@@ -126,7 +125,7 @@ impl Store {
                             .map_err(|e| self.corrupt(e))?
                             .is_some()
                     {
-                        purged.add_index(key.value());
+                        removed.push(key.value());
                     }
                 }
                 summary.purged_ms = Some(now_ms);
@@ -180,7 +179,7 @@ impl Store {
                             .map_err(|e| self.corrupt(e))?
                             .is_some()
                     {
-                        purged.add_index(key.value());
+                        removed.push(key.value());
                     }
                     scan = key.value() + 1;
                 }
@@ -188,7 +187,8 @@ impl Store {
                     .map_err(|e| self.corrupt(e))?;
             }
         }
-        purged.ranges.sort_unstable();
+        removed.sort_unstable();
+        purged.ranges = super::index_ranges(removed);
         txn.commit().map_err(|e| self.corrupt(e))?;
         Ok(purged)
     }

@@ -84,14 +84,7 @@ impl VerifyReport {
 
     /// The purged entries as ranges `(first, last)`.
     pub fn purged_ranges(&self) -> Vec<(u64, u64)> {
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for &index in &self.purged {
-            match ranges.last_mut() {
-                Some((_, last)) if *last + 1 == index => *last = index,
-                _ => ranges.push((index, index)),
-            }
-        }
-        ranges
+        super::index_ranges(self.purged.iter().copied())
     }
 }
 

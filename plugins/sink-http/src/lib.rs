@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_plugin_sdk::http::{self, Request};
-use sluice_plugin_sdk::{Config, Event, Sink, SinkError};
+use sluice_plugin_sdk::{Config, Event, Sink, SinkError, json_lines};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,11 +91,11 @@ fn encode(format: Format, events: &[&Event]) -> (&'static str, Vec<u8>) {
     match format {
         Format::Ndjson => (
             "application/x-ndjson",
-            lines(events.iter().map(|e| e.to_json())),
+            json_lines(events.iter().map(|e| e.to_json())),
         ),
         Format::SplunkHec => (
             "application/json",
-            lines(events.iter().map(|e| {
+            json_lines(events.iter().map(|e| {
                 json!({
                     "time": e.time_ms as f64 / 1000.0,
                     "source": "sluice",
@@ -132,15 +132,6 @@ fn encode(format: Format, events: &[&Event]) -> (&'static str, Vec<u8>) {
             )
         }
     }
-}
-
-fn lines(values: impl Iterator<Item = Value>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for value in values {
-        out.extend_from_slice(value.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    out
 }
 
 /// One human line per event; reviews say who asked what and what happened.

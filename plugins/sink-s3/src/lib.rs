@@ -26,7 +26,7 @@ mod sigv4;
 
 use serde::Deserialize;
 use sluice_plugin_sdk::http::{self, Request};
-use sluice_plugin_sdk::{Config, Event, Sink, SinkError};
+use sluice_plugin_sdk::{Config, Event, Sink, SinkError, json_lines};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +85,7 @@ impl Sink for S3Sink {
 
     fn deliver(&mut self, batch: Vec<Event>) -> Result<(), SinkError> {
         for (key, events) in self.objects(&batch) {
-            self.put(&key, ndjson(&events))?;
+            self.put(&key, json_lines(events.iter().map(|e| e.to_json())))?;
         }
         Ok(())
     }
@@ -166,15 +166,6 @@ impl S3Sink {
         }
         http::delivery(http::send(&request), &format!("PUT {key}"))
     }
-}
-
-fn ndjson(events: &[&Event]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for event in events {
-        out.extend_from_slice(event.to_json().to_string().as_bytes());
-        out.push(b'\n');
-    }
-    out
 }
 
 sluice_plugin_sdk::export_sink!(S3Sink);
