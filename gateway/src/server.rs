@@ -542,9 +542,10 @@ impl Gateway {
             .collect();
         let (purged, compacted) = tokio::task::spawn_blocking(move || {
             let purged = store.purge(&rules, session::now_ms(), &live)?;
-            let compacted = match purged.is_empty() {
-                true => None,
-                false => Some(store.compact()?),
+            let compacted = if purged.is_empty() {
+                None
+            } else {
+                Some(store.compact()?)
             };
             Ok::<_, crate::record::RecordError>((purged, compacted))
         })
