@@ -118,6 +118,7 @@ fn sink_delivery(c: &mut Criterion) {
                         plugin: "ship".into(),
                         batch_events: BATCH,
                         from: StartAt::Start,
+                        linger_ms: 1000,
                         retry_max_seconds: 1,
                     },
                     plugin: plugin.clone(),

@@ -67,6 +67,7 @@ struct PolicyFile {
 /// plugin = "siem"             # a [plugins.siem] with world = "sink"
 /// batch_events = 500          # events per delivery, at most
 /// from = "start"              # a new sink starts with the oldest entry, or "now"
+/// linger_ms = 1000            # a batch not yet full waits this long for more events
 /// retry_max_seconds = 60      # backoff between failed deliveries grows to this
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -77,12 +78,17 @@ pub struct SinkRules {
     pub batch_events: usize,
     #[serde(default)]
     pub from: StartAt,
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
     #[serde(default = "default_retry_max_seconds")]
     pub retry_max_seconds: u64,
 }
 
 fn default_batch_events() -> usize {
     500
+}
+fn default_linger_ms() -> u64 {
+    1000
 }
 fn default_retry_max_seconds() -> u64 {
     60
@@ -391,6 +397,12 @@ impl Policy {
                 return Err(PolicyError::new(
                     file,
                     format!("{at}.batch_events: 1 to 10000"),
+                ));
+            }
+            if rules.linger_ms > 60_000 {
+                return Err(PolicyError::new(
+                    file,
+                    format!("{at}.linger_ms: at most 60000"),
                 ));
             }
             if rules.retry_max_seconds == 0 {

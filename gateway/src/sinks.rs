@@ -239,6 +239,16 @@ fn deliver_loop(store: &Store, plan: &SinkPlan, shared: &Shared) {
             });
             continue;
         }
+        // A batch is worth a moment's wait: a sink handed each commit alone (in strict mode,
+        // often one event) would make a request, an object, per event.
+        let full = cursor + plan.rules.batch_events as u64 - 1;
+        let until = std::time::Instant::now() + Duration::from_millis(plan.rules.linger_ms);
+        while !shared.stop.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || store.wait_for(full, left.min(POLL)) {
+                break;
+            }
+        }
         let attempt = deliver_once(store, plan, &mut instance, cursor);
         match attempt {
             Ok(delivered) => {

@@ -373,7 +373,8 @@ fn review_events_reach_a_slack_webhook() {
     )
     .replace(
         "retry_max_seconds = 1",
-        "retry_max_seconds = 1\nfrom = \"now\"",
+        // A reviewers' channel wants each review at once, not batched.
+        "retry_max_seconds = 1\nfrom = \"now\"\nlinger_ms = 0",
     );
     let gateway = Gateway::start_with_policy(RESOLVE, Some(&policy));
     // Held by the shell gate; nobody decides within the test's hold timeout: it expires.
@@ -439,7 +440,7 @@ fn s3_sink_policy(name: &str, port: u16, secret: &str) -> String {
         "[plugins.{name}]\nsource = \"builtin:sink-s3\"\nworld = \"sink\"\nallow_hosts = [\"127.0.0.1\"]\n\
          [plugins.{name}.config]\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"recordings\"\n\
          access_key_id = \"sluice-test\"\nsecret_access_key = \"{secret}\"\nprefix = \"{name}/\"\nlayout = \"session\"\n\
-         [sinks.{name}]\nplugin = \"{name}\"\nretry_max_seconds = 1\n"
+         [sinks.{name}]\nplugin = \"{name}\"\nretry_max_seconds = 1\nlinger_ms = 5000\n"
     )
 }
 
@@ -459,7 +460,13 @@ fn sink_s3_puts_signed_objects_that_match_the_record_and_a_wrong_key_is_refused(
     let mut lines = Vec::new();
     let bucket = s3.root.path().join("recordings/archive");
     for session in std::fs::read_dir(&bucket).unwrap() {
-        for object in std::fs::read_dir(session.unwrap().path()).unwrap() {
+        let objects: Vec<_> = std::fs::read_dir(session.unwrap().path())
+            .unwrap()
+            .collect();
+        // The sink waits for a batch (`linger_ms`) rather than make an object per commit:
+        // the short session is one object.
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        for object in objects {
             let object = object.unwrap().path();
             assert!(object.to_str().unwrap().ends_with(".ndjson"), "{object:?}");
             let text = std::fs::read_to_string(&object).unwrap();
