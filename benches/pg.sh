@@ -6,7 +6,9 @@
 #   benches/pg.sh            # needs: cargo build --release; pgbench, pgbouncer, initdb, pg_ctl
 #   SCRIPTS=select-only TARGETS="pgbouncer sluice-async" SECONDS_PER_RUN=10 ROUNDS=3 benches/pg.sh
 #
-# Prints one line per (target, script): TPS and mean latency, from pgbench's own report.
+# Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
+# the CPU each part used per transaction (the proxy, the server's processes, pgbench),
+# measured from /proc over the run less its first 2 s and last second.
 # Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
 # throwaway server and pgbouncer here have no certificates).
 set -euo pipefail
@@ -71,7 +73,9 @@ user = "postgres"
 EOF
   (cd "$work/$1" && exec "$SLUICE" serve >/dev/null 2>&1) &
   pids+=($!)
+  proxy_pid[$1]=$!
 }
+declare -A proxy_pid
 gateway async async "$ASYNC"
 gateway strict strict "$STRICT"
 for _ in $(seq 300); do # the first start compiles the plugins
@@ -82,23 +86,63 @@ sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
 
-run() { # LABEL PORT PASSWORD SCRIPT-ARGS...
-  local label=$1 port=$2 password=$3; shift 3
-  local out
+proxy_pid[pgbouncer]=$(pgrep -f "^pgbouncer $work/bouncer" || echo 0)
+proxy_pid[direct]=0
+
+# CPU clock ticks the proxy PID, the server (the postmaster and its children) and pgbench
+# used from 2 s into a run for WINDOW seconds (one process: it starts before the load does).
+cpu_ticks() { # PROXY-PID WINDOW
+  python3 - "$1" "$(head -1 "$work/pg/data/postmaster.pid")" "$2" <<'PY'
+import os, sys, time
+proxy, postmaster, window = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def ticks():  # {pid: (whose, utime + stime of all its threads)}
+    used = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue  # ended meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        who = ("proxy" if pid == proxy else "server" if postmaster in (pid, fields[1])
+               else "client" if comm == "pgbench" else None)
+        if who:
+            used[pid] = (who, int(fields[11]) + int(fields[12]))
+    return used
+time.sleep(2)
+before = ticks()
+time.sleep(window)
+spent = {"proxy": 0, "server": 0, "client": 0}
+for pid, (who, now) in ticks().items():  # (a process that ended meanwhile is not counted)
+    spent[who] += now - before.get(pid, (who, 0))[1]
+print(spent["proxy"], spent["server"], spent["client"])
+PY
+}
+
+run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
+  local label=$1 proxy=$2 port=$3 password=$4; shift 4
+  local out window=$((SECONDS_PER_RUN - 3))
+  cpu_ticks "$proxy" "$window" >"$work/cpu" &
   out=$(PGSSLMODE=${SSLMODE:-disable} PGPASSWORD=$password pgbench -n -c 8 -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1)
-  printf '%-16s %-10s tps %8.0f  latency %7s ms\n' "$label" "${SCRIPT}" \
-    "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")" \
-    "$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")"
+  wait $!
+  local tps latency
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+  latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+  read -r proxy_ticks server_ticks client_ticks <"$work/cpu"
+  per_txn() { python3 -c "print(round($1 / $(getconf CLK_TCK) * 1e6 / ($tps * $window)))"; }
+  printf '%-16s %-10s tps %8.0f  latency %7s ms  cpu µs/txn: proxy %3s server %3s pgbench %3s\n' \
+    "$label" "$SCRIPT" "$tps" "$latency" \
+    "$(per_txn "$proxy_ticks")" "$(per_txn "$server_ticks")" "$(per_txn "$client_ticks")"
 }
 for round in $(seq "${ROUNDS:-1}"); do # rounds interleave the targets: the machine drifts
 for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
   args=(); [ "$SCRIPT" = select-only ] && args=(-S)
   for target in ${TARGETS:-direct pgbouncer sluice-async sluice-strict}; do
     case $target in
-      direct) run direct "$PG" "" "${args[@]}" ;;
-      pgbouncer) run pgbouncer "$BOUNCER" "" "${args[@]}" ;;
-      sluice-async) run sluice-async "$ASYNC" "$TOKEN" "${args[@]}" ;;
-      sluice-strict) run sluice-strict "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
+      direct) run direct 0 "$PG" "" "${args[@]}" ;;
+      pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
+      sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
+      sluice-strict) run sluice-strict "${proxy_pid[strict]}" "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
     esac
   done
 done

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -339,21 +340,20 @@ impl Core {
             Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
             Outcome::Deny { plugin, reason } => ("deny", Some(format!("{plugin}: {reason}"))),
         };
-        let mut meta = json!({
-            "dir": direction_name(direction),
-            "content": crate::frame::kind(&decision.record),
-            "outcome": outcome,
-            "reason": reason,
-            "failures": decision.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-        });
-        if let Content::Statement(s) = &decision.record
-            && !s.params.is_empty()
-        {
-            meta["params"] = cells_json(&s.params);
-        }
+        let meta = FrameMeta {
+            content: crate::frame::kind(&decision.record),
+            dir: direction_name(direction),
+            failures: decision.failures.iter().map(|f| f.to_string()).collect(),
+            outcome,
+            params: match &decision.record {
+                Content::Statement(s) if !s.params.is_empty() => Some(Cells(&s.params)),
+                _ => None,
+            },
+            reason,
+        };
         self.count_frames(direction, outcome, 1);
         let seq = self.seq[direction as usize];
-        self.submit_event("frame", seq, meta, record_payload(&decision.record))
+        self.submit_event("frame", seq, &meta, record_payload(&decision.record))
             .await
     }
 
@@ -365,21 +365,23 @@ impl Core {
         batch: RowBatch,
     ) -> Result<Receipt, RecordFailed> {
         let mut failures = batch.failures;
-        let mut meta = json!({
-            "dir": "out",
-            "content": "rows",
-            "outcome": "pass",
-            "count": batch.count,
-        });
+        let mut names = None;
         if let Some(columns) = columns {
             failures.extend(columns.failures.iter().map(|f| f.to_string()));
             if let Content::Columns(c) = &columns.record {
-                meta["columns"] = c.iter().map(|c| c.name.as_str()).collect();
+                names = Some(c.iter().map(|c| c.name.as_str()).collect());
             }
         }
-        meta["failures"] = failures.into();
+        let meta = RowsMeta {
+            columns: names,
+            content: "rows",
+            count: batch.count,
+            dir: "out",
+            failures,
+            outcome: "pass",
+        };
         self.count_frames(Direction::TargetToClient, "pass", batch.count as u64);
-        self.submit_event("frame", batch.first_seq, meta, batch.payload)
+        self.submit_event("frame", batch.first_seq, &meta, batch.payload)
             .await
     }
 
@@ -401,7 +403,7 @@ impl Core {
         meta: serde_json::Value,
         payload: Vec<u8>,
     ) -> Result<(), RecordFailed> {
-        self.submit_event(kind, seq, meta, payload)
+        self.submit_event(kind, seq, &meta, payload)
             .await?
             .durable()
             .await
@@ -412,7 +414,7 @@ impl Core {
         &mut self,
         kind: &str,
         seq: u64,
-        meta: serde_json::Value,
+        meta: &impl Serialize,
         payload: Vec<u8>,
     ) -> Result<Receipt, RecordFailed> {
         let event = NewEvent {
@@ -420,7 +422,8 @@ impl Core {
             seq,
             kind: kind.into(),
             time_ms: now_ms(),
-            meta: meta.to_string(),
+            // Serializing plain data into a String cannot fail.
+            meta: serde_json::to_string(meta).unwrap_or_default(),
             payload,
         };
         let track = self.ctx.record_mode == RecordMode::Strict;
@@ -452,7 +455,7 @@ impl RowBatch {
             _ => &[],
         };
         // Writing JSON into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.payload, &cells_json(cells));
+        let _ = serde_json::to_writer(&mut self.payload, &Cells(cells));
         self.payload.push(b'\n');
         self.failures
             .extend(decision.failures.iter().map(|f| f.to_string()));
@@ -477,7 +480,7 @@ pub fn content_bytes(content: &Content) -> Vec<u8> {
 /// text (its parameters go in the meta), a row's cells or a result's column names as JSON.
 pub fn record_payload(content: &Content) -> Vec<u8> {
     match content {
-        Content::Row(cells) => cells_json(cells).to_string().into_bytes(),
+        Content::Row(cells) => serde_json::to_vec(&Cells(cells)).unwrap_or_default(),
         Content::Columns(columns) => {
             let names: Vec<_> = columns.iter().map(|c| c.name.as_str()).collect();
             json!(names).to_string().into_bytes()
@@ -486,22 +489,114 @@ pub fn record_payload(content: &Content) -> Vec<u8> {
     }
 }
 
+/// A frame event's meta. Typed rather than a `json!` value, which costs a map and its keys
+/// per frame; the fields are in alphabetical order, as `json!` wrote them.
+#[derive(Serialize)]
+struct FrameMeta<'a> {
+    content: &'static str,
+    dir: &'static str,
+    failures: Vec<String>,
+    outcome: &'static str,
+    /// A statement's parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<Cells<'a>>,
+    reason: Option<String>,
+}
+
+/// A batch of result rows' meta (see [`RowBatch`]).
+#[derive(Serialize)]
+struct RowsMeta<'a> {
+    /// The result's column names, with its first batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<Vec<&'a str>>,
+    content: &'static str,
+    count: usize,
+    dir: &'static str,
+    failures: Vec<String>,
+    outcome: &'static str,
+}
+
 /// Cells as JSON: text where it is UTF-8, `{"hex": …}` where not, `null` for NULL.
-fn cells_json(cells: &[Option<Vec<u8>>]) -> serde_json::Value {
-    cells
-        .iter()
-        .map(|c| match c {
-            None => serde_json::Value::Null,
-            Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) => json!(text),
-                Err(_) => json!({"hex": hex::encode(bytes)}),
-            },
-        })
-        .collect()
+struct Cells<'a>(&'a [Option<Vec<u8>>]);
+
+impl Serialize for Cells<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut cells = serializer.serialize_seq(Some(self.0.len()))?;
+        for cell in self.0 {
+            match cell
+                .as_deref()
+                .map(|bytes| (bytes, std::str::from_utf8(bytes)))
+            {
+                None => cells.serialize_element(&())?,
+                Some((_, Ok(text))) => cells.serialize_element(text)?,
+                Some((bytes, Err(_))) => cells.serialize_element(&Hex(bytes))?,
+            }
+        }
+        cells.end()
+    }
+}
+
+/// A cell that is not text: `{"hex": "…"}`.
+struct Hex<'a>(&'a [u8]);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("hex", &hex::encode(self.0))?;
+        map.end()
+    }
 }
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_text_hex_or_null() {
+        let cells = vec![None, Some(b"4242".to_vec()), Some(vec![0xff, 0x00])];
+        assert_eq!(
+            serde_json::to_string(&Cells(&cells)).unwrap(),
+            r#"[null,"4242",{"hex":"ff00"}]"#
+        );
+    }
+
+    #[test]
+    fn frame_meta_is_written_as_json_objects_are() {
+        // The record's meta keeps the bytes it had when it was a `json!` value (sorted keys).
+        let params = vec![Some(b"7".to_vec())];
+        let meta = FrameMeta {
+            content: "statement",
+            dir: "in",
+            failures: vec!["mask: trapped".into()],
+            outcome: "deny",
+            params: Some(Cells(&params)),
+            reason: Some("sql-gate: DROP".into()),
+        };
+        let value = json!({
+            "dir": "in", "content": "statement", "outcome": "deny", "reason": "sql-gate: DROP",
+            "failures": ["mask: trapped"], "params": ["7"],
+        });
+        assert_eq!(serde_json::to_string(&meta).unwrap(), value.to_string());
+        let rows = RowsMeta {
+            columns: Some(vec!["id", "email"]),
+            content: "rows",
+            count: 2,
+            dir: "out",
+            failures: vec![],
+            outcome: "pass",
+        };
+        let value = json!({
+            "dir": "out", "content": "rows", "outcome": "pass", "count": 2,
+            "columns": ["id", "email"], "failures": [],
+        });
+        assert_eq!(serde_json::to_string(&rows).unwrap(), value.to_string());
+    }
 }
