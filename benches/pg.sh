@@ -87,7 +87,6 @@ TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
 
 proxy_pid[pgbouncer]=$(pgrep -f "^pgbouncer $work/bouncer" || echo 0)
-proxy_pid[direct]=0
 
 # CPU clock ticks the proxy PID, the server (the postmaster and its children) and pgbench
 # used from 2 s into a run for WINDOW seconds (one process: it starts before the load does).

@@ -483,7 +483,7 @@ pub fn record_payload(content: &Content) -> Vec<u8> {
         Content::Row(cells) => serde_json::to_vec(&Cells(cells)).unwrap_or_default(),
         Content::Columns(columns) => {
             let names: Vec<_> = columns.iter().map(|c| c.name.as_str()).collect();
-            json!(names).to_string().into_bytes()
+            serde_json::to_vec(&names).unwrap_or_default()
         }
         other => content_bytes(other),
     }
@@ -524,13 +524,12 @@ impl Serialize for Cells<'_> {
         use serde::ser::SerializeSeq;
         let mut cells = serializer.serialize_seq(Some(self.0.len()))?;
         for cell in self.0 {
-            match cell
-                .as_deref()
-                .map(|bytes| (bytes, std::str::from_utf8(bytes)))
-            {
+            match cell {
                 None => cells.serialize_element(&())?,
-                Some((_, Ok(text))) => cells.serialize_element(text)?,
-                Some((bytes, Err(_))) => cells.serialize_element(&Hex(bytes))?,
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) => cells.serialize_element(text)?,
+                    Err(_) => cells.serialize_element(&Hex(bytes))?,
+                },
             }
         }
         cells.end()
