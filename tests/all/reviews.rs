@@ -2,6 +2,7 @@
 //! decide from the CLI, and the queue keeps its word across restarts.
 
 use std::path::Path;
+use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -443,6 +444,28 @@ fn psql_statements_are_gated_by_the_sql_rules() {
         &["reviews", "--status", "session-ended"],
     );
     assert!(ended.contains("DROP TABLE t2"), "{ended}");
+    assert_eq!(tables(), "t,t2\n");
+
+    // The client goes away while its statement waits (psql killed): the review ends with
+    // the session at once and can no longer be approved; the table stays.
+    let mut gone = Command::new("psql")
+        .env("PGPASSWORD", &token)
+        .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "whoever", "-d", "postgres", "-c", "DROP TABLE t"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gone_id = pending_review(&gw, "DROP TABLE t (");
+    gone.kill().unwrap();
+    let _ = gone.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !show(&gw, &gone_id).contains("status     session-ended") {
+        assert!(Instant::now() < deadline, "{}", show(&gw, &gone_id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &gone_id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already session-ended"), "{err}");
     assert_eq!(tables(), "t,t2\n");
 
     // Tricks are caught; string literals are not statements; a DELETE with WHERE passes.

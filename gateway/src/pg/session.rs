@@ -352,14 +352,19 @@ impl<
             self.queue_client(&message::error(b'N', "NOTICE", "00000", &pending.notice()));
             self.send_client().await?;
             self.send_upstream().await?;
-            // The server is watched while the statement waits: if it ends the connection
-            // (an idle timeout, a restart), the review ends with the session, at once.
+            // Both sides are watched while the statement waits: if the server ends the
+            // connection (an idle timeout, a restart) or the client goes away (Ctrl-C, a
+            // killed program), the review ends with the session at once, so an approval
+            // can never run the statement for nobody.
             let review = loop {
                 tokio::select! {
                     review = pending.decided() => break review,
-                    // (Up to a bound: what the server sends meanwhile waits in memory.)
+                    // (Up to a bound: what either side sends meanwhile waits in memory.)
                     read = self.upstream_in.fill(), if self.upstream_in.buffered() < 16 * BUFFER => {
                         read.map_err(End::Upstream)?
+                    }
+                    read = self.client_in.fill(), if self.client_in.buffered() < 16 * BUFFER => {
+                        read.map_err(End::Client)?
                     }
                 }
             };
