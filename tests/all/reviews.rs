@@ -75,6 +75,19 @@ fn show(gw: &Gateway, id: &str) -> String {
     out
 }
 
+/// Waits (up to 10 s) for review `id` to end as `session-ended`, then checks that it can no
+/// longer be approved.
+fn ends_with_its_session(gw: &Gateway, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !show(gw, id).contains("status     session-ended") {
+        assert!(Instant::now() < deadline, "{}", show(gw, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already session-ended"), "{err}");
+}
+
 fn scratch(name: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
     std::fs::write(dir.path().join("file"), "x").unwrap();
@@ -157,14 +170,7 @@ fn a_held_rm_runs_once_approved_and_never_when_rejected() {
     )
     .unwrap();
     let _ = gone.wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !show(&gw, &gone_id).contains("status     session-ended") {
-        assert!(Instant::now() < deadline, "{}", show(&gw, &gone_id));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &gone_id]);
-    assert_ne!(code, 0);
-    assert!(err.contains("already session-ended"), "{err}");
+    ends_with_its_session(&gw, &gone_id);
     assert!(dir.path().join("file").exists());
 
     // A decided review stays decided.
@@ -458,14 +464,7 @@ fn psql_statements_are_gated_by_the_sql_rules() {
     let gone_id = pending_review(&gw, "DROP TABLE t (");
     gone.kill().unwrap();
     let _ = gone.wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !show(&gw, &gone_id).contains("status     session-ended") {
-        assert!(Instant::now() < deadline, "{}", show(&gw, &gone_id));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &gone_id]);
-    assert_ne!(code, 0);
-    assert!(err.contains("already session-ended"), "{err}");
+    ends_with_its_session(&gw, &gone_id);
     assert_eq!(tables(), "t,t2\n");
 
     // Tricks are caught; string literals are not statements; a DELETE with WHERE passes.
