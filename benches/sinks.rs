@@ -193,7 +193,9 @@ fn retention_compact(c: &mut Criterion) {
                     sessions: [(String::new(), Duration::ZERO)].into(),
                     reviews: None,
                 };
-                let purged = store.purge(&rules, u64::MAX, &Default::default()).unwrap();
+                let purged = store
+                    .purge(&rules, u64::MAX, &Default::default(), "bench")
+                    .unwrap();
                 assert_eq!(purged.sessions, ["old"]);
                 let started = Instant::now();
                 let sizes = store.compact().unwrap();

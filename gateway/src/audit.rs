@@ -73,6 +73,11 @@ pub fn report_json(report: &VerifyReport) -> serde_json::Value {
         "problem": report.problem.as_ref().map(|p| p.to_string()),
         "head": report.head,
         "repaired": report.repaired,
+        "trust": report.trust,
+        "gaps": report.gaps,
+        "rotations": report.rotations,
+        "anchors_confirmed": report.anchors_confirmed,
+        "notes": report.notes,
     })
 }
 

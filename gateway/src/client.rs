@@ -104,13 +104,22 @@ impl Client {
         self.call("POST", path).await
     }
 
+    /// POST `path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Bytes> {
+        self.send("POST", path, Bytes::from(body)).await
+    }
+
     async fn call(&self, method: &str, path: &str) -> anyhow::Result<Bytes> {
+        self.send(method, path, Bytes::new()).await
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
         let io = TokioIo::new(self.tls_stream().await?);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
         tokio::spawn(conn);
         let response = sender
-            .send_request(self.request(method, path)?.body(Full::new(Bytes::new()))?)
+            .send_request(self.request(method, path)?.body(Full::new(body))?)
             .await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

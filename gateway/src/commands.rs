@@ -44,16 +44,93 @@ pub async fn login(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `--config`, else ./sluice.toml if present, else the built-in default.
+fn load_config(config_path: Option<PathBuf>) -> anyhow::Result<crate::config::Config> {
     let path = config_path.or_else(|| {
         Path::new("sluice.toml")
             .exists()
             .then(|| PathBuf::from("sluice.toml"))
     });
-    let config = crate::config::Config::load(path.as_deref())?;
-    let (started, task) = crate::server::start(config).await?;
+    Ok(crate::config::Config::load(path.as_deref())?)
+}
+
+/// Who runs a maintenance command, for the record.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+pub fn store_restore(config_path: Option<PathBuf>, backup: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let data = &config.gateway.data_dir;
+    let key = config.gateway.record_key(data);
+    let signer = key
+        .load_existing()
+        .with_context(|| format!("record key {key}"))?;
+    if !backup.is_file() {
+        bail!("no backup at {}", backup.display());
+    }
+    let restored = crate::record::restore(&data.join("record.redb"), backup, signer, &operator())
+        .context("restore refused (is the gateway stopped?)")?;
+    println!(
+        "restored {} (its last entry: {}); recorded as entry {}",
+        backup.display(),
+        restored
+            .restored_to
+            .map_or("none".to_string(), |i| i.to_string()),
+        restored.entry
+    );
+    if let Some((from, to)) = restored.skipped {
+        println!("entries {from}-{to} of the replaced store are declared abandoned by the restore");
+    }
+    if let Some(aside) = &restored.replaced_moved_to {
+        println!("the replaced store is kept at {}", aside.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn store_rotate_key(config_path: Option<PathBuf>, old_key: &str) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let data = &config.gateway.data_dir;
+    let new_source = config.gateway.record_key(data);
+    let old_source = crate::record::KeySource::parse(old_key);
+    if old_source == new_source {
+        bail!(
+            "--old-key names the configured record key ({new_source}): point `[gateway] record_key` at the new key first"
+        );
+    }
+    let old = old_source
+        .load_existing()
+        .with_context(|| format!("--old-key {old_source}"))?;
+    let new = new_source
+        .load()
+        .with_context(|| format!("record key {new_source}"))?;
+    let store = crate::record::Store::open_signed(&data.join("record.redb"), old)
+        .context("cannot open the store with the old key (is the gateway stopped, and is --old-key the key in use?)")?;
+    let entry = store.rotate_key(new)?;
+    let public = hex::encode(store.public_key());
+    store.close();
+    println!("announced the new record key {public} at entry {entry}, signed by the old key");
+    println!("give auditors the new public key; the gateway now starts with {new_source}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let (started, running) = crate::server::start(config).await?;
     println!("sluice gateway listening on https://{}", started.addr);
     println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);
+    println!(
+        "record key (Ed25519, keep it to verify copies): {}",
+        started.record_key
+    );
+    if started.closed_after_crash > 0 {
+        println!(
+            "closed {} sessions the previous run left open (it stopped unexpectedly)",
+            started.closed_after_crash
+        );
+    }
     if let Some(dev) = &started.dev_tokens {
         println!();
         println!("DEVELOPMENT TOKENS (dev_tokens = true; never use in production):");
@@ -63,13 +140,20 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         println!("Try: sluice exec shell -- echo hello   or   sluice connect python");
     }
     std::io::stdout().flush()?;
-    tokio::select! {
-        _ = task => bail!("the listener stopped"),
-        _ = tokio::signal::ctrl_c() => {
-            println!("stopping");
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+    // SIGTERM is what `kill`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both stop
+    // cleanly: sessions end and are recorded, the record is committed and closed.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let why = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    println!("stopping ({why})");
+    std::io::stdout().flush()?;
+    let ended = running.stop(why).await?;
+    println!("stopped: {ended} sessions ended, record closed");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub struct SessionFilter {
@@ -102,8 +186,15 @@ fn parse_time(text: &str) -> anyhow::Result<u64> {
     Ok(now.saturating_sub(seconds * 1000))
 }
 
-async fn events(client: &Client, id: &str) -> anyhow::Result<Vec<EventView>> {
-    let body = client.get(&format!("/api/sessions/{id}/events")).await?;
+/// A session's events; `form` says what the reader does with them (the gateway records it).
+async fn events(client: &Client, id: &str, form: &str) -> anyhow::Result<Vec<EventView>> {
+    let body = client
+        .get(&format!("/api/sessions/{id}/events?form={form}"))
+        .await?;
+    parse_events(&body)
+}
+
+fn parse_events(body: &[u8]) -> anyhow::Result<Vec<EventView>> {
     body.split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).context("malformed event from the gateway"))
@@ -148,7 +239,7 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
             continue;
         }
         if let Some(needle) = &filter.grep {
-            let found = events(&client, &s.id)
+            let found = events(&client, &s.id, "search")
                 .await?
                 .iter()
                 .any(|e| String::from_utf8_lossy(&e.payload()).contains(needle.as_str()));
@@ -440,7 +531,7 @@ pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<ExitCode> {
-    let events = events(&client, id).await?;
+    let events = events(&client, id, "replay").await?;
     if events.is_empty() {
         bail!("session {id} has no recorded events");
     }
@@ -462,16 +553,37 @@ pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<Exit
 }
 
 pub async fn export(client: Client, id: &str, format: &str) -> anyhow::Result<ExitCode> {
-    let events = events(&client, id).await?;
+    let body = client
+        .get(&format!("/api/sessions/{id}/events?form=export-{format}"))
+        .await?;
     let mut stdout = std::io::stdout();
     match format {
-        "asciicast" => stdout.write_all(crate::audit::asciicast(&events, 80, 24).as_bytes())?,
-        _ => {
-            let body = client.get(&format!("/api/sessions/{id}/events")).await?;
-            stdout.write_all(&body)?;
+        "asciicast" => {
+            let events = parse_events(&body)?;
+            stdout.write_all(crate::audit::asciicast(&events, 80, 24).as_bytes())?
         }
+        _ => stdout.write_all(&body)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `sluice verify` checks the record against.
+#[derive(Debug, Default)]
+pub struct VerifyArgs {
+    pub public_keys: Vec<String>,
+    pub heads: Vec<String>,
+    pub accept_loss: bool,
+    pub print_head: bool,
+}
+
+impl VerifyArgs {
+    fn anchors(&self) -> anyhow::Result<Vec<crate::record::Anchor>> {
+        let mut anchors = Vec::new();
+        for arg in &self.heads {
+            anchors.extend(crate::record::anchors_from(arg)?);
+        }
+        Ok(anchors)
+    }
 }
 
 fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
@@ -486,11 +598,35 @@ fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
                 entry_ranges(&report["purged_ranges"])
             );
         }
+        let confirmed = report["anchors_confirmed"].as_u64().unwrap_or(0);
+        if confirmed > 0 {
+            println!("heads kept outside: {confirmed} reached and matched");
+        }
+        if report["trust"] == "self-consistent" {
+            println!(
+                "note: no trusted key was given (--public-key, or --head with a head kept outside), so only the store's consistency with itself was checked: whoever can write the store could have rewritten and re-signed it"
+            );
+        }
     } else {
         println!(
             "record does NOT verify: {}",
             report["problem"].as_str().unwrap_or("unknown problem")
         );
+    }
+    for gap in report["gaps"].as_array().into_iter().flatten() {
+        println!(
+            "gap: entries {}-{} are not in the store: {} recorded at entry {}",
+            gap["from"],
+            gap["to"],
+            gap["kind"].as_str().unwrap_or("?"),
+            gap["at"]
+        );
+    }
+    for rotation in report["rotations"].as_array().into_iter().flatten() {
+        println!("key rotation at entry {rotation} (signed by the previous key)");
+    }
+    for note in report["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", note.as_str().unwrap_or_default());
     }
     if report["repaired"] == true {
         println!("note: the store was not closed cleanly; a repaired copy was verified");
@@ -508,41 +644,38 @@ fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
     }
 }
 
-pub async fn verify_online(client: Client, print_head: bool) -> anyhow::Result<ExitCode> {
-    let report: serde_json::Value = serde_json::from_slice(&client.get("/api/verify").await?)?;
-    Ok(print_report(&report, print_head))
+pub async fn verify_online(client: Client, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    if !args.public_keys.is_empty() {
+        bail!("--public-key is for offline verify (--store): the gateway checks its own key");
+    }
+    let heads: Vec<_> = args.anchors()?.into_iter().map(|a| a.head).collect();
+    let path = if args.accept_loss {
+        "/api/verify?accept_loss"
+    } else {
+        "/api/verify"
+    };
+    let body = client.post_json(path, serde_json::to_vec(&heads)?).await?;
+    let report: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(print_report(&report, args.print_head))
 }
 
-pub fn verify_offline(
-    store: &Path,
-    public_key: Option<&str>,
-    print_head: bool,
-) -> anyhow::Result<ExitCode> {
+pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     if !store.is_file() {
         bail!("no store at {}", store.display());
     }
-    let key = match public_key {
-        Some(hex_key) => {
-            let mut key = [0u8; 32];
-            hex::decode_to_slice(hex_key, &mut key)
-                .context("--public-key: expected 64 hexadecimal digits")?;
-            Some(key)
-        }
-        None => {
-            let key_file = store.with_file_name("record.key");
-            std::fs::read(&key_file)
-                .ok()
-                .and_then(|seed| <[u8; 32]>::try_from(seed.as_slice()).ok())
-                .map(|seed| {
-                    ed25519_dalek::SigningKey::from_bytes(&seed)
-                        .verifying_key()
-                        .to_bytes()
-                })
-        }
+    let trusted_keys = args
+        .public_keys
+        .iter()
+        .map(|k| crate::record::parse_public_key(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = crate::record::VerifyOptions {
+        trusted_keys,
+        anchors: args.anchors()?,
+        accept_loss: args.accept_loss,
     };
-    let report = crate::record::verify_store(store, key);
+    let report = crate::record::verify_store(store, options);
     Ok(print_report(
         &crate::audit::report_json(&report),
-        print_head,
+        args.print_head,
     ))
 }

@@ -75,6 +75,24 @@ pub struct Gateway {
     /// How often retention runs (it also runs at start).
     #[serde(default = "default_purge_interval_seconds")]
     pub purge_interval_seconds: u64,
+    /// The key that signs the record's heads: a file (made on first start) or `env:NAME`
+    /// (64 hexadecimal digits). Default: `DATA/record.key`. Keep it away from the store to
+    /// make a rewritten store impossible to re-sign for whoever can write it.
+    #[serde(default)]
+    pub record_key: Option<String>,
+    /// How long a stop (SIGTERM, SIGINT) waits for live sessions to end and record it.
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+}
+
+impl Gateway {
+    /// Where the record's signing key comes from.
+    pub fn record_key(&self, data: &Path) -> crate::record::KeySource {
+        match &self.record_key {
+            Some(text) => crate::record::KeySource::parse(text),
+            None => crate::record::KeySource::File(data.join("record.key")),
+        }
+    }
 }
 
 impl Default for Gateway {
@@ -88,6 +106,8 @@ impl Default for Gateway {
             hold_timeout_ms: default_hold_timeout_ms(),
             review_retention_days: None,
             purge_interval_seconds: default_purge_interval_seconds(),
+            record_key: None,
+            stop_grace_ms: default_stop_grace_ms(),
         }
     }
 }
@@ -106,6 +126,9 @@ fn default_hold_timeout_ms() -> u64 {
 }
 fn default_purge_interval_seconds() -> u64 {
     3600
+}
+fn default_stop_grace_ms() -> u64 {
+    10_000
 }
 
 /// When a frame may be forwarded relative to its recording.

@@ -170,10 +170,18 @@ enum Command {
         /// A store file to verify offline (a copy, or the gateway's while it is stopped).
         #[arg(long)]
         store: Option<PathBuf>,
-        /// The gateway's public key (hex) to require on signed heads; offline, the key file
-        /// beside the store is used when present.
+        /// The record's public key (64 hex digits, or a file holding them) to trust; offline,
+        /// without it or a --head, only the store's consistency with itself can be checked.
         #[arg(long)]
-        public_key: Option<String>,
+        public_key: Vec<String>,
+        /// A head kept outside the gateway: `--print-head`'s output, a sink's NDJSON export
+        /// or a folder of them (an S3 bucket's files), or the JSON itself. The store must
+        /// reach it and agree with it. Any number.
+        #[arg(long = "head")]
+        heads: Vec<String>,
+        /// Accept entries that were lost (a repair after a crash), reporting them.
+        #[arg(long)]
+        accept_loss: bool,
         /// Print the signed head, to anchor it elsewhere.
         #[arg(long)]
         print_head: bool,
@@ -202,6 +210,9 @@ enum Command {
     /// The gateway's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Maintain the record store while the gateway is stopped: restore a backup, change keys.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Check and run plugins locally, without a gateway.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -246,6 +257,27 @@ enum CaCommand {
         /// The gateway's data folder.
         #[arg(long, default_value = "sluice-data")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Put a backup copy of the store in place and record it (a signed `restore` entry that
+    /// declares the entries it abandons), so verify tells the restore from a rollback.
+    Restore {
+        /// The backup: a copy of record.redb.
+        backup: PathBuf,
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Announce the configured record key (`[gateway] record_key`) in the chain, signed by
+    /// the key in use until now; start the gateway with the new key afterwards.
+    RotateKey {
+        /// The key in use until now: a key file or env:NAME.
+        #[arg(long)]
+        old_key: String,
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -411,17 +443,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             store,
             public_key,
+            heads,
+            accept_loss,
             print_head,
             target,
-        } => match store {
-            Some(path) => {
-                sluice::commands::verify_offline(&path, public_key.as_deref(), print_head)
-            }
-            None => runtime()?.block_on(sluice::commands::verify_online(
-                target.client()?,
+        } => {
+            let check = sluice::commands::VerifyArgs {
+                public_keys: public_key,
+                heads,
+                accept_loss,
                 print_head,
-            )),
-        },
+            };
+            match store {
+                Some(path) => sluice::commands::verify_offline(&path, &check),
+                None => {
+                    runtime()?.block_on(sluice::commands::verify_online(target.client()?, &check))
+                }
+            }
+        }
+        Command::Store(StoreCommand::Restore { backup, config }) => {
+            sluice::commands::store_restore(config, &backup)
+        }
+        Command::Store(StoreCommand::RotateKey { old_key, config }) => {
+            sluice::commands::store_rotate_key(config, &old_key)
+        }
         Command::Ca(CaCommand::Export { data_dir }) => {
             let path = sluice::tls::ca_path(&data_dir);
             let pem = std::fs::read_to_string(&path).with_context(|| {

@@ -90,6 +90,23 @@ pub struct Review {
     /// Access: how long a granted access lasts, and until when it was granted.
     pub grant_ms: Option<u64>,
     pub granted_until_ms: Option<u64>,
+    /// The chain entry that recorded this state: the stored row is trusted only when that
+    /// entry says the same (a row edited in the store grants nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<u64>,
+}
+
+impl Review {
+    /// The state as its chain entry records it: without the text (the entry's payload, which
+    /// retention may purge) and without the entry's own index.
+    fn chained_state(&self) -> serde_json::Value {
+        let mut state = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = state.as_object_mut() {
+            map.remove("text");
+            map.remove("entry");
+        }
+        state
+    }
 }
 
 impl Review {
@@ -152,6 +169,9 @@ pub struct Reviews {
     state: Mutex<State>,
     /// Every change, for the live stream (`/api/reviews/events`).
     changes: broadcast::Sender<Review>,
+    /// One change at a time, from the check through the durable write to what waiters see:
+    /// two reviewers cannot both win, and nothing is published before it is recorded.
+    deciding: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -173,8 +193,21 @@ impl Reviews {
     ) -> anyhow::Result<Arc<Reviews>> {
         let mut all = BTreeMap::new();
         for bytes in store.reviews()? {
-            let review: Review = serde_json::from_slice(&bytes)?;
-            all.insert(review.id.clone(), review);
+            let review = serde_json::from_slice::<Review>(&bytes)
+                .map_err(|e| format!("not a review: {e}"))
+                .and_then(|review| match chained(&store, &review) {
+                    Ok(()) => Ok(review),
+                    Err(why) => Err(format!("{}: {why}", review.id)),
+                });
+            match review {
+                Ok(review) => {
+                    all.insert(review.id.clone(), review);
+                }
+                // Fail closed: a row the chain does not back grants and decides nothing.
+                Err(why) => {
+                    tracing::error!(%why, "a stored review does not match the record; ignored (`sluice verify` names it)")
+                }
+            }
         }
         let (changes, _) = broadcast::channel(256);
         let reviews = Arc::new(Reviews {
@@ -188,6 +221,7 @@ impl Reviews {
                 waiters: HashMap::new(),
             }),
             changes,
+            deciding: tokio::sync::Mutex::new(()),
         });
         let orphans: Vec<String> = reviews
             .lock()
@@ -276,9 +310,11 @@ impl Reviews {
             rejection: None,
             grant_ms: rules.access_grant_seconds.map(|s| s * 1000),
             granted_until_ms: None,
+            entry: None,
         };
         let (tx, rx) = watch::channel(review.clone());
         self.lock().waiters.insert(review.id.clone(), tx);
+        let _one_at_a_time = self.deciding.lock().await;
         self.save(&review, "created", None).await?;
         Ok(Pending {
             id: review.id.clone(),
@@ -318,8 +354,9 @@ impl Reviews {
                 .await;
             return Err(refused(403, message));
         }
+        let _one_at_a_time = self.deciding.lock().await;
         let (review, action) = {
-            let mut state = self.lock();
+            let state = self.lock();
             let Some(review) = state.all.get(id) else {
                 return Err(refused(404, format!("no review {id}")));
             };
@@ -375,8 +412,6 @@ impl Reviews {
                 review.rejection = Some(vote);
                 "rejected"
             };
-            // Taken while locked, so two reviewers deciding at once cannot both win.
-            state.all.insert(id.into(), review.clone());
             (review, action)
         };
         self.save(&review, action, Some(&identity.subject))
@@ -387,13 +422,14 @@ impl Reviews {
 
     /// Ends review `id` (if still pending) as expired or session-ended.
     async fn finish(&self, id: &str, status: Status, by: Option<&str>) -> Result<(), RecordFailed> {
+        let _one_at_a_time = self.deciding.lock().await;
         let review = {
-            let mut state = self.lock();
-            match state.all.get_mut(id) {
-                Some(r) if r.status == Status::Pending => {
-                    r.status = status;
-                    r.clone()
-                }
+            let state = self.lock();
+            match state.all.get(id) {
+                Some(r) if r.status == Status::Pending => Review {
+                    status,
+                    ..r.clone()
+                },
                 _ => return Ok(()),
             }
         };
@@ -416,27 +452,21 @@ impl Reviews {
         }
     }
 
-    /// Stores `review`, records the change in the chain, tells its waiter and the stream.
+    /// Records the change in the chain (with the whole state), stores the row that points at
+    /// that entry, and only then tells the waiter, the stream and the in-memory queue: a write
+    /// that fails changes nothing anyone sees. Callers hold `deciding`.
     async fn save(
         &self,
         review: &Review,
         action: &str,
         by: Option<&str>,
     ) -> Result<(), RecordFailed> {
-        self.lock().all.insert(review.id.clone(), review.clone());
-        let bytes = serde_json::to_vec(review).map_err(|e| RecordFailed(e.to_string()))?;
-        // A durable redb commit blocks (and waits for the record writer's): not on a worker.
-        let (store, id) = (self.store.clone(), review.id.clone());
-        tokio::task::spawn_blocking(move || store.put_review(&id, &bytes))
-            .await
-            .map_err(|e| RecordFailed(e.to_string()))?
-            .map_err(|e| RecordFailed(e.to_string()))?;
         let event = NewEvent {
             // A held frame's events join its session's record; access requests are the
             // gateway's own.
             session: review.session.clone().unwrap_or_default(),
             seq: 0,
-            kind: "review".into(),
+            kind: crate::record::kinds::REVIEW.into(),
             time_ms: now_ms(),
             meta: json!({
                 "review": review.id,
@@ -451,12 +481,25 @@ impl Reviews {
                 "required": review.required,
                 "decision_reason": review.rejection.as_ref().and_then(|v| v.reason.clone())
                     .or_else(|| review.approvals.last().and_then(|v| v.reason.clone())),
+                "state": review.chained_state(),
             })
             .to_string(),
             payload: review.text.clone().into_bytes(),
         };
-        self.recorder.append(event).await?;
+        let entry = self.recorder.append(event).await?;
+        let review = Review {
+            entry: Some(entry),
+            ..review.clone()
+        };
+        let bytes = serde_json::to_vec(&review).map_err(|e| RecordFailed(e.to_string()))?;
+        // A durable redb commit blocks (and waits for the record writer's): not on a worker.
+        let (store, id) = (self.store.clone(), review.id.clone());
+        tokio::task::spawn_blocking(move || store.put_review(&id, &bytes))
+            .await
+            .map_err(|e| RecordFailed(e.to_string()))?
+            .map_err(|e| RecordFailed(e.to_string()))?;
         let mut state = self.lock();
+        state.all.insert(review.id.clone(), review.clone());
         if let Some(waiter) = state.waiters.get(&review.id) {
             let _ = waiter.send(review.clone());
         }
@@ -464,7 +507,7 @@ impl Reviews {
             state.waiters.remove(&review.id);
         }
         drop(state);
-        let _ = self.changes.send(review.clone());
+        let _ = self.changes.send(review);
         Ok(())
     }
 
@@ -624,6 +667,37 @@ impl Drop for Pending {
             });
         }
     }
+}
+
+/// Whether a stored review is the state its chain entry recorded. Rows from before entries
+/// were referenced are kept only when they grant nothing now.
+fn chained(store: &Store, review: &Review) -> Result<(), String> {
+    let Some(index) = review.entry else {
+        let grants = review.kind == Kind::Access
+            && review.status == Status::Approved
+            && review
+                .granted_until_ms
+                .is_some_and(|until| until > now_ms());
+        return match grants {
+            true => Err("an access grant that names no chain entry".into()),
+            false => Ok(()),
+        };
+    };
+    let recorded = store
+        .entry(index)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("its chain entry {index} is not in the record"))?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&recorded.entry.meta).map_err(|e| e.to_string())?;
+    if recorded.entry.kind != crate::record::kinds::REVIEW
+        || meta["review"] != review.id.as_str()
+        || meta["state"] != review.chained_state()
+    {
+        return Err(format!(
+            "it differs from the state chain entry {index} recorded"
+        ));
+    }
+    Ok(())
 }
 
 /// `90 s`, `15 min`, `2 h`.

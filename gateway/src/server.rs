@@ -4,11 +4,13 @@
 //! - `POST /api/sessions?connection=NAME&mode=exec|connect|tunnel&rows=R&cols=C` with
 //!   `Upgrade: sluice-session/1`: opens a session on the upgraded stream (connect).
 //! - `GET /api/sessions[?active]`: recorded (or live) sessions the caller may read.
-//! - `GET /api/sessions/ID/events`: one session's events, as JSON lines (own, or audit).
+//! - `GET /api/sessions/ID/events[?form=F]`: one session's events, as JSON lines (own, or
+//!   audit). Every read is recorded (kind `audit`: who, which session, which form).
 //! - `POST /api/sessions/ID/kill`: ends a live session (admin).
 //! - `GET /api/reviews[?status=S]`, `GET /api/reviews/events` (SSE), `GET /api/reviews/ID`,
 //!   `POST /api/reviews/ID/approve|reject?reason=R` (review).
-//! - `GET /api/verify`: verifies the record; the report as JSON (audit).
+//! - `GET /api/verify[?accept_loss]`, or `POST` with heads kept outside (JSON array) as the
+//!   body: verifies the record; the report as JSON (audit). Recorded.
 //! - `GET /api/whoami`: the caller's identity and roles per connection.
 //! - `GET /api/sinks`: each sink's cursor, lag and state (admin).
 //! - `POST /api/reload`: reads the policy again and applies it, or keeps the old one (admin).
@@ -58,6 +60,8 @@ pub struct Gateway {
     host: Arc<PluginHost>,
     /// One reload (or retention run) at a time.
     maintenance: tokio::sync::Mutex<()>,
+    /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
+    listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A policy read and every plugin it names loaded: what start and reload apply, whole.
@@ -129,10 +133,28 @@ pub struct Started {
     pub addr: SocketAddr,
     pub ca_fingerprint: String,
     pub dev_tokens: Option<crate::auth::DevTokens>,
+    /// The record's public key (hex): auditors keep it to verify copies of the store.
+    pub record_key: String,
+    /// Sessions a previous run left open (it crashed), now closed in the record.
+    pub closed_after_crash: usize,
+}
+
+/// A started gateway: `stopped` resolves if its listener dies; `stop` ends it cleanly.
+pub struct Running {
+    gateway: Arc<Gateway>,
+}
+
+impl Running {
+    /// Stops accepting, ends live sessions (each records why), records the stop, waits for
+    /// the record's queue to be committed and closes the store, so the next start finds it
+    /// closed cleanly. Returns how many sessions it ended.
+    pub async fn stop(self, why: &str) -> anyhow::Result<usize> {
+        self.gateway.stop(why).await
+    }
 }
 
 /// Loads everything `serve` needs, failing at start (not at first use) on any bad input.
-pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::JoinHandle<()>)> {
+pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     crate::tls::install_provider();
     let data = config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data)
@@ -149,10 +171,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         chains,
         sinks: sink_plans,
     } = load_policy(&host, &config)?;
-    let store = Arc::new(Store::open(
-        &data.join("record.redb"),
-        &data.join("record.key"),
-    )?);
+    let key = config.gateway.record_key(&data);
+    let signer = key.load().with_context(|| format!("record key {key}"))?;
+    let store = Arc::new(Store::open_signed(&data.join("record.redb"), signer)?);
+    let closed_after_crash = close_crashed_sessions(&store)?;
     let dev_tokens = if config.gateway.dev_tokens {
         Some(crate::auth::dev_tokens(&data)?)
     } else {
@@ -204,11 +226,14 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         addr,
         ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
         dev_tokens,
+        record_key: hex::encode(store.public_key()),
+        closed_after_crash,
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
     // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
     // the start.
     let mut fronts = BTreeMap::new();
+    let mut listeners = Vec::new();
     for (name, connection) in &config.connections {
         let Connection::Postgres(pg) = connection else {
             continue;
@@ -223,7 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             session_ctx.clone(),
             acceptor.clone(),
         ));
-        tokio::spawn(crate::pg::serve(front.clone(), listener));
+        listeners.push(tokio::spawn(crate::pg::serve(front.clone(), listener)));
         fronts.insert(name.clone(), front);
     }
     let gateway = Arc::new(Gateway {
@@ -236,6 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
         ca_pem: tls.ca_pem,
         host,
         maintenance: tokio::sync::Mutex::new(()),
+        listeners: std::sync::Mutex::new(listeners),
     });
     // `kill -HUP` applies the policy again, as `sluice reload` does.
     let reloader = gateway.clone();
@@ -267,10 +293,19 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             }
         });
     }
+    let accepting = gateway.clone();
     let task = tokio::spawn(async move {
+        let gateway = accepting;
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) or the like: retrying at once would
+                    // spin a core without freeing anything.
+                    tracing::warn!(error = %e, "accept failed; pausing before the next");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             // Small interactive frames must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
@@ -295,7 +330,47 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, tokio::task::Join
             });
         }
     });
-    Ok((started, task))
+    gateway
+        .listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(task);
+    Ok((started, Running { gateway }))
+}
+
+/// How long an accept loop pauses after a failed accept (out of file descriptors).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Sessions a previous run left open were cut by its crash: close them in the record, with
+/// the reason, so they are not listed as active forever.
+fn close_crashed_sessions(store: &Store) -> anyhow::Result<usize> {
+    let open: Vec<_> = store
+        .sessions()?
+        .into_iter()
+        .filter(|s| s.ended_ms.is_none())
+        .collect();
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::new();
+    for summary in &open {
+        let last_seq = store.entry(summary.last_index)?.map_or(0, |r| r.entry.seq);
+        events.push(NewEvent {
+            session: summary.id.clone(),
+            seq: last_seq + 1,
+            kind: crate::record::kinds::SESSION_CLOSE.into(),
+            time_ms: session::now_ms(),
+            meta: json!({"exit_status": null, "reason": "gateway stopped unexpectedly"})
+                .to_string(),
+            payload: Vec::new(),
+        });
+    }
+    store.append(&events)?;
+    tracing::warn!(
+        sessions = open.len(),
+        "closed sessions a crashed run left open"
+    );
+    Ok(open.len())
 }
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
@@ -391,7 +466,8 @@ impl Gateway {
                 self.kill_session(&identity, id, peer).await
             }
             (&Method::GET, ["api", "sessions", id, "events"]) => {
-                self.session_events(&identity, id).await
+                let form = query.get("form").map_or("jsonl", String::as_str);
+                self.session_events(&identity, id, form).await
             }
             (&Method::GET, ["api", "whoami"]) => {
                 let roles: serde_json::Map<String, serde_json::Value> = self
@@ -467,17 +543,39 @@ impl Gateway {
                     Err(why) => error(StatusCode::INTERNAL_SERVER_ERROR, &why),
                 }
             }
-            (&Method::GET, ["api", "verify"]) => {
+            (&Method::GET | &Method::POST, ["api", "verify"]) => {
                 let allowed =
                     self.roles()
                         .require_anywhere(&identity, Role::Audit, "verify the record");
                 if let Err(why) = allowed.await {
                     return error(StatusCode::FORBIDDEN, &why);
                 }
+                let accept_loss = query.contains_key("accept_loss");
+                let anchors = match read_anchors(req).await {
+                    Ok(anchors) => anchors,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+                };
+                let given = anchors.len();
+                let options = crate::record::VerifyOptions {
+                    trusted_keys: Vec::new(),
+                    anchors,
+                    accept_loss,
+                };
                 let store = self.store.clone();
-                let report = tokio::task::spawn_blocking(move || store.verify())
+                // A verification that cannot finish never reads as one that held.
+                let report = tokio::task::spawn_blocking(move || store.verify(options))
                     .await
-                    .unwrap_or_default();
+                    .unwrap_or_else(|e| crate::record::VerifyReport {
+                        problem: Some(crate::record::Problem::Corrupt {
+                            index: None,
+                            why: format!("verification did not finish: {e}"),
+                        }),
+                        ..Default::default()
+                    });
+                let audited = json!({"by": identity.subject, "action": "verify", "heads_given": given, "holds": report.holds()});
+                if let Err(why) = self.record_gateway_event("audit", &audited).await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, &why);
+                }
                 reply(
                     StatusCode::OK,
                     crate::audit::report_json(&report).to_string(),
@@ -529,6 +627,49 @@ impl Gateway {
         Ok(applied)
     }
 
+    /// See [`Running::stop`].
+    async fn stop(&self, why: &str) -> anyhow::Result<usize> {
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            listener.abort();
+        }
+        let live = self.session_ctx.live();
+        for (id, ..) in &live {
+            self.session_ctx
+                .kill(id, format!("the gateway is stopping ({why})"));
+        }
+        // Each session records its close as it ends; wait for them, within the grace.
+        let grace = Duration::from_millis(self.config.gateway.stop_grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.session_ctx.live().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let unfinished = self.session_ctx.live().len();
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "sessions did not end within the stop grace; the next start closes them"
+            );
+        }
+        // Sinks finish the delivery in flight (bounded by the same grace).
+        let sinks = self.sinks.clone();
+        let stopping = tokio::task::spawn_blocking(move || sinks.apply(Vec::new()));
+        let _ = tokio::time::timeout(grace, stopping).await;
+        // Recorded in strict order after everything queued before it: once it is durable,
+        // so is every event of the sessions that just ended.
+        let stopped = json!({"why": why, "sessions_ended": live.len() - unfinished, "unfinished": unfinished});
+        self.record_gateway_event("gateway-stop", &stopped)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the stop: {e}"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        Ok(live.len() - unfinished)
+    }
+
     /// Purges what retention says has expired, then compacts the store so the purged bytes
     /// are gone from the file. Recorded (kind `retention`) when anything was purged.
     async fn retention(&self, by: &str) -> Result<serde_json::Value, String> {
@@ -540,8 +681,9 @@ impl Gateway {
             .into_iter()
             .map(|(id, ..)| id)
             .collect();
+        let who = by.to_string();
         let (purged, compacted) = tokio::task::spawn_blocking(move || {
-            let purged = store.purge(&rules, session::now_ms(), &live)?;
+            let purged = store.purge(&rules, session::now_ms(), &live, &who)?;
             let compacted = if purged.is_empty() {
                 None
             } else {
@@ -559,11 +701,12 @@ impl Gateway {
             "reviews": purged.reviews,
             "payloads": purged.payloads(),
             "ranges": purged.ranges,
+            "entry": purged.entry,
             "compacted": compacted,
         });
         if !purged.is_empty() {
+            // The purge recorded itself, in the transaction that deleted.
             tracing::info!(%by, payloads = purged.payloads(), sessions = purged.sessions.len(), "retention purged");
-            self.record_gateway_event("retention", &report).await?;
         }
         Ok(report)
     }
@@ -872,7 +1015,7 @@ impl Gateway {
         }
     }
 
-    async fn session_events(&self, identity: &Identity, id: &str) -> Reply {
+    async fn session_events(&self, identity: &Identity, id: &str, form: &str) -> Reply {
         match self.store.session(id) {
             Ok(Some(s)) if self.may_read(identity, &s.subject, &s.connection) => {}
             Ok(Some(s)) => {
@@ -886,6 +1029,17 @@ impl Gateway {
             Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no session {id}")),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
+        // Reading a recording is itself recorded, before anything is served.
+        let form: String = form
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(32)
+            .collect();
+        let audited =
+            json!({"by": identity.subject, "action": "read", "session": id, "form": form});
+        if let Err(why) = self.record_gateway_event("audit", &audited).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, &why);
+        }
         match self.store.session_events(id) {
             Ok(events) => {
                 let lines: String = events
@@ -898,6 +1052,34 @@ impl Gateway {
         }
     }
 }
+
+/// The heads an auditor sends to verify against (a JSON array of signed heads).
+async fn read_anchors(req: Request<Incoming>) -> Result<Vec<crate::record::Anchor>, String> {
+    if req.method() != Method::POST {
+        return Ok(Vec::new());
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_ANCHORS_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the heads sent: {e}"))?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let heads: Vec<crate::record::SignedHead> = serde_json::from_slice(&body)
+        .map_err(|e| format!("the body must be a JSON array of signed heads: {e}"))?;
+    Ok(heads
+        .into_iter()
+        .map(|head| crate::record::Anchor {
+            source: format!("the head for entry {} you gave", head.index),
+            head,
+            trusted: true,
+        })
+        .collect())
+}
+
+/// Heads an auditor may send to verify against, in bytes (each is about 300).
+const MAX_ANCHORS_BODY: usize = 4 << 20;
 
 pub fn new_session_id() -> String {
     let mut bytes = [0u8; 8];

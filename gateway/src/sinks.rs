@@ -251,8 +251,8 @@ fn deliver_loop(store: &Store, plan: &SinkPlan, shared: &Shared) {
         }
         let attempt = deliver_once(store, plan, &mut instance, cursor);
         match attempt {
-            Ok(delivered) => {
-                cursor += delivered as u64;
+            Ok((delivered, next)) => {
+                cursor = next;
                 // A cursor that fails to persist only means the batch may be delivered again.
                 if let Err(e) = store.set_sink_cursor(name, cursor) {
                     tracing::error!(sink = %name, error = %e, "cannot save the sink's cursor");
@@ -316,20 +316,37 @@ fn resume_at(store: &Store, name: &str, from: StartAt) -> Result<u64, crate::rec
     Ok(cursor)
 }
 
-/// One batch from `cursor` on, offered to the plugin. Returns how many events it took.
+/// One batch from `cursor` on, offered to the plugin, ending with the signed head that
+/// covers it (an event of kind `head`, not a chain entry): whatever keeps the batch keeps an
+/// outside witness of the chain that `sluice verify --head` reads back. Returns how many
+/// entries it took and where the next batch starts (indices may skip a declared gap).
 fn deliver_once(
     store: &Store,
     plan: &SinkPlan,
     instance: &mut Option<SinkInstance>,
     cursor: u64,
-) -> Result<usize, Failed> {
+) -> Result<(usize, u64), Failed> {
     let batch = store
         .entries_from(cursor, plan.rules.batch_events)
         .map_err(|e| Failed::ForNow(e.to_string()))?;
-    let events: Vec<Event> = batch.into_iter().map(event_of).collect();
-    if events.is_empty() {
-        return Ok(0);
-    }
+    let mut events: Vec<Event> = batch.into_iter().map(event_of).collect();
+    let Some(last) = events.last().map(|e| e.index) else {
+        return Ok((0, cursor));
+    };
+    let taken = events.len();
+    let head = store
+        .covering_head(last)
+        .map_err(|e| Failed::ForNow(e.to_string()))?
+        .ok_or_else(|| Failed::ForNow(format!("no signed head covers entry {last}")))?;
+    events.push(Event {
+        index: head.index,
+        session: String::new(),
+        seq: 0,
+        kind: crate::record::HEAD_KIND.into(),
+        time_ms: now_ms(),
+        meta: serde_json::to_string(&head).map_err(|e| Failed::ForNow(e.to_string()))?,
+        payload: Vec::new(),
+    });
     let live = match instance {
         Some(live) => live,
         None => instance.insert(
@@ -345,7 +362,7 @@ fn deliver_once(
         None => why,
     };
     match outcome {
-        Ok(Ok(())) => Ok(events.len()),
+        Ok(Ok(())) => Ok((taken, last + 1)),
         Ok(Err(SinkError::Retryable(why))) => Err(Failed::ForNow(explain(why))),
         Ok(Err(SinkError::Permanent(why))) => Err(Failed::Permanently(explain(why))),
         Err(e) => {

@@ -250,6 +250,12 @@ impl Event {
     }
 }
 
+/// The kind of the event that ends every batch a sink receives: the record's signed head
+/// covering the batch (its meta: `index`, `hash`, `signature`, `public_key`). It is not a
+/// chain entry: its `index` is the entry it covers. Keep it with the batch, and an auditor
+/// can check the gateway's store against it (`sluice verify --head`).
+pub const HEAD_KIND: &str = "head";
+
 /// Newline-delimited JSON: each value on a line of its own (the body sinks ship).
 pub fn json_lines(values: impl IntoIterator<Item = serde_json::Value>) -> Vec<u8> {
     let mut out = Vec::new();

@@ -6,6 +6,7 @@
 
 mod cli;
 mod docs;
+mod lifecycle;
 mod masking;
 mod oidc;
 mod plugin_host;

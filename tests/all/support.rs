@@ -177,6 +177,27 @@ impl Gateway {
         run_command(cmd.args(args), "")
     }
 
+    /// Sends `signal` (`TERM`, `INT`) and waits for the gateway to exit; its exit code.
+    pub fn stop_with(&mut self, signal: &str) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let sent = std::process::Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -s {signal}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the gateway did not stop within a minute of SIG{signal}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, std::process::Child::id)
     }

@@ -11,8 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
 use super::{
-    CHECKPOINTS, ENTRIES, META, PAYLOADS, REVIEWS, RecordError, SESSIONS, SINK_CURSORS,
-    SessionSummary, Store, decode_stored, open_db,
+    Append, CHECKPOINTS, ENTRIES, META, PAYLOADS, REVIEWS, RecordError, SESSIONS, SINK_CURSORS,
+    SessionSummary, Store, decode_stored, gateway_event, guarded, kinds, open_db,
 };
 
 /// Rows copied per transaction when the store is rewritten.
@@ -38,6 +38,8 @@ pub struct Purged {
     pub reviews: Vec<String>,
     /// Entry ranges (first, last) whose payloads were deleted, in order.
     pub ranges: Vec<(u64, u64)>,
+    /// The chained `retention` entry that lists this purge (committed with it).
+    pub entry: Option<u64>,
 }
 
 impl Purged {
@@ -62,11 +64,57 @@ pub struct Compacted {
 }
 
 impl Store {
-    /// Deletes the payloads that `rules` say have expired at `now_ms`, in one transaction.
+    /// Deletes the payloads that `rules` say have expired at `now_ms`, in one transaction
+    /// that also appends the `retention` entry listing them (`by` says who ran it): a crash
+    /// leaves either both or neither, so every missing payload is one a chained purge names.
     /// Sessions in `live` are never purged; a session that never closed and is not live (its
     /// gateway died) counts as ended at its last entry.
     pub fn purge(
         &self,
+        rules: &RetentionRules,
+        now_ms: u64,
+        live: &HashSet<String>,
+        by: &str,
+    ) -> Result<Purged, RecordError> {
+        let mut tail = self.lock_tail();
+        let (purged, head) = guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+            let mut purged = self.delete_expired(&txn, rules, now_ms, live)?;
+            let mut head = None;
+            if !purged.is_empty() {
+                let meta = serde_json::json!({
+                    "by": by,
+                    "sessions": purged.sessions,
+                    "reviews": purged.reviews,
+                    "payloads": purged.payloads(),
+                    "ranges": purged.ranges,
+                });
+                let event = super::NewEvent {
+                    time_ms: now_ms,
+                    ..gateway_event(kinds::RETENTION, meta)
+                };
+                let append = Append {
+                    events: std::slice::from_ref(&event),
+                    first: tail.last.map_or(0, |(index, _)| index + 1),
+                    signer: None,
+                };
+                let (indices, signed) =
+                    self.write_entries(&txn, tail.last, &append, &tail.signer)?;
+                purged.entry = indices.first().copied();
+                head = signed;
+            }
+            txn.commit().map_err(|e| self.corrupt(e))?;
+            Ok((purged, head))
+        })?;
+        self.committed(&mut tail, head);
+        Ok(purged)
+    }
+
+    /// The deletions of one purge, inside its transaction.
+    fn delete_expired(
+        &self,
+        txn: &redb::WriteTransaction,
         rules: &RetentionRules,
         now_ms: u64,
         live: &HashSet<String>,
@@ -76,8 +124,6 @@ impl Store {
         };
         let mut purged = Purged::default();
         let mut removed: Vec<u64> = Vec::new();
-        let db = self.db();
-        let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
         {
             let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
             let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
@@ -189,7 +235,6 @@ impl Store {
         }
         removed.sort_unstable();
         purged.ranges = super::index_ranges(removed);
-        txn.commit().map_err(|e| self.corrupt(e))?;
         Ok(purged)
     }
 

@@ -12,6 +12,10 @@
 //! kinds = ["review"]                      # only these kinds of event (default: all)
 //! ```
 //!
+//! Each batch ends with the record's signed head covering it (kind `head`): kept with the
+//! events (NDJSON, Splunk, Loki), it lets an auditor check the gateway's store against this
+//! copy (`sluice verify --head`). Slack messages leave it out unless `kinds` names it.
+//!
 //! A 2xx answer delivers the batch; a timeout, 408, 429 or 5xx (or no answer at all) asks
 //! the gateway to retry it; any other status is permanent (a wrong token, a wrong URL).
 
@@ -20,7 +24,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_plugin_sdk::http::{self, Request};
-use sluice_plugin_sdk::{Config, Event, Sink, SinkError, json_lines};
+use sluice_plugin_sdk::{Config, Event, HEAD_KIND, Sink, SinkError, json_lines};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,11 +72,14 @@ impl Sink for HttpSink {
     }
 
     fn deliver(&mut self, batch: Vec<Event>) -> Result<(), SinkError> {
-        let events: Vec<&Event> = batch
-            .iter()
-            .filter(|e| (self.settings.kinds.as_ref()).is_none_or(|kinds| kinds.contains(&e.kind)))
-            .collect();
-        if events.is_empty() {
+        let wanted = |e: &&Event| match &self.settings.kinds {
+            Some(kinds) => kinds.contains(&e.kind),
+            // Chat messages are for people; the batch's signed head is for whatever keeps
+            // the record (a SIEM, a log store), where it witnesses the chain.
+            None => !(e.kind == HEAD_KIND && self.settings.format == Format::Slack),
+        };
+        let events: Vec<&Event> = batch.iter().filter(wanted).collect();
+        if events.iter().all(|e| e.kind == HEAD_KIND) {
             return Ok(());
         }
         let (content_type, body) = encode(self.settings.format, &events);

@@ -26,7 +26,7 @@ mod sigv4;
 
 use serde::Deserialize;
 use sluice_plugin_sdk::http::{self, Request};
-use sluice_plugin_sdk::{Config, Event, Sink, SinkError, json_lines};
+use sluice_plugin_sdk::{Config, Event, HEAD_KIND, Sink, SinkError, json_lines};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,24 +92,23 @@ impl Sink for S3Sink {
 }
 
 impl S3Sink {
-    /// The objects a batch becomes: their keys and their events, in order.
+    /// The objects a batch becomes: their keys and their events, in order. The batch's
+    /// signed head (an event of kind `head`, last) goes into every object, so each object
+    /// carries its own witness of the chain; objects are named by the entries they hold.
     fn objects<'a>(&self, batch: &'a [Event]) -> Vec<(String, Vec<&'a Event>)> {
+        let (heads, entries): (Vec<&Event>, Vec<&Event>) =
+            batch.iter().partition(|e| e.kind == HEAD_KIND);
         let name = |events: &[&Event]| match (events.first(), events.last()) {
             (Some(first), Some(last)) => format!("{:020}-{:020}.ndjson", first.index, last.index),
             _ => String::new(),
         };
         let prefix = &self.settings.prefix;
-        match self.settings.layout {
-            Layout::Batch => {
-                let events: Vec<&Event> = batch.iter().collect();
-                if events.is_empty() {
-                    return vec![];
-                }
-                vec![(format!("{prefix}{}", name(&events)), events)]
-            }
+        let groups: Vec<(String, Vec<&Event>)> = match self.settings.layout {
+            Layout::Batch if entries.is_empty() => vec![],
+            Layout::Batch => vec![(format!("{prefix}{}", name(&entries)), entries)],
             Layout::Session => {
                 let mut groups: Vec<(&str, Vec<&Event>)> = Vec::new();
-                for event in batch {
+                for event in entries {
                     let session = if event.session.is_empty() {
                         "_gateway"
                     } else {
@@ -127,7 +126,14 @@ impl S3Sink {
                     })
                     .collect()
             }
-        }
+        };
+        groups
+            .into_iter()
+            .map(|(key, mut events)| {
+                events.extend(heads.iter().copied());
+                (key, events)
+            })
+            .collect()
     }
 
     fn put(&self, key: &str, body: Vec<u8>) -> Result<(), SinkError> {
@@ -194,8 +200,12 @@ mod tests {
     }
 
     #[test]
-    fn objects_are_named_by_the_entries_they_hold() {
-        let batch = [event(3, "a"), event(4, ""), event(5, "a")];
+    fn objects_are_named_by_the_entries_they_hold_and_each_carries_the_head() {
+        let head = Event {
+            kind: HEAD_KIND.into(),
+            ..event(6, "")
+        };
+        let batch = [event(3, "a"), event(4, ""), event(5, "a"), head];
         let objects = sink("batch").objects(&batch);
         assert_eq!(objects.len(), 1);
         assert_eq!(
@@ -211,7 +221,16 @@ mod tests {
                 "p/_gateway/00000000000000000004-00000000000000000004.ndjson"
             ]
         );
-        assert_eq!(objects[0].1.len(), 2);
+        assert_eq!(objects[0].1.len(), 3);
+        assert!(objects.iter().all(|(_, events)| {
+            events
+                .last()
+                .is_some_and(|e| e.kind == HEAD_KIND && e.index == 6)
+        }));
+        assert!(
+            sink("batch").objects(&batch[3..]).is_empty(),
+            "a head alone"
+        );
     }
 
     #[test]
