@@ -38,7 +38,8 @@ impl Target {
     /// A client with `--token`/`SLUICE_TOKEN`, else the tokens `sluice login` saved for this
     /// gateway (renewed first when they expire).
     fn client(self) -> anyhow::Result<sluice::client::Client> {
-        let token = match self.token {
+        // An empty SLUICE_TOKEN is no token: say so, rather than send an empty one.
+        let token = match self.token.filter(|t| !t.trim().is_empty()) {
             Some(token) => Some(token),
             None => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -305,6 +306,7 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -319,6 +321,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice sessions | head -1`: the reader closing the pipe ends the command quietly (exit
+/// 141, as a shell reports SIGPIPE) instead of with a panic and a backtrace.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -508,6 +528,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sluice::policy::World::Filter,
                 config,
             );
+            let max = sluice::policy::MAX_DEADLINE_MS;
+            if deadline_ms == 0 || deadline_ms > max {
+                bail!("--deadline-ms: {deadline_ms} is out of range (1 to {max}), as in a policy");
+            }
             spec.deadline = std::time::Duration::from_millis(deadline_ms);
             let host = PluginHost::new(HostConfig::default())?;
             let loaded = host.load(&spec)?;

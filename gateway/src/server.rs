@@ -589,16 +589,23 @@ impl Gateway {
     }
 
     async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, String> {
+        const MISSING: &str =
+            "no token given: run `sluice login`, pass --token or set SLUICE_TOKEN";
         let header = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
-            .ok_or("missing token: run `sluice login`, pass --token or set SLUICE_TOKEN")?;
-        let token = header
+            .ok_or(MISSING)?;
+        let value = header
             .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or("malformed Authorization header")?;
-        self.auth.authenticate(token.trim()).await
+            .map_err(|_| "malformed Authorization header: not text")?
+            .trim();
+        // `Bearer` with nothing after it (an empty token, trailing space trimmed away).
+        let token = match value.strip_prefix("Bearer") {
+            Some(rest) if rest.trim().is_empty() => return Err(MISSING.into()),
+            Some(rest) if rest.starts_with(' ') => rest.trim(),
+            _ => return Err("malformed Authorization header: expected `Bearer TOKEN`".into()),
+        };
+        self.auth.authenticate(token).await
     }
 
     /// Reads the policy again and applies it whole: new sessions get the new chains, roles
@@ -614,15 +621,19 @@ impl Gateway {
             .map_err(|e| format!("{e:#} (nothing was applied: the running policy stays)"))?;
         let files = loaded.chains.policy_files.clone();
         let sink_names: Vec<String> = loaded.sinks.iter().map(|s| s.name.clone()).collect();
+        let applied = json!({"by": by, "files": files, "sinks": sink_names});
+        // Recorded before anything is swapped: the one step that can still fail does so
+        // while the running policy is untouched. What follows cannot fail.
+        self.record_gateway_event("policy", &applied)
+            .await
+            .map_err(|e| format!("{e} (nothing was applied: the running policy stays)"))?;
         self.session_ctx.set_chains(loaded.chains);
         self.roles().replace(loaded.policy.roles);
         self.reviews().set_rules(loaded.policy.reviews);
         let sinks = self.sinks.clone();
-        tokio::task::spawn_blocking(move || sinks.apply(loaded.sinks))
-            .await
-            .map_err(|e| e.to_string())?;
-        let applied = json!({"by": by, "files": files, "sinks": sink_names});
-        self.record_gateway_event("policy", &applied).await?;
+        if let Err(e) = tokio::task::spawn_blocking(move || sinks.apply(loaded.sinks)).await {
+            tracing::error!(error = %e, "applying the sinks of the reloaded policy failed");
+        }
         tracing::info!(%by, "policy reloaded");
         Ok(applied)
     }

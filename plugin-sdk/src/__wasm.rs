@@ -31,11 +31,27 @@ pub mod sink {
 
 use filter::sluice::plugin::types as wit;
 
+/// A panic is logged to the gateway (which names it as the plugin's failure) instead of
+/// written to stderr: a blocking WASI write is not allowed in the data path.
+fn report_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            log(
+                crate::log::Level::Error,
+                &format!("panicked: {info}"),
+                &[("panic", "true")],
+            );
+        }));
+    });
+}
+
 pub fn filter_init<F: Filter>(
     state: &RefCell<Option<F>>,
     config: String,
     session: wit::SessionInfo,
 ) -> Result<wit::Interest, String> {
+    report_panics();
     let plugin = F::init(&crate::Config::from_json(config), &session.into())?;
     let interest = plugin.interest().into();
     *state.borrow_mut() = Some(plugin);
@@ -62,6 +78,7 @@ pub fn filter_flush<F: Filter>(
 }
 
 pub fn sink_init<S: Sink>(state: &RefCell<Option<S>>, config: String) -> Result<(), String> {
+    report_panics();
     *state.borrow_mut() = Some(S::init(&crate::Config::from_json(config))?);
     Ok(())
 }

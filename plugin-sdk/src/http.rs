@@ -118,6 +118,24 @@ impl std::fmt::Display for HttpError {
     }
 }
 
+/// A URL as errors may show it: scheme and host only. A webhook's path or query is often its
+/// secret (Slack's, a SIEM's token); errors reach logs and `sluice sinks`.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None => return "(a URL without a scheme)".into(),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Credentials in the authority (`user:pass@host`) are a secret too.
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let hidden = if authority.len() < rest.len() || host.len() < authority.len() {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{hidden}")
+}
+
 /// A URL split into what `wasi:http` asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Url<'a> {
@@ -134,7 +152,8 @@ impl<'a> Url<'a> {
             (false, rest)
         } else {
             return Err(HttpError::BadUrl(format!(
-                "`{url}` must start with http:// or https://"
+                "`{}` must start with http:// or https://",
+                redacted(url)
             )));
         };
         let (authority, path_and_query) = match rest.find(['/', '?']) {
@@ -144,7 +163,8 @@ impl<'a> Url<'a> {
         };
         if authority.is_empty() || authority.contains('@') {
             return Err(HttpError::BadUrl(format!(
-                "`{url}` has no host (or carries credentials; put them in headers)"
+                "`{}` has no host (or carries credentials; put them in headers)",
+                redacted(url)
             )));
         }
         Ok(Url {
@@ -196,7 +216,9 @@ pub fn send(request: &Request) -> Result<Response, HttpError> {
         "HEAD" => Method::Head,
         other => Method::Other(other.to_string()),
     };
-    let bad = |what: &str| HttpError::BadUrl(format!("{what} is not valid in {}", request.url));
+    let bad = |what: &str| {
+        HttpError::BadUrl(format!("{what} is not valid in {}", redacted(&request.url)))
+    };
     outgoing
         .set_method(&method)
         .map_err(|()| bad("the method"))?;
@@ -312,5 +334,26 @@ mod tests {
         assert!(Url::parse("ftp://x/").is_err());
         assert!(Url::parse("http://user:pw@x/").is_err());
         assert!(Url::parse("http:///path").is_err());
+    }
+
+    #[test]
+    fn errors_show_urls_without_their_secrets() {
+        let hook = "https://hooks.slack.com/services/T000/B000/XXXXSECRET";
+        assert_eq!(redacted(hook), "https://hooks.slack.com/…");
+        assert_eq!(redacted("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(redacted("https://user:pw@h/x"), "https://h/…");
+        let Err(e) = Url::parse("http://user:SECRET@h/x") else {
+            panic!("parsed")
+        };
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        let failed = delivery(
+            Ok(Response {
+                status: 403,
+                headers: vec![],
+                body: vec![],
+            }),
+            &format!("POST {}", redacted(hook)),
+        );
+        assert!(!format!("{failed:?}").contains("SECRET"));
     }
 }

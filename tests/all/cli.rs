@@ -181,3 +181,15 @@ fn plugin_run_flushes_what_a_plugin_buffered_at_the_end_of_input() {
         serde_json::json!({"flushed": "client-to-target", "content": {"line": "held back"}})
     );
 }
+
+#[test]
+fn plugin_run_refuses_deadlines_a_policy_would_refuse() {
+    for bad in ["0", "86400000"] {
+        let (ok, _, err) = run_with_input(
+            &["plugin", "run", "builtin:mask", "--deadline-ms", bad],
+            "{\"line\": \"x\"}\n",
+        );
+        assert!(!ok, "--deadline-ms {bad} was taken");
+        assert!(err.contains("out of range (1 to 60000)"), "{err}");
+    }
+}

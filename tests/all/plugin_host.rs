@@ -134,6 +134,10 @@ fn a_panic_fails_closed_unless_the_policy_says_pass() {
     };
     assert_eq!(plugin, "strict");
     assert!(reason.contains("trapped"), "{reason}");
+    assert!(
+        reason.contains("panicked") && reason.contains("asked to panic"),
+        "{reason}"
+    );
 
     let mut chain = Chain::new(&[open], &session("s")).unwrap();
     let d = chain.on_frame(line(1, "panic"));

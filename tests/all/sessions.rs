@@ -199,6 +199,14 @@ fn a_plugin_that_blocks_on_a_wasi_clock_neither_kills_its_session_nor_the_gatewa
     assert!(err.contains("blocked on a WASI call"), "{err}");
     let (code, out, err) = gw.run(&["exec", "shell", "--", "echo", "still here"], "");
     assert_eq!((code, out.as_str()), (0, "still here\n"), "{err}");
+    // A plugin that panics inside the gateway is named as panicking, with its message (its
+    // panic no longer goes to stderr through a blocking WASI write).
+    let (code, out, err) = gw.run(&["exec", "shell", "--", "panic", "now"], "");
+    assert_eq!(code, 126, "{out}{err}");
+    assert!(
+        err.contains("panicked") && err.contains("asked to panic"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -320,9 +328,36 @@ fn bad_tokens_and_unknown_connections_are_refused_clearly() {
     let (code, _, err) = gw.run_as(None, &["exec", "shell", "--", "true"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("401") && err.contains("missing token"),
+        err.contains("401") && err.contains("no token given"),
         "{err}"
     );
+    // An empty token is no token, from the CLI and from any other client.
+    let (code, _, err) = gw.run_as(Some(""), &["exec", "shell", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no token given"), "{err}");
+    let curl = |header: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(gw.dir.path().join("data/tls/ca.pem"))
+            .args(["-H", header])
+            .arg(format!("https://{}/api/whoami", gw.addr))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(curl("Authorization: Bearer ").contains("no token given"));
+    assert!(curl("Authorization: Basic abc").contains("expected `Bearer TOKEN`"));
+    // A reader that went away (`sluice sessions | head -1`) ends the CLI quietly, with the
+    // status a shell shows for SIGPIPE, not with a panic.
+    for _ in 0..3 {
+        gw.run(&["exec", "shell", "--", "true"], "");
+    }
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = gw.cli().arg("sessions").stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(closed.status.code(), Some(141), "{stderr}");
     let (code, _, err) = gw.run_as(
         Some("sluice_dev_user_guess"),
         &["exec", "shell", "--", "true"],
@@ -335,8 +370,8 @@ fn bad_tokens_and_unknown_connections_are_refused_clearly() {
         err.contains("unknown connection `nope` (known: python, shell)"),
         "{err}"
     );
-    // Nothing was opened.
-    assert!(session_ids(&gw).is_empty());
+    // Nothing was opened but the three sessions above.
+    assert_eq!(session_ids(&gw).len(), 3);
 }
 
 #[test]

@@ -224,6 +224,12 @@ fn sink_http_delivers_every_event_in_order_through_an_outage_and_a_restart() {
             s["state"] == "retrying" && s["lag"].as_u64().unwrap() > 0 && !s["last_error"].is_null()
         },
     );
+    // The error names the host, never the URL's path (a webhook's path is its secret).
+    let error = sink(&sinks(&gateway), "ship")["last_error"].to_string();
+    assert!(
+        error.contains("receiver.test") && !error.contains("/ingest"),
+        "{error}"
+    );
     let metrics = std::process::Command::new("curl")
         .args(["-s", "--cacert"])
         .arg(gateway.dir.path().join("data/tls/ca.pem"))

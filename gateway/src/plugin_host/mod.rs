@@ -524,6 +524,7 @@ impl LoadedPlugin {
                 budget: spec.deadline,
                 cpu_mark: None,
             },
+            panic: None,
         };
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -556,10 +557,12 @@ impl LoadedPlugin {
         let failure = if store.data().memory.exceeded {
             Failure::Memory(spec.max_memory_bytes)
         } else {
-            match error.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => Failure::Deadline(spec.deadline),
-                Some(trap) => Failure::Trap(trap.to_string()),
-                None => Failure::Trap(format!("{error:#}")),
+            match (error.downcast_ref::<wasmtime::Trap>(), &store.data().panic) {
+                (Some(wasmtime::Trap::Interrupt), _) => Failure::Deadline(spec.deadline),
+                // The SDK's panic hook said why before the guest trapped.
+                (_, Some(message)) => Failure::Trap(message.clone()),
+                (Some(trap), None) => Failure::Trap(trap.to_string()),
+                (None, None) => Failure::Trap(format!("{error:#}")),
             }
         };
         self.error(failure)
@@ -578,7 +581,7 @@ fn guarded<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime::Result<R>
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("a panic");
         let why = if why.contains("runtime") {
-            "it blocked on a WASI call (sleep, poll), which a filter in the data path may not"
+            "it blocked on a WASI call (a sleep, a poll, or writing to stderr as a guest without the SDK's panic hook does when it panics), which a filter in the data path may not"
         } else {
             why
         };
@@ -826,6 +829,8 @@ struct HostState {
     plugin: String,
     session: Option<String>,
     clock: CallClock,
+    /// What the guest said as it panicked (the SDK's panic hook logs it, field `panic`).
+    panic: Option<String>,
 }
 
 impl WasiView for HostState {
@@ -856,6 +861,9 @@ impl log::Host for HostState {
                 cut -= 1;
             }
             message.truncate(cut);
+        }
+        if fields.iter().any(|(k, _)| k == "panic") {
+            self.panic = Some(message.clone());
         }
         let session = self.session.as_deref().unwrap_or("-");
         let (plugin, fields) = (&self.plugin, format!("{fields:?}"));

@@ -237,17 +237,54 @@ fn card(candidate: &[u8]) -> bool {
             .iter()
             .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
     };
-    let (p1, p2, p3, p4) = (prefix(1), prefix(2), prefix(3), prefix(4));
-    p1 == 4                                         // Visa
-        || (51..=55).contains(&p2)                  // Mastercard
-        || (2221..=2720).contains(&p4)              // Mastercard 2-series
-        || p2 == 34 || p2 == 37                     // American Express
-        || p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) // Discover
-        || p2 == 62                                 // UnionPay
-        || (3528..=3589).contains(&p4)              // JCB
-        || (300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39 // Diners
-        || p2 == 50 || (56..=58).contains(&p2) || p2 == 67 // Maestro
+    let length = digits.len();
+    ISSUERS.iter().any(|issuer| {
+        (issuer.first..=issuer.last).contains(&prefix(issuer.digits))
+            && (issuer.lengths.0..=issuer.lengths.1).contains(&length)
+    })
 }
+
+/// An issuer's number range: its prefixes (`digits` long, `first..=last`) and the lengths
+/// its card numbers have. A Luhn-valid number outside every range (a 15-digit number
+/// starting with 4: no Visa card has 15 digits, many device identifiers do) is not a card.
+struct Issuer {
+    digits: usize,
+    first: u32,
+    last: u32,
+    lengths: (usize, usize),
+}
+
+const fn issuer(digits: usize, first: u32, last: u32, lengths: (usize, usize)) -> Issuer {
+    Issuer {
+        digits,
+        first,
+        last,
+        lengths,
+    }
+}
+
+const ISSUERS: &[Issuer] = &[
+    // Visa: 13 and 16 digits (19 for some debit cards); 4 alone is too wide for the others.
+    issuer(1, 4, 4, (13, 13)),
+    issuer(1, 4, 4, (16, 16)),
+    issuer(1, 4, 4, (19, 19)),
+    issuer(2, 51, 55, (16, 16)),     // Mastercard
+    issuer(4, 2221, 2720, (16, 16)), // Mastercard 2-series
+    issuer(2, 34, 34, (15, 15)),     // American Express
+    issuer(2, 37, 37, (15, 15)),
+    issuer(4, 6011, 6011, (16, 19)), // Discover
+    issuer(3, 644, 649, (16, 19)),
+    issuer(2, 65, 65, (16, 19)),
+    issuer(2, 62, 62, (16, 19)),     // UnionPay
+    issuer(4, 3528, 3589, (16, 19)), // JCB
+    issuer(3, 300, 305, (14, 19)),   // Diners Club
+    issuer(2, 36, 36, (14, 19)),
+    issuer(2, 38, 39, (16, 19)),
+    issuer(4, 2200, 2204, (16, 19)), // Mir
+    issuer(2, 50, 50, (13, 19)),     // Maestro (12-digit numbers are below the detector's floor)
+    issuer(2, 56, 58, (13, 19)),
+    issuer(2, 67, 67, (13, 19)),
+];
 
 fn mod97(candidate: &[u8]) -> bool {
     let compact: Vec<u8> = candidate.iter().copied().filter(|b| *b != b' ').collect();
@@ -290,6 +327,24 @@ mod tests {
         assert!(Validator::Card.accepts(b"378282246310005"));
         assert!(!Validator::Card.accepts(b"4242 4242 4242 4241"));
         assert!(!Validator::Card.accepts(b"4242-4242 4242-4242"));
+    }
+
+    #[test]
+    fn a_card_needs_a_length_its_issuer_uses() {
+        // Luhn-valid, starting with 4, but 15 digits: no Visa card is; IMEIs are.
+        let imei = b"490154203237518";
+        assert!(luhn(&digits(imei)));
+        assert!(!Validator::Card.accepts(imei));
+        // Amex is 15 digits, never 16; Mastercard 16, never 15.
+        assert!(Validator::Card.accepts(b"3782 822463 10005"));
+        assert!(!Validator::Card.accepts(b"3782822463100052"));
+        assert!(Validator::Card.accepts(b"5555 5555 5555 4444"));
+        assert!(!Validator::Card.accepts(b"555555555555442"));
+        // Visa in its three lengths.
+        assert!(Validator::Card.accepts(b"4222222222222"));
+        assert!(Validator::Card.accepts(b"4111 1111 1111 1111"));
+        assert!(Validator::Card.accepts(b"4111111111111111110"));
+        assert!(Validator::Card.accepts(b"2200 0000 0000 0004"), "Mir");
     }
 
     #[test]

@@ -89,7 +89,9 @@ impl Sink for HttpSink {
         for (name, value) in &self.settings.headers {
             request = request.header(name, value);
         }
-        http::delivery(http::send(&request), &format!("POST {}", self.settings.url))
+        // Errors name the host only: a webhook's path is its secret.
+        let what = format!("POST {}", http::redacted(&self.settings.url));
+        http::delivery(http::send(&request), &what)
     }
 }
 
