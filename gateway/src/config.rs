@@ -83,6 +83,22 @@ pub struct Gateway {
     /// How long a stop (SIGTERM, SIGINT) waits for live sessions to end and record it.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
+    /// Connections open at once on all front doors together; more are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Addresses (load balancers) whose connections count towards `max_connections` only.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connections that have not authenticated yet, at once; more are refused.
+    #[serde(default = "default_max_signing_in")]
+    pub max_signing_in: usize,
+    /// How long a connection has to authenticate: TLS, then its request head (HTTPS) or its
+    /// startup and password (PostgreSQL). Nothing bounds a signed-in connection's idle time.
+    #[serde(default = "default_sign_in_timeout_ms")]
+    pub sign_in_timeout_ms: u64,
 }
 
 impl Gateway {
@@ -108,6 +124,11 @@ impl Default for Gateway {
             purge_interval_seconds: default_purge_interval_seconds(),
             record_key: None,
             stop_grace_ms: default_stop_grace_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            trusted_proxies: Vec::new(),
+            max_signing_in: default_max_signing_in(),
+            sign_in_timeout_ms: default_sign_in_timeout_ms(),
         }
     }
 }
@@ -128,6 +149,18 @@ fn default_purge_interval_seconds() -> u64 {
     3600
 }
 fn default_stop_grace_ms() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_connections_per_source() -> usize {
+    256
+}
+fn default_max_signing_in() -> usize {
+    256
+}
+fn default_sign_in_timeout_ms() -> u64 {
     10_000
 }
 
@@ -346,6 +379,21 @@ impl Config {
         }
         if self.gateway.purge_interval_seconds == 0 {
             return Err("gateway.purge_interval_seconds: at least 1".into());
+        }
+        let g = &self.gateway;
+        for (key, value) in [
+            ("max_connections", g.max_connections),
+            ("max_connections_per_source", g.max_connections_per_source),
+            ("max_signing_in", g.max_signing_in),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "gateway.{key}: at least 1 (0 would refuse everyone)"
+                ));
+            }
+        }
+        if g.sign_in_timeout_ms == 0 || g.stop_grace_ms == 0 {
+            return Err("gateway.sign_in_timeout_ms and stop_grace_ms: at least 1".into());
         }
         for (name, connection) in &self.connections {
             if !days_ok(connection.retention_days()) {

@@ -12,6 +12,7 @@ pub mod egress;
 pub mod exec;
 mod files;
 pub mod frame;
+pub mod limits;
 pub mod login;
 pub mod metrics;
 pub mod pg;

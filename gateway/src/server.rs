@@ -232,6 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
     // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
     // the start.
+    let limits = crate::limits::Limits::new(&config.gateway);
     let mut fronts = BTreeMap::new();
     let mut listeners = Vec::new();
     for (name, connection) in &config.connections {
@@ -247,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             auth.clone(),
             session_ctx.clone(),
             acceptor.clone(),
+            limits.clone(),
         ));
         listeners.push(tokio::spawn(crate::pg::serve(front.clone(), listener)));
         fronts.insert(name.clone(), front);
@@ -307,22 +309,38 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
                     continue;
                 }
             };
+            let admitted = match limits.admit(peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    tracing::warn!(%peer, %why, "connection refused");
+                    continue;
+                }
+            };
+            let Some(signing_in) = limits.signing_in() else {
+                tracing::warn!(%peer, "connection refused: too many connections are signing in (max_signing_in)");
+                continue;
+            };
             // Small interactive frames must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
-            let (gateway, acceptor) = (gateway.clone(), acceptor.clone());
+            crate::limits::keepalive(&tcp);
+            let (gateway, acceptor, sign_in) = (gateway.clone(), acceptor.clone(), limits.sign_in);
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
+                let _admitted = admitted;
+                let tls = match tokio::time::timeout(sign_in, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
                 };
+                drop(signing_in);
                 let service = hyper::service::service_fn(move |req| {
                     let gateway = gateway.clone();
                     async move { Ok::<_, std::convert::Infallible>(gateway.route(req, peer).await) }
                 });
+                // A request head must arrive whole within the sign-in time: a client that
+                // trickles it (or sends nothing) is cut off. Sessions, once upgraded, are not.
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(sign_in)
                     .serve_connection(TokioIo::new(tls), service);
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");

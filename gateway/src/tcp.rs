@@ -42,7 +42,7 @@ pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io
         Ok(reason) = killed => Err(reason),
     };
     let reason = result.err();
-    let _ = core.close(serde_json::json!({"reason": reason})).await;
+    let _ = core.end(serde_json::json!({"reason": reason})).await;
     tracing::info!(reason = ?reason, "session closed");
 }
 
@@ -60,6 +60,9 @@ pub async fn run(
             n = client.read(&mut from_client) => {
                 let n = n.map_err(|e| format!("client: {e}"))?;
                 if n == 0 {
+                    // What plugins held is released (and recorded) before the session ends;
+                    // the client may be gone already, the target still reads.
+                    let _ = release(core, &mut client, &mut target).await;
                     return Ok(());
                 }
                 let out = frame(core, Direction::ClientToTarget, from_client[..n].to_vec()).await?;
@@ -106,16 +109,7 @@ async fn release(
     client: &mut Box<dyn Io>,
     target: &mut TcpStream,
 ) -> Result<(), String> {
-    for content in core
-        .flush(Direction::TargetToClient)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        client
-            .write_all(&content_bytes(&content))
-            .await
-            .map_err(|e| format!("client: {e}"))?;
-    }
+    // Towards the target first: when the client has gone, that is what still matters.
     for content in core
         .flush(Direction::ClientToTarget)
         .await
@@ -125,6 +119,16 @@ async fn release(
             .write_all(&content_bytes(&content))
             .await
             .map_err(|e| format!("target: {e}"))?;
+    }
+    for content in core
+        .flush(Direction::TargetToClient)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        client
+            .write_all(&content_bytes(&content))
+            .await
+            .map_err(|e| format!("client: {e}"))?;
     }
     Ok(())
 }

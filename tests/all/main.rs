@@ -6,6 +6,7 @@
 
 mod cli;
 mod docs;
+mod front_doors;
 mod lifecycle;
 mod masking;
 mod oidc;

@@ -707,3 +707,127 @@ fn the_upstream_can_require_tls_and_the_gateway_verifies_its_certificate() {
         "{err}"
     );
 }
+
+#[test]
+fn server_errors_and_notices_reach_the_client_masked_and_are_recorded() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let token = gw.user_token.clone();
+    let function = "CREATE FUNCTION look(who text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE NOTICE 'looking for %', who; \
+         RAISE EXCEPTION 'no customer %', who USING DETAIL = 'card 4242 4242 4242 4242', HINT = 'ask bob@example.com'; \
+         END $$";
+    let (code, _, err) = psql(port, &token, &["-c", function]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = psql(
+        port,
+        &token,
+        &[
+            "-c",
+            "SELECT look('alice@example.com')",
+            "-c",
+            "SELECT 'carol@example.com'::int",
+        ],
+    );
+    assert_ne!(code, 0);
+    // The server's own words, with the values masked, field by field.
+    assert!(err.contains("NOTICE:  looking for [MASKED:email]"), "{err}");
+    assert!(err.contains("ERROR:  no customer [MASKED:email]"), "{err}");
+    assert!(err.contains("DETAIL:  card **** **** **** 4242"), "{err}");
+    assert!(err.contains("HINT:  ask [MASKED:email]"), "{err}");
+    assert!(
+        err.contains("invalid input syntax for type integer: \"[MASKED:email]\""),
+        "{err}"
+    );
+    // (psql echoes the client's own query under `LINE 1:`; that text never left the client.)
+    let from_server: String = err.lines().filter(|l| !l.starts_with("LINE ")).collect();
+    for value in [
+        "alice@example.com",
+        "carol@example.com",
+        "4242 4242 4242 4242",
+        "bob@example.com",
+    ] {
+        assert!(
+            !from_server.contains(value),
+            "{value} reached the client: {err}"
+        );
+        assert!(!store_holds(&gw, value), "{value} reached the record");
+    }
+    // And recorded: the masked error texts are output frames of the session.
+    assert!(store_holds(&gw, "no customer [MASKED:email]"));
+    assert!(store_holds(&gw, "looking for [MASKED:email]"));
+}
+
+#[test]
+fn what_cannot_be_framed_soundly_is_refused_and_recorded_and_copy_data_held_back_is_released() {
+    let cluster = Cluster::start("scram-sha-256");
+    let port = free_port();
+    let config = format!(
+        "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n",
+        cluster.port
+    );
+    let policy = "[plugins.redact]\nsource = \"builtin:example-redact\"\nconfig = { literal = \"hunter2\", replacement = \"[REDACTED]\" }\n[chains]\npg = [\"redact\"]\n";
+    let gw = Gateway::start_with_policy(&config, Some(policy));
+    let token = gw.user_token.clone();
+
+    // psql's \lo_import writes through fast-path function calls: refused, nothing written.
+    let file = gw.dir.path().join("blob.txt");
+    std::fs::write(&file, "a large object").unwrap();
+    let (_, _, err) = psql(
+        port,
+        &token,
+        &["-c", &format!("\\lo_import {}", file.display())],
+    );
+    assert!(
+        err.contains("fast-path function calls are refused"),
+        "{err}"
+    );
+    assert_eq!(
+        cluster.sql("SELECT count(*) FROM pg_largeobject_metadata"),
+        "0\n"
+    );
+
+    // A plugin's rewrite runs as rewritten through the simple protocol...
+    let (code, out, err) = psql(port, &token, &["-c", "SELECT 'hunter2' AS said"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[REDACTED]"), "{out}");
+    // ...and is refused through the extended one, where the server parsed it as sent: what
+    // the server runs and what the record says never differ.
+    block_on(async move {
+        let client = driver(port, &token).await;
+        let err = client
+            .query("SELECT 'hunter2' AS said", &[])
+            .await
+            .unwrap_err();
+        let db = err.as_db_error().expect("an error from the server's side");
+        assert!(
+            db.message()
+                .contains("extended query protocol cannot carry"),
+            "{}",
+            db.message()
+        );
+        let rows = client.query("SELECT 'fine' AS said", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, &str>(0), "fine");
+    });
+
+    // COPY data whose end a plugin holds back (the literal could go on in the next chunk)
+    // is released when the data ends: the server gets it, rewritten, and the record too.
+    let (code, _, err) = psql_with_input(
+        port,
+        &gw.user_token,
+        &["-c", "COPY customers (id, name) FROM STDIN"],
+        "7\tsays hunter2",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        cluster.sql("SELECT name FROM customers WHERE id = 7"),
+        "says [REDACTED]\n"
+    );
+    let (_, records, _) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["sessions", "--connection", "pg"],
+    );
+    assert!(records.lines().count() >= 5, "{records}");
+    assert!(store_holds(&gw, "says [REDACTED]"));
+    assert!(store_holds(&gw, "fast-path function call: function OID"));
+}

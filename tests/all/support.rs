@@ -74,8 +74,17 @@ impl Gateway {
         Gateway::start_with_policy(extra, None)
     }
 
+    /// Like `start_with`, with more `[gateway]` settings (`key = value` lines).
+    pub fn start_with_gateway_settings(settings: &str, extra: &str) -> Gateway {
+        Gateway::start_full(settings, extra, None)
+    }
+
     /// Like `start_with`, with `policy` as one more policy file beside the shipped ones.
     pub fn start_with_policy(extra: &str, policy: Option<&str>) -> Gateway {
+        Gateway::start_full("", extra, policy)
+    }
+
+    fn start_full(settings: &str, extra: &str, policy: Option<&str>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
         let policies = match policy {
@@ -89,7 +98,7 @@ impl Gateway {
             }
         };
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\n\n\
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\n{settings}\n\
              [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ PS1 = \"$ \" }}\n\n\
              [connections.python]\nkind = \"exec\"\ninteractive = [\"python3\", \"-i\", \"-q\"]\nscript = [\"python3\", \"-\"]\n{extra}"
         );

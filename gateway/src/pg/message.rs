@@ -99,14 +99,20 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Startup, Er
 
 /// Reads one tagged message; `Error::Closed` on a clean end between messages.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Error> {
+    read_bounded(r, MAX_MESSAGE).await
+}
+
+/// Reads one tagged message of at most `max` bytes: a longer one is refused before any of
+/// its body is read (what a client may send before it authenticated is small).
+pub async fn read_bounded<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Message, Error> {
     let mut tag = [0u8; 1];
     if r.read(&mut tag).await? == 0 {
         return Err(Error::Closed);
     }
     let len = read_i32(r).await?;
-    if len < 4 || len as usize - 4 > MAX_MESSAGE {
+    if len < 4 || len as usize - 4 > max {
         return Err(Error::Malformed(format!(
-            "a '{}' message declares {len} bytes (the limit is {MAX_MESSAGE})",
+            "a '{}' message declares {len} bytes (the limit is {max})",
             tag[0].escape_ascii()
         )));
     }

@@ -36,6 +36,8 @@ pub struct Front {
     pub auth: Arc<Authenticator>,
     pub ctx: Arc<Context>,
     pub tls: tokio_rustls::TlsAcceptor,
+    /// What the front doors admit before authentication (shared by every listener).
+    pub limits: Arc<crate::limits::Limits>,
     /// Cancel keys given to clients -> the upstream backend's key.
     cancels: Mutex<HashMap<(i32, i32), (i32, i32)>>,
     tables: session::Tables,
@@ -45,8 +47,9 @@ pub struct Front {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// How long a client may take to finish startup and authentication.
-const STARTUP: Duration = Duration::from_secs(30);
+/// What a client may send before it has authenticated, in one message: a startup packet is
+/// far smaller; a password (a Sluice or OIDC token) runs to a few KiB.
+const MAX_BEFORE_AUTH: usize = 64 << 10;
 
 impl Front {
     pub fn new(
@@ -55,6 +58,7 @@ impl Front {
         auth: Arc<Authenticator>,
         ctx: Arc<Context>,
         tls: tokio_rustls::TlsAcceptor,
+        limits: Arc<crate::limits::Limits>,
     ) -> Front {
         Front {
             name,
@@ -62,6 +66,7 @@ impl Front {
             auth,
             ctx,
             tls,
+            limits,
             cancels: Mutex::new(HashMap::new()),
             tables: Default::default(),
         }
@@ -71,12 +76,30 @@ impl Front {
 /// Accepts PostgreSQL clients on `listener` for as long as the gateway runs.
 pub async fn serve(front: Arc<Front>, listener: TcpListener) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (mut tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors: retrying at once would spin without freeing any.
+                tracing::warn!(connection = %front.name, error = %e, "accept failed; pausing before the next");
+                tokio::time::sleep(crate::server::ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let admitted = match front.limits.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
+                let text = format!("sluice: too many connections: {why}");
+                let _ = message::write(&mut tcp, &[message::error(b'E', "FATAL", "53300", &text)])
+                    .await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
+        crate::limits::keepalive(&tcp);
         let front = front.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             if let Err(e) = front.client(Box::new(tcp), peer, false, None).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
             }
@@ -94,12 +117,20 @@ impl Front {
         tunneled: bool,
         reason: Option<String>,
     ) -> Result<(), String> {
-        let started = tokio::time::timeout(STARTUP, self.startup(tcp, peer, tunneled)).await;
+        // One deadline and one permit from the first byte to an authenticated client.
+        let mut tcp = tcp;
+        let Some(signing_in) = self.limits.signing_in() else {
+            let text = "sluice: too many connections are signing in at once; try again";
+            let _ = message::write(&mut tcp, &[message::error(b'E', "FATAL", "53300", text)]).await;
+            return Err(text.into());
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.sign_in;
+        let started = tokio::time::timeout_at(deadline, self.startup(tcp, peer, tunneled)).await;
         let Some((mut client, params, tls)) = started.map_err(|_| "startup timed out")?? else {
             return Ok(()); // a cancel request, served
         };
         let refuse = |code: &'static str, text: String| (code, text);
-        let authenticated = tokio::time::timeout(STARTUP, async {
+        let authenticated = tokio::time::timeout_at(deadline, async {
             if !tls && !peer.ip().is_loopback() {
                 return Err(refuse(
                     "28000",
@@ -111,9 +142,9 @@ impl Front {
             message::write(&mut client, &[message::auth(3, &[])])
                 .await
                 .map_err(|e| refuse("08006", e.to_string()))?;
-            let m = message::read(&mut client)
+            let m = message::read_bounded(&mut client, MAX_BEFORE_AUTH)
                 .await
-                .map_err(|e| refuse("08006", e.to_string()))?;
+                .map_err(|e| refuse("08P01", e.to_string()))?;
             if m.tag != b'p' {
                 return Err(refuse("08P01", "expected a password message".into()));
             }
@@ -130,6 +161,7 @@ impl Front {
         })
         .await
         .unwrap_or_else(|_| Err(("08006", "authentication timed out".into())));
+        drop(signing_in);
         let identity = match authenticated {
             Ok(identity) => identity,
             Err((code, text)) => {
@@ -248,7 +280,7 @@ impl Front {
         if let Err(end) = &result {
             session.fatal(end).await;
         }
-        let _ = session.core.close(json!({"reason": reason})).await;
+        let _ = session.core.end(json!({"reason": reason})).await;
         tracing::info!(reason = ?reason, "session closed");
     }
 

@@ -108,6 +108,9 @@ pub struct Session<C, U> {
     refused: Option<String>,
     /// The server's answer to this batch is cut short: a result row was refused.
     cut: bool,
+    /// COPY data was refused (the server was sent CopyFail): the client's end of the data
+    /// is not passed on.
+    refused_copy: bool,
 }
 
 const BUFFER: usize = 64 << 10;
@@ -145,6 +148,7 @@ impl<
             result: None,
             refused: None,
             cut: false,
+            refused_copy: false,
         }
     }
 
@@ -239,7 +243,7 @@ impl<
                     params: vec![],
                 };
                 self.expect.push_back(Expect::Query);
-                match self.statement(statement).await? {
+                match self.statement(statement, true).await? {
                     Ok(text) => self.forward(&message::query(&text)),
                     Err(refusal) => self.forward(&message::query(&raise(&refusal))),
                 }
@@ -285,7 +289,9 @@ impl<
                     text,
                     params: portal.params,
                 };
-                match self.statement(statement).await? {
+                // The server parsed and bound the statement as sent already: a plugin's
+                // rewrite cannot reach it here, so a rewrite is a refusal, never dropped.
+                match self.statement(statement, false).await? {
                     Ok(_) => {
                         self.expect.push_back(Expect::Execute(portal_name));
                         self.forward(&m);
@@ -316,34 +322,92 @@ impl<
                 self.forward(&m);
             }
             b'd' => {
-                // COPY FROM STDIN: the server gets the data as sent; the record, masked.
+                // COPY FROM STDIN: the data crosses the chain like any bytes (a masker keeps
+                // input intact for the server and masks only what is recorded).
                 let decision = self
                     .core
                     .filter(Direction::ClientToTarget, Content::Bytes(m.body.clone()));
                 self.core
                     .record_frame(Direction::ClientToTarget, &decision)
                     .await?;
-                match decision.outcome {
-                    Outcome::Pass => self.forward(&m),
-                    _ => {
-                        let reason = refusal(&decision.outcome);
+                match (&decision.outcome, decision.forward) {
+                    (Outcome::Pass, Content::Bytes(bytes)) => {
+                        if !bytes.is_empty() {
+                            self.forward(&Message::new(b'd', bytes));
+                        }
+                    }
+                    (outcome, _) => {
+                        let reason = refusal(outcome);
                         let mut body = Vec::new();
                         message::put_cstr(&mut body, &reason);
                         self.forward(&Message::new(b'f', body)); // CopyFail
+                        self.refused_copy = true;
                     }
                 }
             }
-            _ => self.forward(&m),
+            b'c' | b'f' => {
+                // The end of COPY data: what plugins held back is released (and recorded)
+                // before the server hears that the data is complete.
+                for content in self.core.flush(Direction::ClientToTarget).await? {
+                    if let (b'c', false, Content::Bytes(bytes)) =
+                        (m.tag, self.refused_copy, content)
+                        && !bytes.is_empty()
+                    {
+                        self.forward(&Message::new(b'd', bytes));
+                    }
+                }
+                if !std::mem::take(&mut self.refused_copy) {
+                    self.forward(&m);
+                }
+            }
+            b'H' => self.forward(&m), // Flush: carries nothing
+            b'F' => {
+                // The fast-path function call (psql's \lo_import, \lo_export) carries no
+                // statement a gate can read: refused and recorded, answered like a refused
+                // statement (an error, then ready for the next query).
+                let statement = function_call(&m).map_err(malformed)?;
+                let reason = "sluice: fast-path function calls are refused (a gate cannot read them); call the function in SQL, e.g. SELECT lo_import(...)";
+                let decision = self.core.refuse(
+                    Direction::ClientToTarget,
+                    Content::Statement(statement),
+                    reason,
+                );
+                self.core
+                    .record_frame(Direction::ClientToTarget, &decision)
+                    .await?;
+                self.expect.push_back(Expect::Query);
+                self.forward(&message::query(&raise(reason)));
+            }
+            tag => {
+                return Err(End::Client(message::Error::Malformed(format!(
+                    "a message of type `{}` is not one a client sends in a session",
+                    tag as char
+                ))));
+            }
         }
         Ok(())
     }
 
     /// A statement through the chain and into the record: `Ok(text to run)` or
     /// `Err(refusal)`. A hold tells the client it waits.
-    async fn statement(&mut self, statement: Statement) -> Result<Result<String, String>, End> {
+    async fn statement(
+        &mut self,
+        statement: Statement,
+        rewritable: bool,
+    ) -> Result<Result<String, String>, End> {
+        let sent = statement.clone();
         let mut decision = self
             .core
             .filter(Direction::ClientToTarget, Content::Statement(statement));
+        if !rewritable
+            && decision.outcome == Outcome::Pass
+            && decision.forward != Content::Statement(sent)
+        {
+            decision.outcome = Outcome::Deny {
+                plugin: "sluice".into(),
+                reason: "a plugin rewrote this statement, which the extended query protocol cannot carry (the server has parsed it as sent); send it as a simple query".into(),
+            };
+        }
         if let Outcome::Hold { reasons } = &decision.outcome {
             let mut pending = self
                 .core
@@ -495,6 +559,16 @@ impl<
                     self.queue_client(&clean);
                     return Ok(None);
                 }
+                if !self.cut {
+                    let masked = self.notice(&m).await?;
+                    self.queue_client(&masked);
+                }
+                return Ok(None);
+            }
+            b'N' => {
+                let masked = self.notice(&m).await?;
+                self.queue_client(&masked);
+                return Ok(None);
             }
             b'Z' => {
                 self.result = None;
@@ -508,6 +582,44 @@ impl<
         }
         self.queue_client(&m);
         Ok(None)
+    }
+
+    /// A server error or notice: each field that carries data crosses the chain as an output
+    /// line (a masker masks it like any output) and is recorded; the client gets the fields
+    /// as the chain passed them. A refused field replaces the data-bearing fields with the
+    /// refusal.
+    async fn notice(&mut self, m: &Message) -> Result<Message, End> {
+        let out = Direction::TargetToClient;
+        let fields = message::fields(m).map_err(End::Upstream)?;
+        let mut kept = Vec::with_capacity(fields.len());
+        let mut refused = None;
+        for (tag, value) in fields {
+            if !DATA_FIELDS.contains(&tag) {
+                kept.push((tag, value));
+                continue;
+            }
+            if refused.is_some() {
+                continue;
+            }
+            let decision = self.core.filter(out, Content::Line(value));
+            self.core.record_frame(out, &decision).await?;
+            match (&decision.outcome, decision.forward) {
+                (Outcome::Pass, Content::Line(text)) => kept.push((tag, text)),
+                (outcome, _) => refused = Some(refusal(outcome)),
+            }
+        }
+        if let Some(reason) = refused {
+            kept.retain(|(tag, _)| !DATA_FIELDS.contains(tag));
+            kept.push((b'M', format!("{reason} (in place of the server's message)")));
+        }
+        let mut body = Vec::new();
+        for (tag, value) in kept {
+            body.push(tag);
+            // A NUL would end the field early: a plugin's text never carries one through.
+            message::put_cstr(&mut body, &value.replace('\0', ""));
+        }
+        body.push(0);
+        Ok(Message::new(m.tag, body))
     }
 
     /// The columns of an `Execute` whose portal was not described: the statement's, in the
@@ -635,7 +747,14 @@ impl<
                     {
                         let text = "sluice: binary COPY data held a value to mask; use COPY in text format";
                         ready.push(message::error(b'E', "ERROR", SQLSTATE_REFUSED, text));
-                        batch.push(self.core.seq(out), &decision);
+                        // Recorded as what it is: refused, not passed.
+                        refused = Some(Decision {
+                            outcome: Outcome::Deny {
+                                plugin: "sluice".into(),
+                                reason: text.into(),
+                            },
+                            ..decision
+                        });
                         self.cut = true;
                     }
                     (Outcome::Pass, Content::Row(cells)) => {
@@ -824,6 +943,30 @@ fn own_refusal(m: &Message) -> Option<Message> {
     (field(b'C') == Some(SQLSTATE_REFUSED))
         .then(|| message::error(b'E', "ERROR", SQLSTATE_REFUSED, text))
 }
+
+/// A fast-path `FunctionCall` as the record shows it: the function's OID and its arguments.
+fn function_call(m: &Message) -> Result<Statement, message::Error> {
+    let mut body = m.reader();
+    let oid = body.i32()?;
+    let n = body.count()?;
+    for _ in 0..n {
+        body.i16()?;
+    }
+    let n = body.count()?;
+    let mut params = Vec::with_capacity(n);
+    for _ in 0..n {
+        params.push(body.value()?.map(<[u8]>::to_vec));
+    }
+    Ok(Statement {
+        text: format!("-- fast-path function call: function OID {oid}"),
+        params,
+    })
+}
+
+/// The fields of a server error or notice that carry text from the data (a duplicate key's
+/// value, a failing row, a query); the others (severity, code, position, names of schema
+/// objects, source location) carry none.
+const DATA_FIELDS: [u8; 5] = [b'M', b'D', b'H', b'W', b'q'];
 
 /// A statement that fails with `message`, for the server to answer in place of a refused one.
 fn raise(message: &str) -> String {

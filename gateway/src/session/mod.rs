@@ -228,6 +228,15 @@ impl Core {
         Ok((core, killed))
     }
 
+    /// Ends the session: what plugins still hold in either direction is released into the
+    /// record (the peers are gone or going: nothing more is forwarded), then `close`.
+    pub async fn end(&mut self, meta: serde_json::Value) -> Result<(), RecordFailed> {
+        for direction in [Direction::ClientToTarget, Direction::TargetToClient] {
+            self.flush(direction).await?;
+        }
+        self.close(meta).await
+    }
+
     /// Lists the session as ended and records `session-close`.
     pub async fn close(&mut self, meta: serde_json::Value) -> Result<(), RecordFailed> {
         self.ctx
@@ -250,6 +259,21 @@ impl Core {
             content,
         };
         self.chain.on_frame(frame)
+    }
+
+    /// A frame the gateway itself refuses (a message it cannot frame soundly): numbered like
+    /// any frame and recorded as denied by `sluice`, without reaching a plugin.
+    pub fn refuse(&mut self, direction: Direction, content: Content, reason: &str) -> Decision {
+        self.seq[direction as usize] += 1;
+        Decision {
+            outcome: Outcome::Deny {
+                plugin: "sluice".into(),
+                reason: reason.into(),
+            },
+            forward: content.clone(),
+            record: content,
+            failures: Vec::new(),
+        }
     }
 
     /// Asks the chain for what plugins buffer in `direction`; records each piece and returns

@@ -1,0 +1,118 @@
+//! The front doors under abuse: slow or silent clients before sign-in, too many connections
+//! from one address, oversized PostgreSQL passwords. Limits are set low (milliseconds, a few
+//! connections) so each case shows in a moment.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::postgres::free_port;
+use crate::support::*;
+
+const LIMITS: &str = "sign_in_timeout_ms = 300\nmax_connections_per_source = 4\n";
+
+/// A gateway with low front-door limits and a PostgreSQL connection (to nothing: these
+/// clients never get past sign-in), listening on the returned port.
+fn gateway() -> (Gateway, u16) {
+    let pg = free_port();
+    let extra = format!(
+        "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{pg}\"\nupstream = \"127.0.0.1:1\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"x\"\n"
+    );
+    let gw = Gateway::start_with_gateway_settings(LIMITS, &extra);
+    (gw, pg)
+}
+
+/// Reads until the peer closes; how long that took (bounded: the test fails past `limit`).
+fn closed_within(stream: &mut impl Read, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => {}
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the gateway kept the connection open"
+        );
+    }
+}
+
+#[test]
+fn silent_and_slow_clients_are_cut_off_before_sign_in_and_one_address_cannot_take_every_slot() {
+    let (gw, pg) = gateway();
+    // TCP without a TLS handshake, and TLS without a request head: both cut at the 300 ms
+    // deadline (the bound of 5 s is only there so a gateway that never cuts fails the test).
+    let mut silent = TcpStream::connect(&gw.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    closed_within(&mut silent, Duration::from_secs(5));
+
+    let ca = std::fs::read_to_string(gw.dir.path().join("data/tls/ca.pem")).unwrap();
+    let config = sluice::tls::client_config(&ca).unwrap();
+    let tcp = TcpStream::connect(&gw.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let connection =
+        rustls::ClientConnection::new(config, "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    // Half a request head, then nothing.
+    tls.write_all(b"GET /api/whoami HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    closed_within(&mut tls, Duration::from_secs(5));
+
+    // A PostgreSQL client that opens and says nothing.
+    let mut quiet = TcpStream::connect(("127.0.0.1", pg)).unwrap();
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    closed_within(&mut quiet, Duration::from_secs(5));
+
+    // One address holds at most 4 connections; the fifth is refused with a clear error.
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", pg)).unwrap())
+        .collect();
+    let mut fifth = TcpStream::connect(("127.0.0.1", pg)).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = fifth.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains("53300") && answer.contains("max_connections_per_source"),
+        "{answer}"
+    );
+    drop(held);
+    // Once they are gone (cut by the deadline, or closed), the gateway serves again.
+    eventually("the gateway answers again", Duration::from_secs(20), || {
+        gw.run(&["whoami"], "").0 == 0
+    });
+}
+
+#[test]
+fn a_postgres_password_larger_than_any_token_is_refused_unread() {
+    let (gw, pg) = gateway();
+    let mut client = TcpStream::connect(("127.0.0.1", pg)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // StartupMessage (protocol 3.0, user=x), no TLS: loopback may sign in in the clear.
+    let mut params = b"user\0x\0\0".to_vec();
+    let mut startup = ((8 + params.len()) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    startup.append(&mut params);
+    client.write_all(&startup).unwrap();
+    let mut ask = [0u8; 9];
+    client.read_exact(&mut ask).unwrap();
+    assert_eq!(ask[0], b'R', "asked for a password");
+    // A password message that declares 32 MiB: refused from its header, nothing more read.
+    let mut header = vec![b'p'];
+    header.extend_from_slice(&(32i32 << 20).to_be_bytes());
+    client.write_all(&header).unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("the limit is 65536"), "{answer}");
+    drop(gw);
+}
