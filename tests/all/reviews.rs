@@ -489,3 +489,131 @@ fn psql_statements_are_gated_by_the_sql_rules() {
     assert!(!err.contains("held"), "{err}");
     assert_eq!(cluster.sql("SELECT count(*) FROM t"), "1\n");
 }
+
+/// A decision whose durable write fails changes nothing anyone sees: the review stays
+/// pending in memory and in the store, its waiter is not told, and a retry can still win.
+#[test]
+fn a_decision_that_cannot_be_recorded_changes_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use sluice::frame::Identity;
+    use sluice::policy::RoleGroups;
+    use sluice::record::{Recorder, Store};
+    use sluice::review::{Kind, Reviews, Status};
+    use sluice::roles::Roles;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(
+                &dir.path().join("record.redb"),
+                &dir.path().join("record.key"),
+            )
+            .unwrap(),
+        );
+        // The record's writer, with a switch that makes every commit fail (a full disk).
+        let failing = Arc::new(AtomicBool::new(false));
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<(
+            sluice::record::NewEvent,
+            Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+        )>(64);
+        let (writer_store, switch) = (store.clone(), failing.clone());
+        tokio::spawn(async move {
+            while let Some((event, ack)) = rx.recv().await {
+                let result = if switch.load(Ordering::SeqCst) {
+                    Err("the disk is full".to_string())
+                } else {
+                    let store = writer_store.clone();
+                    tokio::task::spawn_blocking(move || store.append(&[event]))
+                        .await
+                        .unwrap()
+                        .map(|indices| indices[0])
+                        .map_err(|e| e.to_string())
+                };
+                if let Some(ack) = ack {
+                    let _ = ack.send(result);
+                }
+            }
+        });
+        let recorder = Recorder::from_queue(queue);
+        let reviewers = RoleGroups {
+            review: Some(vec!["reviewers".into()]),
+            ..RoleGroups::default()
+        };
+        let roles = Arc::new(Roles::new(
+            [("default".to_string(), reviewers)].into(),
+            recorder.clone(),
+        ));
+        let reviews = Reviews::open(
+            store.clone(),
+            recorder,
+            Default::default(),
+            roles,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let dev = Identity {
+            subject: "dev".into(),
+            name: None,
+            groups: vec!["developers".into()],
+        };
+        let reviewer = Identity {
+            subject: "rita".into(),
+            name: None,
+            groups: vec!["reviewers".into()],
+        };
+        let mut pending = reviews
+            .request(
+                Kind::Frame,
+                &dev,
+                "shell",
+                Some("s-1"),
+                "rm -rf /".into(),
+                "risky".into(),
+            )
+            .await
+            .unwrap();
+        let id = pending.id().to_string();
+
+        failing.store(true, Ordering::SeqCst);
+        let refused = reviews
+            .decide(&id, &reviewer, true, None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, 500, "{}", refused.message);
+        assert!(
+            refused.message.contains("the disk is full"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(reviews.get(&id).unwrap().status, Status::Pending);
+        assert_eq!(
+            pending.review().status,
+            Status::Pending,
+            "the waiter was told"
+        );
+        let stored: Vec<serde_json::Value> = store
+            .reviews()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect();
+        assert_eq!(stored[0]["status"], "pending");
+
+        // The disk has room again: the same decision goes through, and the waiter hears it.
+        failing.store(false, Ordering::SeqCst);
+        let approved = reviews.decide(&id, &reviewer, true, None).await.unwrap();
+        assert_eq!(approved.status, Status::Approved);
+        assert_eq!(pending.decided().await.status, Status::Approved);
+        drop(pending);
+        // What was recorded verifies, the row against its chained state included.
+        let report = store.verify(sluice::record::VerifyOptions::default());
+        assert!(report.holds(), "{:?}", report.problem);
+    });
+}

@@ -668,3 +668,40 @@ fn metrics_count_sessions_frames_plugin_calls_and_commits_for_admins_only() {
     assert!(refused.ends_with("\n403"), "{refused}");
     assert!(refused.contains("needs the `admin` role"), "{refused}");
 }
+
+#[test]
+fn memory_of_plugins_that_ran_out_of_it_goes_back_to_the_system() {
+    let gw = gateway_with_antics();
+    let pid = gw.pid();
+    // Warm up (the first session compiles nothing, but loads and touches the runtime).
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "echo", "warm"], "");
+    assert_eq!(code, 0, "{err}");
+    let before = rss_kib(pid);
+    // Sessions at once whose plugin fills its memory to the limit and fails (closed).
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            gw.cli()
+                .args(["exec", "shell", "--", "alloc"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut client in clients {
+        assert_eq!(
+            client.wait().unwrap().code(),
+            Some(126),
+            "the frame fails closed"
+        );
+    }
+    let (_, out, _) = gw.run(&["sessions", "--active"], "");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // Each held up to its 64 MiB; once they are gone, so is their memory (well under one
+    // plugin's worth is left, whatever the allocator keeps warm).
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 48 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+}

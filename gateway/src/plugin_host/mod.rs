@@ -186,9 +186,11 @@ impl PluginHost {
             .total_tables(n.saturating_mul(8))
             .total_memories(n.saturating_mul(2))
             .max_memory_size(crate::policy::MAX_MEMORY_BYTES as usize)
-            // Sessions come and go: return slots' pages to the OS in batches rather than
-            // with a syscall per instance, and keep the first pages resident (reset by memset).
-            .decommit_batch_size(32)
+            // A slot's pages go back to the OS as soon as its instance is dropped: batched
+            // decommits wait for a full batch, so an idle gateway kept the memory of failed
+            // plugins (up to their limit each) resident indefinitely. The first pages stay
+            // resident (reset by memset) for the next session.
+            .decommit_batch_size(1)
             .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(16 << 10);
         let mut wasm = Config::new();
