@@ -43,7 +43,9 @@ fn append(c: &mut Criterion) {
     // What every commit adds for the witness: one 136-byte write at offset 0, no fsync.
     let head = store.head().unwrap().unwrap();
     let witness = Witness::open(&dir.path().join("record.redb")).unwrap();
-    c.bench_function("witness_write", |b| b.iter(|| witness.write(&head).unwrap()));
+    c.bench_function("witness_write", |b| {
+        b.iter(|| witness.write(&head).unwrap())
+    });
 }
 
 fn verify(c: &mut Criterion) {

@@ -194,3 +194,73 @@ fn verify_checks_the_store_against_heads_kept_outside_and_tells_a_restore_from_a
     let (code, _, err) = gw.run(&["exec", "shell", "--", "echo after"], "");
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn the_record_key_lives_where_the_operator_says_and_is_rotated_through_the_chain() {
+    let keys = tempfile::tempdir().unwrap();
+    let old_key = keys.path().join("old.key");
+    let settings = format!("record_key = \"{}\"\n", old_key.display());
+    let mut gw = Gateway::start_with_gateway_settings(&settings, "");
+    assert!(old_key.exists(), "made where the config says");
+    assert!(
+        !gw.dir.path().join("data/record.key").exists(),
+        "not beside the store"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&old_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "echo before"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    let old_public = {
+        let seed: [u8; 32] = std::fs::read(&old_key).unwrap().try_into().unwrap();
+        hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&seed)
+                .verifying_key()
+                .to_bytes(),
+        )
+    };
+
+    // The operator points the config at a new key: the gateway refuses to start with a key
+    // the chain never announced...
+    let new_key = keys.path().join("new.key");
+    let config_path = gw.dir.path().join("sluice.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace("old.key", "new.key")).unwrap();
+    let (code, _, err) = run_command(sluice().current_dir(gw.dir.path()).arg("serve"), "");
+    assert_ne!(code, 0);
+    assert!(err.contains("rotate-key"), "{err}");
+    // ...until the old key announces it in the chain.
+    let (code, out, err) = run_command(
+        sluice().current_dir(gw.dir.path()).args([
+            "store",
+            "rotate-key",
+            "--old-key",
+            old_key.to_str().unwrap(),
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("announced the new record key"), "{out}");
+    assert!(new_key.exists());
+    gw.restart();
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "echo after"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    // An auditor who kept only the old public key still verifies it all, rotation included.
+    let store = gw.store();
+    let (code, out, _) = run_command(
+        sluice().args([
+            "verify",
+            "--store",
+            store.to_str().unwrap(),
+            "--public-key",
+            &old_public,
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("key rotation at entry"), "{out}");
+}
