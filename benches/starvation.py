@@ -10,7 +10,7 @@ loop` back to back.
     cargo build --release && python3 benches/starvation.py
     BURNERS=1 ROUNDS=300 python3 benches/starvation.py
 """
-import json, os, shutil, subprocess, sys, tempfile, threading
+import json, os, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sessions  # noqa: E402  (its round trips, summaries and paths)
@@ -59,13 +59,16 @@ def main():
             burners = [threading.Thread(target=burn, args=(env, work, stop, counts)) for _ in range(BURNERS)]
             for b in burners:
                 b.start()
+            started = time.monotonic()
             try:
                 results[f"with_{BURNERS}_burners"] = sessions.summary(sessions.gateway_round_trips(env, work))
             finally:
+                window = time.monotonic() - started
                 stop.set()
                 for b in burners:
                     b.join()
-            results["burning_sessions"] = len(counts)
+            results["burning_sessions_per_s"] = round(len(counts) / window, 1)
+            results["window_s"] = round(window, 1)
         finally:
             gw.kill()
             gw.wait()

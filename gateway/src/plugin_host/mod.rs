@@ -309,6 +309,7 @@ impl PluginHost {
             linked,
             engine: self.engine.clone(),
             egress,
+            pace: Pace::default(),
         }));
         Ok((plugin, outcome))
     }
@@ -428,6 +429,64 @@ struct Loaded {
     engine: Engine,
     /// Where it may send HTTP requests: sinks with `allow_hosts` only.
     egress: Option<Arc<Egress>>,
+    /// Whether its calls currently leave the async workers (it was seen computing long).
+    pace: Pace,
+}
+
+/// A call at least this long (wall time) marks its plugin slow: no healthy filter takes it
+/// on one frame (the masker takes about 0.1 ms on a 64 KiB chunk).
+const SLOW_CALL: Duration = Duration::from_millis(5);
+/// How long a plugin stays marked slow after its last slow call.
+const SLOW_FOR: Duration = Duration::from_secs(60);
+
+/// Calls run inline on the session's async worker: a cross-thread hand-off per frame would
+/// cost several µs on two shared cores. A plugin seen computing long (up to its deadline)
+/// would hold a worker and every session on it meanwhile, so once one call of it took
+/// `SLOW_CALL`, its calls run through `block_in_place` (the worker's other sessions move to
+/// another thread) until `SLOW_FOR` passes without another slow call. Plugin-wide, not per
+/// session: a plugin that burns its deadline in short sessions is caught after one call.
+#[derive(Debug, Default)]
+struct Pace {
+    /// Milliseconds since `pace_epoch()` until which calls leave the workers.
+    slow_until_ms: std::sync::atomic::AtomicU64,
+}
+
+fn pace_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Pace {
+    fn now_ms() -> u64 {
+        pace_epoch().elapsed().as_millis() as u64
+    }
+
+    fn is_slow(&self) -> bool {
+        let until = self.slow_until_ms.load(Ordering::Relaxed);
+        until != 0 && Self::now_ms() < until
+    }
+
+    fn observe(&self, took: Duration) {
+        if took >= SLOW_CALL {
+            let until = Self::now_ms() + SLOW_FOR.as_millis() as u64;
+            self.slow_until_ms.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `call` where it cannot hold up other sessions when the plugin is slow.
+    fn run<R>(&self, call: impl FnOnce() -> R) -> R {
+        if !self.is_slow() {
+            return call();
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(call)
+            }
+            _ => call(),
+        }
+    }
 }
 
 enum Linked {
@@ -724,7 +783,10 @@ impl FilterInstance {
         let plugin = self.plugin.clone();
         let (store, filter) = self.live()?;
         start_call(store, plugin.0.spec.deadline);
-        match guarded(|| f(store, filter)) {
+        let started = std::time::Instant::now();
+        let result = plugin.0.pace.run(|| guarded(|| f(store, filter)));
+        plugin.0.pace.observe(started.elapsed());
+        match result {
             Ok(result) => Ok(result),
             Err(error) => {
                 let error = plugin.classify(store, error);
