@@ -831,3 +831,49 @@ fn what_cannot_be_framed_soundly_is_refused_and_recorded_and_copy_data_held_back
     assert!(store_holds(&gw, "says [REDACTED]"));
     assert!(store_holds(&gw, "fast-path function call: function OID"));
 }
+
+#[test]
+fn a_binary_copy_chunk_refused_for_masking_is_recorded_as_refused() {
+    let cluster = Cluster::start("scram-sha-256");
+    let (gw, port) = gateway(&cluster);
+    let (code, _, err) = psql(
+        port,
+        &gw.user_token,
+        &["-c", "COPY customers TO STDOUT (FORMAT binary)"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("binary COPY data held a value to mask"),
+        "{err}"
+    );
+    let (_, listed, _) = gw.run(&["sessions", "--connection", "pg"], "");
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (code, out, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["export", &id, "--format", "jsonl"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["meta"]["dir"] == "out" && e["meta"]["outcome"] == "deny")
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    assert!(
+        refused[0]["meta"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("binary COPY"),
+        "{refused:?}"
+    );
+}
