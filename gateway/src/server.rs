@@ -1177,3 +1177,63 @@ fn upgraded(id: &str) -> Reply {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gateway on a free port with the shipped policies, data in `dir`.
+    async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let config = format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicies = \"{policies}\"\n\n\
+             [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\n",
+            dir.join("data").display()
+        );
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, config).unwrap();
+        let (_, running) = start(Config::load(Some(&path)).unwrap()).await.unwrap();
+        running.gateway
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reload_that_cannot_be_recorded_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = gateway(dir.path()).await;
+        let before = gateway.session_ctx.chains.read().unwrap().clone();
+        assert!(gateway.reload("test").await.is_ok());
+        let applied = gateway.session_ctx.chains.read().unwrap().clone();
+        assert!(
+            !Arc::ptr_eq(&before, &applied),
+            "a reload applies new chains"
+        );
+
+        // The record can no longer commit (its store is gone): the reload is refused, and
+        // the chains in force are the very ones from before it.
+        gateway.store.close();
+        let refused = gateway.reload("test").await.unwrap_err();
+        assert!(refused.contains("nothing was applied"), "{refused}");
+        let after = gateway.session_ctx.chains.read().unwrap().clone();
+        assert!(
+            Arc::ptr_eq(&applied, &after),
+            "a refused reload swapped the policy in"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_verification_that_cannot_read_the_store_never_says_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = gateway(dir.path()).await;
+        assert!(
+            gateway
+                .store
+                .verify(crate::record::VerifyOptions::default())
+                .holds()
+        );
+        gateway.store.close();
+        let report = gateway
+            .store
+            .verify(crate::record::VerifyOptions::default());
+        assert!(!report.holds(), "a closed store verified");
+    }
+}

@@ -189,9 +189,19 @@ fn verify_checks_the_store_against_heads_kept_outside_and_tells_a_restore_from_a
     let (code, out, _) = verify(&["--store", store, "--public-key", &"ab".repeat(32)]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("neither a trusted key"), "{out}");
-    // The gateway starts on the restored store and goes on.
+    // The gateway starts on the restored store and goes on; restoring under it is refused.
     gw.restart();
     let (code, _, err) = gw.run(&["exec", "shell", "--", "echo after"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_command(
+        sluice()
+            .current_dir(gw.dir.path())
+            .args(["store", "restore", backup.to_str().unwrap()]),
+        "",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("stop the gateway"), "{err}");
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "echo still"], "");
     assert_eq!(code, 0, "{err}");
 }
 

@@ -142,6 +142,8 @@ pub struct Store {
     witness: Witness,
     /// Signalled after every append, for readers that follow the chain (sinks).
     appended: Condvar,
+    /// Set by `close`: nothing is written after it (not even into the empty stand-in).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -231,6 +233,7 @@ impl Store {
             tail: Mutex::new(Tail { last: None, signer }),
             witness,
             appended: Condvar::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         let last = store.read_tail()?;
         store.lock_tail().last = last;
@@ -294,12 +297,23 @@ impl Store {
     /// it. Every later call fails with an error: appends, reads, verify.
     pub fn close(&self) {
         let _tail = self.lock_tail();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         match Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()) {
             // The file's database is dropped here; what stays answers nothing useful.
             Ok(closed) => *db = closed,
             Err(e) => tracing::error!(error = %e, "cannot close the record store"),
         }
+    }
+
+    fn check_open(&self) -> Result<(), RecordError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RecordError::Io {
+                path: self.path.display().to_string(),
+                message: "the record is closed (the gateway is stopping)".into(),
+            });
+        }
+        Ok(())
     }
 
     fn lock_tail(&self) -> MutexGuard<'_, Tail> {
@@ -441,6 +455,7 @@ impl Store {
     /// `write_entries` and `committed` too, in the transaction that deletes.)
     fn append_locked(&self, tail: &mut Tail, append: Append<'_>) -> Result<Vec<u64>, RecordError> {
         let (indices, head) = guarded(&self.path, || {
+            self.check_open()?;
             let db = self.db();
             let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
             let signer = append.signer.unwrap_or(&tail.signer);
@@ -637,6 +652,7 @@ impl Store {
     /// after a restart (unless the commit is lost with a crash: delivery is at least once).
     pub fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {
         guarded(&self.path, || {
+            self.check_open()?;
             let db = self.db();
             let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
             txn.open_table(SINK_CURSORS)
@@ -651,6 +667,7 @@ impl Store {
     /// history, and the state itself, are in the chain first (`crate::review`).
     pub fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
         guarded(&self.path, || {
+            self.check_open()?;
             let db = self.db();
             let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
             txn.open_table(REVIEWS)
@@ -911,15 +928,18 @@ pub fn restore(
         )));
     }
     // How far the replaced store had come: its own head (when it still opens) and the witness.
-    let replaced_head = [
-        redb::ReadOnlyDatabase::open(path)
-            .ok()
-            .and_then(|db| read_head(&db)),
-        Witness::read_beside(path),
-    ]
-    .into_iter()
-    .flatten()
-    .max_by_key(|h| h.index);
+    let current = match redb::ReadOnlyDatabase::open(path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(io("it is in use: stop the gateway before restoring".into()));
+        }
+        Ok(db) => read_head(&db),
+        // Missing, or too damaged to read (the reason to restore): the witness tells.
+        Err(_) => None,
+    };
+    let replaced_head = [current, Witness::read_beside(path)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|h| h.index);
     let mut replaced_moved_to = None;
     if path.exists() {
         let aside = path.with_extension(format!(

@@ -78,6 +78,7 @@ impl Store {
     ) -> Result<Purged, RecordError> {
         let mut tail = self.lock_tail();
         let (purged, head) = guarded(&self.path, || {
+            self.check_open()?;
             let db = self.db();
             let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
             let mut purged = self.delete_expired(&txn, rules, now_ms, live)?;
@@ -246,6 +247,7 @@ impl Store {
             path: self.path.display().to_string(),
             message: format!("compaction: {e}"),
         };
+        self.check_open()?;
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         let bytes_before = std::fs::metadata(&self.path).map_err(io)?.len();
         let fresh = compacting_path(&self.path);
