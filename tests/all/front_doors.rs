@@ -116,3 +116,39 @@ fn a_postgres_password_larger_than_any_token_is_refused_unread() {
     assert!(answer.contains("the limit is 65536"), "{answer}");
     drop(gw);
 }
+
+/// CPU time a process has used (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) start after its closing ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+#[test]
+fn out_of_file_descriptors_the_gateway_waits_instead_of_spinning_and_serves_again() {
+    let mut gw = Gateway::start();
+    // Few descriptors, so idle connections exhaust them.
+    gw.kill();
+    gw.restart_with_wrapper(&["prlimit", "--nofile=64:64"]);
+    let held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(&gw.addr).ok())
+        .collect();
+    assert!(held.len() > 64, "only {} connections", held.len());
+    // With descriptors exhausted, accept fails at once every time: a loop that retries at
+    // once burns a core. Measured over a second, the gateway must stay nearly idle.
+    let pid = gw.pid();
+    let before = cpu_time(pid);
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let used = cpu_time(pid) - before;
+    assert!(used < Duration::from_millis(300), "the gateway used {used:?} of CPU in a second");
+    // The idle connections are cut at the sign-in deadline; then it serves again.
+    drop(held);
+    eventually("the gateway answers again", Duration::from_secs(30), || {
+        gw.run(&["whoami"], "").0 == 0
+    });
+}
