@@ -121,7 +121,12 @@ fn a_postgres_password_larger_than_any_token_is_refused_unread() {
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command (which may hold spaces) start after its closing ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
@@ -145,7 +150,10 @@ fn out_of_file_descriptors_the_gateway_waits_instead_of_spinning_and_serves_agai
         std::thread::sleep(Duration::from_millis(50));
     }
     let used = cpu_time(pid) - before;
-    assert!(used < Duration::from_millis(300), "the gateway used {used:?} of CPU in a second");
+    assert!(
+        used < Duration::from_millis(300),
+        "the gateway used {used:?} of CPU in a second"
+    );
     // The idle connections are cut at the sign-in deadline; then it serves again.
     drop(held);
     eventually("the gateway answers again", Duration::from_secs(30), || {

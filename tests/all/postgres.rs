@@ -877,3 +877,85 @@ fn a_binary_copy_chunk_refused_for_masking_is_recorded_as_refused() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn what_a_plugin_held_is_recorded_when_the_tcp_client_closes_first() {
+    use std::io::Write;
+    // A service that trickles an unfinished line: the masker holds it (it may go on into a
+    // value), and the trickle keeps the quiet-time flush from releasing it.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let service_port = service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in service.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = stream;
+                if out.write_all(b"banner for bob@example.com ").is_err() {
+                    return;
+                }
+                for _ in 0..2000 {
+                    if out.write_all(b".").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+        }
+    });
+    let config =
+        format!("\n[connections.lines]\nkind = \"tcp\"\nupstream = \"127.0.0.1:{service_port}\"\n");
+    let policy = "[plugins.patient]\nsource = \"builtin:mask\"\nconfig = { max_hold_ms = 60000, window_bytes = 65536 }\n[chains]\nlines = [\"patient\"]\n";
+    let gw = Gateway::start_with_policy(&config, Some(policy));
+    let (mut child, port) = tunnel(&gw, "lines");
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Wait until the gateway has the banner in hand (its frames are recorded, held back).
+    let session = || {
+        let (_, out, _) = gw.run(&["sessions", "--connection", "lines"], "");
+        out.lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .map(String::from)
+    };
+    let output_events = |id: &str| -> Vec<serde_json::Value> {
+        let (_, out, _) = gw.run_as(
+            Some(&gw.reviewer_token),
+            &["export", id, "--format", "jsonl"],
+        );
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["kind"] == "frame" && e["meta"]["dir"] == "out")
+            .collect()
+    };
+    let mut id = String::new();
+    crate::support::eventually(
+        "the banner reached the gateway",
+        std::time::Duration::from_secs(20),
+        || {
+            id = session().unwrap_or_default();
+            !id.is_empty() && !output_events(&id).is_empty()
+        },
+    );
+    // The client goes away first: what the masker held is released into the record.
+    drop(socket);
+    let _ = child.kill();
+    let _ = child.wait();
+    crate::support::eventually(
+        "the session ended",
+        std::time::Duration::from_secs(20),
+        || {
+            let (_, out, _) = gw.run(&["sessions", "--active"], "");
+            out.lines().count() == 1
+        },
+    );
+    let recorded: String = output_events(&id)
+        .iter()
+        .map(|e| {
+            let hex = e["payload_hex"].as_str().unwrap_or_default();
+            String::from_utf8(hex::decode(hex).unwrap()).unwrap()
+        })
+        .collect();
+    assert!(
+        recorded.contains("banner for [MASKED:email]"),
+        "{recorded:?}"
+    );
+    assert!(!store_holds(&gw, "bob@example.com"));
+}
