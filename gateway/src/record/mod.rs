@@ -651,14 +651,22 @@ impl Store {
     /// Moves the sink `name`'s cursor, durably: what it delivered is never delivered again
     /// after a restart (unless the commit is lost with a crash: delivery is at least once).
     pub fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {
+        self.commit_row(|txn| {
+            txn.open_table(SINK_CURSORS)?.insert(name, next)?;
+            Ok(())
+        })
+    }
+
+    /// One row beside the chain (a sink cursor, a review's state) in a commit of its own.
+    fn commit_row(
+        &self,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), RecordError> {
         guarded(&self.path, || {
             self.check_open()?;
             let db = self.db();
             let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
-            txn.open_table(SINK_CURSORS)
-                .map_err(|e| self.corrupt(e))?
-                .insert(name, next)
-                .map_err(|e| self.corrupt(e))?;
+            write(&txn).map_err(|e| self.corrupt(e))?;
             txn.commit().map_err(|e| self.corrupt(e))
         })
     }
@@ -666,15 +674,9 @@ impl Store {
     /// Stores a review's current state (one small commit; reviews change rarely). Its
     /// history, and the state itself, are in the chain first (`crate::review`).
     pub fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
-        guarded(&self.path, || {
-            self.check_open()?;
-            let db = self.db();
-            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
-            txn.open_table(REVIEWS)
-                .map_err(|e| self.corrupt(e))?
-                .insert(id, review)
-                .map_err(|e| self.corrupt(e))?;
-            txn.commit().map_err(|e| self.corrupt(e))
+        self.commit_row(|txn| {
+            txn.open_table(REVIEWS)?.insert(id, review)?;
+            Ok(())
         })
     }
 
