@@ -433,18 +433,19 @@ struct Loaded {
     pace: Pace,
 }
 
-/// A call at least this long (wall time) marks its plugin slow: no healthy filter takes it
-/// on one frame (the masker takes about 0.1 ms on a 64 KiB chunk).
-const SLOW_CALL: Duration = Duration::from_millis(5);
 /// How long a plugin stays marked slow after its last slow call.
 const SLOW_FOR: Duration = Duration::from_secs(60);
+/// CPU a call must have used after its deadline check to count as computing, not waiting.
+const COMPUTING: Duration = Duration::from_millis(1);
 
 /// Calls run inline on the session's async worker: a cross-thread hand-off per frame would
-/// cost several µs on two shared cores. A plugin seen computing long (up to its deadline)
-/// would hold a worker and every session on it meanwhile, so once one call of it took
-/// `SLOW_CALL`, its calls run through `block_in_place` (the worker's other sessions move to
-/// another thread) until `SLOW_FOR` passes without another slow call. Plugin-wide, not per
-/// session: a plugin that burns its deadline in short sessions is caught after one call.
+/// cost several µs on two shared cores. A plugin computing to its deadline would hold a
+/// worker and every session on it meanwhile, so once one call of it ran a whole deadline
+/// while computing (`CallClock::computed_to_deadline`; wall time alone is not enough: on a
+/// loaded machine a fast call can wait long for a core), its calls run through
+/// `block_in_place` (the worker's other sessions move to another thread) until `SLOW_FOR`
+/// passes without another such call. Plugin-wide, not per session: a plugin that burns its
+/// deadline in many short sessions is caught after one call.
 #[derive(Debug, Default)]
 struct Pace {
     /// Milliseconds since `pace_epoch()` until which calls leave the workers.
@@ -466,11 +467,9 @@ impl Pace {
         until != 0 && Self::now_ms() < until
     }
 
-    fn observe(&self, took: Duration) {
-        if took >= SLOW_CALL {
-            let until = Self::now_ms() + SLOW_FOR.as_millis() as u64;
-            self.slow_until_ms.store(until, Ordering::Relaxed);
-        }
+    fn mark_slow(&self) {
+        let until = Self::now_ms() + SLOW_FOR.as_millis() as u64;
+        self.slow_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// Runs `call` where it cannot hold up other sessions when the plugin is slow.
@@ -584,6 +583,7 @@ impl LoadedPlugin {
                 wall_at_start: std::time::Instant::now(),
                 budget: spec.deadline,
                 cpu_mark: None,
+                computed: false,
             },
             panic: None,
         };
@@ -660,6 +660,7 @@ fn start_call(store: &mut Store<HostState>, budget: Duration) {
         wall_at_start: std::time::Instant::now(),
         budget,
         cpu_mark: None,
+        computed: false,
     };
     store.set_epoch_deadline(ticks(budget));
 }
@@ -670,9 +671,21 @@ struct CallClock {
     wall_at_start: std::time::Instant,
     budget: Duration,
     cpu_mark: Option<Duration>,
+    /// Stopped for computing past its deadline (not for waiting on a core).
+    computed: bool,
 }
 
 impl CallClock {
+    /// Whether the call just made ran a whole deadline of wall time and used CPU after its
+    /// deadline check (it was computing, not waiting for a core). Only such calls read the
+    /// CPU clock here.
+    fn computed_to_deadline(&self) -> bool {
+        self.computed
+            || self
+                .cpu_mark
+                .is_some_and(|mark| thread_cpu_time().saturating_sub(mark) >= COMPUTING)
+    }
+
     /// At the deadline and every deadline after it. A call still running is stopped as soon
     /// as it is seen computing (at least half of a further deadline's worth of CPU); one that
     /// was only kept waiting for a core, on a loaded machine, is given more time, up to
@@ -684,7 +697,10 @@ impl CallClock {
         }
         let now = thread_cpu_time();
         match self.cpu_mark.replace(now) {
-            Some(mark) if now.saturating_sub(mark) >= self.budget / 2 => UpdateDeadline::Interrupt,
+            Some(mark) if now.saturating_sub(mark) >= self.budget / 2 => {
+                self.computed = true;
+                UpdateDeadline::Interrupt
+            }
             _ => UpdateDeadline::Continue(ticks(self.budget)),
         }
     }
@@ -783,9 +799,17 @@ impl FilterInstance {
         let plugin = self.plugin.clone();
         let (store, filter) = self.live()?;
         start_call(store, plugin.0.spec.deadline);
-        let started = std::time::Instant::now();
         let result = plugin.0.pace.run(|| guarded(|| f(store, filter)));
-        plugin.0.pace.observe(started.elapsed());
+        if store.data().clock.computed_to_deadline() {
+            if !plugin.0.pace.is_slow() {
+                tracing::warn!(
+                    plugin = %plugin.0.spec.name,
+                    "a call computed to its deadline: the plugin's calls leave the async workers for {} s",
+                    SLOW_FOR.as_secs()
+                );
+            }
+            plugin.0.pace.mark_slow();
+        }
         match result {
             Ok(result) => Ok(result),
             Err(error) => {
@@ -990,6 +1014,7 @@ mod tests {
             wall_at_start: std::time::Instant::now(),
             budget,
             cpu_mark: None,
+            computed: false,
         };
         // At the deadline: one more deadline to see what the call does with it.
         assert!(matches!(clock.check(), UpdateDeadline::Continue(_)));
@@ -1007,6 +1032,7 @@ mod tests {
             wall_at_start: std::time::Instant::now() - budget * WALL_DEADLINE_FACTOR,
             budget,
             cpu_mark: None,
+            computed: false,
         };
         assert!(matches!(stuck.check(), UpdateDeadline::Interrupt));
     }
