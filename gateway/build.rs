@@ -28,6 +28,7 @@ fn main() {
     for dir in ["plugins", "plugin-sdk", "wit", "tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    ensure_wasm_target();
 
     let plugins = build_workspace(&root.join("plugins"), &wasm_target, &out.join("plugins"));
     build_workspace(
@@ -56,6 +57,40 @@ fn main() {
         "cargo:rustc-env=SLUICE_PLUGINS={}",
         out.join("plugins").display()
     );
+}
+
+/// The Wasm build needs the `wasm32-wasip2` standard library. `rust-toolchain.toml` lists
+/// it, but rustup adds a missing target by itself only where auto-install is on (it is off
+/// on many machines: `RUSTUP_AUTO_INSTALL=0`). Add it here when rustup is around; otherwise
+/// say in one line what to run.
+fn ensure_wasm_target() {
+    const TARGET: &str = "wasm32-wasip2";
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|root| root.join("lib/rustlib").join(TARGET).exists()) {
+        return;
+    }
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    println!("cargo:warning=the {TARGET} target is missing: adding it with rustup");
+    match rustup.status() {
+        Ok(status) if status.success() => {}
+        Ok(_) | Err(_) => panic!(
+            "the {TARGET} target is not installed and rustup could not add it: run `rustup target add {TARGET}`{}",
+            toolchain
+                .map(|t| format!(" --toolchain {t}"))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// Builds the Wasm workspace at `dir` in release mode and copies each member's component to
@@ -90,8 +125,7 @@ fn build_workspace(dir: &Path, target_dir: &Path, dest: &Path) -> Vec<(String, P
     let status = cmd.status().expect("run cargo for the Wasm plugins");
     assert!(
         status.success(),
-        "building the Wasm components in {} failed (is the wasm32-wasip2 target installed? \
-         rust-toolchain.toml lists it, so rustup installs it on first use)",
+        "building the Wasm components in {} failed (the error is above)",
         dir.display()
     );
 

@@ -431,7 +431,43 @@ fn review_events_reach_a_slack_webhook() {
     assert!(texts.iter().all(|t| t.starts_with("Review `")), "{all}");
 }
 
-/// `s3s-fs` (installed by `.ci/run`): a real S3 server on loopback that checks signatures.
+/// The `s3s-fs` binary: on `PATH` if it is there, else installed once into `target/tools`
+/// (a fresh checkout needs no step of its own; the first run builds it, about 5 minutes).
+fn s3s_fs() -> std::path::PathBuf {
+    const VERSION: &str = "0.14.1";
+    static INSTALLED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let on_path = std::process::Command::new("s3s-fs")
+                .arg("--version")
+                .output();
+            if on_path.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
+                return "s3s-fs".into();
+            }
+            let root =
+                std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools"));
+            let binary = root.join("bin/s3s-fs");
+            if !binary.exists() {
+                let status = std::process::Command::new(env!("CARGO"))
+                    .args([
+                        "install",
+                        &format!("s3s-fs@{VERSION}"),
+                        "--features",
+                        "binary",
+                        "--locked",
+                        "--root",
+                    ])
+                    .arg(&root)
+                    .status()
+                    .expect("cargo runs");
+                assert!(status.success(), "cargo install s3s-fs@{VERSION} failed");
+            }
+            binary
+        })
+        .clone()
+}
+
+/// `s3s-fs`: a real S3 server on loopback that checks signatures.
 struct S3 {
     root: tempfile::TempDir,
     port: u16,
@@ -443,16 +479,14 @@ impl S3 {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("recordings")).unwrap();
         let port = free_port();
-        let child = std::process::Command::new("s3s-fs")
+        let child = std::process::Command::new(s3s_fs())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", access, "--secret-key", secret])
             .arg(root.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect(
-                "s3s-fs is not installed: `cargo install s3s-fs@0.14.1 --features binary --locked`",
-            );
+            .expect("s3s-fs starts");
         eventually("s3s-fs listens", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
