@@ -35,6 +35,8 @@ use super::{
 pub enum Problem {
     /// The store itself cannot be read.
     Corrupt { index: Option<u64>, why: String },
+    /// A running gateway holds the store file.
+    InUse,
     /// The entry's content no longer matches what was chained.
     Altered { index: u64, why: String },
     /// An entry is missing from the chain.
@@ -79,6 +81,10 @@ impl fmt::Display for Problem {
                 why,
             } => write!(f, "store corrupt at entry {i}: {why}"),
             Problem::Corrupt { index: None, why } => write!(f, "store corrupt: {why}"),
+            Problem::InUse => write!(
+                f,
+                "the store is open in a running gateway: verify it there (`sluice verify`), or verify a copy"
+            ),
             Problem::Altered { index, why } => write!(f, "entry {index} was altered: {why}"),
             Problem::Removed { index } => write!(f, "entry {index} was removed"),
             Problem::Reordered { index, holds } => {
@@ -194,7 +200,7 @@ pub struct VerifyReport {
     pub gaps: Vec<Gap>,
     /// Entries where a key rotation took effect.
     pub rotations: Vec<u64>,
-    /// Heads kept outside that the store reaches and agrees with.
+    /// Heads kept outside (given by the caller) that the store reaches and agrees with.
     pub anchors_confirmed: usize,
     /// What an auditor should read even when the record holds (accepted losses, heads
     /// accounted for by a restore).
@@ -241,6 +247,10 @@ pub fn verify_store(path: &Path, mut options: VerifyOptions) -> VerifyReport {
         // After an unclean stop (a crash, SIGKILL) redb must repair the file before reading
         // it. Repair a copy, never the evidence itself, and verify that.
         Err(redb::DatabaseError::RepairAborted) => verify_repaired_copy(path, &options),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => VerifyReport {
+            problem: Some(Problem::InUse),
+            ..VerifyReport::default()
+        },
         Err(e) => corrupt(None, e),
     });
     result.unwrap_or_else(|_| corrupt(None, "the store could not be read"))
@@ -439,7 +449,13 @@ impl<'a> Walk<'a> {
                         source: anchor.source.clone(),
                     });
                 }
-                self.report.anchors_confirmed += 1;
+                if anchor.trusted {
+                    self.report.anchors_confirmed += 1;
+                } else {
+                    self.report
+                        .notes
+                        .push(format!("{} agrees with the store", anchor.source));
+                }
             }
             prev = hash;
             last = Some(index);
