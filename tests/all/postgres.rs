@@ -120,8 +120,34 @@ impl Cluster {
         let (code, _, err) =
             run_command(as_postgres("pg_ctl").arg("-D").arg(&data).arg("reload"), "");
         assert_eq!(code, 0, "reload: {err}");
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        crate::support::eventually(
+            "the server takes TLS",
+            std::time::Duration::from_secs(20),
+            || self.sql("SHOW ssl") == "on\n",
+        );
         certs.join("tls/ca.pem")
+    }
+
+    /// A wait, to run on another thread, until some backend is inside `pg_sleep`.
+    pub fn sleeping(&self) -> impl FnOnce() + Send + 'static {
+        let (socket, port) = (self.dir.path().to_path_buf(), self.port);
+        move || {
+            crate::support::eventually(
+                "the server runs pg_sleep",
+                std::time::Duration::from_secs(20),
+                || {
+                    let (_, out, _) = run_command(
+                        Command::new("psql")
+                            .args(["-X", "-A", "-t", "-h"])
+                            .arg(&socket)
+                            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
+                            .arg("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"),
+                        "",
+                    );
+                    out.trim().parse::<u32>().is_ok_and(|n| n > 0)
+                },
+            )
+        }
     }
 
     /// Runs SQL directly (over the local socket, as the superuser).
@@ -558,11 +584,13 @@ fn cancel_requests_reach_the_right_backend_and_a_lost_server_ends_only_its_sessi
     let cluster = Cluster::start("scram-sha-256");
     let (gw, port) = gateway(&cluster);
     let token = gw.user_token.clone();
+    let running = cluster.sleeping();
     block_on(async {
         let client = driver(port, &token).await;
         let cancel = client.cancel_token();
+        // Cancel once the server is running the query (not before: nothing to cancel).
         let canceller = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            tokio::task::spawn_blocking(running).await.unwrap();
             cancel.cancel_query(tokio_postgres::NoTls).await
         });
         let err = client
@@ -582,7 +610,7 @@ fn cancel_requests_reach_the_right_backend_and_a_lost_server_ends_only_its_sessi
 
     // The server goes away mid-query: that client gets an error, the gateway goes on.
     let sleeper = std::thread::spawn(move || psql(port, &token, &["-c", "SELECT pg_sleep(30)"]));
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    cluster.sleeping()();
     drop(cluster);
     let (code, _, err) = sleeper.join().unwrap();
     assert_ne!(code, 0);

@@ -285,20 +285,41 @@ fn reviewers_get_a_live_stream_of_reviews() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let stream = lines_of(curl.stdout.take().unwrap());
+    let watched = lines_of(watch.stdout.take().unwrap());
     let dir = scratch("stream");
     let waiting = remove_in_background(&gw, "ops", dir.path());
     let id = pending_review(&gw, &dir.path().display().to_string());
+    // Each stream shows the review pending (live, or in its first list if it connected
+    // after the review was made), then its rejection.
+    let shows = |lines: &Lines, status: &str| {
+        let (id, status) = (id.clone(), status.to_string());
+        let lines = lines.clone();
+        move || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(&id) && l.contains(&status))
+        }
+    };
+    for lines in [&stream, &watched] {
+        eventually(
+            "the stream shows the review pending",
+            shows(lines, "pending"),
+        );
+    }
     gw.run_as(
         Some(&gw.reviewer_token),
         &["review", "reject", &id, "--reason", "seen live"],
     );
     waiting.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    for lines in [&stream, &watched] {
+        eventually("the stream shows the rejection", shows(lines, "rejected"));
+    }
     let _ = curl.kill();
     let _ = curl.wait();
-    let mut out = String::new();
-    std::io::Read::read_to_string(curl.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let out = stream.lock().unwrap().join("\n") + "\n";
     let events: Vec<serde_json::Value> = out
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -315,14 +336,32 @@ fn reviewers_get_a_live_stream_of_reviews() {
     // `sluice reviews --watch` is the same stream for people: a line per change.
     let _ = watch.kill();
     let _ = watch.wait();
-    let mut out = String::new();
-    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let out = watched.lock().unwrap().join("\n");
     let statuses: Vec<_> = out
         .lines()
         .filter(|l| l.starts_with(&id))
         .map(|l| l.split_whitespace().nth(1).unwrap())
         .collect();
     assert_eq!(statuses, ["pending", "rejected"], "{out}");
+}
+
+/// The lines a child prints, collected as they come by a thread of their own.
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+fn lines_of(out: std::process::ChildStdout) -> Lines {
+    use std::io::BufRead;
+    let lines = Lines::default();
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    crate::support::eventually(what, Duration::from_secs(20), check)
 }
 
 #[test]

@@ -25,6 +25,8 @@ struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Received>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The accept loop; it owns the listener, so the port closes when it ends.
+    accepting: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
@@ -34,7 +36,7 @@ impl Receiver {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (record, halt) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
+        let accepting = std::thread::spawn(move || {
             while !halt.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
@@ -45,7 +47,12 @@ impl Receiver {
                 }
             }
         });
-        Receiver { port, got, stop }
+        Receiver {
+            port,
+            got,
+            stop,
+            accepting: Some(accepting),
+        }
     }
 
     fn requests(&self) -> Vec<Received> {
@@ -56,8 +63,10 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // The accept loop notices within 10 ms; then the port is closed.
-        std::thread::sleep(Duration::from_millis(50));
+        // The accept loop notices within 10 ms and drops the listener: the port is closed.
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
     }
 }
 
@@ -601,7 +610,10 @@ fn reload_adds_a_sink_while_a_session_runs_and_a_broken_policy_keeps_the_running
             "",
         )
     });
-    std::thread::sleep(Duration::from_millis(700));
+    eventually("the session runs", Duration::from_secs(20), || {
+        let (_, out, _) = gateway.run(&["sessions", "--active"], "");
+        out.lines().count() == 2
+    });
     let url = format!("http://receiver.test:{}/in", receiver.port);
     let policy = http_sink_policy("late", &url, &["receiver.test", "127.0.0.1"], "");
     let policies = gateway.dir.path().join("policies");
@@ -678,10 +690,19 @@ fn retention_purges_expired_sessions_scrubs_the_file_and_verify_reports_the_rang
         file_has_canary(),
         "the session's output should be in the store"
     );
-    std::thread::sleep(Duration::from_millis(2000));
-    let (code, out, err) = gateway.run_as(Some(&gateway.reviewer_token), &["retention"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("of 1 session(s)"), "{out}");
+    // Retention purges it once its 1.7 s are over (run until then: nothing to purge).
+    let mut out = String::new();
+    eventually(
+        "the session expires and is purged",
+        Duration::from_secs(20),
+        || {
+            let (code, printed, err) =
+                gateway.run_as(Some(&gateway.reviewer_token), &["retention"]);
+            assert_eq!(code, 0, "{err}");
+            out = printed;
+            out.contains("of 1 session(s)")
+        },
+    );
     assert!(out.contains("store compacted"), "{out}");
     assert!(
         !file_has_canary(),
