@@ -1,8 +1,6 @@
 //! The gateway's life as an operator and an auditor see it: stopping by signal, coming back
 //! after a crash, and verifying its record against heads kept outside it.
 
-use std::time::Duration;
-
 use sluice::record::{Store, VerifyOptions, verify_store};
 
 use crate::support::*;
@@ -17,18 +15,7 @@ fn live_session(gw: &Gateway) -> (std::process::Child, String) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut id = String::new();
-    eventually("the session is live", Duration::from_secs(20), || {
-        let (_, out, _) = gw.run(&["sessions", "--active"], "");
-        id = out
-            .lines()
-            .nth(1)
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_default()
-            .to_string();
-        !id.is_empty()
-    });
-    (client, id)
+    (client, gw.live_session())
 }
 
 /// The store's events of kind `kind`, read offline (the gateway stopped).
@@ -122,15 +109,7 @@ fn verify_checks_the_store_against_heads_kept_outside_and_tells_a_restore_from_a
     std::fs::write(&kept, &printed).unwrap();
     let (code, _, err) = gw.run(&["exec", "shell", "--", "echo third"], "");
     assert_eq!(code, 0, "{err}");
-    let (_, listed, _) = gw.run(&["sessions"], "");
-    let newest = listed
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let newest = gw.newest_session(&[]);
     let (code, _, err) = gw.run(&["replay", &newest, "--speed", "0"], "");
     assert_eq!(code, 0, "{err}");
     // Online, with the kept head: reached and matched.

@@ -874,15 +874,7 @@ fn a_binary_copy_chunk_refused_for_masking_is_recorded_as_refused() {
         err.contains("binary COPY data held a value to mask"),
         "{err}"
     );
-    let (_, listed, _) = gw.run(&["sessions", "--connection", "pg"], "");
-    let id = listed
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = gw.newest_session(&["--connection", "pg"]);
     let (code, out, err) = gw.run_as(
         Some(&gw.reviewer_token),
         &["export", &id, "--format", "jsonl"],

@@ -488,17 +488,7 @@ fn live_sessions_are_listed_and_only_admins_end_them() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut id = String::new();
-    eventually("the session is live", Duration::from_secs(10), || {
-        let (_, out, _) = gw.run(&["sessions", "--active"], "");
-        id = out
-            .lines()
-            .nth(1)
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_default()
-            .to_string();
-        !id.is_empty()
-    });
+    let id = gw.live_session();
     let (code, _, err) = gw.run(&["kill", &id], "");
     assert_eq!(code, 1);
     assert!(

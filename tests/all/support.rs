@@ -207,6 +207,39 @@ impl Gateway {
         }
     }
 
+    /// The newest recorded session's id (`sluice sessions` with `filter`, such as
+    /// `--connection pg`).
+    pub fn newest_session(&self, filter: &[&str]) -> String {
+        let (code, listed, err) = self.run(&[&["sessions"], filter].concat(), "");
+        assert_eq!(code, 0, "{err}");
+        listed
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no session listed: {listed}"))
+            .to_string()
+    }
+
+    /// Waits (up to 20 s) until a session is live; its id.
+    pub fn live_session(&self) -> String {
+        let mut id = String::new();
+        eventually(
+            "a session is live",
+            std::time::Duration::from_secs(20),
+            || {
+                let (_, out, _) = self.run(&["sessions", "--active"], "");
+                id = out
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_string();
+                !id.is_empty()
+            },
+        );
+        id
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, std::process::Child::id)
     }

@@ -590,23 +590,33 @@ impl Store {
 
     /// Up to `max` entries from `from` on, in order, with their payloads.
     pub fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError> {
+        self.read_entries(from.., max, |_| true)
+    }
+
+    /// Up to `max` entries in `range` that `keep` takes, in order, with their payloads.
+    fn read_entries(
+        &self,
+        range: impl std::ops::RangeBounds<u64>,
+        max: usize,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Result<Vec<Recorded>, RecordError> {
         guarded(&self.path, || {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
             let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
             let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
             let mut out = Vec::new();
-            for row in entries
-                .range(from..)
-                .map_err(|e| self.corrupt(e))?
-                .take(max)
-            {
+            for row in entries.range(range).map_err(|e| self.corrupt(e))? {
+                if out.len() >= max {
+                    break;
+                }
                 let (key, value) = row.map_err(|e| self.corrupt(e))?;
                 let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
-                out.push(Recorded {
-                    entry,
-                    payload: payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?,
-                });
+                if !keep(&entry) {
+                    continue;
+                }
+                let payload = payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?;
+                out.push(Recorded { entry, payload });
             }
             Ok(out)
         })
@@ -777,26 +787,8 @@ impl Store {
         let Some(summary) = self.session(id)? else {
             return Ok(vec![]);
         };
-        guarded(&self.path, || {
-            let db = self.db();
-            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-            let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
-            let mut out = Vec::new();
-            for row in entries
-                .range(summary.first_index..=summary.last_index)
-                .map_err(|e| self.corrupt(e))?
-            {
-                let (key, value) = row.map_err(|e| self.corrupt(e))?;
-                let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
-                if entry.session != id {
-                    continue;
-                }
-                let payload = payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?;
-                out.push(Recorded { entry, payload });
-            }
-            Ok(out)
-        })
+        let range = summary.first_index..=summary.last_index;
+        self.read_entries(range, usize::MAX, |entry| entry.session == id)
     }
 }
 
