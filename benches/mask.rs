@@ -11,9 +11,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::frame::{Content, Direction, Frame, SessionInfo};
-use sluice::plugin_host::{FilterInstance, HostConfig, PluginHost};
-use sluice::policy::{PluginSpec, Source, World};
+use sluice_core::frame::{Content, Direction, Frame, SessionInfo};
+use sluice_engine::policy::{PluginSpec, Source, World};
+use sluice_plugin_host::{FilterInstance, HostConfig, PluginHost};
 use sluice_plugin_sdk::{Config, Filter};
 
 /// The shipped policy's settings (policies/default.toml).
@@ -108,6 +108,7 @@ fn native() -> mask::Mask {
 }
 
 fn throughput(c: &mut Criterion) {
+    sluice::provide_builtins();
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let mut wasm = instance(&host, "mask", CONFIG);
     let mut ceiling = native();
@@ -131,6 +132,7 @@ fn throughput(c: &mut Criterion) {
 }
 
 fn frame_latency(c: &mut Criterion) {
+    sluice::provide_builtins();
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let mut wasm = instance(&host, "mask", CONFIG);
     let mut passthrough = instance(&host, "passthrough", "{}");
@@ -153,6 +155,7 @@ fn frame_latency(c: &mut Criterion) {
 
 /// What a session pays at open for the masker: `init` compiles the detectors' regex.
 fn new_instance(c: &mut Criterion) {
+    sluice::provide_builtins();
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let session = SessionInfo::default();
     let mut group = c.benchmark_group("new_instance");

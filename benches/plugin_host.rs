@@ -9,10 +9,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use sluice::chain::Chain;
-use sluice::frame::{Content, Direction, Frame, SessionInfo};
-use sluice::plugin_host::{CacheOutcome, HostConfig, PluginHost};
-use sluice::policy::{PluginSpec, Source, World};
+use sluice_core::frame::{Content, Direction, Frame, SessionInfo};
+use sluice_engine::chain::Chain;
+use sluice_engine::policy::{PluginSpec, Source, World};
+use sluice_plugin_host::{CacheOutcome, HostConfig, PluginHost};
 
 fn passthrough() -> PluginSpec {
     PluginSpec::standalone(
@@ -33,6 +33,7 @@ fn session() -> SessionInfo {
 }
 
 fn frame_through_chain(c: &mut Criterion) {
+    sluice::provide_builtins();
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let plugin = host.load(&passthrough()).unwrap();
     let frame = Frame {
@@ -55,6 +56,7 @@ fn frame_through_chain(c: &mut Criterion) {
 const FEW: BatchSize = BatchSize::NumIterations(200);
 
 fn new_session_instance(c: &mut Criterion) {
+    sluice::provide_builtins();
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let passthrough = host.load(&passthrough()).unwrap();
     let redact = host
@@ -87,6 +89,7 @@ fn new_session_instance(c: &mut Criterion) {
 }
 
 fn load_plugin(c: &mut Criterion) {
+    sluice::provide_builtins();
     let dir = tempfile::tempdir().unwrap();
     let cached = PluginHost::new(HostConfig {
         cache_dir: Some(dir.path().into()),
@@ -103,7 +106,7 @@ fn load_plugin(c: &mut Criterion) {
             World::Filter,
             "{}".into(),
         );
-        let bytes = sluice::plugin_host::read_source(&spec).unwrap();
+        let bytes = sluice_plugin_host::read_source(&spec).unwrap();
         group.bench_function(format!("{name}_compile"), |b| {
             b.iter(|| black_box(uncached.load_bytes(&spec, &bytes).unwrap()))
         });
@@ -122,6 +125,7 @@ fn load_plugin(c: &mut Criterion) {
 /// One pgbench select-only transaction as the `pg` chain sees it: the statement, the result's
 /// columns and its one row, through each shipped plugin alone and through the shipped chain.
 fn pg_transaction(c: &mut Criterion) {
+    sluice::provide_builtins();
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let spec = |name: &str, builtin: &str, config: &str| {
         let spec = PluginSpec::standalone(
@@ -141,19 +145,19 @@ fn pg_transaction(c: &mut Criterion) {
     let frames = [
         (
             Direction::ClientToTarget,
-            Content::Statement(sluice::frame::Statement {
+            Content::Statement(sluice_core::frame::Statement {
                 text: "SELECT abalance FROM pgbench_accounts WHERE aid = 412345;".into(),
                 params: vec![],
             }),
         ),
         (
             Direction::TargetToClient,
-            Content::Columns(vec![sluice::frame::Column {
+            Content::Columns(vec![sluice_core::frame::Column {
                 name: "abalance".into(),
                 table: Some("public.pgbench_accounts".into()),
                 table_oid: 16398,
                 type_oid: 23,
-                format: sluice::frame::CellFormat::Text,
+                format: sluice_core::frame::CellFormat::Text,
             }]),
         ),
         (

@@ -4,14 +4,14 @@
 # warm target/. Run from the repository root:
 #
 #   benches/rebuild.sh                      # the files below
-#   benches/rebuild.sh gateway/src/tcp.rs   # others
+#   benches/rebuild.sh gateway/engine/src/tcp.rs   # others
 #
 # Touching means appending a comment line (then removing it), so the compiler sees a change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
-    files=(gateway/src/pg/session.rs plugins/mask/src/masker.rs gateway/src/record/verify.rs)
+    files=(gateway/engine/src/pg/session.rs plugins/mask/src/masker.rs gateway/record/src/verify.rs)
 fi
 cargo build --release -q 2>/dev/null
 cargo test --workspace --no-run -q 2>/dev/null
@@ -24,7 +24,7 @@ for file in "${files[@]}"; do
         cargo $what -q 2>/dev/null
         end=$(date +%s.%N)
         mv "$file.orig" "$file"
-        printf '%-34s cargo %-26s %6.1f s\n' "$file" "$what" "$(echo "$end - $start" | bc)"
+        printf '%-40s cargo %-26s %6.1f s\n' "$file" "$what" "$(echo "$end - $start" | bc)"
     done
 done
 # Leave target/ built for the files as they are.

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::record::{NewEvent, Store, VerifyOptions, Witness};
+use sluice_record::{NewEvent, Store, VerifyOptions, Witness};
 
 fn event(seq: u64) -> NewEvent {
     NewEvent {

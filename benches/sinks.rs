@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::plugin_host::{HostConfig, PluginHost};
-use sluice::policy::{PluginSpec, SinkRules, Source, StartAt, World};
-use sluice::record::{NewEvent, RetentionRules, Store};
-use sluice::sinks::{SinkPlan, Sinks};
+use sluice_engine::policy::{PluginSpec, SinkRules, Source, StartAt, World};
+use sluice_engine::sinks::{SinkPlan, Sinks};
+use sluice_plugin_host::{HostConfig, PluginHost};
+use sluice_record::{NewEvent, RetentionRules, Store};
 
 const EVENTS: u64 = 20_000;
 const BATCH: usize = 500;
@@ -83,6 +83,7 @@ fn receiver() -> u16 {
 }
 
 fn sink_delivery(c: &mut Criterion) {
+    sluice::provide_builtins();
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), EVENTS);
     let port = receiver();
@@ -167,6 +168,7 @@ fn sink_delivery(c: &mut Criterion) {
 }
 
 fn retention_compact(c: &mut Criterion) {
+    sluice::provide_builtins();
     let mut group = c.benchmark_group("retention_compact_50k_events");
     group.sample_size(10);
     group.bench_function("purge_half_then_rewrite", |b| {

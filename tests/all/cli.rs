@@ -158,7 +158,7 @@ fn policy_errors_name_the_file_and_the_key() {
 
 #[test]
 fn the_shipped_policies_load() {
-    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
     let (ok, _, err) = run_with_input(&["policy", policies], "");
     assert!(ok, "{err}");
 }

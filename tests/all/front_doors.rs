@@ -50,7 +50,7 @@ fn silent_and_slow_clients_are_cut_off_before_sign_in_and_one_address_cannot_tak
     closed_within(&mut silent, Duration::from_secs(5));
 
     let ca = std::fs::read_to_string(gw.dir.path().join("data/tls/ca.pem")).unwrap();
-    let config = sluice::tls::client_config(&ca).unwrap();
+    let config = sluice_engine::tls::client_config(&ca).unwrap();
     let tcp = TcpStream::connect(&gw.addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let connection =

@@ -1,7 +1,7 @@
 //! The gateway's life as an operator and an auditor see it: stopping by signal, coming back
 //! after a crash, and verifying its record against heads kept outside it.
 
-use sluice::record::{Store, VerifyOptions, verify_store};
+use sluice_record::{Store, VerifyOptions, verify_store};
 
 use crate::support::*;
 

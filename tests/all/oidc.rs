@@ -14,7 +14,7 @@ use crate::support::*;
 /// `tests/oidc`, with its npm packages installed (once, on a fresh checkout).
 fn oidc_dir() -> PathBuf {
     static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/oidc"));
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/oidc"));
     INSTALLED.get_or_init(|| {
         if !dir.join("node_modules/oidc-provider").exists() {
             let status = Command::new("npm")

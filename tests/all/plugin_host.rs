@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::chain::{Chain, Outcome};
-use sluice::frame::{Content, Direction, Frame};
-use sluice::plugin_host::{CacheOutcome, Failure, HostConfig, PluginHost};
-use sluice::policy::{OnError, Source, World};
+use sluice_core::frame::{Content, Direction, Frame};
+use sluice_engine::chain::{Chain, Outcome};
+use sluice_engine::policy::{OnError, Source, World};
+use sluice_plugin_host::{CacheOutcome, Failure, HostConfig, PluginHost};
 
 use crate::support::*;
 
-fn antics(host: &PluginHost, name: &str) -> sluice::plugin_host::LoadedPlugin {
+fn antics(host: &PluginHost, name: &str) -> sluice_plugin_host::LoadedPlugin {
     load(host, &spec(name, file(guest("antics")), "{}"))
 }
 
@@ -274,7 +274,7 @@ fn a_tampered_precompiled_cache_entry_is_detected_and_recompiled() {
     };
     let host = PluginHost::new(config.clone()).unwrap();
     let spec = spec("redact", builtin("example-redact"), r#"{"literal":"x"}"#);
-    let bytes = sluice::plugin_host::read_source(&spec).unwrap();
+    let bytes = sluice_plugin_host::read_source(&spec).unwrap();
 
     let (_, first) = host.load_bytes(&spec, &bytes).unwrap();
     assert_eq!(first, CacheOutcome::Compiled);
@@ -329,7 +329,7 @@ fn a_sink_plugin_delivers_and_reports_retryable_errors() {
     let mut spec = spec("count", file(guest("sink-count")), "{}");
     spec.world = World::Sink;
     let mut sink = load(&host, &spec).sink_instance().unwrap();
-    let event = |kind: &str| sluice::frame::Event {
+    let event = |kind: &str| sluice_core::frame::Event {
         index: 1,
         session: "s".into(),
         seq: 1,
@@ -344,7 +344,9 @@ fn a_sink_plugin_delivers_and_reports_retryable_errors() {
     );
     assert_eq!(
         sink.deliver(&[event("fail")]).unwrap(),
-        Err(sluice::frame::SinkError::Retryable("asked to fail".into()))
+        Err(sluice_core::frame::SinkError::Retryable(
+            "asked to fail".into()
+        ))
     );
 }
 

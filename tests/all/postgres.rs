@@ -99,7 +99,7 @@ impl Cluster {
     /// and accepts TCP clients only over TLS.
     pub fn require_tls(&self) -> std::path::PathBuf {
         let certs = self.dir.path().join("certs");
-        sluice::tls::load_or_create(&certs).unwrap();
+        sluice_engine::tls::load_or_create(&certs).unwrap();
         let data = self.data();
         std::fs::copy(certs.join("tls/server.pem"), data.join("server.crt")).unwrap();
         std::fs::copy(certs.join("tls/server.key"), data.join("server.key")).unwrap();

@@ -1,15 +1,12 @@
 //! The record: appends, reads back, and `verify` naming exactly what was done to a copy of
-//! the store through redb's own API.
+//! the store, changed past every check through the record's `tamper` support.
 
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableTable, TableDefinition};
-use sluice::record::{
-    Anchor, Entry, NewEvent, Problem, SignedHead, Store, Trust, VerifyOptions, verify_store,
+use sluice_record::tamper::{Log, Rows, Tamper};
+use sluice_record::{
+    Anchor, NewEvent, Problem, SignedHead, Store, Trust, VerifyOptions, verify_store,
 };
-
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 
 fn event(session: &str, seq: u64, kind: &str, payload: &str) -> NewEvent {
     let meta = match kind {
@@ -58,17 +55,14 @@ fn recorded(dir: &Path) -> (PathBuf, [u8; 32]) {
     (path, key)
 }
 
-/// Opens a copy of the store with redb and lets `change` do its worst.
-fn tampered(dir: &Path, original: &Path, change: impl FnOnce(&redb::WriteTransaction)) -> PathBuf {
+/// Opens a copy of the store and lets `change` do its worst.
+fn tampered(dir: &Path, original: &Path, change: impl FnOnce(&Tamper)) -> PathBuf {
     let copy = dir.join(format!(
         "copy-{}.redb",
         std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
     ));
     std::fs::copy(original, &copy).unwrap();
-    let db = redb::Database::open(&copy).unwrap();
-    let txn = db.begin_write().unwrap();
-    change(&txn);
-    txn.commit().unwrap();
+    sluice_record::tamper::tamper(&copy, change).unwrap();
     copy
 }
 
@@ -93,19 +87,6 @@ fn anchor(head: SignedHead) -> Anchor {
         source: "the auditor's copy".into(),
         trusted: true,
     }
-}
-
-fn read_entry(txn: &redb::WriteTransaction, index: u64) -> (Entry, Vec<u8>) {
-    let table = txn.open_table(ENTRIES).unwrap();
-    let value = table.get(index).unwrap().unwrap().value().to_vec();
-    let (encoded, hash) = value.split_at(value.len() - 32);
-    (Entry::decode(encoded).unwrap(), hash.to_vec())
-}
-
-fn write_entry(txn: &redb::WriteTransaction, index: u64, entry: &Entry, hash: &[u8]) {
-    let mut table = txn.open_table(ENTRIES).unwrap();
-    let value = [entry.encode(), hash.to_vec()].concat();
-    table.insert(index, value.as_slice()).unwrap();
 }
 
 #[test]
@@ -161,11 +142,10 @@ fn an_untouched_store_verifies_offline() {
 fn a_changed_payload_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key) = recorded(dir.path());
-    let copy = tampered(dir.path(), &path, |txn| {
-        let mut payloads = txn.open_table(PAYLOADS).unwrap();
-        let mut stored = payloads.get(1).unwrap().unwrap().value().to_vec();
+    let copy = tampered(dir.path(), &path, |store| {
+        let mut stored = store.get(Log::Payloads, 1).unwrap();
         *stored.last_mut().unwrap() ^= 1;
-        payloads.insert(1, stored.as_slice()).unwrap();
+        store.put(Log::Payloads, 1, &stored);
     });
     assert_eq!(problem(&copy, key), Problem::PayloadAltered { index: 1 });
 }
@@ -174,10 +154,10 @@ fn a_changed_payload_is_named() {
 fn a_changed_entry_is_named_whether_or_not_its_hash_was_recomputed() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key) = recorded(dir.path());
-    let copy = tampered(dir.path(), &path, |txn| {
-        let (mut entry, hash) = read_entry(txn, 4);
+    let copy = tampered(dir.path(), &path, |store| {
+        let (mut entry, hash) = store.entry(4);
         entry.meta = r#"{"dir":"in"}"#.into();
-        write_entry(txn, 4, &entry, &hash);
+        store.put_entry(4, &entry, &hash);
     });
     assert!(matches!(
         problem(&copy, key),
@@ -185,10 +165,10 @@ fn a_changed_entry_is_named_whether_or_not_its_hash_was_recomputed() {
     ));
 
     // A forger who also recomputes the entry's hash is caught by the next link.
-    let copy = tampered(dir.path(), &path, |txn| {
-        let (mut entry, _) = read_entry(txn, 4);
+    let copy = tampered(dir.path(), &path, |store| {
+        let (mut entry, _) = store.entry(4);
         entry.meta = r#"{"dir":"in"}"#.into();
-        write_entry(txn, 4, &entry, &entry.hash());
+        store.put_entry(4, &entry, &entry.hash());
     });
     assert!(matches!(
         problem(&copy, key),
@@ -200,9 +180,7 @@ fn a_changed_entry_is_named_whether_or_not_its_hash_was_recomputed() {
 fn a_deleted_entry_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key) = recorded(dir.path());
-    let copy = tampered(dir.path(), &path, |txn| {
-        txn.open_table(ENTRIES).unwrap().remove(5).unwrap();
-    });
+    let copy = tampered(dir.path(), &path, |store| store.remove(Log::Entries, 5));
     assert_eq!(problem(&copy, key), Problem::Removed { index: 5 });
 }
 
@@ -210,12 +188,11 @@ fn a_deleted_entry_is_named() {
 fn swapped_entries_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key) = recorded(dir.path());
-    let copy = tampered(dir.path(), &path, |txn| {
-        let mut table = txn.open_table(ENTRIES).unwrap();
-        let a = table.get(2).unwrap().unwrap().value().to_vec();
-        let b = table.get(3).unwrap().unwrap().value().to_vec();
-        table.insert(2, b.as_slice()).unwrap();
-        table.insert(3, a.as_slice()).unwrap();
+    let copy = tampered(dir.path(), &path, |store| {
+        let a = store.get(Log::Entries, 2).unwrap();
+        let b = store.get(Log::Entries, 3).unwrap();
+        store.put(Log::Entries, 2, &b);
+        store.put(Log::Entries, 3, &a);
     });
     assert_eq!(
         problem(&copy, key),
@@ -227,10 +204,9 @@ fn swapped_entries_are_named() {
 fn cutting_off_the_newest_entries_is_detected_by_the_signed_head() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key) = recorded(dir.path());
-    let copy = tampered(dir.path(), &path, |txn| {
-        let mut entries = txn.open_table(ENTRIES).unwrap();
-        entries.remove(10).unwrap();
-        entries.remove(9).unwrap();
+    let copy = tampered(dir.path(), &path, |store| {
+        store.remove(Log::Entries, 10);
+        store.remove(Log::Entries, 9);
     });
     assert_eq!(
         problem(&copy, key),
@@ -245,9 +221,7 @@ fn cutting_off_the_newest_entries_is_detected_by_the_signed_head() {
 fn a_deleted_payload_is_named_unless_a_recorded_purge_lists_it() {
     let dir = tempfile::tempdir().unwrap();
     let (path, key) = recorded(dir.path());
-    let copy = tampered(dir.path(), &path, |txn| {
-        txn.open_table(PAYLOADS).unwrap().remove(1).unwrap();
-    });
+    let copy = tampered(dir.path(), &path, |store| store.remove(Log::Payloads, 1));
     assert_eq!(problem(&copy, key), Problem::PayloadRemoved { index: 1 });
 }
 
@@ -287,7 +261,7 @@ fn raw_byte_flips_anywhere_give_a_clear_answer_never_a_panic() {
 
 #[test]
 fn retention_purges_ended_sessions_and_old_decisions_only_and_the_chain_still_verifies() {
-    use sluice::record::RetentionRules;
+    use sluice_record::RetentionRules;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("record.redb");
@@ -503,25 +477,18 @@ fn cutting_the_tail_at_a_commit_and_restoring_its_head_is_caught_by_a_kept_head_
     let key = heads[0].public_key;
     // What an attacker with redb and write access does: delete entries 4 and 5 with their
     // payloads and checkpoints, and put commit 3's signed head back as the store's head.
-    let cut = tampered(dir.path(), &path, |txn| {
-        let mut entries = txn.open_table(ENTRIES).unwrap();
-        let mut payloads = txn.open_table(PAYLOADS).unwrap();
-        let mut checkpoints = txn.open_table(CHECKPOINTS).unwrap();
-        let mut meta = txn.open_table(META).unwrap();
+    let cut = tampered(dir.path(), &path, |store| {
         for index in [4, 5] {
-            entries.remove(index).unwrap();
-            payloads.remove(index).unwrap();
-            checkpoints.remove(index).unwrap();
+            store.remove(Log::Entries, index);
+            store.remove(Log::Payloads, index);
+            store.remove(Log::Checkpoints, index);
         }
-        let head3 = checkpoints.get(3).unwrap().unwrap().value().to_vec();
-        meta.insert("head", head3.as_slice()).unwrap();
+        store.set_head(&store.checkpoint(3).unwrap());
         // The index too, or verify names its row.
-        let mut sessions = txn.open_table(SESSIONS).unwrap();
-        let row = sessions.get("s").unwrap().unwrap().value().to_vec();
-        let row = String::from_utf8(row)
+        let row = String::from_utf8(store.row(Rows::Sessions, "s").unwrap())
             .unwrap()
             .replace("\"last_index\":5", "\"last_index\":3");
-        sessions.insert("s", row.as_bytes()).unwrap();
+        store.put_row(Rows::Sessions, "s", row.as_bytes());
     });
     // In a folder without the gateway's witness, the key alone cannot tell...
     let elsewhere = tempfile::tempdir().unwrap();
@@ -558,12 +525,6 @@ fn problem_beside(path: &Path, key: [u8; 32]) -> Problem {
         .expect("verify must fail")
 }
 
-const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-const REVIEWS: TableDefinition<&str, &[u8]> = TableDefinition::new("reviews");
-const SINK_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("sink_cursors");
-
 #[test]
 fn a_fork_after_a_kept_head_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -572,18 +533,12 @@ fn a_fork_after_a_kept_head_is_named() {
     // then used), signed with the gateway's own key.
     let other = tempfile::tempdir().unwrap();
     let fork = copy_to(&path, other.path());
-    let forked = tampered(other.path(), &fork, |txn| {
-        let mut entries = txn.open_table(ENTRIES).unwrap();
-        let mut checkpoints = txn.open_table(CHECKPOINTS).unwrap();
+    let forked = tampered(other.path(), &fork, |store| {
         for index in [4, 5] {
-            entries.remove(index).unwrap();
-            checkpoints.remove(index).unwrap();
+            store.remove(Log::Entries, index);
+            store.remove(Log::Checkpoints, index);
         }
-        let head3 = checkpoints.get(3).unwrap().unwrap().value().to_vec();
-        txn.open_table(META)
-            .unwrap()
-            .insert("head", head3.as_slice())
-            .unwrap();
+        store.set_head(&store.checkpoint(3).unwrap());
     });
     let store = Store::open(&forked, &dir.path().join("record.key")).unwrap();
     store
@@ -609,50 +564,26 @@ fn a_fork_after_a_kept_head_is_named() {
 
 #[test]
 fn a_chain_rewritten_and_re_signed_with_a_new_key_fails_with_the_kept_key_only() {
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
     let dir = tempfile::tempdir().unwrap();
     let (path, heads) = recorded_with_heads(dir.path());
     let key = heads[0].public_key;
     // Whoever can write the store rewrites entry 2's payload and recomputes everything after
     // it, signing every checkpoint with a key of their own.
     let forger = SigningKey::from_bytes(&[42; 32]);
-    let resigned = tampered(dir.path(), &path, |txn| {
-        let mut entries = txn.open_table(ENTRIES).unwrap();
-        let mut payloads = txn.open_table(PAYLOADS).unwrap();
-        let mut checkpoints = txn.open_table(CHECKPOINTS).unwrap();
-        let nonce = [0u8; 16];
+    let resigned = tampered(dir.path(), &path, |store| {
         let mut prev = [0u8; 32];
         for index in 0..6u64 {
-            let value = entries.get(index).unwrap().unwrap().value().to_vec();
-            let mut entry = Entry::decode(&value[..value.len() - 32]).unwrap();
+            let (mut entry, _) = store.entry(index);
             entry.prev_hash = prev;
             let payload: &[u8] = if index == 2 { b"forged" } else { b"x" };
-            use sha2::Digest;
-            let mut digest = sha2::Sha256::new();
-            digest.update(nonce);
-            digest.update(payload);
-            entry.payload_digest = digest.finalize().into();
+            entry.payload_digest = store.put_payload(index, payload);
             let hash = entry.hash();
-            entries
-                .insert(index, [entry.encode(), hash.to_vec()].concat().as_slice())
-                .unwrap();
-            payloads
-                .insert(index, [&nonce[..], payload].concat().as_slice())
-                .unwrap();
-            let message = [&b"sluice-record-head-v1"[..], &index.to_be_bytes(), &hash].concat();
-            let head = [
-                &index.to_be_bytes()[..],
-                &hash,
-                &forger.sign(&message).to_bytes(),
-                &forger.verifying_key().to_bytes(),
-            ]
-            .concat();
-            checkpoints.insert(index, head.as_slice()).unwrap();
+            store.put_entry(index, &entry, &hash);
+            let head = sluice_record::tamper::sign(&forger, index, hash);
+            store.put_checkpoint(&head);
             if index == 5 {
-                txn.open_table(META)
-                    .unwrap()
-                    .insert("head", head.as_slice())
-                    .unwrap();
+                store.set_head(&head);
             }
             prev = hash;
         }
@@ -699,20 +630,13 @@ fn a_rotated_key_is_followed_from_either_end_and_a_changed_key_is_refused_at_ope
     // A key nobody announced (the store re-keyed by hand) is refused by verify.
     let other = tempfile::tempdir().unwrap();
     let copy = copy_to(&path, other.path());
-    let changed = tampered(other.path(), &copy, |txn| {
-        let mut entries = txn.open_table(ENTRIES).unwrap();
-        let value = entries.get(at).unwrap().unwrap().value().to_vec();
-        let mut entry = Entry::decode(&value[..value.len() - 32]).unwrap();
+    let changed = tampered(other.path(), &copy, |store| {
+        let (mut entry, _) = store.entry(at);
         entry.meta = entry.meta.replace(
             &hex::encode(new.verifying_key().to_bytes()),
             &"33".repeat(32),
         );
-        entries
-            .insert(
-                at,
-                [entry.encode(), entry.hash().to_vec()].concat().as_slice(),
-            )
-            .unwrap();
+        store.put_entry(at, &entry, &entry.hash());
     });
     assert!(!verify_store(&changed, trusting(old.verifying_key().to_bytes())).holds());
 }
@@ -737,7 +661,7 @@ fn a_recorded_restore_is_told_from_a_rollback() {
     let signer = ed25519_dalek::SigningKey::from_bytes(
         &std::fs::read(&key_file).unwrap().try_into().unwrap(),
     );
-    let restored = sluice::record::restore(&path, &backup, signer, "ops@test").unwrap();
+    let restored = sluice_record::restore(&path, &backup, signer, "ops@test").unwrap();
     assert_eq!(restored.restored_to, Some(1));
     assert_eq!(restored.skipped, Some((2, 4)));
     assert_eq!(restored.entry, 5);
@@ -866,13 +790,11 @@ fn edited_rows_beside_the_chain_are_named_and_never_decide_access() {
     let (path, key) = recorded(dir.path());
     // The sessions index claims s1 was bob's: verify names the row, and the store still
     // answers with the subject from s1's opening entry.
-    let forged = tampered(dir.path(), &path, |txn| {
-        let mut sessions = txn.open_table(SESSIONS).unwrap();
-        let row = sessions.get("s1").unwrap().unwrap().value().to_vec();
-        let row = String::from_utf8(row)
+    let forged = tampered(dir.path(), &path, |store| {
+        let row = String::from_utf8(store.row(Rows::Sessions, "s1").unwrap())
             .unwrap()
             .replace("\"alice\"", "\"bob\"");
-        sessions.insert("s1", row.as_bytes()).unwrap();
+        store.put_row(Rows::Sessions, "s1", row.as_bytes());
     });
     match problem(&forged, key) {
         Problem::IndexForged {
@@ -902,13 +824,11 @@ fn edited_rows_beside_the_chain_are_named_and_never_decide_access() {
     drop(store);
 
     // A row pointing the session at another session's entries is refused, not served.
-    let pointed = tampered(dir.path(), &path, |txn| {
-        let mut sessions = txn.open_table(SESSIONS).unwrap();
-        let row = sessions.get("s1").unwrap().unwrap().value().to_vec();
-        let row = String::from_utf8(row)
+    let pointed = tampered(dir.path(), &path, |store| {
+        let row = String::from_utf8(store.row(Rows::Sessions, "s1").unwrap())
             .unwrap()
             .replace("\"first_index\":0", "\"first_index\":2");
-        sessions.insert("s1", row.as_bytes()).unwrap();
+        store.put_row(Rows::Sessions, "s1", row.as_bytes());
     });
     let other = tempfile::tempdir().unwrap();
     let store = Store::open(
@@ -920,14 +840,12 @@ fn edited_rows_beside_the_chain_are_named_and_never_decide_access() {
     drop(store);
 
     // A review row no chained event backs, and a sink cursor past the chain.
-    let review = tampered(dir.path(), &path, |txn| {
-        txn.open_table(REVIEWS)
-            .unwrap()
-            .insert(
-                "r-forged",
-                br#"{"status":"approved","kind":"access"}"#.as_slice(),
-            )
-            .unwrap();
+    let review = tampered(dir.path(), &path, |store| {
+        store.put_row(
+            Rows::Reviews,
+            "r-forged",
+            br#"{"status":"approved","kind":"access"}"#,
+        )
     });
     assert!(matches!(
         problem(&review, key),
@@ -936,12 +854,7 @@ fn edited_rows_beside_the_chain_are_named_and_never_decide_access() {
             ..
         }
     ));
-    let cursor = tampered(dir.path(), &path, |txn| {
-        txn.open_table(SINK_CURSORS)
-            .unwrap()
-            .insert("siem", 99)
-            .unwrap();
-    });
+    let cursor = tampered(dir.path(), &path, |store| store.set_sink_cursor("siem", 99));
     assert!(matches!(
         problem(&cursor, key),
         Problem::IndexForged {

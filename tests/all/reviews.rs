@@ -536,11 +536,11 @@ fn a_decision_that_cannot_be_recorded_changes_nothing() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use sluice::frame::Identity;
-    use sluice::policy::RoleGroups;
-    use sluice::record::{Recorder, Store};
-    use sluice::review::{Kind, Reviews, Status};
-    use sluice::roles::Roles;
+    use sluice_core::frame::Identity;
+    use sluice_engine::policy::RoleGroups;
+    use sluice_engine::review::{Kind, Reviews, Status};
+    use sluice_engine::roles::Roles;
+    use sluice_record::{Recorder, Store};
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -558,7 +558,7 @@ fn a_decision_that_cannot_be_recorded_changes_nothing() {
         // The record's writer, with a switch that makes every commit fail (a full disk).
         let failing = Arc::new(AtomicBool::new(false));
         let (queue, mut rx) = tokio::sync::mpsc::channel::<(
-            sluice::record::NewEvent,
+            sluice_record::NewEvent,
             Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
         )>(64);
         let (writer_store, switch) = (store.clone(), failing.clone());
@@ -652,7 +652,7 @@ fn a_decision_that_cannot_be_recorded_changes_nothing() {
         assert_eq!(pending.decided().await.status, Status::Approved);
         drop(pending);
         // What was recorded verifies, the row against its chained state included.
-        let report = store.verify(sluice::record::VerifyOptions::default());
+        let report = store.verify(sluice_record::VerifyOptions::default());
         assert!(report.holds(), "{:?}", report.problem);
     });
 }

@@ -453,8 +453,10 @@ fn s3s_fs() -> std::path::PathBuf {
             if on_path.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
                 return "s3s-fs".into();
             }
-            let root =
-                std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools"));
+            let root = std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/tools"
+            ));
             let binary = root.join("bin/s3s-fs");
             if !binary.exists() {
                 let status = std::process::Command::new(env!("CARGO"))

@@ -2,16 +2,17 @@
 
 use std::path::PathBuf;
 
-use sluice::frame::{Content, Direction, Frame, SessionInfo};
-use sluice::plugin_host::{HostConfig, LoadedPlugin, PluginHost};
-use sluice::policy::{PluginSpec, Source, World};
+use sluice_core::frame::{Content, Direction, Frame, SessionInfo};
+use sluice_engine::policy::{PluginSpec, Source, World};
+use sluice_plugin_host::{HostConfig, LoadedPlugin, PluginHost};
 
 /// A test guest's component, built from `tests/guests/NAME`.
 pub fn guest(name: &str) -> PathBuf {
-    PathBuf::from(env!("SLUICE_TEST_GUESTS")).join(format!("{name}.wasm"))
+    PathBuf::from(sluice_builtins::TEST_GUESTS).join(format!("{name}.wasm"))
 }
 
 pub fn host() -> PluginHost {
+    sluice::provide_builtins();
     PluginHost::new(HostConfig::default()).expect("plugin host starts")
 }
 
@@ -20,6 +21,7 @@ pub fn spec(name: &str, source: Source, config_json: &str) -> PluginSpec {
 }
 
 pub fn builtin(name: &str) -> Source {
+    sluice::provide_builtins();
     Source::Builtin(name.to_string())
 }
 
@@ -86,7 +88,7 @@ impl Gateway {
 
     fn start_full(settings: &str, extra: &str, policy: Option<&str>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
         let policies = match policy {
             None => shipped.to_string(),
             Some(policy) => {

@@ -1,0 +1,681 @@
+//! The CLI commands that are more than a call: `serve`, and the auditor's commands, which
+//! fetch from the gateway and render here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::client::Client;
+use sluice_engine::audit::EventView;
+use sluice_engine::review::Review;
+use sluice_record::SessionSummary;
+
+/// `sluice login`: asks the gateway where to sign in, then signs in there.
+pub async fn login(
+    client: Client,
+    gateway: &str,
+    flow: crate::login::Flow,
+    browser: bool,
+) -> anyhow::Result<ExitCode> {
+    let auth: serde_json::Value = serde_json::from_slice(&client.get("/api/auth").await?)?;
+    if auth["oidc"].is_null() {
+        bail!(
+            "the gateway at {gateway} has no identity provider configured ([oidc] in its sluice.toml): use a token (--token or SLUICE_TOKEN)"
+        );
+    }
+    let provider: crate::login::Provider = serde_json::from_value(auth["oidc"].clone())?;
+    let who = crate::login::login(gateway, &provider, flow, |text, url| {
+        eprintln!("{text}");
+        if browser && flow == crate::login::Flow::Browser {
+            // Best effort: a headless machine just has the address above.
+            let _ = std::process::Command::new("xdg-open")
+                .arg(url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+        }
+        eprintln!("Waiting for the sign-in (5 minutes at most)...");
+    })
+    .await?;
+    eprintln!("signed in to {gateway} as {who}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--config`, else ./sluice.toml if present, else the built-in default.
+fn load_config(config_path: Option<PathBuf>) -> anyhow::Result<sluice_engine::config::Config> {
+    let path = config_path.or_else(|| {
+        Path::new("sluice.toml")
+            .exists()
+            .then(|| PathBuf::from("sluice.toml"))
+    });
+    Ok(sluice_engine::config::Config::load(path.as_deref())?)
+}
+
+/// Who runs a maintenance command, for the record.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+pub fn store_restore(config_path: Option<PathBuf>, backup: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let data = &config.gateway.data_dir;
+    let key = config.gateway.record_key(data);
+    let signer = key
+        .load_existing()
+        .with_context(|| format!("record key {key}"))?;
+    if !backup.is_file() {
+        bail!("no backup at {}", backup.display());
+    }
+    let restored = sluice_record::restore(&data.join("record.redb"), backup, signer, &operator())
+        .context("restore refused (is the gateway stopped?)")?;
+    println!(
+        "restored {} (its last entry: {}); recorded as entry {}",
+        backup.display(),
+        restored
+            .restored_to
+            .map_or("none".to_string(), |i| i.to_string()),
+        restored.entry
+    );
+    if let Some((from, to)) = restored.skipped {
+        println!("entries {from}-{to} of the replaced store are declared abandoned by the restore");
+    }
+    if let Some(aside) = &restored.replaced_moved_to {
+        println!("the replaced store is kept at {}", aside.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn store_rotate_key(config_path: Option<PathBuf>, old_key: &str) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let data = &config.gateway.data_dir;
+    let new_source = config.gateway.record_key(data);
+    let old_source = sluice_record::KeySource::parse(old_key);
+    if old_source == new_source {
+        bail!(
+            "--old-key names the configured record key ({new_source}): point `[gateway] record_key` at the new key first"
+        );
+    }
+    let old = old_source
+        .load_existing()
+        .with_context(|| format!("--old-key {old_source}"))?;
+    let new = new_source
+        .load()
+        .with_context(|| format!("record key {new_source}"))?;
+    let store = sluice_record::Store::open_signed(&data.join("record.redb"), old)
+        .context("cannot open the store with the old key (is the gateway stopped, and is --old-key the key in use?)")?;
+    let entry = store.rotate_key(new)?;
+    let public = hex::encode(store.public_key());
+    store.close();
+    println!("announced the new record key {public} at entry {entry}, signed by the old key");
+    println!("give auditors the new public key; the gateway now starts with {new_source}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let (started, running) = sluice_engine::server::start(config).await?;
+    println!("sluice gateway listening on https://{}", started.addr);
+    println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);
+    println!(
+        "record key (Ed25519, keep it to verify copies): {}",
+        started.record_key
+    );
+    if started.closed_after_crash > 0 {
+        println!(
+            "closed {} sessions the previous run left open (it stopped unexpectedly)",
+            started.closed_after_crash
+        );
+    }
+    if let Some(dev) = &started.dev_tokens {
+        println!();
+        println!("DEVELOPMENT TOKENS (dev_tokens = true; never use in production):");
+        println!("  user:     export SLUICE_TOKEN={}", dev.user);
+        println!("  reviewer: export SLUICE_TOKEN={}", dev.reviewer);
+        println!();
+        println!("Try: sluice exec shell -- echo hello   or   sluice connect python");
+    }
+    std::io::stdout().flush()?;
+    // SIGTERM is what `kill`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both stop
+    // cleanly: sessions end and are recorded, the record is committed and closed.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let why = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    println!("stopping ({why})");
+    std::io::stdout().flush()?;
+    let ended = running.stop(why).await?;
+    println!("stopped: {ended} sessions ended, record closed");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct SessionFilter {
+    pub active: bool,
+    pub user: Option<String>,
+    pub connection: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub grep: Option<String>,
+}
+
+/// `30m`, `2h`, `7d` ago, or unix seconds; in milliseconds.
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    let now = sluice_core::now_ms();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("bad time `{text}`: use unix seconds or 30m, 2h, 7d"))?;
+    let seconds = match unit {
+        "" => return Ok(n * 1000),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad time `{text}`: use unix seconds or 30m, 2h, 7d"),
+    };
+    Ok(now.saturating_sub(seconds * 1000))
+}
+
+/// A session's events; `form` says what the reader does with them (the gateway records it).
+async fn events(client: &Client, id: &str, form: &str) -> anyhow::Result<Vec<EventView>> {
+    let body = client
+        .get(&format!("/api/sessions/{id}/events?form={form}"))
+        .await?;
+    parse_events(&body)
+}
+
+fn parse_events(body: &[u8]) -> anyhow::Result<Vec<EventView>> {
+    body.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).context("malformed event from the gateway"))
+        .collect()
+}
+
+pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<ExitCode> {
+    if filter.active {
+        let live: Vec<serde_json::Value> =
+            serde_json::from_slice(&client.get("/api/sessions?active=1").await?)?;
+        println!(
+            "{:<32} {:<14} {:<10} STARTED",
+            "ACTIVE SESSION", "USER", "CONNECTION"
+        );
+        for s in live {
+            println!(
+                "{:<32} {:<14} {:<10} {}",
+                s["id"].as_str().unwrap_or("?"),
+                s["subject"].as_str().unwrap_or("?"),
+                s["connection"].as_str().unwrap_or("?"),
+                s["started_ms"]
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let all: Vec<SessionSummary> = serde_json::from_slice(&client.get("/api/sessions").await?)?;
+    let since = filter.since.as_deref().map(parse_time).transpose()?;
+    let until = filter.until.as_deref().map(parse_time).transpose()?;
+    println!(
+        "{:<32} {:<14} {:<10} {:<8} {:<7} CLIENT",
+        "SESSION", "USER", "CONNECTION", "MINUTES", "EXIT"
+    );
+    for s in all {
+        if filter.user.as_ref().is_some_and(|u| *u != s.subject)
+            || filter
+                .connection
+                .as_ref()
+                .is_some_and(|c| *c != s.connection)
+            || since.is_some_and(|t| s.started_ms < t)
+            || until.is_some_and(|t| s.started_ms >= t)
+        {
+            continue;
+        }
+        if let Some(needle) = &filter.grep {
+            let found = events(&client, &s.id, "search")
+                .await?
+                .iter()
+                .any(|e| String::from_utf8_lossy(&e.payload()).contains(needle.as_str()));
+            if !found {
+                continue;
+            }
+        }
+        let minutes = s.ended_ms.map_or("active".into(), |end| {
+            format!("{:.1}", (end - s.started_ms) as f64 / 60000.0)
+        });
+        let exit = s.exit_status.map_or("-".into(), |c| c.to_string());
+        println!(
+            "{:<32} {:<14} {:<10} {:<8} {:<7} {}",
+            s.id, s.subject, s.connection, minutes, exit, s.client
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reviews(
+    client: Client,
+    status: Option<String>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} WHAT",
+        "REVIEW", "STATUS", "KIND", "CONNECTION", "REQUESTER", "APPROVALS"
+    );
+    if watch {
+        // The live inbox: pending reviews first, then every change, a line each.
+        let mut pending = Vec::new();
+        client
+            .follow("/api/reviews/events", |bytes| {
+                pending.extend_from_slice(bytes);
+                while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = pending.drain(..end + 2).collect();
+                    for line in String::from_utf8_lossy(&event).lines() {
+                        if let Some(data) = line.strip_prefix("data: ")
+                            && let Ok(r) = serde_json::from_str::<Review>(data)
+                        {
+                            print_review_line(&r);
+                            let _ = std::io::stdout().flush();
+                        }
+                    }
+                }
+            })
+            .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let query = status
+        .map(|s| format!("?status={}", crate::client::query_value(&s)))
+        .unwrap_or_default();
+    let all: Vec<Review> =
+        serde_json::from_slice(&client.get(&format!("/api/reviews{query}")).await?)?;
+    for r in &all {
+        print_review_line(r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_review_line(r: &Review) {
+    let mut what = format!("{} ({})", r.text.replace('\n', " "), r.reason);
+    if what.chars().count() > 60 {
+        what = what.chars().take(59).collect::<String>() + "…";
+    }
+    println!(
+        "{:<14} {:<14} {:<7} {:<10} {:<14} {:<9} {what}",
+        r.id,
+        r.status.as_str(),
+        match r.kind {
+            sluice_engine::review::Kind::Frame => "command",
+            sluice_engine::review::Kind::Access => "access",
+        },
+        r.connection,
+        r.requester,
+        format!("{}/{}", r.approvals.len(), r.required),
+    );
+}
+
+pub async fn review_show(client: Client, id: &str) -> anyhow::Result<ExitCode> {
+    let r: Review = serde_json::from_slice(&client.get(&format!("/api/reviews/{id}")).await?)?;
+    print_review(&r);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn review_decide(
+    client: Client,
+    id: &str,
+    verb: &str,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let query = reason
+        .map(|r| format!("?reason={}", crate::client::query_value(&r)))
+        .unwrap_or_default();
+    let r: Review = serde_json::from_slice(
+        &client
+            .post(&format!("/api/reviews/{id}/{verb}{query}"))
+            .await?,
+    )?;
+    match r.status {
+        sluice_engine::review::Status::Pending => println!(
+            "review {id}: approval {} of {} recorded; it needs more from other reviewers",
+            r.approvals.len(),
+            r.required
+        ),
+        status => println!("review {id} {}", status.as_str()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_review(r: &Review) {
+    let time = |ms: u64| {
+        let now = sluice_core::now_ms();
+        match ms.checked_sub(now) {
+            Some(ahead) => format!("in {} s", ahead / 1000),
+            None => format!("{} s ago", (now - ms) / 1000),
+        }
+    };
+    println!("review     {}", r.id);
+    println!("status     {}", r.status.as_str());
+    println!(
+        "kind       {}",
+        serde_json::to_value(r.kind)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?")
+    );
+    println!("connection {}", r.connection);
+    println!(
+        "requester  {}{}",
+        r.requester,
+        r.requester_name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    if let Some(session) = &r.session {
+        println!("session    {session}");
+    }
+    println!("reason     {}", r.reason);
+    println!("created    {}", time(r.created_ms));
+    println!("expires    {}", time(r.expires_ms));
+    println!(
+        "reviewers  {} ({} approval(s) needed)",
+        r.reviewer_groups.join(", "),
+        r.required
+    );
+    for v in &r.approvals {
+        println!(
+            "approved   by {}{}",
+            v.by,
+            v.reason
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(v) = &r.rejection {
+        println!(
+            "rejected   by {}: {}",
+            v.by,
+            v.reason.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(until) = r.granted_until_ms {
+        println!("granted    until {}", time(until));
+    }
+    println!("---\n{}", r.text);
+}
+
+/// `sluice whoami`: who the gateway takes you for, and your roles on each connection.
+pub async fn whoami(client: Client) -> anyhow::Result<ExitCode> {
+    let who: serde_json::Value = serde_json::from_slice(&client.get("/api/whoami").await?)?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let list = |v: &serde_json::Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let subject = text(&who["subject"]);
+    match who["name"].as_str() {
+        // A name that already says the subject (dev tokens') is shown alone.
+        Some(name) if name.starts_with(&format!("{subject} (")) => println!("{name}"),
+        Some(name) => println!("{subject} ({name})"),
+        None => println!("{subject}"),
+    }
+    println!("groups: {}", list(&who["groups"]));
+    for (connection, roles) in who["roles"].as_object().into_iter().flatten() {
+        println!("{connection}: {}", list(roles));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sinks(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
+    let body = client.get("/api/sinks").await?;
+    if raw {
+        std::io::stdout().write_all(&body)?;
+        println!();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sinks: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    if sinks.is_empty() {
+        println!("no sinks: the policy enables none (see docs/sinks.md)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<16} {:<11} {:>10} {:>8} {:>10}  LAST ERROR",
+        "SINK", "PLUGIN", "STATE", "DELIVERED", "LAG", "FAILURES"
+    );
+    for s in &sinks {
+        let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
+        let number = |k: &str| s[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<16} {:<16} {:<11} {:>10} {:>8} {:>10}  {}",
+            text("name"),
+            text("plugin"),
+            text("state"),
+            number("cursor"),
+            number("lag"),
+            number("failures"),
+            s["last_error"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reload(client: Client) -> anyhow::Result<ExitCode> {
+    let applied: serde_json::Value = serde_json::from_slice(&client.post("/api/reload").await?)?;
+    let files = applied["files"].as_array().map_or(0, Vec::len);
+    let sinks: Vec<&str> = applied["sinks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    println!(
+        "policy applied: {files} file(s); sinks: {}",
+        if sinks.is_empty() {
+            "none".to_string()
+        } else {
+            sinks.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn retention(client: Client) -> anyhow::Result<ExitCode> {
+    let report: serde_json::Value = serde_json::from_slice(&client.post("/api/retention").await?)?;
+    let count = |k: &str| report[k].as_array().map_or(0, Vec::len);
+    println!(
+        "purged {} payload(s) of {} session(s); removed {} decided review(s)",
+        report["payloads"].as_u64().unwrap_or(0),
+        count("sessions"),
+        count("reviews"),
+    );
+    if report["payloads"].as_u64().unwrap_or(0) > 0 {
+        println!("entries: {}", entry_ranges(&report["ranges"]));
+    }
+    if let Some(c) = report["compacted"].as_object() {
+        println!(
+            "store compacted: {} -> {} bytes",
+            c["bytes_before"], c["bytes_after"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `[[3, 31], [88, 88]]` as `3-31, 88`.
+fn entry_ranges(ranges: &serde_json::Value) -> String {
+    let ranges: Vec<String> = ranges
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| match (r[0].as_u64(), r[1].as_u64()) {
+            (Some(a), Some(b)) if a == b => format!("{a}"),
+            (a, b) => format!("{}-{}", a.unwrap_or(0), b.unwrap_or(0)),
+        })
+        .collect();
+    ranges.join(", ")
+}
+
+pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
+    client.post(&format!("/api/sessions/{id}/kill")).await?;
+    println!("session {id} ended");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<ExitCode> {
+    let events = events(&client, id, "replay").await?;
+    if events.is_empty() {
+        bail!("session {id} has no recorded events");
+    }
+    let mut stdout = std::io::stdout();
+    let mut last = None;
+    for e in events.iter().filter(|e| e.is_output()) {
+        if let Some(previous) = last
+            && speed > 0.0
+        {
+            let gap =
+                Duration::from_millis(e.time_ms.saturating_sub(previous)).mul_f64(1.0 / speed);
+            tokio::time::sleep(gap.min(Duration::from_secs(5))).await;
+        }
+        last = Some(e.time_ms);
+        stdout.write_all(&e.shown())?;
+        stdout.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(client: Client, id: &str, format: &str) -> anyhow::Result<ExitCode> {
+    let body = client
+        .get(&format!("/api/sessions/{id}/events?form=export-{format}"))
+        .await?;
+    let mut stdout = std::io::stdout();
+    match format {
+        "asciicast" => {
+            let events = parse_events(&body)?;
+            stdout.write_all(sluice_engine::audit::asciicast(&events, 80, 24).as_bytes())?
+        }
+        _ => stdout.write_all(&body)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `sluice verify` checks the record against.
+#[derive(Debug, Default)]
+pub struct VerifyArgs {
+    pub public_keys: Vec<String>,
+    pub heads: Vec<String>,
+    pub accept_loss: bool,
+    pub print_head: bool,
+}
+
+impl VerifyArgs {
+    fn anchors(&self) -> anyhow::Result<Vec<sluice_record::Anchor>> {
+        let mut anchors = Vec::new();
+        for arg in &self.heads {
+            anchors.extend(sluice_record::anchors_from(arg)?);
+        }
+        Ok(anchors)
+    }
+}
+
+fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
+    let holds = report["holds"].as_bool().unwrap_or(false);
+    let entries = &report["entries"];
+    if holds {
+        println!("record verified: {entries} entries hold");
+        if report["purged"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "purged by retention (payloads deleted, digests kept): {} entries: {}",
+                report["purged"],
+                entry_ranges(&report["purged_ranges"])
+            );
+        }
+        let confirmed = report["anchors_confirmed"].as_u64().unwrap_or(0);
+        if confirmed > 0 {
+            println!("heads kept outside: {confirmed} reached and matched");
+        }
+        if report["trust"] == "self-consistent" {
+            println!(
+                "note: no trusted key was given (--public-key, or --head with a head kept outside), so only the store's consistency with itself was checked: whoever can write the store could have rewritten and re-signed it"
+            );
+        }
+    } else {
+        println!(
+            "record does NOT verify: {}",
+            report["problem"].as_str().unwrap_or("unknown problem")
+        );
+    }
+    for gap in report["gaps"].as_array().into_iter().flatten() {
+        println!(
+            "gap: entries {}-{} are not in the store: {} recorded at entry {}",
+            gap["from"],
+            gap["to"],
+            gap["kind"].as_str().unwrap_or("?"),
+            gap["at"]
+        );
+    }
+    for rotation in report["rotations"].as_array().into_iter().flatten() {
+        println!("key rotation at entry {rotation} (signed by the previous key)");
+    }
+    for note in report["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", note.as_str().unwrap_or_default());
+    }
+    if report["repaired"] == true {
+        println!("note: the store was not closed cleanly; a repaired copy was verified");
+    }
+    if print_head {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report["head"]).unwrap_or_default()
+        );
+    }
+    if holds {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+pub async fn verify_online(client: Client, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    if !args.public_keys.is_empty() {
+        bail!("--public-key is for offline verify (--store): the gateway checks its own key");
+    }
+    let heads: Vec<_> = args.anchors()?.into_iter().map(|a| a.head).collect();
+    let path = if args.accept_loss {
+        "/api/verify?accept_loss"
+    } else {
+        "/api/verify"
+    };
+    let body = client.post_json(path, serde_json::to_vec(&heads)?).await?;
+    let report: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(print_report(&report, args.print_head))
+}
+
+pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    if !store.is_file() {
+        bail!("no store at {}", store.display());
+    }
+    let trusted_keys = args
+        .public_keys
+        .iter()
+        .map(|k| sluice_record::parse_public_key(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = sluice_record::VerifyOptions {
+        trusted_keys,
+        anchors: args.anchors()?,
+        accept_loss: args.accept_loss,
+    };
+    let report = sluice_record::verify_store(store, options);
+    Ok(print_report(
+        &sluice_engine::audit::report_json(&report),
+        args.print_head,
+    ))
+}

@@ -1,0 +1,622 @@
+//! The `sluice` command: parses the command line and calls into the library.
+
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sluice_engine::policy::{PluginSpec, Source};
+use sluice_plugin_host::{HostConfig, PluginHost};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "An identity-aware gateway that records, masks and gates sessions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the gateway is and who you are, for the client commands.
+#[derive(clap::Args)]
+struct Target {
+    /// The gateway, HOST:PORT.
+    #[arg(long, env = "SLUICE_GATEWAY", default_value = "127.0.0.1:7443")]
+    gateway: String,
+    /// Your token.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The gateway's CA certificate (default: sluice-data/tls/ca.pem here).
+    #[arg(long, env = "SLUICE_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// A client with `--token`/`SLUICE_TOKEN`, else the tokens `sluice login` saved for this
+    /// gateway (renewed first when they expire).
+    fn client(self) -> anyhow::Result<sluice::client::Client> {
+        // An empty SLUICE_TOKEN is no token: say so, rather than send an empty one.
+        let token = match self.token.filter(|t| !t.trim().is_empty()) {
+            Some(token) => Some(token),
+            None => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(sluice::login::token(&self.gateway))?,
+        };
+        sluice::client::Client::new(&self.gateway, token, self.ca)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sign in at the gateway's identity provider (OpenID Connect, in a browser); every other
+    /// command then uses the saved tokens.
+    Login {
+        /// Print the sign-in page's address instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// The device flow, for machines without a browser: enter the printed code on any
+        /// other device.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Who the gateway takes you for: your subject, groups and roles on each connection.
+    Whoami {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget the tokens `sluice login` saved for the gateway.
+    Logout {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Start the gateway (default: ./sluice.toml if present, else the built-in default).
+    Serve {
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Open an interactive session on a connection; with --port, forward a local port to a
+    /// PostgreSQL or TCP connection.
+    Connect {
+        connection: String,
+        /// Listen on 127.0.0.1:PORT (0: any free port) and tunnel each client to the connection.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Why you connect; reviewers see it when the connection needs approved access.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a script or a command line on a connection; its exit status becomes this one's.
+    Exec {
+        connection: String,
+        /// The script to run.
+        #[arg(short = 'f', long = "file", conflicts_with = "words")]
+        file: Option<PathBuf>,
+        /// A command line, run as one line of the connection's script program.
+        #[arg(last = true)]
+        words: Vec<String>,
+        /// Why you run it; reviewers see it when the connection needs approved access.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List reviews: held commands and access requests you asked for or may decide.
+    Reviews {
+        /// pending, approved, rejected, expired or session-ended (default: all).
+        #[arg(long, conflicts_with = "watch")]
+        status: Option<String>,
+        /// Stay and print each change as it happens (pending reviews first).
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show, approve or reject one review.
+    #[command(subcommand)]
+    Review(ReviewCommand),
+    /// List recorded sessions.
+    Sessions {
+        /// Only live sessions.
+        #[arg(long)]
+        active: bool,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only sessions started at or after: unix seconds, or an age like 30m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions started before: unix seconds, or an age like 30m, 2h, 7d.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only sessions whose recorded payloads contain TEXT.
+        #[arg(long)]
+        grep: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a live session (auditors).
+    Kill {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Play a session's output back in this terminal, with its timing.
+    Replay {
+        id: String,
+        /// Playback speed; 0 prints everything at once.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Export a session: asciicast (for `asciinema play`) or jsonl (every event).
+    Export {
+        id: String,
+        #[arg(long, value_parser = ["asciicast", "jsonl"])]
+        format: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Verify the record: through the running gateway, or offline with --store.
+    Verify {
+        /// A store file to verify offline (a copy, or the gateway's while it is stopped).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The record's public key (64 hex digits, or a file holding them) to trust; offline,
+        /// without it or a --head, only the store's consistency with itself can be checked.
+        #[arg(long)]
+        public_key: Vec<String>,
+        /// A head kept outside the gateway: `--print-head`'s output, a sink's NDJSON export
+        /// or a folder of them (an S3 bucket's files), or the JSON itself. The store must
+        /// reach it and agree with it. Any number.
+        #[arg(long = "head")]
+        heads: Vec<String>,
+        /// Accept entries that were lost (a repair after a crash), reporting them.
+        #[arg(long)]
+        accept_loss: bool,
+        /// Print the signed head, to anchor it elsewhere.
+        #[arg(long)]
+        print_head: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Where the record is delivered: each sink's position, lag, state and last error.
+    Sinks {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Apply the policy folder again without a restart (as `kill -HUP` does); a policy that
+    /// does not load is refused and the running one stays.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run retention now: purge the payloads of expired sessions and decisions, then compact.
+    Retention {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The gateway's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Maintain the record store while the gateway is stopped: restore a backup, change keys.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Check and run plugins locally, without a gateway.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Load the policies in a folder and report what they declare, or the first error.
+    Policy {
+        /// The policy folder.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Everything about a review: what was held, why, who asked, who decided.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Approve: the held command runs (once enough distinct reviewers approved).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reject: the held command is refused with your reason.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) that clients and psql should trust.
+    Export {
+        /// The gateway's data folder.
+        #[arg(long, default_value = "sluice-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Put a backup copy of the store in place and record it (a signed `restore` entry that
+    /// declares the entries it abandons), so verify tells the restore from a rollback.
+    Restore {
+        /// The backup: a copy of record.redb.
+        backup: PathBuf,
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Announce the configured record key (`[gateway] record_key`) in the chain, signed by
+    /// the key in use until now; start the gateway with the new key afterwards.
+    RotateKey {
+        /// The key in use until now: a key file or env:NAME.
+        #[arg(long)]
+        old_key: String,
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component against the plugin contract: its world, its imports, its digest.
+    Check {
+        /// A .wasm file, or builtin:NAME.
+        plugin: String,
+    },
+    /// Feed frames (JSON lines on standard input) to a filter plugin and print each verdict,
+    /// with the time per call and the memory used.
+    Run {
+        /// A .wasm file, or builtin:NAME.
+        plugin: String,
+        /// The plugin's config: a TOML or JSON FILE with the whole table, or one KEY=VALUE
+        /// setting (VALUE read as TOML when it parses: numbers, booleans, arrays; else as a
+        /// string). Repeatable; settings apply on top of the file.
+        #[arg(long = "config", value_name = "FILE|KEY=VALUE")]
+        config: Vec<String>,
+        /// Per-call deadline in milliseconds.
+        #[arg(long, default_value_t = sluice_engine::policy::FILTER_DEADLINE_MS)]
+        deadline_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    quiet_on_closed_pipe();
+    sluice::provide_builtins();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sluice: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice sessions | head -1`: the reader closing the pipe ends the command quietly (exit
+/// 141, as a shell reports SIGPIPE) instead of with a panic and a backtrace.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match cli.command {
+        Command::Serve { config } => runtime()?.block_on(sluice::commands::serve(config)),
+        Command::Login {
+            no_browser,
+            device,
+            target,
+        } => {
+            let gateway = target.gateway.clone();
+            let client = sluice::client::Client::new(&gateway, None, target.ca)?;
+            let flow = if device {
+                sluice::login::Flow::Device
+            } else {
+                sluice::login::Flow::Browser
+            };
+            runtime()?.block_on(sluice::commands::login(client, &gateway, flow, !no_browser))
+        }
+        Command::Logout { target } => {
+            if sluice::login::logout(&target.gateway)? {
+                eprintln!("signed out of {}", target.gateway);
+            } else {
+                eprintln!("not signed in to {}", target.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connect {
+            connection,
+            port,
+            reason,
+            target,
+        } => {
+            let client = target.client()?.with_reason(reason);
+            let runtime = runtime()?;
+            Ok(ExitCode::from(match port {
+                Some(port) => {
+                    runtime.block_on(sluice::client::tunnel(&client, &connection, port))?
+                }
+                None => runtime.block_on(sluice::client::connect(&client, &connection))?,
+            }))
+        }
+        Command::Exec {
+            connection,
+            file,
+            words,
+            reason,
+            target,
+        } => {
+            let script = match file {
+                Some(path) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None if words.is_empty() => {
+                    bail!("give a script with -f FILE or a command after --")
+                }
+                None => format!("{}\n", words.join(" ")).into_bytes(),
+            };
+            let client = target.client()?.with_reason(reason);
+            Ok(ExitCode::from(runtime()?.block_on(
+                sluice::client::exec(&client, &connection, script),
+            )?))
+        }
+        Command::Reviews {
+            status,
+            watch,
+            target,
+        } => runtime()?.block_on(sluice::commands::reviews(target.client()?, status, watch)),
+        Command::Review(ReviewCommand::Show { id, target }) => {
+            runtime()?.block_on(sluice::commands::review_show(target.client()?, &id))
+        }
+        Command::Review(ReviewCommand::Approve { id, reason, target }) => runtime()?.block_on(
+            sluice::commands::review_decide(target.client()?, &id, "approve", reason),
+        ),
+        Command::Review(ReviewCommand::Reject { id, reason, target }) => runtime()?.block_on(
+            sluice::commands::review_decide(target.client()?, &id, "reject", Some(reason)),
+        ),
+        Command::Sessions {
+            active,
+            user,
+            connection,
+            since,
+            until,
+            grep,
+            target,
+        } => {
+            let filter = sluice::commands::SessionFilter {
+                active,
+                user,
+                connection,
+                since,
+                until,
+                grep,
+            };
+            runtime()?.block_on(sluice::commands::sessions(target.client()?, filter))
+        }
+        Command::Whoami { target } => {
+            runtime()?.block_on(sluice::commands::whoami(target.client()?))
+        }
+        Command::Sinks { json, target } => {
+            runtime()?.block_on(sluice::commands::sinks(target.client()?, json))
+        }
+        Command::Reload { target } => {
+            runtime()?.block_on(sluice::commands::reload(target.client()?))
+        }
+        Command::Retention { target } => {
+            runtime()?.block_on(sluice::commands::retention(target.client()?))
+        }
+        Command::Kill { id, target } => {
+            runtime()?.block_on(sluice::commands::kill(target.client()?, &id))
+        }
+        Command::Replay { id, speed, target } => {
+            runtime()?.block_on(sluice::commands::replay(target.client()?, &id, speed))
+        }
+        Command::Export { id, format, target } => {
+            runtime()?.block_on(sluice::commands::export(target.client()?, &id, &format))
+        }
+        Command::Verify {
+            store,
+            public_key,
+            heads,
+            accept_loss,
+            print_head,
+            target,
+        } => {
+            let check = sluice::commands::VerifyArgs {
+                public_keys: public_key,
+                heads,
+                accept_loss,
+                print_head,
+            };
+            match store {
+                Some(path) => sluice::commands::verify_offline(&path, &check),
+                None => {
+                    runtime()?.block_on(sluice::commands::verify_online(target.client()?, &check))
+                }
+            }
+        }
+        Command::Store(StoreCommand::Restore { backup, config }) => {
+            sluice::commands::store_restore(config, &backup)
+        }
+        Command::Store(StoreCommand::RotateKey { old_key, config }) => {
+            sluice::commands::store_rotate_key(config, &old_key)
+        }
+        Command::Ca(CaCommand::Export { data_dir }) => {
+            let path = sluice_engine::tls::ca_path(&data_dir);
+            let pem = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {} (start the gateway once to make it)",
+                    path.display()
+                )
+            })?;
+            print!("{pem}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Check { plugin }) => {
+            let host = PluginHost::new(HostConfig::default())?;
+            let report = sluice::runner::check(&host, source(&plugin))?;
+            println!(
+                "{plugin}: a `{}` plugin of sluice:plugin@0.2.0",
+                report.world
+            );
+            println!("sha256: {}", report.sha256);
+            println!(
+                "imports: {}",
+                if report.imports.is_empty() {
+                    "none".into()
+                } else {
+                    report.imports.join(", ")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Run {
+            plugin,
+            config,
+            deadline_ms,
+        }) => {
+            let config = plugin_config(&config)?;
+            let mut spec = PluginSpec::standalone(
+                "local",
+                source(&plugin),
+                sluice_engine::policy::World::Filter,
+                config,
+            );
+            let max = sluice_engine::policy::MAX_DEADLINE_MS;
+            if deadline_ms == 0 || deadline_ms > max {
+                bail!("--deadline-ms: {deadline_ms} is out of range (1 to {max}), as in a policy");
+            }
+            spec.deadline = std::time::Duration::from_millis(deadline_ms);
+            let host = PluginHost::new(HostConfig::default())?;
+            let loaded = host.load(&spec)?;
+            let stdout = std::io::stdout();
+            sluice::runner::run(&loaded, BufReader::new(std::io::stdin()), stdout.lock())?;
+            stdout.lock().flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { dir } => {
+            let policy = sluice_engine::policy::Policy::load_dir(&dir)?;
+            let host = PluginHost::new(HostConfig::default())?;
+            for spec in policy.plugins.values() {
+                let loaded = host.load(spec)?;
+                println!(
+                    "plugin {} ({}, {}): sha256 {}",
+                    spec.name,
+                    spec.world,
+                    spec.source,
+                    hex::encode(loaded.digest())
+                );
+            }
+            for (connection, chain) in &policy.chains {
+                println!("chain {connection}: {}", chain.join(" -> "));
+            }
+            for (name, sink) in &policy.sinks {
+                let allowed = &policy.plugins[&sink.plugin].allow_hosts;
+                println!(
+                    "sink {name}: plugin {}, batches of {}, may reach {}",
+                    sink.plugin,
+                    sink.batch_events,
+                    if allowed.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn source(arg: &str) -> Source {
+    match arg.strip_prefix("builtin:") {
+        Some(name) => Source::Builtin(name.to_string()),
+        None => Source::File(PathBuf::from(arg)),
+    }
+}
+
+/// Builds the plugin's config (JSON, as `init` receives it) from files and KEY=VALUE pairs.
+fn plugin_config(args: &[String]) -> anyhow::Result<String> {
+    let (settings, files): (Vec<&String>, Vec<&String>) =
+        args.iter().partition(|a| a.contains('='));
+    if files.len() > 1 {
+        bail!("--config takes one FILE (and any number of KEY=VALUE settings)");
+    }
+    let mut table = match files.first().map(std::path::Path::new) {
+        None => serde_json::Map::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", path.display()))?
+            } else {
+                let table: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("{} is not valid TOML", path.display()))?;
+                serde_json::to_value(table)?
+            };
+            match value {
+                serde_json::Value::Object(map) => map,
+                _ => bail!("{}: the config must be a table", path.display()),
+            }
+        }
+    };
+    for setting in settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            unreachable!("partitioned on '='")
+        };
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => serde_json::to_value(t.remove("v"))?,
+            Err(_) => serde_json::Value::String(value.to_string()),
+        };
+        table.insert(key.to_string(), value);
+    }
+    Ok(serde_json::Value::Object(table).to_string())
+}

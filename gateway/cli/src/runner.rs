@@ -1,0 +1,275 @@
+//! The local plugin runner behind `sluice plugin check` and `sluice plugin run`: lets a
+//! plugin author validate a component and feed it frames without a gateway.
+//!
+//! Frames are JSON lines; the content is keyed by its kind:
+//!
+//! ```text
+//! {"line": "rm -rf /"}
+//! {"direction": "target-to-client", "bytes": "card 4242 4242 4242 4242\n"}
+//! {"statement": {"text": "SELECT * FROM users WHERE id = $1", "params": ["7"]}}
+//! {"direction": "target-to-client", "columns": [{"name": "ssn", "table": "users"}]}
+//! {"direction": "target-to-client", "row": ["078-05-1120", null]}
+//! ```
+
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use sluice_core::frame::{
+    Action, CellFormat, Column, Content, Direction, Frame, SessionInfo, Statement, Verdict,
+};
+use sluice_engine::policy::{PluginSpec, Source, World};
+use sluice_plugin_host::{LoadError, LoadedPlugin, PluginHost};
+
+/// One input line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonFrame {
+    #[serde(default)]
+    direction: JsonDirection,
+    #[serde(flatten)]
+    content: JsonContent,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum JsonDirection {
+    #[default]
+    ClientToTarget,
+    TargetToClient,
+}
+
+/// Content as JSON. Bytes and cells are text here; bytes that are not UTF-8 are shown with
+/// replacement characters.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonContent {
+    Bytes(String),
+    Line(String),
+    Statement {
+        text: String,
+        #[serde(default)]
+        params: Vec<Option<String>>,
+    },
+    Columns(Vec<JsonColumn>),
+    Row(Vec<Option<String>>),
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonColumn {
+    name: String,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    type_oid: u32,
+    #[serde(default)]
+    binary: bool,
+}
+
+/// One output line: the verdict on one frame, with what the call cost.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seq: u64,
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<JsonContent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_as: Option<JsonContent>,
+    pub time_us: f64,
+    pub memory_bytes: usize,
+}
+
+/// What `plugin check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub world: World,
+    pub sha256: String,
+    pub imports: Vec<String>,
+}
+
+/// Validates a component against the contract: which world it implements, that its imports
+/// are ones Sluice provides, and that it links.
+pub fn check(host: &PluginHost, source: Source) -> Result<CheckReport, LoadError> {
+    let spec = PluginSpec::standalone("checked", source, World::Filter, "{}".into());
+    let bytes = sluice_plugin_host::read_source(&spec)?;
+    let inspection = host.inspect(&bytes).map_err(|what| LoadError::Invalid {
+        at: spec.source.to_string(),
+        what,
+    })?;
+    let spec = PluginSpec {
+        world: inspection.world,
+        ..spec
+    };
+    let (plugin, _) = host.load_bytes(&spec, &bytes)?;
+    Ok(CheckReport {
+        world: inspection.world,
+        sha256: hex::encode(plugin.digest()),
+        imports: inspection.imports,
+    })
+}
+
+/// Feeds JSON-lines frames to a filter plugin and writes one report line per frame, then
+/// what the plugin still buffered at the end of each direction's stream.
+pub fn run(
+    plugin: &LoadedPlugin,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> anyhow::Result<()> {
+    let session = SessionInfo {
+        id: "local".into(),
+        connection: "local".into(),
+        protocol: "exec".into(),
+        ..SessionInfo::default()
+    };
+    let mut instance = plugin.filter_instance(&session)?;
+    let mut seq = [0u64; 2];
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: JsonFrame = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))?;
+        let direction = match parsed.direction {
+            JsonDirection::ClientToTarget => Direction::ClientToTarget,
+            JsonDirection::TargetToClient => Direction::TargetToClient,
+        };
+        seq[direction as usize] += 1;
+        let frame = Frame {
+            seq: seq[direction as usize],
+            direction,
+            timestamp_ms: sluice_core::now_ms(),
+            content: parsed.content.into(),
+        };
+        if !instance.wants(&frame) {
+            // As in the gateway: a frame outside the plugin's interest passes uncalled.
+            let report = Report {
+                reason: Some(
+                    "not asked: outside the plugin's interest, passed without a call".into(),
+                ),
+                ..report(frame.seq, Verdict::pass(), 0.0, instance.memory_bytes())
+            };
+            serde_json::to_writer(&mut output, &report)?;
+            writeln!(output)?;
+            continue;
+        }
+        let started = Instant::now();
+        let result = instance.on_frame(&frame);
+        let time_us = started.elapsed().as_secs_f64() * 1e6;
+        let report = match result {
+            Ok(verdict) => report(frame.seq, verdict, time_us, instance.memory_bytes()),
+            Err(error) => Report {
+                seq: frame.seq,
+                verdict: "deny",
+                reason: Some(format!("fails closed: {error}")),
+                content: None,
+                record_as: None,
+                time_us,
+                memory_bytes: instance.memory_bytes(),
+            },
+        };
+        serde_json::to_writer(&mut output, &report)?;
+        writeln!(output)?;
+    }
+    for (direction, name) in [
+        (Direction::ClientToTarget, JsonDirection::ClientToTarget),
+        (Direction::TargetToClient, JsonDirection::TargetToClient),
+    ] {
+        if let Some(content) = instance.flush(direction)? {
+            let flushed =
+                serde_json::json!({ "flushed": name, "content": JsonContent::from(content) });
+            writeln!(output, "{flushed}")?;
+        }
+    }
+    Ok(())
+}
+
+fn report(seq: u64, verdict: Verdict, time_us: f64, memory_bytes: usize) -> Report {
+    let (name, reason, content) = match verdict.action {
+        Action::Pass => ("pass", None, None),
+        Action::Replace(content) => ("replace", None, Some(content.into())),
+        Action::Hold(reason) => ("hold", Some(reason), None),
+        Action::Deny(reason) => ("deny", Some(reason), None),
+    };
+    Report {
+        seq,
+        verdict: name,
+        reason,
+        content,
+        record_as: verdict.record_as.map(Into::into),
+        time_us,
+        memory_bytes,
+    }
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn cells_to_json(cells: Vec<Option<Vec<u8>>>) -> Vec<Option<String>> {
+    cells.into_iter().map(|c| c.map(text)).collect()
+}
+
+fn cells_from_json(cells: Vec<Option<String>>) -> Vec<Option<Vec<u8>>> {
+    cells
+        .into_iter()
+        .map(|c| c.map(String::into_bytes))
+        .collect()
+}
+
+impl From<JsonContent> for Content {
+    fn from(c: JsonContent) -> Self {
+        match c {
+            JsonContent::Bytes(s) => Content::Bytes(s.into_bytes()),
+            JsonContent::Line(s) => Content::Line(s),
+            JsonContent::Statement { text, params } => Content::Statement(Statement {
+                text,
+                params: cells_from_json(params),
+            }),
+            JsonContent::Columns(cols) => Content::Columns(
+                cols.into_iter()
+                    .map(|c| Column {
+                        name: c.name,
+                        table: c.table,
+                        table_oid: 0,
+                        type_oid: c.type_oid,
+                        format: if c.binary {
+                            CellFormat::Binary
+                        } else {
+                            CellFormat::Text
+                        },
+                    })
+                    .collect(),
+            ),
+            JsonContent::Row(cells) => Content::Row(cells_from_json(cells)),
+        }
+    }
+}
+
+impl From<Content> for JsonContent {
+    fn from(c: Content) -> Self {
+        match c {
+            Content::Bytes(b) => JsonContent::Bytes(text(b)),
+            Content::Line(s) => JsonContent::Line(s),
+            Content::Statement(s) => JsonContent::Statement {
+                text: s.text,
+                params: cells_to_json(s.params),
+            },
+            Content::Columns(cols) => JsonContent::Columns(
+                cols.into_iter()
+                    .map(|c| JsonColumn {
+                        name: c.name,
+                        table: c.table,
+                        type_oid: c.type_oid,
+                        binary: c.format == CellFormat::Binary,
+                    })
+                    .collect(),
+            ),
+            Content::Row(cells) => JsonContent::Row(cells_to_json(cells)),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The filter chain: every frame of a session crosses its connection's plugins, in policy
+//! order, before it may reach the other side.
+//!
+//! How verdicts compose, frame by frame:
+//!
+//! | a plugin says | the chain does                                                        |
+//! |---------------|-----------------------------------------------------------------------|
+//! | pass          | hands the frame, unchanged, to the next plugin                         |
+//! | (not asked)   | the same: a frame outside a plugin's `interest` skips it               |
+//! | replace       | hands the new content to the next plugin; it is what gets forwarded    |
+//! | hold          | notes the reason and goes on (a later deny still wins, a later mask   |
+//! |               | still masks what the reviewer sees); the frame ends held               |
+//! | deny          | stops: the frame is refused with this plugin's reason                  |
+//! | (fails)       | deny, unless the plugin's policy says `on_error = "pass"`; the        |
+//! |               | failure is logged and the instance re-made for the next frame          |
+//!
+//! `record-as` content from a plugin becomes what the record and sinks get for this frame,
+//! while the forwarded content goes on through the chain. A later plugin's `replace` also
+//! applies to the record until some plugin sets `record-as`; after that the record keeps the
+//! redacted form. So put redacting plugins last.
+//!
+//! By direction: `hold` is for client-to-target frames (on a target-to-client frame it is a
+//! malformed verdict, so it fails closed). A denied target-to-client frame ends that response
+//! with a protocol error, or the session where the protocol has none.
+
+use crate::policy::OnError;
+use sluice_core::frame::{Action, Content, Direction, Frame, SessionInfo};
+use sluice_plugin_host::{FilterInstance, LoadedPlugin, PluginError};
+
+/// The outcome of one frame through the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// What goes to the peer (when the outcome allows).
+    pub forward: Content,
+    /// What the record and the sinks get.
+    pub record: Content,
+    /// Plugins that failed on this frame, whatever the outcome.
+    pub failures: Vec<PluginError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    /// Waits for a reviewer; one reason per plugin that held it.
+    Hold {
+        reasons: Vec<String>,
+    },
+    /// Refused, by the named plugin, for the reason shown to the user.
+    Deny {
+        plugin: String,
+        reason: String,
+    },
+}
+
+/// One session's chain: an instance of each plugin, owned by the session.
+#[derive(Debug)]
+pub struct Chain {
+    links: Vec<FilterInstance>,
+}
+
+impl Chain {
+    /// Instantiates every plugin for `session`. A plugin whose `init` refuses the session
+    /// refuses it for the whole chain.
+    pub fn new(plugins: &[LoadedPlugin], session: &SessionInfo) -> Result<Chain, PluginError> {
+        let links = plugins
+            .iter()
+            .map(|p| p.filter_instance(session))
+            .collect::<Result<_, _>>()?;
+        Ok(Chain { links })
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Runs `frame` through every plugin.
+    pub fn on_frame(&mut self, frame: Frame) -> Decision {
+        self.run_from(0, frame)
+    }
+
+    /// Asks every plugin for what it buffers in `direction` (on an idle timer, and at the end
+    /// of the stream). Content a plugin releases still crosses the plugins after it; each
+    /// piece gets its frame header from `header`.
+    pub fn flush(
+        &mut self,
+        direction: Direction,
+        mut header: impl FnMut(Content) -> Frame,
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for i in 0..self.links.len() {
+            match self.links[i].flush(direction) {
+                Ok(Some(content)) => decisions.push(self.run_from(i + 1, header(content))),
+                Ok(None) => {}
+                Err(error) => {
+                    // What the plugin held back is lost with its instance; say so, loudly.
+                    tracing::error!(plugin = %error.plugin, error = %error.failure, "plugin failed to flush");
+                }
+            }
+        }
+        decisions
+    }
+
+    fn run_from(&mut self, start: usize, mut frame: Frame) -> Decision {
+        let mut record: Option<Content> = None;
+        let mut holds = Vec::new();
+        let mut failures = Vec::new();
+        for link in &mut self.links[start..] {
+            if !link.wants(&frame) {
+                continue; // as if it said pass, without the call
+            }
+            let verdict = match link.on_frame(&frame) {
+                Ok(verdict) => verdict,
+                Err(error) => {
+                    tracing::warn!(plugin = %error.plugin, error = %error.failure, seq = frame.seq, "plugin failed");
+                    let on_error = link.plugin().spec().on_error;
+                    failures.push(error.clone());
+                    match on_error {
+                        OnError::Pass => continue,
+                        OnError::Deny => {
+                            let reason = format!("refused because {error}");
+                            return deny(frame.content, record, error.plugin, reason, failures);
+                        }
+                    }
+                }
+            };
+            if let Some(redacted) = verdict.record_as {
+                record = Some(redacted);
+            }
+            match verdict.action {
+                Action::Pass => {}
+                Action::Replace(content) => frame.content = content,
+                Action::Hold(reason) => holds.push(reason),
+                Action::Deny(reason) => {
+                    return deny(
+                        frame.content,
+                        record,
+                        link.plugin().spec().name.clone(),
+                        reason,
+                        failures,
+                    );
+                }
+            }
+        }
+        let outcome = if holds.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Hold { reasons: holds }
+        };
+        let record = record.unwrap_or_else(|| frame.content.clone());
+        Decision {
+            outcome,
+            forward: frame.content,
+            record,
+            failures,
+        }
+    }
+}
+
+fn deny(
+    content: Content,
+    record: Option<Content>,
+    plugin: String,
+    reason: String,
+    failures: Vec<PluginError>,
+) -> Decision {
+    Decision {
+        outcome: Outcome::Deny { plugin, reason },
+        record: record.unwrap_or_else(|| content.clone()),
+        forward: content,
+        failures,
+    }
+}

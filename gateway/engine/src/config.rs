@@ -1,0 +1,558 @@
+//! `sluice.toml`: gateway settings, identity sources and connections. Plugin chains, roles
+//! and retention live in the policies. Secrets are never written here: connection
+//! environment values can name an environment variable to read at start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration `sluice serve` uses when there is no `sluice.toml`.
+pub const DEFAULT: &str = include_str!("../../../sluice.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: Gateway,
+    /// Static tokens (service accounts), stored as SHA-256 hashes.
+    #[serde(default)]
+    pub tokens: Vec<StaticToken>,
+    /// The OpenID provider whose tokens identify people (and machines).
+    pub oidc: Option<OidcConfig>,
+    #[serde(default)]
+    pub connections: BTreeMap<String, Connection>,
+    /// How sink plugins' outgoing requests resolve names.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// `[egress]`: the resolver of sink plugins' outgoing HTTP (what they may reach is each
+/// plugin's `allow_hosts` in the policy).
+///
+/// ```toml
+/// [egress]
+/// hosts = { "logs.internal.example" = ["10.0.4.7"] }   # looked up here before DNS
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Connection {
+    pub fn retention_days(&self) -> Option<f64> {
+        match self {
+            Connection::Exec(c) => c.retention_days,
+            Connection::Postgres(c) => c.retention_days,
+            Connection::Tcp(c) => c.retention_days,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
+    #[serde(default)]
+    pub record_mode: RecordMode,
+    /// Generate a user and a reviewer token at first start and print them. For development.
+    #[serde(default)]
+    pub dev_tokens: bool,
+    /// How long a held frame waits before it is refused (until reviews exist).
+    #[serde(default = "default_hold_timeout_ms")]
+    pub hold_timeout_ms: u64,
+    /// Days decided reviews and access requests are kept; None: forever.
+    #[serde(default)]
+    pub review_retention_days: Option<f64>,
+    /// How often retention runs (it also runs at start).
+    #[serde(default = "default_purge_interval_seconds")]
+    pub purge_interval_seconds: u64,
+    /// The key that signs the record's heads: a file (made on first start) or `env:NAME`
+    /// (64 hexadecimal digits). Default: `DATA/record.key`. Keep it away from the store to
+    /// make a rewritten store impossible to re-sign for whoever can write it.
+    #[serde(default)]
+    pub record_key: Option<String>,
+    /// How long a stop (SIGTERM, SIGINT) waits for live sessions to end and record it.
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+    /// Connections open at once on all front doors together; more are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Addresses (load balancers) whose connections count towards `max_connections` only.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connections that have not authenticated yet, at once; more are refused.
+    #[serde(default = "default_max_signing_in")]
+    pub max_signing_in: usize,
+    /// How long a connection has to authenticate: TLS, then its request head (HTTPS) or its
+    /// startup and password (PostgreSQL). Nothing bounds a signed-in connection's idle time.
+    #[serde(default = "default_sign_in_timeout_ms")]
+    pub sign_in_timeout_ms: u64,
+}
+
+impl Gateway {
+    /// Where the record's signing key comes from.
+    pub fn record_key(&self, data: &Path) -> sluice_record::KeySource {
+        match &self.record_key {
+            Some(text) => sluice_record::KeySource::parse(text),
+            None => sluice_record::KeySource::File(data.join("record.key")),
+        }
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            policies: default_policies(),
+            record_mode: RecordMode::default(),
+            dev_tokens: false,
+            hold_timeout_ms: default_hold_timeout_ms(),
+            review_retention_days: None,
+            purge_interval_seconds: default_purge_interval_seconds(),
+            record_key: None,
+            stop_grace_ms: default_stop_grace_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            trusted_proxies: Vec::new(),
+            max_signing_in: default_max_signing_in(),
+            sign_in_timeout_ms: default_sign_in_timeout_ms(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("sluice-data")
+}
+fn default_policies() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_hold_timeout_ms() -> u64 {
+    30_000
+}
+fn default_purge_interval_seconds() -> u64 {
+    3600
+}
+fn default_stop_grace_ms() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_connections_per_source() -> usize {
+    256
+}
+fn default_max_signing_in() -> usize {
+    256
+}
+fn default_sign_in_timeout_ms() -> u64 {
+    10_000
+}
+
+/// When a frame may be forwarded relative to its recording.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordMode {
+    /// Only after the commit that records it is durable: nothing reaches a peer unrecorded,
+    /// and if the record cannot commit, the session stops. The default.
+    #[default]
+    Strict,
+    /// As soon as it is queued for recording: lower latency, but a crash can lose the last
+    /// frames a peer already saw.
+    Async,
+}
+
+/// `[oidc]`: the identity provider.
+///
+/// ```toml
+/// [oidc]
+/// issuer = "https://login.example.com"   # discovery: ISSUER/.well-known/openid-configuration
+/// client_id = "sluice-cli"               # `sluice login` signs in as this public client
+/// audience = "sluice-gateway"            # JWT access tokens (machines) must name it
+/// groups_claim = "groups"                # where a token lists its holder's groups
+/// scopes = ["openid", "email", "profile", "offline_access"]
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub audience: Option<String>,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Signature algorithms accepted; asymmetric only.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Tolerance for clocks that disagree, on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    /// The provider's keys are fetched again for an unknown key id at most this often.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// Keys older than this are fetched again on the next token.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_seconds: u64,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_algorithms() -> Vec<String> {
+    crate::auth::oidc::ALGORITHMS
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_jwks_max_age() -> u64 {
+    3600
+}
+fn default_jwks_refresh() -> u64 {
+    30
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    pub subject: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Connection {
+    Exec(ExecConnection),
+    Postgres(PostgresConnection),
+    Tcp(TcpConnection),
+}
+
+/// Any TCP service, reached only through `sluice connect NAME --port PORT` (the tunnel is
+/// authenticated; a listener of its own would not be). Byte frames both ways.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConnection {
+    /// The service, `host:port`.
+    pub upstream: String,
+    #[serde(default)]
+    pub retention_days: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConnection {
+    /// Run in a terminal for `sluice connect`.
+    pub interactive: Vec<String>,
+    /// Reads the program from standard input, for `sluice exec`.
+    pub script: Vec<String>,
+    /// Environment of the process: `VALUE`, or `env:NAME` to read it from the gateway's
+    /// environment at start (for secrets). Nothing of it reaches the client.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the process.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// A session that runs longer is ended.
+    #[serde(default)]
+    pub max_session_seconds: Option<u64>,
+    /// Days a session's recording is kept after it ends; then retention purges its payloads
+    /// (the chain stays verifiable). None: kept forever.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
+}
+
+/// A PostgreSQL server reached through the gateway. Clients connect to `listen` with any
+/// PostgreSQL client, their Sluice token as the password; the gateway connects upstream with
+/// the credentials here, which clients never see.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConnection {
+    /// Where PostgreSQL clients connect to the gateway for this connection.
+    pub listen: SocketAddr,
+    /// The real server, `host:port`.
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    /// `VALUE` or `env:NAME` (read at start); none for trust authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS toward the server: `"off"` (the default), `"require"` (encrypted, certificate not
+    /// checked, as libpq's sslmode=require) or `"verify"` (checked against `upstream_ca` and
+    /// the host name in `upstream`).
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    /// PEM file of the CA that signed the server's certificate, for `upstream_tls = "verify"`.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Client TLS: `"optional"` (the default: TLS when the client asks for it, and the token
+    /// as a cleartext password only inside TLS or from loopback), `"required"`, or `"off"`.
+    #[serde(default)]
+    pub client_tls: ClientTls,
+    #[serde(default)]
+    pub max_session_seconds: Option<u64>,
+    /// Days a session's recording is kept after it ends; then retention purges its payloads
+    /// (the chain stays verifiable). None: kept forever.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    #[default]
+    Off,
+    Require,
+    Verify,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    #[default]
+    Optional,
+    Required,
+    Off,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Loads `path`, or the shipped default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (file, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: p.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("(built-in default)".to_string(), DEFAULT.to_string()),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError { file, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let days_ok = |days: Option<f64>| days.is_none_or(|d| d.is_finite() && d > 0.0);
+        if !days_ok(self.gateway.review_retention_days) {
+            return Err("gateway.review_retention_days: a number of days above 0".into());
+        }
+        if self.gateway.purge_interval_seconds == 0 {
+            return Err("gateway.purge_interval_seconds: at least 1".into());
+        }
+        let g = &self.gateway;
+        for (key, value) in [
+            ("max_connections", g.max_connections),
+            ("max_connections_per_source", g.max_connections_per_source),
+            ("max_signing_in", g.max_signing_in),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "gateway.{key}: at least 1 (0 would refuse everyone)"
+                ));
+            }
+        }
+        if g.sign_in_timeout_ms == 0 || g.stop_grace_ms == 0 {
+            return Err("gateway.sign_in_timeout_ms and stop_grace_ms: at least 1".into());
+        }
+        for (name, connection) in &self.connections {
+            if !days_ok(connection.retention_days()) {
+                return Err(format!(
+                    "connections.{name}.retention_days: a number of days above 0 (leave it out to keep recordings forever)"
+                ));
+            }
+            let exec = match connection {
+                Connection::Exec(exec) => exec,
+                Connection::Postgres(pg) => {
+                    if let Some(var) = pg.password.as_deref().and_then(|p| p.strip_prefix("env:"))
+                        && std::env::var_os(var).is_none()
+                    {
+                        return Err(format!(
+                            "connections.{name}.password: environment variable {var} is not set"
+                        ));
+                    }
+                    if pg.upstream_tls == UpstreamTls::Verify {
+                        let Some(ca) = &pg.upstream_ca else {
+                            return Err(format!(
+                                "connections.{name}: upstream_tls = \"verify\" needs upstream_ca (a PEM file)"
+                            ));
+                        };
+                        let pem = std::fs::read_to_string(ca).map_err(|e| {
+                            format!(
+                                "connections.{name}.upstream_ca: cannot read {}: {e}",
+                                ca.display()
+                            )
+                        })?;
+                        crate::tls::client_config(&pem)
+                            .map_err(|e| format!("connections.{name}.upstream_ca: {e}"))?;
+                    }
+                    if pg.listen == self.gateway.listen {
+                        return Err(format!(
+                            "connections.{name}.listen: {} is the gateway's own listener",
+                            pg.listen
+                        ));
+                    }
+                    continue;
+                }
+                Connection::Tcp(_) => continue,
+            };
+            if exec.interactive.is_empty() || exec.script.is_empty() {
+                return Err(format!(
+                    "connections.{name}: `interactive` and `script` each need a program"
+                ));
+            }
+            for (key, value) in &exec.env {
+                if let Some(var) = value.strip_prefix("env:")
+                    && std::env::var_os(var).is_none()
+                {
+                    return Err(format!(
+                        "connections.{name}.env.{key}: environment variable {var} is not set"
+                    ));
+                }
+            }
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
+        for (i, token) in self.tokens.iter().enumerate() {
+            if token.sha256.len() != 64 || hex::decode(&token.sha256).is_err() {
+                return Err(format!(
+                    "tokens[{i}].sha256: expected 64 hexadecimal digits (sha256sum of the token)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OidcConfig {
+    fn validate(&self) -> Result<(), String> {
+        let url = openidconnect::url::Url::parse(&self.issuer)
+            .map_err(|e| format!("oidc.issuer: `{}` is not a URL: {e}", self.issuer))?;
+        let loopback = match url.host() {
+            Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(format!(
+                "oidc.issuer: `{}` must use https (plain http only on loopback, for tests)",
+                self.issuer
+            ));
+        }
+        for alg in &self.algorithms {
+            if alg == "none" || alg.starts_with("HS") {
+                return Err(format!(
+                    "oidc.algorithms: `{alg}` is never accepted (unsigned, or HMAC keyed with what is public)"
+                ));
+            }
+            if !crate::auth::oidc::ALGORITHMS.contains(&alg.as_str()) {
+                return Err(format!("oidc.algorithms: unknown algorithm `{alg}`"));
+            }
+        }
+        if self.algorithms.is_empty() || self.client_id.is_empty() {
+            return Err("oidc: `client_id` and at least one algorithm are needed".into());
+        }
+        Ok(())
+    }
+}
+
+impl PostgresConnection {
+    /// The upstream password with an `env:NAME` value resolved.
+    pub fn resolved_password(&self) -> Option<String> {
+        let password = self.password.as_deref()?;
+        Some(match password.strip_prefix("env:") {
+            Some(var) => std::env::var(var).unwrap_or_default(),
+            None => password.to_string(),
+        })
+    }
+}
+
+impl ExecConnection {
+    /// The process environment with `env:NAME` values resolved.
+    pub fn resolved_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| match v.strip_prefix("env:") {
+                Some(var) => (k.clone(), std::env::var(var).unwrap_or_default()),
+                None => (k.clone(), v.clone()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_loads() {
+        let config = Config::load(None).unwrap();
+        assert!(config.connections.contains_key("shell"));
+        assert!(config.connections.contains_key("python"));
+        assert!(config.gateway.dev_tokens);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_secrets_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "[gateway]\nlisten = \"127.0.0.1:1\"\nport = 5\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("unknown field `port`"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[connections.db]\nkind = \"exec\"\ninteractive = [\"sh\"]\nscript = [\"sh\"]\nenv = { PW = \"env:SLUICE_TEST_SURELY_UNSET\" }\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "connections.db.env.PW: environment variable SLUICE_TEST_SURELY_UNSET is not set"
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,985 @@
+//! The record: an append-only, hash-chained, signed log of everything that happens in
+//! sessions, in an embedded redb store.
+//!
+//! Architecture invariants:
+//! - This is the only module that depends on redb.
+//! - Entries are only ever appended, in one write transaction per batch (group commit); each
+//!   commit ends with a signed head `(index, hash)`, kept as a checkpoint and written to the
+//!   witness file `record.head`, so truncating the newest entries is detected.
+//! - Indices only grow. A stretch the store no longer holds (a restored backup, commits a
+//!   repair dropped) is declared by a signed entry that skips exactly those indices; nothing
+//!   else may leave a gap, and no index is ever given to two entries.
+//! - Payloads live beside the chain, keyed by entry, so retention can purge them without
+//!   breaking it; a purge and the chained `retention` entry that lists it commit together, so
+//!   `verify` tells a purged payload from a deleted one.
+//! - The tables beside the chain (sessions, reviews) are indexes of it: what decides access is
+//!   read from chained entries, and `verify` checks every row against the chain.
+//! - What reaches this module is already masked: it stores what it is given.
+//! - Corruption is an error with a message, never a panic (redb's panics are caught at the
+//!   boundary of every call).
+
+mod entry;
+mod head;
+mod key;
+mod retention;
+#[cfg(feature = "tamper")]
+pub mod tamper;
+mod verify;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+pub use entry::{Entry, GENESIS, Hash};
+pub use head::{Anchor, HEAD_KIND, SignedHead, Witness, anchors_from, heads_in_text};
+pub use key::{KeySource, ROTATION_KIND, Rotation, parse_public_key};
+pub use retention::{Purged, RetentionRules};
+pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store};
+pub use writer::{Receipt, RecordFailed, Recorder};
+
+/// The store's page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// The review queue's state (the engine's `review`), by review id; its history is in the chain.
+const REVIEWS: TableDefinition<&str, &[u8]> = TableDefinition::new("reviews");
+/// Each sink's durable cursor (the engine's `sinks`): the index of the next entry to deliver.
+const SINK_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("sink_cursors");
+
+const NONCE_LEN: usize = 16;
+
+/// Kinds of entries the record itself gives meaning to (verify reads them).
+pub mod kinds {
+    pub const SESSION_OPEN: &str = "session-open";
+    pub const SESSION_CLOSE: &str = "session-close";
+    /// A purge: its meta lists the sessions and entry ranges whose payloads it deleted.
+    pub const RETENTION: &str = "retention";
+    /// A backup put in place by `sluice store restore`; skips the indices it replaced.
+    pub const RESTORE: &str = "restore";
+    /// Commits the store lost (a repair after an unclean stop); skips their indices.
+    pub const RECORD_LOSS: &str = "record-loss";
+    pub const REVIEW: &str = "review";
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub session: String,
+    pub seq: u64,
+    pub kind: String,
+    pub time_ms: u64,
+    /// A JSON object.
+    pub meta: String,
+    pub payload: Vec<u8>,
+}
+
+/// A recorded event, read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub entry: Entry,
+    /// `None` when retention purged it.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A session as listed by `sluice sessions`: derived from its open and close entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub subject: String,
+    pub connection: String,
+    pub client: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub exit_status: Option<i32>,
+    /// The first and last entry of the session.
+    pub first_index: u64,
+    pub last_index: u64,
+    /// When retention purged its payloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "record store {path}: {message} (the store may be corrupt; `sluice verify --store {path}` says where)"
+    )]
+    Corrupt { path: String, message: String },
+    #[error("record store {path}: {message}")]
+    Io { path: String, message: String },
+    #[error(
+        "record store {path}: its heads are signed by key {store_key}, but the configured record key is {configured_key}; to change keys, announce the new one in the chain with `sluice store rotate-key --old-key FILE|env:NAME`"
+    )]
+    KeyMismatch {
+        path: String,
+        store_key: String,
+        configured_key: String,
+    },
+}
+
+/// The chain's end, and the key that signs the next commit: changed together, under one lock.
+struct Tail {
+    /// The last entry's index and hash; `None` before the first entry.
+    last: Option<(u64, Hash)>,
+    signer: SigningKey,
+}
+
+pub struct Store {
+    /// Behind a lock only so that compaction can swap in the rewritten file: everything else
+    /// takes it shared for the length of one call.
+    db: RwLock<Database>,
+    path: PathBuf,
+    tail: Mutex<Tail>,
+    /// `record.head` beside the store: the newest head, outside redb.
+    witness: Witness,
+    /// Signalled after every append, for readers that follow the chain (sinks).
+    appended: Condvar,
+    /// Set by `close`: nothing is written after it (not even into the empty stand-in).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an append writes at the end of the chain.
+struct Append<'a> {
+    events: &'a [NewEvent],
+    /// The index of the first event, past the next one when a gap is declared.
+    first: u64,
+    /// Signs this commit's head instead of the current key (a rotation's commit is signed by
+    /// the new key).
+    signer: Option<&'a SigningKey>,
+}
+
+/// Runs `f`, turning a panic inside redb (a corrupt page) into an error.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, RecordError>) -> Result<T, RecordError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(RecordError::Corrupt {
+            path: path.display().to_string(),
+            message: "the store's pages are damaged (reading them failed)".into(),
+        })
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, signing with the key in `key_file` (created,
+    /// mode 0600, on first start).
+    pub fn open(path: &Path, key_file: &Path) -> Result<Store, RecordError> {
+        let signer = KeySource::File(key_file.to_path_buf())
+            .load()
+            .map_err(|e| RecordError::Io {
+                path: path.display().to_string(),
+                message: format!("{e:#}"),
+            })?;
+        Store::open_signed(path, signer)
+    }
+
+    /// Opens (or creates) the store at `path`, signing with `signer`, which must be the key
+    /// that signed its newest head. Commits that the witness file shows were lost (a repair
+    /// fell back to an older commit) are declared in the chain before anything else.
+    pub fn open_signed(path: &Path, signer: SigningKey) -> Result<Store, RecordError> {
+        let store = Store::open_raw(path, signer)?;
+        store.check_key()?;
+        store.declare_lost_commits()?;
+        Ok(store)
+    }
+
+    fn open_raw(path: &Path, signer: SigningKey) -> Result<Store, RecordError> {
+        let io = |message: String| RecordError::Io {
+            path: path.display().to_string(),
+            message,
+        };
+        let corrupt = |message: String| RecordError::Corrupt {
+            path: path.display().to_string(),
+            message,
+        };
+        // A compaction cut short (a crash mid-copy) leaves its unfinished copy: the store
+        // itself was never touched, so the copy is just removed.
+        let _ = std::fs::remove_file(retention::compacting_path(path));
+        let db = guarded(path, || open_db(path).map_err(|e| corrupt(e.to_string())))?;
+        guarded(path, || {
+            let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
+            {
+                // Create every table up front so readers never meet a missing one.
+                for table in [ENTRIES, PAYLOADS, CHECKPOINTS] {
+                    txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+                }
+                txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
+                for table in [SESSIONS, REVIEWS] {
+                    txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+                }
+                txn.open_table(SINK_CURSORS)
+                    .map_err(|e| corrupt(e.to_string()))?;
+            }
+            txn.commit().map_err(|e| corrupt(e.to_string()))
+        })?;
+        let witness = Witness::open(path).map_err(|e| io(format!("witness file: {e}")))?;
+        let store = Store {
+            db: RwLock::new(db),
+            path: path.to_path_buf(),
+            tail: Mutex::new(Tail { last: None, signer }),
+            witness,
+            appended: Condvar::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let last = store.read_tail()?;
+        store.lock_tail().last = last;
+        Ok(store)
+    }
+
+    /// Refuses a key other than the one that signed the newest head: a changed key must be
+    /// announced in the chain (`rotate_key`), or verify could not follow it.
+    fn check_key(&self) -> Result<(), RecordError> {
+        let configured = self.public_key();
+        match self.head()? {
+            Some(head) if head.public_key != configured => Err(RecordError::KeyMismatch {
+                path: self.path.display().to_string(),
+                store_key: hex::encode(head.public_key),
+                configured_key: hex::encode(configured),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The witness names a later head than the store holds: the store lost those commits.
+    /// They are declared lost by a signed entry that skips their indices (so no index is
+    /// reused, and `verify` reports the loss). A witness that disagrees with an entry the
+    /// store still holds means the store was changed behind the gateway's back: refused.
+    fn declare_lost_commits(&self) -> Result<(), RecordError> {
+        let Some(witness) = self.witness.read() else {
+            return Ok(());
+        };
+        let last = self.lock_tail().last;
+        match last {
+            Some((index, _)) if witness.index <= index => {
+                let held = self.stored_hash(witness.index)?;
+                if held.is_some_and(|h| h != witness.hash) {
+                    return Err(self.corrupt(format!(
+                        "entry {} differs from the head this gateway signed for it ({}): the store was rewritten; run `sluice verify --store`",
+                        witness.index,
+                        Witness::path_for(&self.path).display()
+                    )));
+                }
+                Ok(())
+            }
+            _ => {
+                let from = last.map_or(0, |(index, _)| index + 1);
+                tracing::error!(
+                    from,
+                    to = witness.index,
+                    "the record lost its last commits (repaired after an unclean stop); declaring them lost in the chain"
+                );
+                let meta = serde_json::json!({
+                    "gap": [from, witness.index],
+                    "why": "the store came back without commits its witness file had seen (redb repaired it after an unclean stop)",
+                    "witness": witness,
+                });
+                self.append_at(kinds::RECORD_LOSS, witness.index + 1, meta)
+                    .map(drop)
+            }
+        }
+    }
+
+    /// Closes the store file cleanly (redb marks it so), so the next start need not repair
+    /// it. Every later call fails with an error: appends, reads, verify.
+    pub fn close(&self) {
+        let _tail = self.lock_tail();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        match Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()) {
+            // The file's database is dropped here; what stays answers nothing useful.
+            Ok(closed) => *db = closed,
+            Err(e) => tracing::error!(error = %e, "cannot close the record store"),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), RecordError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RecordError::Io {
+                path: self.path.display().to_string(),
+                message: "the record is closed (the gateway is stopping)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key that signs this store's heads; pin it to verify a copy offline.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.lock_tail().signer.verifying_key().to_bytes()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database, shared for the length of one call: hold the guard while a transaction
+    /// is in use (compaction takes it exclusively to swap the file).
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> RecordError {
+        RecordError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn read_tail(&self) -> Result<Option<(u64, Hash)>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let Some((key, value)) = entries.last().map_err(|e| self.corrupt(e))? else {
+                return Ok(None);
+            };
+            let value = value.value();
+            if value.len() < 32 {
+                return Err(self.corrupt(format!("entry {} is truncated", key.value())));
+            }
+            let hash: Hash = value[value.len() - 32..]
+                .try_into()
+                .map_err(|e| self.corrupt(e))?;
+            Ok(Some((key.value(), hash)))
+        })
+    }
+
+    /// The hash stored with entry `index`, if the store holds it.
+    fn stored_hash(&self, index: u64) -> Result<Option<Hash>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let Some(value) = entries.get(index).map_err(|e| self.corrupt(e))? else {
+                return Ok(None);
+            };
+            let value = value.value();
+            let hash = value
+                .len()
+                .checked_sub(32)
+                .and_then(|at| <Hash>::try_from(&value[at..]).ok());
+            hash.map(Some)
+                .ok_or_else(|| self.corrupt(format!("entry {index} is truncated")))
+        })
+    }
+
+    /// Appends `events` in one durable commit that ends with a signed head. Returns the index
+    /// of each. Either all of them are recorded or none is.
+    pub fn append(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
+        let mut tail = self.lock_tail();
+        let first = tail.last.map_or(0, |(index, _)| index + 1);
+        self.append_locked(
+            &mut tail,
+            Append {
+                events,
+                first,
+                signer: None,
+            },
+        )
+    }
+
+    /// Appends one entry of the gateway's own at `index`, past the chain's end when it
+    /// declares the indices between absent (a restore replaced them, a repair lost them; its
+    /// meta's `gap` names them, and verify accepts no other gap).
+    fn append_at(
+        &self,
+        kind: &str,
+        index: u64,
+        meta: serde_json::Value,
+    ) -> Result<u64, RecordError> {
+        let mut tail = self.lock_tail();
+        let next = tail.last.map_or(0, |(last, _)| last + 1);
+        if index < next {
+            return Err(self.corrupt(format!(
+                "entry {index} exists already (the chain ends before {next})"
+            )));
+        }
+        let event = gateway_event(kind, meta);
+        let indices = self.append_locked(
+            &mut tail,
+            Append {
+                events: std::slice::from_ref(&event),
+                first: index,
+                signer: None,
+            },
+        )?;
+        indices
+            .first()
+            .copied()
+            .ok_or_else(|| self.corrupt("nothing appended"))
+    }
+
+    /// Announces `new` as the record's key: the current key signs it, and the commit that
+    /// records the announcement is the first signed by `new`.
+    pub fn rotate_key(&self, new: SigningKey) -> Result<u64, RecordError> {
+        let mut tail = self.lock_tail();
+        let prev = tail.last.map_or(GENESIS, |(_, hash)| hash);
+        let rotation = Rotation::sign(&tail.signer, new.verifying_key().to_bytes(), &prev);
+        let meta = serde_json::to_value(&rotation).map_err(|e| self.corrupt(e))?;
+        let event = gateway_event(ROTATION_KIND, meta);
+        let first = tail.last.map_or(0, |(index, _)| index + 1);
+        let indices = self.append_locked(
+            &mut tail,
+            Append {
+                events: std::slice::from_ref(&event),
+                first,
+                signer: Some(&new),
+            },
+        )?;
+        tail.signer = new;
+        indices
+            .first()
+            .copied()
+            .ok_or_else(|| self.corrupt("nothing appended"))
+    }
+
+    /// The one way entries are written: `append` and every maintenance entry (a rotation, a
+    /// declared gap) go through here, under the tail's lock. (A purge writes its entry through
+    /// `write_entries` and `committed` too, in the transaction that deletes.)
+    fn append_locked(&self, tail: &mut Tail, append: Append<'_>) -> Result<Vec<u64>, RecordError> {
+        let (indices, head) = guarded(&self.path, || {
+            self.check_open()?;
+            let db = self.db();
+            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+            let signer = append.signer.unwrap_or(&tail.signer);
+            let written = self.write_entries(&txn, tail.last, &append, signer)?;
+            txn.commit().map_err(|e| self.corrupt(e))?;
+            Ok(written)
+        })?;
+        self.committed(tail, head);
+        Ok(indices)
+    }
+
+    /// After a commit: the chain's new end, the witness, and whoever follows the chain.
+    fn committed(&self, tail: &mut Tail, head: Option<SignedHead>) {
+        if let Some(head) = head {
+            tail.last = Some((head.index, head.hash));
+            // Outside redb, so a repair that drops this commit is seen at the next open.
+            if let Err(e) = self.witness.write(&head) {
+                tracing::warn!(error = %e, "cannot update the record's witness file");
+            }
+            self.appended.notify_all();
+        }
+    }
+
+    /// Writes the entries, their payloads and the sessions they touch, and the signed head.
+    fn write_entries(
+        &self,
+        txn: &redb::WriteTransaction,
+        last: Option<(u64, Hash)>,
+        append: &Append<'_>,
+        signer: &SigningKey,
+    ) -> Result<(Vec<u64>, Option<SignedHead>), RecordError> {
+        let events = append.events;
+        let mut next = append.first;
+        let mut prev = last.map_or(GENESIS, |(_, hash)| hash);
+        let mut indices = Vec::with_capacity(events.len());
+        let mut entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+        let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+        let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+        // One draw of randomness for the whole group's nonces.
+        let mut nonces = vec![0u8; NONCE_LEN * events.len()];
+        getrandom::fill(&mut nonces).map_err(|e| self.corrupt(e))?;
+        let mut touched: Vec<SessionSummary> = Vec::new();
+        let mut stored = Vec::new();
+        let mut payload = Vec::new();
+        for (event, nonce) in events.iter().zip(nonces.chunks_exact(NONCE_LEN)) {
+            let entry = Entry {
+                index: next,
+                prev_hash: prev,
+                session: event.session.clone(),
+                seq: event.seq,
+                kind: event.kind.clone(),
+                time_ms: event.time_ms,
+                meta: event.meta.clone(),
+                payload_digest: entry::payload_digest(nonce, &event.payload),
+            };
+            stored.clear();
+            stored.extend_from_slice(&entry.encode());
+            let hash: Hash = sha2::Sha256::digest(&stored).into();
+            stored.extend_from_slice(&hash);
+            payload.clear();
+            payload.extend_from_slice(nonce);
+            payload.extend_from_slice(&event.payload);
+            entries
+                .insert(next, stored.as_slice())
+                .map_err(|e| self.corrupt(e))?;
+            payloads
+                .insert(next, payload.as_slice())
+                .map_err(|e| self.corrupt(e))?;
+            // The gateway's own events (access requests) belong to no session.
+            if !entry.session.is_empty() {
+                let summary = match touched.iter().position(|s| s.id == entry.session) {
+                    Some(i) => &mut touched[i],
+                    None => {
+                        let existing = sessions
+                            .get(entry.session.as_str())
+                            .map_err(|e| self.corrupt(e))?;
+                        let summary = match existing {
+                            Some(bytes) => serde_json::from_slice(bytes.value())
+                                .map_err(|e| self.corrupt(e))?,
+                            None => SessionSummary::new(&entry),
+                        };
+                        touched.push(summary);
+                        touched
+                            .last_mut()
+                            .ok_or_else(|| self.corrupt("session summary"))?
+                    }
+                };
+                summary.update(&entry);
+            }
+            indices.push(next);
+            prev = hash;
+            next += 1;
+        }
+        for summary in &touched {
+            let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
+            sessions
+                .insert(summary.id.as_str(), bytes.as_slice())
+                .map_err(|e| self.corrupt(e))?;
+        }
+        if events.is_empty() {
+            return Ok((indices, None));
+        }
+        let head = sign(signer, next - 1, prev);
+        let encoded = head.encode();
+        let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.corrupt(e))?;
+        checkpoints
+            .insert(head.index, encoded.as_slice())
+            .map_err(|e| self.corrupt(e))?;
+        let mut meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+        meta.insert("head", encoded.as_slice())
+            .map_err(|e| self.corrupt(e))?;
+        Ok((indices, Some(head)))
+    }
+
+    /// The index the next entry will get (the number of entries).
+    pub fn next_index(&self) -> u64 {
+        self.lock_tail().last.map_or(0, |(index, _)| index + 1)
+    }
+
+    /// Waits until the chain holds an entry at `index`, or `timeout` passed. Returns whether it
+    /// does.
+    pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let tail = self.lock_tail();
+        let (tail, _) = self
+            .appended
+            .wait_timeout_while(tail, timeout, |t| {
+                t.last.is_none_or(|(last, _)| last < index)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        tail.last.is_some_and(|(last, _)| last >= index)
+    }
+
+    /// Up to `max` entries from `from` on, in order, with their payloads.
+    pub fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError> {
+        self.read_entries(from.., max, |_| true)
+    }
+
+    /// Up to `max` entries in `range` that `keep` takes, in order, with their payloads.
+    fn read_entries(
+        &self,
+        range: impl std::ops::RangeBounds<u64>,
+        max: usize,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Result<Vec<Recorded>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+            let mut out = Vec::new();
+            for row in entries.range(range).map_err(|e| self.corrupt(e))? {
+                if out.len() >= max {
+                    break;
+                }
+                let (key, value) = row.map_err(|e| self.corrupt(e))?;
+                let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
+                if !keep(&entry) {
+                    continue;
+                }
+                let payload = payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?;
+                out.push(Recorded { entry, payload });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Entry `index` with its payload, if the store holds it.
+    pub fn entry(&self, index: u64) -> Result<Option<Recorded>, RecordError> {
+        let found = self.entries_from(index, 1)?;
+        Ok(found.into_iter().find(|r| r.entry.index == index))
+    }
+
+    /// The signed head that covers entry `index`: the head of the commit that wrote it.
+    pub fn covering_head(&self, index: u64) -> Result<Option<SignedHead>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.corrupt(e))?;
+            let mut range = checkpoints.range(index..).map_err(|e| self.corrupt(e))?;
+            match range.next() {
+                None => Ok(None),
+                Some(row) => {
+                    let (_, value) = row.map_err(|e| self.corrupt(e))?;
+                    SignedHead::decode(value.value()).map(Some).ok_or_else(|| {
+                        self.corrupt(format!("the head covering entry {index} is malformed"))
+                    })
+                }
+            }
+        })
+    }
+
+    /// Where the sink `name` resumes: the index of the next entry to deliver to it.
+    pub fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let table = txn.open_table(SINK_CURSORS).map_err(|e| self.corrupt(e))?;
+            let cursor = table.get(name).map_err(|e| self.corrupt(e))?;
+            Ok(cursor.map(|v| v.value()))
+        })
+    }
+
+    /// Moves the sink `name`'s cursor, durably: what it delivered is never delivered again
+    /// after a restart (unless the commit is lost with a crash: delivery is at least once).
+    pub fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {
+        self.commit_row(|txn| {
+            txn.open_table(SINK_CURSORS)?.insert(name, next)?;
+            Ok(())
+        })
+    }
+
+    /// One row beside the chain (a sink cursor, a review's state) in a commit of its own.
+    fn commit_row(
+        &self,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), RecordError> {
+        guarded(&self.path, || {
+            self.check_open()?;
+            let db = self.db();
+            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+            write(&txn).map_err(|e| self.corrupt(e))?;
+            txn.commit().map_err(|e| self.corrupt(e))
+        })
+    }
+
+    /// Stores a review's current state (one small commit; reviews change rarely). Its
+    /// history, and the state itself, are in the chain first (`crate::review`).
+    pub fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
+        self.commit_row(|txn| {
+            txn.open_table(REVIEWS)?.insert(id, review)?;
+            Ok(())
+        })
+    }
+
+    /// Every stored review.
+    pub fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let table = txn.open_table(REVIEWS).map_err(|e| self.corrupt(e))?;
+            let mut all = Vec::new();
+            for row in table.iter().map_err(|e| self.corrupt(e))? {
+                all.push(row.map_err(|e| self.corrupt(e))?.1.value().to_vec());
+            }
+            Ok(all)
+        })
+    }
+
+    /// The signed head of the chain, `None` while the record is empty.
+    pub fn head(&self) -> Result<Option<SignedHead>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+            let head = meta.get("head").map_err(|e| self.corrupt(e))?;
+            Ok(head.and_then(|v| SignedHead::decode(v.value())))
+        })
+    }
+
+    /// Every session's summary, newest first. Who opened it, on which connection and from
+    /// where are read from its chained `session-open` entry, never from the index alone.
+    pub fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let mut all = Vec::new();
+            for row in table.iter().map_err(|e| self.corrupt(e))? {
+                let (id, value) = row.map_err(|e| self.corrupt(e))?;
+                all.push(self.summary_from(&entries, id.value(), value.value())?);
+            }
+            all.sort_by(|a, b| {
+                b.started_ms
+                    .cmp(&a.started_ms)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            Ok(all)
+        })
+    }
+
+    /// One session's summary, looked up by its id (its identity from the chain, as above).
+    pub fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let row = table.get(id).map_err(|e| self.corrupt(e))?;
+            row.map(|v| self.summary_from(&entries, id, v.value()))
+                .transpose()
+        })
+    }
+
+    /// A sessions-index row, with subject, connection, client and start taken from the
+    /// session's opening entry; a row that points at anything else is refused as corrupt.
+    fn summary_from(
+        &self,
+        entries: &impl ReadableTable<u64, &'static [u8]>,
+        id: &str,
+        row: &[u8],
+    ) -> Result<SessionSummary, RecordError> {
+        let mut summary: SessionSummary =
+            serde_json::from_slice(row).map_err(|e| self.corrupt(e))?;
+        let forged = || {
+            self.corrupt(format!(
+                "the sessions index row of {id} does not match the session's opening entry (the index was altered; `sluice verify` names it)"
+            ))
+        };
+        let opening = entries
+            .get(summary.first_index)
+            .map_err(|e| self.corrupt(e))?
+            .ok_or_else(forged)?;
+        let opening = decode_stored(opening.value()).map_err(|e| self.corrupt(e))?;
+        if opening.session != id || summary.id != id || opening.kind != kinds::SESSION_OPEN {
+            return Err(forged());
+        }
+        let mut derived = SessionSummary::new(&opening);
+        derived.update(&opening);
+        summary.subject = derived.subject;
+        summary.connection = derived.connection;
+        summary.client = derived.client;
+        summary.started_ms = derived.started_ms;
+        Ok(summary)
+    }
+
+    /// The entries of one session, in order, with their payloads.
+    pub fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
+        let Some(summary) = self.session(id)? else {
+            return Ok(vec![]);
+        };
+        let range = summary.first_index..=summary.last_index;
+        self.read_entries(range, usize::MAX, |entry| entry.session == id)
+    }
+}
+
+/// Ascending entry indices as ranges `(first, last)` of consecutive ones.
+fn index_ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for index in sorted {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == index => *last = index,
+            _ => ranges.push((index, index)),
+        }
+    }
+    ranges
+}
+
+/// An entry as stored: its encoding followed by its hash.
+fn decode_stored(value: &[u8]) -> Result<Entry, String> {
+    Entry::decode(&value[..value.len().saturating_sub(32)])
+}
+
+/// An entry's payload without its nonce; `None` when retention purged it.
+fn payload_of(
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+    index: u64,
+) -> Result<Option<Vec<u8>>, redb::StorageError> {
+    let payload = payloads.get(index)?;
+    Ok(payload.map(|p| p.value().get(NONCE_LEN..).unwrap_or_default().to_vec()))
+}
+
+fn sign(signer: &SigningKey, index: u64, hash: Hash) -> SignedHead {
+    SignedHead {
+        index,
+        hash,
+        signature: signer.sign(&SignedHead::message(index, &hash)).to_bytes(),
+        public_key: signer.verifying_key().to_bytes(),
+    }
+}
+
+/// An event of the gateway's own (no session), stamped now.
+fn gateway_event(kind: &str, meta: serde_json::Value) -> NewEvent {
+    NewEvent {
+        session: String::new(),
+        seq: 0,
+        kind: kind.into(),
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        meta: meta.to_string(),
+        payload: Vec::new(),
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    // redb caches up to 1 GiB by default; the record is written far more than read, so a
+    // small cache keeps the gateway's memory flat however much it records.
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
+/// The session index is a derived view (the chain is the truth), kept up to date per commit.
+impl SessionSummary {
+    fn new(first: &Entry) -> SessionSummary {
+        SessionSummary {
+            id: first.session.clone(),
+            started_ms: first.time_ms,
+            first_index: first.index,
+            ..SessionSummary::default()
+        }
+    }
+
+    fn update(&mut self, entry: &Entry) {
+        self.last_index = entry.index;
+        let meta = || serde_json::from_str::<serde_json::Value>(&entry.meta).unwrap_or_default();
+        match entry.kind.as_str() {
+            "session-open" => {
+                let meta = meta();
+                let text = |key: &str| {
+                    meta.get(key)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                self.subject = text("subject");
+                self.connection = text("connection");
+                self.client = text("client");
+            }
+            "session-close" => {
+                self.ended_ms = Some(entry.time_ms);
+                self.exit_status = meta()
+                    .get("exit_status")
+                    .and_then(|v| v.as_i64())
+                    .map(|v| v as i32);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What `restore` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restored {
+    /// The last entry of the backup, now the chain's before the restore entry.
+    pub restored_to: Option<u64>,
+    /// Entries of the replaced store the restore declares abandoned.
+    pub skipped: Option<(u64, u64)>,
+    /// The restore's own entry.
+    pub entry: u64,
+    /// Where the replaced store file was moved (kept as evidence), if there was one.
+    pub replaced_moved_to: Option<PathBuf>,
+}
+
+/// Puts `backup` in place of the store at `path` (the gateway stopped) and records it: a
+/// signed `restore` entry that skips every index the replaced store had reached (its own head,
+/// or the witness file's), so heads anchored from the abandoned history are accounted for by
+/// a decision the key holder signed, and no index is given twice. The replaced file is kept
+/// beside it. `by` says who restored it.
+pub fn restore(
+    path: &Path,
+    backup: &Path,
+    signer: SigningKey,
+    by: &str,
+) -> Result<Restored, RecordError> {
+    let io = |message: String| RecordError::Io {
+        path: path.display().to_string(),
+        message,
+    };
+    let checked = verify_store(backup, VerifyOptions::default());
+    if let Some(problem) = checked.problem {
+        return Err(io(format!(
+            "the backup {} does not verify: {problem}",
+            backup.display()
+        )));
+    }
+    // How far the replaced store had come: its own head (when it still opens) and the witness.
+    let current = match redb::ReadOnlyDatabase::open(path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(io("it is in use: stop the gateway before restoring".into()));
+        }
+        Ok(db) => read_head(&db),
+        // Missing, or too damaged to read (the reason to restore): the witness tells.
+        Err(_) => None,
+    };
+    let replaced_head = [current, Witness::read_beside(path)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|h| h.index);
+    let mut replaced_moved_to = None;
+    if path.exists() {
+        let aside = path.with_extension(format!(
+            "redb.replaced-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ));
+        std::fs::rename(path, &aside).map_err(|e| io(format!("cannot move it aside: {e}")))?;
+        replaced_moved_to = Some(aside);
+    }
+    let copying = path.with_extension("redb.restoring");
+    std::fs::copy(backup, &copying)
+        .and_then(|_| std::fs::rename(&copying, path))
+        .map_err(|e| io(format!("cannot copy the backup in: {e}")))?;
+    let store = Store::open_raw(path, signer)?;
+    store.check_key()?;
+    let restored_to = store.lock_tail().last.map(|(index, _)| index);
+    let from = restored_to.map_or(0, |last| last + 1);
+    let skipped = replaced_head
+        .as_ref()
+        .filter(|head| head.index >= from)
+        .map(|head| (from, head.index));
+    let meta = serde_json::json!({
+        "by": by,
+        "backup": backup.display().to_string(),
+        "restored_head": checked.head,
+        "replaced_head": replaced_head,
+        "gap": skipped.map(|(from, to)| [from, to]),
+    });
+    let index = skipped.map_or(from, |(_, to)| to + 1);
+    let entry = store.append_at(kinds::RESTORE, index, meta)?;
+    store.close();
+    Ok(Restored {
+        restored_to,
+        skipped,
+        entry,
+        replaced_moved_to,
+    })
+}
+
+fn read_head(db: &impl ReadableDatabase) -> Option<SignedHead> {
+    let txn = db.begin_read().ok()?;
+    let meta = txn.open_table(META).ok()?;
+    let head = meta.get("head").ok()??;
+    SignedHead::decode(head.value())
+}
