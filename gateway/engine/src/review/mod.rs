@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
@@ -28,135 +27,10 @@ use sluice_core::frame::Identity;
 use sluice_core::now_ms;
 use sluice_record::{NewEvent, RecordFailed, Recorder, Store};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// A statement or command a gate plugin held.
-    Frame,
-    /// A request to open sessions on a connection (just-in-time access).
-    Access,
-}
+mod decision;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    Pending,
-    Approved,
-    Rejected,
-    Expired,
-    SessionEnded,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Approved => "approved",
-            Status::Rejected => "rejected",
-            Status::Expired => "expired",
-            Status::SessionEnded => "session-ended",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Vote {
-    pub by: String,
-    pub reason: Option<String>,
-    pub at_ms: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Review {
-    pub id: String,
-    pub kind: Kind,
-    pub status: Status,
-    pub requester: String,
-    pub requester_name: Option<String>,
-    pub connection: String,
-    /// The session a held frame belongs to.
-    pub session: Option<String>,
-    /// The held frame's text as recorded (after masking); for access, what is asked.
-    pub text: String,
-    /// Why it needs review: the gate's reason, or the requester's for access.
-    pub reason: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
-    /// Distinct approvals needed.
-    pub required: u32,
-    pub reviewer_groups: Vec<String>,
-    pub approvals: Vec<Vote>,
-    pub rejection: Option<Vote>,
-    /// Access: how long a granted access lasts, and until when it was granted.
-    pub grant_ms: Option<u64>,
-    pub granted_until_ms: Option<u64>,
-    /// The chain entry that recorded this state: the stored row is trusted only when that
-    /// entry says the same (a row edited in the store grants nothing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entry: Option<u64>,
-}
-
-impl Review {
-    /// The state as its chain entry records it: without the text (the entry's payload, which
-    /// retention may purge) and without the entry's own index.
-    fn chained_state(&self) -> serde_json::Value {
-        let mut state = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = state.as_object_mut() {
-            map.remove("text");
-            map.remove("entry");
-        }
-        state
-    }
-}
-
-impl Review {
-    /// Why the frame or access is refused, for the requester.
-    pub fn refusal(&self) -> String {
-        match self.status {
-            Status::Rejected => {
-                let vote = self.rejection.as_ref();
-                format!(
-                    "review {} rejected by {}: {}",
-                    self.id,
-                    vote.map_or("?", |v| v.by.as_str()),
-                    vote.and_then(|v| v.reason.as_deref())
-                        .unwrap_or("no reason given")
-                )
-            }
-            Status::Expired => {
-                let ms = self.expires_ms.saturating_sub(self.created_ms);
-                let wait = if ms < 1000 {
-                    format!("{ms} ms")
-                } else {
-                    format!("{} s", ms / 1000)
-                };
-                format!("review {} expired: no decision within {wait}", self.id)
-            }
-            Status::SessionEnded => format!("review {}: the session ended", self.id),
-            Status::Pending | Status::Approved => {
-                format!("review {} is {}", self.id, self.status.as_str())
-            }
-        }
-    }
-
-    fn may_decide(&self, identity: &Identity) -> bool {
-        identity
-            .groups
-            .iter()
-            .any(|g| self.reviewer_groups.contains(g))
-    }
-}
-
-/// Why a decision was refused: an HTTP status and a sentence.
-#[derive(Debug)]
-pub struct Refused {
-    pub status: u16,
-    pub message: String,
-}
-
-fn refused(status: u16, message: String) -> Refused {
-    Refused { status, message }
-}
+use decision::refused;
+pub use decision::{Kind, Refused, Review, Status, Vote};
 
 pub struct Reviews {
     store: Arc<Store>,
@@ -360,59 +234,7 @@ impl Reviews {
             let Some(review) = state.all.get(id) else {
                 return Err(refused(404, format!("no review {id}")));
             };
-            if review.requester == identity.subject {
-                return Err(refused(
-                    403,
-                    format!(
-                        "{} requested review {id} and cannot decide it",
-                        identity.subject
-                    ),
-                ));
-            }
-            if review.status != Status::Pending {
-                return Err(refused(
-                    409,
-                    format!("review {id} is already {}", review.status.as_str()),
-                ));
-            }
-            if now_ms() >= review.expires_ms {
-                return Err(refused(409, format!("review {id} has expired")));
-            }
-            if !approve && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                return Err(refused(400, "a rejection needs a reason (--reason)".into()));
-            }
-            let mut review = review.clone();
-            let vote = Vote {
-                by: identity.subject.clone(),
-                reason,
-                at_ms: now_ms(),
-            };
-            let action = if approve {
-                if review.approvals.iter().any(|v| v.by == vote.by) {
-                    return Err(refused(
-                        409,
-                        format!(
-                            "{} already approved review {id}; it needs {} approvals from distinct reviewers",
-                            vote.by, review.required
-                        ),
-                    ));
-                }
-                review.approvals.push(vote);
-                if review.approvals.len() as u32 >= review.required {
-                    review.status = Status::Approved;
-                    if let Some(grant) = review.grant_ms {
-                        review.granted_until_ms = Some(now_ms() + grant);
-                    }
-                    "approved"
-                } else {
-                    "approval"
-                }
-            } else {
-                review.status = Status::Rejected;
-                review.rejection = Some(vote);
-                "rejected"
-            };
-            (review, action)
+            review.decide(identity, approve, reason, now_ms())?
         };
         self.save(&review, action, Some(&identity.subject))
             .await
