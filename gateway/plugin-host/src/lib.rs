@@ -535,22 +535,23 @@ impl LoadedPlugin {
     /// back here, so a session whose plugin refuses it never opens.
     pub fn filter_instance(&self, session: &SessionInfo) -> Result<FilterInstance, PluginError> {
         let mut instance = FilterInstance {
-            plugin: self.clone(),
+            instance: Instance::new(self.clone()),
             session: session.clone(),
-            live: None,
             wants: Wants([0; 2]),
             metric_labels: sluice_core::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
-        instance.live()?;
+        let (session, wants) = (&instance.session, &mut instance.wants);
+        instance
+            .instance
+            .live(|plugin| make_filter(plugin, session, wants))?;
         Ok(instance)
     }
 
     pub fn sink_instance(&self) -> Result<SinkInstance, PluginError> {
         let mut instance = SinkInstance {
-            plugin: self.clone(),
-            live: None,
+            instance: Instance::new(self.clone()),
         };
-        instance.live()?;
+        instance.instance.live(make_sink)?;
         Ok(instance)
     }
 
@@ -717,11 +718,68 @@ fn thread_cpu_time() -> Duration {
 }
 
 /// One filter plugin's instance for one session.
-pub struct FilterInstance {
+/// A plugin's live instance, made on first use and again after any failure. Filters and sinks
+/// differ only in how an instance is made and what they call on it.
+struct Instance<B> {
     plugin: LoadedPlugin,
-    session: SessionInfo,
     /// `None` after a failure: the next call makes a fresh instance.
-    live: Option<(Store<HostState>, bindings::filter::Filter)>,
+    live: Option<(Store<HostState>, B)>,
+}
+
+impl<B> Instance<B> {
+    fn new(plugin: LoadedPlugin) -> Instance<B> {
+        Instance { plugin, live: None }
+    }
+
+    /// Runs `f` on the live instance (made by `make` when there is none) under the plugin's
+    /// deadline and pace. On any failure the instance is dropped.
+    /// The live instance, made by `make` when there is none.
+    fn live(
+        &mut self,
+        make: impl FnOnce(&LoadedPlugin) -> Result<(Store<HostState>, B), PluginError>,
+    ) -> Result<&mut (Store<HostState>, B), PluginError> {
+        Ok(match &mut self.live {
+            Some(live) => live,
+            empty => empty.insert(make(&self.plugin)?),
+        })
+    }
+
+    fn call<R>(
+        &mut self,
+        make: impl FnOnce(&LoadedPlugin) -> Result<(Store<HostState>, B), PluginError>,
+        f: impl FnOnce(&mut Store<HostState>, &B) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let plugin = self.plugin.clone();
+        let (store, bindings) = self.live(make)?;
+        start_call(store, plugin.0.spec.deadline);
+        let result = plugin.0.pace.run(|| guarded(|| f(store, bindings)));
+        if store.data().clock.computed_to_deadline() {
+            if !plugin.0.pace.is_slow() {
+                tracing::warn!(
+                    plugin = %plugin.0.spec.name,
+                    "a call computed to its deadline: the plugin's calls leave the async workers for {} s",
+                    SLOW_FOR.as_secs()
+                );
+            }
+            plugin.0.pace.mark_slow();
+        }
+        let error = match result {
+            Ok(result) => return Ok(result),
+            Err(error) => plugin.classify(store, error),
+        };
+        self.live = None;
+        Err(error)
+    }
+
+    fn store(&self) -> Option<&Store<HostState>> {
+        self.live.as_ref().map(|(store, _)| store)
+    }
+}
+
+/// One filter plugin's instance for one session.
+pub struct FilterInstance {
+    instance: Instance<bindings::filter::Filter>,
+    session: SessionInfo,
     /// The frames the instance asked for in `init`.
     wants: Wants,
     /// Its labels in `/metrics`, made once.
@@ -749,14 +807,14 @@ impl Wants {
 impl fmt::Debug for FilterInstance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FilterInstance")
-            .field("plugin", &self.plugin)
+            .field("plugin", &self.instance.plugin)
             .finish_non_exhaustive()
     }
 }
 
 impl FilterInstance {
     pub fn plugin(&self) -> &LoadedPlugin {
-        &self.plugin
+        &self.instance.plugin
     }
 
     /// Whether the plugin asked to see `frame` (see `interest` in the contract); the chain
@@ -777,8 +835,8 @@ impl FilterInstance {
         );
         let verdict: Verdict = called?.into();
         if let Err(why) = frame::check_verdict(frame, &verdict) {
-            self.live = None;
-            return Err(self.plugin.error(Failure::Malformed(why)));
+            self.instance.live = None;
+            return Err(self.instance.plugin.error(Failure::Malformed(why)));
         }
         Ok(verdict)
     }
@@ -791,77 +849,68 @@ impl FilterInstance {
 
     /// Bytes of linear memory the live instance uses (0 when there is none).
     pub fn memory_bytes(&self) -> usize {
-        self.live
-            .as_ref()
-            .map_or(0, |(store, _)| store.data().memory.used)
+        self.instance
+            .store()
+            .map_or(0, |store| store.data().memory.used)
     }
 
     fn call<R>(
         &mut self,
         f: impl FnOnce(&mut Store<HostState>, &bindings::filter::Filter) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let plugin = self.plugin.clone();
-        let (store, filter) = self.live()?;
-        start_call(store, plugin.0.spec.deadline);
-        let result = plugin.0.pace.run(|| guarded(|| f(store, filter)));
-        if store.data().clock.computed_to_deadline() {
-            if !plugin.0.pace.is_slow() {
-                tracing::warn!(
-                    plugin = %plugin.0.spec.name,
-                    "a call computed to its deadline: the plugin's calls leave the async workers for {} s",
-                    SLOW_FOR.as_secs()
-                );
-            }
-            plugin.0.pace.mark_slow();
-        }
-        match result {
-            Ok(result) => Ok(result),
-            Err(error) => {
-                let error = plugin.classify(store, error);
-                self.live = None;
-                Err(error)
-            }
-        }
+        let (session, wants) = (&self.session, &mut self.wants);
+        self.instance
+            .call(|plugin| make_filter(plugin, session, wants), f)
     }
+}
 
-    fn live(&mut self) -> Result<&mut (Store<HostState>, bindings::filter::Filter), PluginError> {
-        if self.live.is_none() {
-            let Linked::Filter(pre) = &self.plugin.0.linked else {
-                return Err(self
-                    .plugin
-                    .error(Failure::Instantiate("not a filter plugin".into())));
-            };
-            let session = self.session.clone().into();
-            let config = &self.plugin.0.spec.config_json;
-            let (store, filter, interest) = self.plugin.instantiate(
-                Some(&self.session.id),
-                |store| pre.instantiate(store),
-                |filter, store| filter.call_init(store, config, &session),
-            )?;
-            self.wants = Wants::of(&interest.into());
-            return Ok(self.live.insert((store, filter)));
-        }
-        match self.live.as_mut() {
-            Some(live) => Ok(live),
-            None => Err(self
-                .plugin
-                .error(Failure::Instantiate("no live instance".into()))),
-        }
-    }
+/// A filter instance for `session`, initialised; what it asked to see goes to `wants`.
+fn make_filter(
+    plugin: &LoadedPlugin,
+    session: &SessionInfo,
+    wants: &mut Wants,
+) -> Result<(Store<HostState>, bindings::filter::Filter), PluginError> {
+    let Linked::Filter(pre) = &plugin.0.linked else {
+        return Err(plugin.error(Failure::Instantiate("not a filter plugin".into())));
+    };
+    let info = session.clone().into();
+    let config = &plugin.0.spec.config_json;
+    let (store, filter, interest) = plugin.instantiate(
+        Some(&session.id),
+        |store| pre.instantiate(store),
+        |filter, store| filter.call_init(store, config, &info),
+    )?;
+    *wants = Wants::of(&interest.into());
+    Ok((store, filter))
+}
+
+/// A sink instance, initialised.
+fn make_sink(
+    plugin: &LoadedPlugin,
+) -> Result<(Store<HostState>, bindings::sink::Sink), PluginError> {
+    let Linked::Sink(pre) = &plugin.0.linked else {
+        return Err(plugin.error(Failure::Instantiate("not a sink plugin".into())));
+    };
+    let config = &plugin.0.spec.config_json;
+    let (store, sink, ()) = plugin.instantiate(
+        None,
+        |store| pre.instantiate(store),
+        |sink, store| sink.call_init(store, config),
+    )?;
+    Ok((store, sink))
 }
 
 /// One sink plugin's instance.
 pub struct SinkInstance {
-    plugin: LoadedPlugin,
-    live: Option<(Store<HostState>, bindings::sink::Sink)>,
+    instance: Instance<bindings::sink::Sink>,
 }
 
 impl SinkInstance {
     /// Why the gateway refused the last outgoing request of this instance, if it did (taken:
     /// asked once per failed delivery).
     pub fn take_refusal(&mut self) -> Option<String> {
-        let (store, _) = self.live.as_mut()?;
-        store
+        self.instance
+            .store()?
             .data()
             .hooks
             .refused
@@ -873,41 +922,11 @@ impl SinkInstance {
     /// Delivers one batch. The outer error is the plugin failing; the inner one is the
     /// plugin's own answer (retry later, or never).
     pub fn deliver(&mut self, batch: &[Event]) -> Result<Result<(), SinkError>, PluginError> {
-        let plugin = self.plugin.clone();
         let batch: Vec<_> = batch.iter().cloned().map(Into::into).collect();
-        let (store, sink) = self.live()?;
-        start_call(store, plugin.0.spec.deadline);
-        match guarded(|| sink.call_deliver(&mut *store, &batch)) {
-            Ok(answer) => Ok(answer.map_err(Into::into)),
-            Err(error) => {
-                let error = plugin.classify(store, error);
-                self.live = None;
-                Err(error)
-            }
-        }
-    }
-
-    fn live(&mut self) -> Result<&mut (Store<HostState>, bindings::sink::Sink), PluginError> {
-        if self.live.is_none() {
-            let Linked::Sink(pre) = &self.plugin.0.linked else {
-                return Err(self
-                    .plugin
-                    .error(Failure::Instantiate("not a sink plugin".into())));
-            };
-            let config = &self.plugin.0.spec.config_json;
-            let (store, sink, ()) = self.plugin.instantiate(
-                None,
-                |store| pre.instantiate(store),
-                |sink, store| sink.call_init(store, config),
-            )?;
-            return Ok(self.live.insert((store, sink)));
-        }
-        match self.live.as_mut() {
-            Some(live) => Ok(live),
-            None => Err(self
-                .plugin
-                .error(Failure::Instantiate("no live instance".into()))),
-        }
+        let answer = self
+            .instance
+            .call(make_sink, |store, sink| sink.call_deliver(store, &batch))?;
+        Ok(answer.map_err(Into::into))
     }
 }
 
