@@ -1,0 +1,474 @@
+//! `sluice serve`: one TLS listener for session upgrades and `/api/...`.
+//!
+//! Routes (each checks the caller's role on what it touches, see `roles.rs`):
+//! - `POST /api/sessions?connection=NAME&mode=exec|connect|tunnel&rows=R&cols=C` with
+//!   `Upgrade: sluice-session/1`: opens a session on the upgraded stream (connect).
+//! - `GET /api/sessions[?active]`: recorded (or live) sessions the caller may read.
+//! - `GET /api/sessions/ID/events[?form=F]`: one session's events, as JSON lines (own, or
+//!   audit). Every read is recorded (kind `audit`: who, which session, which form).
+//! - `POST /api/sessions/ID/kill`: ends a live session (admin).
+//! - `GET /api/reviews[?status=S]`, `GET /api/reviews/events` (SSE), `GET /api/reviews/ID`,
+//!   `POST /api/reviews/ID/approve|reject?reason=R` (review).
+//! - `GET /api/verify[?accept_loss]`, or `POST` with heads kept outside (JSON array) as the
+//!   body: verifies the record; the report as JSON (audit). Recorded.
+//! - `GET /api/whoami`: the caller's identity and roles per connection.
+//! - `GET /api/sinks`: each sink's cursor, lag and state (admin).
+//! - `POST /api/reload`: reads the policy again and applies it, or keeps the old one (admin).
+//! - `POST /api/retention`: runs retention now (admin).
+//! - `GET /metrics`: Prometheus text (admin).
+//! - `GET /api/ca`, `GET /api/auth`: the gateway's CA certificate and where to sign in (public).
+//!
+//! Every other request needs `Authorization: Bearer TOKEN`; a refusal says why and is logged
+//! with the client's address, never the token.
+//!
+//! The parts: this file starts and stops the gateway; `routes.rs` answers `/api/...`;
+//! `upgrade.rs` turns an upgraded request into a session or a tunnel; `operations.rs` holds
+//! what admins and the gateway itself do to the whole (reload, retention, stop), each
+//! recorded before it takes effect.
+
+mod operations;
+mod routes;
+mod upgrade;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::auth::{Authenticator, Tokens};
+use crate::config::{Config, Connection};
+use crate::policy::Policy;
+use crate::review::Reviews;
+use crate::roles::Roles;
+use crate::session::{self, Chains};
+use crate::sinks::{SinkPlan, Sinks};
+use sluice_plugin_host::{HostConfig, PluginHost};
+use sluice_record::{NewEvent, Recorder, RetentionRules, Store};
+
+pub struct Gateway {
+    config: Config,
+    auth: Arc<Authenticator>,
+    store: Arc<Store>,
+    session_ctx: Arc<session::Context>,
+    sinks: Arc<Sinks>,
+    /// PostgreSQL connections' front doors, for clients that come through the tunnel.
+    fronts: BTreeMap<String, Arc<crate::pg::Front>>,
+    ca_pem: String,
+    /// Loads plugins (again, on reload); keeps the engine and its epoch thread alive.
+    host: Arc<PluginHost>,
+    /// One reload (or retention run) at a time.
+    maintenance: tokio::sync::Mutex<()>,
+    /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
+    listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Gateway {
+    fn reviews(&self) -> &Arc<Reviews> {
+        &self.session_ctx.reviews
+    }
+
+    fn roles(&self) -> &Arc<Roles> {
+        &self.session_ctx.roles
+    }
+}
+
+/// A policy read and every plugin it names loaded: what start and reload apply, whole.
+struct LoadedPolicy {
+    policy: Policy,
+    chains: Chains,
+    sinks: Vec<SinkPlan>,
+}
+
+/// Reads the policy folder and loads its plugins; any error leaves nothing half-applied.
+fn load_policy(host: &PluginHost, config: &Config) -> anyhow::Result<LoadedPolicy> {
+    let policy = Policy::load_dir(&config.gateway.policies)?;
+    let mut plugins = BTreeMap::new();
+    for name in config.connections.keys() {
+        let chain = policy
+            .chain(name)
+            .into_iter()
+            .map(|spec| host.load(spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        plugins.insert(name.clone(), chain);
+    }
+    let mut sinks = Vec::new();
+    for (name, rules) in &policy.sinks {
+        let spec = policy
+            .plugins
+            .get(&rules.plugin)
+            .ok_or_else(|| anyhow::anyhow!("sinks.{name}: no plugin `{}`", rules.plugin))?;
+        sinks.push(SinkPlan {
+            name: name.clone(),
+            rules: rules.clone(),
+            plugin: host.load(spec)?,
+        });
+    }
+    let policy_files = policy
+        .files
+        .iter()
+        .map(|f| {
+            let digest = std::fs::read(f)
+                .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
+                .unwrap_or_default();
+            json!({"file": f.display().to_string(), "sha256": digest})
+        })
+        .collect();
+    Ok(LoadedPolicy {
+        policy,
+        chains: Chains {
+            plugins,
+            policy_files,
+        },
+        sinks,
+    })
+}
+
+/// Retention as the configuration sets it.
+fn retention_rules(config: &Config) -> RetentionRules {
+    let days = |d: f64| Duration::from_secs_f64(d * 86_400.0);
+    RetentionRules {
+        sessions: config
+            .connections
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), days(c.retention_days()?))))
+            .collect(),
+        reviews: config.gateway.review_retention_days.map(days),
+    }
+}
+
+/// What `serve` prints at start.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub ca_fingerprint: String,
+    pub dev_tokens: Option<crate::auth::DevTokens>,
+    /// The record's public key (hex): auditors keep it to verify copies of the store.
+    pub record_key: String,
+    /// Sessions a previous run left open (it crashed), now closed in the record.
+    pub closed_after_crash: usize,
+}
+
+/// A started gateway: `stopped` resolves if its listener dies; `stop` ends it cleanly.
+pub struct Running {
+    gateway: Arc<Gateway>,
+}
+
+impl Running {
+    /// Stops accepting, ends live sessions (each records why), records the stop, waits for
+    /// the record's queue to be committed and closes the store, so the next start finds it
+    /// closed cleanly. Returns how many sessions it ended.
+    pub async fn stop(self, why: &str) -> anyhow::Result<usize> {
+        self.gateway.stop(why).await
+    }
+}
+
+/// Loads everything `serve` needs, failing at start (not at first use) on any bad input.
+pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
+    crate::tls::install_provider();
+    let data = config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create the data folder {}", data.display()))?;
+    let host = Arc::new(PluginHost::new(HostConfig {
+        cache_dir: Some(data.join("plugin-cache")),
+        resolver: Arc::new(sluice_plugin_host::egress::Resolver {
+            hosts: config.egress.hosts.clone(),
+        }),
+        ..HostConfig::default()
+    })?);
+    let LoadedPolicy {
+        policy,
+        chains,
+        sinks: sink_plans,
+    } = load_policy(&host, &config)?;
+    let key = config.gateway.record_key(&data);
+    let signer = key.load().with_context(|| format!("record key {key}"))?;
+    let store = Arc::new(Store::open_signed(&data.join("record.redb"), signer)?);
+    let closed_after_crash = close_crashed_sessions(&store)?;
+    let dev_tokens = if config.gateway.dev_tokens {
+        Some(crate::auth::dev_tokens(&data)?)
+    } else {
+        None
+    };
+    let oidc = config
+        .oidc
+        .clone()
+        .map(crate::auth::oidc::Oidc::new)
+        .transpose()
+        .context("oidc")?;
+    let auth = Arc::new(Authenticator::new(
+        Tokens::new(&config.tokens, dev_tokens.as_ref()),
+        oidc,
+    ));
+    let tls = crate::tls::load_or_create(&data)?;
+    // In async mode nobody waits for a commit: group events over 10 ms per fsync.
+    let recorder = Recorder::spawn_lingering(
+        store.clone(),
+        match config.gateway.record_mode {
+            crate::config::RecordMode::Async => Duration::from_millis(10),
+            crate::config::RecordMode::Strict => Duration::ZERO,
+        },
+    );
+    let roles = Arc::new(Roles::new(policy.roles.clone(), recorder.clone()));
+    let reviews = Reviews::open(
+        store.clone(),
+        recorder.clone(),
+        policy.reviews.clone(),
+        roles.clone(),
+        Duration::from_millis(config.gateway.hold_timeout_ms),
+    )
+    .await?;
+    let session_ctx = Arc::new(session::Context {
+        recorder,
+        record_mode: config.gateway.record_mode,
+        reviews,
+        roles,
+        active: Default::default(),
+        chains: std::sync::RwLock::new(Arc::new(chains)),
+    });
+    let sinks = Arc::new(Sinks::new(store.clone()));
+    sinks.apply(sink_plans);
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let addr = listener.local_addr()?;
+    let started = Started {
+        addr,
+        ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
+        dev_tokens,
+        record_key: hex::encode(store.public_key()),
+        closed_after_crash,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
+    // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
+    // the start.
+    let limits = crate::limits::Limits::new(&config.gateway);
+    let mut fronts = BTreeMap::new();
+    let mut listeners = Vec::new();
+    for (name, connection) in &config.connections {
+        let Connection::Postgres(pg) = connection else {
+            continue;
+        };
+        let listener = tokio::net::TcpListener::bind(pg.listen)
+            .await
+            .with_context(|| format!("connections.{name}: cannot listen on {}", pg.listen))?;
+        let front = Arc::new(crate::pg::Front::new(
+            name.clone(),
+            pg.clone(),
+            auth.clone(),
+            session_ctx.clone(),
+            acceptor.clone(),
+            limits.clone(),
+        ));
+        listeners.push(tokio::spawn(crate::pg::serve(front.clone(), listener)));
+        fronts.insert(name.clone(), front);
+    }
+    let gateway = Arc::new(Gateway {
+        config,
+        auth,
+        store,
+        session_ctx,
+        sinks,
+        fronts,
+        ca_pem: tls.ca_pem,
+        host,
+        maintenance: tokio::sync::Mutex::new(()),
+        listeners: std::sync::Mutex::new(listeners),
+    });
+    // `kill -HUP` applies the policy again, as `sluice reload` does.
+    let reloader = gateway.clone();
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reloader.reload("SIGHUP").await {
+                Ok(_) => tracing::info!("policy reloaded (SIGHUP)"),
+                Err(why) => tracing::error!(%why, "policy reload refused (SIGHUP)"),
+            }
+        }
+    });
+    // Retention runs at start and then on schedule, when anything has a retention.
+    let rules = retention_rules(&gateway.config);
+    if !rules.sessions.is_empty() || rules.reviews.is_some() {
+        let purger = gateway.clone();
+        let every = Duration::from_secs(purger.config.gateway.purge_interval_seconds);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                if let Err(why) = purger.retention("schedule").await {
+                    tracing::error!(%why, "retention failed");
+                }
+            }
+        });
+    }
+    let accepting = gateway.clone();
+    let task = tokio::spawn(async move {
+        let gateway = accepting;
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) or the like: retrying at once would
+                    // spin a core without freeing anything.
+                    tracing::warn!(error = %e, "accept failed; pausing before the next");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let admitted = match limits.admit(peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    tracing::warn!(%peer, %why, "connection refused");
+                    continue;
+                }
+            };
+            let Some(signing_in) = limits.signing_in() else {
+                tracing::warn!(%peer, "connection refused: too many connections are signing in (max_signing_in)");
+                continue;
+            };
+            // Small interactive frames must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+            crate::limits::keepalive(&tcp);
+            let (gateway, acceptor, sign_in) = (gateway.clone(), acceptor.clone(), limits.sign_in);
+            tokio::spawn(async move {
+                let _admitted = admitted;
+                let tls = match tokio::time::timeout(sign_in, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
+                };
+                drop(signing_in);
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gateway.route(req, peer).await) }
+                });
+                // A request head must arrive whole within the sign-in time: a client that
+                // trickles it (or sends nothing) is cut off. Sessions, once upgraded, are not.
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(sign_in)
+                    .serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+    gateway
+        .listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(task);
+    Ok((started, Running { gateway }))
+}
+
+/// How long an accept loop pauses after a failed accept (out of file descriptors).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Sessions a previous run left open were cut by its crash: close them in the record, with
+/// the reason, so they are not listed as active forever.
+fn close_crashed_sessions(store: &Store) -> anyhow::Result<usize> {
+    let open: Vec<_> = store
+        .sessions()?
+        .into_iter()
+        .filter(|s| s.ended_ms.is_none())
+        .collect();
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::new();
+    for summary in &open {
+        let last_seq = store.entry(summary.last_index)?.map_or(0, |r| r.entry.seq);
+        events.push(NewEvent {
+            session: summary.id.clone(),
+            seq: last_seq + 1,
+            kind: sluice_record::kinds::SESSION_CLOSE.into(),
+            time_ms: sluice_core::now_ms(),
+            meta: json!({"exit_status": null, "reason": "gateway stopped unexpectedly"})
+                .to_string(),
+            payload: Vec::new(),
+        });
+    }
+    store.append(&events)?;
+    tracing::warn!(
+        sessions = open.len(),
+        "closed sessions a crashed run left open"
+    );
+    Ok(open.len())
+}
+
+pub fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    format!("{}-{}", sluice_core::now_ms(), hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gateway on a free port with an empty policy (the built-in plugins are the binary's;
+    /// the integration tests run the shipped policies), data in `dir`.
+    async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        let policies = policies.display();
+        let config = format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicies = \"{policies}\"\n\n\
+             [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\n",
+            dir.join("data").display()
+        );
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, config).unwrap();
+        let (_, running) = start(Config::load(Some(&path)).unwrap()).await.unwrap();
+        running.gateway
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reload_that_cannot_be_recorded_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = gateway(dir.path()).await;
+        let before = gateway.session_ctx.chains.read().unwrap().clone();
+        assert!(gateway.reload("test").await.is_ok());
+        let applied = gateway.session_ctx.chains.read().unwrap().clone();
+        assert!(
+            !Arc::ptr_eq(&before, &applied),
+            "a reload applies new chains"
+        );
+
+        // The record can no longer commit (its store is gone): the reload is refused, and
+        // the chains in force are the very ones from before it.
+        gateway.store.close();
+        let refused = gateway.reload("test").await.unwrap_err();
+        assert!(refused.contains("nothing was applied"), "{refused}");
+        let after = gateway.session_ctx.chains.read().unwrap().clone();
+        assert!(
+            Arc::ptr_eq(&applied, &after),
+            "a refused reload swapped the policy in"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_verification_that_cannot_read_the_store_never_says_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = gateway(dir.path()).await;
+        assert!(
+            gateway
+                .store
+                .verify(sluice_record::VerifyOptions::default())
+                .holds()
+        );
+        gateway.store.close();
+        let report = gateway
+            .store
+            .verify(sluice_record::VerifyOptions::default());
+        assert!(!report.holds(), "a closed store verified");
+    }
+}

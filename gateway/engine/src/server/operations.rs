@@ -1,0 +1,148 @@
+//! What admins and the gateway itself do to the whole: reload the policy, run retention,
+//! stop. Each is recorded in the chain before it takes effect; one that cannot be recorded
+//! changes nothing.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Gateway, load_policy, retention_rules};
+use sluice_record::NewEvent;
+
+impl Gateway {
+    /// Reads the policy again and applies it whole: new sessions get the new chains, roles
+    /// and review rules at once; sessions in flight keep their plugin instances until they
+    /// end; sinks start, stop or restart as their tables changed. A policy that does not
+    /// load is refused and the old one stays. Recorded (kind `policy`).
+    pub(super) async fn reload(&self, by: &str) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let (host, config) = (self.host.clone(), self.config.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_policy(&host, &config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e:#} (nothing was applied: the running policy stays)"))?;
+        let files = loaded.chains.policy_files.clone();
+        let sink_names: Vec<String> = loaded.sinks.iter().map(|s| s.name.clone()).collect();
+        let applied = json!({"by": by, "files": files, "sinks": sink_names});
+        // Recorded before anything is swapped: the one step that can still fail does so
+        // while the running policy is untouched. What follows cannot fail.
+        self.record_gateway_event("policy", &applied)
+            .await
+            .map_err(|e| format!("{e} (nothing was applied: the running policy stays)"))?;
+        self.session_ctx.set_chains(loaded.chains);
+        self.roles().replace(loaded.policy.roles);
+        self.reviews().set_rules(loaded.policy.reviews);
+        let sinks = self.sinks.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || sinks.apply(loaded.sinks)).await {
+            tracing::error!(error = %e, "applying the sinks of the reloaded policy failed");
+        }
+        tracing::info!(%by, "policy reloaded");
+        Ok(applied)
+    }
+
+    /// See [`Running::stop`].
+    pub(super) async fn stop(&self, why: &str) -> anyhow::Result<usize> {
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            listener.abort();
+        }
+        let live = self.session_ctx.live();
+        for (id, ..) in &live {
+            self.session_ctx
+                .kill(id, format!("the gateway is stopping ({why})"));
+        }
+        // Each session records its close as it ends; wait for them, within the grace.
+        let grace = Duration::from_millis(self.config.gateway.stop_grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.session_ctx.live().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let unfinished = self.session_ctx.live().len();
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "sessions did not end within the stop grace; the next start closes them"
+            );
+        }
+        // Sinks finish the delivery in flight (bounded by the same grace).
+        let sinks = self.sinks.clone();
+        let stopping = tokio::task::spawn_blocking(move || sinks.apply(Vec::new()));
+        let _ = tokio::time::timeout(grace, stopping).await;
+        // Recorded in strict order after everything queued before it: once it is durable,
+        // so is every event of the sessions that just ended.
+        let stopped = json!({"why": why, "sessions_ended": live.len() - unfinished, "unfinished": unfinished});
+        self.record_gateway_event("gateway-stop", &stopped)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the stop: {e}"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        Ok(live.len() - unfinished)
+    }
+
+    /// Purges what retention says has expired, then compacts the store so the purged bytes
+    /// are gone from the file. Recorded (kind `retention`) when anything was purged.
+    pub(super) async fn retention(&self, by: &str) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let (store, rules) = (self.store.clone(), retention_rules(&self.config));
+        let live: std::collections::HashSet<String> = self
+            .session_ctx
+            .live()
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect();
+        let who = by.to_string();
+        let (purged, compacted) = tokio::task::spawn_blocking(move || {
+            let purged = store.purge(&rules, sluice_core::now_ms(), &live, &who)?;
+            let compacted = if purged.is_empty() {
+                None
+            } else {
+                Some(store.compact()?)
+            };
+            Ok::<_, sluice_record::RecordError>((purged, compacted))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.reviews().forget(&purged.reviews);
+        let report = json!({
+            "by": by,
+            "sessions": purged.sessions,
+            "reviews": purged.reviews,
+            "payloads": purged.payloads(),
+            "ranges": purged.ranges,
+            "entry": purged.entry,
+            "compacted": compacted,
+        });
+        if !purged.is_empty() {
+            // The purge recorded itself, in the transaction that deleted.
+            tracing::info!(%by, payloads = purged.payloads(), sessions = purged.sessions.len(), "retention purged");
+        }
+        Ok(report)
+    }
+
+    /// An event of the gateway's own (no session) in the chain.
+    pub(super) async fn record_gateway_event(
+        &self,
+        kind: &str,
+        meta: &serde_json::Value,
+    ) -> Result<(), String> {
+        let event = NewEvent {
+            session: String::new(),
+            seq: 0,
+            kind: kind.into(),
+            time_ms: sluice_core::now_ms(),
+            meta: meta.to_string(),
+            payload: Vec::new(),
+        };
+        self.session_ctx
+            .recorder
+            .append(event)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,468 @@
+//! The `/api/...` routes (listed in `mod.rs`): authentication first, then each route checks
+//! the caller's role on what it touches.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::convert::Infallible;
+
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::Gateway;
+use crate::review::Review;
+use crate::roles::Role;
+use sluice_core::frame::Identity;
+
+/// What every route answers with.
+pub(super) type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+pub(super) fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+pub(super) fn error(status: StatusCode, message: &str) -> Reply {
+    reply(status, json!({ "error": message }).to_string())
+}
+
+impl Gateway {
+    pub(super) async fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        let path = req.uri().path().to_string();
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .map(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if path == "/api/ca" {
+            return reply(StatusCode::OK, self.ca_pem.clone());
+        }
+        if path == "/api/auth" {
+            // What `sluice login` needs to sign in: public.
+            let oidc = self.auth.oidc().map(|o| {
+                let c = o.config();
+                json!({"issuer": c.issuer, "client_id": c.client_id, "scopes": c.scopes})
+            });
+            return reply(StatusCode::OK, json!({ "oidc": oidc }).to_string());
+        }
+        let identity = match self.authenticate(&req).await {
+            Ok(identity) => identity,
+            Err(why) => {
+                tracing::warn!(%peer, %path, %why, "authentication refused");
+                return error(StatusCode::UNAUTHORIZED, &why);
+            }
+        };
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::POST, ["api", "sessions"]) => {
+                self.open_session(req, &query, identity, peer).await
+            }
+            (&Method::GET, ["api", "reviews"]) => {
+                let status = query.get("status").map(String::as_str);
+                let list = self.reviews().visible(&identity, status);
+                reply(StatusCode::OK, json!(list).to_string())
+            }
+            (&Method::GET, ["api", "reviews", "events"]) => self.review_events(identity),
+            (&Method::GET, ["api", "reviews", id]) => match self.reviews().get(id) {
+                Some(r) if self.reviews().may_see(&identity, &r) => {
+                    reply(StatusCode::OK, json!(r).to_string())
+                }
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no review {id} that you may see"),
+                ),
+            },
+            (&Method::POST, ["api", "reviews", id, verb @ ("approve" | "reject")]) => {
+                let reason = query
+                    .get("reason")
+                    .cloned()
+                    .filter(|r| !r.trim().is_empty());
+                match self
+                    .reviews()
+                    .decide(id, &identity, *verb == "approve", reason)
+                    .await
+                {
+                    Ok(review) => {
+                        tracing::info!(review = %id, by = %identity.subject, status = review.status.as_str(), "review decided");
+                        reply(StatusCode::OK, json!(review).to_string())
+                    }
+                    Err(refused) => {
+                        tracing::warn!(review = %id, by = %identity.subject, why = %refused.message, "review decision refused");
+                        let status = StatusCode::from_u16(refused.status)
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        error(status, &refused.message)
+                    }
+                }
+            }
+            (&Method::GET, ["api", "sessions"]) if query.contains_key("active") => {
+                self.live_sessions(&identity)
+            }
+            (&Method::GET, ["api", "sessions"]) => self.list_sessions(&identity),
+            (&Method::POST, ["api", "sessions", id, "kill"]) => {
+                self.kill_session(&identity, id, peer).await
+            }
+            (&Method::GET, ["api", "sessions", id, "events"]) => {
+                let form = query.get("form").map_or("jsonl", String::as_str);
+                self.session_events(&identity, id, form).await
+            }
+            (&Method::GET, ["api", "whoami"]) => {
+                let roles: serde_json::Map<String, serde_json::Value> = self
+                    .config
+                    .connections
+                    .keys()
+                    .map(|c| {
+                        let held: Vec<_> = Role::ALL
+                            .iter()
+                            .filter(|r| self.roles().has(&identity, **r, c))
+                            .map(|r| r.name())
+                            .collect();
+                        (c.clone(), json!(held))
+                    })
+                    .collect();
+                let who = json!({"subject": identity.subject, "name": identity.name, "groups": identity.groups, "roles": roles});
+                reply(StatusCode::OK, who.to_string())
+            }
+            (&Method::GET, ["metrics"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "read the metrics");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                let open = self.session_ctx.live().len() as f64;
+                let mut gauges = vec![(
+                    "sluice_sessions_open",
+                    "Sessions open now.",
+                    String::new(),
+                    open,
+                )];
+                for sink in self.sinks.status() {
+                    gauges.push((
+                        "sluice_sink_lag_events",
+                        "Entries recorded but not yet delivered, by sink.",
+                        sluice_core::metrics::labels(&[("sink", &sink.name)]),
+                        sink.lag as f64,
+                    ));
+                }
+                reply(StatusCode::OK, sluice_core::metrics::render(&gauges))
+            }
+            (&Method::GET, ["api", "sinks"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "see the sinks");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                reply(StatusCode::OK, json!(self.sinks.status()).to_string())
+            }
+            (&Method::POST, ["api", "reload"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "reload the policy");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                match self.reload(&identity.subject).await {
+                    Ok(applied) => reply(StatusCode::OK, applied.to_string()),
+                    Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
+                }
+            }
+            (&Method::POST, ["api", "retention"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "run retention");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                match self.retention(&identity.subject).await {
+                    Ok(report) => reply(StatusCode::OK, report.to_string()),
+                    Err(why) => error(StatusCode::INTERNAL_SERVER_ERROR, &why),
+                }
+            }
+            (&Method::GET | &Method::POST, ["api", "verify"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Audit, "verify the record");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                let accept_loss = query.contains_key("accept_loss");
+                let anchors = match read_anchors(req).await {
+                    Ok(anchors) => anchors,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+                };
+                let given = anchors.len();
+                let options = sluice_record::VerifyOptions {
+                    trusted_keys: Vec::new(),
+                    anchors,
+                    accept_loss,
+                };
+                let store = self.store.clone();
+                // A verification that cannot finish never reads as one that held.
+                let report = tokio::task::spawn_blocking(move || store.verify(options))
+                    .await
+                    .unwrap_or_else(|e| sluice_record::VerifyReport {
+                        problem: Some(sluice_record::Problem::Corrupt {
+                            index: None,
+                            why: format!("verification did not finish: {e}"),
+                        }),
+                        ..Default::default()
+                    });
+                let audited = json!({"by": identity.subject, "action": "verify", "heads_given": given, "holds": report.holds()});
+                if let Err(why) = self.record_gateway_event("audit", &audited).await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, &why);
+                }
+                reply(
+                    StatusCode::OK,
+                    crate::audit::report_json(&report).to_string(),
+                )
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                &format!("no route {} {path}", req.method()),
+            ),
+        }
+    }
+
+    async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, String> {
+        const MISSING: &str =
+            "no token given: run `sluice login`, pass --token or set SLUICE_TOKEN";
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .ok_or(MISSING)?;
+        let value = header
+            .to_str()
+            .map_err(|_| "malformed Authorization header: not text")?
+            .trim();
+        // `Bearer` with nothing after it (an empty token, trailing space trimmed away).
+        let token = match value.strip_prefix("Bearer") {
+            Some(rest) if rest.trim().is_empty() => return Err(MISSING.into()),
+            Some(rest) if rest.starts_with(' ') => rest.trim(),
+            _ => return Err("malformed Authorization header: expected `Bearer TOKEN`".into()),
+        };
+        self.auth.authenticate(token).await
+    }
+
+    /// Server-sent events: every review `identity` may see, pending ones first, then each
+    /// change as it happens (`event: review`, the review as JSON), with a keep-alive comment
+    /// every 15 s.
+    fn review_events(&self, identity: Identity) -> Reply {
+        let reviews = self.reviews().clone();
+        let mut changes = reviews.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let event = |r: &Review| Bytes::from(format!("event: review\ndata: {}\n\n", json!(r)));
+        tokio::spawn(async move {
+            for r in reviews.visible(&identity, Some("pending")).iter().rev() {
+                if tx.send(event(r)).await.is_err() {
+                    return;
+                }
+            }
+            let mut keep_alive = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                let next = tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(r) if reviews.may_see(&identity, &r) => event(&r),
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            Bytes::from(format!(": {n} changes skipped; list /api/reviews\n\n"))
+                        }
+                        Err(_) => return,
+                    },
+                    _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                };
+                if tx.send(next).await.is_err() {
+                    return; // the reader went away
+                }
+            }
+        });
+        let mut response = Response::new(BodyExt::boxed(EventStream(rx)));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    }
+
+    /// A recorded session is visible to its auditors, and to its own user while they hold
+    /// a role on its connection; to nobody else.
+    fn may_read(&self, identity: &Identity, subject: &str, connection: &str) -> bool {
+        self.roles().has(identity, Role::Audit, connection)
+            || (subject == identity.subject && self.roles().any(identity, connection))
+    }
+
+    fn live_sessions(&self, identity: &Identity) -> Reply {
+        let live: Vec<_> = self
+            .session_ctx
+            .live()
+            .into_iter()
+            .filter(|(_, subject, connection, _)| {
+                self.may_read(identity, subject, connection)
+                    || self.roles().has(identity, Role::Admin, connection)
+            })
+            .map(|(id, subject, connection, started_ms)| json!({"id": id, "subject": subject, "connection": connection, "started_ms": started_ms}))
+            .collect();
+        reply(StatusCode::OK, serde_json::Value::from(live).to_string())
+    }
+
+    /// Admins of its connection end a live session.
+    async fn kill_session(&self, identity: &Identity, id: &str, peer: SocketAddr) -> Reply {
+        let live = self.session_ctx.live();
+        let Some((_, _, connection, _)) = live.iter().find(|(live_id, ..)| live_id == id) else {
+            return error(StatusCode::NOT_FOUND, &format!("no live session {id}"));
+        };
+        let action = format!("end session {id}");
+        if let Err(why) = self
+            .roles()
+            .require(identity, Role::Admin, connection, &action)
+            .await
+        {
+            tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused");
+            return error(StatusCode::FORBIDDEN, &why);
+        }
+        if self
+            .session_ctx
+            .kill(id, format!("ended by {}", identity.subject))
+        {
+            tracing::info!(subject = %identity.subject, session = id, "session killed");
+            reply(StatusCode::OK, json!({"killed": id}).to_string())
+        } else {
+            error(StatusCode::NOT_FOUND, &format!("no live session {id}"))
+        }
+    }
+
+    fn list_sessions(&self, identity: &Identity) -> Reply {
+        match self.store.sessions() {
+            Ok(all) => {
+                let visible: Vec<_> = all
+                    .into_iter()
+                    .filter(|s| self.may_read(identity, &s.subject, &s.connection))
+                    .collect();
+                reply(
+                    StatusCode::OK,
+                    serde_json::to_string(&visible).unwrap_or_default(),
+                )
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    async fn session_events(&self, identity: &Identity, id: &str, form: &str) -> Reply {
+        match self.store.session(id) {
+            Ok(Some(s)) if self.may_read(identity, &s.subject, &s.connection) => {}
+            Ok(Some(s)) => {
+                let action = format!("read session {id}");
+                let why = self
+                    .roles()
+                    .refuse(identity, Role::Audit, &s.connection, &action)
+                    .await;
+                return error(StatusCode::FORBIDDEN, &why);
+            }
+            Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no session {id}")),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+        // Reading a recording is itself recorded, before anything is served.
+        let form: String = form
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(32)
+            .collect();
+        let audited =
+            json!({"by": identity.subject, "action": "read", "session": id, "form": form});
+        if let Err(why) = self.record_gateway_event("audit", &audited).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, &why);
+        }
+        match self.store.session_events(id) {
+            Ok(events) => {
+                let lines: String = events
+                    .iter()
+                    .map(|e| crate::audit::event_json(e).to_string() + "\n")
+                    .collect();
+                reply(StatusCode::OK, lines)
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+}
+
+/// The heads an auditor sends to verify against (a JSON array of signed heads).
+async fn read_anchors(req: Request<Incoming>) -> Result<Vec<sluice_record::Anchor>, String> {
+    if req.method() != Method::POST {
+        return Ok(Vec::new());
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_ANCHORS_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the heads sent: {e}"))?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let heads: Vec<sluice_record::SignedHead> = serde_json::from_slice(&body)
+        .map_err(|e| format!("the body must be a JSON array of signed heads: {e}"))?;
+    Ok(heads
+        .into_iter()
+        .map(|head| sluice_record::Anchor {
+            source: format!("the head for entry {} you gave", head.index),
+            head,
+            trusted: true,
+        })
+        .collect())
+}
+
+/// Heads an auditor may send to verify against, in bytes (each is about 300).
+const MAX_ANCHORS_BODY: usize = 4 << 20;
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of a server-sent-events reply: whatever the feeding task sends.
+struct EventStream(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|next| next.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
