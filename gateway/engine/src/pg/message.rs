@@ -4,9 +4,13 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use sluice_core::frame::{CellFormat, Column};
+
 /// No message may be larger: far above any real statement or row, far below what would let
 /// a broken or hostile peer make the gateway allocate without bound.
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// What one side's reader and writer buffer at a time.
+pub const BUFFER: usize = 64 << 10;
 /// Startup packets carry a few parameters; PostgreSQL itself allows 10,000 bytes.
 pub const MAX_STARTUP: usize = 10_000;
 
@@ -299,9 +303,246 @@ pub fn put_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
     }
 }
 
+/// A row's cells, or a call's arguments: `None` is SQL NULL.
+pub type Cells = Vec<Option<Vec<u8>>>;
+
+/// A `Bind`: a portal made from a prepared statement, with its parameters and the formats
+/// its results come back in.
+pub struct Bind {
+    pub portal: String,
+    pub statement: String,
+    pub params: Cells,
+    pub formats: Vec<i16>,
+}
+
+pub fn bind(body: &mut Body<'_>) -> Result<Bind, Error> {
+    let portal = body.cstr()?;
+    let statement = body.cstr()?;
+    let n = body.count()?;
+    let mut param_formats = Vec::with_capacity(n);
+    for _ in 0..n {
+        param_formats.push(body.i16()?);
+    }
+    let n = body.count()?;
+    let mut params = Vec::with_capacity(n);
+    for _ in 0..n {
+        params.push(body.value()?.map(<[u8]>::to_vec));
+    }
+    let n = body.count()?;
+    let mut formats = Vec::with_capacity(n);
+    for _ in 0..n {
+        formats.push(body.i16()?);
+    }
+    Ok(Bind {
+        portal,
+        statement,
+        params,
+        formats,
+    })
+}
+
+/// A fast-path `FunctionCall`: the function's OID and its arguments.
+pub fn function_call(m: &Message) -> Result<(i32, Cells), Error> {
+    let mut body = m.reader();
+    let oid = body.i32()?;
+    let n = body.count()?;
+    for _ in 0..n {
+        body.i16()?;
+    }
+    let n = body.count()?;
+    let mut params = Vec::with_capacity(n);
+    for _ in 0..n {
+        params.push(body.value()?.map(<[u8]>::to_vec));
+    }
+    Ok((oid, params))
+}
+
+/// The columns a `RowDescription` describes (their tables still unnamed).
+pub fn row_description(m: &Message) -> Result<Vec<Column>, Error> {
+    let mut body = m.reader();
+    let n = body.count()?;
+    let mut columns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = body.cstr()?;
+        let table_oid = body.i32()? as u32;
+        let _attnum = body.i16()?;
+        let type_oid = body.i32()? as u32;
+        let _len = body.i16()?;
+        let _typmod = body.i32()?;
+        let format = body.i16()?;
+        columns.push(Column {
+            name,
+            table: None,
+            table_oid,
+            type_oid,
+            format: if format == 0 {
+                CellFormat::Text
+            } else {
+                CellFormat::Binary
+            },
+        });
+    }
+    Ok(columns)
+}
+
+/// The cells of a `DataRow`.
+pub fn data_row_cells(m: &Message) -> Result<Cells, Error> {
+    let mut body = m.reader();
+    let n = body.count()?;
+    let mut cells = Vec::with_capacity(n);
+    for _ in 0..n {
+        cells.push(body.value()?.map(<[u8]>::to_vec));
+    }
+    Ok(cells)
+}
+
+/// A `DataRow` of `cells`.
+pub fn data_row(cells: &[Option<Vec<u8>>]) -> Message {
+    let mut body = (cells.len() as i16).to_be_bytes().to_vec();
+    for cell in cells {
+        put_value(&mut body, cell.as_deref());
+    }
+    Message::new(b'D', body)
+}
+
+/// The cells of a text-format `COPY` line: tab-separated, `\\N` for NULL.
+pub fn copy_text_cells(line: &[u8]) -> Cells {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.split(|&b| b == b'\t')
+        .map(|cell| (cell != b"\\N").then(|| cell.to_vec()))
+        .collect()
+}
+
+/// A text-format `COPY` line of `cells`.
+pub fn copy_text_line(cells: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut line = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            line.push(b'\t');
+        }
+        line.extend_from_slice(cell.as_deref().unwrap_or(b"\\N"));
+    }
+    line.push(b'\n');
+    line
+}
+
+/// Writes out and empties `queued`.
+pub async fn drain<W: AsyncWrite + Unpin>(w: &mut W, queued: &mut Vec<u8>) -> Result<(), Error> {
+    if !queued.is_empty() {
+        w.write_all(queued).await?;
+        queued.clear();
+    }
+    Ok(())
+}
+
+/// Messages from one side, read into a buffer. `fill` may be abandoned by a `select!`
+/// without losing anything (it only appends what one read returned); `next` takes whole
+/// messages out.
+pub struct Inbound<R> {
+    from: R,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<R: AsyncRead + Unpin> Inbound<R> {
+    pub fn new(from: R) -> Self {
+        Inbound {
+            from,
+            buf: Vec::with_capacity(BUFFER),
+            start: 0,
+        }
+    }
+
+    /// The next whole message already read, if any.
+    pub fn next_message(&mut self) -> Result<Option<Message>, Error> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]);
+        if len < 4 || len as usize - 4 > MAX_MESSAGE {
+            return Err(Error::Malformed(format!(
+                "a '{}' message declares {len} bytes (the limit is {})",
+                avail[0].escape_ascii(),
+                MAX_MESSAGE
+            )));
+        }
+        let total = 1 + len as usize;
+        if avail.len() < total {
+            self.buf.reserve(total - avail.len());
+            return Ok(None);
+        }
+        let m = Message::new(avail[0], avail[5..total].to_vec());
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(m))
+    }
+
+    /// Reads what the peer sent next; `Closed` at its end.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    pub async fn fill(&mut self) -> Result<(), Error> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < BUFFER / 4 {
+            self.buf.reserve(BUFFER);
+        }
+        match self.from.read_buf(&mut self.buf).await? {
+            0 => Err(Error::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_and_copy_lines_decode_what_they_encode_with_nulls() {
+        let cells = vec![Some(b"1".to_vec()), None, Some(b"".to_vec())];
+        assert_eq!(data_row_cells(&data_row(&cells)).unwrap(), cells);
+        let line = copy_text_line(&cells);
+        assert_eq!(line, b"1\t\\N\t\n");
+        assert_eq!(copy_text_cells(&line), cells);
+        // A row that declares more cells than it carries is malformed, not a panic.
+        let mut short = data_row(&cells);
+        short.body.truncate(short.body.len() - 4);
+        assert!(data_row_cells(&short).is_err());
+    }
+
+    #[tokio::test]
+    async fn inbound_yields_whole_messages_and_refuses_absurd_lengths() {
+        let mut bytes = Vec::new();
+        query("SELECT 1").encode_into(&mut bytes);
+        let (first, rest) = bytes.split_at(3);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut inbound = Inbound::new(server);
+        client.write_all(first).await.unwrap();
+        inbound.fill().await.unwrap();
+        assert!(
+            inbound.next_message().unwrap().is_none(),
+            "half a message is not a message"
+        );
+        client.write_all(rest).await.unwrap();
+        inbound.fill().await.unwrap();
+        assert_eq!(inbound.next_message().unwrap(), Some(query("SELECT 1")));
+
+        client
+            .write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        inbound.fill().await.unwrap();
+        assert!(matches!(inbound.next_message(), Err(Error::Malformed(_))));
+        drop(client);
+    }
 
     #[tokio::test]
     async fn startup_packets_and_absurd_lengths() {

@@ -17,9 +17,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::message::{self, Body, Message};
+use super::message::{self, BUFFER, Inbound, Message};
 use crate::chain::{Decision, Outcome};
 use crate::config::PostgresConnection;
 use crate::session::{Core, RowBatch};
@@ -113,7 +113,6 @@ pub struct Session<C, U> {
     refused_copy: bool,
 }
 
-const BUFFER: usize = 64 << 10;
 /// Messages read ahead per direction: bounds memory whatever the size of a result.
 const QUEUE: usize = 256;
 const SQLSTATE_REFUSED: &str = "42501";
@@ -156,7 +155,7 @@ impl<
     /// read is handled before waiting again, so pipelined messages leave together.
     pub async fn run(&mut self) -> Result<(), End> {
         loop {
-            while let Some(m) = self.client_in.next().map_err(End::Client)? {
+            while let Some(m) = self.client_in.next_message().map_err(End::Client)? {
                 if m.tag == b'X' {
                     return Ok(());
                 }
@@ -166,7 +165,7 @@ impl<
                 }
             }
             self.send_upstream().await?;
-            while let Some(m) = self.upstream_in.next().map_err(End::Upstream)? {
+            while let Some(m) = self.upstream_in.next_message().map_err(End::Upstream)? {
                 self.server_messages(m).await?;
                 if self.to_client.len() >= BUFFER {
                     self.send_client().await?;
@@ -209,7 +208,7 @@ impl<
     }
 
     async fn send_client(&mut self) -> Result<(), End> {
-        drain(&mut self.client_out, &mut self.to_client)
+        message::drain(&mut self.client_out, &mut self.to_client)
             .await
             .map_err(End::Client)
     }
@@ -219,7 +218,7 @@ impl<
     }
 
     async fn send_upstream(&mut self) -> Result<(), End> {
-        drain(&mut self.upstream_out, &mut self.to_upstream)
+        message::drain(&mut self.upstream_out, &mut self.to_upstream)
             .await
             .map_err(End::Upstream)
     }
@@ -262,10 +261,15 @@ impl<
                 self.forward(&m);
             }
             b'B' => {
-                let portal = parse_bind(&mut body).map_err(malformed)?;
+                let bind = message::bind(&mut body).map_err(malformed)?;
                 self.expect.push_back(Expect::Bind { swallow: false });
-                let name = portal.0;
-                self.portals.insert(name, portal.1);
+                let portal = Portal {
+                    statement: bind.statement,
+                    params: bind.params,
+                    formats: bind.formats,
+                    columns: None,
+                };
+                self.portals.insert(bind.portal, portal);
                 self.forward(&m);
             }
             b'D' => {
@@ -365,7 +369,11 @@ impl<
                 // The fast-path function call (psql's \lo_import, \lo_export) carries no
                 // statement a gate can read: refused and recorded, answered like a refused
                 // statement (an error, then ready for the next query).
-                let statement = function_call(&m).map_err(malformed)?;
+                let (oid, params) = message::function_call(&m).map_err(malformed)?;
+                let statement = Statement {
+                    text: format!("-- fast-path function call: function OID {oid}"),
+                    params,
+                };
                 let reason = "sluice: fast-path function calls are refused (a gate cannot read them); call the function in SQL, e.g. SELECT lo_import(...)";
                 let decision = self.core.refuse(
                     Direction::ClientToTarget,
@@ -486,7 +494,7 @@ impl<
                 }
             }
             b'T' => {
-                let columns = parse_row_description(&m).map_err(malformed)?;
+                let columns = message::row_description(&m).map_err(malformed)?;
                 match self.expect.front() {
                     Some(Expect::DescribeStatement(name)) => {
                         let name = name.clone();
@@ -774,7 +782,7 @@ impl<
             if ready.len() >= QUEUE {
                 break None;
             }
-            match self.upstream_in.next().map_err(End::Upstream)? {
+            match self.upstream_in.next_message().map_err(End::Upstream)? {
                 Some(next) if self.is_row(&next) => m = next,
                 other => break other,
             }
@@ -810,101 +818,22 @@ impl<
         if m.tag == b'd' {
             let copy = self.result.as_ref().and_then(|r| r.copy);
             return Ok(match copy {
-                Some(CellFormat::Text) => {
-                    let line = m.body.strip_suffix(b"\n").unwrap_or(&m.body);
-                    line.split(|&b| b == b'\t')
-                        .map(|cell| (cell != b"\\N").then(|| cell.to_vec()))
-                        .collect()
-                }
+                Some(CellFormat::Text) => message::copy_text_cells(&m.body),
                 _ => vec![Some(m.body.clone())],
             });
         }
-        let mut body = m.reader();
-        let n = body.count()?;
-        let mut cells = Vec::with_capacity(n);
-        for _ in 0..n {
-            cells.push(body.value()?.map(<[u8]>::to_vec));
-        }
-        Ok(cells)
+        message::data_row_cells(m)
     }
 
     fn encode_row(&self, tag: u8, cells: &[Option<Vec<u8>>]) -> Message {
         if tag == b'd' {
             if self.result.as_ref().and_then(|r| r.copy) == Some(CellFormat::Text) {
-                let mut line = Vec::new();
-                for (i, cell) in cells.iter().enumerate() {
-                    if i > 0 {
-                        line.push(b'\t');
-                    }
-                    line.extend_from_slice(cell.as_deref().unwrap_or(b"\\N"));
-                }
-                line.push(b'\n');
-                return Message::new(b'd', line);
+                return Message::new(b'd', message::copy_text_line(cells));
             }
             return Message::new(b'd', cells.first().cloned().flatten().unwrap_or_default());
         }
-        let mut body = (cells.len() as i16).to_be_bytes().to_vec();
-        for cell in cells {
-            message::put_value(&mut body, cell.as_deref());
-        }
-        Message::new(b'D', body)
+        message::data_row(cells)
     }
-}
-
-fn parse_bind(body: &mut Body<'_>) -> Result<(String, Portal), message::Error> {
-    let portal = body.cstr()?;
-    let statement = body.cstr()?;
-    let n = body.count()?;
-    let mut param_formats = Vec::with_capacity(n);
-    for _ in 0..n {
-        param_formats.push(body.i16()?);
-    }
-    let n = body.count()?;
-    let mut params = Vec::with_capacity(n);
-    for _ in 0..n {
-        params.push(body.value()?.map(<[u8]>::to_vec));
-    }
-    let n = body.count()?;
-    let mut formats = Vec::with_capacity(n);
-    for _ in 0..n {
-        formats.push(body.i16()?);
-    }
-    Ok((
-        portal,
-        Portal {
-            statement,
-            params,
-            formats,
-            columns: None,
-        },
-    ))
-}
-
-fn parse_row_description(m: &Message) -> Result<Vec<Column>, message::Error> {
-    let mut body = m.reader();
-    let n = body.count()?;
-    let mut columns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let name = body.cstr()?;
-        let table_oid = body.i32()? as u32;
-        let _attnum = body.i16()?;
-        let type_oid = body.i32()? as u32;
-        let _len = body.i16()?;
-        let _typmod = body.i32()?;
-        let format = body.i16()?;
-        columns.push(Column {
-            name,
-            table: None,
-            table_oid,
-            type_oid,
-            format: if format == 0 {
-                CellFormat::Text
-            } else {
-                CellFormat::Binary
-            },
-        });
-    }
-    Ok(columns)
 }
 
 /// What the client is told of a frame the chain did not pass.
@@ -914,18 +843,6 @@ fn refusal(outcome: &Outcome) -> String {
         Outcome::Hold { reasons } => format!("sluice: held: {}", reasons.join("; ")),
         Outcome::Pass => "sluice: refused".into(),
     }
-}
-
-/// Writes out and empties `queued`.
-async fn drain<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    queued: &mut Vec<u8>,
-) -> Result<(), message::Error> {
-    if !queued.is_empty() {
-        w.write_all(queued).await?;
-        queued.clear();
-    }
-    Ok(())
 }
 
 /// The server's answer to a refusal the gateway raised in place of a statement ([`raise`]),
@@ -944,25 +861,6 @@ fn own_refusal(m: &Message) -> Option<Message> {
         .then(|| message::error(b'E', "ERROR", SQLSTATE_REFUSED, text))
 }
 
-/// A fast-path `FunctionCall` as the record shows it: the function's OID and its arguments.
-fn function_call(m: &Message) -> Result<Statement, message::Error> {
-    let mut body = m.reader();
-    let oid = body.i32()?;
-    let n = body.count()?;
-    for _ in 0..n {
-        body.i16()?;
-    }
-    let n = body.count()?;
-    let mut params = Vec::with_capacity(n);
-    for _ in 0..n {
-        params.push(body.value()?.map(<[u8]>::to_vec));
-    }
-    Ok(Statement {
-        text: format!("-- fast-path function call: function OID {oid}"),
-        params,
-    })
-}
-
 /// The fields of a server error or notice that carry text from the data (a duplicate key's
 /// value, a failing row, a query); the others (severity, code, position, names of schema
 /// objects, source location) carry none.
@@ -977,70 +875,4 @@ fn raise(message: &str) -> String {
     format!(
         "DO $sluice$ BEGIN RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_REFUSED}', MESSAGE = ${tag}${message}${tag}$; END $sluice$"
     )
-}
-
-/// Messages from one side, read into a buffer. `fill` may be abandoned by a `select!`
-/// without losing anything (it only appends what one read returned); `next` takes whole
-/// messages out.
-struct Inbound<R> {
-    from: R,
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl<R: AsyncRead + Unpin> Inbound<R> {
-    fn new(from: R) -> Self {
-        Inbound {
-            from,
-            buf: Vec::with_capacity(BUFFER),
-            start: 0,
-        }
-    }
-
-    /// The next whole message already read, if any.
-    fn next(&mut self) -> Result<Option<Message>, message::Error> {
-        let avail = &self.buf[self.start..];
-        if avail.len() < 5 {
-            return Ok(None);
-        }
-        let len = i32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]);
-        if len < 4 || len as usize - 4 > message::MAX_MESSAGE {
-            return Err(message::Error::Malformed(format!(
-                "a '{}' message declares {len} bytes (the limit is {})",
-                avail[0].escape_ascii(),
-                message::MAX_MESSAGE
-            )));
-        }
-        let total = 1 + len as usize;
-        if avail.len() < total {
-            self.buf.reserve(total - avail.len());
-            return Ok(None);
-        }
-        let m = Message::new(avail[0], avail[5..total].to_vec());
-        self.start += total;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        Ok(Some(m))
-    }
-
-    /// Reads what the peer sent next; `Closed` at its end.
-    fn buffered(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    async fn fill(&mut self) -> Result<(), message::Error> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < BUFFER / 4 {
-            self.buf.reserve(BUFFER);
-        }
-        match self.from.read_buf(&mut self.buf).await? {
-            0 => Err(message::Error::Closed),
-            _ => Ok(()),
-        }
-    }
 }
