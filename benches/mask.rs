@@ -108,7 +108,7 @@ fn native() -> mask::Mask {
 }
 
 fn throughput(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let mut wasm = instance(&host, "mask", CONFIG);
     let mut ceiling = native();
@@ -132,7 +132,7 @@ fn throughput(c: &mut Criterion) {
 }
 
 fn frame_latency(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let mut wasm = instance(&host, "mask", CONFIG);
     let mut passthrough = instance(&host, "passthrough", "{}");
@@ -155,7 +155,7 @@ fn frame_latency(c: &mut Criterion) {
 
 /// What a session pays at open for the masker: `init` compiles the detectors' regex.
 fn new_instance(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let session = SessionInfo::default();
     let mut group = c.benchmark_group("new_instance");

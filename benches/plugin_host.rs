@@ -33,7 +33,7 @@ fn session() -> SessionInfo {
 }
 
 fn frame_through_chain(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let plugin = host.load(&passthrough()).unwrap();
     let frame = Frame {
@@ -56,7 +56,7 @@ fn frame_through_chain(c: &mut Criterion) {
 const FEW: BatchSize = BatchSize::NumIterations(200);
 
 fn new_session_instance(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let passthrough = host.load(&passthrough()).unwrap();
     let redact = host
@@ -89,7 +89,7 @@ fn new_session_instance(c: &mut Criterion) {
 }
 
 fn load_plugin(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let dir = tempfile::tempdir().unwrap();
     let cached = PluginHost::new(HostConfig {
         cache_dir: Some(dir.path().into()),
@@ -125,7 +125,7 @@ fn load_plugin(c: &mut Criterion) {
 /// One pgbench select-only transaction as the `pg` chain sees it: the statement, the result's
 /// columns and its one row, through each shipped plugin alone and through the shipped chain.
 fn pg_transaction(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let spec = |name: &str, builtin: &str, config: &str| {
         let spec = PluginSpec::standalone(

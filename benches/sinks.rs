@@ -83,7 +83,7 @@ fn receiver() -> u16 {
 }
 
 fn sink_delivery(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), EVENTS);
     let port = receiver();
@@ -168,7 +168,7 @@ fn sink_delivery(c: &mut Criterion) {
 }
 
 fn retention_compact(c: &mut Criterion) {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let mut group = c.benchmark_group("retention_compact_50k_events");
     group.sample_size(10);
     group.bench_function("purge_half_then_rewrite", |b| {

@@ -12,7 +12,7 @@ pub fn guest(name: &str) -> PathBuf {
 }
 
 pub fn host() -> PluginHost {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     PluginHost::new(HostConfig::default()).expect("plugin host starts")
 }
 
@@ -21,7 +21,7 @@ pub fn spec(name: &str, source: Source, config_json: &str) -> PluginSpec {
 }
 
 pub fn builtin(name: &str) -> Source {
-    sluice::provide_builtins();
+    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     Source::Builtin(name.to_string())
 }
 
@@ -250,9 +250,9 @@ impl Gateway {
         self.dir.path().join("data/record.redb")
     }
 
-    pub fn client(&self) -> sluice::client::Client {
+    pub fn client(&self) -> sluice_cli::client::Client {
         let ca = self.dir.path().join("data/tls/ca.pem");
-        sluice::client::Client::new(&self.addr, Some(self.user_token.clone()), Some(ca)).unwrap()
+        sluice_cli::client::Client::new(&self.addr, Some(self.user_token.clone()), Some(ca)).unwrap()
     }
 }
 

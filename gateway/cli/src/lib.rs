@@ -1,12 +1,11 @@
-//! The `sluice` binary's library: the CLI's commands, the client side that talks to a
-//! gateway (`client`, `login`), and the local plugin runner.
+//! The command line of `sluice`: its arguments and commands, the client side that talks to a
+//! gateway (`client`, `login`), and the local plugin runner. The `sluice` binary
+//! (`gateway/sluice`) is this crate's [`main`] with the built-in plugins linked in.
 
+mod cli;
 pub mod client;
 pub mod commands;
 pub mod login;
 pub mod runner;
 
-/// Hands the embedded plugins to the plugin host; the binary and the tests call it first.
-pub fn provide_builtins() {
-    sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
-}
+pub use cli::main;

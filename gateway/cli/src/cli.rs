@@ -1,4 +1,4 @@
-//! The `sluice` command: parses the command line and calls into the library.
+//! The `sluice` command line: its arguments (clap) and what each command runs.
 
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
@@ -37,16 +37,16 @@ struct Target {
 impl Target {
     /// A client with `--token`/`SLUICE_TOKEN`, else the tokens `sluice login` saved for this
     /// gateway (renewed first when they expire).
-    fn client(self) -> anyhow::Result<sluice::client::Client> {
+    fn client(self) -> anyhow::Result<crate::client::Client> {
         // An empty SLUICE_TOKEN is no token: say so, rather than send an empty one.
         let token = match self.token.filter(|t| !t.trim().is_empty()) {
             Some(token) => Some(token),
             None => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(sluice::login::token(&self.gateway))?,
+                .block_on(crate::login::token(&self.gateway))?,
         };
-        sluice::client::Client::new(&self.gateway, token, self.ca)
+        crate::client::Client::new(&self.gateway, token, self.ca)
     }
 }
 
@@ -305,9 +305,10 @@ enum PluginCommand {
     },
 }
 
-fn main() -> ExitCode {
+/// The `sluice` command: parses the arguments and runs the command. The binary hands the
+/// built-in plugins to the plugin host first.
+pub fn main() -> ExitCode {
     quiet_on_closed_pipe();
-    sluice::provide_builtins();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -349,23 +350,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .build()
     };
     match cli.command {
-        Command::Serve { config } => runtime()?.block_on(sluice::commands::serve(config)),
+        Command::Serve { config } => runtime()?.block_on(crate::commands::serve(config)),
         Command::Login {
             no_browser,
             device,
             target,
         } => {
             let gateway = target.gateway.clone();
-            let client = sluice::client::Client::new(&gateway, None, target.ca)?;
+            let client = crate::client::Client::new(&gateway, None, target.ca)?;
             let flow = if device {
-                sluice::login::Flow::Device
+                crate::login::Flow::Device
             } else {
-                sluice::login::Flow::Browser
+                crate::login::Flow::Browser
             };
-            runtime()?.block_on(sluice::commands::login(client, &gateway, flow, !no_browser))
+            runtime()?.block_on(crate::commands::login(client, &gateway, flow, !no_browser))
         }
         Command::Logout { target } => {
-            if sluice::login::logout(&target.gateway)? {
+            if crate::login::logout(&target.gateway)? {
                 eprintln!("signed out of {}", target.gateway);
             } else {
                 eprintln!("not signed in to {}", target.gateway);
@@ -382,9 +383,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = runtime()?;
             Ok(ExitCode::from(match port {
                 Some(port) => {
-                    runtime.block_on(sluice::client::tunnel(&client, &connection, port))?
+                    runtime.block_on(crate::client::tunnel(&client, &connection, port))?
                 }
-                None => runtime.block_on(sluice::client::connect(&client, &connection))?,
+                None => runtime.block_on(crate::client::connect(&client, &connection))?,
             }))
         }
         Command::Exec {
@@ -404,22 +405,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let client = target.client()?.with_reason(reason);
             Ok(ExitCode::from(runtime()?.block_on(
-                sluice::client::exec(&client, &connection, script),
+                crate::client::exec(&client, &connection, script),
             )?))
         }
         Command::Reviews {
             status,
             watch,
             target,
-        } => runtime()?.block_on(sluice::commands::reviews(target.client()?, status, watch)),
+        } => runtime()?.block_on(crate::commands::reviews(target.client()?, status, watch)),
         Command::Review(ReviewCommand::Show { id, target }) => {
-            runtime()?.block_on(sluice::commands::review_show(target.client()?, &id))
+            runtime()?.block_on(crate::commands::review_show(target.client()?, &id))
         }
         Command::Review(ReviewCommand::Approve { id, reason, target }) => runtime()?.block_on(
-            sluice::commands::review_decide(target.client()?, &id, "approve", reason),
+            crate::commands::review_decide(target.client()?, &id, "approve", reason),
         ),
         Command::Review(ReviewCommand::Reject { id, reason, target }) => runtime()?.block_on(
-            sluice::commands::review_decide(target.client()?, &id, "reject", Some(reason)),
+            crate::commands::review_decide(target.client()?, &id, "reject", Some(reason)),
         ),
         Command::Sessions {
             active,
@@ -430,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             grep,
             target,
         } => {
-            let filter = sluice::commands::SessionFilter {
+            let filter = crate::commands::SessionFilter {
                 active,
                 user,
                 connection,
@@ -438,28 +439,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 until,
                 grep,
             };
-            runtime()?.block_on(sluice::commands::sessions(target.client()?, filter))
+            runtime()?.block_on(crate::commands::sessions(target.client()?, filter))
         }
         Command::Whoami { target } => {
-            runtime()?.block_on(sluice::commands::whoami(target.client()?))
+            runtime()?.block_on(crate::commands::whoami(target.client()?))
         }
         Command::Sinks { json, target } => {
-            runtime()?.block_on(sluice::commands::sinks(target.client()?, json))
+            runtime()?.block_on(crate::commands::sinks(target.client()?, json))
         }
         Command::Reload { target } => {
-            runtime()?.block_on(sluice::commands::reload(target.client()?))
+            runtime()?.block_on(crate::commands::reload(target.client()?))
         }
         Command::Retention { target } => {
-            runtime()?.block_on(sluice::commands::retention(target.client()?))
+            runtime()?.block_on(crate::commands::retention(target.client()?))
         }
         Command::Kill { id, target } => {
-            runtime()?.block_on(sluice::commands::kill(target.client()?, &id))
+            runtime()?.block_on(crate::commands::kill(target.client()?, &id))
         }
         Command::Replay { id, speed, target } => {
-            runtime()?.block_on(sluice::commands::replay(target.client()?, &id, speed))
+            runtime()?.block_on(crate::commands::replay(target.client()?, &id, speed))
         }
         Command::Export { id, format, target } => {
-            runtime()?.block_on(sluice::commands::export(target.client()?, &id, &format))
+            runtime()?.block_on(crate::commands::export(target.client()?, &id, &format))
         }
         Command::Verify {
             store,
@@ -469,24 +470,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_head,
             target,
         } => {
-            let check = sluice::commands::VerifyArgs {
+            let check = crate::commands::VerifyArgs {
                 public_keys: public_key,
                 heads,
                 accept_loss,
                 print_head,
             };
             match store {
-                Some(path) => sluice::commands::verify_offline(&path, &check),
+                Some(path) => crate::commands::verify_offline(&path, &check),
                 None => {
-                    runtime()?.block_on(sluice::commands::verify_online(target.client()?, &check))
+                    runtime()?.block_on(crate::commands::verify_online(target.client()?, &check))
                 }
             }
         }
         Command::Store(StoreCommand::Restore { backup, config }) => {
-            sluice::commands::store_restore(config, &backup)
+            crate::commands::store_restore(config, &backup)
         }
         Command::Store(StoreCommand::RotateKey { old_key, config }) => {
-            sluice::commands::store_rotate_key(config, &old_key)
+            crate::commands::store_rotate_key(config, &old_key)
         }
         Command::Ca(CaCommand::Export { data_dir }) => {
             let path = sluice_engine::tls::ca_path(&data_dir);
@@ -501,7 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Check { plugin }) => {
             let host = PluginHost::new(HostConfig::default())?;
-            let report = sluice::runner::check(&host, source(&plugin))?;
+            let report = crate::runner::check(&host, source(&plugin))?;
             println!(
                 "{plugin}: a `{}` plugin of sluice:plugin@0.2.0",
                 report.world
@@ -537,7 +538,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let host = PluginHost::new(HostConfig::default())?;
             let loaded = host.load(&spec)?;
             let stdout = std::io::stdout();
-            sluice::runner::run(&loaded, BufReader::new(std::io::stdin()), stdout.lock())?;
+            crate::runner::run(&loaded, BufReader::new(std::io::stdin()), stdout.lock())?;
             stdout.lock().flush()?;
             Ok(ExitCode::SUCCESS)
         }
