@@ -252,7 +252,8 @@ impl Gateway {
 
     pub fn client(&self) -> sluice_cli::client::Client {
         let ca = self.dir.path().join("data/tls/ca.pem");
-        sluice_cli::client::Client::new(&self.addr, Some(self.user_token.clone()), Some(ca)).unwrap()
+        sluice_cli::client::Client::new(&self.addr, Some(self.user_token.clone()), Some(ca))
+            .unwrap()
     }
 }
 

@@ -404,9 +404,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => format!("{}\n", words.join(" ")).into_bytes(),
             };
             let client = target.client()?.with_reason(reason);
-            Ok(ExitCode::from(runtime()?.block_on(
-                crate::client::exec(&client, &connection, script),
-            )?))
+            Ok(ExitCode::from(runtime()?.block_on(crate::client::exec(
+                &client,
+                &connection,
+                script,
+            ))?))
         }
         Command::Reviews {
             status,

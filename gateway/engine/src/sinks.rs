@@ -26,7 +26,7 @@ use crate::policy::{SinkRules, StartAt};
 use sluice_core::frame::{Event, SinkError};
 use sluice_core::now_ms;
 use sluice_plugin_host::{LoadedPlugin, SinkInstance};
-use sluice_record::{Recorded, Store};
+use sluice_record::{Record, Recorded};
 
 /// The first wait after a failure; it doubles up to the sink's `retry_max_seconds`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -54,7 +54,7 @@ pub struct SinkStatus {
 
 /// The sinks that run now.
 pub struct Sinks {
-    store: Arc<Store>,
+    store: Arc<dyn Record>,
     running: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -116,7 +116,7 @@ impl Shared {
 }
 
 impl Sinks {
-    pub fn new(store: Arc<Store>) -> Sinks {
+    pub fn new(store: Arc<dyn Record>) -> Sinks {
         Sinks {
             store,
             running: Mutex::default(),
@@ -180,7 +180,7 @@ impl Sinks {
             (self.store.clone(), plan.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name(format!("sluice-sink-{}", plan.name))
-            .spawn(move || deliver_loop(&store, &thread_plan, &thread_shared));
+            .spawn(move || deliver_loop(store.as_ref(), &thread_plan, &thread_shared));
         let thread = match thread {
             Ok(thread) => Some(thread),
             Err(e) => {
@@ -212,7 +212,7 @@ fn stop(running: Running) {
     }
 }
 
-fn deliver_loop(store: &Store, plan: &SinkPlan, shared: &Shared) {
+fn deliver_loop(store: &dyn Record, plan: &SinkPlan, shared: &Shared) {
     let name = &plan.name;
     let labels = sluice_core::metrics::labels(&[("sink", name)]);
     let mut cursor = loop {
@@ -308,7 +308,11 @@ enum Failed {
 }
 
 /// Where `name` resumes: its saved cursor, or (the first time) where its rules say.
-fn resume_at(store: &Store, name: &str, from: StartAt) -> Result<u64, sluice_record::RecordError> {
+fn resume_at(
+    store: &dyn Record,
+    name: &str,
+    from: StartAt,
+) -> Result<u64, sluice_record::RecordError> {
     if let Some(cursor) = store.sink_cursor(name)? {
         return Ok(cursor);
     }
@@ -325,7 +329,7 @@ fn resume_at(store: &Store, name: &str, from: StartAt) -> Result<u64, sluice_rec
 /// outside witness of the chain that `sluice verify --head` reads back. Returns how many
 /// entries it took and where the next batch starts (indices may skip a declared gap).
 fn deliver_once(
-    store: &Store,
+    store: &dyn Record,
     plan: &SinkPlan,
     instance: &mut Option<SinkInstance>,
     cursor: u64,

@@ -22,6 +22,7 @@ mod entry;
 mod head;
 mod key;
 mod retention;
+mod seam;
 #[cfg(feature = "tamper")]
 pub mod tamper;
 mod verify;
@@ -39,7 +40,8 @@ use sha2::Digest;
 pub use entry::{Entry, GENESIS, Hash};
 pub use head::{Anchor, HEAD_KIND, SignedHead, Witness, anchors_from, heads_in_text};
 pub use key::{KeySource, ROTATION_KIND, Rotation, parse_public_key};
-pub use retention::{Purged, RetentionRules};
+pub use retention::{Compacted, Purged, RetentionRules};
+pub use seam::Record;
 pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store};
 pub use writer::{Receipt, RecordFailed, Recorder};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewEvent, Store};
+use super::{NewEvent, Record};
 
 /// Events per commit at most; more waiting events go into the next commit.
 const MAX_GROUP: usize = 1024;
@@ -25,14 +25,14 @@ pub struct RecordFailed(pub String);
 
 impl Recorder {
     /// Starts the writer for `store`, committing as soon as events arrive.
-    pub fn spawn(store: Arc<Store>) -> Recorder {
+    pub fn spawn(store: Arc<dyn Record>) -> Recorder {
         Recorder::spawn_lingering(store, std::time::Duration::ZERO)
     }
 
     /// Starts the writer for `store`; after the first event of a group it waits `linger` for
     /// more, so a steady flow of events costs one durable commit per `linger` rather than one
     /// per event (for async mode, where nobody waits for the commit).
-    pub fn spawn_lingering(store: Arc<Store>, linger: std::time::Duration) -> Recorder {
+    pub fn spawn_lingering(store: Arc<dyn Record>, linger: std::time::Duration) -> Recorder {
         let (queue, mut rx) = mpsc::channel::<(NewEvent, Option<Ack>)>(8 * MAX_GROUP);
         // One thread of its own: redb blocks, and commits from one thread keep the
         // allocator from spreading freed pages over many arenas (memory stays flat).

@@ -25,7 +25,7 @@ use crate::policy::ReviewRules;
 use crate::roles::{Role, Roles};
 use sluice_core::frame::Identity;
 use sluice_core::now_ms;
-use sluice_record::{NewEvent, RecordFailed, Recorder, Store};
+use sluice_record::{NewEvent, Record, RecordFailed, Recorder};
 
 mod decision;
 
@@ -33,7 +33,7 @@ use decision::refused;
 pub use decision::{Kind, Refused, Review, Status, Vote};
 
 pub struct Reviews {
-    store: Arc<Store>,
+    store: Arc<dyn Record>,
     recorder: Recorder,
     /// Replaced whole by `sluice reload`.
     rules: std::sync::RwLock<BTreeMap<String, ReviewRules>>,
@@ -59,7 +59,7 @@ impl Reviews {
     /// Loads the reviews; held frames still pending belonged to sessions that died with the
     /// previous run: they become `session-ended`. Starts the expiry sweep.
     pub async fn open(
-        store: Arc<Store>,
+        store: Arc<dyn Record>,
         recorder: Recorder,
         rules: BTreeMap<String, ReviewRules>,
         roles: Arc<Roles>,
@@ -69,7 +69,7 @@ impl Reviews {
         for bytes in store.reviews()? {
             let review = serde_json::from_slice::<Review>(&bytes)
                 .map_err(|e| format!("not a review: {e}"))
-                .and_then(|review| match chained(&store, &review) {
+                .and_then(|review| match chained(store.as_ref(), &review) {
                     Ok(()) => Ok(review),
                     Err(why) => Err(format!("{}: {why}", review.id)),
                 });
@@ -493,7 +493,7 @@ impl Drop for Pending {
 
 /// Whether a stored review is the state its chain entry recorded. Rows from before entries
 /// were referenced are kept only when they grant nothing now.
-fn chained(store: &Store, review: &Review) -> Result<(), String> {
+fn chained(store: &dyn Record, review: &Review) -> Result<(), String> {
     let Some(index) = review.entry else {
         let grants = review.kind == Kind::Access
             && review.status == Status::Approved

@@ -48,12 +48,12 @@ use crate::roles::Roles;
 use crate::session::{self, Chains};
 use crate::sinks::{SinkPlan, Sinks};
 use sluice_plugin_host::{HostConfig, PluginHost};
-use sluice_record::{NewEvent, Recorder, RetentionRules, Store};
+use sluice_record::{NewEvent, Record, Recorder, RetentionRules, Store};
 
 pub struct Gateway {
     config: Config,
     auth: Arc<Authenticator>,
-    store: Arc<Store>,
+    store: Arc<dyn Record>,
     session_ctx: Arc<session::Context>,
     sinks: Arc<Sinks>,
     /// PostgreSQL connections' front doors, for clients that come through the tunnel.
@@ -186,8 +186,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     } = load_policy(&host, &config)?;
     let key = config.gateway.record_key(&data);
     let signer = key.load().with_context(|| format!("record key {key}"))?;
-    let store = Arc::new(Store::open_signed(&data.join("record.redb"), signer)?);
-    let closed_after_crash = close_crashed_sessions(&store)?;
+    let store: Arc<dyn Record> = Arc::new(Store::open_signed(&data.join("record.redb"), signer)?);
+    let closed_after_crash = close_crashed_sessions(store.as_ref())?;
     let dev_tokens = if config.gateway.dev_tokens {
         Some(crate::auth::dev_tokens(&data)?)
     } else {
@@ -374,7 +374,7 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Sessions a previous run left open were cut by its crash: close them in the record, with
 /// the reason, so they are not listed as active forever.
-fn close_crashed_sessions(store: &Store) -> anyhow::Result<usize> {
+fn close_crashed_sessions(store: &dyn Record) -> anyhow::Result<usize> {
     let open: Vec<_> = store
         .sessions()?
         .into_iter()

@@ -1,0 +1,124 @@
+//! The seam between the gateway and where its record is kept: everything the engine asks of
+//! the record, as a trait. [`Store`] (redb, one file) implements it; a second backend (a
+//! PostgreSQL store shared by several gateways) implements the same and keeps the same
+//! invariants: one chain, append-only, each commit ending with a signed head.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+
+use super::{
+    Compacted, NewEvent, Purged, RecordError, Recorded, RetentionRules, SessionSummary, SignedHead,
+    Store, VerifyOptions, VerifyReport,
+};
+
+/// The record as the gateway uses it. Every method is safe to call from any thread.
+pub trait Record: Send + Sync + std::fmt::Debug {
+    /// Appends `events` in one durable commit; returns their indices.
+    fn append(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError>;
+    /// Announces `new` as the signing key, in an entry signed by the current one.
+    fn rotate_key(&self, new: SigningKey) -> Result<u64, RecordError>;
+    /// The key that signs the heads now.
+    fn public_key(&self) -> [u8; 32];
+    /// The index the next entry will get.
+    fn next_index(&self) -> u64;
+    /// Waits up to `timeout` until entry `index` exists; whether it does.
+    fn wait_for(&self, index: u64, timeout: Duration) -> bool;
+    /// Up to `max` entries from index `from` on, with their payloads.
+    fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError>;
+    fn entry(&self, index: u64) -> Result<Option<Recorded>, RecordError>;
+    /// The first signed head at or after `index`.
+    fn covering_head(&self, index: u64) -> Result<Option<SignedHead>, RecordError>;
+    fn head(&self) -> Result<Option<SignedHead>, RecordError>;
+    fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError>;
+    fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError>;
+    fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError>;
+    fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError>;
+    fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError>;
+    /// Stores a review's row (its state is in the chain first).
+    fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError>;
+    fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError>;
+    /// Deletes expired payloads with the chained entry that lists them, in one commit.
+    fn purge(
+        &self,
+        rules: &RetentionRules,
+        now_ms: u64,
+        live: &HashSet<String>,
+        by: &str,
+    ) -> Result<Purged, RecordError>;
+    /// Gives the space of purged payloads back.
+    fn compact(&self) -> Result<Compacted, RecordError>;
+    fn verify(&self, options: VerifyOptions) -> VerifyReport;
+    /// Refuses every later write; what is committed stays.
+    fn close(&self);
+}
+
+impl Record for Store {
+    fn append(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
+        Store::append(self, events)
+    }
+    fn rotate_key(&self, new: SigningKey) -> Result<u64, RecordError> {
+        Store::rotate_key(self, new)
+    }
+    fn public_key(&self) -> [u8; 32] {
+        Store::public_key(self)
+    }
+    fn next_index(&self) -> u64 {
+        Store::next_index(self)
+    }
+    fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        Store::wait_for(self, index, timeout)
+    }
+    fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError> {
+        Store::entries_from(self, from, max)
+    }
+    fn entry(&self, index: u64) -> Result<Option<Recorded>, RecordError> {
+        Store::entry(self, index)
+    }
+    fn covering_head(&self, index: u64) -> Result<Option<SignedHead>, RecordError> {
+        Store::covering_head(self, index)
+    }
+    fn head(&self) -> Result<Option<SignedHead>, RecordError> {
+        Store::head(self)
+    }
+    fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        Store::sessions(self)
+    }
+    fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
+        Store::session(self, id)
+    }
+    fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
+        Store::session_events(self, id)
+    }
+    fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError> {
+        Store::sink_cursor(self, name)
+    }
+    fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {
+        Store::set_sink_cursor(self, name, next)
+    }
+    fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
+        Store::put_review(self, id, review)
+    }
+    fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
+        Store::reviews(self)
+    }
+    fn purge(
+        &self,
+        rules: &RetentionRules,
+        now_ms: u64,
+        live: &HashSet<String>,
+        by: &str,
+    ) -> Result<Purged, RecordError> {
+        Store::purge(self, rules, now_ms, live, by)
+    }
+    fn compact(&self) -> Result<Compacted, RecordError> {
+        Store::compact(self)
+    }
+    fn verify(&self, options: VerifyOptions) -> VerifyReport {
+        Store::verify(self, options)
+    }
+    fn close(&self) {
+        Store::close(self)
+    }
+}
