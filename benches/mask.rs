@@ -3,7 +3,7 @@
 //! the real plugin host, against the same plugin code as a native Rust function (the
 //! ceiling); and the latency it adds to one 200-byte frame, against a pass-through plugin.
 //!
-//! cargo bench -p sluice-gateway --bench mask
+//! cargo bench -p sluice --bench mask
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,7 +1,7 @@
 //! Plugin host figures (issue 2): a 200-byte frame through 0, 1 and 3 pass-through plugins,
 //! a new per-session instance, and loading a plugin compiled vs from the precompiled cache.
 //!
-//! cargo bench -p sluice-gateway --bench plugin_host
+//! cargo bench -p sluice --bench plugin_host
 
 #![allow(clippy::unwrap_used)]
 

@@ -3,7 +3,7 @@
 //! witness file `record.head`, measured alone as `witness_write`); and verify's cost per
 //! entry over a store of 100,000 (issue 16).
 //!
-//! cargo bench -p sluice-gateway --bench record
+//! cargo bench -p sluice --bench record
 
 #![allow(clippy::unwrap_used)]
 

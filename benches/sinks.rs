@@ -7,7 +7,7 @@
 //! - `retention_compact`: the rewrite that scrubs purged payloads from the file, for a store
 //!   of 50,000 such events (about 30 MB), half of them purged.
 //!
-//! cargo bench -p sluice-gateway --bench sinks
+//! cargo bench -p sluice --bench sinks
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

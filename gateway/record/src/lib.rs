@@ -2,7 +2,7 @@
 //! sessions, in an embedded redb store.
 //!
 //! Architecture invariants:
-//! - This is the only module that depends on redb.
+//! - This is the only crate that depends on redb (Cargo enforces it: no other crate lists it).
 //! - Entries are only ever appended, in one write transaction per batch (group commit); each
 //!   commit ends with a signed head `(index, hash)`, kept as a checkpoint and written to the
 //!   witness file `record.head`, so truncating the newest entries is detected.
@@ -686,7 +686,7 @@ impl Store {
     }
 
     /// Stores a review's current state (one small commit; reviews change rarely). Its
-    /// history, and the state itself, are in the chain first (`crate::review`).
+    /// history, and the state itself, are in the chain first (the engine's `review`).
     pub fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
         self.commit_row(|txn| {
             txn.open_table(REVIEWS)?.insert(id, review)?;
