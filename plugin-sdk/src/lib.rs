@@ -27,8 +27,12 @@
 //! unit-tested as ordinary Rust, without Wasm; [`testing::FilterHarness`] helps with that.
 
 mod conversions;
+mod pattern;
+mod sessions;
 mod types;
 
+pub use pattern::pattern_error;
+pub use sessions::SessionKind;
 pub use types::*;
 
 pub mod http;

@@ -70,6 +70,26 @@ impl Content {
             Content::Columns(_) | Content::Row(_) => None,
         }
     }
+
+    /// The content as text for tests and messages: bytes (lossily), a line, a statement's
+    /// text, a row's cells joined by tabs (`NULL` for NULL), column names joined by tabs.
+    pub fn text(&self) -> Option<String> {
+        Some(match self {
+            Content::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Content::Line(line) => line.clone(),
+            Content::Statement(statement) => statement.text.clone(),
+            Content::Row(cells) => cells
+                .iter()
+                .map(|c| c.as_ref().map_or("NULL".into(), |c| String::from_utf8_lossy(c)))
+                .collect::<Vec<_>>()
+                .join("\t"),
+            Content::Columns(columns) => columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join("\t"),
+        })
+    }
 }
 
 /// The kinds of content a frame can carry.
@@ -204,6 +224,37 @@ impl Verdict {
     pub fn record_as(mut self, content: Content) -> Self {
         self.record_as = Some(content);
         self
+    }
+
+    pub fn is_pass(&self) -> bool {
+        self.action == Action::Pass
+    }
+    pub fn is_deny(&self) -> bool {
+        matches!(self.action, Action::Deny(_))
+    }
+    pub fn is_hold(&self) -> bool {
+        matches!(self.action, Action::Hold(_))
+    }
+
+    /// The reason of a deny or a hold.
+    pub fn reason(&self) -> Option<&str> {
+        match &self.action {
+            Action::Deny(reason) | Action::Hold(reason) => Some(reason),
+            Action::Pass | Action::Replace(_) => None,
+        }
+    }
+
+    /// The text of a replacement, where it is text (see [`Content::text`]).
+    pub fn replaced_text(&self) -> Option<String> {
+        match &self.action {
+            Action::Replace(content) => content.text(),
+            _ => None,
+        }
+    }
+
+    /// The text the record gets instead, when the verdict sets one.
+    pub fn recorded_text(&self) -> Option<String> {
+        self.record_as.as_ref().and_then(Content::text)
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sluice_engine::policy::{PluginSpec, Source};
+use sluice_core::frame::SessionKind;
 use sluice_plugin_host::{HostConfig, PluginHost};
 
 #[derive(Parser)]
@@ -217,11 +218,16 @@ enum Command {
     /// Check and run plugins locally, without a gateway.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Load the policies in a folder and report what they declare, or the first error.
+    /// Load the policies in a folder and report what they declare, or the first error; warn
+    /// about plugins that never see the frames their connection's sessions send.
     Policy {
         /// The policy folder.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// The gateway's configuration, for the kinds of its connections (default:
+        /// ./sluice.toml if present, else the built-in one).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -302,7 +308,25 @@ enum PluginCommand {
         /// Per-call deadline in milliseconds.
         #[arg(long, default_value_t = sluice_engine::policy::FILTER_DEADLINE_MS)]
         deadline_ms: u64,
+        /// Instead of JSON lines on standard input, send the frames a session of this kind
+        /// makes of --input and --output: exec-script (a one-shot script), terminal (lines
+        /// typed at a terminal), pg (a PostgreSQL query, output as rows) or tcp.
+        #[arg(long = "as", value_name = "KIND", value_parser = session_kind)]
+        session: Option<SessionKind>,
+        /// What the client sends (with --as).
+        #[arg(long, requires = "session")]
+        input: Option<String>,
+        /// What the target answers (with --as).
+        #[arg(long, requires = "session")]
+        output: Option<String>,
     },
+}
+
+fn session_kind(name: &str) -> Result<SessionKind, String> {
+    SessionKind::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = SessionKind::ALL.iter().map(|k| k.name()).collect();
+        format!("one of {}", names.join(", "))
+    })
 }
 
 /// The `sluice` command: parses the arguments and runs the command. The binary hands the
@@ -524,6 +548,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin,
             config,
             deadline_ms,
+            session,
+            input,
+            output,
         }) => {
             let config = plugin_config(&config)?;
             let mut spec = PluginSpec::standalone(
@@ -540,25 +567,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let host = PluginHost::new(HostConfig::default())?;
             let loaded = host.load(&spec)?;
             let stdout = std::io::stdout();
-            crate::runner::run(&loaded, BufReader::new(std::io::stdin()), stdout.lock())?;
+            match session {
+                Some(kind) => {
+                    if input.is_none() && output.is_none() {
+                        bail!("--as {} needs --input TEXT, --output TEXT or both", kind.name());
+                    }
+                    let frames = crate::runner::session_frames(
+                        kind,
+                        input.as_deref(),
+                        output.as_deref(),
+                    );
+                    crate::runner::run(&loaded, kind.protocol(), frames, stdout.lock())?;
+                }
+                None => {
+                    let frames = crate::runner::json_frames(BufReader::new(std::io::stdin()));
+                    crate::runner::run(&loaded, "exec", frames, stdout.lock())?;
+                }
+            }
             stdout.lock().flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { dir } => {
+        Command::Policy { dir, config } => {
+            let config = crate::commands::load_config(config)?;
             let policy = sluice_engine::policy::Policy::load_dir(&dir)?;
             let host = PluginHost::new(HostConfig::default())?;
+            let mut loaded = std::collections::BTreeMap::new();
             for spec in policy.plugins.values() {
-                let loaded = host.load(spec)?;
+                let plugin = host.load(spec)?;
                 println!(
                     "plugin {} ({}, {}): sha256 {}",
                     spec.name,
                     spec.world,
                     spec.source,
-                    hex::encode(loaded.digest())
+                    hex::encode(plugin.digest())
                 );
+                loaded.insert(spec.name.clone(), plugin);
             }
+            let mut blind_spots = Vec::new();
             for (connection, chain) in &policy.chains {
                 println!("chain {connection}: {}", chain.join(" -> "));
+                match config.connections.get(connection) {
+                    Some(kind) => {
+                        let plugins: Vec<_> = chain.iter().map(|p| loaded[p].clone()).collect();
+                        blind_spots.extend(sluice_engine::coverage::chain_blind_spots(
+                            connection, kind, &plugins,
+                        )?);
+                    }
+                    None => eprintln!(
+                        "warning: chain `{connection}` names no connection of the configuration; it applies to nothing"
+                    ),
+                }
+            }
+            for spot in blind_spots {
+                eprintln!("warning: {spot}");
             }
             for (name, sink) in &policy.sinks {
                 let allowed = &policy.plugins[&sink.plugin].allow_hosts;

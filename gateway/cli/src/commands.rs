@@ -45,7 +45,7 @@ pub async fn login(
 }
 
 /// `--config`, else ./sluice.toml if present, else the built-in default.
-fn load_config(config_path: Option<PathBuf>) -> anyhow::Result<sluice_engine::config::Config> {
+pub(crate) fn load_config(config_path: Option<PathBuf>) -> anyhow::Result<sluice_engine::config::Config> {
     let path = config_path.or_else(|| {
         Path::new("sluice.toml")
             .exists()

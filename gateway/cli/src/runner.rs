@@ -17,7 +17,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use sluice_core::frame::{
-    Action, CellFormat, Column, Content, Direction, Frame, SessionInfo, Statement, Verdict,
+    Action, CellFormat, Column, Content, Direction, Frame, SessionInfo, SessionKind, Statement,
+    Verdict,
 };
 use sluice_engine::policy::{PluginSpec, Source, World};
 use sluice_plugin_host::{LoadError, LoadedPlugin, PluginHost};
@@ -72,6 +73,7 @@ pub struct JsonColumn {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub seq: u64,
+    pub frame: ShownFrame,
     pub verdict: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -112,46 +114,98 @@ pub fn check(host: &PluginHost, source: Source) -> Result<CheckReport, LoadError
     })
 }
 
-/// Feeds JSON-lines frames to a filter plugin and writes one report line per frame, then
-/// what the plugin still buffered at the end of each direction's stream.
+/// The frame keys `plugin run` reads, for its error messages.
+const FRAME_KEYS: &str = "one of `bytes`, `line`, `statement`, `columns`, `row` (and `direction`: \
+    `client-to-target`, the default, or `target-to-client`), e.g. {\"line\": \"ls\"} or \
+    {\"direction\": \"target-to-client\", \"row\": [\"42\", null]}";
+
+/// Reads frames written as JSON lines, with errors that say which line and what a frame is.
+pub fn json_frames(input: impl BufRead) -> impl Iterator<Item = anyhow::Result<(Direction, Content)>> {
+    input
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(|(n, line)| {
+            let line = line?;
+            let at = |what: String| anyhow::anyhow!("input line {}: {what}", n + 1);
+            let value: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| at(format!("not JSON: {e}")))?;
+            let Some(object) = value.as_object() else {
+                return Err(at(format!("a frame is a JSON object with {FRAME_KEYS}")));
+            };
+            let keys: Vec<String> = object
+                .keys()
+                .filter(|k| *k != "direction")
+                .cloned()
+                .collect();
+            if keys.len() != 1 || !CONTENT_KEYS.contains(&keys[0].as_str()) {
+                return Err(at(format!(
+                    "found the key(s) {keys:?}; a frame has exactly {FRAME_KEYS}"
+                )));
+            }
+            let parsed: JsonFrame =
+                serde_json::from_value(value).map_err(|e| at(format!("{}: {e}", keys[0])))?;
+            let direction = match parsed.direction {
+                JsonDirection::ClientToTarget => Direction::ClientToTarget,
+                JsonDirection::TargetToClient => Direction::TargetToClient,
+            };
+            Ok((direction, parsed.content.into()))
+        })
+}
+
+const CONTENT_KEYS: [&str; 5] = ["bytes", "line", "statement", "columns", "row"];
+
+/// The frames a session of `kind` sends for `input` typed or sent by the client, then for
+/// `output` from the target: what the gateway would send the plugin.
+pub fn session_frames(
+    kind: SessionKind,
+    input: Option<&str>,
+    output: Option<&str>,
+) -> Vec<anyhow::Result<(Direction, Content)>> {
+    let input = input.map(|i| kind.input_frames(i)).unwrap_or_default();
+    let output = output.map(|o| kind.output_frames(o)).unwrap_or_default();
+    input
+        .into_iter()
+        .map(|c| Ok((Direction::ClientToTarget, c)))
+        .chain(output.into_iter().map(|c| Ok((Direction::TargetToClient, c))))
+        .collect()
+}
+
+/// Feeds frames to a filter plugin in a session of `protocol` and writes one report line
+/// per frame (the frame, the verdict, what the call cost), then what the plugin still
+/// buffered at the end of each direction's stream.
 pub fn run(
     plugin: &LoadedPlugin,
-    input: impl BufRead,
+    protocol: &str,
+    frames: impl IntoIterator<Item = anyhow::Result<(Direction, Content)>>,
     mut output: impl Write,
 ) -> anyhow::Result<()> {
     let session = SessionInfo {
         id: "local".into(),
         connection: "local".into(),
-        protocol: "exec".into(),
+        protocol: protocol.into(),
         ..SessionInfo::default()
     };
     let mut instance = plugin.filter_instance(&session)?;
     let mut seq = [0u64; 2];
-    for (n, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: JsonFrame = serde_json::from_str(&line)
-            .map_err(|e| anyhow::anyhow!("input line {}: {e}", n + 1))?;
-        let direction = match parsed.direction {
-            JsonDirection::ClientToTarget => Direction::ClientToTarget,
-            JsonDirection::TargetToClient => Direction::TargetToClient,
-        };
+    for next in frames {
+        let (direction, content) = next?;
         seq[direction as usize] += 1;
         let frame = Frame {
             seq: seq[direction as usize],
             direction,
             timestamp_ms: sluice_core::now_ms(),
-            content: parsed.content.into(),
+            content,
         };
+        let shown = ShownFrame::of(&frame);
+        let seq = frame.seq;
         if !instance.wants(&frame) {
             // As in the gateway: a frame outside the plugin's interest passes uncalled.
             let report = Report {
                 reason: Some(
                     "not asked: outside the plugin's interest, passed without a call".into(),
                 ),
-                ..report(frame.seq, Verdict::pass(), 0.0, instance.memory_bytes())
+                ..report(seq, shown, Verdict::pass(), 0.0, instance.memory_bytes())
             };
             serde_json::to_writer(&mut output, &report)?;
             writeln!(output)?;
@@ -161,15 +215,11 @@ pub fn run(
         let result = instance.on_frame(&frame);
         let time_us = started.elapsed().as_secs_f64() * 1e6;
         let report = match result {
-            Ok(verdict) => report(frame.seq, verdict, time_us, instance.memory_bytes()),
+            Ok(verdict) => report(seq, shown, verdict, time_us, instance.memory_bytes()),
             Err(error) => Report {
-                seq: frame.seq,
                 verdict: "deny",
                 reason: Some(format!("fails closed: {error}")),
-                content: None,
-                record_as: None,
-                time_us,
-                memory_bytes: instance.memory_bytes(),
+                ..report(seq, shown, Verdict::pass(), time_us, instance.memory_bytes())
             },
         };
         serde_json::to_writer(&mut output, &report)?;
@@ -188,7 +238,27 @@ pub fn run(
     Ok(())
 }
 
-fn report(seq: u64, verdict: Verdict, time_us: f64, memory_bytes: usize) -> Report {
+/// The frame a report is about, as JSON.
+#[derive(Debug, Serialize)]
+pub struct ShownFrame {
+    direction: JsonDirection,
+    #[serde(flatten)]
+    content: JsonContent,
+}
+
+impl ShownFrame {
+    fn of(frame: &Frame) -> ShownFrame {
+        ShownFrame {
+            direction: match frame.direction {
+                Direction::ClientToTarget => JsonDirection::ClientToTarget,
+                Direction::TargetToClient => JsonDirection::TargetToClient,
+            },
+            content: frame.content.clone().into(),
+        }
+    }
+}
+
+fn report(seq: u64, frame: ShownFrame, verdict: Verdict, time_us: f64, memory_bytes: usize) -> Report {
     let (name, reason, content) = match verdict.action {
         Action::Pass => ("pass", None, None),
         Action::Replace(content) => ("replace", None, Some(content.into())),
@@ -197,6 +267,7 @@ fn report(seq: u64, verdict: Verdict, time_us: f64, memory_bytes: usize) -> Repo
     };
     Report {
         seq,
+        frame,
         verdict: name,
         reason,
         content,

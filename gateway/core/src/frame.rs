@@ -5,7 +5,7 @@
 
 pub use sluice_plugin_sdk::{
     Action, CellFormat, Cells, Column, Config, Content, ContentKind, Direction, Event, Frame,
-    Identity, Interest, SessionInfo, SinkError, Statement, Verdict,
+    Identity, Interest, SessionInfo, SessionKind, SinkError, Statement, Verdict,
 };
 
 /// A short name for the kind of a frame's content, for logs and error messages.

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod chain;
 pub mod config;
+pub mod coverage;
 pub mod exec;
 pub mod limits;
 pub mod pg;

@@ -802,6 +802,19 @@ impl Wants {
     fn frame(self, frame: &Frame) -> bool {
         self.0[frame.direction as usize] & 1 << frame.content.kind() as u8 != 0
     }
+
+    fn interest(self) -> frame::Interest {
+        let kinds = |bits: u8| {
+            ContentKind::ALL
+                .into_iter()
+                .filter(|k| bits & 1 << *k as u8 != 0)
+                .collect()
+        };
+        frame::Interest {
+            client_to_target: kinds(self.0[0]),
+            target_to_client: kinds(self.0[1]),
+        }
+    }
 }
 
 impl fmt::Debug for FilterInstance {
@@ -815,6 +828,11 @@ impl fmt::Debug for FilterInstance {
 impl FilterInstance {
     pub fn plugin(&self) -> &LoadedPlugin {
         &self.instance.plugin
+    }
+
+    /// The frames the instance asked for in `init`.
+    pub fn interest(&self) -> frame::Interest {
+        self.wants.interest()
     }
 
     /// Whether the plugin asked to see `frame` (see `interest` in the contract); the chain

@@ -188,7 +188,7 @@ impl Mask {
             let name = &custom_names[e.detector];
             let index = settings.custom.iter().position(|c| &c.name == name);
             match index {
-                Some(i) => format!("custom[{i}] ({name:?}): invalid pattern: {}", e.message),
+                Some(i) => format!("custom[{i}] ({name:?}): {}", e.message),
                 None => format!("detector {name:?}: {}", e.message),
             }
         })?;

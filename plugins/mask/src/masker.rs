@@ -158,9 +158,15 @@ fn builder() -> meta::Builder {
 impl Masker {
     pub fn new(detectors: Vec<Detector>, specs: &[PatternSpec]) -> Result<Masker, PatternError> {
         let sources: Vec<&str> = specs.iter().map(|s| s.regex.as_str()).collect();
-        let regex = builder().build_many(&sources).map_err(|e| PatternError {
-            detector: e.pattern().map_or(0, |p| specs[p.as_usize()].detector),
-            message: e.to_string(),
+        let regex = builder().build_many(&sources).map_err(|e| {
+            let spec = e.pattern().map(|p| &specs[p.as_usize()]);
+            PatternError {
+                detector: spec.map_or(0, |s| s.detector),
+                message: match spec {
+                    Some(spec) => sluice_plugin_sdk::pattern_error(&spec.regex, &e),
+                    None => format!("invalid pattern: {e}"),
+                },
+            }
         })?;
         let group_info = regex.group_info().clone();
         let patterns: Vec<PatternInfo> = specs
@@ -180,7 +186,10 @@ impl Masker {
             if regex.search(&empty).is_some() {
                 return Err(PatternError {
                     detector: spec.detector,
-                    message: "it matches the empty string, so it would match everywhere".into(),
+                    message: format!(
+                        "invalid pattern `{}`: it matches the empty string, so it would match everywhere",
+                        spec.regex
+                    ),
                 });
             }
         }

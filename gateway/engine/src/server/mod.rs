@@ -88,12 +88,15 @@ struct LoadedPolicy {
 fn load_policy(host: &PluginHost, config: &Config) -> anyhow::Result<LoadedPolicy> {
     let policy = Policy::load_dir(&config.gateway.policies)?;
     let mut plugins = BTreeMap::new();
-    for name in config.connections.keys() {
+    for (name, connection) in &config.connections {
         let chain = policy
             .chain(name)
             .into_iter()
             .map(|spec| host.load(spec))
             .collect::<Result<Vec<_>, _>>()?;
+        for spot in crate::coverage::chain_blind_spots(name, connection, &chain)? {
+            tracing::warn!("{spot}");
+        }
         plugins.insert(name.clone(), chain);
     }
     let mut sinks = Vec::new();
