@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod authors;
 mod cli;
 mod docs;
 mod front_doors;

@@ -469,7 +469,7 @@ fn tokio_postgres_with_binary_parameters_and_pipelining() {
 }
 
 /// `sluice connect NAME --port 0` in the background; returns it and the port it forwards.
-fn tunnel(gw: &Gateway, connection: &str) -> (std::process::Child, u16) {
+pub fn tunnel(gw: &Gateway, connection: &str) -> (std::process::Child, u16) {
     use std::io::BufRead;
     let mut child = gw
         .cli()

@@ -86,7 +86,8 @@ impl Gateway {
         Gateway::start_full("", extra, policy)
     }
 
-    fn start_full(settings: &str, extra: &str, policy: Option<&str>) -> Gateway {
+    /// With more `[gateway]` settings, `extra` configuration and a policy file of its own.
+    pub fn start_full(settings: &str, extra: &str, policy: Option<&str>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
         let policies = match policy {
@@ -325,4 +326,41 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// This checkout.
+pub fn repo() -> &'static std::path::Path {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// A shell command run as a plugin author runs it in the crate `krate` outside this
+/// checkout: with the `sluice` under test on `PATH`, the toolchain this repository pins (its
+/// `rust-toolchain.toml` does not apply out there), and the registry cache only.
+pub fn author_shell(krate: &std::path::Path, script: &str) -> std::process::Command {
+    let pin = std::fs::read_to_string(repo().join("rust-toolchain.toml")).unwrap();
+    let toolchain = pin
+        .lines()
+        .find(|l| l.trim_start().starts_with("channel"))
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap()
+        .to_string();
+    let sluice_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice")).parent().unwrap();
+    let path = format!("{}:{}", sluice_dir.display(), std::env::var("PATH").unwrap());
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script])
+        .current_dir(krate)
+        .env("PATH", path)
+        .env("RUSTUP_TOOLCHAIN", toolchain)
+        .env("CARGO_NET_OFFLINE", "true")
+        .env_remove("CARGO_TARGET_DIR");
+    cmd
+}
+
+/// Readies a plugin crate made outside this checkout to build like the repository's: the
+/// versions it builds with (its Cargo.lock) and a build folder kept between test runs.
+pub fn share_builds(krate: &std::path::Path) {
+    let target = repo().join("target/walkthrough");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&target, krate.join("target")).unwrap();
+    std::fs::copy(repo().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
 }

@@ -80,6 +80,10 @@ enum Command {
     Serve {
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
+        /// Development only: reload the policy by itself when a policy file or a plugin file
+        /// it names changes (a rebuilt plugin applies without `sluice reload`).
+        #[arg(long)]
+        watch: bool,
     },
     /// Open an interactive session on a connection; with --port, forward a local port to a
     /// PostgreSQL or TCP connection.
@@ -290,6 +294,16 @@ enum StoreCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Make a plugin project in the folder NAME: a filter skeleton with native tests, a
+    /// sample frames.jsonl, the policy snippet that enables it, and the SDK and contract it
+    /// builds with (carried inside this binary).
+    New {
+        /// The project folder; its last component names the plugin (e.g. mask-customer-ids).
+        name: PathBuf,
+        /// The plugin's language.
+        #[arg(long, default_value = "rust", value_parser = ["rust"])]
+        lang: String,
+    },
     /// Validate a component against the plugin contract: its world, its imports, its digest.
     Check {
         /// A .wasm file, or builtin:NAME.
@@ -374,7 +388,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .build()
     };
     match cli.command {
-        Command::Serve { config } => runtime()?.block_on(crate::commands::serve(config)),
+        Command::Serve { config, watch } => {
+            runtime()?.block_on(crate::commands::serve(config, watch))
+        }
         Command::Login {
             no_browser,
             device,
@@ -526,12 +542,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{pem}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plugin(PluginCommand::New { name, lang: _ }) => {
+            let dir = crate::scaffold::new_plugin(&name)?;
+            println!("made {}", dir.display());
+            println!("  cd {}", name.display());
+            println!("  cargo test                                      # native tests");
+            println!("  cargo build --release --target wasm32-wasip2    # the component");
+            println!("  sluice plugin run target/wasm32-wasip2/release/{}.wasm --config mask='CUST-[0-9]{{8}}' < frames.jsonl", dir.file_name().unwrap_or_default().to_string_lossy().replace('-', "_"));
+            println!("then copy sluice-policy.toml into the gateway's policy folder (README.md)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Check { plugin }) => {
             let host = PluginHost::new(HostConfig::default())?;
             let report = crate::runner::check(&host, source(&plugin))?;
             println!(
-                "{plugin}: a `{}` plugin of sluice:plugin@0.2.0",
-                report.world
+                "{plugin}: a `{}` plugin of sluice:plugin@{}",
+                report.world,
+                crate::scaffold::contract_version()
             );
             println!("sha256: {}", report.sha256);
             println!(

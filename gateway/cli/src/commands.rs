@@ -116,8 +116,11 @@ pub fn store_rotate_key(config_path: Option<PathBuf>, old_key: &str) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let config = load_config(config_path)?;
+pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(config_path)?;
+    if watch && config.gateway.watch_ms.is_none() {
+        config.gateway.watch_ms = Some(500);
+    }
     let (started, running) = sluice_engine::server::start(config).await?;
     println!("sluice gateway listening on https://{}", started.addr);
     println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);

@@ -1,5 +1,6 @@
 //! The command line of `sluice`: its arguments and commands, the client side that talks to a
-//! gateway (`client`, `login`), and the local plugin runner. The `sluice` binary
+//! gateway (`client`, `login`), the local plugin runner, and the plugin project template
+//! (`scaffold`). The `sluice` binary
 //! (`gateway/sluice`) is this crate's [`main`] with the built-in plugins linked in.
 
 mod cli;
@@ -7,5 +8,6 @@ pub mod client;
 pub mod commands;
 pub mod login;
 pub mod runner;
+pub mod scaffold;
 
 pub use cli::main;

@@ -80,6 +80,11 @@ pub struct Gateway {
     /// make a rewritten store impossible to re-sign for whoever can write it.
     #[serde(default)]
     pub record_key: Option<String>,
+    /// Development only (`sluice serve --watch` sets 500): look at the policy folder and the
+    /// plugin files it names this often, and reload the policy when one changed and stayed
+    /// unchanged for one more look (a build still writing its output is not loaded).
+    #[serde(default)]
+    pub watch_ms: Option<u64>,
     /// How long a stop (SIGTERM, SIGINT) waits for live sessions to end and record it.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
@@ -123,6 +128,7 @@ impl Default for Gateway {
             review_retention_days: None,
             purge_interval_seconds: default_purge_interval_seconds(),
             record_key: None,
+            watch_ms: None,
             stop_grace_ms: default_stop_grace_ms(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),

@@ -29,6 +29,7 @@
 mod operations;
 mod routes;
 mod upgrade;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -296,6 +297,9 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             }
         }
     });
+    if let Some(every) = gateway.config.gateway.watch_ms.filter(|ms| *ms > 0) {
+        watch::spawn(gateway.clone(), Duration::from_millis(every));
+    }
     // Retention runs at start and then on schedule, when anything has a retention.
     let rules = retention_rules(&gateway.config);
     if !rules.sessions.is_empty() || rules.reviews.is_some() {
