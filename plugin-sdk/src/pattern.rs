@@ -50,7 +50,10 @@ const UNICODE_CLASSES: [(&str, &str); 6] = [
     (r"\d", "write [0-9] for a digit"),
     (r"\w", "write [A-Za-z0-9_] for a word character"),
     (r"\s", r"write [\t\n\r ] for white space"),
-    (r"\p{", r"Unicode properties (\p{..}) have no ASCII form: list the characters"),
+    (
+        r"\p{",
+        r"Unicode properties (\p{..}) have no ASCII form: list the characters",
+    ),
 ];
 
 #[cfg(test)]
@@ -67,7 +70,11 @@ mod tests {
         assert!(message.contains(r"(?-u:\b)"), "{message}");
         assert!(message.contains("no Unicode tables"), "{message}");
         // The advice works.
-        assert!(compile(r"(?-u:\b)CUST-[0-9]{8}(?-u:\b)").unwrap().is_match("id CUST-00123456."));
+        assert!(
+            compile(r"(?-u:\b)CUST-[0-9]{8}(?-u:\b)")
+                .unwrap()
+                .is_match("id CUST-00123456.")
+        );
     }
 
     #[test]

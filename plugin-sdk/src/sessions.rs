@@ -147,10 +147,16 @@ mod tests {
     fn every_frame_a_kind_makes_is_one_it_declares() {
         for kind in SessionKind::ALL {
             for frame in kind.input_frames("rm -rf /tmp/x\nls\n") {
-                assert!(kind.sends(Direction::ClientToTarget).contains(&frame.kind()));
+                assert!(
+                    kind.sends(Direction::ClientToTarget)
+                        .contains(&frame.kind())
+                );
             }
             for frame in kind.output_frames("total 0") {
-                assert!(kind.sends(Direction::TargetToClient).contains(&frame.kind()));
+                assert!(
+                    kind.sends(Direction::TargetToClient)
+                        .contains(&frame.kind())
+                );
             }
             assert_eq!(SessionKind::from_name(kind.name()), Some(kind));
         }

@@ -80,7 +80,10 @@ impl Content {
             Content::Statement(statement) => statement.text.clone(),
             Content::Row(cells) => cells
                 .iter()
-                .map(|c| c.as_ref().map_or("NULL".into(), |c| String::from_utf8_lossy(c)))
+                .map(|c| {
+                    c.as_ref()
+                        .map_or("NULL".into(), |c| String::from_utf8_lossy(c))
+                })
                 .collect::<Vec<_>>()
                 .join("\t"),
             Content::Columns(columns) => columns

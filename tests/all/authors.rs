@@ -13,14 +13,18 @@ use crate::support::*;
 fn a_new_plugin_tests_builds_and_works_in_a_gateway_and_a_rebuild_applies_under_watch() {
     let root = tempfile::tempdir().unwrap();
     let (code, out, err) = run_command(
-        sluice().args(["plugin", "new", "deny-words"]).current_dir(root.path()),
+        sluice()
+            .args(["plugin", "new", "deny-words"])
+            .current_dir(root.path()),
         "",
     );
     assert_eq!(code, 0, "{out}{err}");
     let krate = root.path().join("deny-words");
     // Made again, nothing is overwritten.
     let (code, _, err) = run_command(
-        sluice().args(["plugin", "new", "deny-words"]).current_dir(root.path()),
+        sluice()
+            .args(["plugin", "new", "deny-words"])
+            .current_dir(root.path()),
         "",
     );
     assert_ne!(code, 0);
@@ -43,21 +47,31 @@ fn a_new_plugin_tests_builds_and_works_in_a_gateway_and_a_rebuild_applies_under_
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let verdicts: Vec<&str> = reports.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    let verdicts: Vec<&str> = reports
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
     assert_eq!(verdicts, ["deny", "pass", "replace", "replace"], "{out}");
 
     // The snippet enables it beside the shipped policy, and `sluice policy` finds it sound.
     let snippet = std::fs::read_to_string(krate.join("sluice-policy.toml")).unwrap();
     let policies = root.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
-    std::fs::copy(repo().join("policies/default.toml"), policies.join("default.toml")).unwrap();
+    std::fs::copy(
+        repo().join("policies/default.toml"),
+        policies.join("default.toml"),
+    )
+    .unwrap();
     std::fs::write(policies.join("deny-words.toml"), &snippet).unwrap();
     let policy = |dir: &std::path::Path| {
         run_command(sluice().arg("policy").arg(dir).current_dir(root.path()), "")
     };
     let (code, out, err) = policy(&policies);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("chain shell: shell-gate -> mask -> deny-words"), "{out}");
+    assert!(
+        out.contains("chain shell: shell-gate -> mask -> deny-words"),
+        "{out}"
+    );
     assert!(!err.contains("warning"), "{err}");
 
     let gateway = Gateway::start_full("watch_ms = 50", "", Some(&snippet));
@@ -76,7 +90,10 @@ fn a_new_plugin_tests_builds_and_works_in_a_gateway_and_a_rebuild_applies_under_
         "client_to_target: vec![ContentKind::Statement, ContentKind::Line]",
         "client_to_target: vec![ContentKind::Line]",
     );
-    assert_ne!(source, lines_only, "the template's interest changed: update this test");
+    assert_ne!(
+        source, lines_only,
+        "the template's interest changed: update this test"
+    );
     std::fs::write(&lib, lines_only).unwrap();
     let (code, out, err) = run_command(
         &mut author_shell(&krate, "cargo build --release --target wasm32-wasip2"),
@@ -90,11 +107,16 @@ fn a_new_plugin_tests_builds_and_works_in_a_gateway_and_a_rebuild_applies_under_
         "{err}"
     );
     // ... and the gateway, watching, applies the rebuild by itself: the script now runs.
-    eventually("the watching gateway applies the rebuilt plugin", Duration::from_secs(30), || {
-        gateway.run(&["exec", "shell", "--", "echo shutdown"], "").0 == 0
-    });
+    eventually(
+        "the watching gateway applies the rebuilt plugin",
+        Duration::from_secs(30),
+        || gateway.run(&["exec", "shell", "--", "echo shutdown"], "").0 == 0,
+    );
     let (_, _, err) = gateway.run(&["connect", "shell"], "echo shutdown\nexit\n");
-    assert!(err.contains("`shutdown` is not allowed here"), "typed lines are still judged: {err}");
+    assert!(
+        err.contains("`shutdown` is not allowed here"),
+        "typed lines are still judged: {err}"
+    );
 }
 
 #[test]
@@ -102,8 +124,15 @@ fn plugin_run_as_a_session_kind_sends_what_the_gateway_sends() {
     let run = |kind: &str, input: &str| {
         let (code, out, err) = run_command(
             sluice().args([
-                "plugin", "run", "builtin:approve", "--config", "rules=[\"shell\"]", "--as", kind,
-                "--input", input,
+                "plugin",
+                "run",
+                "builtin:approve",
+                "--config",
+                "rules=[\"shell\"]",
+                "--as",
+                kind,
+                "--input",
+                input,
             ]),
             "",
         );
@@ -122,7 +151,15 @@ fn plugin_run_as_a_session_kind_sends_what_the_gateway_sends() {
     assert_eq!(typed[1]["verdict"], "hold");
 
     let (code, _, err) = run_command(
-        sluice().args(["plugin", "run", "builtin:mask", "--as", "ssh", "--input", "x"]),
+        sluice().args([
+            "plugin",
+            "run",
+            "builtin:mask",
+            "--as",
+            "ssh",
+            "--input",
+            "x",
+        ]),
         "",
     );
     assert_ne!(code, 0);
@@ -159,8 +196,9 @@ fn sluice_policy_warns_about_a_gate_that_never_sees_its_connections_commands() {
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(
-        warnings[0].contains("plugin `gate` on connection `redis` never sees the commands of tcp sessions")
-            && warnings[0].contains("[line, statement]")
+        warnings[0].contains(
+            "plugin `gate` on connection `redis` never sees the commands of tcp sessions"
+        ) && warnings[0].contains("[line, statement]")
             && warnings[0].contains("[bytes]"),
         "{err}"
     );
@@ -199,13 +237,21 @@ fn every_session_kind_sends_what_the_sdk_says_it_sends() {
     let terminal = newest("shell");
     assert_ne!(exec_script, terminal);
     // A result, and an error (whose text crosses the chain as lines).
-    psql(pg_port, &gateway.user_token, &["-c", "SELECT 1 AS one", "-c", "SELECT nosuch"]);
+    psql(
+        pg_port,
+        &gateway.user_token,
+        &["-c", "SELECT 1 AS one", "-c", "SELECT nosuch"],
+    );
     let pg = newest("pg");
     let (mut child, port) = tunnel(&gateway, "lines");
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     socket.write_all(b"ping\n").unwrap();
-    BufReader::new(socket.try_clone().unwrap()).read_line(&mut String::new()).unwrap();
+    BufReader::new(socket.try_clone().unwrap())
+        .read_line(&mut String::new())
+        .unwrap();
     drop(socket);
     let _ = child.kill();
     let _ = child.wait();
@@ -229,7 +275,11 @@ fn every_session_kind_sends_what_the_sdk_says_it_sends() {
                 .filter(|(d, _)| *d == direction)
                 .map(|(_, k)| *k)
                 .collect();
-            assert!(!seen.is_empty(), "{} sent nothing {direction:?}", kind.name());
+            assert!(
+                !seen.is_empty(),
+                "{} sent nothing {direction:?}",
+                kind.name()
+            );
             for k in &seen {
                 assert!(
                     kind.sends(direction).contains(k),
@@ -276,4 +326,68 @@ fn recorded_frames(gateway: &Gateway, session: &str) -> Vec<(Direction, ContentK
             (direction, kind)
         })
         .collect()
+}
+
+#[test]
+fn trace_shows_each_frame_decoded_with_the_plugins_answers_and_the_review() {
+    let gateway = Gateway::start();
+    let (code, out, err) = gateway.run(
+        &["exec", "shell", "--", "echo card 4242 4242 4242 4242"],
+        "",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "card **** **** **** 4242\n"),
+        "{err}"
+    );
+    let masked = gateway.newest_session(&[]);
+    // Held by the shipped gate; nobody decides, so it expires (hold_timeout_ms = 200).
+    let (code, _, _) = gateway.run(
+        &["exec", "shell", "--", "rm -rf /tmp/sluice-trace-test"],
+        "",
+    );
+    assert_ne!(code, 0);
+    let held = gateway.newest_session(&[]);
+
+    let trace = |id: &str| {
+        let mut cmd = gateway.cli();
+        cmd.env("SLUICE_TOKEN", &gateway.reviewer_token);
+        let (code, out, err) = run_command(cmd.args(["trace", id]), "");
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = trace(&masked);
+    assert!(out.contains("chain: shell-gate ("), "{out}");
+    assert!(
+        out.contains(r#"-> statement pass  "echo card **** **** **** 4242\n""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"<- bytes     pass  "card **** **** **** 4242\n""#),
+        "{out}"
+    );
+    // Which plugin did what, and the time each call took.
+    let calls = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("plugins: "))
+        .collect::<Vec<_>>();
+    assert!(
+        calls[0].contains("shell-gate: pass (") && calls[0].contains("mask: "),
+        "{out}"
+    );
+    assert!(
+        calls[1].contains("mask: replace (") && calls[1].contains(" us)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("4242 4242 4242 4242"),
+        "the record is masked: {out}"
+    );
+    assert!(out.contains("closed, exit status 0"), "{out}");
+
+    let out = trace(&held);
+    assert!(out.contains("created: pending"), "{out}");
+    assert!(out.contains("expired"), "{out}");
+    assert!(out.contains("shell-gate: hold ("), "{out}");
+    assert!(out.contains("why: "), "{out}");
 }

@@ -344,8 +344,14 @@ pub fn author_shell(krate: &std::path::Path, script: &str) -> std::process::Comm
         .and_then(|l| l.split('"').nth(1))
         .unwrap()
         .to_string();
-    let sluice_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice")).parent().unwrap();
-    let path = format!("{}:{}", sluice_dir.display(), std::env::var("PATH").unwrap());
+    let sluice_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        sluice_dir.display(),
+        std::env::var("PATH").unwrap()
+    );
     let mut cmd = std::process::Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", script])
         .current_dir(krate)

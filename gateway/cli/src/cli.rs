@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use sluice_engine::policy::{PluginSpec, Source};
 use sluice_core::frame::SessionKind;
+use sluice_engine::policy::{PluginSpec, Source};
 use sluice_plugin_host::{HostConfig, PluginHost};
 
 #[derive(Parser)]
@@ -160,6 +160,13 @@ enum Command {
         /// Playback speed; 0 prints everything at once.
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A session frame by frame: each frame decoded (as recorded), which plugin answered
+    /// what and how long each call took, refusals, holds and reviews.
+    Trace {
+        id: String,
         #[command(flatten)]
         target: Target,
     },
@@ -501,6 +508,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { id, speed, target } => {
             runtime()?.block_on(crate::commands::replay(target.client()?, &id, speed))
         }
+        Command::Trace { id, target } => {
+            runtime()?.block_on(crate::commands::trace(target.client()?, &id))
+        }
         Command::Export { id, format, target } => {
             runtime()?.block_on(crate::commands::export(target.client()?, &id, &format))
         }
@@ -548,7 +558,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("  cd {}", name.display());
             println!("  cargo test                                      # native tests");
             println!("  cargo build --release --target wasm32-wasip2    # the component");
-            println!("  sluice plugin run target/wasm32-wasip2/release/{}.wasm --config mask='CUST-[0-9]{{8}}' < frames.jsonl", dir.file_name().unwrap_or_default().to_string_lossy().replace('-', "_"));
+            println!(
+                "  sluice plugin run target/wasm32-wasip2/release/{}.wasm --config mask='CUST-[0-9]{{8}}' < frames.jsonl",
+                dir.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .replace('-', "_")
+            );
             println!("then copy sluice-policy.toml into the gateway's policy folder (README.md)");
             Ok(ExitCode::SUCCESS)
         }
@@ -597,13 +613,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match session {
                 Some(kind) => {
                     if input.is_none() && output.is_none() {
-                        bail!("--as {} needs --input TEXT, --output TEXT or both", kind.name());
+                        bail!(
+                            "--as {} needs --input TEXT, --output TEXT or both",
+                            kind.name()
+                        );
                     }
-                    let frames = crate::runner::session_frames(
-                        kind,
-                        input.as_deref(),
-                        output.as_deref(),
-                    );
+                    let frames =
+                        crate::runner::session_frames(kind, input.as_deref(), output.as_deref());
                     crate::runner::run(&loaded, kind.protocol(), frames, stdout.lock())?;
                 }
                 None => {

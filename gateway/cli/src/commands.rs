@@ -45,7 +45,9 @@ pub async fn login(
 }
 
 /// `--config`, else ./sluice.toml if present, else the built-in default.
-pub(crate) fn load_config(config_path: Option<PathBuf>) -> anyhow::Result<sluice_engine::config::Config> {
+pub(crate) fn load_config(
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<sluice_engine::config::Config> {
     let path = config_path.or_else(|| {
         Path::new("sluice.toml")
             .exists()
@@ -552,6 +554,15 @@ pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<Exit
         stdout.write_all(&e.shown())?;
         stdout.flush()?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn trace(client: Client, id: &str) -> anyhow::Result<ExitCode> {
+    let events = events(&client, id, "trace").await?;
+    if events.is_empty() {
+        bail!("session {id} has no recorded events");
+    }
+    std::io::stdout().write_all(crate::trace::render(&events).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 

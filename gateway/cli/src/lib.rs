@@ -9,5 +9,6 @@ pub mod commands;
 pub mod login;
 pub mod runner;
 pub mod scaffold;
+pub mod trace;
 
 pub use cli::main;

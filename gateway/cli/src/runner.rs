@@ -120,7 +120,9 @@ const FRAME_KEYS: &str = "one of `bytes`, `line`, `statement`, `columns`, `row` 
     {\"direction\": \"target-to-client\", \"row\": [\"42\", null]}";
 
 /// Reads frames written as JSON lines, with errors that say which line and what a frame is.
-pub fn json_frames(input: impl BufRead) -> impl Iterator<Item = anyhow::Result<(Direction, Content)>> {
+pub fn json_frames(
+    input: impl BufRead,
+) -> impl Iterator<Item = anyhow::Result<(Direction, Content)>> {
     input
         .lines()
         .enumerate()
@@ -167,7 +169,11 @@ pub fn session_frames(
     input
         .into_iter()
         .map(|c| Ok((Direction::ClientToTarget, c)))
-        .chain(output.into_iter().map(|c| Ok((Direction::TargetToClient, c))))
+        .chain(
+            output
+                .into_iter()
+                .map(|c| Ok((Direction::TargetToClient, c))),
+        )
         .collect()
 }
 
@@ -219,7 +225,13 @@ pub fn run(
             Err(error) => Report {
                 verdict: "deny",
                 reason: Some(format!("fails closed: {error}")),
-                ..report(seq, shown, Verdict::pass(), time_us, instance.memory_bytes())
+                ..report(
+                    seq,
+                    shown,
+                    Verdict::pass(),
+                    time_us,
+                    instance.memory_bytes(),
+                )
             },
         };
         serde_json::to_writer(&mut output, &report)?;
@@ -258,7 +270,13 @@ impl ShownFrame {
     }
 }
 
-fn report(seq: u64, frame: ShownFrame, verdict: Verdict, time_us: f64, memory_bytes: usize) -> Report {
+fn report(
+    seq: u64,
+    frame: ShownFrame,
+    verdict: Verdict,
+    time_us: f64,
+    memory_bytes: usize,
+) -> Report {
     let (name, reason, content) = match verdict.action {
         Action::Pass => ("pass", None, None),
         Action::Replace(content) => ("replace", None, Some(content.into())),

@@ -13,13 +13,28 @@ pub const WIT: &str = include_str!("../../../wit/plugin.wit");
 const SDK_SOURCES: [(&str, &str); 9] = [
     ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
     ("types.rs", include_str!("../../../plugin-sdk/src/types.rs")),
-    ("conversions.rs", include_str!("../../../plugin-sdk/src/conversions.rs")),
-    ("sessions.rs", include_str!("../../../plugin-sdk/src/sessions.rs")),
-    ("pattern.rs", include_str!("../../../plugin-sdk/src/pattern.rs")),
-    ("testing.rs", include_str!("../../../plugin-sdk/src/testing.rs")),
+    (
+        "conversions.rs",
+        include_str!("../../../plugin-sdk/src/conversions.rs"),
+    ),
+    (
+        "sessions.rs",
+        include_str!("../../../plugin-sdk/src/sessions.rs"),
+    ),
+    (
+        "pattern.rs",
+        include_str!("../../../plugin-sdk/src/pattern.rs"),
+    ),
+    (
+        "testing.rs",
+        include_str!("../../../plugin-sdk/src/testing.rs"),
+    ),
     ("http.rs", include_str!("../../../plugin-sdk/src/http.rs")),
     ("log.rs", include_str!("../../../plugin-sdk/src/log.rs")),
-    ("__wasm.rs", include_str!("../../../plugin-sdk/src/__wasm.rs")),
+    (
+        "__wasm.rs",
+        include_str!("../../../plugin-sdk/src/__wasm.rs"),
+    ),
 ];
 const SDK_MANIFEST: &str = include_str!("../../../plugin-sdk/Cargo.toml");
 const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
@@ -28,8 +43,14 @@ const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
 const RUST_TEMPLATE: [(&str, &str); 6] = [
     ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
     ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
-    ("frames.jsonl", include_str!("../templates/rust/frames.jsonl")),
-    ("sluice-policy.toml", include_str!("../templates/rust/sluice-policy.toml")),
+    (
+        "frames.jsonl",
+        include_str!("../templates/rust/frames.jsonl"),
+    ),
+    (
+        "sluice-policy.toml",
+        include_str!("../templates/rust/sluice-policy.toml"),
+    ),
     ("README.md", include_str!("../templates/rust/README.md")),
     (".gitignore", include_str!("../templates/rust/gitignore")),
 ];
@@ -51,7 +72,10 @@ pub fn new_plugin(dir: &Path) -> anyhow::Result<PathBuf> {
         .context("the project needs a folder name")?;
     check_name(name)?;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        bail!("{} exists and is not empty; nothing was written", dir.display());
+        bail!(
+            "{} exists and is not empty; nothing was written",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -175,7 +199,10 @@ mod tests {
         assert!(!manifest.contains("workspace"), "{manifest}");
         let table: toml::Table = toml::from_str(&manifest).unwrap();
         assert_eq!(table["package"]["name"].as_str(), Some("sluice-plugin-sdk"));
-        assert!(table["dependencies"]["serde"].get("version").is_some(), "{manifest}");
+        assert!(
+            table["dependencies"]["serde"].get("version").is_some(),
+            "{manifest}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! with a protocol error, or the session where the protocol has none.
 
 use crate::policy::OnError;
-use sluice_core::frame::{Action, Content, Direction, Frame, SessionInfo};
+use sluice_core::frame::{Action, Content, Direction, Frame, SessionInfo, Verdict};
 use sluice_plugin_host::{FilterInstance, LoadedPlugin, PluginError};
 
 /// The outcome of one frame through the chain.
@@ -37,6 +37,39 @@ pub struct Decision {
     pub record: Content,
     /// Plugins that failed on this frame, whatever the outcome.
     pub failures: Vec<PluginError>,
+    /// Each plugin call the frame took, in chain order (plugins it did not interest are
+    /// not called): what `sluice trace` shows.
+    pub calls: Vec<Call>,
+}
+
+/// One plugin's answer on one frame, and how long the call took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub plugin: String,
+    /// `pass`, `replace`, `hold`, `deny`, or `failed`; `+record-as` when it set one.
+    pub verdict: &'static str,
+    pub micros: u32,
+}
+
+impl Call {
+    fn of(plugin: &str, verdict: Result<&Verdict, ()>, took: std::time::Duration) -> Call {
+        let verdict = match verdict {
+            Err(()) => "failed",
+            Ok(v) => match (&v.action, v.record_as.is_some()) {
+                (Action::Pass, false) => "pass",
+                (Action::Pass, true) => "pass+record-as",
+                (Action::Replace(_), false) => "replace",
+                (Action::Replace(_), true) => "replace+record-as",
+                (Action::Hold(_), _) => "hold",
+                (Action::Deny(_), _) => "deny",
+            },
+        };
+        Call {
+            plugin: plugin.to_string(),
+            verdict,
+            micros: took.as_micros().min(u32::MAX as u128) as u32,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,11 +142,20 @@ impl Chain {
         let mut record: Option<Content> = None;
         let mut holds = Vec::new();
         let mut failures = Vec::new();
+        let mut calls = Vec::new();
         for link in &mut self.links[start..] {
             if !link.wants(&frame) {
                 continue; // as if it said pass, without the call
             }
-            let verdict = match link.on_frame(&frame) {
+            let started = std::time::Instant::now();
+            let answer = link.on_frame(&frame);
+            let name = &link.plugin().spec().name;
+            calls.push(Call::of(
+                name,
+                answer.as_ref().map_err(drop),
+                started.elapsed(),
+            ));
+            let verdict = match answer {
                 Ok(verdict) => verdict,
                 Err(error) => {
                     tracing::warn!(plugin = %error.plugin, error = %error.failure, seq = frame.seq, "plugin failed");
@@ -123,7 +165,11 @@ impl Chain {
                         OnError::Pass => continue,
                         OnError::Deny => {
                             let reason = format!("refused because {error}");
-                            return deny(frame.content, record, error.plugin, reason, failures);
+                            let refusal = Refusal {
+                                plugin: error.plugin,
+                                reason,
+                            };
+                            return deny(frame.content, record, refusal, failures, calls);
                         }
                     }
                 }
@@ -136,13 +182,11 @@ impl Chain {
                 Action::Replace(content) => frame.content = content,
                 Action::Hold(reason) => holds.push(reason),
                 Action::Deny(reason) => {
-                    return deny(
-                        frame.content,
-                        record,
-                        link.plugin().spec().name.clone(),
+                    let refusal = Refusal {
+                        plugin: name.clone(),
                         reason,
-                        failures,
-                    );
+                    };
+                    return deny(frame.content, record, refusal, failures, calls);
                 }
             }
         }
@@ -157,21 +201,32 @@ impl Chain {
             forward: frame.content,
             record,
             failures,
+            calls,
         }
     }
+}
+
+/// Who refused a frame, and why.
+struct Refusal {
+    plugin: String,
+    reason: String,
 }
 
 fn deny(
     content: Content,
     record: Option<Content>,
-    plugin: String,
-    reason: String,
+    refusal: Refusal,
     failures: Vec<PluginError>,
+    calls: Vec<Call>,
 ) -> Decision {
     Decision {
-        outcome: Outcome::Deny { plugin, reason },
+        outcome: Outcome::Deny {
+            plugin: refusal.plugin,
+            reason: refusal.reason,
+        },
         record: record.unwrap_or_else(|| content.clone()),
         forward: content,
         failures,
+        calls,
     }
 }

@@ -151,7 +151,10 @@ mod tests {
         assert_eq!(spots[0].kind, SessionKind::ExecScript);
         assert_eq!(spots[0].carried_by, vec![ContentKind::Statement]);
         let message = spots[0].to_string();
-        assert!(message.contains("never sees the commands of exec-script sessions"), "{message}");
+        assert!(
+            message.contains("never sees the commands of exec-script sessions"),
+            "{message}"
+        );
         // Wanting statements too covers both kinds of shell session.
         let gate = wanting(&[ContentKind::Line, ContentKind::Statement], &[]);
         assert_eq!(blind_spots("words", &gate, "shell", &exec()), vec![]);

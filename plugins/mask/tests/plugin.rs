@@ -91,7 +91,10 @@ fn bad_settings_are_refused_with_the_entry_named() {
     assert!(err.contains(r#"custom[0] ("x"): invalid pattern"#), "{err}");
     // Patterns are ASCII: a Unicode class is refused with its cause and what to write.
     let err = init_error(r#"{"custom": [{"name": "x", "pattern": "EMP-\\p{L}+"}]}"#);
-    assert!(err.contains("Unicode") && err.contains("list the characters"), "{err}");
+    assert!(
+        err.contains("Unicode") && err.contains("list the characters"),
+        "{err}"
+    );
     let err = init_error(r#"{"custom": [{"name": "x", "pattern": "[0-9]*"}]}"#);
     assert!(err.contains("matches the empty string"), "{err}");
     let err = init_error(r#"{"style": "pseudonym"}"#);

@@ -51,10 +51,15 @@ fn look(dir: &std::path::Path) -> Look {
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     if let Ok(policy) = Policy::load_dir(dir) {
-        paths.extend(policy.plugins.values().filter_map(|spec| match &spec.source {
-            Source::File(path) => Some(path.clone()),
-            Source::Builtin(_) => None,
-        }));
+        paths.extend(
+            policy
+                .plugins
+                .values()
+                .filter_map(|spec| match &spec.source {
+                    Source::File(path) => Some(path.clone()),
+                    Source::Builtin(_) => None,
+                }),
+        );
     }
     paths.sort();
     paths.dedup();

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::chain::{Chain, Decision, Outcome};
+use crate::chain::{Call, Chain, Decision, Outcome};
 use crate::config::RecordMode;
 use crate::review::{Kind, Pending, Review, Reviews, Status};
 use sluice_core::frame::{Content, Direction, Frame, Identity, SessionInfo};
@@ -273,6 +273,7 @@ impl Core {
             forward: content.clone(),
             record: content,
             failures: Vec::new(),
+            calls: Vec::new(),
         }
     }
 
@@ -374,6 +375,7 @@ impl Core {
                 _ => None,
             },
             reason,
+            calls: decision.calls.iter().map(CallMeta::of).collect(),
         };
         self.count_frames(direction, outcome, 1);
         let seq = self.seq[direction as usize];
@@ -389,14 +391,20 @@ impl Core {
         batch: RowBatch,
     ) -> Result<Receipt, RecordFailed> {
         let mut failures = batch.failures;
+        let mut calls = CallSums::default();
         let mut names = None;
         if let Some(columns) = columns {
             failures.extend(columns.failures.iter().map(|f| f.to_string()));
+            calls.add_all(&columns.calls);
             if let Content::Columns(c) = &columns.record {
                 names = Some(c.iter().map(|c| c.name.as_str()).collect());
             }
         }
+        for (plugin, verdict, micros, n) in &batch.calls.0 {
+            calls.add(plugin, verdict, *micros, *n);
+        }
         let meta = RowsMeta {
+            calls: calls.meta(),
             columns: names,
             content: "rows",
             count: batch.count,
@@ -465,6 +473,7 @@ pub struct RowBatch {
     count: usize,
     payload: Vec<u8>,
     failures: Vec<String>,
+    calls: CallSums,
 }
 
 impl RowBatch {
@@ -483,10 +492,40 @@ impl RowBatch {
         self.payload.push(b'\n');
         self.failures
             .extend(decision.failures.iter().map(|f| f.to_string()));
+        self.calls.add_all(&decision.calls);
     }
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+}
+
+/// Plugin calls summed per plugin and verdict: (plugin, verdict, microseconds, calls).
+#[derive(Debug, Default)]
+struct CallSums(Vec<(String, &'static str, u64, u64)>);
+
+impl CallSums {
+    fn add(&mut self, plugin: &str, verdict: &'static str, micros: u64, n: u64) {
+        match self.0.iter_mut().find(|s| s.0 == plugin && s.1 == verdict) {
+            Some(sum) => {
+                sum.2 += micros;
+                sum.3 += n;
+            }
+            None => self.0.push((plugin.to_string(), verdict, micros, n)),
+        }
+    }
+
+    fn add_all(&mut self, calls: &[Call]) {
+        for call in calls {
+            self.add(&call.plugin, call.verdict, call.micros.into(), 1);
+        }
+    }
+
+    fn meta(&self) -> Vec<CallMeta<'_>> {
+        self.0
+            .iter()
+            .map(|(plugin, verdict, micros, n)| CallMeta(plugin, verdict, *micros, *n))
+            .collect()
     }
 }
 
@@ -517,6 +556,9 @@ pub fn record_payload(content: &Content) -> Vec<u8> {
 /// per frame; the fields are in alphabetical order, as `json!` wrote them.
 #[derive(Serialize)]
 struct FrameMeta<'a> {
+    /// Each plugin call: `[plugin, verdict, microseconds]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    calls: Vec<CallMeta<'a>>,
     content: &'static str,
     dir: &'static str,
     failures: Vec<String>,
@@ -527,9 +569,31 @@ struct FrameMeta<'a> {
     reason: Option<String>,
 }
 
+/// A plugin call as recorded: `[plugin, verdict, microseconds]`, or with a fourth element,
+/// the number of calls, where a batch of rows sums them per plugin and verdict.
+#[derive(Serialize)]
+struct CallMeta<'a>(
+    &'a str,
+    &'static str,
+    u64,
+    #[serde(skip_serializing_if = "is_one")] u64,
+);
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+impl<'a> CallMeta<'a> {
+    fn of(call: &'a Call) -> CallMeta<'a> {
+        CallMeta(&call.plugin, call.verdict, call.micros.into(), 1)
+    }
+}
+
 /// A batch of result rows' meta (see [`RowBatch`]).
 #[derive(Serialize)]
 struct RowsMeta<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    calls: Vec<CallMeta<'a>>,
     /// The result's column names, with its first batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     columns: Option<Vec<&'a str>>,
