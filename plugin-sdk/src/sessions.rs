@@ -16,8 +16,8 @@ pub enum SessionKind {
     /// `sluice exec CONN -- SCRIPT` or a script on standard input: the program's `script`
     /// command reads the whole input at once.
     ExecScript,
-    /// `sluice exec CONN` at a terminal: the program's `interactive` command, keystrokes and
-    /// typed lines.
+    /// `sluice connect CONN`: the program's `interactive` command in a terminal, keystrokes
+    /// and typed lines.
     Terminal,
     /// A PostgreSQL client (psql, a driver) through a `postgres` connection.
     Postgres,

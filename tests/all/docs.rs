@@ -2,8 +2,6 @@
 //! blocks are written into a fresh crate beside this checkout, and its ```` ```sh run ````
 //! blocks are run in order, with the `sluice` under test on `PATH`.
 
-use std::os::unix::fs::symlink;
-
 use crate::support::{author_shell, repo, run_command, share_builds};
 
 struct Block {
@@ -35,46 +33,106 @@ fn blocks(markdown: &str) -> Vec<Block> {
 
 #[test]
 fn the_plugin_authors_walkthrough_works_as_written() {
-    let repo = repo();
-    let guide = std::fs::read_to_string(repo.join("docs/plugins.md")).unwrap();
+    let guide = std::fs::read_to_string(repo().join("docs/plugins.md")).unwrap();
     let root = tempfile::tempdir().unwrap();
-    // The guide's crate sits beside a checkout named `sluice`.
-    symlink(repo, root.path().join("sluice")).unwrap();
     let krate = root.path().join("mask-customer-ids");
-    std::fs::create_dir_all(krate.join("src")).unwrap();
-    share_builds(&krate);
     let mut outputs = String::new();
-    let mut files = 0;
+    let mut written = std::collections::BTreeSet::new();
     for block in blocks(&guide) {
         if let Some(file) = block
             .info
             .split_whitespace()
             .find_map(|w| w.strip_prefix("file="))
         {
-            let file = krate.join(file);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            let mut text = std::fs::read_to_string(&file).unwrap_or_default();
+            // The guide's first block for a file replaces the template's; later ones add.
+            let path = krate.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let mut text = match written.insert(file.to_string()) {
+                true => String::new(),
+                false => std::fs::read_to_string(&path).unwrap(),
+            };
             text.push_str(&block.body);
-            std::fs::write(&file, text).unwrap();
-            files += 1;
+            std::fs::write(&path, text).unwrap();
         } else if block.info == "sh run" {
-            let mut cmd = author_shell(&krate, &block.body);
+            // Commands run in the project once `sluice plugin new` has made it.
+            let dir = if krate.exists() {
+                &krate
+            } else {
+                &root.path().to_path_buf()
+            };
+            let mut cmd = author_shell(dir, &block.body);
             let (code, out, err) = run_command(&mut cmd, "");
             assert_eq!(code, 0, "`{}` failed:\n{out}\n{err}", block.body.trim());
             outputs.push_str(&out);
+            if krate.exists() && !krate.join("target").exists() {
+                share_builds(&krate);
+            }
         }
     }
-    assert_eq!(files, 4, "Cargo.toml, two parts of src/lib.rs and a policy");
-    assert!(
-        outputs.contains("test tests::masks_customer_ids_in_output ... ok"),
-        "{outputs}"
+    assert_eq!(
+        written.len(),
+        2,
+        "src/lib.rs (in two parts) and a policy: {written:?}"
     );
-    assert!(
-        outputs.contains(r#""bytes":"owner [customer]""#),
-        "{outputs}"
-    );
-    assert!(
-        outputs.contains("chain shell: shell-gate -> mask -> customer-ids"),
-        "{outputs}"
-    );
+    for expected in [
+        "test tests::masks_customer_ids_in_output ... ok",
+        "test tests::refuses_the_guarded_table_however_it_is_asked_for ... ok",
+        r#""bytes":"owner [customer]""#,
+        r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
+        "chain shell: customer-ids",
+    ] {
+        assert!(outputs.contains(expected), "{expected}: {outputs}");
+    }
+}
+
+/// The guide's table of what each session sends is the SDK's `SessionKind`, row by row.
+#[test]
+fn the_guides_table_of_frames_is_what_the_sdk_states() {
+    use sluice_core::frame::{ContentKind, Direction, SessionKind};
+    let guide = std::fs::read_to_string(repo().join("docs/plugins.md")).unwrap();
+    let kinds_in = |cell: &str| -> Vec<ContentKind> {
+        // Words in parentheses explain; the kinds are the words outside them.
+        let mut bare = String::new();
+        let mut depth = 0;
+        for c in cell.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                c if depth == 0 => bare.push(c),
+                _ => {}
+            }
+        }
+        let mut kinds: Vec<ContentKind> = bare
+            .split([',', ' '])
+            .filter_map(|w| ContentKind::ALL.into_iter().find(|k| k.name() == w.trim()))
+            .collect();
+        kinds.sort_by_key(|k| *k as u8);
+        kinds
+    };
+    let sorted = |kinds: &[ContentKind]| {
+        let mut kinds = kinds.to_vec();
+        kinds.sort_by_key(|k| *k as u8);
+        kinds
+    };
+    let mut rows = 0;
+    for line in guide.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].split('`').nth(1).unwrap();
+        let Some(kind) = SessionKind::from_name(name) else {
+            continue;
+        };
+        rows += 1;
+        assert_eq!(
+            kinds_in(cells[2]),
+            sorted(kind.sends(Direction::ClientToTarget)),
+            "{line}"
+        );
+        assert_eq!(
+            kinds_in(cells[3]),
+            sorted(kind.sends(Direction::TargetToClient)),
+            "{line}"
+        );
+        assert_eq!(kinds_in(cells[4]), sorted(kind.commands()), "{line}");
+    }
+    assert_eq!(rows, SessionKind::ALL.len(), "a row per kind of session");
 }
