@@ -655,7 +655,13 @@ mod tests {
     fn frame_meta_is_written_as_json_objects_are() {
         // The record's meta keeps the bytes it had when it was a `json!` value (sorted keys).
         let params = vec![Some(b"7".to_vec())];
+        let call = Call {
+            plugin: "sql-gate".into(),
+            verdict: "deny",
+            micros: 41,
+        };
         let meta = FrameMeta {
+            calls: vec![CallMeta::of(&call)],
             content: "statement",
             dir: "in",
             failures: vec!["mask: trapped".into()],
@@ -665,10 +671,13 @@ mod tests {
         };
         let value = json!({
             "dir": "in", "content": "statement", "outcome": "deny", "reason": "sql-gate: DROP",
-            "failures": ["mask: trapped"], "params": ["7"],
+            "failures": ["mask: trapped"], "params": ["7"], "calls": [["sql-gate", "deny", 41]],
         });
         assert_eq!(serde_json::to_string(&meta).unwrap(), value.to_string());
+        let mut calls = CallSums::default();
+        calls.add_all(&[call.clone(), call]);
         let rows = RowsMeta {
+            calls: calls.meta(),
             columns: Some(vec!["id", "email"]),
             content: "rows",
             count: 2,
@@ -678,7 +687,7 @@ mod tests {
         };
         let value = json!({
             "dir": "out", "content": "rows", "outcome": "pass", "count": 2,
-            "columns": ["id", "email"], "failures": [],
+            "columns": ["id", "email"], "failures": [], "calls": [["sql-gate", "deny", 82, 2]],
         });
         assert_eq!(serde_json::to_string(&rows).unwrap(), value.to_string());
     }
