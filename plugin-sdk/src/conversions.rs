@@ -8,25 +8,30 @@
 #[macro_export]
 macro_rules! __impl_contract_conversions {
     () => {
-        $crate::__impl_contract_conversions!(@enum Direction { ClientToTarget, TargetToClient });
-        $crate::__impl_contract_conversions!(@enum CellFormat { Text, Binary });
-        $crate::__impl_contract_conversions!(@enum ContentKind { Bytes, Line, Statement, Columns, Row });
+        $crate::__impl_contract_conversions!(@shared);
+        $crate::__impl_contract_conversions!(@enum ContentKind {
+            Bytes, Line, Statement, Columns, Row, File, ToolCall, ToolResult, HttpRequest, HttpResponse
+        });
         $crate::__impl_contract_conversions!(@record Interest { client_to_target(each), target_to_client(each) });
-        $crate::__impl_contract_conversions!(@record Identity { subject, name, groups });
-        $crate::__impl_contract_conversions!(@record SessionInfo { id, connection, protocol, identity(into), started_at_ms });
-        $crate::__impl_contract_conversions!(@record Column { name, table, table_oid, type_oid, format(into) });
-        $crate::__impl_contract_conversions!(@record Statement { text, params });
+        $crate::__impl_contract_conversions!(@record FileChunk { path, offset, data, size, digest });
+        $crate::__impl_contract_conversions!(@record ToolCall { server, tool, id, arguments });
+        $crate::__impl_contract_conversions!(@record ToolResult { server, tool, id, output, is_error });
+        $crate::__impl_contract_conversions!(@record HttpRequest { method, uri, headers });
+        $crate::__impl_contract_conversions!(@record HttpResponse { status, headers });
         $crate::__impl_contract_conversions!(@record Frame { seq, direction(into), timestamp_ms, content(into) });
         $crate::__impl_contract_conversions!(@record Verdict { action(into), record_as(opt) });
-        $crate::__impl_contract_conversions!(@record Event { index, session, seq, kind, time_ms, meta, payload });
         $crate::__impl_contract_conversions!(@variant Content {
             Bytes(b) => b,
             Line(l) => l,
             Statement(s) => s.into(),
             Columns(c) => c.into_iter().map(Into::into).collect(),
             Row(r) => r,
+            File(f) => f.into(),
+            ToolCall(t) => t.into(),
+            ToolResult(t) => t.into(),
+            HttpRequest(h) => h.into(),
+            HttpResponse(h) => h.into(),
         });
-        $crate::__impl_contract_conversions!(@variant SinkError { Retryable(m) => m, Permanent(m) => m });
 
         impl From<wit::Action> for $crate::Action {
             fn from(a: wit::Action) -> Self {
@@ -49,7 +54,19 @@ macro_rules! __impl_contract_conversions {
             }
         }
     };
-    (@enum $ty:ident { $($case:ident),* }) => {
+    // What no version of the contract changed: shared with the bindings of earlier versions
+    // (the gateway still loads 0.2.0 plugins).
+    (@shared) => {
+        $crate::__impl_contract_conversions!(@enum Direction { ClientToTarget, TargetToClient });
+        $crate::__impl_contract_conversions!(@enum CellFormat { Text, Binary });
+        $crate::__impl_contract_conversions!(@record Identity { subject, name, groups });
+        $crate::__impl_contract_conversions!(@record SessionInfo { id, connection, protocol, identity(into), started_at_ms });
+        $crate::__impl_contract_conversions!(@record Column { name, table, table_oid, type_oid, format(into) });
+        $crate::__impl_contract_conversions!(@record Statement { text, params });
+        $crate::__impl_contract_conversions!(@record Event { index, session, seq, kind, time_ms, meta, payload });
+        $crate::__impl_contract_conversions!(@variant SinkError { Retryable(m) => m, Permanent(m) => m });
+    };
+    (@enum $ty:ident { $($case:ident),* $(,)? }) => {
         impl From<wit::$ty> for $crate::$ty {
             fn from(v: wit::$ty) -> Self {
                 match v { $(wit::$ty::$case => $crate::$ty::$case),* }

@@ -50,6 +50,58 @@ pub struct Statement {
 /// A result row: one cell per column, `None` for NULL.
 pub type Cells = Vec<Option<Vec<u8>>>;
 
+/// A piece of a file crossing the session (SFTP, SCP), in order; the frame's direction says
+/// which way (client to target: an upload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChunk {
+    /// The file's path on the target.
+    pub path: String,
+    /// Where this chunk starts in the file.
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// The whole file's size, when the protocol announces it.
+    pub size: Option<u64>,
+    /// On the transfer's last chunk: the SHA-256 of the whole file as it crossed.
+    pub digest: Option<Vec<u8>>,
+}
+
+/// An MCP tool call, client to target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    pub server: String,
+    pub tool: String,
+    /// The request's id, the same on the call and its result.
+    pub id: String,
+    /// The arguments, as JSON text.
+    pub arguments: String,
+}
+
+/// The result of an MCP tool call, target to client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolResult {
+    pub server: String,
+    pub tool: String,
+    pub id: String,
+    /// The tool's result (MCP's `CallToolResult`), as JSON text.
+    pub output: String,
+    pub is_error: bool,
+}
+
+/// The head of an HTTP request; its body follows as [`Content::Bytes`] frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The head of an HTTP response; its body follows as [`Content::Bytes`] frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     Bytes(Vec<u8>),
@@ -57,6 +109,11 @@ pub enum Content {
     Statement(Statement),
     Columns(Vec<Column>),
     Row(Cells),
+    File(FileChunk),
+    ToolCall(ToolCall),
+    ToolResult(ToolResult),
+    HttpRequest(HttpRequest),
+    HttpResponse(HttpResponse),
 }
 
 impl Content {
@@ -65,17 +122,29 @@ impl Content {
     pub fn as_text(&self) -> Option<&str> {
         match self {
             Content::Bytes(bytes) => std::str::from_utf8(bytes).ok(),
+            Content::File(chunk) => std::str::from_utf8(&chunk.data).ok(),
             Content::Line(line) => Some(line),
             Content::Statement(statement) => Some(&statement.text),
-            Content::Columns(_) | Content::Row(_) => None,
+            Content::ToolCall(call) => Some(&call.arguments),
+            Content::ToolResult(result) => Some(&result.output),
+            Content::Columns(_)
+            | Content::Row(_)
+            | Content::HttpRequest(_)
+            | Content::HttpResponse(_) => None,
         }
     }
 
-    /// The content as text for tests and messages: bytes (lossily), a line, a statement's
-    /// text, a row's cells joined by tabs (`NULL` for NULL), column names joined by tabs.
+    /// The content as text for tests and messages: bytes and file data (lossily), a line, a
+    /// statement's text, a row's cells joined by tabs (`NULL` for NULL), column names joined
+    /// by tabs, a tool call's arguments or result, an HTTP head's first line.
     pub fn text(&self) -> Option<String> {
         Some(match self {
             Content::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Content::File(chunk) => String::from_utf8_lossy(&chunk.data).into_owned(),
+            Content::ToolCall(call) => call.arguments.clone(),
+            Content::ToolResult(result) => result.output.clone(),
+            Content::HttpRequest(request) => format!("{} {}", request.method, request.uri),
+            Content::HttpResponse(response) => response.status.to_string(),
             Content::Line(line) => line.clone(),
             Content::Statement(statement) => statement.text.clone(),
             Content::Row(cells) => cells
@@ -103,15 +172,25 @@ pub enum ContentKind {
     Statement,
     Columns,
     Row,
+    File,
+    ToolCall,
+    ToolResult,
+    HttpRequest,
+    HttpResponse,
 }
 
 impl ContentKind {
-    pub const ALL: [ContentKind; 5] = [
+    pub const ALL: [ContentKind; 10] = [
         ContentKind::Bytes,
         ContentKind::Line,
         ContentKind::Statement,
         ContentKind::Columns,
         ContentKind::Row,
+        ContentKind::File,
+        ContentKind::ToolCall,
+        ContentKind::ToolResult,
+        ContentKind::HttpRequest,
+        ContentKind::HttpResponse,
     ];
 
     /// Its name in logs, the record and error messages.
@@ -122,6 +201,11 @@ impl ContentKind {
             ContentKind::Statement => "statement",
             ContentKind::Columns => "columns",
             ContentKind::Row => "row",
+            ContentKind::File => "file",
+            ContentKind::ToolCall => "tool-call",
+            ContentKind::ToolResult => "tool-result",
+            ContentKind::HttpRequest => "http-request",
+            ContentKind::HttpResponse => "http-response",
         }
     }
 }
@@ -134,6 +218,11 @@ impl Content {
             Content::Statement(_) => ContentKind::Statement,
             Content::Columns(_) => ContentKind::Columns,
             Content::Row(_) => ContentKind::Row,
+            Content::File(_) => ContentKind::File,
+            Content::ToolCall(_) => ContentKind::ToolCall,
+            Content::ToolResult(_) => ContentKind::ToolResult,
+            Content::HttpRequest(_) => ContentKind::HttpRequest,
+            Content::HttpResponse(_) => ContentKind::HttpResponse,
         }
     }
 }

@@ -391,3 +391,156 @@ fn buffered_content_is_flushed_through_the_rest_of_the_chain() {
             .is_empty()
     );
 }
+
+/// A component built against `sluice:plugin@0.2.0`, kept from before the contract moved.
+fn built_for_0_2(name: &str) -> std::path::PathBuf {
+    crate::support::repo().join(format!("tests/fixtures/contract-0.2.0/{name}.wasm"))
+}
+
+#[test]
+fn plugins_built_against_the_previous_contract_keep_loading_and_never_see_new_kinds() {
+    use sluice_core::frame::{ContentKind, ToolCall};
+    let host = host();
+    let redact = built_for_0_2("example_redact");
+    let bytes = std::fs::read(&redact).unwrap();
+    let inspection = host.inspect(&bytes).unwrap();
+    assert_eq!(
+        (inspection.world, inspection.version),
+        (World::Filter, "0.2.0")
+    );
+    let plugin = load(
+        &host,
+        &spec("old", file(redact), r#"{"literal": "hunter2"}"#),
+    );
+    let mut chain = Chain::new(&[plugin.clone()], &session("s1")).unwrap();
+    let decision = chain.on_frame(line(1, "echo hunter2"));
+    assert_eq!(decision.forward, Content::Line("echo [REDACTED]".into()));
+    let row = Frame::new(
+        Direction::TargetToClient,
+        Content::Row(vec![Some(b"hunter2".to_vec()), None]),
+    );
+    let decision = chain.on_frame(row);
+    assert_eq!(
+        decision.forward,
+        Content::Row(vec![Some(b"[REDACTED]".to_vec()), None])
+    );
+    // Its interest is what 0.2.0 can say: every kind it knows, none it does not.
+    let instance = plugin.filter_instance(&session("s2")).unwrap();
+    let interest = instance.interest();
+    assert!(interest.wants(Direction::ClientToTarget, ContentKind::Row));
+    assert!(!interest.wants(Direction::ClientToTarget, ContentKind::ToolCall));
+    // So a tool call passes it uncalled, exactly as any frame outside an interest.
+    let call = Frame::new(
+        Direction::ClientToTarget,
+        Content::ToolCall(ToolCall {
+            server: "files".into(),
+            tool: "read".into(),
+            id: "1".into(),
+            arguments: r#"{"path": "hunter2"}"#.into(),
+        }),
+    );
+    let decision = chain.on_frame(call.clone());
+    assert_eq!(decision.forward, call.content);
+    assert!(decision.calls.is_empty(), "{:?}", decision.calls);
+
+    // A 0.2.0 sink delivers as before.
+    let mut spec = spec("count", file(built_for_0_2("sink_count")), "{}");
+    spec.world = World::Sink;
+    let mut sink = load(&host, &spec).sink_instance().unwrap();
+    let event = sluice_core::frame::Event {
+        index: 1,
+        session: "s".into(),
+        seq: 1,
+        kind: "fail".into(),
+        time_ms: 0,
+        meta: "{}".into(),
+        payload: vec![],
+    };
+    assert_eq!(
+        sink.deliver(&[event]).unwrap(),
+        Err(sluice_core::frame::SinkError::Retryable(
+            "asked to fail".into()
+        ))
+    );
+}
+
+#[test]
+fn the_current_contract_carries_files_tool_calls_and_http_heads_both_ways() {
+    use sluice_core::frame::{FileChunk, HttpRequest, HttpResponse, ToolCall, ToolResult};
+    let host = host();
+    let plugin = load(
+        &host,
+        &spec(
+            "redact",
+            builtin("example-redact"),
+            r#"{"literal": "hunter2"}"#,
+        ),
+    );
+    assert_eq!(
+        host.inspect(&std::fs::read(guest("antics")).unwrap())
+            .unwrap()
+            .version,
+        sluice_plugin_host::CONTRACT_VERSION
+    );
+    let mut chain = Chain::new(&[plugin], &session("s1")).unwrap();
+    let mut out = |content: Content| {
+        chain
+            .on_frame(Frame::new(Direction::TargetToClient, content))
+            .forward
+    };
+    let chunk = FileChunk {
+        path: "/etc/app.conf".into(),
+        offset: 4096,
+        data: b"password=hunter2\n".to_vec(),
+        size: Some(5000),
+        digest: Some(vec![7; 32]),
+    };
+    assert_eq!(
+        out(Content::File(chunk.clone())),
+        Content::File(FileChunk {
+            data: b"password=[REDACTED]\n".to_vec(),
+            ..chunk
+        })
+    );
+    let result = ToolResult {
+        server: "db".into(),
+        tool: "query".into(),
+        id: "9".into(),
+        output: r#"{"content":[{"type":"text","text":"hunter2"}]}"#.into(),
+        is_error: false,
+    };
+    assert_eq!(
+        out(Content::ToolResult(result.clone())),
+        Content::ToolResult(ToolResult {
+            output: r#"{"content":[{"type":"text","text":"[REDACTED]"}]}"#.into(),
+            ..result
+        })
+    );
+    let call = ToolCall {
+        server: "db".into(),
+        tool: "query".into(),
+        id: "9".into(),
+        arguments: r#"{"sql":"SELECT 1"}"#.into(),
+    };
+    assert_eq!(
+        out(Content::ToolCall(call.clone())),
+        Content::ToolCall(call)
+    );
+    let request = HttpRequest {
+        method: "GET".into(),
+        uri: "/v1/users?id=7".into(),
+        headers: vec![("host".into(), "api".into())],
+    };
+    assert_eq!(
+        out(Content::HttpRequest(request.clone())),
+        Content::HttpRequest(request)
+    );
+    let response = HttpResponse {
+        status: 404,
+        headers: vec![],
+    };
+    assert_eq!(
+        out(Content::HttpResponse(response.clone())),
+        Content::HttpResponse(response)
+    );
+}

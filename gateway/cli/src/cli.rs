@@ -572,9 +572,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let host = PluginHost::new(HostConfig::default())?;
             let report = crate::runner::check(&host, source(&plugin))?;
             println!(
-                "{plugin}: a `{}` plugin of sluice:plugin@{}",
+                "{plugin}: a `{}` plugin of sluice:plugin@{}{}",
                 report.world,
-                crate::scaffold::contract_version()
+                report.version,
+                if report.version == sluice_plugin_host::CONTRACT_VERSION {
+                    String::new()
+                } else {
+                    format!(
+                        " (still loaded; the SDK of {} adds content kinds it cannot ask for)",
+                        sluice_plugin_host::CONTRACT_VERSION
+                    )
+                }
             );
             println!("sha256: {}", report.sha256);
             println!(

@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use sluice_core::frame::{
-    Action, CellFormat, Column, Content, Direction, Frame, SessionInfo, SessionKind, Statement,
-    Verdict,
+    Action, CellFormat, Column, Content, Direction, FileChunk, Frame, HttpRequest, HttpResponse,
+    SessionInfo, SessionKind, Statement, ToolCall, ToolResult, Verdict,
 };
 use sluice_engine::policy::{PluginSpec, Source, World};
 use sluice_plugin_host::{LoadError, LoadedPlugin, PluginHost};
@@ -55,6 +55,46 @@ pub enum JsonContent {
     },
     Columns(Vec<JsonColumn>),
     Row(Vec<Option<String>>),
+    File {
+        path: String,
+        #[serde(default)]
+        offset: u64,
+        data: String,
+        #[serde(default)]
+        size: Option<u64>,
+        /// Hex.
+        #[serde(default)]
+        digest: Option<String>,
+    },
+    ToolCall {
+        server: String,
+        tool: String,
+        #[serde(default)]
+        id: String,
+        /// JSON text.
+        arguments: String,
+    },
+    ToolResult {
+        server: String,
+        tool: String,
+        #[serde(default)]
+        id: String,
+        /// JSON text.
+        output: String,
+        #[serde(default)]
+        is_error: bool,
+    },
+    HttpRequest {
+        method: String,
+        uri: String,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
+    HttpResponse {
+        status: u16,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -89,6 +129,8 @@ pub struct Report {
 #[derive(Debug)]
 pub struct CheckReport {
     pub world: World,
+    /// The contract version it is built against.
+    pub version: &'static str,
     pub sha256: String,
     pub imports: Vec<String>,
 }
@@ -109,13 +151,15 @@ pub fn check(host: &PluginHost, source: Source) -> Result<CheckReport, LoadError
     let (plugin, _) = host.load_bytes(&spec, &bytes)?;
     Ok(CheckReport {
         world: inspection.world,
+        version: inspection.version,
         sha256: hex::encode(plugin.digest()),
         imports: inspection.imports,
     })
 }
 
 /// The frame keys `plugin run` reads, for its error messages.
-const FRAME_KEYS: &str = "one of `bytes`, `line`, `statement`, `columns`, `row` (and `direction`: \
+const FRAME_KEYS: &str = "one of `bytes`, `line`, `statement`, `columns`, `row`, `file`, `tool_call`, \
+    `tool_result`, `http_request`, `http_response` (and `direction`: \
     `client-to-target`, the default, or `target-to-client`), e.g. {\"line\": \"ls\"} or \
     {\"direction\": \"target-to-client\", \"row\": [\"42\", null]}";
 
@@ -155,7 +199,18 @@ pub fn json_frames(
         })
 }
 
-const CONTENT_KEYS: [&str; 5] = ["bytes", "line", "statement", "columns", "row"];
+const CONTENT_KEYS: [&str; 10] = [
+    "bytes",
+    "line",
+    "statement",
+    "columns",
+    "row",
+    "file",
+    "tool_call",
+    "tool_result",
+    "http_request",
+    "http_response",
+];
 
 /// The frames a session of `kind` sends for `input` typed or sent by the client, then for
 /// `output` from the target: what the gateway would send the plugin.
@@ -335,6 +390,55 @@ impl From<JsonContent> for Content {
                     .collect(),
             ),
             JsonContent::Row(cells) => Content::Row(cells_from_json(cells)),
+            JsonContent::File {
+                path,
+                offset,
+                data,
+                size,
+                digest,
+            } => Content::File(FileChunk {
+                path,
+                offset,
+                data: data.into_bytes(),
+                size,
+                digest: digest.and_then(|d| hex::decode(d).ok()),
+            }),
+            JsonContent::ToolCall {
+                server,
+                tool,
+                id,
+                arguments,
+            } => Content::ToolCall(ToolCall {
+                server,
+                tool,
+                id,
+                arguments,
+            }),
+            JsonContent::ToolResult {
+                server,
+                tool,
+                id,
+                output,
+                is_error,
+            } => Content::ToolResult(ToolResult {
+                server,
+                tool,
+                id,
+                output,
+                is_error,
+            }),
+            JsonContent::HttpRequest {
+                method,
+                uri,
+                headers,
+            } => Content::HttpRequest(HttpRequest {
+                method,
+                uri,
+                headers,
+            }),
+            JsonContent::HttpResponse { status, headers } => {
+                Content::HttpResponse(HttpResponse { status, headers })
+            }
         }
     }
 }
@@ -359,6 +463,35 @@ impl From<Content> for JsonContent {
                     .collect(),
             ),
             Content::Row(cells) => JsonContent::Row(cells_to_json(cells)),
+            Content::File(f) => JsonContent::File {
+                path: f.path,
+                offset: f.offset,
+                data: text(f.data),
+                size: f.size,
+                digest: f.digest.map(hex::encode),
+            },
+            Content::ToolCall(c) => JsonContent::ToolCall {
+                server: c.server,
+                tool: c.tool,
+                id: c.id,
+                arguments: c.arguments,
+            },
+            Content::ToolResult(r) => JsonContent::ToolResult {
+                server: r.server,
+                tool: r.tool,
+                id: r.id,
+                output: r.output,
+                is_error: r.is_error,
+            },
+            Content::HttpRequest(h) => JsonContent::HttpRequest {
+                method: h.method,
+                uri: h.uri,
+                headers: h.headers,
+            },
+            Content::HttpResponse(h) => JsonContent::HttpResponse {
+                status: h.status,
+                headers: h.headers,
+            },
         }
     }
 }

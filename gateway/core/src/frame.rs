@@ -4,8 +4,9 @@
 //! Architecture invariant: this module does no I/O.
 
 pub use sluice_plugin_sdk::{
-    Action, CellFormat, Cells, Column, Config, Content, ContentKind, Direction, Event, Frame,
-    Identity, Interest, SessionInfo, SessionKind, SinkError, Statement, Verdict,
+    Action, CellFormat, Cells, Column, Config, Content, ContentKind, Direction, Event, FileChunk,
+    Frame, HttpRequest, HttpResponse, Identity, Interest, SessionInfo, SessionKind, SinkError,
+    Statement, ToolCall, ToolResult, Verdict,
 };
 
 /// A short name for the kind of a frame's content, for logs and error messages.

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -43,29 +43,9 @@ use sluice_core::frame::{
     self, Content, ContentKind, Direction, Event, Frame, SessionInfo, SinkError, Verdict,
 };
 
-mod bindings {
-    pub mod filter {
-        wasmtime::component::bindgen!({ path: "../../wit", world: "filter" });
-    }
-    pub mod sink {
-        wasmtime::component::bindgen!({
-            path: "../../wit",
-            world: "sink",
-            with: {
-                "sluice:plugin/types": super::filter::sluice::plugin::types,
-                "sluice:plugin/log": super::filter::sluice::plugin::log,
-            },
-        });
-    }
-    mod conversions {
-        use super::filter::sluice::plugin::types as wit;
-        sluice_plugin_sdk::__impl_contract_conversions!();
-    }
-}
-use bindings::filter::sluice::plugin::log;
+mod contract;
 
-/// The package every plugin's contract comes from.
-const CONTRACT: &str = "sluice:plugin@0.2.0";
+pub use contract::{CURRENT as CONTRACT_VERSION, VERSIONS as CONTRACT_VERSIONS};
 /// One epoch tick; deadlines are counted in ticks. Fine enough for deadlines of tens of
 /// milliseconds, coarse enough that the ticking thread's wakeups cost nothing measurable
 /// (at 1 ms they were 3% of the gateway's CPU under database load).
@@ -205,8 +185,7 @@ impl PluginHost {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        log::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        contract::add_log_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut sink_linker = linker.clone();
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut sink_linker)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -275,7 +254,7 @@ impl PluginHost {
             None => Component::new(&self.engine, bytes).map(|c| (c, CacheOutcome::Compiled)),
         }
         .map_err(|e| invalid(format!("is not a valid component: {e:#}")))?;
-        let found = self.world_of(&component).map_err(invalid)?;
+        let (found, version) = self.world_of(&component).map_err(invalid)?;
         if found != spec.world {
             return Err(invalid(format!(
                 "it implements the `{found}` world, but the policy declares `world = \"{}\"`",
@@ -292,14 +271,18 @@ impl PluginHost {
             ))
         })?;
         let linked = match spec.world {
-            World::Filter => Linked::Filter(
-                bindings::filter::FilterPre::new(pre)
-                    .map_err(|e| invalid(format!("does not match the filter world: {e:#}")))?,
-            ),
-            World::Sink => Linked::Sink(
-                bindings::sink::SinkPre::new(pre)
-                    .map_err(|e| invalid(format!("does not match the sink world: {e:#}")))?,
-            ),
+            World::Filter => {
+                Linked::Filter(contract::FilterPre::new(version, pre).map_err(|e| {
+                    invalid(format!(
+                        "does not match the filter world of sluice:plugin@{version}: {e:#}"
+                    ))
+                })?)
+            }
+            World::Sink => Linked::Sink(contract::SinkPre::new(version, pre).map_err(|e| {
+                invalid(format!(
+                    "does not match the sink world of sluice:plugin@{version}: {e:#}"
+                ))
+            })?),
         };
         let egress = match spec.world {
             World::Sink if !spec.allow_hosts.is_empty() => Some(Arc::new(
@@ -324,24 +307,29 @@ impl PluginHost {
         check_header(bytes)?;
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| format!("is not a valid component: {e:#}"))?;
-        let world = self.world_of(&component)?;
+        let (world, version) = self.world_of(&component)?;
         let imports = component
             .component_type()
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        Ok(Inspection { world, imports })
+        Ok(Inspection {
+            world,
+            version,
+            imports,
+        })
     }
 
-    /// Which world a component implements, judged by its exports and imports; errors say
-    /// what is foreign about it.
-    fn world_of(&self, component: &Component) -> Result<World, String> {
+    /// Which world a component implements, and in which version of the contract, judged by
+    /// its exports and imports; errors say what is foreign about it.
+    fn world_of(&self, component: &Component) -> Result<(World, &'static str), String> {
         let ty = component.component_type();
         let mut exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
         exports.sort();
-        let foreign: Vec<&str> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name)
+        let imports: Vec<&str> = ty.imports(&self.engine).map(|(name, _)| name).collect();
+        let foreign: Vec<&str> = imports
+            .iter()
+            .copied()
             .filter(|name| {
                 !name.starts_with("wasi:")
                     && !name.starts_with("sluice:plugin/log@")
@@ -354,14 +342,31 @@ impl PluginHost {
                 foreign.join(", ")
             ));
         }
-        match exports.as_slice() {
-            ["flush", "init", "on-frame"] => Ok(World::Filter),
-            ["deliver", "init"] => Ok(World::Sink),
-            other => Err(format!(
-                "its exports [{}] match no world of {CONTRACT} (filter exports init, on-frame, flush; sink exports init, deliver)",
-                other.join(", ")
-            )),
-        }
+        // The contract's types come in as an import: its version is the plugin's.
+        let built_for = imports
+            .iter()
+            .find_map(|name| name.strip_prefix("sluice:plugin/types@"))
+            .ok_or("it does not use the plugin contract's types (sluice:plugin/types): it is not a Sluice plugin")?;
+        let version = contract::VERSIONS
+            .into_iter()
+            .find(|v| *v == built_for)
+            .ok_or_else(|| {
+                format!(
+                    "it is built against sluice:plugin@{built_for}, and this gateway speaks {}: rebuild it with the SDK of one of those",
+                    contract::VERSIONS.join(" and ")
+                )
+            })?;
+        let world = match exports.as_slice() {
+            ["flush", "init", "on-frame"] => World::Filter,
+            ["deliver", "init"] => World::Sink,
+            other => {
+                return Err(format!(
+                    "its exports [{}] match no world of sluice:plugin@{version} (filter exports init, on-frame, flush; sink exports init, deliver)",
+                    other.join(", ")
+                ));
+            }
+        };
+        Ok((world, version))
     }
 }
 
@@ -369,6 +374,8 @@ impl PluginHost {
 #[derive(Debug)]
 pub struct Inspection {
     pub world: World,
+    /// The contract version it is built against.
+    pub version: &'static str,
     pub imports: Vec<String>,
 }
 
@@ -493,8 +500,8 @@ impl Pace {
 }
 
 enum Linked {
-    Filter(bindings::filter::FilterPre<HostState>),
-    Sink(bindings::sink::SinkPre<HostState>),
+    Filter(contract::FilterPre),
+    Sink(contract::SinkPre),
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -778,7 +785,7 @@ impl<B> Instance<B> {
 
 /// One filter plugin's instance for one session.
 pub struct FilterInstance {
-    instance: Instance<bindings::filter::Filter>,
+    instance: Instance<contract::Filter>,
     session: SessionInfo,
     /// The frames the instance asked for in `init`.
     wants: Wants,
@@ -788,11 +795,11 @@ pub struct FilterInstance {
 
 /// The frames a filter instance wants: a bit per kind of content, per direction.
 #[derive(Clone, Copy, Debug)]
-struct Wants([u8; 2]);
+struct Wants([u16; 2]);
 
 impl Wants {
     fn of(interest: &frame::Interest) -> Wants {
-        let bits = |kinds: &[ContentKind]| kinds.iter().fold(0u8, |bits, k| bits | 1 << *k as u8);
+        let bits = |kinds: &[ContentKind]| kinds.iter().fold(0u16, |bits, k| bits | 1 << *k as u16);
         Wants([
             bits(&interest.client_to_target),
             bits(&interest.target_to_client),
@@ -800,14 +807,14 @@ impl Wants {
     }
 
     fn frame(self, frame: &Frame) -> bool {
-        self.0[frame.direction as usize] & 1 << frame.content.kind() as u8 != 0
+        self.0[frame.direction as usize] & 1 << frame.content.kind() as u16 != 0
     }
 
     fn interest(self) -> frame::Interest {
-        let kinds = |bits: u8| {
+        let kinds = |bits: u16| {
             ContentKind::ALL
                 .into_iter()
-                .filter(|k| bits & 1 << *k as u8 != 0)
+                .filter(|k| bits & 1 << *k as u16 != 0)
                 .collect()
         };
         frame::Interest {
@@ -843,15 +850,14 @@ impl FilterInstance {
 
     /// The plugin's verdict on one frame, checked. On any failure the instance is dropped.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
-        let wit_frame = frame.clone().into();
         let started = std::time::Instant::now();
-        let called = self.call(|store, filter| filter.call_on_frame(store, &wit_frame));
+        let called = self.call(|store, filter| filter.on_frame(store, frame));
         sluice_core::metrics::observe(
             sluice_core::metrics::PLUGIN_CALLS,
             &self.metric_labels,
             started.elapsed(),
         );
-        let verdict: Verdict = called?.into();
+        let verdict = called?;
         if let Err(why) = frame::check_verdict(frame, &verdict) {
             self.instance.live = None;
             return Err(self.instance.plugin.error(Failure::Malformed(why)));
@@ -861,8 +867,7 @@ impl FilterInstance {
 
     /// What the plugin still buffers for `direction`.
     pub fn flush(&mut self, direction: Direction) -> Result<Option<Content>, PluginError> {
-        let content = self.call(|store, filter| filter.call_flush(store, direction.into()))?;
-        Ok(content.map(Into::into))
+        self.call(|store, filter| filter.flush(store, direction))
     }
 
     /// Bytes of linear memory the live instance uses (0 when there is none).
@@ -874,7 +879,7 @@ impl FilterInstance {
 
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&mut Store<HostState>, &bindings::filter::Filter) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &contract::Filter) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let (session, wants) = (&self.session, &mut self.wants);
         self.instance
@@ -887,25 +892,22 @@ fn make_filter(
     plugin: &LoadedPlugin,
     session: &SessionInfo,
     wants: &mut Wants,
-) -> Result<(Store<HostState>, bindings::filter::Filter), PluginError> {
+) -> Result<(Store<HostState>, contract::Filter), PluginError> {
     let Linked::Filter(pre) = &plugin.0.linked else {
         return Err(plugin.error(Failure::Instantiate("not a filter plugin".into())));
     };
-    let info = session.clone().into();
     let config = &plugin.0.spec.config_json;
     let (store, filter, interest) = plugin.instantiate(
         Some(&session.id),
         |store| pre.instantiate(store),
-        |filter, store| filter.call_init(store, config, &info),
+        |filter, store| filter.init(store, config, session),
     )?;
-    *wants = Wants::of(&interest.into());
+    *wants = Wants::of(&interest);
     Ok((store, filter))
 }
 
 /// A sink instance, initialised.
-fn make_sink(
-    plugin: &LoadedPlugin,
-) -> Result<(Store<HostState>, bindings::sink::Sink), PluginError> {
+fn make_sink(plugin: &LoadedPlugin) -> Result<(Store<HostState>, contract::Sink), PluginError> {
     let Linked::Sink(pre) = &plugin.0.linked else {
         return Err(plugin.error(Failure::Instantiate("not a sink plugin".into())));
     };
@@ -913,14 +915,14 @@ fn make_sink(
     let (store, sink, ()) = plugin.instantiate(
         None,
         |store| pre.instantiate(store),
-        |sink, store| sink.call_init(store, config),
+        |sink, store| sink.init(store, config),
     )?;
     Ok((store, sink))
 }
 
 /// One sink plugin's instance.
 pub struct SinkInstance {
-    instance: Instance<bindings::sink::Sink>,
+    instance: Instance<contract::Sink>,
 }
 
 impl SinkInstance {
@@ -940,11 +942,8 @@ impl SinkInstance {
     /// Delivers one batch. The outer error is the plugin failing; the inner one is the
     /// plugin's own answer (retry later, or never).
     pub fn deliver(&mut self, batch: &[Event]) -> Result<Result<(), SinkError>, PluginError> {
-        let batch: Vec<_> = batch.iter().cloned().map(Into::into).collect();
-        let answer = self
-            .instance
-            .call(make_sink, |store, sink| sink.call_deliver(store, &batch))?;
-        Ok(answer.map_err(Into::into))
+        self.instance
+            .call(make_sink, |store, sink| sink.deliver(store, batch))
     }
 }
 
@@ -981,8 +980,9 @@ impl WasiHttpView for HostState {
     }
 }
 
-impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+impl HostState {
+    /// A plugin's log line (any contract version), tagged with the plugin and the session.
+    fn log(&mut self, level: tracing::Level, message: String, fields: Vec<(String, String)>) {
         let mut message = message;
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
@@ -997,11 +997,11 @@ impl log::Host for HostState {
         let session = self.session.as_deref().unwrap_or("-");
         let (plugin, fields) = (&self.plugin, format!("{fields:?}"));
         match level {
-            log::Level::Trace => tracing::trace!(plugin, session, fields, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, session, fields, "{message}"),
-            log::Level::Info => tracing::info!(plugin, session, fields, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, session, fields, "{message}"),
-            log::Level::Error => tracing::error!(plugin, session, fields, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, session, fields, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, session, fields, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, session, fields, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, session, fields, "{message}"),
+            _ => tracing::error!(plugin, session, fields, "{message}"),
         }
     }
 }

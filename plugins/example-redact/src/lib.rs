@@ -9,7 +9,10 @@
 //! ```
 
 use serde::Deserialize;
-use sluice_plugin_sdk::{Config, Content, Filter, Frame, SessionInfo, Statement, Verdict};
+use sluice_plugin_sdk::{
+    Config, Content, FileChunk, Filter, Frame, SessionInfo, Statement, ToolCall, ToolResult,
+    Verdict,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +68,25 @@ impl Filter for Redact {
                     .any(Option::is_some)
                     .then(|| Content::Row(merge(cells, new)))
             }
-            Content::Columns(_) => None,
+            Content::File(chunk) => self.redact(&chunk.data).map(|data| {
+                Content::File(FileChunk {
+                    data,
+                    ..chunk.clone()
+                })
+            }),
+            Content::ToolCall(call) => self.redact_text(&call.arguments).map(|arguments| {
+                Content::ToolCall(ToolCall {
+                    arguments,
+                    ..call.clone()
+                })
+            }),
+            Content::ToolResult(result) => self.redact_text(&result.output).map(|output| {
+                Content::ToolResult(ToolResult {
+                    output,
+                    ..result.clone()
+                })
+            }),
+            Content::Columns(_) | Content::HttpRequest(_) | Content::HttpResponse(_) => None,
         };
         match redacted {
             Some(content) => Verdict::replace(content),

@@ -529,27 +529,55 @@ impl CallSums {
     }
 }
 
-/// The bytes of a content, as forwarded to a byte stream.
+/// The bytes of a content, as forwarded to a byte stream: a stream's bytes, a line's or a
+/// statement's text. Structured content (results, files, tool calls, HTTP heads) has none.
 pub fn content_bytes(content: &Content) -> Vec<u8> {
     match content {
         Content::Bytes(b) => b.clone(),
         Content::Line(l) => l.as_bytes().to_vec(),
         Content::Statement(s) => s.text.as_bytes().to_vec(),
-        Content::Columns(_) | Content::Row(_) => Vec::new(),
+        Content::Columns(_)
+        | Content::Row(_)
+        | Content::File(_)
+        | Content::ToolCall(_)
+        | Content::ToolResult(_)
+        | Content::HttpRequest(_)
+        | Content::HttpResponse(_) => Vec::new(),
     }
 }
 
 /// What the record stores as a frame's payload: the bytes of stream content, a statement's
-/// text (its parameters go in the meta), a row's cells or a result's column names as JSON.
+/// text (its parameters go in the meta), a row's cells or a result's column names as JSON,
+/// and structured content as a JSON object (bytes as text, or `{"hex": …}`).
 pub fn record_payload(content: &Content) -> Vec<u8> {
-    match content {
-        Content::Row(cells) => serde_json::to_vec(&Cells(cells)).unwrap_or_default(),
+    let json = match content {
+        Content::Row(cells) => serde_json::to_value(Cells(cells)),
         Content::Columns(columns) => {
             let names: Vec<_> = columns.iter().map(|c| c.name.as_str()).collect();
-            serde_json::to_vec(&names).unwrap_or_default()
+            serde_json::to_value(names)
         }
-        other => content_bytes(other),
-    }
+        Content::File(f) => Ok(json!({
+            "path": f.path, "offset": f.offset, "size": f.size,
+            "digest": f.digest.as_deref().map(hex::encode),
+            "data": Cells(&[Some(f.data.clone())]),
+        })),
+        Content::ToolCall(c) => Ok(json!({
+            "server": c.server, "tool": c.tool, "id": c.id, "arguments": c.arguments,
+        })),
+        Content::ToolResult(r) => Ok(json!({
+            "server": r.server, "tool": r.tool, "id": r.id, "output": r.output,
+            "is_error": r.is_error,
+        })),
+        Content::HttpRequest(h) => Ok(json!({
+            "method": h.method, "uri": h.uri, "headers": h.headers,
+        })),
+        Content::HttpResponse(h) => Ok(json!({"status": h.status, "headers": h.headers})),
+        Content::Bytes(_) | Content::Line(_) | Content::Statement(_) => {
+            return content_bytes(content);
+        }
+    };
+    // Plain data always serializes.
+    json.map(|v| v.to_string().into_bytes()).unwrap_or_default()
 }
 
 /// A frame event's meta. Typed rather than a `json!` value, which costs a map and its keys
