@@ -356,13 +356,16 @@ impl PluginHost {
                     contract::VERSIONS.join(" and ")
                 )
             })?;
-        let world = match exports.as_slice() {
-            ["flush", "init", "on-frame"] => World::Filter,
-            ["deliver", "init"] => World::Sink,
-            other => {
+        // A world's functions must all be there; other exports are never called (a Python
+        // component also exports componentize-py's own `exports` instance).
+        let has = |names: &[&str]| names.iter().all(|n| exports.contains(n));
+        let world = match (has(&["init", "on-frame", "flush"]), has(&["init", "deliver"])) {
+            (true, false) => World::Filter,
+            (false, true) => World::Sink,
+            _ => {
                 return Err(format!(
                     "its exports [{}] match no world of sluice:plugin@{version} (filter exports init, on-frame, flush; sink exports init, deliver)",
-                    other.join(", ")
+                    exports.join(", ")
                 ));
             }
         };
