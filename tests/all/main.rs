@@ -8,6 +8,7 @@ mod authors;
 mod cli;
 mod docs;
 mod front_doors;
+mod languages;
 mod lifecycle;
 mod masking;
 mod oidc;

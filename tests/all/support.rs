@@ -100,10 +100,13 @@ impl Gateway {
                 own.display().to_string()
             }
         };
+        // One cache of compiled plugins for every gateway the tests start.
+        let cache = repo().join("target/test-plugin-cache");
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\n{settings}\n\
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\nplugin_cache = \"{}\"\n{settings}\n\
              [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ PS1 = \"$ \" }}\n\n\
-             [connections.python]\nkind = \"exec\"\ninteractive = [\"python3\", \"-i\", \"-q\"]\nscript = [\"python3\", \"-\"]\n{extra}"
+             [connections.python]\nkind = \"exec\"\ninteractive = [\"python3\", \"-i\", \"-q\"]\nscript = [\"python3\", \"-\"]\n{extra}",
+            cache.display()
         );
         std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
         let mut gateway = Gateway {

@@ -307,9 +307,10 @@ enum PluginCommand {
     New {
         /// The project folder; its last component names the plugin (e.g. mask-customer-ids).
         name: PathBuf,
-        /// The plugin's language.
-        #[arg(long, default_value = "rust", value_parser = ["rust"])]
-        lang: String,
+        /// The plugin's language: rust (cargo), python (componentize-py) or js
+        /// (componentize-js).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
     },
     /// Validate a component against the plugin contract: its world, its imports, its digest.
     Check {
@@ -552,19 +553,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{pem}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCommand::New { name, lang: _ }) => {
-            let dir = crate::scaffold::new_plugin(&name)?;
+        Command::Plugin(PluginCommand::New { name, lang }) => {
+            use crate::scaffold::Lang;
+            let dir = crate::scaffold::new_plugin(&name, lang)?;
+            let wasm = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .replace('-', "_");
+            let (test, build, built) = match lang {
+                Lang::Rust => (
+                    "cargo test",
+                    "cargo build --release --target wasm32-wasip2".to_string(),
+                    format!("target/wasm32-wasip2/release/{wasm}.wasm"),
+                ),
+                Lang::Python => (
+                    "python3 -m unittest",
+                    format!("componentize-py -d wit -w filter componentize app -o {wasm}.wasm"),
+                    format!("{wasm}.wasm"),
+                ),
+                Lang::Js => (
+                    "npm install && npm test",
+                    "npm run build".to_string(),
+                    format!("{wasm}.wasm"),
+                ),
+            };
             println!("made {}", dir.display());
             println!("  cd {}", name.display());
-            println!("  cargo test                                      # native tests");
-            println!("  cargo build --release --target wasm32-wasip2    # the component");
-            println!(
-                "  sluice plugin run target/wasm32-wasip2/release/{}.wasm --config mask='CUST-[0-9]{{8}}' < frames.jsonl",
-                dir.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .replace('-', "_")
-            );
+            println!("  {test}    # native tests");
+            println!("  {build}    # the component");
+            println!("  sluice plugin run {built} --config mask='CUST-[0-9]{{8}}' < frames.jsonl");
             println!("then copy sluice-policy.toml into the gateway's policy folder (README.md)");
             Ok(ExitCode::SUCCESS)
         }

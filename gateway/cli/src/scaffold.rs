@@ -1,6 +1,7 @@
-//! `sluice plugin new NAME`: a plugin project that builds where it is made. The SDK and the
-//! contract it needs are written out with it from copies carried inside this binary, so the
-//! project matches the gateway that made it and assumes no checkout beside it.
+//! `sluice plugin new NAME [--lang rust|python|js]`: a plugin project that builds where it is
+//! made. The SDK (of its language) and the contract it needs are written out with it from
+//! copies carried inside this binary, so the project matches the gateway that made it and
+//! assumes no checkout beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -39,10 +40,8 @@ const SDK_SOURCES: [(&str, &str); 9] = [
 const SDK_MANIFEST: &str = include_str!("../../../plugin-sdk/Cargo.toml");
 const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
 
-/// The Rust template: (path in the project, text with `{{...}}` placeholders).
-const RUST_TEMPLATE: [(&str, &str); 6] = [
-    ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
-    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+/// Files every template has: sample frames and the policy snippet.
+const COMMON: [(&str, &str); 2] = [
     (
         "frames.jsonl",
         include_str!("../templates/rust/frames.jsonl"),
@@ -51,9 +50,79 @@ const RUST_TEMPLATE: [(&str, &str); 6] = [
         "sluice-policy.toml",
         include_str!("../templates/rust/sluice-policy.toml"),
     ),
+];
+
+/// The Rust template: (path in the project, text with `{{...}}` placeholders).
+const RUST_TEMPLATE: [(&str, &str); 4] = [
+    ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
     ("README.md", include_str!("../templates/rust/README.md")),
     (".gitignore", include_str!("../templates/rust/gitignore")),
 ];
+
+/// The Python template, with the Python SDK (plugin-sdk-python).
+const PYTHON_TEMPLATE: [(&str, &str); 7] = [
+    ("app.py", include_str!("../templates/python/app.py")),
+    (
+        "test_app.py",
+        include_str!("../templates/python/test_app.py"),
+    ),
+    ("README.md", include_str!("../templates/python/README.md")),
+    (".gitignore", include_str!("../templates/python/gitignore")),
+    (
+        "sluice_plugin/__init__.py",
+        include_str!("../../../plugin-sdk-python/sluice_plugin/__init__.py"),
+    ),
+    (
+        "sluice_plugin/testing.py",
+        include_str!("../../../plugin-sdk-python/sluice_plugin/testing.py"),
+    ),
+    (
+        "sluice_plugin/_component.py",
+        include_str!("../../../plugin-sdk-python/sluice_plugin/_component.py"),
+    ),
+];
+
+/// The JavaScript template, with the JavaScript SDK (plugin-sdk-js).
+const JS_TEMPLATE: [(&str, &str); 9] = [
+    ("plugin.js", include_str!("../templates/js/plugin.js")),
+    (
+        "plugin.component.js",
+        include_str!("../templates/js/plugin.component.js"),
+    ),
+    (
+        "plugin.test.js",
+        include_str!("../templates/js/plugin.test.js"),
+    ),
+    ("package.json", include_str!("../templates/js/package.json")),
+    ("README.md", include_str!("../templates/js/README.md")),
+    (".gitignore", include_str!("../templates/js/gitignore")),
+    (
+        "sluice-plugin/sluice-plugin.js",
+        include_str!("../../../plugin-sdk-js/sluice-plugin.js"),
+    ),
+    (
+        "sluice-plugin/component.js",
+        include_str!("../../../plugin-sdk-js/component.js"),
+    ),
+    (
+        "sluice-plugin/build.mjs",
+        include_str!("../../../plugin-sdk-js/build.mjs"),
+    ),
+];
+
+/// The component tools the Python and JavaScript templates build with (the versions the
+/// tests build with).
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+pub const COMPONENTIZE_JS: &str = "0.23.0";
+
+/// A plugin's language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+}
 
 /// The contract's version, from its `package` line.
 pub fn contract_version() -> &'static str {
@@ -65,7 +134,7 @@ pub fn contract_version() -> &'static str {
 
 /// Makes the project `dir` (whose last component names the plugin). Refuses a folder that
 /// exists and is not empty: nothing is overwritten.
-pub fn new_plugin(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn new_plugin(dir: &Path, lang: Lang) -> anyhow::Result<PathBuf> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -80,20 +149,32 @@ pub fn new_plugin(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let krate = name.replace('-', "_");
-    let wasm = dir.join(format!("target/wasm32-wasip2/release/{krate}.wasm"));
+    let wasm = match lang {
+        Lang::Rust => dir.join(format!("target/wasm32-wasip2/release/{krate}.wasm")),
+        Lang::Python | Lang::Js => dir.join(format!("{krate}.wasm")),
+    };
     let fill = |text: &str| {
         text.replace("{{name}}", name)
             .replace("{{crate}}", &krate)
             .replace("{{contract}}", contract_version())
             .replace("{{wasm}}", &wasm.display().to_string())
+            .replace("{{componentize_py}}", COMPONENTIZE_PY)
+            .replace("{{componentize_js}}", COMPONENTIZE_JS)
     };
-    for (path, text) in RUST_TEMPLATE {
+    let template: &[(&str, &str)] = match lang {
+        Lang::Rust => &RUST_TEMPLATE,
+        Lang::Python => &PYTHON_TEMPLATE,
+        Lang::Js => &JS_TEMPLATE,
+    };
+    for (path, text) in COMMON.iter().chain(template) {
         write(&dir.join(path), &fill(text))?;
     }
     write(&dir.join("wit/plugin.wit"), WIT)?;
-    write(&dir.join("sluice-plugin-sdk/Cargo.toml"), &sdk_manifest()?)?;
-    for (file, text) in SDK_SOURCES {
-        write(&dir.join("sluice-plugin-sdk/src").join(file), text)?;
+    if lang == Lang::Rust {
+        write(&dir.join("sluice-plugin-sdk/Cargo.toml"), &sdk_manifest()?)?;
+        for (file, text) in SDK_SOURCES {
+            write(&dir.join("sluice-plugin-sdk/src").join(file), text)?;
+        }
     }
     Ok(dir)
 }

@@ -85,6 +85,11 @@ pub struct Gateway {
     /// unchanged for one more look (a build still writing its output is not loaded).
     #[serde(default)]
     pub watch_ms: Option<u64>,
+    /// Where compiled plugins are kept between starts (default: `DATA_DIR/plugin-cache`).
+    /// Entries are MAC-checked with a key kept beside them; several gateways on one machine
+    /// may share one (the tests do).
+    #[serde(default)]
+    pub plugin_cache: Option<PathBuf>,
     /// How long a stop (SIGTERM, SIGINT) waits for live sessions to end and record it.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
@@ -129,6 +134,7 @@ impl Default for Gateway {
             purge_interval_seconds: default_purge_interval_seconds(),
             record_key: None,
             watch_ms: None,
+            plugin_cache: None,
             stop_grace_ms: default_stop_grace_ms(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),

@@ -359,7 +359,10 @@ impl PluginHost {
         // A world's functions must all be there; other exports are never called (a Python
         // component also exports componentize-py's own `exports` instance).
         let has = |names: &[&str]| names.iter().all(|n| exports.contains(n));
-        let world = match (has(&["init", "on-frame", "flush"]), has(&["init", "deliver"])) {
+        let world = match (
+            has(&["init", "on-frame", "flush"]),
+            has(&["init", "deliver"]),
+        ) {
             (true, false) => World::Filter,
             (false, true) => World::Sink,
             _ => {

@@ -177,7 +177,13 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data folder {}", data.display()))?;
     let host = Arc::new(PluginHost::new(HostConfig {
-        cache_dir: Some(data.join("plugin-cache")),
+        cache_dir: Some(
+            config
+                .gateway
+                .plugin_cache
+                .clone()
+                .unwrap_or_else(|| data.join("plugin-cache")),
+        ),
         resolver: Arc::new(sluice_plugin_host::egress::Resolver {
             hosts: config.egress.hosts.clone(),
         }),
