@@ -2,7 +2,7 @@
 //! blocks are written into a fresh crate beside this checkout, and its ```` ```sh run ````
 //! blocks are run in order, with the `sluice` under test on `PATH`.
 
-use crate::support::{author_shell, repo, run_command, share_builds};
+use crate::support::{repo, run_command, share_builds};
 
 struct Block {
     info: String,
@@ -31,13 +31,15 @@ fn blocks(markdown: &str) -> Vec<Block> {
     blocks
 }
 
-#[test]
-fn the_plugin_authors_walkthrough_works_as_written() {
-    let guide = std::fs::read_to_string(repo().join("docs/plugins.md")).unwrap();
+/// Walks a guide: its file blocks written into the project its first command makes, its
+/// run blocks run in order; returns what they printed. `made` readies the project once it
+/// exists (what the guide's non-run steps, like `npm install`, would do).
+fn walk(guide: &str, made: impl Fn(&std::path::Path)) -> (String, Vec<String>) {
+    let guide = std::fs::read_to_string(repo().join("docs").join(guide)).unwrap();
     let root = tempfile::tempdir().unwrap();
-    let krate = root.path().join("mask-customer-ids");
+    let project = root.path().join("mask-customer-ids");
     let mut outputs = String::new();
-    let mut written = std::collections::BTreeSet::new();
+    let mut written = Vec::new();
     for block in blocks(&guide) {
         if let Some(file) = block
             .info
@@ -45,40 +47,77 @@ fn the_plugin_authors_walkthrough_works_as_written() {
             .find_map(|w| w.strip_prefix("file="))
         {
             // The guide's first block for a file replaces the template's; later ones add.
-            let path = krate.join(file);
+            let path = project.join(file);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            let mut text = match written.insert(file.to_string()) {
-                true => String::new(),
-                false => std::fs::read_to_string(&path).unwrap(),
+            let mut text = match written.contains(&file.to_string()) {
+                false => String::new(),
+                true => std::fs::read_to_string(&path).unwrap(),
             };
             text.push_str(&block.body);
             std::fs::write(&path, text).unwrap();
+            if !written.contains(&file.to_string()) {
+                written.push(file.to_string());
+            }
         } else if block.info == "sh run" {
             // Commands run in the project once `sluice plugin new` has made it.
-            let dir = if krate.exists() {
-                &krate
-            } else {
-                &root.path().to_path_buf()
-            };
-            let mut cmd = author_shell(dir, &block.body);
+            let existed = project.exists();
+            let dir = if existed { project.clone() } else { root.path().to_path_buf() };
+            let mut cmd = crate::languages::in_project(&dir, &block.body);
             let (code, out, err) = run_command(&mut cmd, "");
             assert_eq!(code, 0, "`{}` failed:\n{out}\n{err}", block.body.trim());
             outputs.push_str(&out);
-            if krate.exists() && !krate.join("target").exists() {
-                share_builds(&krate);
+            outputs.push_str(&err);
+            if !existed && project.exists() {
+                made(&project);
             }
         }
     }
-    assert_eq!(
-        written.len(),
-        2,
-        "src/lib.rs (in two parts) and a policy: {written:?}"
-    );
+    (outputs, written)
+}
+
+#[test]
+fn the_plugin_authors_walkthrough_works_as_written() {
+    let (outputs, written) = walk("plugins.md", |project| share_builds(project));
+    assert_eq!(written, ["src/lib.rs", "policies/team-masks.toml"]);
     for expected in [
         "test tests::masks_customer_ids_in_output ... ok",
         "test tests::refuses_the_guarded_table_however_it_is_asked_for ... ok",
         r#""bytes":"owner [customer]""#,
         r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
+        "chain shell: customer-ids",
+    ] {
+        assert!(outputs.contains(expected), "{expected}: {outputs}");
+    }
+}
+
+#[test]
+fn the_python_walkthrough_works_as_written() {
+    let (outputs, written) = walk("plugins-python.md", |_| {});
+    assert_eq!(written, ["app.py", "test_app.py", "policies/team-masks.toml"]);
+    for expected in [
+        "test_masks_customer_ids_in_output (test_app.MaskCustomerIdsTest.test_masks_customer_ids_in_output) ... ok",
+        "a `filter` plugin of sluice:plugin@0.3.0",
+        r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
+        r#""content":{"bytes":"owner [customer]"}"#,
+        "chain shell: customer-ids",
+    ] {
+        assert!(outputs.contains(expected), "{expected}: {outputs}");
+    }
+}
+
+#[test]
+fn the_javascript_walkthrough_works_as_written() {
+    let (outputs, written) = walk("plugins-js.md", |project| {
+        // What `npm install` fetches, from the tests' own lock.
+        let modules = crate::languages::componentize_js_modules();
+        std::os::unix::fs::symlink(modules, project.join("node_modules")).unwrap();
+    });
+    assert_eq!(written, ["plugin.js", "plugin.test.js", "policies/team-masks.toml"]);
+    for expected in [
+        "# pass 2",
+        "a `filter` plugin of sluice:plugin@0.3.0",
+        r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
+        r#""content":{"bytes":"owner [customer]"}"#,
         "chain shell: customer-ids",
     ] {
         assert!(outputs.contains(expected), "{expected}: {outputs}");
