@@ -1,5 +1,7 @@
 //! Plugin host figures (issue 2): a 200-byte frame through 0, 1 and 3 pass-through plugins,
 //! a new per-session instance, and loading a plugin compiled vs from the precompiled cache.
+//! Issue 18: the same filter in Rust, Python and JavaScript (`benches/languages.sh` builds
+//! them from `sluice plugin new` and names them in SLUICE_BENCH_PLUGINS).
 //!
 //! cargo bench -p sluice --bench plugin_host
 
@@ -207,9 +209,90 @@ fn pg_transaction(c: &mut Criterion) {
     group.finish();
 }
 
+/// The template filter (`sluice plugin new`) in each language: a call on output that it
+/// masks, on a command it judges, on a result row; a new session's instance; what an
+/// instance holds. SLUICE_BENCH_PLUGINS is `LANG=PATH,...`.
+fn languages(c: &mut Criterion) {
+    let Ok(plugins) = std::env::var("SLUICE_BENCH_PLUGINS") else {
+        return;
+    };
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    let config = r#"{"forbidden": ["shutdown"], "mask": "CUST-[0-9]{8}"}"#;
+    let output = Frame {
+        seq: 1,
+        direction: Direction::TargetToClient,
+        timestamp_ms: 0,
+        content: Content::Bytes(
+            format!("{} owner CUST-00123456\n", "x".repeat(170)).into_bytes(),
+        ),
+    };
+    let command = Frame {
+        seq: 1,
+        direction: Direction::ClientToTarget,
+        timestamp_ms: 0,
+        content: Content::Statement(sluice_core::frame::Statement {
+            text: "SELECT id, name FROM customers WHERE id = 7".into(),
+            params: vec![],
+        }),
+    };
+    let row = Frame {
+        seq: 2,
+        direction: Direction::TargetToClient,
+        timestamp_ms: 0,
+        content: Content::Row(vec![Some(b"CUST-00123456".to_vec()), Some(b"Ada".to_vec()), None]),
+    };
+    let mut group = c.benchmark_group("languages");
+    for entry in plugins.split(',') {
+        let (lang, path) = entry.split_once('=').unwrap();
+        let spec = PluginSpec::standalone(
+            lang,
+            Source::File(path.into()),
+            World::Filter,
+            config.into(),
+        );
+        let started = std::time::Instant::now();
+        let plugin = host.load(&spec).unwrap();
+        let compiled = started.elapsed();
+        let mut instance = plugin.filter_instance(&session()).unwrap();
+        assert!(matches!(
+            instance.on_frame(&output).unwrap().action,
+            sluice_core::frame::Action::Replace(_)
+        ));
+        eprintln!(
+            "{lang}: component {} bytes, compiled in {:.1} s, instance memory {} bytes",
+            std::fs::metadata(path).unwrap().len(),
+            compiled.as_secs_f64(),
+            instance.memory_bytes()
+        );
+        group.bench_function(format!("{lang}/call_output_masked"), |b| {
+            b.iter(|| black_box(instance.on_frame(&output).unwrap()))
+        });
+        group.bench_function(format!("{lang}/call_command"), |b| {
+            b.iter(|| black_box(instance.on_frame(&command).unwrap()))
+        });
+        group.bench_function(format!("{lang}/call_row"), |b| {
+            b.iter(|| black_box(instance.on_frame(&row).unwrap()))
+        });
+        group.bench_function(format!("{lang}/new_instance"), |b| {
+            b.iter_batched(|| (), |()| plugin.filter_instance(&session()).unwrap(), FEW)
+        });
+        // How many sessions the default pool holds at once with this plugin in their chain.
+        let mut live = Vec::new();
+        let held = loop {
+            match plugin.filter_instance(&session()) {
+                Ok(i) if live.len() < 1000 => live.push(i),
+                Ok(_) => break format!("{} (the limit of the test)", live.len()),
+                Err(e) => break format!("{} ({})", live.len(), e.failure),
+            }
+        };
+        eprintln!("{lang}: concurrent instances in the default pool: {held}");
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = frame_through_chain, pg_transaction, new_session_instance, load_plugin
+    targets = frame_through_chain, pg_transaction, new_session_instance, load_plugin, languages
 }
 criterion_main!(benches);
