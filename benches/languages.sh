@@ -16,6 +16,7 @@ export PATH="$repo/target/release:$repo/target/tools/python/bin:$PATH"
 command -v componentize-py >/dev/null || { echo "componentize-py missing: run the tests once (cargo test --test all -- languages)"; exit 1; }
 [ -d tests/plugin-js/node_modules ] || npm ci --no-audit --no-fund --prefix tests/plugin-js
 work=$(mktemp -d)
+gateway=
 trap 'kill "$gateway" 2>/dev/null || true; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc; }
@@ -70,6 +71,15 @@ for lang in rust python js; do
   t1=$(now)
   echo "$lang: rebuild to enabled in the running gateway (build + sluice reload): $(secs "$t0" "$t1") s"
   rm gw/policies/zz-$lang.toml
+done
+
+# Memory an instance keeps per call: 300,000 masked frames through each (plugin run).
+python3 -c "import json
+for i in range(300000): print(json.dumps({'direction': 'target-to-client', 'bytes': 'x' * 170 + ' owner CUST-00123456'}))" > frames.jsonl
+for pair in "rust=$rust_wasm" "python=$work/bench-python/bench_python.wasm" "js=$work/bench-js/bench_js.wasm"; do
+  lang=${pair%%=*}; wasm=${pair#*=}
+  "$sluice" plugin run "$wasm" --config mask='CUST-[0-9]{8}' < frames.jsonl 2>/dev/null \
+    | awk -F'"memory_bytes":' -v lang="$lang" 'NR==1{first=$2+0} /fails closed/{print lang ": memory limit (64 MiB) reached at frame " NR ", failed closed"; failed=1; exit} failed{exit} {last=$2+0} END{if (NR>0) print lang ": instance memory " first " -> " last " bytes over " NR " frames"}' || true
 done
 
 cd "$repo"

@@ -75,53 +75,57 @@ fn walk(guide: &str, made: impl Fn(&std::path::Path)) -> (String, Vec<String>) {
     (outputs, written)
 }
 
+/// Walks `guide` and checks the files it wrote and what its commands printed.
+fn walks(guide: &str, made: impl Fn(&std::path::Path), files: &[&str], printed: &[&str]) {
+    let (outputs, written) = walk(guide, made);
+    assert_eq!(written, files, "{guide}");
+    for expected in printed {
+        assert!(outputs.contains(expected), "{guide}: {expected}: {outputs}");
+    }
+}
+
+/// What every guide's `plugin run --as terminal` and `sluice policy` print.
+const DENIED_AND_CHAINED: [&str; 2] = [
+    r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
+    "chain shell: customer-ids",
+];
+
 #[test]
 fn the_plugin_authors_walkthrough_works_as_written() {
-    let (outputs, written) = walk("plugins.md", |project| share_builds(project));
-    assert_eq!(written, ["src/lib.rs", "policies/team-masks.toml"]);
-    for expected in [
+    let printed = [
         "test tests::masks_customer_ids_in_output ... ok",
         "test tests::refuses_the_guarded_table_however_it_is_asked_for ... ok",
         r#""bytes":"owner [customer]""#,
-        r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
-        "chain shell: customer-ids",
-    ] {
-        assert!(outputs.contains(expected), "{expected}: {outputs}");
-    }
+    ];
+    let files = ["src/lib.rs", "policies/team-masks.toml"];
+    walks("plugins.md", share_builds, &files, &[&printed[..], &DENIED_AND_CHAINED].concat());
 }
 
 #[test]
 fn the_python_walkthrough_works_as_written() {
-    let (outputs, written) = walk("plugins-python.md", |_| {});
-    assert_eq!(written, ["app.py", "test_app.py", "policies/team-masks.toml"]);
-    for expected in [
+    let printed = [
         "test_masks_customer_ids_in_output (test_app.MaskCustomerIdsTest.test_masks_customer_ids_in_output) ... ok",
         "a `filter` plugin of sluice:plugin@0.3.0",
-        r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
         r#""content":{"bytes":"owner [customer]"}"#,
-        "chain shell: customer-ids",
-    ] {
-        assert!(outputs.contains(expected), "{expected}: {outputs}");
-    }
+    ];
+    let files = ["app.py", "test_app.py", "policies/team-masks.toml"];
+    walks("plugins-python.md", |_| {}, &files, &[&printed[..], &DENIED_AND_CHAINED].concat());
 }
 
 #[test]
 fn the_javascript_walkthrough_works_as_written() {
-    let (outputs, written) = walk("plugins-js.md", |project| {
-        // What `npm install` fetches, from the tests' own lock.
+    // What `npm install` fetches, from the tests' own lock.
+    let installed = |project: &std::path::Path| {
         let modules = crate::languages::componentize_js_modules();
         std::os::unix::fs::symlink(modules, project.join("node_modules")).unwrap();
-    });
-    assert_eq!(written, ["plugin.js", "plugin.test.js", "policies/team-masks.toml"]);
-    for expected in [
+    };
+    let printed = [
         "# pass 2",
         "a `filter` plugin of sluice:plugin@0.3.0",
-        r#""line":"cat payroll.csv"},"verdict":"deny","reason":"payroll is guarded""#,
         r#""content":{"bytes":"owner [customer]"}"#,
-        "chain shell: customer-ids",
-    ] {
-        assert!(outputs.contains(expected), "{expected}: {outputs}");
-    }
+    ];
+    let files = ["plugin.js", "plugin.test.js", "policies/team-masks.toml"];
+    walks("plugins-js.md", installed, &files, &[&printed[..], &DENIED_AND_CHAINED].concat());
 }
 
 /// The guide's table of what each session sends is the SDK's `SessionKind`, row by row.

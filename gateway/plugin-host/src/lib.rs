@@ -163,11 +163,14 @@ impl PluginHost {
     pub fn new(config: HostConfig) -> anyhow::Result<PluginHost> {
         let mut pool = PoolingAllocationConfig::default();
         let n = config.max_instances;
-        // A Rust guest component holds a few core instances and tables (its module plus the
-        // shims that wire up its imports) and one memory.
+        // A component instance holds several core instances and tables (its modules plus
+        // the shims that wire up its imports): a Rust guest a few, a Python one (CPython and
+        // its libraries, componentize-py) 14, a JavaScript one (componentize-js) fewer; one
+        // memory each. Sized so every session can hold a Python plugin (benches/RESULTS.md,
+        // issue 18: at 8 per component, 570 Python instances filled the pool of 1000).
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_tables(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(16))
+            .total_tables(n.saturating_mul(16))
             .total_memories(n.saturating_mul(2))
             .max_memory_size(crate::spec::MAX_MEMORY_BYTES as usize)
             // A slot's pages go back to the OS as soon as its instance is dropped: batched
