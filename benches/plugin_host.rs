@@ -222,9 +222,7 @@ fn languages(c: &mut Criterion) {
         seq: 1,
         direction: Direction::TargetToClient,
         timestamp_ms: 0,
-        content: Content::Bytes(
-            format!("{} owner CUST-00123456\n", "x".repeat(170)).into_bytes(),
-        ),
+        content: Content::Bytes(format!("{} owner CUST-00123456\n", "x".repeat(170)).into_bytes()),
     };
     let command = Frame {
         seq: 1,
@@ -239,7 +237,11 @@ fn languages(c: &mut Criterion) {
         seq: 2,
         direction: Direction::TargetToClient,
         timestamp_ms: 0,
-        content: Content::Row(vec![Some(b"CUST-00123456".to_vec()), Some(b"Ada".to_vec()), None]),
+        content: Content::Row(vec![
+            Some(b"CUST-00123456".to_vec()),
+            Some(b"Ada".to_vec()),
+            None,
+        ]),
     };
     let mut group = c.benchmark_group("languages");
     for entry in plugins.split(',') {

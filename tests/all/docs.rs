@@ -61,7 +61,11 @@ fn walk(guide: &str, made: impl Fn(&std::path::Path)) -> (String, Vec<String>) {
         } else if block.info == "sh run" {
             // Commands run in the project once `sluice plugin new` has made it.
             let existed = project.exists();
-            let dir = if existed { project.clone() } else { root.path().to_path_buf() };
+            let dir = if existed {
+                project.clone()
+            } else {
+                root.path().to_path_buf()
+            };
             let mut cmd = crate::languages::in_project(&dir, &block.body);
             let (code, out, err) = run_command(&mut cmd, "");
             assert_eq!(code, 0, "`{}` failed:\n{out}\n{err}", block.body.trim());
@@ -98,7 +102,12 @@ fn the_plugin_authors_walkthrough_works_as_written() {
         r#""bytes":"owner [customer]""#,
     ];
     let files = ["src/lib.rs", "policies/team-masks.toml"];
-    walks("plugins.md", share_builds, &files, &[&printed[..], &DENIED_AND_CHAINED].concat());
+    walks(
+        "plugins.md",
+        share_builds,
+        &files,
+        &[&printed[..], &DENIED_AND_CHAINED].concat(),
+    );
 }
 
 #[test]
@@ -109,7 +118,12 @@ fn the_python_walkthrough_works_as_written() {
         r#""content":{"bytes":"owner [customer]"}"#,
     ];
     let files = ["app.py", "test_app.py", "policies/team-masks.toml"];
-    walks("plugins-python.md", |_| {}, &files, &[&printed[..], &DENIED_AND_CHAINED].concat());
+    walks(
+        "plugins-python.md",
+        |_| {},
+        &files,
+        &[&printed[..], &DENIED_AND_CHAINED].concat(),
+    );
 }
 
 #[test]
@@ -125,7 +139,12 @@ fn the_javascript_walkthrough_works_as_written() {
         r#""content":{"bytes":"owner [customer]"}"#,
     ];
     let files = ["plugin.js", "plugin.test.js", "policies/team-masks.toml"];
-    walks("plugins-js.md", installed, &files, &[&printed[..], &DENIED_AND_CHAINED].concat());
+    walks(
+        "plugins-js.md",
+        installed,
+        &files,
+        &[&printed[..], &DENIED_AND_CHAINED].concat(),
+    );
 }
 
 /// The guide's table of what each session sends is the SDK's `SessionKind`, row by row.

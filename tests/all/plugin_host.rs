@@ -412,7 +412,7 @@ fn plugins_built_against_the_previous_contract_keep_loading_and_never_see_new_ki
         &host,
         &spec("old", file(redact), r#"{"literal": "hunter2"}"#),
     );
-    let mut chain = Chain::new(&[plugin.clone()], &session("s1")).unwrap();
+    let mut chain = Chain::new(std::slice::from_ref(&plugin), &session("s1")).unwrap();
     let decision = chain.on_frame(line(1, "echo hunter2"));
     assert_eq!(decision.forward, Content::Line("echo [REDACTED]".into()));
     let row = Frame::new(
