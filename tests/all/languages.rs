@@ -217,3 +217,53 @@ fn a_python_plugin_that_raises_fails_closed_and_is_named() {
     // The next frame gets a fresh instance.
     assert_eq!(reports[1]["verdict"], "pass", "{out}");
 }
+
+#[test]
+fn the_example_plugins_pass_their_native_tests_and_build() {
+    let python = repo().join("plugins/examples/python");
+    let sdk = repo().join("plugin-sdk-python");
+    let script = format!(
+        "PYTHONPATH={} python3 -m unittest -v 2>&1 && \
+         componentize-py -d ../../../wit -w filter componentize -p . -p {} deny_words -o \"$OUT/deny_words.wasm\"",
+        sdk.display(),
+        sdk.display()
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_command(in_project(&python, &script).env("OUT", out_dir.path()), "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Ran 3 tests") && out.contains("OK"), "{out}");
+
+    let js = repo().join("plugins/examples/js");
+    // What `npm install` there would fetch (ignored by git), from the tests' own lock.
+    if !js.join("node_modules").exists() {
+        let _ = std::os::unix::fs::symlink(componentize_js_modules(), js.join("node_modules"));
+    }
+    let script = "node --test 2>&1 && SLUICE_WIT=../../../wit node --preserve-symlinks --preserve-symlinks-main sluice-plugin/build.mjs deny-words.component.js \"$OUT/deny_words_js.wasm\"";
+    let (code, out, err) = run_command(in_project(&js, script).env("OUT", out_dir.path()), "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("# pass 3") && out.contains("# fail 0"),
+        "{out}"
+    );
+
+    // Both gates refuse through the real host, as built.
+    for wasm in ["deny_words.wasm", "deny_words_js.wasm"] {
+        let path = out_dir.path().join(wasm);
+        let (code, out, err) = run_command(
+            sluice().args(["plugin", "run"]).arg(&path).args([
+                "--config",
+                "words=[\"shutdown\"]",
+                "--as",
+                "exec-script",
+                "--input",
+                "shutdown now",
+            ]),
+            "",
+        );
+        assert_eq!(code, 0, "{wasm}: {err}");
+        assert!(
+            out.contains(r#""verdict":"deny","reason":"`shutdown` is not allowed here""#),
+            "{wasm}: {out}"
+        );
+    }
+}
