@@ -167,6 +167,64 @@ fn plugin_run_as_a_session_kind_sends_what_the_gateway_sends() {
 }
 
 #[test]
+fn plugin_run_explain_says_what_the_shipped_plugins_matched_where_never_the_values() {
+    let run = |args: &[&str]| {
+        let (code, out, err) = run_command(sluice().args(args), "");
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let masked = run(&[
+        "plugin",
+        "run",
+        "builtin:mask",
+        "--explain",
+        "--as",
+        "tcp",
+        "--input",
+        "card 4242 4242 4242 4242 and bob@example.com",
+    ]);
+    assert_eq!(
+        masked[0]["explain"],
+        serde_json::json!([
+            "card at bytes 5..24, masked as label",
+            "email at bytes 29..44, masked as label"
+        ])
+    );
+    let gated = run(&[
+        "plugin",
+        "run",
+        "builtin:approve",
+        "--config",
+        "rules=[\"sql\"]",
+        "--explain",
+        "--as",
+        "pg",
+        "--input",
+        "SELECT 1; DROP TABLE users",
+    ]);
+    assert_eq!(
+        gated[0]["explain"],
+        serde_json::json!([
+            "statement 1: no rule matched",
+            "statement 2: rule drop -> hold: DROP statement"
+        ])
+    );
+    // Without --explain, nothing is logged into the report.
+    let quiet = run(&[
+        "plugin",
+        "run",
+        "builtin:mask",
+        "--as",
+        "tcp",
+        "--input",
+        "bob@example.com",
+    ]);
+    assert!(quiet[0].get("explain").is_none(), "{:?}", quiet[0]);
+}
+
+#[test]
 fn sluice_policy_warns_about_a_gate_that_never_sees_its_connections_commands() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

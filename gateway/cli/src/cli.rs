@@ -341,6 +341,11 @@ enum PluginCommand {
         /// What the target answers (with --as).
         #[arg(long, requires = "session")]
         output: Option<String>,
+        /// Show what the plugin logged for each frame; the shipped `mask` and `approve` are
+        /// told to explain (which detector masked which bytes with which style; which rule
+        /// matched which statement or command), never showing the values.
+        #[arg(long)]
+        explain: bool,
     },
 }
 
@@ -620,7 +625,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session,
             input,
             output,
+            explain,
         }) => {
+            let mut config = config;
+            if explain && matches!(plugin.as_str(), "builtin:mask" | "builtin:approve") {
+                config.push("explain=true".into());
+            }
             let config = plugin_config(&config)?;
             let mut spec = PluginSpec::standalone(
                 "local",
@@ -646,11 +656,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     let frames =
                         crate::runner::session_frames(kind, input.as_deref(), output.as_deref());
-                    crate::runner::run(&loaded, kind.protocol(), frames, stdout.lock())?;
+                    crate::runner::run(&loaded, kind.protocol(), frames, explain, stdout.lock())?;
                 }
                 None => {
                     let frames = crate::runner::json_frames(BufReader::new(std::io::stdin()));
-                    crate::runner::run(&loaded, "exec", frames, stdout.lock())?;
+                    crate::runner::run(&loaded, "exec", frames, explain, stdout.lock())?;
                 }
             }
             stdout.lock().flush()?;

@@ -123,6 +123,9 @@ pub struct Report {
     pub record_as: Option<JsonContent>,
     pub time_us: f64,
     pub memory_bytes: usize,
+    /// What the plugin logged during the call (with `--explain`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explain: Vec<String>,
 }
 
 /// What `plugin check` found.
@@ -239,6 +242,7 @@ pub fn run(
     plugin: &LoadedPlugin,
     protocol: &str,
     frames: impl IntoIterator<Item = anyhow::Result<(Direction, Content)>>,
+    explain: bool,
     mut output: impl Write,
 ) -> anyhow::Result<()> {
     let session = SessionInfo {
@@ -248,6 +252,9 @@ pub fn run(
         ..SessionInfo::default()
     };
     let mut instance = plugin.filter_instance(&session)?;
+    if explain {
+        instance.capture_logs();
+    }
     let mut seq = [0u64; 2];
     for next in frames {
         let (direction, content) = next?;
@@ -288,6 +295,10 @@ pub fn run(
                     instance.memory_bytes(),
                 )
             },
+        };
+        let report = Report {
+            explain: instance.take_logs(),
+            ..report
         };
         serde_json::to_writer(&mut output, &report)?;
         writeln!(output)?;
@@ -347,6 +358,7 @@ fn report(
         record_as: verdict.record_as.map(Into::into),
         time_us,
         memory_bytes,
+        explain: Vec::new(),
     }
 }
 

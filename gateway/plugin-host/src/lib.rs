@@ -56,6 +56,8 @@ const INIT_DEADLINE_FACTOR: u32 = 20;
 /// thread waiting for a core does not fail a healthy plugin; wall time is still capped at
 /// this multiple of the deadline.
 const WALL_DEADLINE_FACTOR: u32 = 20;
+/// Log lines kept per call when they are captured.
+const MAX_CAPTURED: usize = 1000;
 /// Plugin log messages are cut to this length.
 const MAX_LOG_MESSAGE: usize = 4096;
 
@@ -554,6 +556,7 @@ impl LoadedPlugin {
             instance: Instance::new(self.clone()),
             session: session.clone(),
             wants: Wants([0; 2]),
+            capture: false,
             metric_labels: sluice_core::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
         let (session, wants) = (&instance.session, &mut instance.wants);
@@ -607,6 +610,7 @@ impl LoadedPlugin {
                 computed: false,
             },
             panic: None,
+            captured: None,
         };
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -800,6 +804,8 @@ pub struct FilterInstance {
     wants: Wants,
     /// Its labels in `/metrics`, made once.
     metric_labels: String,
+    /// Keep the plugin's log lines for `take_logs`.
+    capture: bool,
 }
 
 /// The frames a filter instance wants: a bit per kind of content, per direction.
@@ -860,7 +866,13 @@ impl FilterInstance {
     /// The plugin's verdict on one frame, checked. On any failure the instance is dropped.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
         let started = std::time::Instant::now();
-        let called = self.call(|store, filter| filter.on_frame(store, frame));
+        let capture = self.capture;
+        let called = self.call(|store, filter| {
+            if capture {
+                store.data_mut().captured.get_or_insert_with(Vec::new);
+            }
+            filter.on_frame(store, frame)
+        });
         sluice_core::metrics::observe(
             sluice_core::metrics::PLUGIN_CALLS,
             &self.metric_labels,
@@ -877,6 +889,22 @@ impl FilterInstance {
     /// What the plugin still buffers for `direction`.
     pub fn flush(&mut self, direction: Direction) -> Result<Option<Content>, PluginError> {
         self.call(|store, filter| filter.flush(store, direction))
+    }
+
+    /// Keep the plugin's log lines from now on, for [`FilterInstance::take_logs`] (a tool's
+    /// option: the gateway's log has them anyway).
+    pub fn capture_logs(&mut self) {
+        self.capture = true;
+    }
+
+    /// The plugin's log lines since the last take (captured ones only).
+    pub fn take_logs(&mut self) -> Vec<String> {
+        self.instance
+            .live
+            .as_mut()
+            .and_then(|(store, _)| store.data_mut().captured.as_mut())
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Bytes of linear memory the live instance uses (0 when there is none).
@@ -968,6 +996,9 @@ struct HostState {
     clock: CallClock,
     /// What the guest said as it panicked (the SDK's panic hook logs it, field `panic`).
     panic: Option<String>,
+    /// The plugin's log lines since they were last taken, when someone asked for them
+    /// (`sluice plugin run --explain`); `None` in the gateway.
+    captured: Option<Vec<String>>,
 }
 
 impl WasiView for HostState {
@@ -1002,6 +1033,11 @@ impl HostState {
         }
         if fields.iter().any(|(k, _)| k == "panic") {
             self.panic = Some(message.clone());
+        }
+        if let Some(captured) = &mut self.captured
+            && captured.len() < MAX_CAPTURED
+        {
+            captured.push(message.clone());
         }
         let session = self.session.as_deref().unwrap_or("-");
         let (plugin, fields) = (&self.plugin, format!("{fields:?}"));

@@ -40,6 +40,10 @@ pub struct Settings {
     pub actions: BTreeMap<String, String>,
     #[serde(default)]
     pub custom: Vec<CustomRule>,
+    /// Log which rule matched which statement or command, and what it does (never the
+    /// text), for `sluice plugin run --explain`.
+    #[serde(default)]
+    pub explain: bool,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +83,7 @@ enum Language {
 }
 
 struct Custom {
+    name: String,
     regex: Regex,
     action: Action,
     reason: String,
@@ -93,6 +98,7 @@ pub struct Gate {
     /// The verbs of the built-in SQL rules whose action is not `off`.
     verbs_on: sql::Verbs,
     custom: Vec<Custom>,
+    explain: bool,
 }
 
 impl Gate {
@@ -166,6 +172,7 @@ impl Gate {
                 .build(&c.pattern)
                 .map_err(|e| format!("{at}: invalid pattern: {e}"))?;
             custom.push(Custom {
+                name: c.name.clone(),
                 action: action(c.action.as_deref().unwrap_or("hold"), &at)?,
                 reason: c
                     .reason
@@ -193,6 +200,7 @@ impl Gate {
             verbs_on,
             actions,
             custom,
+            explain: settings.explain,
         })
     }
 
@@ -202,11 +210,26 @@ impl Gate {
         if self.sql && (self.has_custom(Language::Sql) || self.verbs_on.mentioned_in(text)) {
             match sql::statements(text) {
                 Ok(statements) => {
-                    for s in &statements {
+                    for (i, s) in statements.iter().enumerate() {
+                        let before = found.len();
                         for hit in s.hits() {
+                            self.explain(
+                                &format!("statement {}", i + 1),
+                                hit.rule,
+                                self.action_of(hit.rule),
+                                &hit.reason,
+                            );
                             found.push((self.action_of(hit.rule), hit.reason));
                         }
                         self.custom_hits(Language::Sql, &s.normalized, &mut found);
+                        if found.len() == before {
+                            self.explain(
+                                &format!("statement {}", i + 1),
+                                "-",
+                                Action::Off,
+                                "no rule matched",
+                            );
+                        }
                     }
                 }
                 // Unreadable SQL (an unterminated literal) cannot be judged: a person must.
@@ -214,11 +237,26 @@ impl Gate {
             }
         }
         if self.shell {
-            for command in shell::commands(text) {
+            for (i, command) in shell::commands(text).into_iter().enumerate() {
+                let before = found.len();
                 for hit in command.hits() {
+                    self.explain(
+                        &format!("command {}", i + 1),
+                        hit.rule,
+                        self.action_of(hit.rule),
+                        &hit.reason,
+                    );
                     found.push((self.action_of(hit.rule), hit.reason));
                 }
                 self.custom_hits(Language::Shell, &command.words.join(" "), &mut found);
+                if found.len() == before {
+                    self.explain(
+                        &format!("command {}", i + 1),
+                        "-",
+                        Action::Off,
+                        "no rule matched",
+                    );
+                }
             }
         }
         found.retain(|(a, _)| *a != Action::Off);
@@ -230,6 +268,23 @@ impl Gate {
         self.custom.iter().any(|c| c.on == on)
     }
 
+    /// With `explain`, logs a rule's match on a statement or command (by position).
+    fn explain(&self, at: &str, rule: &str, action: Action, reason: &str) {
+        if self.explain {
+            let does = match action {
+                Action::Hold => "hold",
+                Action::Deny => "deny",
+                Action::Off => "nothing (off)",
+            };
+            let line = match rule {
+                "-" => format!("{at}: no rule matched"),
+                _ => format!("{at}: rule {rule} -> {does}: {reason}"),
+            };
+            // Debug: the gateway's log shows it only when asked (SLUICE_LOG=debug).
+            sluice_plugin_sdk::log::debug(&line, &[("rule", rule)]);
+        }
+    }
+
     fn action_of(&self, rule: &str) -> Action {
         self.actions.get(rule).copied().unwrap_or(Action::Off)
     }
@@ -237,6 +292,7 @@ impl Gate {
     fn custom_hits(&self, on: Language, text: &str, found: &mut Vec<(Action, String)>) {
         for c in self.custom.iter().filter(|c| c.on == on) {
             if c.regex.is_match(text) {
+                self.explain("custom rule", &c.name, c.action, &c.reason);
                 found.push((c.action, c.reason.clone()));
             }
         }

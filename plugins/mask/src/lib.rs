@@ -57,6 +57,10 @@ pub struct Settings {
     pub kinds: Option<Vec<String>>,
     pub window_bytes: Option<usize>,
     pub max_hold_ms: Option<u64>,
+    /// Log what was masked where (detector, byte range, style; never the value), for
+    /// `sluice plugin run --explain`.
+    #[serde(default)]
+    pub explain: bool,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +196,9 @@ impl Mask {
                 None => format!("detector {name:?}: {}", e.message),
             }
         })?;
+
+        let mut masker = masker;
+        masker.explain = settings.explain;
 
         let mut columns = BTreeMap::new();
         for (column, rule) in &settings.columns {
@@ -356,6 +363,15 @@ impl Mask {
                 (CellRule::Never, _) => None,
                 (CellRule::Always(_), CellFormat::Binary) => Some(None),
                 (CellRule::Always(style), CellFormat::Text) => {
+                    if self.masker.explain {
+                        sluice_plugin_sdk::log::debug(
+                            &format!(
+                                "column {name} (cell {i}): always masked, as {}",
+                                style.name()
+                            ),
+                            &[("column", name)],
+                        );
+                    }
                     let mut v = Vec::new();
                     style.render(name, value, false, &mut v);
                     Some(Some(v))

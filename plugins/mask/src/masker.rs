@@ -28,6 +28,16 @@ pub enum Style {
 }
 
 impl Style {
+    /// Its name in the policy.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Style::Label => "label",
+            Style::Fill => "fill",
+            Style::KeepLast(_) => "keep-last",
+            Style::Pseudonym(_) => "pseudonym",
+        }
+    }
+
     /// Appends the replacement for `value`, found by `label` (a detector or column name).
     /// `strip` says that spaces and dashes are formatting, not part of the value.
     pub fn render(&self, label: &str, value: &[u8], strip: bool, out: &mut Vec<u8>) {
@@ -137,6 +147,9 @@ pub struct Masker {
     patterns: Vec<PatternInfo>,
     detectors: Vec<Detector>,
     block_close: Regex,
+    /// Log each value masked: which detector, where, which style (`sluice plugin run
+    /// --explain`). Never the value itself.
+    pub explain: bool,
 }
 
 /// The error names the detector whose pattern failed.
@@ -206,6 +219,7 @@ impl Masker {
             patterns,
             detectors,
             block_close,
+            explain: false,
         })
     }
 
@@ -270,6 +284,14 @@ impl Masker {
     pub fn render(&self, hay: &[u8], hits: &[Hit], range: Range<usize>, out: &mut Vec<u8>) {
         let mut copied = range.start;
         for hit in hits {
+            if self.explain {
+                let d = &self.detectors[hit.detector];
+                let at = format!("{}..{}", hit.start - range.start, hit.end - range.start);
+                sluice_plugin_sdk::log::debug(
+                    &format!("{} at bytes {at}, masked as {}", d.name, d.style.name()),
+                    &[("detector", &d.name), ("at", &at)],
+                );
+            }
             out.extend_from_slice(&hay[copied..hit.start]);
             self.replace(hit.detector, &hay[hit.start..hit.end], out);
             copied = hit.end;
