@@ -115,6 +115,8 @@ const JS_TEMPLATE: [(&str, &str); 9] = [
 /// tests build with).
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 pub const COMPONENTIZE_JS: &str = "0.23.0";
+/// componentize-js imports it but declares it an optional peer, which `npm ci` leaves out.
+pub const PREVIEW2_SHIM: &str = "0.25.0";
 
 /// A plugin's language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -159,6 +161,7 @@ pub fn new_plugin(dir: &Path, lang: Lang) -> anyhow::Result<PathBuf> {
             .replace("{{wasm}}", &wasm.display().to_string())
             .replace("{{componentize_py}}", COMPONENTIZE_PY)
             .replace("{{componentize_js}}", COMPONENTIZE_JS)
+            .replace("{{preview2_shim}}", PREVIEW2_SHIM)
     };
     let template: &[(&str, &str)] = match lang {
         Lang::Rust => &RUST_TEMPLATE,
