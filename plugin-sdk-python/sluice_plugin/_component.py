@@ -121,7 +121,7 @@ def filter_world(cls):
 
         def on_frame(self, frame):
             try:
-                direction = Direction(frame.direction.name.lower().replace("_", "-"))
+                direction = Direction[frame.direction.name]  # the same case names
                 mine = Frame(frame.seq, direction, frame.timestamp_ms, _content_in(frame.content))
                 return _verdict_out(WitWorld.plugin.on_frame(mine))
             except BaseException as error:
@@ -130,7 +130,7 @@ def filter_world(cls):
 
         def flush(self, direction):
             try:
-                direction = Direction(direction.name.lower().replace("_", "-"))
+                direction = Direction[direction.name]
                 held = WitWorld.plugin.flush(direction)
                 return _content_out(held) if held is not None else None
             except BaseException as error:

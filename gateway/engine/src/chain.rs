@@ -45,16 +45,16 @@ pub struct Decision {
 /// One plugin's answer on one frame, and how long the call took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
-    pub plugin: String,
+    pub plugin: std::sync::Arc<str>,
     /// `pass`, `replace`, `hold`, `deny`, or `failed`; `+record-as` when it set one.
     pub verdict: &'static str,
     pub micros: u32,
 }
 
 impl Call {
-    fn of(plugin: &str, verdict: Result<&Verdict, ()>, took: std::time::Duration) -> Call {
+    fn of(link: &FilterInstance, verdict: Result<&Verdict, &PluginError>) -> Call {
         let verdict = match verdict {
-            Err(()) => "failed",
+            Err(_) => "failed",
             Ok(v) => match (&v.action, v.record_as.is_some()) {
                 (Action::Pass, false) => "pass",
                 (Action::Pass, true) => "pass+record-as",
@@ -65,9 +65,9 @@ impl Call {
             },
         };
         Call {
-            plugin: plugin.to_string(),
+            plugin: link.plugin().name(),
             verdict,
-            micros: took.as_micros().min(u32::MAX as u128) as u32,
+            micros: link.last_call().as_micros().min(u32::MAX as u128) as u32,
         }
     }
 }
@@ -147,14 +147,8 @@ impl Chain {
             if !link.wants(&frame) {
                 continue; // as if it said pass, without the call
             }
-            let started = std::time::Instant::now();
             let answer = link.on_frame(&frame);
-            let name = &link.plugin().spec().name;
-            calls.push(Call::of(
-                name,
-                answer.as_ref().map_err(drop),
-                started.elapsed(),
-            ));
+            calls.push(Call::of(link, answer.as_ref()));
             let verdict = match answer {
                 Ok(verdict) => verdict,
                 Err(error) => {
@@ -183,7 +177,7 @@ impl Chain {
                 Action::Hold(reason) => holds.push(reason),
                 Action::Deny(reason) => {
                     let refusal = Refusal {
-                        plugin: name.clone(),
+                        plugin: link.plugin().spec().name.clone(),
                         reason,
                     };
                     return deny(frame.content, record, refusal, failures, calls);

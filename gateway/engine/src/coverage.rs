@@ -6,7 +6,7 @@
 
 use sluice_core::frame::{ContentKind, Direction, Interest, SessionKind};
 
-use sluice_plugin_host::{LoadedPlugin, PluginError, config_check_session};
+use sluice_plugin_host::LoadedPlugin;
 
 use crate::config::Connection;
 
@@ -92,24 +92,20 @@ pub fn blind_spots(
     found
 }
 
-/// The blind spots of every plugin in a connection's chain, asking each for the interest it
-/// declares to the check session.
+/// The blind spots of every plugin in a connection's chain, by the interest each declared to
+/// the check session when it was loaded.
 pub fn chain_blind_spots(
     connection_name: &str,
     connection: &Connection,
     chain: &[LoadedPlugin],
-) -> Result<Vec<BlindSpot>, PluginError> {
-    let mut found = Vec::new();
-    for plugin in chain {
-        let interest = plugin.filter_instance(&config_check_session())?.interest();
-        found.extend(blind_spots(
-            &plugin.spec().name,
-            &interest,
-            connection_name,
-            connection,
-        ));
-    }
-    Ok(found)
+) -> Vec<BlindSpot> {
+    chain
+        .iter()
+        .filter_map(|plugin| Some((plugin, plugin.checked_interest()?)))
+        .flat_map(|(plugin, interest)| {
+            blind_spots(&plugin.spec().name, interest, connection_name, connection)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -297,6 +297,8 @@ impl PluginHost {
         };
         let plugin = LoadedPlugin(Arc::new(Loaded {
             spec: spec.clone(),
+            name: spec.name.as_str().into(),
+            checked_interest: std::sync::OnceLock::new(),
             digest,
             linked,
             engine: self.engine.clone(),
@@ -446,6 +448,10 @@ pub struct LoadedPlugin(Arc<Loaded>);
 
 struct Loaded {
     spec: PluginSpec,
+    /// The spec's name, shared: each call the chain records names its plugin.
+    name: Arc<str>,
+    /// What a filter's `init` asked to see for the check session at load.
+    checked_interest: std::sync::OnceLock<frame::Interest>,
     digest: [u8; 32],
     linked: Linked,
     engine: Engine,
@@ -528,6 +534,17 @@ impl LoadedPlugin {
         &self.0.spec
     }
 
+    /// Its name in the policy, shared (a cheap clone).
+    pub fn name(&self) -> Arc<str> {
+        self.0.name.clone()
+    }
+
+    /// The frames a filter asked to see when its config was checked at load
+    /// ([`LoadedPlugin::check_config`]); `None` for sinks and plugins never checked.
+    pub fn checked_interest(&self) -> Option<&frame::Interest> {
+        self.0.checked_interest.get()
+    }
+
     /// SHA-256 of the component, as recorded with every session that uses it.
     pub fn digest(&self) -> [u8; 32] {
         self.0.digest
@@ -537,7 +554,9 @@ impl LoadedPlugin {
     /// and turns a refusal into a load error that names the policy entry.
     pub fn check_config(&self) -> Result<(), LoadError> {
         let checked = match &self.0.linked {
-            Linked::Filter(_) => self.filter_instance(&config_check_session()).map(drop),
+            Linked::Filter(_) => self
+                .filter_instance(&config_check_session())
+                .map(|instance| drop(self.0.checked_interest.set(instance.interest()))),
             Linked::Sink(_) => self.sink_instance().map(drop),
         };
         checked.map_err(|e| LoadError::Invalid {
@@ -557,6 +576,7 @@ impl LoadedPlugin {
             session: session.clone(),
             wants: Wants([0; 2]),
             capture: false,
+            last_call: Duration::ZERO,
             metric_labels: sluice_core::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
         let (session, wants) = (&instance.session, &mut instance.wants);
@@ -806,6 +826,8 @@ pub struct FilterInstance {
     metric_labels: String,
     /// Keep the plugin's log lines for `take_logs`.
     capture: bool,
+    /// How long the last `on_frame` call took (measured once, for metrics and the record).
+    last_call: Duration,
 }
 
 /// The frames a filter instance wants: a bit per kind of content, per direction.
@@ -852,6 +874,11 @@ impl FilterInstance {
         &self.instance.plugin
     }
 
+    /// How long the last [`FilterInstance::on_frame`] took.
+    pub fn last_call(&self) -> Duration {
+        self.last_call
+    }
+
     /// The frames the instance asked for in `init`.
     pub fn interest(&self) -> frame::Interest {
         self.wants.interest()
@@ -873,10 +900,11 @@ impl FilterInstance {
             }
             filter.on_frame(store, frame)
         });
+        self.last_call = started.elapsed();
         sluice_core::metrics::observe(
             sluice_core::metrics::PLUGIN_CALLS,
             &self.metric_labels,
-            started.elapsed(),
+            self.last_call,
         );
         let verdict = called?;
         if let Err(why) = frame::check_verdict(frame, &verdict) {

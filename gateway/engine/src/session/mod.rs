@@ -502,16 +502,16 @@ impl RowBatch {
 
 /// Plugin calls summed per plugin and verdict: (plugin, verdict, microseconds, calls).
 #[derive(Debug, Default)]
-struct CallSums(Vec<(String, &'static str, u64, u64)>);
+struct CallSums(Vec<(std::sync::Arc<str>, &'static str, u64, u64)>);
 
 impl CallSums {
-    fn add(&mut self, plugin: &str, verdict: &'static str, micros: u64, n: u64) {
-        match self.0.iter_mut().find(|s| s.0 == plugin && s.1 == verdict) {
+    fn add(&mut self, plugin: &std::sync::Arc<str>, verdict: &'static str, micros: u64, n: u64) {
+        match self.0.iter_mut().find(|s| s.0 == *plugin && s.1 == verdict) {
             Some(sum) => {
                 sum.2 += micros;
                 sum.3 += n;
             }
-            None => self.0.push((plugin.to_string(), verdict, micros, n)),
+            None => self.0.push((plugin.clone(), verdict, micros, n)),
         }
     }
 
