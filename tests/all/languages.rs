@@ -8,8 +8,7 @@ use std::process::Command;
 
 use crate::support::*;
 
-/// The versions `sluice plugin new` writes into projects.
-const COMPONENTIZE_PY: &str = "0.25.1";
+use sluice_cli::scaffold::{COMPONENTIZE_JS, COMPONENTIZE_PY, PREVIEW2_SHIM};
 
 /// A folder with `componentize-py` in `bin/`: on `PATH` if it is there at the pinned version,
 /// else a virtual environment installed once into `target/tools/python`.
@@ -54,6 +53,13 @@ pub fn componentize_js_modules() -> PathBuf {
     INSTALLED
         .get_or_init(|| {
             let dir = repo().join("tests/plugin-js");
+            // The tests build with what `sluice plugin new` writes into projects.
+            let manifest: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap())
+                    .unwrap();
+            let pinned = &manifest["dependencies"];
+            assert_eq!(pinned["@bytecodealliance/componentize-js"], COMPONENTIZE_JS);
+            assert_eq!(pinned["@bytecodealliance/preview2-shim"], PREVIEW2_SHIM);
             if !dir
                 .join("node_modules/@bytecodealliance/componentize-js")
                 .exists()
