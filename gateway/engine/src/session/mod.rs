@@ -559,7 +559,7 @@ pub fn record_payload(content: &Content) -> Vec<u8> {
         Content::File(f) => Ok(json!({
             "path": f.path, "offset": f.offset, "size": f.size,
             "digest": f.digest.as_deref().map(hex::encode),
-            "data": Cells(&[Some(f.data.clone())]),
+            "data": Cell(&f.data),
         })),
         Content::ToolCall(c) => Ok(json!({
             "server": c.server, "tool": c.tool, "id": c.id, "arguments": c.arguments,
@@ -640,15 +640,21 @@ impl Serialize for Cells<'_> {
         use serde::ser::SerializeSeq;
         let mut cells = serializer.serialize_seq(Some(self.0.len()))?;
         for cell in self.0 {
-            match cell {
-                None => cells.serialize_element(&())?,
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(text) => cells.serialize_element(text)?,
-                    Err(_) => cells.serialize_element(&Hex(bytes))?,
-                },
-            }
+            cells.serialize_element(&cell.as_deref().map(Cell))?;
         }
         cells.end()
+    }
+}
+
+/// Bytes as JSON: text where they are UTF-8, `{"hex": …}` where not.
+struct Cell<'a>(&'a [u8]);
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => Hex(self.0).serialize(serializer),
+        }
     }
 }
 
@@ -677,6 +683,31 @@ mod tests {
             serde_json::to_string(&Cells(&cells)).unwrap(),
             r#"[null,"4242",{"hex":"ff00"}]"#
         );
+    }
+
+    #[test]
+    fn structured_content_is_recorded_as_a_json_object() {
+        let chunk = Content::File(sluice_core::frame::FileChunk {
+            path: "/tmp/a".into(),
+            offset: 8,
+            data: vec![0xff, 0x00],
+            size: None,
+            digest: Some(vec![0xab]),
+        });
+        let recorded: serde_json::Value = serde_json::from_slice(&record_payload(&chunk)).unwrap();
+        assert_eq!(
+            recorded,
+            json!({"path": "/tmp/a", "offset": 8, "size": null, "digest": "ab", "data": {"hex": "ff00"}})
+        );
+        let text = Content::File(sluice_core::frame::FileChunk {
+            path: "/tmp/a".into(),
+            offset: 0,
+            data: b"key=1".to_vec(),
+            size: Some(5),
+            digest: None,
+        });
+        let recorded: serde_json::Value = serde_json::from_slice(&record_payload(&text)).unwrap();
+        assert_eq!(recorded["data"], "key=1");
     }
 
     #[test]
