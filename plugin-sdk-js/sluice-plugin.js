@@ -64,10 +64,15 @@ export function text(content) {
   }
 }
 
+// `stateless: true` says each verdict depends on its frame (and the config) alone: the
+// gateway may then replace the instance with a fresh one between calls, which it does before
+// memory the engine keeps per call reaches the plugin's limit. Leave it false for a plugin
+// that keeps anything between frames (buffered bytes, counters).
 export class Interest {
-  constructor({ clientToTarget = [], targetToClient = [] } = {}) {
+  constructor({ clientToTarget = [], targetToClient = [], stateless = false } = {}) {
     this.clientToTarget = clientToTarget;
     this.targetToClient = targetToClient;
+    this.stateless = stateless;
   }
   static all() {
     const every = Object.values(Kind);
@@ -178,7 +183,11 @@ export function exportFilter(Plugin) {
       try {
         plugin = new Plugin(config.trim() ? JSON.parse(config) : {}, session);
         const interest = plugin.interest();
-        return { clientToTarget: interest.clientToTarget, targetToClient: interest.targetToClient };
+        return {
+          clientToTarget: interest.clientToTarget,
+          targetToClient: interest.targetToClient,
+          stateless: Boolean(interest.stateless),
+        };
       } catch (error) {
         // The result's error case: the session (or the config) is refused with this text.
         throw String(error && error.message ? error.message : error);

@@ -180,9 +180,15 @@ class Frame:
 
 @dataclass
 class Interest:
-    """The frames a filter wants; the gateway passes the others on without a call."""
+    """The frames a filter wants; the gateway passes the others on without a call.
+
+    `stateless=True` says each verdict depends on its frame (and the config) alone: the
+    gateway may then replace the instance with a fresh one between calls, which it does
+    before memory the interpreter keeps per call reaches the plugin's limit. Leave it False
+    for a plugin that keeps anything between frames (buffered bytes, counters)."""
     client_to_target: List[Kind] = field(default_factory=list)
     target_to_client: List[Kind] = field(default_factory=list)
+    stateless: bool = False
 
     @staticmethod
     def all() -> "Interest":

@@ -117,7 +117,8 @@ def filter_world(cls):
                 raise Err(f"{type(error).__name__}: {error}")
             t = _types()
             kinds = lambda ks: [t.ContentKind[k.name] for k in ks]
-            return t.Interest(kinds(interest.client_to_target), kinds(interest.target_to_client))
+            return t.Interest(kinds(interest.client_to_target), kinds(interest.target_to_client),
+                              bool(interest.stateless))
 
         def on_frame(self, frame):
             try:

@@ -12,7 +12,7 @@ macro_rules! __impl_contract_conversions {
         $crate::__impl_contract_conversions!(@enum ContentKind {
             Bytes, Line, Statement, Columns, Row, File, ToolCall, ToolResult, HttpRequest, HttpResponse
         });
-        $crate::__impl_contract_conversions!(@record Interest { client_to_target(each), target_to_client(each) });
+        $crate::__impl_contract_conversions!(@record Interest { client_to_target(each), target_to_client(each), stateless });
         $crate::__impl_contract_conversions!(@record FileChunk { path, offset, data, size, digest });
         $crate::__impl_contract_conversions!(@record ToolCall { server, tool, id, arguments });
         $crate::__impl_contract_conversions!(@record ToolResult { server, tool, id, output, is_error });

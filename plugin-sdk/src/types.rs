@@ -233,6 +233,10 @@ impl Content {
 pub struct Interest {
     pub client_to_target: Vec<ContentKind>,
     pub target_to_client: Vec<ContentKind>,
+    /// The plugin keeps nothing from one call to the next that its verdicts depend on, so the
+    /// gateway may swap its instance for a fresh one between calls (see
+    /// [`Interest::stateless`]). `false` unless said.
+    pub stateless: bool,
 }
 
 impl Interest {
@@ -241,6 +245,7 @@ impl Interest {
         Interest {
             client_to_target: ContentKind::ALL.to_vec(),
             target_to_client: ContentKind::ALL.to_vec(),
+            stateless: false,
         }
     }
 
@@ -249,6 +254,7 @@ impl Interest {
         let mut interest = Interest {
             client_to_target: vec![],
             target_to_client: vec![],
+            stateless: false,
         };
         match direction {
             Direction::ClientToTarget => interest.client_to_target = kinds.to_vec(),
@@ -257,11 +263,42 @@ impl Interest {
         interest
     }
 
+    /// Says the plugin keeps no state between calls: each verdict depends on its frame (and
+    /// the config) alone. The gateway may then replace the instance with a fresh one between
+    /// any two calls, which it does before memory the language runtime keeps reaches the
+    /// plugin's limit (a Rust plugin's memory stays flat; Python and JavaScript runtimes keep
+    /// some per call). Never say it of a plugin that buffers bytes or counts frames.
+    pub fn stateless(mut self) -> Interest {
+        self.stateless = true;
+        self
+    }
+
     pub fn wants(&self, direction: Direction, kind: ContentKind) -> bool {
         match direction {
             Direction::ClientToTarget => self.client_to_target.contains(&kind),
             Direction::TargetToClient => self.target_to_client.contains(&kind),
         }
+    }
+}
+
+/// `client-to-target [statement, line], target-to-client [bytes], stateless`.
+impl std::fmt::Display for Interest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |kinds: &[ContentKind]| {
+            let names: Vec<_> = kinds.iter().map(|k| k.name()).collect();
+            names.join(", ")
+        };
+        write!(
+            f,
+            "client-to-target [{}], target-to-client [{}], {}",
+            names(&self.client_to_target),
+            names(&self.target_to_client),
+            if self.stateless {
+                "stateless"
+            } else {
+                "keeps state"
+            }
+        )
     }
 }
 

@@ -181,6 +181,43 @@ fn python_and_javascript_plugins_mask_and_refuse_through_exec_and_psql() {
         let (code, out, err) = psql(port, token, &["-t", "-c", "SELECT 41 + 1"]);
         assert_eq!((code, out.trim()), (0, "42"), "{lang}: {err}");
     }
+
+    // Both runtimes keep memory per call (JavaScript about 1.5 KB a frame, CPython far less);
+    // the skeleton says it is stateless, so a long, busy session renews its instance before
+    // the limit instead of having a frame denied there. 12,000 masked frames would take a
+    // JavaScript instance past 20 MiB.
+    let frames: String = (0..12_000)
+        .map(|i| {
+            format!(
+                "{{\"direction\":\"target-to-client\",\"bytes\":\"row {i} CUST-00123456\\n\"}}\n"
+            )
+        })
+        .collect();
+    for (lang, project) in [("py", &python), ("js", &js)] {
+        let wasm = project.join(format!("{lang}_guard.wasm"));
+        let (code, out, err) = run_command(
+            sluice().args(["plugin", "run"]).arg(&wasm).args([
+                "--config",
+                "mask=CUST-[0-9]{8}",
+                "--max-memory-bytes",
+                &(20 << 20).to_string(),
+            ]),
+            &frames,
+        );
+        assert_eq!(code, 0, "{lang}: {err}");
+        assert!(err.contains("], stateless"), "{lang}: {err}");
+        let reports: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(reports.len(), 12_000, "{lang}");
+        let unmasked = reports.iter().find(|r| r["verdict"] != "replace");
+        assert!(unmasked.is_none(), "{lang}: {unmasked:?}");
+        if lang == "js" {
+            let renewed = reports.iter().filter(|r| r["renewed"] == true).count();
+            assert!(renewed >= 2, "{lang}: renewed {renewed} times");
+        }
+    }
 }
 
 #[test]

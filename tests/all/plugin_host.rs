@@ -120,6 +120,43 @@ fn unbounded_allocation_is_stopped_by_the_memory_limit() {
 }
 
 #[test]
+fn a_stateless_plugin_is_renewed_before_kept_memory_reaches_its_limit() {
+    // A plugin that keeps 256 KiB per call, as an interpreter that does not collect between
+    // calls does: 100 calls keep 25 MiB, past an 8 MiB limit.
+    let host = host();
+    let leaky = |name: &str, config: &str| {
+        let mut spec = spec(name, file(guest("antics")), config);
+        spec.max_memory_bytes = 8 << 20;
+        load(&host, &spec)
+    };
+    let frames = || (1..=100).map(|seq| line(seq, "leak 256"));
+
+    let stateless = leaky("stateless", r#"{"stateless":true}"#);
+    let mut instance = stateless.filter_instance(&session("s")).unwrap();
+    for frame in frames() {
+        let verdict = instance.on_frame(&frame);
+        assert!(verdict.as_ref().is_ok_and(|v| v.is_pass()), "{verdict:?}");
+    }
+    assert!(instance.renewals() >= 3, "{}", instance.renewals());
+    assert_eq!(instance.flush(Direction::TargetToClient).unwrap(), None);
+
+    // The same plugin keeping state is never renewed behind its back: its call fails at
+    // the limit (closed) and the next call gets a fresh instance.
+    let stateful = leaky("stateful", "{}");
+    let mut chain = Chain::new(&[stateful], &session("s")).unwrap();
+    let failures: Vec<_> = frames()
+        .flat_map(|frame| chain.on_frame(frame).failures)
+        .collect();
+    assert!(!failures.is_empty());
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.failure == Failure::Memory(8 << 20)),
+        "{failures:?}"
+    );
+}
+
+#[test]
 fn a_panic_fails_closed_unless_the_policy_says_pass() {
     let host = host();
     let closed = antics(&host, "strict");

@@ -330,6 +330,9 @@ enum PluginCommand {
         /// Per-call deadline in milliseconds.
         #[arg(long, default_value_t = sluice_engine::policy::FILTER_DEADLINE_MS)]
         deadline_ms: u64,
+        /// The instance's memory limit, as `max_memory_bytes` in a policy.
+        #[arg(long, default_value_t = sluice_engine::policy::DEFAULT_MAX_MEMORY_BYTES)]
+        max_memory_bytes: u64,
         /// Instead of JSON lines on standard input, send the frames a session of this kind
         /// makes of --input and --output: exec-script (a one-shot script), terminal (lines
         /// typed at a terminal), pg (a PostgreSQL query, output as rows) or tcp.
@@ -622,6 +625,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin,
             config,
             deadline_ms,
+            max_memory_bytes,
             session,
             input,
             output,
@@ -643,6 +647,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("--deadline-ms: {deadline_ms} is out of range (1 to {max}), as in a policy");
             }
             spec.deadline = std::time::Duration::from_millis(deadline_ms);
+            let memory =
+                sluice_engine::policy::MIN_MEMORY_BYTES..=sluice_engine::policy::MAX_MEMORY_BYTES;
+            if !memory.contains(&max_memory_bytes) {
+                bail!(
+                    "--max-memory-bytes: {max_memory_bytes} is out of range ({} to {}), as in a policy",
+                    memory.start(),
+                    memory.end()
+                );
+            }
+            spec.max_memory_bytes = max_memory_bytes as usize;
             let host = PluginHost::new(HostConfig::default())?;
             let loaded = host.load(&spec)?;
             let stdout = std::io::stdout();

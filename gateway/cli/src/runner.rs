@@ -122,7 +122,12 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_as: Option<JsonContent>,
     pub time_us: f64,
+    /// The instance's memory after the call (0 once it was renewed or failed).
     pub memory_bytes: usize,
+    /// A stateless plugin's instance passed the memory at which it is swapped for a fresh
+    /// one before the next call.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renewed: bool,
     /// What the plugin logged during the call (with `--explain`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explain: Vec<String>,
@@ -252,6 +257,7 @@ pub fn run(
         ..SessionInfo::default()
     };
     let mut instance = plugin.filter_instance(&session)?;
+    eprintln!("{}: wants {}", plugin.name(), instance.interest());
     if explain {
         instance.capture_logs();
     }
@@ -280,8 +286,10 @@ pub fn run(
             continue;
         }
         let started = Instant::now();
+        let renewals = instance.renewals();
         let result = instance.on_frame(&frame);
         let time_us = started.elapsed().as_secs_f64() * 1e6;
+        let renewed = instance.renewals() > renewals;
         let report = match result {
             Ok(verdict) => report(seq, shown, verdict, time_us, instance.memory_bytes()),
             Err(error) => Report {
@@ -298,6 +306,7 @@ pub fn run(
         };
         let report = Report {
             explain: instance.take_logs(),
+            renewed,
             ..report
         };
         serde_json::to_writer(&mut output, &report)?;
@@ -358,6 +367,7 @@ fn report(
         record_as: verdict.record_as.map(Into::into),
         time_us,
         memory_bytes,
+        renewed: false,
         explain: Vec::new(),
     }
 }

@@ -136,6 +136,7 @@ mod tests {
         Interest {
             client_to_target: c2t.to_vec(),
             target_to_client: t2c.to_vec(),
+            stateless: false,
         }
     }
 

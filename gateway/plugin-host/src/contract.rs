@@ -3,8 +3,8 @@
 //! keep loading. The rest of the host sees one filter and one sink, in the SDK's types; the
 //! version is settled here, once, when a component is linked.
 //!
-//! 0.3.0 only added content kinds. A 0.2.0 filter's interest cannot name them, so the host
-//! never calls it with one.
+//! 0.3.0 added content kinds and `interest.stateless`. A 0.2.0 filter's interest cannot name
+//! the new kinds, so the host never calls it with one, and it counts as keeping state.
 
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
@@ -109,6 +109,7 @@ mod v0_2 {
         Interest {
             client_to_target: i.client_to_target.into_iter().map(kind).collect(),
             target_to_client: i.target_to_client.into_iter().map(kind).collect(),
+            stateless: false,
         }
     }
 

@@ -574,9 +574,10 @@ impl LoadedPlugin {
         let mut instance = FilterInstance {
             instance: Instance::new(self.clone()),
             session: session.clone(),
-            wants: Wants([0; 2]),
+            wants: Wants::NOTHING,
             capture: false,
             last_call: Duration::ZERO,
+            renewals: 0,
             metric_labels: sluice_core::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
         let (session, wants) = (&instance.session, &mut instance.wants);
@@ -828,23 +829,44 @@ pub struct FilterInstance {
     capture: bool,
     /// How long the last `on_frame` call took (measured once, for metrics and the record).
     last_call: Duration,
+    /// Times a stateless instance was swapped for a fresh one (see [`FilterInstance::renewals`]).
+    renewals: u64,
 }
 
-/// The frames a filter instance wants: a bit per kind of content, per direction.
+/// What a filter instance said in `init`: the frames it wants (a bit per kind of content,
+/// per direction), and whether it keeps no state between calls.
 #[derive(Clone, Copy, Debug)]
-struct Wants([u16; 2]);
+struct Wants {
+    kinds: [u16; 2],
+    /// For a stateless instance, the memory past which it is renewed after a call: halfway
+    /// from what it used fresh to its limit, leaving the other half for the next call's own
+    /// needs. `None` for an instance that keeps state.
+    renew_above: Option<usize>,
+}
 
 impl Wants {
-    fn of(interest: &frame::Interest) -> Wants {
+    const NOTHING: Wants = Wants {
+        kinds: [0; 2],
+        renew_above: None,
+    };
+
+    /// What `interest` says, for an instance that uses `fresh` bytes after `init` and may use
+    /// `limit`.
+    fn of(interest: &frame::Interest, fresh: usize, limit: usize) -> Wants {
         let bits = |kinds: &[ContentKind]| kinds.iter().fold(0u16, |bits, k| bits | 1 << *k as u16);
-        Wants([
-            bits(&interest.client_to_target),
-            bits(&interest.target_to_client),
-        ])
+        Wants {
+            kinds: [
+                bits(&interest.client_to_target),
+                bits(&interest.target_to_client),
+            ],
+            renew_above: interest
+                .stateless
+                .then(|| fresh + limit.saturating_sub(fresh) / 2),
+        }
     }
 
     fn frame(self, frame: &Frame) -> bool {
-        self.0[frame.direction as usize] & 1 << frame.content.kind() as u16 != 0
+        self.kinds[frame.direction as usize] & 1 << frame.content.kind() as u16 != 0
     }
 
     fn interest(self) -> frame::Interest {
@@ -855,8 +877,9 @@ impl Wants {
                 .collect()
         };
         frame::Interest {
-            client_to_target: kinds(self.0[0]),
-            target_to_client: kinds(self.0[1]),
+            client_to_target: kinds(self.kinds[0]),
+            target_to_client: kinds(self.kinds[1]),
+            stateless: self.renew_above.is_some(),
         }
     }
 }
@@ -911,11 +934,37 @@ impl FilterInstance {
             self.instance.live = None;
             return Err(self.instance.plugin.error(Failure::Malformed(why)));
         }
+        if self
+            .wants
+            .renew_above
+            .is_some_and(|above| self.memory_bytes() > above)
+        {
+            // Language runtimes keep memory per call (garbage their collector has not
+            // returned); a stateless plugin loses nothing by starting afresh before it
+            // reaches its limit, where the call would fail and its frame be denied.
+            tracing::debug!(
+                plugin = %self.instance.plugin.0.spec.name,
+                session = %self.session.id,
+                memory = self.memory_bytes(),
+                "renewing a stateless instance"
+            );
+            self.instance.live = None;
+            self.renewals += 1;
+        }
         Ok(verdict)
+    }
+
+    /// How many times this instance was renewed because it is stateless and its memory
+    /// grew halfway from what it used fresh to its limit.
+    pub fn renewals(&self) -> u64 {
+        self.renewals
     }
 
     /// What the plugin still buffers for `direction`.
     pub fn flush(&mut self, direction: Direction) -> Result<Option<Content>, PluginError> {
+        if self.wants.renew_above.is_some() && self.instance.live.is_none() {
+            return Ok(None); // just renewed: nothing is buffered, no instance needed to say so
+        }
         self.call(|store, filter| filter.flush(store, direction))
     }
 
@@ -967,7 +1016,11 @@ fn make_filter(
         |store| pre.instantiate(store),
         |filter, store| filter.init(store, config, session),
     )?;
-    *wants = Wants::of(&interest);
+    *wants = Wants::of(
+        &interest,
+        store.data().memory.used,
+        plugin.0.spec.max_memory_bytes,
+    );
     Ok((store, filter))
 }
 

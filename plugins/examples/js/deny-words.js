@@ -12,7 +12,7 @@ export class DenyWords extends Filter {
   }
 
   interest() {
-    return new Interest({ clientToTarget: [Kind.STATEMENT, Kind.LINE] });
+    return new Interest({ clientToTarget: [Kind.STATEMENT, Kind.LINE], stateless: true });
   }
 
   onFrame(frame) {

@@ -13,7 +13,7 @@ export class MaskIds extends Filter {
   }
 
   interest() {
-    return new Interest({ targetToClient: [Kind.BYTES, Kind.ROW, Kind.LINE] });
+    return new Interest({ targetToClient: [Kind.BYTES, Kind.ROW, Kind.LINE], stateless: true });
   }
 
   onFrame(frame) {

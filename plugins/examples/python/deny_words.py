@@ -11,7 +11,7 @@ class DenyWords(Filter):
             raise ValueError("`words` must be a list of strings")
 
     def interest(self):
-        return Interest(client_to_target=[Kind.STATEMENT, Kind.LINE])
+        return Interest(client_to_target=[Kind.STATEMENT, Kind.LINE], stateless=True)
 
     def on_frame(self, frame):
         text = frame.content.text() or ""

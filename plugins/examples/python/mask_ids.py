@@ -13,7 +13,7 @@ class MaskIds(Filter):
         self.replacement = config.get("replacement", "[customer]").encode()
 
     def interest(self):
-        return Interest(target_to_client=[Kind.BYTES, Kind.ROW, Kind.LINE])
+        return Interest(target_to_client=[Kind.BYTES, Kind.ROW, Kind.LINE], stateless=True)
 
     def on_frame(self, frame):
         c = frame.content

@@ -21,10 +21,13 @@ export class Plugin extends Filter {
   // The frames to judge (docs/plugins.md, "What each session sends"). Commands: a one-shot
   // script or a SQL query is a statement; a line typed at a terminal is a line (at Enter).
   // Output: a program prints bytes; PostgreSQL sends rows, and errors as lines.
+  // Each verdict depends on its frame alone, so the plugin is stateless: set it to false
+  // once it keeps anything between frames (buffered bytes, counters).
   interest() {
     return new Interest({
       clientToTarget: [Kind.STATEMENT, Kind.LINE],
       targetToClient: [Kind.BYTES, Kind.ROW, Kind.LINE],
+      stateless: true,
     });
   }
 

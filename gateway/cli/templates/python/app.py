@@ -25,9 +25,12 @@ class Plugin(Filter):
     # The frames to judge (docs/plugins.md, "What each session sends"). Commands: a one-shot
     # script or a SQL query is a statement; a line typed at a terminal is a line (at Enter).
     # Output: a program prints bytes; PostgreSQL sends rows, and errors as lines.
+    # Each verdict depends on its frame alone, so the plugin is stateless: set it to False
+    # once it keeps anything between frames (buffered bytes, counters).
     def interest(self):
         return Interest(client_to_target=[Kind.STATEMENT, Kind.LINE],
-                        target_to_client=[Kind.BYTES, Kind.ROW, Kind.LINE])
+                        target_to_client=[Kind.BYTES, Kind.ROW, Kind.LINE],
+                        stateless=True)
 
     def on_frame(self, frame):
         c = frame.content

@@ -1,9 +1,13 @@
 //! A filter that does what each input line tells it to, including the things a plugin must
 //! never be allowed to get away with.
 
-use sluice_plugin_sdk::{Config, Content, Direction, Filter, Frame, SessionInfo, Verdict};
+use sluice_plugin_sdk::{
+    Config, Content, Direction, Filter, Frame, Interest, SessionInfo, Verdict,
+};
 
 pub struct Antics {
+    /// Says so in `interest` (config `{"stateless": true}`), truthfully or not.
+    stateless: bool,
     remembered: Option<String>,
     stash: Option<Content>,
     frames_seen: u64,
@@ -17,10 +21,18 @@ impl Filter for Antics {
             return Err("asked to fail".into());
         }
         Ok(Antics {
+            stateless: config.json().contains("\"stateless\":true"),
             remembered: None,
             stash: None,
             frames_seen: 0,
         })
+    }
+
+    fn interest(&self) -> Interest {
+        Interest {
+            stateless: self.stateless,
+            ..Interest::all()
+        }
     }
 
     fn on_frame(&mut self, frame: &Frame) -> Verdict {
@@ -52,6 +64,12 @@ impl Filter for Antics {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            // Keeps N KiB for good, as an interpreter that does not collect between calls does.
+            ("leak", kib) => {
+                let kib: usize = kib.parse().unwrap_or(1);
+                std::hint::black_box(Vec::leak(vec![1u8; kib << 10]));
+                Verdict::pass()
             }
             ("panic", _) => panic!("asked to panic"),
             // Blocks on a WASI clock, as a plugin that sleeps or polls would.

@@ -46,10 +46,13 @@ impl Filter for Plugin {
     // The frames to judge (docs/plugins.md, "What each session sends"). Commands: a one-shot
     // script or a SQL query is a statement; a line typed at a terminal is a line (at Enter).
     // Output: a program prints bytes; PostgreSQL sends rows, and errors as lines.
+    // Each verdict depends on its frame alone, so the plugin is stateless: set it to `false`
+    // once it keeps anything between frames (buffered bytes, counters).
     fn interest(&self) -> Interest {
         Interest {
             client_to_target: vec![ContentKind::Statement, ContentKind::Line],
             target_to_client: vec![ContentKind::Bytes, ContentKind::Row, ContentKind::Line],
+            stateless: true,
         }
     }
 
