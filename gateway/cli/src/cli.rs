@@ -201,6 +201,46 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run an agent: next to runtimes in a private network, it dials out to the gateway and
+    /// carries the sessions of connections that name it (`agent = "NAME"`). It never listens.
+    Agent {
+        /// The gateway, HOST:PORT.
+        #[arg(long, env = "SLUICE_GATEWAY")]
+        gateway: String,
+        /// The gateway's CA certificate (`sluice ca export` where it runs): the only one
+        /// trusted.
+        #[arg(long, env = "SLUICE_CA")]
+        ca: PathBuf,
+        /// The name the gateway's certificate carries, when the agent dials it by another
+        /// (the gateway's own CA makes it for `localhost` and `127.0.0.1`).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// The one-time enrollment token from `sluice agents add NAME` (first run only).
+        #[arg(long, env = "SLUICE_AGENT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Where the agent keeps its key and name.
+        #[arg(long, default_value = "sluice-agent")]
+        state: PathBuf,
+        /// Ping the gateway this often (ms); two unanswered ends the connection.
+        #[arg(long, default_value_t = 15_000)]
+        keepalive_ms: u64,
+        /// Reconnect after this long at first (ms), doubling up to --retry-max-ms.
+        #[arg(long, default_value_t = 500)]
+        retry_min_ms: u64,
+        #[arg(long, default_value_t = 30_000)]
+        retry_max_ms: u64,
+    },
+    /// The gateway's agents (admin): list them, add one (prints its enrollment token), or
+    /// revoke one (its connection and sessions end at once).
+    Agents {
+        #[command(subcommand)]
+        command: Option<AgentsCommand>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Where the record is delivered: each sink's position, lag, state and last error.
     Sinks {
         /// Print the raw JSON.
@@ -266,6 +306,15 @@ enum ReviewCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// A new agent: prints its one-time enrollment token (good for `[agents]
+    /// enroll_ttl_seconds`, an hour by default).
+    Add { name: String },
+    /// Refuse the agent from now on; its connection and sessions end at once.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -501,6 +550,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whoami { target } => {
             runtime()?.block_on(crate::commands::whoami(target.client()?))
+        }
+        Command::Agent {
+            gateway,
+            ca,
+            server_name,
+            token,
+            state,
+            keepalive_ms,
+            retry_min_ms,
+            retry_max_ms,
+        } => {
+            if keepalive_ms == 0 || retry_min_ms == 0 || retry_max_ms < retry_min_ms {
+                bail!(
+                    "--keepalive-ms and --retry-min-ms: at least 1; --retry-max-ms: at least --retry-min-ms"
+                );
+            }
+            let client =
+                crate::client::Client::new(&gateway, None, Some(ca))?.with_server_name(server_name);
+            let options = crate::agent::Options {
+                client,
+                state,
+                token: token.filter(|t| !t.trim().is_empty()),
+                keepalive: std::time::Duration::from_millis(keepalive_ms),
+                retry_min: std::time::Duration::from_millis(retry_min_ms),
+                retry_max: std::time::Duration::from_millis(retry_max_ms),
+            };
+            runtime()?.block_on(crate::agent::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents {
+            command,
+            json,
+            target,
+        } => {
+            let client = target.client()?;
+            runtime()?.block_on(async move {
+                match command {
+                    None => crate::commands::agents(client, json).await,
+                    Some(AgentsCommand::Add { name }) => {
+                        crate::commands::add_agent(client, &name).await
+                    }
+                    Some(AgentsCommand::Revoke { name }) => {
+                        crate::commands::revoke_agent(client, &name).await
+                    }
+                }
+            })
         }
         Command::Sinks { json, target } => {
             runtime()?.block_on(crate::commands::sinks(target.client()?, json))

@@ -25,6 +25,8 @@ pub struct Client {
     tls: Arc<rustls::ClientConfig>,
     /// Why sessions are opened (`--reason`), shown to reviewers of access requests.
     reason: Option<String>,
+    /// The name the gateway's certificate must carry, when it is not `host`.
+    server_name: Option<String>,
 }
 
 impl Client {
@@ -54,7 +56,15 @@ impl Client {
             token,
             tls: sluice_engine::tls::client_config(&pem)?,
             reason: None,
+            server_name: None,
         })
+    }
+
+    /// Expect the gateway's certificate to name `name` rather than the host dialed (an agent
+    /// reaching the gateway by an address its certificate does not list).
+    pub fn with_server_name(mut self, name: Option<String>) -> Client {
+        self.server_name = name;
+        self
     }
 
     /// Sessions this client opens say why (`--reason`).
@@ -75,8 +85,9 @@ impl Client {
                 )
             })?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|_| anyhow!("bad gateway host {}", self.host))?;
+        let expected = self.server_name.as_ref().unwrap_or(&self.host);
+        let name = ServerName::try_from(expected.clone())
+            .map_err(|_| anyhow!("bad gateway name {expected}"))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
@@ -159,33 +170,51 @@ impl Client {
         &self,
         query: &str,
     ) -> anyhow::Result<(String, TokioIo<hyper::upgrade::Upgraded>)> {
-        let io = TokioIo::new(self.tls_stream().await?);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
-        tokio::spawn(conn.with_upgrades());
         let reason = self
             .reason
             .as_deref()
             .map(|r| format!("&reason={}", query_value(r)))
             .unwrap_or_default();
-        let request = self
-            .request("POST", &format!("/api/sessions?{query}{reason}"))?
+        let path = format!("/api/sessions?{query}{reason}");
+        let (headers, stream) = self.upgrade("POST", &path, wire::PROTOCOL, &[]).await?;
+        let id = headers
+            .get("sluice-session")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Ok((id, stream))
+    }
+
+    /// `method path` upgraded to `protocol`: the `101`'s headers and the upgraded stream, or
+    /// the gateway's error.
+    pub async fn upgrade(
+        &self,
+        method: &str,
+        path: &str,
+        protocol: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(hyper::HeaderMap, TokioIo<hyper::upgrade::Upgraded>)> {
+        let io = TokioIo::new(self.tls_stream().await?);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io).await?;
+        tokio::spawn(conn.with_upgrades());
+        let mut request = self
+            .request(method, path)?
             .header(hyper::header::CONNECTION, "upgrade")
-            .header(hyper::header::UPGRADE, wire::PROTOCOL)
-            .body(Full::new(Bytes::new()))?;
-        let response = sender.send_request(request).await?;
+            .header(hyper::header::UPGRADE, protocol);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::new()))?)
+            .await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
             bail!("{}", gateway_error(status, &body));
         }
-        let id = response
-            .headers()
-            .get("sluice-session")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        Ok((id, TokioIo::new(hyper::upgrade::on(response).await?)))
+        let headers = response.headers().clone();
+        Ok((headers, TokioIo::new(hyper::upgrade::on(response).await?)))
     }
 }
 

@@ -693,3 +693,72 @@ pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCod
         args.print_head,
     ))
 }
+
+/// `sluice agents`: each agent's state, address, version, live sessions and when it was last
+/// heard from.
+pub async fn agents(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
+    let body = client.get("/api/agents").await?;
+    if raw {
+        std::io::stdout().write_all(&body)?;
+        println!();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let agents: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    if agents.is_empty() {
+        println!("no agents: add one with `sluice agents add NAME` (see docs/agents.md)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+            .map_or("-".to_string(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S").to_string()
+            })
+    };
+    println!(
+        "{:<16} {:<13} {:<19} {:<22} {:<9} {:>8}  LAST SEEN",
+        "AGENT", "STATE", "CONNECTED SINCE", "ADDRESS", "VERSION", "SESSIONS"
+    );
+    for a in &agents {
+        let text = |k: &str| a[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "{:<16} {:<13} {:<19} {:<22} {:<9} {:>8}  {}",
+            text("name"),
+            text("state"),
+            time(&a["connected_since_ms"]),
+            text("address"),
+            text("version"),
+            a["sessions"].as_u64().unwrap_or(0),
+            time(&a["last_seen_ms"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice agents add NAME`: the one-time enrollment token, and how to use it.
+pub async fn add_agent(client: Client, name: &str) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/agents?name={}", crate::client::query_value(name));
+    let added: serde_json::Value = serde_json::from_slice(&client.post(&path).await?)?;
+    let token = added["token"].as_str().unwrap_or_default();
+    let expires = added["expires_ms"]
+        .as_u64()
+        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+        .map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        });
+    println!("agent `{name}` added; its enrollment token works once, until {expires}:");
+    println!("{token}");
+    println!("run it where the runtimes are (with the gateway's CA from `sluice ca export`):");
+    println!("  SLUICE_AGENT_TOKEN={token} sluice agent --gateway HOST:PORT --ca ca.pem");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice agents revoke NAME`.
+pub async fn revoke_agent(client: Client, name: &str) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/agents/{}/revoke", crate::client::query_value(name));
+    client.post(&path).await?;
+    println!(
+        "agent `{name}` revoked: its connection and sessions ended, and it is refused from now on"
+    );
+    Ok(ExitCode::SUCCESS)
+}

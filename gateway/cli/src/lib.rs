@@ -3,6 +3,7 @@
 //! (`scaffold`). The `sluice` binary
 //! (`gateway/sluice`) is this crate's [`main`] with the built-in plugins linked in.
 
+pub mod agent;
 mod cli;
 pub mod client;
 pub mod commands;

@@ -26,6 +26,39 @@ pub struct Config {
     /// How sink plugins' outgoing requests resolve names.
     #[serde(default)]
     pub egress: Egress,
+    /// The timers of agents' connections.
+    #[serde(default)]
+    pub agents: AgentSettings,
+}
+
+/// `[agents]`: how long an enrollment token is good for, and how often the gateway and its
+/// agents check on each other.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// An unanswered ping for two of these ends an agent's connection (default 15 s).
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_ms: u64,
+    /// How long `sluice agents add` tokens are good for (default one hour).
+    #[serde(default = "default_enroll_ttl_seconds")]
+    pub enroll_ttl_seconds: u64,
+}
+
+fn default_keepalive_ms() -> u64 {
+    15_000
+}
+
+fn default_enroll_ttl_seconds() -> u64 {
+    3600
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            keepalive_ms: default_keepalive_ms(),
+            enroll_ttl_seconds: default_enroll_ttl_seconds(),
+        }
+    }
 }
 
 /// `[egress]`: the resolver of sink plugins' outgoing HTTP (what they may reach is each
@@ -43,6 +76,15 @@ pub struct Egress {
 }
 
 impl Connection {
+    /// The agents that carry its sessions, if it is reached through agents.
+    pub fn agents(&self) -> Option<&AgentPool> {
+        match self {
+            Connection::Exec(c) => c.agent.as_ref(),
+            Connection::Postgres(c) => c.agent.as_ref(),
+            Connection::Tcp(c) => c.agent.as_ref(),
+        }
+    }
+
     pub fn retention_days(&self) -> Option<f64> {
         match self {
             Connection::Exec(c) => c.retention_days,
@@ -274,6 +316,9 @@ pub enum Connection {
 pub struct TcpConnection {
     /// The service, `host:port`.
     pub upstream: String,
+    /// Reach it through an agent of this pool (`docs/agents.md`) instead of from the gateway.
+    #[serde(default)]
+    pub agent: Option<AgentPool>,
     #[serde(default)]
     pub retention_days: Option<f64>,
 }
@@ -286,9 +331,14 @@ pub struct ExecConnection {
     /// Reads the program from standard input, for `sluice exec`.
     pub script: Vec<String>,
     /// Environment of the process: `VALUE`, or `env:NAME` to read it from the gateway's
-    /// environment at start (for secrets). Nothing of it reaches the client.
+    /// environment at start (for secrets), or `agent-env:NAME` (through an agent only) for
+    /// the agent to read from its own, so the gateway never holds it. Nothing of it reaches
+    /// the client.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Run the programs through an agent of this pool (`docs/agents.md`) instead of here.
+    #[serde(default)]
+    pub agent: Option<AgentPool>,
     /// Working directory of the process.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
@@ -311,6 +361,9 @@ pub struct PostgresConnection {
     pub listen: SocketAddr,
     /// The real server, `host:port`.
     pub upstream: String,
+    /// Reach it through an agent of this pool (`docs/agents.md`) instead of from the gateway.
+    #[serde(default)]
+    pub agent: Option<AgentPool>,
     pub database: String,
     pub user: String,
     /// `VALUE` or `env:NAME` (read at start); none for trust authentication.
@@ -334,6 +387,45 @@ pub struct PostgresConnection {
     /// (the chain stays verifiable). None: kept forever.
     #[serde(default)]
     pub retention_days: Option<f64>,
+}
+
+/// The agents that may carry a connection's sessions: `agent = "NAME"` or `agent = ["a", "b"]`.
+/// A new session goes to the live one carrying the fewest.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "OneOrMore")]
+pub struct AgentPool(Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMore {
+    One(String),
+    More(Vec<String>),
+}
+
+impl From<OneOrMore> for AgentPool {
+    fn from(names: OneOrMore) -> AgentPool {
+        AgentPool(match names {
+            OneOrMore::One(name) => vec![name],
+            OneOrMore::More(names) => names,
+        })
+    }
+}
+
+impl AgentPool {
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// A value the agent reads from its own environment (never the gateway).
+pub const AGENT_ENV: &str = "agent-env:";
+
+/// `env:NAME` read from the gateway's environment; any other value as it is.
+pub fn resolve(value: &str) -> String {
+    match value.strip_prefix("env:") {
+        Some(var) => std::env::var(var).unwrap_or_default(),
+        None => value.to_string(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -407,7 +499,15 @@ impl Config {
         if g.sign_in_timeout_ms == 0 || g.stop_grace_ms == 0 {
             return Err("gateway.sign_in_timeout_ms and stop_grace_ms: at least 1".into());
         }
+        if self.agents.keepalive_ms == 0 || self.agents.enroll_ttl_seconds == 0 {
+            return Err("agents.keepalive_ms and enroll_ttl_seconds: at least 1".into());
+        }
         for (name, connection) in &self.connections {
+            if let Some(pool) = connection.agents() {
+                if pool.names().is_empty() {
+                    return Err(format!("connections.{name}.agent: name at least one agent"));
+                }
+            }
             if !days_ok(connection.retention_days()) {
                 return Err(format!(
                     "connections.{name}.retention_days: a number of days above 0 (leave it out to keep recordings forever)"
@@ -416,6 +516,15 @@ impl Config {
             let exec = match connection {
                 Connection::Exec(exec) => exec,
                 Connection::Postgres(pg) => {
+                    if pg
+                        .password
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with(AGENT_ENV))
+                    {
+                        return Err(format!(
+                            "connections.{name}.password: `agent-env:` works for exec connections' env so far; a PostgreSQL password still comes from the gateway (`env:NAME`)"
+                        ));
+                    }
                     if let Some(var) = pg.password.as_deref().and_then(|p| p.strip_prefix("env:"))
                         && std::env::var_os(var).is_none()
                     {
@@ -454,6 +563,11 @@ impl Config {
                 ));
             }
             for (key, value) in &exec.env {
+                if value.starts_with(AGENT_ENV) && exec.agent.is_none() {
+                    return Err(format!(
+                        "connections.{name}.env.{key}: `agent-env:` is read by the connection's agent, and this connection has none (`agent = \"NAME\"`)"
+                    ));
+                }
                 if let Some(var) = value.strip_prefix("env:")
                     && std::env::var_os(var).is_none()
                 {
@@ -513,24 +627,27 @@ impl OidcConfig {
 impl PostgresConnection {
     /// The upstream password with an `env:NAME` value resolved.
     pub fn resolved_password(&self) -> Option<String> {
-        let password = self.password.as_deref()?;
-        Some(match password.strip_prefix("env:") {
-            Some(var) => std::env::var(var).unwrap_or_default(),
-            None => password.to_string(),
-        })
+        self.password.as_deref().map(resolve)
     }
 }
 
 impl ExecConnection {
-    /// The process environment with `env:NAME` values resolved.
-    pub fn resolved_env(&self) -> Vec<(String, String)> {
-        self.env
-            .iter()
-            .map(|(k, v)| match v.strip_prefix("env:") {
-                Some(var) => (k.clone(), std::env::var(var).unwrap_or_default()),
-                None => (k.clone(), v.clone()),
-            })
-            .collect()
+    /// The program to run here: `script` (one-shot) or `interactive`, with `env:NAME`
+    /// values resolved.
+    pub fn program(&self, script: bool) -> crate::exec::Program {
+        crate::exec::Program {
+            argv: if script {
+                self.script.clone()
+            } else {
+                self.interactive.clone()
+            },
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), resolve(v)))
+                .collect(),
+            cwd: self.cwd.clone(),
+        }
     }
 }
 

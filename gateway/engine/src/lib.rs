@@ -2,6 +2,7 @@
 //! the server. The record (`sluice-record`) and the plugin host (`sluice-plugin-host`) are
 //! crates of their own; see ARCHITECTURE.md for the map. `chain` holds the frame path.
 
+pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod chain;

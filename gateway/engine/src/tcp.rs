@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::chain::Outcome;
+use crate::config::TcpConnection;
 use crate::pg::Io;
 use crate::session::{Context, Core, INTERACTIVE_FLUSH, Opening, content_bytes};
 use sluice_core::frame::{Content, Direction};
@@ -21,8 +21,14 @@ use sluice_core::frame::{Content, Direction};
 const CHUNK: usize = 64 << 10;
 
 /// A whole session: connect, open, relay, close.
-pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io>, target: String) {
-    let target = match TcpStream::connect(&target).await {
+pub async fn session(
+    ctx: Arc<Context>,
+    opening: Opening,
+    mut client: Box<dyn Io>,
+    conn: TcpConnection,
+) {
+    let reach = crate::agent::Reach::of(&ctx.agents, conn.agent.as_ref());
+    let target = match reach.dial(&conn.upstream).await {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(error = %e, "cannot reach the target");
@@ -30,7 +36,6 @@ pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io
             return;
         }
     };
-    let _ = target.set_nodelay(true);
     let Ok((mut core, killed)) = Core::open(ctx, opening)
         .await
         .inspect_err(|e| tracing::info!(error = %e, "session refused"))
@@ -50,7 +55,7 @@ pub async fn session(ctx: Arc<Context>, opening: Opening, mut client: Box<dyn Io
 pub async fn run(
     core: &mut Core,
     mut client: Box<dyn Io>,
-    mut target: TcpStream,
+    mut target: Box<dyn Io>,
 ) -> Result<(), String> {
     let mut from_client = vec![0u8; CHUNK];
     let mut from_target = vec![0u8; CHUNK];
@@ -107,7 +112,7 @@ async fn frame(core: &mut Core, direction: Direction, bytes: Vec<u8>) -> Result<
 async fn release(
     core: &mut Core,
     client: &mut Box<dyn Io>,
-    target: &mut TcpStream,
+    target: &mut Box<dyn Io>,
 ) -> Result<(), String> {
     // Towards the target first: when the client has gone, that is what still matters.
     for content in core

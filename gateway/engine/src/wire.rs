@@ -26,6 +26,8 @@ pub enum Message {
     Exit(i32),
     /// Gateway to client: the session ended with an error.
     Error(String),
+    /// Agent to gateway: the program's terminal now shows (or hides) what is typed.
+    Echo(bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,7 @@ impl Message {
             Message::Notice(_) => 11,
             Message::Exit(_) => 12,
             Message::Error(_) => 13,
+            Message::Echo(_) => 14,
         }
     }
 
@@ -58,6 +61,7 @@ impl Message {
             Message::Resize { rows, cols } => [rows.to_be_bytes(), cols.to_be_bytes()].concat(),
             Message::Notice(s) | Message::Error(s) => s.as_bytes().to_vec(),
             Message::Exit(code) => code.to_be_bytes().to_vec(),
+            Message::Echo(on) => vec![u8::from(*on)],
         }
     }
 
@@ -87,6 +91,10 @@ impl Message {
                 Message::Exit(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
             }
             13 => Message::Error(text(body)?),
+            14 => {
+                fixed(&body, 1)?;
+                Message::Echo(body[0] != 0)
+            }
             other => {
                 return Err(WireError::Malformed(format!(
                     "unknown message kind {other}"
@@ -145,6 +153,7 @@ mod tests {
             Message::Notice("held".into()),
             Message::Exit(-3),
             Message::Error("no".into()),
+            Message::Echo(false),
         ];
         let mut buf = Vec::new();
         for m in &all {

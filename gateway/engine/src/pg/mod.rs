@@ -71,6 +71,11 @@ impl Front {
             tables: Default::default(),
         }
     }
+
+    /// How this connection reaches its server: from here, or through one of its agents.
+    pub fn reach(&self) -> crate::agent::Reach {
+        crate::agent::Reach::of(&self.ctx.agents, self.conn.agent.as_ref())
+    }
 }
 
 /// Accepts PostgreSQL clients on `listener` for as long as the gateway runs.
@@ -195,7 +200,7 @@ impl Front {
                 return Err(text);
             }
         };
-        let upstream = match upstream::connect(&self.conn).await {
+        let upstream = match upstream::connect(&self.conn, &self.reach()).await {
             Ok(upstream) => upstream,
             Err(text) => {
                 turn_away(&mut client, "08006", &format!("sluice: {text}")).await;
@@ -350,7 +355,9 @@ impl Front {
                     .get(&(pid, secret))
                     .copied();
                 match target {
-                    Some((pid, secret)) => upstream::cancel(&self.conn, pid, secret).await,
+                    Some((pid, secret)) => {
+                        upstream::cancel(&self.conn, &self.reach(), pid, secret).await
+                    }
                     None => tracing::info!(%peer, "cancel request with an unknown key"),
                 }
                 Ok(None)

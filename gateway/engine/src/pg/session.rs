@@ -721,7 +721,11 @@ impl<
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
-            match super::upstream::table_names(&self.conn, &missing).await {
+            match {
+                let reach =
+                    crate::agent::Reach::of(&self.core.ctx.agents, self.conn.agent.as_ref());
+                super::upstream::table_names(&self.conn, &reach, &missing).await
+            } {
                 Ok(names) => lock().extend(names),
                 Err(e) => tracing::warn!(error = %e, "cannot look up table names"),
             }

@@ -4,10 +4,10 @@
 
 use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::Io;
 use super::message::{self, Message};
+use crate::agent::Reach;
 use crate::config::{PostgresConnection, UpstreamTls};
 
 /// An authenticated upstream connection, ready for queries.
@@ -21,11 +21,11 @@ pub struct Upstream {
 }
 
 /// Errors are phrased for the client and the log; none carries the password.
-pub async fn connect(conn: &PostgresConnection) -> Result<Upstream, String> {
-    let tcp = TcpStream::connect(&conn.upstream)
+pub async fn connect(conn: &PostgresConnection, reach: &Reach) -> Result<Upstream, String> {
+    let tcp = reach
+        .dial(&conn.upstream)
         .await
-        .map_err(|e| format!("cannot reach the database at {}: {e}", conn.upstream))?;
-    let _ = tcp.set_nodelay(true);
+        .map_err(|e| format!("cannot reach the database: {e}"))?;
     let mut stream = secure(conn, tcp).await?;
     let startup = message::startup(&[
         ("user", &conn.user),
@@ -141,9 +141,9 @@ pub async fn connect(conn: &PostgresConnection) -> Result<Upstream, String> {
 }
 
 /// TLS toward the server, as the connection asks.
-async fn secure(conn: &PostgresConnection, mut tcp: TcpStream) -> Result<Box<dyn Io>, String> {
+async fn secure(conn: &PostgresConnection, mut tcp: Box<dyn Io>) -> Result<Box<dyn Io>, String> {
     let config = match conn.upstream_tls {
-        UpstreamTls::Off => return Ok(Box::new(tcp)),
+        UpstreamTls::Off => return Ok(tcp),
         UpstreamTls::Require => {
             crate::tls::unverified_client_config().map_err(|e| e.to_string())?
         }
@@ -206,8 +206,8 @@ pub fn error_text(m: &Message) -> String {
 
 /// Asks the server to cancel what the backend `pid` runs (a new connection, as the protocol
 /// wants).
-pub async fn cancel(conn: &PostgresConnection, pid: i32, secret: i32) {
-    if let Ok(mut stream) = TcpStream::connect(&conn.upstream).await {
+pub async fn cancel(conn: &PostgresConnection, reach: &Reach, pid: i32, secret: i32) {
+    if let Ok(mut stream) = reach.dial(&conn.upstream).await {
         let _ = stream
             .write_all(&message::cancel_request(pid, secret))
             .await;
@@ -219,9 +219,10 @@ pub async fn cancel(conn: &PostgresConnection, pid: i32, secret: i32) {
 /// with the client's traffic). Unknown OIDs are left out.
 pub async fn table_names(
     conn: &PostgresConnection,
+    reach: &Reach,
     oids: &[u32],
 ) -> Result<Vec<(u32, String)>, String> {
-    let mut upstream = connect(conn).await?;
+    let mut upstream = connect(conn, reach).await?;
     let list: Vec<String> = oids.iter().map(u32::to_string).collect();
     let sql = format!(
         "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \

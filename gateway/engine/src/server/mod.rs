@@ -26,6 +26,7 @@
 //! what admins and the gateway itself do to the whole (reload, retention, stop), each
 //! recorded before it takes effect.
 
+mod agents;
 mod operations;
 mod routes;
 mod upgrade;
@@ -231,6 +232,14 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         Duration::from_millis(config.gateway.hold_timeout_ms),
     )
     .await?;
+    let agents = Arc::new(crate::agent::Agents::open(
+        &config.gateway.data_dir,
+        crate::agent::registry::Settings {
+            keepalive: Duration::from_millis(config.agents.keepalive_ms),
+            enroll_ttl: Duration::from_secs(config.agents.enroll_ttl_seconds),
+        },
+        recorder.clone(),
+    )?);
     let session_ctx = Arc::new(session::Context {
         recorder,
         record_mode: config.gateway.record_mode,
@@ -238,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         roles,
         active: Default::default(),
         chains: std::sync::RwLock::new(Arc::new(chains)),
+        agents,
     });
     let sinks = Arc::new(Sinks::new(store.clone()));
     sinks.apply(sink_plans);

@@ -47,6 +47,9 @@ impl Gateway {
         if path == "/api/ca" {
             return reply(StatusCode::OK, self.ca_pem.clone());
         }
+        if path == crate::agent::tunnel::ENROLL_PATH || path == crate::agent::tunnel::CONNECT_PATH {
+            return self.agent_route(req, peer).await;
+        }
         if path == "/api/auth" {
             // What `sluice login` needs to sign in: public.
             let oidc = self.auth.oidc().map(|o| {
@@ -114,6 +117,10 @@ impl Gateway {
             (&Method::GET, ["api", "sessions", id, "events"]) => {
                 let form = query.get("form").map_or("jsonl", String::as_str);
                 self.session_events(&identity, id, form).await
+            }
+            (method, ["api", "agents", ..]) => {
+                self.manage_agents(method, &segments, &query, &identity)
+                    .await
             }
             (&Method::GET, ["api", "whoami"]) => {
                 let roles: serde_json::Map<String, serde_json::Value> = self

@@ -171,14 +171,14 @@ impl Gateway {
                     Ok(until) => until,
                     Err(refused) => return refused,
                 };
-                let (ctx, target) = (self.session_ctx.clone(), tcp.upstream.clone());
+                let (ctx, tcp) = (self.session_ctx.clone(), tcp.clone());
                 opening.protocol = "tcp";
                 tokio::spawn(async move {
                     let Ok(upgraded) = hyper::upgrade::on(req).await else {
                         return;
                     };
                     let span = tracing::info_span!("session", id = %opening.id, connection = %opening.connection_name, user = %opening.identity.subject);
-                    crate::tcp::session(ctx, opening, Box::new(TokioIo::new(upgraded)), target)
+                    crate::tcp::session(ctx, opening, Box::new(TokioIo::new(upgraded)), tcp)
                         .instrument(span)
                         .await;
                 });

@@ -208,8 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(forward) = self.client_frame(statement).await? else {
             return Err(End::Refused("the script was not run".into()));
         };
-        let mut process = Process::script(conn)
-            .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
+        let mut process = start(self.core.ctx.agents.clone(), conn, None).await?;
         let mut bytes = content_bytes(&forward);
         // Whatever a plugin still holds of the input is the script's tail.
         for released in self.core.flush(Direction::ClientToTarget).await? {
@@ -230,8 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Interactive: keystrokes cross the chain as byte frames; at Enter the typed line crosses
     /// it too, and the Enter key is held back until the line's verdict.
     async fn connect(&mut self, conn: &ExecConnection, rows: u16, cols: u16) -> Result<i32, End> {
-        let mut process = Process::interactive(conn, rows, cols)
-            .map_err(|e| End::Target(format!("cannot start the program: {e}")))?;
+        let mut process = start(self.core.ctx.agents.clone(), conn, Some((rows, cols))).await?;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut since_flush = false;
         // Ctrl-Ds still to type after the client's input ended (see InputEnd below).
@@ -273,12 +271,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                         Err(WireError::Closed) => {
                             // The client went away: end the program with the session.
-                            let _ = process.child.start_kill();
+                            process.kill();
                             break;
                         }
                         Ok(other) => return Err(WireError::Malformed(format!("unexpected {other:?}")).into()),
                         Err(e) => {
-                            let _ = process.child.start_kill();
+                            process.kill();
                             return Err(e.into());
                         }
                     }
@@ -546,14 +544,24 @@ fn output_refused(outcome: Outcome) -> End {
     }
 }
 
+/// The connection's program, started here or by one of its agents: one-shot, or in a
+/// terminal of (rows, cols).
+async fn start(
+    agents: Arc<crate::agent::Agents>,
+    conn: &ExecConnection,
+    terminal: Option<(u16, u16)>,
+) -> Result<Process, End> {
+    let script = terminal.is_none();
+    let started = match (&conn.agent, terminal) {
+        (Some(pool), _) => crate::agent::start(&agents, conn, pool, script, terminal).await,
+        (None, None) => Process::script(&conn.program(true)).map_err(|e| e.to_string()),
+        (None, Some((rows, cols))) => {
+            Process::interactive(&conn.program(false), rows, cols).map_err(|e| e.to_string())
+        }
+    };
+    started.map_err(|e| End::Target(format!("cannot start the program: {e}")))
+}
+
 async fn wait(process: &mut Process) -> Result<i32, End> {
-    use std::os::unix::process::ExitStatusExt;
-    let status = process
-        .child
-        .wait()
-        .await
-        .map_err(|e| End::Target(e.to_string()))?;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    process.wait().await.map_err(End::Target)
 }

@@ -46,6 +46,8 @@ pub struct Context {
     pub active: Mutex<HashMap<String, Active>>,
     /// The filter chains new sessions get; `sluice reload` replaces them whole.
     pub chains: std::sync::RwLock<Arc<Chains>>,
+    /// Agents, for connections reached through them.
+    pub agents: Arc<crate::agent::Agents>,
 }
 
 /// The plugins of each connection's chain, and the policy files they come from (recorded

@@ -1,0 +1,227 @@
+//! What the gateway and its agents say to each other, and a tunnel stream as a byte stream.
+//!
+//! The agent dials the gateway's listener (TLS, the gateway's CA pinned) and asks to upgrade
+//! `GET /api/agents/connect` to [`PROTOCOL`], naming itself in [`AGENT_HEADER`]. The `101`
+//! carries a fresh challenge ([`CHALLENGE_HEADER`], 32 random bytes in hex); the agent's first
+//! 64 bytes on the upgraded stream are its Ed25519 signature of [`signed`] for it, and the
+//! gateway answers one byte: [`ACCEPTED`], or [`REFUSED`] then a length (u16) and the reason.
+//! From then on the stream is HTTP/2 with the roles reversed: the gateway is the client and
+//! opens a stream per session, the agent only answers. That is what keeps an agent from
+//! opening sessions, reaching another session's stream or making the gateway dial anything.
+//!
+//! A stream's request says the job: `POST /dial` with [`TARGET_HEADER`] (`host:port`): the
+//! agent dials it and the stream carries its bytes; `POST /exec` with [`EXEC_HEADER`] (a JSON
+//! [`ExecJob`]): the agent starts the program and the stream carries `wire` messages (input,
+//! resize, input end one way; output, echo, exit the other). A `200` means done; any other
+//! status carries the reason in [`ERROR_HEADER`].
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The `Upgrade` protocol of an agent's connection.
+pub const PROTOCOL: &str = "sluice-agent/1";
+pub const CONNECT_PATH: &str = "/api/agents/connect";
+pub const ENROLL_PATH: &str = "/api/agents/enroll";
+pub const AGENT_HEADER: &str = "sluice-agent";
+pub const VERSION_HEADER: &str = "sluice-agent-version";
+pub const CHALLENGE_HEADER: &str = "sluice-challenge";
+pub const TARGET_HEADER: &str = "sluice-target";
+pub const EXEC_HEADER: &str = "sluice-exec";
+pub const ERROR_HEADER: &str = "sluice-error";
+pub const ACCEPTED: u8 = 0;
+pub const REFUSED: u8 = 1;
+/// The largest HTTP/2 frame either side accepts; anything larger ends the connection.
+pub const MAX_FRAME: u32 = 64 << 10;
+/// Each stream's (and the connection's) flow-control window: one session cannot take more
+/// than this of the gateway's memory before its reader catches up.
+pub const WINDOW: u32 = 1 << 20;
+/// The largest request or response head; a job's description fits well within it.
+pub const MAX_HEADERS: u32 = 64 << 10;
+
+/// What the agent signs to answer a challenge: the purpose, its name and the challenge, so a
+/// signature is good for this one connection of this one agent.
+pub fn signed(name: &str, challenge: &[u8]) -> Vec<u8> {
+    let mut message = b"sluice-agent-connect/1\0".to_vec();
+    message.extend_from_slice(name.as_bytes());
+    message.push(0);
+    message.extend_from_slice(challenge);
+    message
+}
+
+/// A program for an agent to start: an exec connection's settings, with the values the
+/// agent must take from its own environment left as names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecJob {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, EnvValue>,
+    pub cwd: Option<std::path::PathBuf>,
+    /// In a terminal of this size (`sluice connect`), or with the script on standard input.
+    pub terminal: Option<(u16, u16)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvValue {
+    /// Given by the gateway (a literal, or the gateway's own `env:NAME`).
+    Value(String),
+    /// `agent-env:NAME`: read by the agent from its own environment; never seen by the gateway.
+    AgentEnv(String),
+}
+
+/// One tunnel stream as a byte stream: reads take what the peer sent (and give the window
+/// back as they do), writes wait for window.
+pub struct Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    unread: Bytes,
+    /// Says whose stream broke, in errors.
+    agent: Arc<str>,
+    /// The agent's count of live sessions, one less when this stream goes.
+    count: Option<Arc<AtomicUsize>>,
+    /// This side ended its half: dropping the stream then must not reset it, or the peer
+    /// could lose the last data sent.
+    finished: bool,
+}
+
+impl Stream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream, agent: Arc<str>) -> Stream {
+        Stream {
+            send,
+            recv,
+            unread: Bytes::new(),
+            agent,
+            count: None,
+            finished: false,
+        }
+    }
+
+    /// Counts this stream among `sessions` while it lives (already counted).
+    pub fn counted(mut self, sessions: Arc<AtomicUsize>) -> Stream {
+        self.count = Some(sessions);
+        self
+    }
+
+    fn broken(&self, error: impl std::fmt::Display) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            format!("agent `{}`: {error}", self.agent),
+        )
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.unread.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.unread = data;
+                }
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(self.broken(connection_lost(&e)))),
+            }
+        }
+        let n = self.unread.len().min(buf.remaining());
+        let taken = self.unread.split_to(n);
+        buf.put_slice(&taken);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len().min(WINDOW as usize));
+        match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(n)) if n > 0 => {
+                let n = n.min(buf.len());
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                match self.send.send_data(data, false) {
+                    Ok(()) => Poll::Ready(Ok(n)),
+                    Err(e) => Poll::Ready(Err(self.broken(connection_lost(&e)))),
+                }
+            }
+            Some(Ok(_)) | None => Poll::Ready(Err(self.broken("the stream was closed"))),
+            Some(Err(e)) => Poll::Ready(Err(self.broken(connection_lost(&e)))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends this side of the stream; the peer reads the end, and may still answer.
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // An error means it ended already (or was reset): nothing more to say either way.
+        let _ = self.send.send_data(Bytes::new(), true);
+        self.finished = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped before it ended (its session was cut short) is reset, so the other
+    /// side lets go of the program or the socket at once.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.send.send_reset(h2::Reason::CANCEL);
+        }
+        if let Some(count) = &self.count {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a broken stream says: the connection lost, or the stream reset by the peer.
+fn connection_lost(e: &h2::Error) -> String {
+    if e.is_go_away() || e.is_io() {
+        "the connection to the agent was lost".into()
+    } else if e.is_reset() {
+        "the agent ended the stream".into()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Pings every `interval`; returns why the connection should end once a ping goes
+/// unanswered for two intervals. Both sides run it.
+pub async fn keep_alive(
+    pings: Option<h2::PingPong>,
+    interval: Duration,
+    last_seen_ms: Arc<AtomicU64>,
+) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(interval * 2, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => last_seen_ms.store(sluice_core::now_ms(), Ordering::Relaxed),
+            Ok(Err(e)) => return format!("the connection failed: {e}"),
+            Err(_) => return format!("no answer to a keepalive in {:?}", interval * 2),
+        }
+    }
+}
