@@ -19,7 +19,7 @@ fn live_session(gw: &Gateway) -> (std::process::Child, String) {
 }
 
 /// The store's events of kind `kind`, read offline (the gateway stopped).
-fn events_of_kind(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
+pub fn events_of_kind(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
     let store = Store::open(&gw.store(), &gw.dir.path().join("data/record.key")).unwrap();
     store
         .entries_from(0, usize::MAX)

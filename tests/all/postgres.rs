@@ -24,6 +24,20 @@ fn as_postgres(program: &str) -> Command {
     }
 }
 
+/// `program` as the postgres user inside the network namespace `netns`.
+fn as_postgres_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => as_postgres(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args([
+                "netns", "exec", ns, "runuser", "-u", "postgres", "--", program,
+            ]);
+            c
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -35,6 +49,12 @@ pub fn free_port() -> u16 {
 impl Cluster {
     /// `auth` is the method for TCP clients (`scram-sha-256`, `md5`).
     pub fn start(auth: &str) -> Cluster {
+        Cluster::start_in(auth, None)
+    }
+
+    /// A cluster listening on the loopback of network namespace `netns` (reachable only
+    /// from inside it; its socket folder still serves `sql`).
+    pub fn start_in(auth: &str, netns: Option<&str>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         if rustix::process::geteuid().is_root() {
             let status = Command::new("chown")
@@ -72,7 +92,7 @@ impl Cluster {
             dir.path().display()
         );
         let (code, _, err) = run_command(
-            as_postgres("pg_ctl")
+            as_postgres_in(netns, "pg_ctl")
                 .arg("-D")
                 .arg(&data)
                 .args(["-o", &options, "-l"])

@@ -102,8 +102,14 @@ impl Gateway {
         };
         // One cache of compiled plugins for every gateway the tests start.
         let cache = repo().join("target/test-plugin-cache");
+        // Settings may name a listener of their own (an address a namespace can reach).
+        let listen = if settings.contains("listen =") {
+            ""
+        } else {
+            "listen = \"127.0.0.1:0\"\n"
+        };
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\nplugin_cache = \"{}\"\n{settings}\n\
+            "[gateway]\n{listen}data_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\nplugin_cache = \"{}\"\n{settings}\n\
              [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ PS1 = \"$ \" }}\n\n\
              [connections.python]\nkind = \"exec\"\ninteractive = [\"python3\", \"-i\", \"-q\"]\nscript = [\"python3\", \"-\"]\n{extra}",
             cache.display()

@@ -486,12 +486,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let client = target.client()?.with_reason(reason);
             let runtime = runtime()?;
-            Ok(ExitCode::from(match port {
-                Some(port) => {
-                    runtime.block_on(crate::client::tunnel(&client, &connection, port))?
-                }
-                None => runtime.block_on(crate::client::connect(&client, &connection))?,
-            }))
+            let status = match port {
+                Some(port) => runtime.block_on(crate::client::tunnel(&client, &connection, port)),
+                None => runtime.block_on(crate::client::connect(&client, &connection)),
+            };
+            // Standard input is read on a blocking thread that cannot be cancelled: once the
+            // session is over (ended by the program, an auditor or a lost agent), do not wait
+            // for a key press that would only end that read.
+            runtime.shutdown_background();
+            Ok(ExitCode::from(status?))
         }
         Command::Exec {
             connection,

@@ -151,6 +151,10 @@ pub struct Gateway {
     /// startup and password (PostgreSQL). Nothing bounds a signed-in connection's idle time.
     #[serde(default = "default_sign_in_timeout_ms")]
     pub sign_in_timeout_ms: u64,
+    /// Host names and addresses clients and agents reach the gateway by, beyond `localhost`
+    /// and `127.0.0.1`: its certificate names them (made again when they change; the CA stays).
+    #[serde(default)]
+    pub tls_names: Vec<String>,
 }
 
 impl Gateway {
@@ -183,6 +187,7 @@ impl Default for Gateway {
             trusted_proxies: Vec::new(),
             max_signing_in: default_max_signing_in(),
             sign_in_timeout_ms: default_sign_in_timeout_ms(),
+            tls_names: Vec::new(),
         }
     }
 }
@@ -503,10 +508,11 @@ impl Config {
             return Err("agents.keepalive_ms and enroll_ttl_seconds: at least 1".into());
         }
         for (name, connection) in &self.connections {
-            if let Some(pool) = connection.agents() {
-                if pool.names().is_empty() {
-                    return Err(format!("connections.{name}.agent: name at least one agent"));
-                }
+            if connection
+                .agents()
+                .is_some_and(|pool| pool.names().is_empty())
+            {
+                return Err(format!("connections.{name}.agent: name at least one agent"));
             }
             if !days_ok(connection.retention_days()) {
                 return Err(format!(

@@ -37,28 +37,49 @@ pub fn install_provider() {
 
 /// Loads the CA and server certificate, making them on first start.
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Tls> {
+    load_or_create_for(data_dir, &[])
+}
+
+/// Loads the CA and a server certificate for `localhost`, `127.0.0.1` and `names` (the host
+/// names and addresses clients and agents reach the gateway by: `[gateway] tls_names`),
+/// making the CA on first start and the certificate again whenever the names change. The CA
+/// stays, so clients that pinned it keep trusting the gateway.
+pub fn load_or_create_for(data_dir: &Path, names: &[String]) -> anyhow::Result<Tls> {
     let (ca_pem_path, ca_key_path, cert_path, key_path) = paths(data_dir);
+    let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    all.extend(
+        names
+            .iter()
+            .filter(|n| !all.contains(n))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let names_path = ca_pem_path.with_file_name("server.names");
     if !ca_pem_path.exists() {
         std::fs::create_dir_all(ca_pem_path.parent().unwrap_or(data_dir))?;
         let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Sluice gateway local CA");
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, &ca_key);
+        let ca_cert = ca_params()?.self_signed(&ca_key)?;
+        sluice_core::files::write_private(&ca_key_path, ca_key.serialize_pem().as_bytes())?;
+        std::fs::write(&ca_pem_path, ca_cert.pem())?;
+    }
+    let issued_for = std::fs::read_to_string(&names_path)
+        .unwrap_or_else(|_| "localhost\n127.0.0.1\n".to_string());
+    if !cert_path.exists() || issued_for != all.join("\n") + "\n" {
+        let ca_pem = std::fs::read_to_string(&ca_key_path)
+            .with_context(|| format!("read {}", ca_key_path.display()))?;
+        let ca_key = KeyPair::from_pem(&ca_pem)?;
+        let params = ca_params()?;
+        let issuer = Issuer::new(params, &ca_key);
         let server_key = KeyPair::generate()?;
-        let mut server_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let mut server_params = CertificateParams::new(all.clone())
+            .with_context(|| format!("gateway.tls_names: {}", names.join(", ")))?;
         server_params
             .distinguished_name
             .push(DnType::CommonName, "Sluice gateway");
         let server_cert = server_params.signed_by(&server_key, &issuer)?;
-        sluice_core::files::write_private(&ca_key_path, ca_key.serialize_pem().as_bytes())?;
         sluice_core::files::write_private(&key_path, server_key.serialize_pem().as_bytes())?;
         std::fs::write(&cert_path, server_cert.pem())?;
-        std::fs::write(&ca_pem_path, ca_cert.pem())?;
+        std::fs::write(&names_path, all.join("\n") + "\n")?;
     }
     let ca_pem = std::fs::read_to_string(&ca_pem_path)
         .with_context(|| format!("read {}", ca_pem_path.display()))?;
@@ -74,6 +95,16 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Tls> {
         ca_pem,
         server_config: Arc::new(server_config),
     })
+}
+
+/// The CA's parameters (its name and constraints), to make it and to sign with it.
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Sluice gateway local CA");
+    Ok(params)
 }
 
 /// SHA-256 fingerprint of the first certificate in `pem`, as colon-separated hex.

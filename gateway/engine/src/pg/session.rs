@@ -721,11 +721,8 @@ impl<
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
-            match {
-                let reach =
-                    crate::agent::Reach::of(&self.core.ctx.agents, self.conn.agent.as_ref());
-                super::upstream::table_names(&self.conn, &reach, &missing).await
-            } {
+            let reach = crate::agent::Reach::of(&self.core.ctx.agents, self.conn.agent.as_ref());
+            match super::upstream::table_names(&self.conn, &reach, &missing).await {
                 Ok(names) => lock().extend(names),
                 Err(e) => tracing::warn!(error = %e, "cannot look up table names"),
             }

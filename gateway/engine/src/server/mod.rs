@@ -214,7 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         Tokens::new(&config.tokens, dev_tokens.as_ref()),
         oidc,
     ));
-    let tls = crate::tls::load_or_create(&data)?;
+    let tls = crate::tls::load_or_create_for(&data, &config.gateway.tls_names)?;
     // In async mode nobody waits for a commit: group events over 10 ms per fsync.
     let recorder = Recorder::spawn_lingering(
         store.clone(),
