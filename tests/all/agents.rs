@@ -432,8 +432,99 @@ fn enrollment_tokens_work_once_and_a_pool_outlives_one_of_its_agents() {
     let (code, out, err) = gateway.run(&["exec", "pooled", "--", "echo still"], "");
     assert_eq!((code, out.as_str()), (0, "still\n"), "{err}");
 
+    // A double that speaks the protocol: enrolled as `mallory`, it cannot connect as `a`,
+    // and its malformed and oversized frames end its own connection only.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let token_m = add_agent(&gateway, "mallory");
+    runtime.block_on(async {
+        use ed25519_dalek::Signer;
+        use sluice_engine::agent::tunnel;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca = gateway.dir.path().join("data/tls/ca.pem");
+        let client = sluice_cli::client::Client::new(&gateway.addr, None, Some(ca)).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let enrollment = serde_json::json!({
+            "token": token_m,
+            "public_key": hex::encode(key.verifying_key().as_bytes()),
+        });
+        let answer = client
+            .post_json(tunnel::ENROLL_PATH, enrollment.to_string().into_bytes())
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&answer).contains("mallory"));
+        let connect = |name: &'static str| {
+            let client = client.clone();
+            let key = key.clone();
+            async move {
+                let (headers, mut io) = client
+                    .upgrade(
+                        "GET",
+                        tunnel::CONNECT_PATH,
+                        tunnel::PROTOCOL,
+                        &[(tunnel::AGENT_HEADER, name)],
+                    )
+                    .await
+                    .unwrap();
+                let challenge =
+                    hex::decode(headers[tunnel::CHALLENGE_HEADER].to_str().unwrap()).unwrap();
+                let signature = key.sign(&tunnel::signed(name, &challenge));
+                io.write_all(&signature.to_bytes()).await.unwrap();
+                let mut answer = [0u8; 1];
+                io.read_exact(&mut answer).await.unwrap();
+                (answer[0], io)
+            }
+        };
+        // As `a`, signed with mallory's key: refused.
+        let (answer, mut io) = connect("a").await;
+        assert_eq!(answer, tunnel::REFUSED);
+        let mut rest = Vec::new();
+        let _ = io.read_to_end(&mut rest).await;
+        assert!(
+            String::from_utf8_lossy(&rest).contains("does not verify"),
+            "{rest:?}"
+        );
+        // As itself: accepted; then garbage instead of HTTP/2, and an oversized frame.
+        for bytes in [
+            b"this is not HTTP/2 at all, not even close".to_vec(),
+            [&[0xff, 0xff, 0xff, 0x00, 0x00, 0, 0, 0, 0][..], &[0u8; 64]].concat(),
+        ] {
+            let (answer, mut io) = connect("mallory").await;
+            assert_eq!(answer, tunnel::ACCEPTED);
+            let _ = io.write_all(&bytes).await;
+            let mut sink = Vec::new();
+            let ended = tokio::time::timeout(Duration::from_secs(20), io.read_to_end(&mut sink));
+            assert!(
+                ended.await.is_ok(),
+                "the gateway kept a malformed connection"
+            );
+        }
+    });
+    // The gateway and the real agents carry on.
+    let (code, out, err) = gateway.run(&["exec", "pooled", "--", "echo fine"], "");
+    assert_eq!((code, out.as_str()), (0, "fine\n"), "{err}");
+
     // Enrollment, connections, disconnections and revocations are in the hash chain.
     assert_eq!(gateway.stop_with("TERM"), Some(0));
+    let refusals = crate::lifecycle::events_of_kind(&gateway, "agent-refused");
+    assert!(
+        refusals.iter().any(|e| e["agent"] == "a"
+            && e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("does not verify")),
+        "{refusals:?}"
+    );
+    let mallory: Vec<_> = crate::lifecycle::events_of_kind(&gateway, "agent-disconnect")
+        .into_iter()
+        .filter(|e| e["agent"] == "mallory")
+        .collect();
+    assert_eq!(mallory.len(), 2, "{mallory:?}");
+    assert!(
+        mallory
+            .iter()
+            .all(|e| e["reason"].as_str().unwrap_or("").contains("failed")),
+        "{mallory:?}"
+    );
     for kind in [
         "agent-add",
         "agent-enroll",
