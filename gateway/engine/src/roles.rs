@@ -165,20 +165,16 @@ impl Roles {
         tracing::warn!(subject = %identity.subject, role = role.name(), connection, action, "refused");
         let labels = sluice_core::metrics::labels(&[("role", role.name())]);
         sluice_core::metrics::count(sluice_core::metrics::REFUSALS, &labels, 1);
+        let meta = json!({
+            "subject": identity.subject,
+            "groups": identity.groups,
+            "action": action,
+            "role": role.name(),
+            "connection": connection,
+        });
         let event = NewEvent {
-            session: String::new(),
-            seq: 0,
-            kind: "refusal".into(),
-            time_ms: sluice_core::now_ms(),
-            meta: json!({
-                "subject": identity.subject,
-                "groups": identity.groups,
-                "action": action,
-                "role": role.name(),
-                "connection": connection,
-            })
-            .to_string(),
             payload: message.as_bytes().to_vec(),
+            ..NewEvent::gateway("refusal", &meta)
         };
         if let Err(e) = self.recorder.enqueue(event).await {
             tracing::error!(error = %e, "cannot record a refusal");

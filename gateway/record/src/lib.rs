@@ -415,7 +415,7 @@ impl Store {
                 "entry {index} exists already (the chain ends before {next})"
             )));
         }
-        let event = gateway_event(kind, meta);
+        let event = NewEvent::gateway(kind, &meta);
         let indices = self.append_locked(
             &mut tail,
             Append {
@@ -437,7 +437,7 @@ impl Store {
         let prev = tail.last.map_or(GENESIS, |(_, hash)| hash);
         let rotation = Rotation::sign(&tail.signer, new.verifying_key().to_bytes(), &prev);
         let meta = serde_json::to_value(&rotation).map_err(|e| self.corrupt(e))?;
-        let event = gateway_event(ROTATION_KIND, meta);
+        let event = NewEvent::gateway(ROTATION_KIND, &meta);
         let first = tail.last.map_or(0, |(index, _)| index + 1);
         let indices = self.append_locked(
             &mut tail,
@@ -831,17 +831,19 @@ fn sign(signer: &SigningKey, index: u64, hash: Hash) -> SignedHead {
     }
 }
 
-/// An event of the gateway's own (no session), stamped now.
-fn gateway_event(kind: &str, meta: serde_json::Value) -> NewEvent {
-    NewEvent {
-        session: String::new(),
-        seq: 0,
-        kind: kind.into(),
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        meta: meta.to_string(),
-        payload: Vec::new(),
+impl NewEvent {
+    /// An event of the gateway's own (no session), stamped now.
+    pub fn gateway(kind: &str, meta: &serde_json::Value) -> NewEvent {
+        NewEvent {
+            session: String::new(),
+            seq: 0,
+            kind: kind.into(),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            meta: meta.to_string(),
+            payload: Vec::new(),
+        }
     }
 }
 

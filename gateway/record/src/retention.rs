@@ -11,8 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
 use super::{
-    Append, CHECKPOINTS, ENTRIES, META, PAYLOADS, REVIEWS, RecordError, SESSIONS, SINK_CURSORS,
-    SessionSummary, Store, decode_stored, gateway_event, guarded, kinds, open_db,
+    Append, CHECKPOINTS, ENTRIES, META, NewEvent, PAYLOADS, REVIEWS, RecordError, SESSIONS,
+    SINK_CURSORS, SessionSummary, Store, decode_stored, guarded, kinds, open_db,
 };
 
 /// Rows copied per transaction when the store is rewritten.
@@ -93,7 +93,7 @@ impl Store {
                 });
                 let event = super::NewEvent {
                     time_ms: now_ms,
-                    ..gateway_event(kinds::RETENTION, meta)
+                    ..NewEvent::gateway(kinds::RETENTION, &meta)
                 };
                 let append = Append {
                     events: std::slice::from_ref(&event),

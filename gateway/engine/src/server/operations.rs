@@ -130,14 +130,7 @@ impl Gateway {
         kind: &str,
         meta: &serde_json::Value,
     ) -> Result<(), String> {
-        let event = NewEvent {
-            session: String::new(),
-            seq: 0,
-            kind: kind.into(),
-            time_ms: sluice_core::now_ms(),
-            meta: meta.to_string(),
-            payload: Vec::new(),
-        };
+        let event = NewEvent::gateway(kind, meta);
         self.session_ctx
             .recorder
             .append(event)
