@@ -311,6 +311,10 @@ fn an_agent_carries_sessions_into_a_network_only_it_can_reach() {
     );
     assert!(!recorded.contains("alice@example.com"), "{recorded}");
 
+    // The terminal's echo mode crosses the tunnel: a password typed at a prompt on the
+    // agent's host stays out of the record, as on a direct connection.
+    crate::sessions::password_prompt_input_is_recorded_redacted(&gateway, "remote-shell");
+
     // Killing the agent mid-session ends the session with a recorded reason.
     let mut connect = gateway
         .cli()

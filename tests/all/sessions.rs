@@ -426,10 +426,17 @@ fn the_ca_export_is_what_the_gateway_serves() {
 #[test]
 fn input_typed_at_a_password_prompt_is_recorded_redacted() {
     let gw = Gateway::start();
+    password_prompt_input_is_recorded_redacted(&gw, "shell");
+}
+
+/// At a password prompt (echo off) on `connection`'s shell, the typed password reaches the
+/// program but the record holds `[redacted: typed with echo off]`.
+pub fn password_prompt_input_is_recorded_redacted(gw: &Gateway, connection: &str) {
     let client = gw.client();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let output = runtime.block_on(async {
-        let (_, mut stream) = client.open("connection=shell&mode=connect").await.unwrap();
+        let query = format!("connection={connection}&mode=connect");
+        let (_, mut stream) = client.open(&query).await.unwrap();
         let mut seen = Vec::new();
         let mut step = 0;
         loop {
@@ -465,8 +472,8 @@ fn input_typed_at_a_password_prompt_is_recorded_redacted() {
         String::from_utf8_lossy(&seen).into_owned()
     });
     assert!(output.contains("got 12 chars"), "{output}");
-    let id = &session_ids(&gw)[0];
-    let all: Vec<u8> = events(&gw, id).iter().flat_map(payload).collect();
+    let id = gw.newest_session(&["--connection", connection]);
+    let all: Vec<u8> = events(gw, &id).iter().flat_map(payload).collect();
     let all = String::from_utf8_lossy(&all);
     assert!(!all.contains("s3cret"), "the password reached the record");
     assert!(all.contains("[redacted: typed with echo off]"), "{all}");
