@@ -226,8 +226,8 @@ fn an_agent_carries_sessions_into_a_network_only_it_can_reach() {
         netns.host_ip, netns.host_ip
     );
     let connections = format!(
-        "[connections.remote-pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{remote_pg}\"\nupstream = \"127.0.0.1:{port}\"\nagent = \"edge\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n\
-         [connections.direct-pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{direct_pg}\"\nupstream = \"127.0.0.1:{port}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n\
+        "[connections.remote-pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{remote_pg}\"\nupstream = \"127.0.0.1:{port}\"\nagent = \"edge\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"agent-env:EDGE_PG_PASSWORD\"\n\
+         [connections.direct-pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{direct_pg}\"\nupstream = \"127.0.0.1:{port}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\n\
          [connections.remote-shell]\nkind = \"exec\"\nagent = \"edge\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ SECRET = \"agent-env:EDGE_SECRET\", PS1 = \"$ \" }}\n\
          [agents]\nkeepalive_ms = 300\n",
         port = cluster.port
@@ -248,7 +248,10 @@ fn an_agent_carries_sessions_into_a_network_only_it_can_reach() {
         &gateway,
         &state.path().join("edge"),
         Some(&enroll),
-        &[("EDGE_SECRET", secret)],
+        &[
+            ("EDGE_SECRET", secret),
+            ("EDGE_PG_PASSWORD", UPSTREAM_PASSWORD),
+        ],
     );
     wait_for_state(&gateway, "edge", "connected");
 
@@ -348,7 +351,10 @@ fn an_agent_carries_sessions_into_a_network_only_it_can_reach() {
         &gateway,
         &state.path().join("edge"),
         None,
-        &[("EDGE_SECRET", secret)],
+        &[
+            ("EDGE_SECRET", secret),
+            ("EDGE_PG_PASSWORD", UPSTREAM_PASSWORD),
+        ],
     );
     wait_for_state(&gateway, "edge", "connected");
     gateway.kill();
@@ -357,16 +363,21 @@ fn an_agent_carries_sessions_into_a_network_only_it_can_reach() {
     let (code, out, err) = gateway.run(&["exec", "remote-shell", "--", "echo back"], "");
     assert_eq!((code, out.as_str()), (0, "back\n"), "{err}");
 
-    // The agent's secret never reached the gateway: not its configuration, its record or
-    // anything else in its data folder.
+    // The agent's secrets (a program's and the database's password) never reached the
+    // gateway: not its configuration, its record or anything else in its data folder.
     let mut leaked = Vec::new();
     for entry in walk(gateway.dir.path()) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
-        if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
-            leaked.push(entry);
+        for value in [secret, UPSTREAM_PASSWORD] {
+            if bytes.windows(value.len()).any(|w| w == value.as_bytes()) {
+                leaked.push((value, entry.clone()));
+            }
         }
     }
-    assert!(leaked.is_empty(), "the agent's secret is in {leaked:?}");
+    assert!(leaked.is_empty(), "the agent's secrets are in {leaked:?}");
+    // The database sign-in by the agent works after the restarts too, cancel keys included.
+    let (code, out, err) = psql(remote_pg, token, &["-t", "-c", "SELECT 6 * 7"]);
+    assert_eq!((code, out.trim()), (0, "42"), "{err}");
 
     // Revoked: its connection ends, it is refused from then on, and it stops trying.
     let (code, _, err) =

@@ -18,8 +18,11 @@ use ed25519_dalek::{Signer, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::Client;
+use sluice_engine::agent::Reach;
 use sluice_engine::agent::tunnel::{self, EnvValue, ExecJob, Stream};
+use sluice_engine::config::PostgresConnection;
 use sluice_engine::exec::{Process, Program};
+use sluice_engine::pg::upstream;
 use sluice_engine::wire::{self, Message};
 
 /// What `sluice agent` is told.
@@ -264,6 +267,68 @@ async fn job(
             };
             let stream = Stream::new(send, request.into_body(), agent);
             run_program(process, stream).await;
+        }
+        "/pg" => {
+            let job: tunnel::PgJob = match header(tunnel::PG_HEADER)
+                .ok_or_else(|| "no server".to_string())
+                .and_then(|h| serde_json::from_str(&h).map_err(|e| e.to_string()))
+            {
+                Ok(job) => job,
+                Err(why) => return refuse(&mut respond, format!("a malformed job: {why}")),
+            };
+            let Ok(password) = std::env::var(&job.password_env) else {
+                let why = format!(
+                    "agent-env:{} is not set in the agent's environment",
+                    job.password_env
+                );
+                return refuse(&mut respond, why);
+            };
+            let conn = PostgresConnection {
+                listen: ([127, 0, 0, 1], 0).into(),
+                upstream: job.upstream,
+                agent: None,
+                database: job.database,
+                user: job.user,
+                password: Some(password),
+                upstream_tls: job.upstream_tls,
+                upstream_ca: job.upstream_ca,
+                client_tls: Default::default(),
+                max_session_seconds: None,
+                retention_days: None,
+            };
+            // The same sign-in the gateway does for a password it holds; its errors never
+            // carry the password.
+            let mut upstream = match upstream::connect(&conn, &Reach::Direct).await {
+                Ok(upstream) => upstream,
+                Err(why) => return refuse(&mut respond, why),
+            };
+            let signed_in = tunnel::SignedIn {
+                pid: upstream.pid,
+                secret: upstream.secret,
+                parameters: upstream
+                    .parameters
+                    .iter()
+                    .map(|m| hex::encode(&m.body))
+                    .collect(),
+            };
+            let response = serde_json::to_string(&signed_in)
+                .map_err(|e| e.to_string())
+                .and_then(|head| {
+                    http::Response::builder()
+                        .status(http::StatusCode::OK)
+                        .header(tunnel::SIGNED_IN_HEADER, head)
+                        .body(())
+                        .map_err(|e| e.to_string())
+                });
+            let send = match response {
+                Ok(response) => match respond.send_response(response, false) {
+                    Ok(send) => send,
+                    Err(_) => return,
+                },
+                Err(why) => return refuse(&mut respond, why),
+            };
+            let mut stream = Stream::new(send, request.into_body(), agent);
+            let _ = tokio::io::copy_bidirectional(&mut upstream.stream, &mut stream).await;
         }
         other => refuse(&mut respond, format!("no such job `{other}`")),
     }

@@ -433,7 +433,7 @@ pub fn resolve(value: &str) -> String {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     #[default]
@@ -526,9 +526,10 @@ impl Config {
                         .password
                         .as_deref()
                         .is_some_and(|p| p.starts_with(AGENT_ENV))
+                        && pg.agent.is_none()
                     {
                         return Err(format!(
-                            "connections.{name}.password: `agent-env:` works for exec connections' env so far; a PostgreSQL password still comes from the gateway (`env:NAME`)"
+                            "connections.{name}.password: `agent-env:` is read by the connection's agent, and this connection has none (`agent = \"NAME\"`)"
                         ));
                     }
                     if let Some(var) = pg.password.as_deref().and_then(|p| p.strip_prefix("env:"))

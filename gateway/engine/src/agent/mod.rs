@@ -159,6 +159,47 @@ impl ExecConnection {
     }
 }
 
+/// A PostgreSQL session's upstream, signed in by an agent of `pool` with the password it
+/// reads from its own environment (`password = "agent-env:NAME"`): the gateway never holds it.
+pub async fn sign_in_pg(
+    agents: &Agents,
+    pool: &AgentPool,
+    conn: &crate::config::PostgresConnection,
+    password_env: &str,
+) -> Result<crate::pg::upstream::Upstream, String> {
+    let job = tunnel::PgJob {
+        upstream: conn.upstream.clone(),
+        database: conn.database.clone(),
+        user: conn.user.clone(),
+        password_env: password_env.to_string(),
+        upstream_tls: conn.upstream_tls,
+        upstream_ca: conn.upstream_ca.clone(),
+    };
+    let header = serde_json::to_string(&job).map_err(|e| e.to_string())?;
+    let request = http::Request::post("/pg")
+        .header(tunnel::PG_HEADER, header)
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (stream, head) = agents.open_stream_with_head(pool.names(), request).await?;
+    let signed_in: tunnel::SignedIn = head
+        .get(tunnel::SIGNED_IN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .ok_or("the agent did not say what the server answered")?;
+    let parameters = signed_in
+        .parameters
+        .iter()
+        .map(|body| hex::decode(body).map(|body| crate::pg::message::Message::new(b'S', body)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "the agent sent a malformed parameter".to_string())?;
+    Ok(crate::pg::upstream::Upstream {
+        stream: Box::new(stream),
+        parameters,
+        pid: signed_in.pid,
+        secret: signed_in.secret,
+    })
+}
+
 /// How a connection reaches its upstream: from the gateway, or through one of its agents.
 #[derive(Clone)]
 pub enum Reach {

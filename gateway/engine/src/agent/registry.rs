@@ -422,6 +422,17 @@ impl Agents {
         names: &[String],
         request: http::Request<()>,
     ) -> Result<Stream, String> {
+        self.open_stream_with_head(names, request)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// Like [`Agents::open_stream`], with the head of the agent's answer.
+    pub async fn open_stream_with_head(
+        &self,
+        names: &[String],
+        request: http::Request<()>,
+    ) -> Result<(Stream, http::HeaderMap), String> {
         let (agent, mut open, sessions) = {
             let live = self.lock_live();
             let chosen = names
@@ -452,9 +463,12 @@ impl Agents {
                 .to_string();
             return Err(format!("agent `{agent}`: {why}"));
         }
-        let recv = response.into_body();
+        let (head, recv) = response.into_parts();
         sessions.fetch_add(1, Ordering::Relaxed);
-        Ok(Stream::new(send, recv, agent).counted(sessions))
+        Ok((
+            Stream::new(send, recv, agent).counted(sessions),
+            head.headers,
+        ))
     }
 
     /// Each agent's state, for an error that names them.

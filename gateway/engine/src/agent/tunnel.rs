@@ -37,6 +37,8 @@ pub const CHALLENGE_HEADER: &str = "sluice-challenge";
 pub const TARGET_HEADER: &str = "sluice-target";
 pub const EXEC_HEADER: &str = "sluice-exec";
 pub const ERROR_HEADER: &str = "sluice-error";
+pub const PG_HEADER: &str = "sluice-pg";
+pub const SIGNED_IN_HEADER: &str = "sluice-signed-in";
 pub const ACCEPTED: u8 = 0;
 pub const REFUSED: u8 = 1;
 /// The largest HTTP/2 frame either side accepts; anything larger ends the connection.
@@ -67,6 +69,31 @@ pub struct ExecJob {
     pub cwd: Option<std::path::PathBuf>,
     /// In a terminal of this size (`sluice connect`), or with the script on standard input.
     pub terminal: Option<(u16, u16)>,
+}
+
+/// A PostgreSQL server for the agent to sign in to with a password only it holds
+/// (`password = "agent-env:NAME"`); the stream then carries the signed-in session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgJob {
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    /// The name of the agent's environment variable holding the password.
+    pub password_env: String,
+    pub upstream_tls: crate::config::UpstreamTls,
+    /// Read on the agent's host, for `upstream_tls = "verify"`.
+    pub upstream_ca: Option<std::path::PathBuf>,
+}
+
+/// What the agent learnt signing in: the server's cancel key and parameters (each
+/// `ParameterStatus` body in hex), for the gateway to relay as if it had signed in itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedIn {
+    pub pid: i32,
+    pub secret: i32,
+    pub parameters: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

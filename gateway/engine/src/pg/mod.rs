@@ -11,7 +11,7 @@
 
 pub mod message;
 mod session;
-mod upstream;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

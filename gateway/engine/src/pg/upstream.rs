@@ -22,6 +22,13 @@ pub struct Upstream {
 
 /// Errors are phrased for the client and the log; none carries the password.
 pub async fn connect(conn: &PostgresConnection, reach: &Reach) -> Result<Upstream, String> {
+    let agent_env = conn
+        .password
+        .as_deref()
+        .and_then(|p| p.strip_prefix(crate::config::AGENT_ENV));
+    if let (Some(name), Reach::Agents(agents, pool)) = (agent_env, reach) {
+        return crate::agent::sign_in_pg(agents, pool, conn, name).await;
+    }
     let tcp = reach
         .dial(&conn.upstream)
         .await
