@@ -12,8 +12,10 @@
 //! A stream's request says the job: `POST /dial` with [`TARGET_HEADER`] (`host:port`): the
 //! agent dials it and the stream carries its bytes; `POST /exec` with [`EXEC_HEADER`] (a JSON
 //! [`ExecJob`]): the agent starts the program and the stream carries `wire` messages (input,
-//! resize, input end one way; output, echo, exit the other). A `200` means done; any other
-//! status carries the reason in [`ERROR_HEADER`].
+//! resize, input end one way; output, echo, exit the other); `POST /pg` with [`PG_HEADER`] (a
+//! JSON [`PgJob`]): the agent signs in to the server with a password only it holds, answers
+//! with [`SIGNED_IN_HEADER`] (a [`SignedIn`]) and the stream carries the session's bytes. A
+//! `200` means done; any other status carries the reason in [`ERROR_HEADER`].
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
