@@ -408,6 +408,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn enrollment_tokens_work_once_and_a_pool_outlives_one_of_its_agents() {
     let connections = "[connections.pooled]\nkind = \"exec\"\nagent = [\"a\", \"b\"]\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n\
+         [connections.mallorys]\nkind = \"exec\"\nagent = \"mallory\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\n\
          [agents]\nkeepalive_ms = 300\nenroll_ttl_seconds = 1\n";
     let mut gateway = Gateway::start_with(connections);
     let state = tempfile::tempdir().unwrap();
@@ -513,6 +514,36 @@ fn enrollment_tokens_work_once_and_a_pool_outlives_one_of_its_agents() {
                 "the gateway kept a malformed connection"
             );
         }
+        // Well-formed HTTP/2, then a malformed message inside a session's stream: the
+        // session fails and the gateway cuts the whole connection.
+        let (answer, io) = connect("mallory").await;
+        assert_eq!(answer, tunnel::ACCEPTED);
+        let mut served = h2::server::handshake(io).await.unwrap();
+        let mut exec = gateway.cli();
+        exec.args(["exec", "mallorys", "--", "true"]);
+        let session = tokio::task::spawn_blocking(move || exec.output().unwrap());
+        let (_request, mut respond) =
+            tokio::time::timeout(Duration::from_secs(20), served.accept())
+                .await
+                .expect("the gateway opened no stream")
+                .unwrap()
+                .unwrap();
+        let response = http::Response::builder().status(200).body(()).unwrap();
+        let mut send = respond.send_response(response, false).unwrap();
+        send.send_data(bytes::Bytes::from_static(&[99, 0, 0, 0, 0]), false)
+            .unwrap();
+        let cut = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(next) = served.accept().await {
+                if next.is_err() {
+                    break;
+                }
+            }
+        });
+        assert!(cut.await.is_ok(), "the gateway kept the connection");
+        let session = session.await.unwrap();
+        assert!(!session.status.success());
+        let err = String::from_utf8_lossy(&session.stderr);
+        assert!(err.contains("malformed"), "{err}");
     });
     // The gateway and the real agents carry on.
     let (code, out, err) = gateway.run(&["exec", "pooled", "--", "echo fine"], "");
@@ -533,11 +564,18 @@ fn enrollment_tokens_work_once_and_a_pool_outlives_one_of_its_agents() {
         .into_iter()
         .filter(|e| e["agent"] == "mallory")
         .collect();
-    assert_eq!(mallory.len(), 2, "{mallory:?}");
+    assert_eq!(mallory.len(), 3, "{mallory:?}");
     assert!(
-        mallory
+        mallory[..2]
             .iter()
             .all(|e| e["reason"].as_str().unwrap_or("").contains("failed")),
+        "{mallory:?}"
+    );
+    assert!(
+        mallory[2]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sent a malformed message"),
         "{mallory:?}"
     );
     for kind in [

@@ -388,7 +388,8 @@ async fn run_program(mut process: Process, stream: Stream) {
                 }
                 Ok(other) => {
                     break Err(format!(
-                        "the gateway sent {other:?}, which no program takes"
+                        "the gateway sent {}, which no program takes",
+                        other.name()
                     ));
                 }
                 Err(wire::WireError::Closed) => break Ok(()),

@@ -41,6 +41,20 @@ pub enum WireError {
 }
 
 impl Message {
+    /// What the message is, without its content (for errors and logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Input(_) => "input",
+            Message::InputEnd => "input end",
+            Message::Resize { .. } => "a resize",
+            Message::Output(_) => "output",
+            Message::Notice(_) => "a notice",
+            Message::Exit(_) => "an exit status",
+            Message::Error(_) => "an error",
+            Message::Echo(_) => "an echo mode",
+        }
+    }
+
     fn kind(&self) -> u8 {
         match self {
             Message::Input(_) => 1,

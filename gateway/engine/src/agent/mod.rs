@@ -41,7 +41,7 @@ pub async fn dial(
 /// `program` of an exec connection started by an agent of its pool: in a terminal of
 /// `terminal` (rows, cols), or with its script on standard input.
 pub async fn start(
-    agents: &Agents,
+    agents: &Arc<Agents>,
     conn: &ExecConnection,
     pool: &AgentPool,
     script: bool,
@@ -63,13 +63,14 @@ pub async fn start(
         .body(())
         .map_err(|e| e.to_string())?;
     let stream = agents.open_stream(pool.names(), request).await?;
-    Ok(remote(stream))
+    Ok(remote(agents.clone(), stream))
 }
 
 /// The gateway's view of a program an agent runs over `stream`: input becomes `Input`
 /// messages (then `InputEnd`), `Output` messages become output, `Echo` the terminal's echo
 /// mode, `Exit` the status.
-fn remote(stream: tunnel::Stream) -> Process {
+fn remote(agents: Arc<Agents>, stream: tunnel::Stream) -> Process {
+    let agent = stream.agent();
     let (mut from_agent, mut to_agent) = tokio::io::split(stream);
     let (control, mut messages) = tokio::sync::mpsc::channel::<Message>(64);
     let (output, output_writer) = tokio::io::simplex(OUTPUT_BUFFER);
@@ -115,11 +116,22 @@ fn remote(stream: tunnel::Stream) -> Process {
                 Ok(Message::Echo(on)) => echo.store(on, Ordering::Release),
                 Ok(Message::Exit(code)) => break Ok(code),
                 Ok(Message::Error(why)) => break Err(why),
-                Ok(other) => break Err(format!("the agent sent {other:?}, which it may not")),
                 Err(wire::WireError::Closed) => {
                     break Err("the agent's stream ended without an exit status".into());
                 }
-                Err(e) => break Err(e.to_string()),
+                Err(wire::WireError::Io(e)) => break Err(e.to_string()),
+                // Not the protocol: the agent is broken or hostile. Its whole connection ends
+                // (recorded), not just this session.
+                Ok(other) => {
+                    let why = format!("agent `{agent}` sent {}, which it may not", other.name());
+                    agents.cut(&agent, &why);
+                    break Err(why);
+                }
+                Err(wire::WireError::Malformed(e)) => {
+                    let why = format!("agent `{agent}` sent a malformed message: {e}");
+                    agents.cut(&agent, &why);
+                    break Err(why);
+                }
             }
         };
         // The output ends (EOF) before the status is told, as a local program's does. (A

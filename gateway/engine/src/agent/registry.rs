@@ -265,6 +265,15 @@ impl Agents {
         Ok(())
     }
 
+    /// Ends `name`'s live connection (every session on it) for breaking the protocol; the
+    /// disconnection is recorded with `why`. It may connect again.
+    pub fn cut(&self, name: &str, why: &str) {
+        tracing::warn!(agent = %name, %why, "agent connection cut");
+        if let Some(live) = self.lock_live().get(name) {
+            let _ = live.end.send(Some(why.to_string()));
+        }
+    }
+
     /// Every agent, as `sluice agents` lists them.
     pub fn list(&self) -> Vec<serde_json::Value> {
         let enrolled = self.lock_enrolled().clone();

@@ -140,6 +140,11 @@ impl Stream {
         self
     }
 
+    /// The agent this stream runs through.
+    pub fn agent(&self) -> Arc<str> {
+        self.agent.clone()
+    }
+
     fn broken(&self, error: impl std::fmt::Display) -> std::io::Error {
         std::io::Error::new(
             std::io::ErrorKind::BrokenPipe,
