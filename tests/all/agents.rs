@@ -270,6 +270,8 @@ fn an_agent_carries_sessions_into_a_network_only_it_can_reach() {
         &["-t", "-c", "SELECT card FROM customers WHERE id = 1"],
     );
     assert_eq!((code, out.trim()), (0, "**** **** **** 4242"), "{err}");
+    // A cancel request reaches the backend through the agent too.
+    crate::postgres::cancel_reaches_the_backend(&cluster, remote_pg, token);
     let (code, _, err) = psql(remote_pg, token, &["-c", "DROP TABLE customers"]);
     assert_ne!(code, 0, "a DROP went through without review");
     assert!(err.contains("review"), "{err}");

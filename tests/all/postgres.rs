@@ -604,29 +604,7 @@ fn cancel_requests_reach_the_right_backend_and_a_lost_server_ends_only_its_sessi
     let cluster = Cluster::start("scram-sha-256");
     let (gw, port) = gateway(&cluster);
     let token = gw.user_token.clone();
-    let running = cluster.sleeping();
-    block_on(async {
-        let client = driver(port, &token).await;
-        let cancel = client.cancel_token();
-        // Cancel once the server is running the query (not before: nothing to cancel).
-        let canceller = tokio::spawn(async move {
-            tokio::task::spawn_blocking(running).await.unwrap();
-            cancel.cancel_query(tokio_postgres::NoTls).await
-        });
-        let err = client
-            .simple_query("SELECT pg_sleep(30)")
-            .await
-            .unwrap_err();
-        let db = err.as_db_error().expect("an error from the server");
-        assert_eq!(db.code().code(), "57014", "{}", db.message()); // query_canceled
-        canceller.await.unwrap().unwrap();
-        // The session is still usable after the cancel.
-        let messages = client.simple_query("SELECT 'after cancel'").await.unwrap();
-        let answered = messages.iter().any(|m| {
-            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("after cancel"))
-        });
-        assert!(answered);
-    });
+    cancel_reaches_the_backend(&cluster, port, &token);
 
     // The server goes away mid-query: that client gets an error, the gateway goes on.
     let sleeper = std::thread::spawn(move || psql(port, &token, &["-c", "SELECT pg_sleep(30)"]));
@@ -998,4 +976,33 @@ fn what_a_plugin_held_is_recorded_when_the_tcp_client_closes_first() {
         "{recorded:?}"
     );
     assert!(!store_holds(&gw, "bob@example.com"));
+}
+
+/// A query sleeping on `cluster`'s server, reached through the gateway on `port`, is canceled
+/// by the client's cancel request (which the gateway sends on, to the right backend), and the
+/// session goes on.
+pub fn cancel_reaches_the_backend(cluster: &Cluster, port: u16, token: &str) {
+    let running = cluster.sleeping();
+    block_on(async {
+        let client = driver(port, token).await;
+        let cancel = client.cancel_token();
+        // Cancel once the server is running the query (not before: nothing to cancel).
+        let canceller = tokio::spawn(async move {
+            tokio::task::spawn_blocking(running).await.unwrap();
+            cancel.cancel_query(tokio_postgres::NoTls).await
+        });
+        let err = client
+            .simple_query("SELECT pg_sleep(30)")
+            .await
+            .unwrap_err();
+        let db = err.as_db_error().expect("an error from the server");
+        assert_eq!(db.code().code(), "57014", "{}", db.message()); // query_canceled
+        canceller.await.unwrap().unwrap();
+        // The session is still usable after the cancel.
+        let messages = client.simple_query("SELECT 'after cancel'").await.unwrap();
+        let answered = messages.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("after cancel"))
+        });
+        assert!(answered);
+    });
 }

@@ -111,7 +111,8 @@ pub enum EnvValue {
 /// back as they do), writes wait for window.
 pub struct Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// Taken only when the stream is dropped (see `Drop`).
+    recv: Option<RecvStream>,
     unread: Bytes,
     /// Says whose stream broke, in errors.
     agent: Arc<str>,
@@ -126,7 +127,7 @@ impl Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream, agent: Arc<str>) -> Stream {
         Stream {
             send,
-            recv,
+            recv: Some(recv),
             unread: Bytes::new(),
             agent,
             count: None,
@@ -160,9 +161,12 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         while self.unread.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
+            let Some(recv) = self.recv.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    let _ = recv.flow_control().release_capacity(data.len());
                     self.unread = data;
                 }
                 None => return Poll::Ready(Ok(())),
@@ -216,12 +220,28 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// How long a stream this side ended waits, once dropped, for the peer to end its side.
+const LINGER: Duration = Duration::from_secs(10);
+
 impl Drop for Stream {
-    /// A stream dropped before it ended (its session was cut short) is reset, so the other
-    /// side lets go of the program or the socket at once.
+    /// A stream dropped before this side ended it (its session was cut short) is reset, so
+    /// the other side lets go of the program or the socket at once. One this side ended
+    /// lingers until the peer ends its side too (bounded): HTTP/2 resets a stream whose
+    /// handles are all gone, and the peer could lose the last data sent before it read it.
     fn drop(&mut self) {
         if !self.finished {
             self.send.send_reset(h2::Reason::CANCEL);
+        } else if let (Some(mut recv), Ok(runtime)) =
+            (self.recv.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let drained = async {
+                    while let Some(Ok(data)) = std::future::poll_fn(|cx| recv.poll_data(cx)).await {
+                        let _ = recv.flow_control().release_capacity(data.len());
+                    }
+                };
+                let _ = tokio::time::timeout(LINGER, drained).await;
+            });
         }
         if let Some(count) = &self.count {
             count.fetch_sub(1, Ordering::Relaxed);
