@@ -432,7 +432,16 @@ fn enrollment_tokens_work_once_and_a_pool_outlives_one_of_its_agents() {
     assert!(refused(&token_r, "r").contains("revoked"));
     // Expired: a token is good for a second here.
     let token_x = add_agent(&gateway, "x");
-    std::thread::sleep(Duration::from_millis(1100));
+    let (_, listed, _) = gateway.run_as(Some(&gateway.reviewer_token), &["agents", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let expires_ms = listed
+        .iter()
+        .find(|a| a["name"] == "x")
+        .and_then(|a| a["token_expires_ms"].as_u64())
+        .expect("an invited agent's token expiry is listed");
+    eventually("the token's expiry passes", Duration::from_secs(20), || {
+        sluice_core::now_ms() > expires_ms
+    });
     assert!(refused(&token_x, "x").contains("expired"));
     // Unknown.
     assert!(refused("sluice-enroll-00", "y").contains("unknown enrollment token"));

@@ -301,6 +301,8 @@ impl Agents {
                     "sessions": l.map_or(0, |l| l.sessions.load(Ordering::Relaxed)),
                     "last_seen_ms": l.map(|l| l.last_seen_ms.load(Ordering::Relaxed)),
                     "revoked_ms": e.revoked_ms,
+                    // Until when an invited agent's token works.
+                    "token_expires_ms": (state == "invited").then_some(e.token_expires_ms),
                 })
             })
             .collect()
