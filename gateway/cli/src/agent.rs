@@ -7,7 +7,7 @@
 //! streams until the connection ends, then dials again with exponential backoff and jitter.
 //! A refusal that cannot change by trying again (revoked, unknown) ends it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -448,9 +448,4 @@ async fn run_program(mut process: Process, stream: Stream) {
     }
     reader.abort();
     writer.abort();
-}
-
-/// The state folder's default: `sluice-agent` here.
-pub fn default_state() -> PathBuf {
-    Path::new("sluice-agent").to_path_buf()
 }

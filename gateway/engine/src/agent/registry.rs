@@ -115,10 +115,6 @@ impl Agents {
         })
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn save(&self, enrolled: &BTreeMap<String, Entry>) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(enrolled).map_err(|e| e.to_string())?;
         let temporary = self.file.with_extension("json.new");
