@@ -219,16 +219,8 @@ pub async fn cancel(conn: &PostgresConnection, reach: &Reach, pid: i32, secret: 
             .write_all(&message::cancel_request(pid, secret))
             .await;
         let _ = stream.shutdown().await;
-        // The server closes the connection once it has read the request; wait for that
-        // (bounded) rather than drop the stream first: through an agent, a stream dropped
-        // early is reset, and the request could be lost on the way.
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(CANCEL_WAIT, stream.read_to_end(&mut rest)).await;
     }
 }
-
-/// How long a cancel request waits for the server to take it.
-const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `schema.table` of each table OID, asked on a connection of its own (the session's is busy
 /// with the client's traffic). Unknown OIDs are left out.
