@@ -267,26 +267,23 @@ impl WasiHttpHooks for Hooks {
                     Some("this plugin has no allow_hosts: it may not reach the network".into());
                 return Err(Error::HttpRequestDenied);
             };
-            send(&egress, request, options).await.map_err(|e| {
-                if let Refusal::Denied(why) = &e {
-                    tracing::warn!(%why, "egress refused");
-                    *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
-                }
-                e.into()
-            })
+            send(&egress, &refused, request, options)
+                .await
+                .map_err(Error::from)
         })
     }
 }
 
 enum Refusal {
-    Denied(String),
+    /// Off the allow list; the reason is in the hooks' `refused`.
+    Denied,
     Failed(Error),
 }
 
 impl From<Refusal> for Error {
     fn from(r: Refusal) -> Error {
         match r {
-            Refusal::Denied(_) => Error::DestinationIpProhibited,
+            Refusal::Denied => Error::DestinationIpProhibited,
             Refusal::Failed(e) => e,
         }
     }
@@ -294,6 +291,7 @@ impl From<Refusal> for Error {
 
 async fn send(
     egress: &Egress,
+    refused: &Mutex<Option<String>>,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> Result<Sent, Refusal> {
@@ -304,7 +302,16 @@ async fn send(
         .host()
         .ok_or(Refusal::Failed(Error::HttpRequestUriInvalid))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addr = egress.check(host, port).await.map_err(Refusal::Denied)?;
+    let addr = match egress.check(host, port).await {
+        Ok(addr) => addr,
+        Err(why) => {
+            // Recorded before the request (and its body stream) is dropped: the guest sees
+            // its body closed only once the reason is there for the gateway to report.
+            tracing::warn!(%why, "egress refused");
+            *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            return Err(Refusal::Denied);
+        }
+    };
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
         .unwrap_or(CONNECT_TIMEOUT);
