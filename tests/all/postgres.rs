@@ -534,7 +534,10 @@ fn the_local_tunnel_carries_psql_and_still_wants_the_token() {
     let (code, replayed, err) = gw.run(&["replay", id, "--speed", "0"], "");
     assert_eq!(
         (code, replayed.as_str()),
-        (0, "[\"email\"]\n[\"[MASKED:email]\"]\n"),
+        (
+            0,
+            "> SELECT email FROM customers WHERE id = 1\n[\"email\"]\n[\"[MASKED:email]\"]\n"
+        ),
         "{err}"
     );
     // Recorded as one event: the batch of rows, with the column names of its result.

@@ -147,6 +147,17 @@ fn a_held_rm_runs_once_approved_and_never_when_rejected() {
         dir.path().join("file").exists(),
         "rejected, the folder stays"
     );
+    // Replayed, the session shows the command that was refused and the review that did it.
+    let session = gw.newest_session(&[]);
+    let (code, replayed, err) = gw.run(&["replay", &session, "--speed", "0"], "");
+    assert_eq!(code, 0, "{err}");
+    let refusal = format!("review {id} rejected by dev-reviewer: not on a Friday");
+    let rm = format!("> rm -rf {}", dir.path().display());
+    assert!(
+        replayed.contains(&format!("{rm}  [refused: review: {refusal}]\n"))
+            && replayed.contains(&format!("> {refusal}\n")),
+        "{replayed}"
+    );
     let shown = show(&gw, &id);
     assert!(
         shown.contains("status     rejected")

@@ -223,8 +223,12 @@ fn replay_and_asciicast_export_reproduce_the_output() {
     );
     assert_eq!(code, 0);
     let id = &session_ids(&gw)[0];
-    let (code, replayed, _) = gw.run(&["replay", id, "--speed", "0"], "");
+    let (code, replayed, _) = gw.run(&["replay", id, "--speed", "0", "--output-only"], "");
     assert_eq!((code, replayed.as_str()), (0, out.as_str()));
+    // By default the script the client sent comes first, marked: no terminal echoed it.
+    let (code, replayed, _) = gw.run(&["replay", id, "--speed", "0"], "");
+    let script = "> printf 'one\\ntwo\\n'; sleep 0.2; echo three\n";
+    assert_eq!((code, replayed), (0, format!("{script}{out}")));
 
     let (code, cast, _) = gw.run(&["export", id, "--format", "asciicast"], "");
     assert_eq!(code, 0);

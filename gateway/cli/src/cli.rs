@@ -154,12 +154,16 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Play a session's output back in this terminal, with its timing.
+    /// Play a session back in this terminal, with its timing: its output, and each script
+    /// or SQL statement the client sent (and each review of one) marked `> `.
     Replay {
         id: String,
         /// Playback speed; 0 prints everything at once.
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
+        /// The output alone, as the client's terminal showed it.
+        #[arg(long)]
+        output_only: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -612,9 +616,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill { id, target } => {
             runtime()?.block_on(crate::commands::kill(target.client()?, &id))
         }
-        Command::Replay { id, speed, target } => {
-            runtime()?.block_on(crate::commands::replay(target.client()?, &id, speed))
-        }
+        Command::Replay {
+            id,
+            speed,
+            output_only,
+            target,
+        } => runtime()?.block_on(crate::commands::replay(
+            target.client()?,
+            &id,
+            speed,
+            output_only,
+        )),
         Command::Trace { id, target } => {
             runtime()?.block_on(crate::commands::trace(target.client()?, &id))
         }

@@ -535,23 +535,33 @@ pub async fn kill(client: Client, id: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn replay(client: Client, id: &str, speed: f64) -> anyhow::Result<ExitCode> {
+pub async fn replay(
+    client: Client,
+    id: &str,
+    speed: f64,
+    output_only: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
     let events = events(&client, id, "replay").await?;
     if events.is_empty() {
         bail!("session {id} has no recorded events");
     }
     let mut stdout = std::io::stdout();
+    let marking = if stdout.is_terminal() {
+        sluice_engine::audit::Marking::Styled
+    } else {
+        sluice_engine::audit::Marking::Plain
+    };
     let mut last = None;
-    for e in events.iter().filter(|e| e.is_output()) {
+    for (time_ms, bytes) in sluice_engine::audit::replay(&events, !output_only, marking) {
         if let Some(previous) = last
             && speed > 0.0
         {
-            let gap =
-                Duration::from_millis(e.time_ms.saturating_sub(previous)).mul_f64(1.0 / speed);
+            let gap = Duration::from_millis(time_ms.saturating_sub(previous)).mul_f64(1.0 / speed);
             tokio::time::sleep(gap.min(Duration::from_secs(5))).await;
         }
-        last = Some(e.time_ms);
-        stdout.write_all(&e.shown())?;
+        last = Some(time_ms);
+        stdout.write_all(&bytes)?;
         stdout.flush()?;
     }
     Ok(ExitCode::SUCCESS)

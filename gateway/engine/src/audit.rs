@@ -62,6 +62,111 @@ impl EventView {
     pub fn is_input(&self) -> bool {
         self.kind == "frame" && self.meta["dir"] == "in" && self.meta["content"] == "bytes"
     }
+
+    /// A whole input the client sent at once: a one-shot script or an SQL statement. Unlike
+    /// keystrokes, no terminal echoes it, so a replay of the output alone would not show it.
+    pub fn is_statement(&self) -> bool {
+        self.kind == "frame" && self.meta["dir"] == "in" && self.meta["content"] == "statement"
+    }
+
+    /// What became of a client's frame, when it was not simply passed: `refused: WHY`,
+    /// `held: WHY`, or `masked` (a plugin replaced it).
+    pub fn verdict(&self) -> Option<String> {
+        let reason = self.meta["reason"].as_str().unwrap_or("");
+        match self.meta["outcome"].as_str() {
+            Some("deny") => Some(format!("refused: {reason}")),
+            Some("hold") => Some(format!("held: {reason}")),
+            _ => {
+                let replaced = self.meta["calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c[1].as_str().is_some_and(|v| v.starts_with("replace")));
+                replaced.then(|| "masked".to_string())
+            }
+        }
+    }
+
+    /// A review's step in this session, in words: `review R approved by bob (1 of 2)`.
+    pub fn review_note(&self) -> Option<String> {
+        if self.kind != sluice_record::kinds::REVIEW {
+            return None;
+        }
+        let m = &self.meta;
+        let text = |k: &str| m[k].as_str().unwrap_or("").to_string();
+        let mut note = format!("review {} {}", text("review"), text("status"));
+        if let Some(by) = m["by"].as_str() {
+            note += &format!(" by {by}");
+        }
+        if m["required"].as_u64().is_some_and(|r| r > 1) {
+            note += &format!(" ({} of {})", m["approvals"], m["required"]);
+        }
+        if let Some(why) = m["decision_reason"].as_str().or(m["reason"].as_str()) {
+            note += &format!(": {why}");
+        }
+        Some(note)
+    }
+}
+
+/// How replay marks what the client sent, so inputs stand apart from the output around them.
+#[derive(Clone, Copy, Debug)]
+pub enum Marking {
+    /// `> ` before each line.
+    Plain,
+    /// The same, in bold cyan (for a terminal).
+    Styled,
+}
+
+impl Marking {
+    /// `lines` as replay shows an input (or a note on one): each line after `> `, and
+    /// `[note]` after the last.
+    pub fn mark(self, lines: &str, note: Option<&str>) -> Vec<u8> {
+        let (on, off) = match self {
+            Marking::Plain => ("", ""),
+            Marking::Styled => ("\x1b[1;36m", "\x1b[0m"),
+        };
+        let mut out = String::new();
+        let body = lines.strip_suffix('\n').unwrap_or(lines);
+        for line in body.split('\n') {
+            out += &format!("{on}> {line}{off}\n");
+        }
+        if let Some(note) = note {
+            out.insert_str(out.len() - 1, &format!("{on}  [{note}]{off}"));
+        }
+        out.into_bytes()
+    }
+}
+
+/// A session as `sluice replay` prints it: the output as it was, with each statement the
+/// client sent (and each review of one) marked, in the order they happened. Outputs only
+/// when `with_inputs` is false. Returns each piece with its time.
+pub fn replay(events: &[EventView], with_inputs: bool, marking: Marking) -> Vec<(u64, Vec<u8>)> {
+    let mut pieces = Vec::new();
+    let mut at_line_start = true;
+    for e in events {
+        let piece = if e.is_output() {
+            e.shown()
+        } else if !with_inputs {
+            continue;
+        } else if e.is_statement() {
+            let text = String::from_utf8_lossy(&e.payload()).into_owned();
+            marking.mark(&text, e.verdict().as_deref())
+        } else if let Some(note) = e.review_note() {
+            marking.mark(&note, None)
+        } else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(piece.len() + 1);
+        if !e.is_output() && !at_line_start {
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(&piece);
+        if let Some(last) = bytes.last() {
+            at_line_start = *last == b'\n';
+        }
+        pieces.push((e.time_ms, bytes));
+    }
+    pieces
 }
 
 pub fn report_json(report: &VerifyReport) -> serde_json::Value {
