@@ -235,18 +235,25 @@ fn replay_and_asciicast_export_reproduce_the_output() {
     let mut lines = cast.lines();
     let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
-    let mut text = String::new();
+    let (mut text, mut inputs) = (String::new(), Vec::new());
     let mut last_time = 0.0;
     for line in lines {
         let event: Value = serde_json::from_str(line).unwrap();
         let time = event[0].as_f64().unwrap();
         assert!(time >= last_time, "times go forward");
         last_time = time;
-        if event[1] == "o" {
-            text.push_str(event[2].as_str().unwrap());
+        match event[1].as_str() {
+            Some("o") => text.push_str(event[2].as_str().unwrap()),
+            Some(code) => inputs.push((code.to_string(), event[2].as_str().unwrap().to_string())),
+            None => panic!("{line}"),
         }
     }
     assert_eq!(text, out);
+    // The script is an input, with a marker a player can jump to.
+    let script = "printf 'one\\ntwo\\n'; sleep 0.2; echo three";
+    let expected = [("m", script.to_string()), ("i", format!("{script}\n"))];
+    let expected = expected.map(|(c, s)| (c.to_string(), s));
+    assert_eq!(inputs, expected);
 }
 
 #[test]
@@ -699,4 +706,76 @@ fn memory_of_plugins_that_ran_out_of_it_goes_back_to_the_system() {
         after < before + 48 * 1024,
         "resident memory grew from {before} KiB to {after} KiB"
     );
+}
+
+/// Drives `sluice connect shell` on a real terminal (a pty) of 30x100, asks the remote shell
+/// its size, resizes the terminal to 40x120 and asks again, then exits. Prints what the
+/// terminal showed.
+const PTY_DRIVER: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+def size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    size(0, 30, 100)
+    os.execvp(sys.argv[1], sys.argv[1:])
+seen = b""
+def until(text):
+    global seen
+    deadline = time.time() + 30
+    while text not in seen:
+        if not select.select([fd], [], [], max(0, deadline - time.time()))[0]:
+            sys.exit("timed out waiting for %r; saw %r" % (text, seen))
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            sys.exit("ended before %r; saw %r" % (text, seen))
+        seen += chunk
+until(b"$ ")
+os.write(fd, b"stty size\n")
+until(b"30 100")
+size(fd, 40, 120)
+os.write(fd, b"stty size\n")
+until(b"40 120")
+os.write(fd, b"exit\n")
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+
+#[test]
+fn a_terminal_session_records_its_size_and_resizes_for_replay() {
+    let gw = Gateway::start();
+    let connect = gw.cli();
+    let program = connect.get_program().to_owned();
+    let mut driver = std::process::Command::new("python3");
+    driver
+        .args(["-c", PTY_DRIVER])
+        .arg(program)
+        .args(["connect", "shell"]);
+    for (key, value) in connect.get_envs() {
+        if let Some(value) = value {
+            driver.env(key, value);
+        }
+    }
+    driver.current_dir(gw.dir.path());
+    let (code, shown, err) = run_command(&mut driver, "");
+    assert_eq!(code, 0, "{shown}{err}");
+
+    let id = &session_ids(&gw)[0];
+    let (code, cast, err) = gw.run(&["export", id, "--format", "asciicast"], "");
+    assert_eq!(code, 0, "{err}");
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(100), Some(30))
+    );
+    let resizes: Vec<Value> = lines
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e[1] == "r")
+        .collect();
+    assert_eq!(resizes.len(), 1, "{cast}");
+    assert_eq!(resizes[0][2], "120x40");
 }

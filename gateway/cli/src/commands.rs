@@ -584,7 +584,7 @@ pub async fn export(client: Client, id: &str, format: &str) -> anyhow::Result<Ex
     match format {
         "asciicast" => {
             let events = parse_events(&body)?;
-            stdout.write_all(sluice_engine::audit::asciicast(&events, 80, 24).as_bytes())?
+            stdout.write_all(sluice_engine::audit::asciicast(&events).as_bytes())?
         }
         _ => stdout.write_all(&body)?,
     }

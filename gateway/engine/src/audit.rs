@@ -186,25 +186,56 @@ pub fn report_json(report: &VerifyReport) -> serde_json::Value {
     })
 }
 
-/// asciicast v2 (what `asciinema play` reads): a header line, then `[seconds, "o", text]`
-/// for output and `[seconds, "i", text]` for input.
-pub fn asciicast(events: &[EventView], width: u16, height: u16) -> String {
+/// asciicast v2 (what `asciinema play` and the console's player read): a header line at
+/// the terminal's size when the session opened, then `[seconds, code, text]` lines: `o`
+/// output, `i` input (keystrokes, scripts, statements), `r` a resize (`COLSxROWS`), `m` a
+/// marker on each statement and review, so a player can jump to them.
+pub fn asciicast(events: &[EventView]) -> String {
     let start = events.first().map_or(0, |e| e.time_ms);
+    let opened = events
+        .iter()
+        .find(|e| e.kind == sluice_record::kinds::SESSION_OPEN);
+    let size = |meta: &serde_json::Value, key: &str, default: u64| {
+        meta[key].as_u64().filter(|n| *n > 0).unwrap_or(default)
+    };
+    let (width, height) = opened.map_or((80, 24), |e| {
+        (size(&e.meta, "cols", 80), size(&e.meta, "rows", 24))
+    });
     let mut out =
         json!({"version": 2, "width": width, "height": height, "timestamp": start / 1000})
             .to_string();
     out.push('\n');
-    for e in events {
-        let code = if e.is_output() {
-            "o"
-        } else if e.is_input() {
-            "i"
-        } else {
-            continue;
-        };
-        let t = (e.time_ms.saturating_sub(start)) as f64 / 1000.0;
-        out.push_str(&json!([t, code, String::from_utf8_lossy(&e.shown())]).to_string());
+    let mut line = |t: u64, code: &str, text: &str| {
+        let t = t.saturating_sub(start) as f64 / 1000.0;
+        out.push_str(&json!([t, code, text]).to_string());
         out.push('\n');
+    };
+    for e in events {
+        if e.is_output() {
+            line(e.time_ms, "o", &String::from_utf8_lossy(&e.shown()));
+        } else if e.is_input() {
+            line(e.time_ms, "i", &String::from_utf8_lossy(&e.shown()));
+        } else if e.is_statement() {
+            let text = String::from_utf8_lossy(&e.payload()).into_owned();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect::<String>();
+            line(e.time_ms, "m", &first);
+            line(e.time_ms, "i", &text);
+        } else if let Some(note) = e.review_note() {
+            line(e.time_ms, "m", &note);
+        } else if e.kind == sluice_record::kinds::RESIZE {
+            let size = format!(
+                "{}x{}",
+                size(&e.meta, "cols", width),
+                size(&e.meta, "rows", height)
+            );
+            line(e.time_ms, "r", &size);
+        }
     }
     out
 }

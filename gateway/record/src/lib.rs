@@ -71,6 +71,8 @@ pub mod kinds {
     /// Commits the store lost (a repair after an unclean stop); skips their indices.
     pub const RECORD_LOSS: &str = "record-loss";
     pub const REVIEW: &str = "review";
+    /// A terminal session's new size (`{"rows", "cols"}`), in order with its output.
+    pub const RESIZE: &str = "resize";
 }
 
 /// An event to append.

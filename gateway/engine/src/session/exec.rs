@@ -92,9 +92,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     client: S,
 ) {
     let (mut reader, mut client) = tokio::io::split(client);
-    request.opening.meta = json!({
-        "mode": match request.mode { Mode::Exec => "exec", Mode::Connect { .. } => "connect" },
-    });
+    // A terminal's size, for a replay at the size the person saw.
+    request.opening.meta = match request.mode {
+        Mode::Exec => json!({"mode": "exec"}),
+        Mode::Connect { rows, cols } => json!({"mode": "connect", "rows": rows, "cols": cols}),
+    };
     let (core, killed) = match Core::open(ctx, request.opening).await {
         Ok(opened) => opened,
         Err(e) => {
@@ -262,7 +264,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             self.keystrokes(&mut process, bytes).await?;
                             since_flush = true;
                         }
-                        Ok(Message::Resize { rows, cols }) => process.resize(rows, cols),
+                        Ok(Message::Resize { rows, cols }) => {
+                            process.resize(rows, cols);
+                            // Recorded in order with the output, for a replay that resizes too.
+                            let size = serde_json::json!({"rows": rows, "cols": cols});
+                            let seq = self.core.seq(Direction::TargetToClient);
+                            self.core
+                                .submit_event(sluice_record::kinds::RESIZE, seq, &size, Vec::new())
+                                .await?;
+                        }
                         // The client's input ended (a pipe, not a person): type Ctrl-D, as a
                         // person would, and let the program finish.
                         Ok(Message::InputEnd) => {
