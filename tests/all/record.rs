@@ -887,3 +887,49 @@ fn a_damaged_store_gives_errors_not_panics_to_the_gateway() {
         }
     }
 }
+
+#[test]
+fn a_sessions_index_written_before_first_inputs_were_indexed_is_brought_up_to_date_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key_file) = (
+        dir.path().join("record.redb"),
+        dir.path().join("record.key"),
+    );
+    let store = Store::open(&path, &key_file).unwrap();
+    let refused = NewEvent {
+        meta: r#"{"content":"statement","dir":"in","outcome":"deny","reason":"gate"}"#.into(),
+        ..event("s1", 1, "frame", "DROP TABLE t")
+    };
+    store
+        .append(&[
+            event("s1", 0, "session-open", ""),
+            refused,
+            event("s1", 2, "frame", "out"),
+        ])
+        .unwrap();
+    let summary = store.session("s1").unwrap().unwrap();
+    assert_eq!((summary.first_input_at, summary.refused), (Some(1), 1));
+    let key = store.public_key();
+    drop(store);
+
+    // The store as an older version left it: rows without the new fields, no index version.
+    sluice_record::tamper::tamper(&path, |t| {
+        let row = t.row(Rows::Sessions, "s1").unwrap();
+        let mut row: serde_json::Value = serde_json::from_slice(&row).unwrap();
+        row.as_object_mut()
+            .unwrap()
+            .retain(|k, _| k != "first_input_at" && k != "refused");
+        t.put_row(Rows::Sessions, "s1", row.to_string().as_bytes());
+        t.remove_row(Rows::Meta, "sessions-index-version");
+    })
+    .unwrap();
+    assert!(
+        !verify_store(&path, trusting(key)).holds(),
+        "the old index differs from what this version derives"
+    );
+    let reopened = Store::open(&path, &key_file).unwrap();
+    let summary = reopened.session("s1").unwrap().unwrap();
+    assert_eq!((summary.first_input_at, summary.refused), (Some(1), 1));
+    drop(reopened);
+    assert!(verify_store(&path, trusting(key)).holds());
+}

@@ -225,43 +225,69 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let all: Vec<SessionSummary> = serde_json::from_slice(&client.get("/api/sessions").await?)?;
-    let since = filter.since.as_deref().map(parse_time).transpose()?;
-    let until = filter.until.as_deref().map(parse_time).transpose()?;
+    // The gateway filters (and searches the recorded content, which it records); pages of
+    // up to 500 until the last.
+    let mut query = Vec::new();
+    let mut add =
+        |key: &str, value: String| query.push(format!("{key}={}", percent_encode(&value)));
+    if let Some(user) = &filter.user {
+        add("user", user.clone());
+    }
+    if let Some(connection) = &filter.connection {
+        add("connection", connection.clone());
+    }
+    if let Some(since) = &filter.since {
+        add("since", parse_time(since)?.to_string());
+    }
+    if let Some(until) = &filter.until {
+        add("until", parse_time(until)?.to_string());
+    }
+    if let Some(text) = &filter.grep {
+        add("text", text.clone());
+    }
     println!(
-        "{:<32} {:<14} {:<10} {:<8} {:<7} CLIENT",
-        "SESSION", "USER", "CONNECTION", "MINUTES", "EXIT"
+        "{:<32} {:<14} {:<10} {:<8} {:<7} {:<22} FIRST INPUT",
+        "SESSION", "USER", "CONNECTION", "MINUTES", "EXIT", "CLIENT"
     );
-    for s in all {
-        if filter.user.as_ref().is_some_and(|u| *u != s.subject)
-            || filter
-                .connection
-                .as_ref()
-                .is_some_and(|c| *c != s.connection)
-            || since.is_some_and(|t| s.started_ms < t)
-            || until.is_some_and(|t| s.started_ms >= t)
-        {
-            continue;
-        }
-        if let Some(needle) = &filter.grep {
-            let found = events(&client, &s.id, "search")
-                .await?
-                .iter()
-                .any(|e| String::from_utf8_lossy(&e.payload()).contains(needle.as_str()));
-            if !found {
-                continue;
-            }
-        }
-        let minutes = s.ended_ms.map_or("active".into(), |end| {
-            format!("{:.1}", (end - s.started_ms) as f64 / 60000.0)
-        });
-        let exit = s.exit_status.map_or("-".into(), |c| c.to_string());
-        println!(
-            "{:<32} {:<14} {:<10} {:<8} {:<7} {}",
-            s.id, s.subject, s.connection, minutes, exit, s.client
+    let mut offset = 0;
+    loop {
+        let path = format!(
+            "/api/sessions/search?limit=500&offset={offset}&{}",
+            query.join("&")
         );
+        let page: serde_json::Value = serde_json::from_slice(&client.get(&path).await?)?;
+        let sessions = page["sessions"].as_array().cloned().unwrap_or_default();
+        for row in &sessions {
+            let first_input = row["first_input"].as_str().unwrap_or("").to_string();
+            let s: SessionSummary = serde_json::from_value(row.clone())?;
+            let minutes = s.ended_ms.map_or("active".into(), |end| {
+                format!("{:.1}", (end - s.started_ms) as f64 / 60000.0)
+            });
+            let exit = s.exit_status.map_or("-".into(), |c| c.to_string());
+            println!(
+                "{:<32} {:<14} {:<10} {:<8} {:<7} {:<22} {}",
+                s.id, s.subject, s.connection, minutes, exit, s.client, first_input
+            );
+        }
+        offset += sessions.len();
+        if sessions.is_empty() || offset as u64 >= page["total"].as_u64().unwrap_or(0) {
+            break;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `value` safe in a query string.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub async fn reviews(
@@ -577,17 +603,16 @@ pub async fn trace(client: Client, id: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn export(client: Client, id: &str, format: &str) -> anyhow::Result<ExitCode> {
+    // The gateway renders the asciicast (at the session's terminal size, with its resizes).
+    let form = if format == "asciicast" {
+        "asciicast"
+    } else {
+        "export-jsonl"
+    };
     let body = client
-        .get(&format!("/api/sessions/{id}/events?form=export-{format}"))
+        .get(&format!("/api/sessions/{id}/events?form={form}"))
         .await?;
-    let mut stdout = std::io::stdout();
-    match format {
-        "asciicast" => {
-            let events = parse_events(&body)?;
-            stdout.write_all(sluice_engine::audit::asciicast(&events).as_bytes())?
-        }
-        _ => stdout.write_all(&body)?,
-    }
+    std::io::stdout().write_all(&body)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -31,6 +31,18 @@ pub struct EventView {
 }
 
 impl EventView {
+    /// A recorded event as the API would serve it.
+    pub fn of(e: &Recorded) -> EventView {
+        EventView {
+            index: e.entry.index,
+            seq: e.entry.seq,
+            kind: e.entry.kind.clone(),
+            time_ms: e.entry.time_ms,
+            meta: serde_json::from_str(&e.entry.meta).unwrap_or_default(),
+            payload_hex: e.payload.as_ref().map(hex::encode),
+        }
+    }
+
     pub fn payload(&self) -> Vec<u8> {
         self.payload_hex
             .as_deref()

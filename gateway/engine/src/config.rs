@@ -29,6 +29,37 @@ pub struct Config {
     /// The timers of agents' connections.
     #[serde(default)]
     pub agents: AgentSettings,
+    /// How long a browser stays signed in to the web console.
+    #[serde(default)]
+    pub console: ConsoleSettings,
+}
+
+/// `[console]`: a browser's sign-in ends after this long without a request, and after
+/// `max_age_seconds` in any case (and with the token it was made from).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    #[serde(default = "default_console_idle")]
+    pub idle_timeout_seconds: u64,
+    #[serde(default = "default_console_max_age")]
+    pub max_age_seconds: u64,
+}
+
+fn default_console_idle() -> u64 {
+    30 * 60
+}
+
+fn default_console_max_age() -> u64 {
+    8 * 3600
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            idle_timeout_seconds: default_console_idle(),
+            max_age_seconds: default_console_max_age(),
+        }
+    }
 }
 
 /// `[agents]`: how long an enrollment token is good for, and how often the gateway and its

@@ -111,6 +111,17 @@ pub struct SessionSummary {
     /// When retention purged its payloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged_ms: Option<u64>,
+    /// The entry of the first whole input the client sent (a typed line, a script, an SQL
+    /// statement): what a list of sessions shows of each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_input_at: Option<u64>,
+    /// How many of its frames were refused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +254,60 @@ impl Store {
         };
         let last = store.read_tail()?;
         store.lock_tail().last = last;
+        store.upgrade_sessions_index()?;
         Ok(store)
+    }
+
+    /// Brings the sessions index up to what this version derives from the chain: a store
+    /// written before `first_input` and `refused` existed gets them, from one pass over its
+    /// entries, so `verify` (which derives them too) finds the index whole.
+    fn upgrade_sessions_index(&self) -> Result<(), RecordError> {
+        const KEY: &str = "sessions-index-version";
+        const VERSION: &[u8] = b"2";
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+                if meta
+                    .get(KEY)
+                    .map_err(|e| self.corrupt(e))?
+                    .is_some_and(|v| v.value() == VERSION)
+                {
+                    return Ok(());
+                }
+                let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+                let mut rows = std::collections::BTreeMap::new();
+                for row in sessions.iter().map_err(|e| self.corrupt(e))? {
+                    let (id, value) = row.map_err(|e| self.corrupt(e))?;
+                    let mut summary: SessionSummary =
+                        serde_json::from_slice(value.value()).map_err(|e| self.corrupt(e))?;
+                    (summary.first_input_at, summary.refused) = (None, 0);
+                    rows.insert(id.value().to_string(), summary);
+                }
+                if !rows.is_empty() {
+                    let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+                    for row in entries.iter().map_err(|e| self.corrupt(e))? {
+                        let (_, value) = row.map_err(|e| self.corrupt(e))?;
+                        let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
+                        if entry.kind == "frame"
+                            && let Some(summary) = rows.get_mut(&entry.session)
+                        {
+                            summary.count_frame(&entry);
+                        }
+                    }
+                    for (id, summary) in &rows {
+                        let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
+                        sessions
+                            .insert(id.as_str(), bytes.as_slice())
+                            .map_err(|e| self.corrupt(e))?;
+                    }
+                    tracing::info!(sessions = rows.len(), "sessions index upgraded");
+                }
+                meta.insert(KEY, VERSION).map_err(|e| self.corrupt(e))?;
+            }
+            txn.commit().map_err(|e| self.corrupt(e))
+        })
     }
 
     /// Refuses a key other than the one that signed the newest head: a changed key must be
@@ -857,6 +921,21 @@ fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
 
 /// The session index is a derived view (the chain is the truth), kept up to date per commit.
 impl SessionSummary {
+    /// A frame's part in the summary. Read from the meta's text, not parsed: this runs for
+    /// every frame recorded.
+    fn count_frame(&mut self, entry: &Entry) {
+        let meta = entry.meta.as_str();
+        if self.first_input_at.is_none()
+            && meta.contains(r#""dir":"in""#)
+            && (meta.contains(r#""content":"statement""#) || meta.contains(r#""content":"line""#))
+        {
+            self.first_input_at = Some(entry.index);
+        }
+        if meta.contains(r#""outcome":"deny""#) {
+            self.refused += 1;
+        }
+    }
+
     fn new(first: &Entry) -> SessionSummary {
         SessionSummary {
             id: first.session.clone(),
@@ -882,6 +961,7 @@ impl SessionSummary {
                 self.connection = text("connection");
                 self.client = text("client");
             }
+            "frame" => self.count_frame(entry),
             "session-close" => {
                 self.ended_ms = Some(entry.time_ms);
                 self.exit_status = meta()

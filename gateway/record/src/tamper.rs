@@ -94,6 +94,11 @@ impl Tamper<'_> {
         value.map(|v| v.value().to_vec())
     }
 
+    pub fn remove_row(&self, rows: Rows, key: &str) {
+        let mut table = self.txn.open_table(rows_table(rows)).expect("open table");
+        table.remove(key).expect("write table");
+    }
+
     pub fn put_row(&self, rows: Rows, key: &str, value: &[u8]) {
         let mut table = self.txn.open_table(rows_table(rows)).expect("open table");
         table.insert(key, value).expect("write table");

@@ -813,6 +813,16 @@ fn session_differences(row: &SessionSummary, chained: &SessionSummary) -> Vec<St
         row.purged_ms.is_some().to_string(),
         chained.purged_ms.is_some().to_string(),
     );
+    compare(
+        "first_input_at",
+        format!("{:?}", row.first_input_at),
+        format!("{:?}", chained.first_input_at),
+    );
+    compare(
+        "refused",
+        row.refused.to_string(),
+        chained.refused.to_string(),
+    );
     differs
 }
 

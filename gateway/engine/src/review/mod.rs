@@ -351,6 +351,16 @@ impl Reviews {
         out
     }
 
+    /// The sessions with a frame held for review now.
+    pub fn held_sessions(&self) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .all
+            .values()
+            .filter(|r| r.status == Status::Pending)
+            .filter_map(|r| r.session.clone())
+            .collect()
+    }
+
     pub fn may_see(&self, identity: &Identity, review: &Review) -> bool {
         review.requester == identity.subject
             || review.may_decide(identity)

@@ -27,8 +27,10 @@
 //! recorded before it takes effect.
 
 mod agents;
+mod console;
 mod operations;
 mod routes;
+mod sessions;
 mod upgrade;
 mod watch;
 
@@ -63,6 +65,8 @@ pub struct Gateway {
     ca_pem: String,
     /// Loads plugins (again, on reload); keeps the engine and its epoch thread alive.
     host: Arc<PluginHost>,
+    /// Browsers signed in to the web console.
+    console: console::Console,
     /// One reload (or retention run) at a time.
     maintenance: tokio::sync::Mutex<()>,
     /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
@@ -286,6 +290,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         listeners.push(tokio::spawn(crate::pg::serve(front.clone(), listener)));
         fronts.insert(name.clone(), front);
     }
+    let console = console::Console::new(&config.console);
     let gateway = Arc::new(Gateway {
         config,
         auth,
@@ -294,6 +299,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         sinks,
         fronts,
         ca_pem: tls.ca_pem,
+        console,
         host,
         maintenance: tokio::sync::Mutex::new(()),
         listeners: std::sync::Mutex::new(listeners),

@@ -50,6 +50,9 @@ impl Gateway {
         if path == crate::agent::tunnel::ENROLL_PATH || path == crate::agent::tunnel::CONNECT_PATH {
             return self.agent_route(req, peer).await;
         }
+        if path == "/" || path == "/console" || path.starts_with("/console/") {
+            return self.console_route(req, peer).await;
+        }
         if path == "/api/auth" {
             // What `sluice login` needs to sign in: public.
             let oidc = self.auth.oidc().map(|o| {
@@ -60,9 +63,9 @@ impl Gateway {
         }
         let identity = match self.authenticate(&req).await {
             Ok(identity) => identity,
-            Err(why) => {
+            Err((status, why)) => {
                 tracing::warn!(%peer, %path, %why, "authentication refused");
-                return error(StatusCode::UNAUTHORIZED, &why);
+                return error(status, &why);
             }
         };
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -111,6 +114,12 @@ impl Gateway {
                 self.live_sessions(&identity)
             }
             (&Method::GET, ["api", "sessions"]) => self.list_sessions(&identity),
+            (&Method::GET, ["api", "sessions", "search"]) => {
+                self.search_sessions(&identity, &query).await
+            }
+            (&Method::GET, ["api", "sessions", id, "follow"]) => {
+                self.follow_session(&identity, id).await
+            }
             (&Method::POST, ["api", "sessions", id, "kill"]) => {
                 self.kill_session(&identity, id, peer).await
             }
@@ -122,6 +131,7 @@ impl Gateway {
                 self.manage_agents(method, &segments, &query, &identity)
                     .await
             }
+            (&Method::GET, ["api", "connections"]) => self.list_connections(&identity),
             (&Method::GET, ["api", "whoami"]) => {
                 let roles: serde_json::Map<String, serde_json::Value> = self
                     .config
@@ -241,24 +251,80 @@ impl Gateway {
         }
     }
 
-    async fn authenticate(&self, req: &Request<Incoming>) -> Result<Identity, String> {
+    /// The connections `identity` holds a role on (admins: all), with their kind, agents,
+    /// own listener and the roles held; never a secret.
+    fn list_connections(&self, identity: &Identity) -> Reply {
+        use crate::config::Connection;
+        let list: Vec<_> = self
+            .config
+            .connections
+            .iter()
+            .filter(|(name, _)| {
+                self.roles().any(identity, name) || self.roles().has(identity, Role::Admin, name)
+            })
+            .map(|(name, connection)| {
+                let (kind, listen) = match connection {
+                    Connection::Exec(_) => ("exec", None),
+                    Connection::Postgres(pg) => ("postgres", Some(pg.listen.to_string())),
+                    Connection::Tcp(_) => ("tcp", None),
+                };
+                let roles: Vec<_> = Role::ALL
+                    .iter()
+                    .filter(|r| self.roles().has(identity, **r, name))
+                    .map(|r| r.name())
+                    .collect();
+                json!({
+                    "name": name,
+                    "kind": kind,
+                    "listen": listen,
+                    "agents": connection.agents().map(|a| a.names().to_vec()),
+                    "roles": roles,
+                    "source": "sluice.toml",
+                })
+            })
+            .collect();
+        reply(StatusCode::OK, json!(list).to_string())
+    }
+
+    /// Who is asking: the bearer token's identity, or, without one, that of the token a
+    /// browser signed in to the console with (its CSRF token checked where it changes
+    /// something).
+    async fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<Identity, (StatusCode, String)> {
         const MISSING: &str =
             "no token given: run `sluice login`, pass --token or set SLUICE_TOKEN";
-        let header = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .ok_or(MISSING)?;
+        let unauthorized = |why: &str| (StatusCode::UNAUTHORIZED, why.to_string());
+        let Some(header) = req.headers().get(hyper::header::AUTHORIZATION) else {
+            return match self.console.signed_in(req) {
+                Ok(Some((token, _))) => self
+                    .auth
+                    .authenticate(&token)
+                    .await
+                    .map_err(|why| (StatusCode::UNAUTHORIZED, why)),
+                Ok(None) => Err(unauthorized(MISSING)),
+                Err(refused) => Err((refused.status, refused.why)),
+            };
+        };
         let value = header
             .to_str()
-            .map_err(|_| "malformed Authorization header: not text")?
+            .map_err(|_| unauthorized("malformed Authorization header: not text"))?
             .trim();
         // `Bearer` with nothing after it (an empty token, trailing space trimmed away).
         let token = match value.strip_prefix("Bearer") {
-            Some(rest) if rest.trim().is_empty() => return Err(MISSING.into()),
+            Some(rest) if rest.trim().is_empty() => return Err(unauthorized(MISSING)),
             Some(rest) if rest.starts_with(' ') => rest.trim(),
-            _ => return Err("malformed Authorization header: expected `Bearer TOKEN`".into()),
+            _ => {
+                return Err(unauthorized(
+                    "malformed Authorization header: expected `Bearer TOKEN`",
+                ));
+            }
         };
-        self.auth.authenticate(token).await
+        self.auth
+            .authenticate(token)
+            .await
+            .map_err(|why| (StatusCode::UNAUTHORIZED, why))
     }
 
     /// Server-sent events: every review `identity` may see, pending ones first, then each
@@ -293,112 +359,7 @@ impl Gateway {
                 }
             }
         });
-        let mut response = Response::new(BodyExt::boxed(EventStream(rx)));
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/event-stream"),
-        );
-        response
-    }
-
-    /// A recorded session is visible to its auditors, and to its own user while they hold
-    /// a role on its connection; to nobody else.
-    fn may_read(&self, identity: &Identity, subject: &str, connection: &str) -> bool {
-        self.roles().has(identity, Role::Audit, connection)
-            || (subject == identity.subject && self.roles().any(identity, connection))
-    }
-
-    fn live_sessions(&self, identity: &Identity) -> Reply {
-        let live: Vec<_> = self
-            .session_ctx
-            .live()
-            .into_iter()
-            .filter(|(_, subject, connection, _)| {
-                self.may_read(identity, subject, connection)
-                    || self.roles().has(identity, Role::Admin, connection)
-            })
-            .map(|(id, subject, connection, started_ms)| json!({"id": id, "subject": subject, "connection": connection, "started_ms": started_ms}))
-            .collect();
-        reply(StatusCode::OK, serde_json::Value::from(live).to_string())
-    }
-
-    /// Admins of its connection end a live session.
-    async fn kill_session(&self, identity: &Identity, id: &str, peer: SocketAddr) -> Reply {
-        let live = self.session_ctx.live();
-        let Some((_, _, connection, _)) = live.iter().find(|(live_id, ..)| live_id == id) else {
-            return error(StatusCode::NOT_FOUND, &format!("no live session {id}"));
-        };
-        let action = format!("end session {id}");
-        if let Err(why) = self
-            .roles()
-            .require(identity, Role::Admin, connection, &action)
-            .await
-        {
-            tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused");
-            return error(StatusCode::FORBIDDEN, &why);
-        }
-        if self
-            .session_ctx
-            .kill(id, format!("ended by {}", identity.subject))
-        {
-            tracing::info!(subject = %identity.subject, session = id, "session killed");
-            reply(StatusCode::OK, json!({"killed": id}).to_string())
-        } else {
-            error(StatusCode::NOT_FOUND, &format!("no live session {id}"))
-        }
-    }
-
-    fn list_sessions(&self, identity: &Identity) -> Reply {
-        match self.store.sessions() {
-            Ok(all) => {
-                let visible: Vec<_> = all
-                    .into_iter()
-                    .filter(|s| self.may_read(identity, &s.subject, &s.connection))
-                    .collect();
-                reply(
-                    StatusCode::OK,
-                    serde_json::to_string(&visible).unwrap_or_default(),
-                )
-            }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        }
-    }
-
-    async fn session_events(&self, identity: &Identity, id: &str, form: &str) -> Reply {
-        match self.store.session(id) {
-            Ok(Some(s)) if self.may_read(identity, &s.subject, &s.connection) => {}
-            Ok(Some(s)) => {
-                let action = format!("read session {id}");
-                let why = self
-                    .roles()
-                    .refuse(identity, Role::Audit, &s.connection, &action)
-                    .await;
-                return error(StatusCode::FORBIDDEN, &why);
-            }
-            Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no session {id}")),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        }
-        // Reading a recording is itself recorded, before anything is served.
-        let form: String = form
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .take(32)
-            .collect();
-        let audited =
-            json!({"by": identity.subject, "action": "read", "session": id, "form": form});
-        if let Err(why) = self.record_gateway_event("audit", &audited).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, &why);
-        }
-        match self.store.session_events(id) {
-            Ok(events) => {
-                let lines: String = events
-                    .iter()
-                    .map(|e| crate::audit::event_json(e).to_string() + "\n")
-                    .collect();
-                reply(StatusCode::OK, lines)
-            }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        }
+        event_stream(rx)
     }
 }
 
@@ -455,6 +416,16 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A server-sent-events reply: whatever the feeding task sends on `rx`'s sender.
+pub(super) fn event_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Reply {
+    let mut response = Response::new(BodyExt::boxed(EventStream(rx)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    response
 }
 
 /// The body of a server-sent-events reply: whatever the feeding task sends.
