@@ -122,6 +122,15 @@ impl Browser {
         }
     }
 
+    /// Waits until the page's title is `title` (a navigation finished).
+    async fn wait_title(&self, title: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.client.title().await.ok().as_deref() != Some(title) {
+            assert!(Instant::now() < deadline, "no page titled {title:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits for an element matching `css`.
     async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
         let deadline = Instant::now() + PATIENCE;
@@ -556,5 +565,126 @@ fn reviewers_decide_in_the_browser_and_live_sessions_are_watched_and_ended() {
         // The refused approval is the one failed request the page logged.
         let errors = browser.close().await;
         assert!(errors.len() == 1 && errors[0].contains("/approve"), "{errors:#?}");
+    });
+}
+
+/// Signs in at the provider's own pages (its development login and consent forms).
+async fn sign_in_at_provider(browser: &Browser, user: &str) {
+    browser.goto("/console/").await;
+    browser.click("#oidc-sign-in").await;
+    browser.wait_title("Sign-in").await;
+    browser
+        .wait_for("input[name=login]")
+        .await
+        .send_keys(user)
+        .await
+        .unwrap();
+    browser
+        .wait_for("input[name=password]")
+        .await
+        .send_keys("any")
+        .await
+        .unwrap();
+    browser.click("button[type=submit]").await;
+    // The provider asks for consent (once per person and client), then sends the browser back.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let title = browser.client.title().await.unwrap_or_default();
+        if title == "Sluice"
+            && browser
+                .client
+                .find(Locator::Css("#nav:not([hidden])"))
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        let consent = "form:has(input[name=prompt][value=consent]) button[type=submit]";
+        if let Ok(button) = browser.client.find(Locator::Css(consent)).await {
+            let _ = button.click().await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck at the provider, on {title:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn people_sign_in_at_the_openid_provider_and_see_what_their_roles_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::postgres::free_port();
+    let provider = crate::oidc::Provider::start_for_console(
+        crate::postgres::free_port(),
+        &[&crate::oidc::keygen(dir.path(), "k1")],
+        &format!("https://127.0.0.1:{port}/console/oidc/callback"),
+    );
+    let config = format!(
+        "\n[oidc]\nissuer = \"{}\"\nclient_id = \"sluice-cli\"\nconsole_client_id = \"sluice-console\"\n\
+         scopes = [\"openid\", \"email\", \"groups\", \"offline_access\"]\n",
+        provider.issuer()
+    );
+    let policy = "[roles.shell]\nconnect = [\"developers\"]\naudit = [\"auditors\"]\n";
+    let gw = Gateway::start_full(
+        &format!("listen = \"127.0.0.1:{port}\""),
+        &config,
+        Some(policy),
+    );
+    let alice = provider.id_token("alice", &["developers"]);
+    let (code, _, err) = gw.run_as(
+        Some(&alice),
+        &["exec", "shell", "--", "echo alice-was-here"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "echo someone-else"], "");
+    assert_eq!(code, 0, "{err}");
+
+    runtime().block_on(async {
+        let browser = Browser::open(&gw).await;
+        // A developer sees only her own session.
+        sign_in_at_provider(&browser, "alice").await;
+        assert_eq!(
+            browser.client.current_url().await.unwrap().path(),
+            "/console/sessions"
+        );
+        let listed = browser.wait_text("#sessions", "alice").await;
+        assert!(listed.contains("echo alice-was-here"), "{listed}");
+        assert!(
+            !listed.contains("someone-else") && !listed.contains("dev-user"),
+            "{listed}"
+        );
+        // The token stays on the gateway: neither the URL nor the page's storage has it.
+        let url = browser.client.current_url().await.unwrap().to_string();
+        assert!(!url.contains("code=") && !url.contains("token"), "{url}");
+        browser.sign_out().await;
+
+        // An auditor sees everyone's (after the provider forgot alice, as on another
+        // person's browser).
+        browser.client.goto(&provider.issuer()).await.unwrap();
+        browser.client.delete_all_cookies().await.unwrap();
+        sign_in_at_provider(&browser, "carol").await;
+        let listed = browser.wait_text("#sessions", "someone-else").await;
+        assert!(listed.contains("alice-was-here"), "{listed}");
+
+        // A callback this browser did not start is refused.
+        browser
+            .goto("/console/oidc/callback?code=stolen&state=forged")
+            .await;
+        browser
+            .wait_text("body", "not started by this browser")
+            .await;
+
+        let issuer = provider.issuer();
+        let errors: Vec<String> = browser
+            .close()
+            .await
+            .into_iter()
+            // The provider's own pages are not the console's (its login page loads a font
+            // from the web, which this machine cannot reach).
+            .filter(|e| !e.contains(&issuer) && !e.contains("fonts.googleapis.com"))
+            .filter(|e| !e.contains("/console/oidc/callback"))
+            .collect();
+        assert!(errors.is_empty(), "the pages logged errors: {errors:#?}");
     });
 }

@@ -165,3 +165,170 @@ fn out_of_file_descriptors_the_gateway_waits_instead_of_spinning_and_serves_agai
         gw.run(&["whoami"], "").0 == 0
     });
 }
+
+/// An operator's CA and a certificate it signed for `127.0.0.1` and `localhost`, made with
+/// `openssl` in `dir`: (the chain file, its key, the CA certificate).
+fn operator_certificate(dir: &std::path::Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let (code, out, err) = run_command(std::process::Command::new("openssl").args(args), "");
+        assert_eq!(code, 0, "openssl {args:?}: {out}{err}");
+    };
+    let (ca_key, ca, key, csr, cert) = (
+        path("ca.key"),
+        path("ca.pem"),
+        path("server.key"),
+        path("server.csr"),
+        path("server.pem"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Operator test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=gateway.test",
+    ]);
+    let ext = path("san.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    let chain = path("chain.pem");
+    let both = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&ca).unwrap();
+    std::fs::write(&chain, both).unwrap();
+    (chain, key, ca)
+}
+
+#[test]
+fn an_operators_certificate_is_served_by_every_listener() {
+    use crate::postgres::{Cluster, UPSTREAM_PASSWORD, psql};
+    let certs = tempfile::tempdir().unwrap();
+    let (chain, key, ca) = operator_certificate(certs.path());
+    let cluster = Cluster::start("scram-sha-256");
+    let pg = free_port();
+    let extra = format!(
+        "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{pg}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{UPSTREAM_PASSWORD}\"\n",
+        cluster.port
+    );
+    let gw = Gateway::start_full(
+        &format!("tls_cert = \"{chain}\"\ntls_key = \"{key}\""),
+        &extra,
+        None,
+    );
+
+    // The CLI, pinning the operator's CA: the gateway's listener is served with its certificate.
+    let (code, out, err) = run_command(
+        gw.cli()
+            .env("SLUICE_CA", &ca)
+            .args(["exec", "shell", "--", "echo through"]),
+        "",
+    );
+    assert_eq!((code, out.as_str()), (0, "through\n"), "{err}");
+    // What clients are told to pin is the operator's CA.
+    let (code, served, err) = run_command(
+        std::process::Command::new("curl")
+            .args(["-sS", "--cacert", &ca])
+            .arg(format!("https://{}/api/ca", gw.addr)),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let pinned = std::fs::read_to_string(&ca).unwrap();
+    assert_eq!(
+        served.split_whitespace().collect::<String>(),
+        pinned.split_whitespace().collect::<String>()
+    );
+    // The PostgreSQL listener too: psql verifies the server against the operator's CA.
+    let (code, out, err) = psql(
+        pg,
+        &gw.user_token,
+        &[
+            "-t",
+            "-c",
+            "SELECT 'verified'",
+            &format!("sslmode=verify-full sslrootcert={ca}"),
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "verified"), "{err}");
+}
+
+#[test]
+fn tls_settings_that_do_not_go_together_stop_the_start_with_a_clear_error() {
+    let certs = tempfile::tempdir().unwrap();
+    let (chain, _, _) = operator_certificate(certs.path());
+    let other = certs.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (_, other_key, _) = operator_certificate(&other);
+    let mut gw = Gateway::start();
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    let config_path = gw.dir.path().join("sluice.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    for (settings, expected) in [
+        (
+            format!("tls_cert = \"{chain}\""),
+            "go together: set both".to_string(),
+        ),
+        (
+            format!("tls_cert = \"{chain}\"\ntls_key = \"{other_key}\""),
+            "do not go together".into(),
+        ),
+        (
+            format!(
+                "tls_cert = \"{}/missing.pem\"\ntls_key = \"{other_key}\"",
+                certs.path().display()
+            ),
+            "missing.pem".into(),
+        ),
+    ] {
+        let changed = config.replacen("[gateway]\n", &format!("[gateway]\n{settings}\n"), 1);
+        std::fs::write(&config_path, changed).unwrap();
+        let (code, _, err) = run_command(sluice().current_dir(gw.dir.path()).arg("serve"), "");
+        assert_ne!(code, 0);
+        assert!(err.contains(&expected), "{settings}: {err}");
+    }
+}

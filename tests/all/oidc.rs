@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// `tests/oidc`, with its npm packages installed (once, on a fresh checkout).
-fn oidc_dir() -> PathBuf {
+pub(crate) fn oidc_dir() -> PathBuf {
     static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/oidc"));
     INSTALLED.get_or_init(|| {
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 /// A signing key for a provider, as a private JWK file.
-fn keygen(dir: &Path, kid: &str) -> PathBuf {
+pub(crate) fn keygen(dir: &Path, kid: &str) -> PathBuf {
     let out = Command::new("node")
         .arg(oidc_dir().join("provider.mjs"))
         .args(["keygen", kid])
@@ -71,13 +71,18 @@ fn now_secs() -> u64 {
 }
 
 /// A running provider; killed when dropped.
-struct Provider {
+pub(crate) struct Provider {
     port: u16,
     child: Child,
 }
 
 impl Provider {
     fn start(port: u16, keys: &[&Path]) -> Provider {
+        Provider::start_for_console(port, keys, "")
+    }
+
+    /// A provider whose `sluice-console` client may redirect to `console_redirect`.
+    pub(crate) fn start_for_console(port: u16, keys: &[&Path], console_redirect: &str) -> Provider {
         use std::io::BufRead;
         let mut child = Command::new("node")
             .arg(oidc_dir().join("provider.mjs"))
@@ -85,6 +90,7 @@ impl Provider {
             .arg(port.to_string())
             .args(keys)
             .env("ID_TOKEN_TTL", "70")
+            .env("CONSOLE_REDIRECT", console_redirect)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -102,7 +108,7 @@ impl Provider {
         Provider::start(free_port(), &[&keygen(dir, "k1")])
     }
 
-    fn issuer(&self) -> String {
+    pub(crate) fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -126,7 +132,7 @@ impl Provider {
     }
 
     /// An ID token for `user` as `sluice login` gets it (audience: the CLI's client).
-    fn id_token(&self, user: &str, groups: &[&str]) -> String {
+    pub(crate) fn id_token(&self, user: &str, groups: &[&str]) -> String {
         self.mint(
             json!({}),
             json!({"sub": user, "aud": "sluice-cli", "email": format!("{user}@example.com"), "groups": groups}),
@@ -560,7 +566,7 @@ fn roles_from_the_policy_decide_who_connects_reviews_and_reads() {
     );
     let (code, replayed, err) =
         gw.run_as(Some(&carol), &["replay", &alice_session, "--speed", "0"]);
-    assert_eq!((code, replayed.as_str()), (0, "hi\n"), "{err}");
+    assert_eq!((code, replayed.as_str()), (0, "> echo hi\nhi\n"), "{err}");
     let (code, _, _) = gw.run_as(Some(&carol), &["verify"]);
     assert_eq!(code, 0);
     let (code, _, err) = gw.run_as(Some(&alice), &["verify"]);

@@ -5,7 +5,8 @@
 //
 // Users (any password on the dev login form): alice (developers), bob (reviewers),
 // carol (auditors), dave (no group). Clients: `sluice-cli` (public, native: the code flow with
-// PKCE on a loopback redirect, the device flow, refresh tokens); `ci-bot` (client credentials, secret
+// PKCE on a loopback redirect, the device flow, refresh tokens); `sluice-console` (public web
+// client for the gateway's console, redirect URI from $CONSOLE_REDIRECT); `ci-bot` (client credentials, secret
 // `ci-bot-secret`, group `ci`). Access tokens for the resource `urn:sluice:gateway` are JWTs
 // (RFC 9068) with audience `sluice-gateway`.
 //
@@ -42,6 +43,16 @@ const provider = new Provider(issuer, {
       grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/callback'],
+    },
+    // The gateway's web console: a public web client (PKCE), redirecting to the gateway
+    // the test started (CONSOLE_REDIRECT).
+    {
+      client_id: 'sluice-console',
+      application_type: 'web',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: process.env.CONSOLE_REDIRECT ? [process.env.CONSOLE_REDIRECT] : [],
     },
     {
       client_id: 'ci-bot',

@@ -79,7 +79,8 @@ function go(path) {
 }
 
 document.addEventListener("click", (event) => {
-  const a = event.target.closest("a[href^='/console/']");
+  // The console's own views; other links (sign-in at the provider, exports) load for real.
+  const a = event.target.closest("a[data-link], #nav a, a.brand");
   if (!a || a.hasAttribute("download") || event.ctrlKey || event.metaKey) return;
   event.preventDefault();
   go(a.getAttribute("href"));

@@ -186,6 +186,13 @@ pub struct Gateway {
     /// and `127.0.0.1`: its certificate names them (made again when they change; the CA stays).
     #[serde(default)]
     pub tls_names: Vec<String>,
+    /// A certificate of the operator's (PEM: the server's certificate, then the chain up to the
+    /// CA clients should pin) and its key, used by every listener instead of the local CA's:
+    /// browsers, load balancers and identity providers trust it. Both or neither.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -219,6 +226,8 @@ impl Default for Gateway {
             max_signing_in: default_max_signing_in(),
             sign_in_timeout_ms: default_sign_in_timeout_ms(),
             tls_names: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -282,6 +291,13 @@ pub enum RecordMode {
 pub struct OidcConfig {
     pub issuer: String,
     pub client_id: String,
+    /// The client the web console signs browsers in as (its redirect URI is
+    /// `https://GATEWAY/console/oidc/callback`); none: the CLI's `client_id`.
+    #[serde(default)]
+    pub console_client_id: Option<String>,
+    /// Its secret, when it is a confidential client: `VALUE` or `env:NAME`.
+    #[serde(default)]
+    pub console_client_secret: Option<String>,
     pub audience: Option<String>,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,

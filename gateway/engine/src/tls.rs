@@ -97,6 +97,59 @@ pub fn load_or_create_for(data_dir: &Path, names: &[String]) -> anyhow::Result<T
     })
 }
 
+/// The operator's certificate chain and key (`[gateway] tls_cert`, `tls_key`) for every
+/// listener. What clients pin (`/api/ca`, the fingerprint `serve` prints) is the chain's last
+/// certificate: the CA the operator put at its top.
+pub fn load_operator(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("gateway.tls_cert: cannot read {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "gateway.tls_cert: {} is not PEM certificates",
+                cert.display()
+            )
+        })?;
+    let Some(top) = chain.last() else {
+        anyhow::bail!("gateway.tls_cert: {} holds no certificate", cert.display());
+    };
+    let ca_pem = pem_of(top);
+    let private = PrivateKeyDer::from_pem_file(key).with_context(|| {
+        format!(
+            "gateway.tls_key: cannot read a PEM private key from {}",
+            key.display()
+        )
+    })?;
+    let server_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .with_context(|| {
+            format!(
+                "gateway.tls_cert and tls_key do not go together ({} and {})",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok(Tls {
+        ca_pem,
+        server_config: Arc::new(server_config),
+    })
+}
+
+fn pem_of(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
 /// The CA's parameters (its name and constraints), to make it and to sign with it.
 fn ca_params() -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;

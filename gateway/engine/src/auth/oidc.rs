@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use openidconnect::core::{
-    CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreClient, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreResponseType,
 };
 use openidconnect::{
-    ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, JsonWebKey, JsonWebTokenType,
-    Nonce, SignatureVerificationError,
+    AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, IdTokenVerifier, IssuerUrl, JsonWebKey, JsonWebTokenType, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -124,7 +126,13 @@ impl Oidc {
             .audience
             .as_ref()
             .filter(|aud| audiences(&payload).contains(aud));
-        let client = access.unwrap_or(&self.config.client_id);
+        // The console's own client (when it has one) signs browsers in with its ID tokens.
+        let console = self
+            .config
+            .console_client_id
+            .as_ref()
+            .filter(|id| audiences(&payload).contains(id));
+        let client = access.or(console).unwrap_or(&self.config.client_id);
         let skew = TimeDelta::seconds(self.config.clock_skew_seconds as i64);
         let verifier = IdTokenVerifier::new_public_client(
             ClientId::new(client.clone()),
@@ -226,6 +234,81 @@ impl Oidc {
         Ok(keys.set.clone().unwrap_or_default())
     }
 
+    /// The client the console signs browsers in as: `console_client_id` (with its secret,
+    /// a confidential web client), else the CLI's public one; PKCE either way.
+    async fn console_client(&self, redirect: &str) -> Result<ConsoleClient, String> {
+        let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
+            .await
+            .map_err(|e| format!("cannot discover the identity provider: {}", error_chain(&e)))?;
+        let id = self
+            .config
+            .console_client_id
+            .clone()
+            .unwrap_or_else(|| self.config.client_id.clone());
+        let secret = self
+            .config
+            .console_client_secret
+            .as_deref()
+            .map(|s| ClientSecret::new(crate::config::resolve(s)));
+        let redirect = RedirectUrl::new(redirect.to_string()).map_err(|e| e.to_string())?;
+        Ok(
+            CoreClient::from_provider_metadata(metadata, ClientId::new(id), secret)
+                .set_redirect_uri(redirect),
+        )
+    }
+
+    /// Where to send a browser to sign in (the code flow with PKCE, back to `redirect`), and
+    /// what the callback needs to finish it.
+    pub async fn console_sign_in(&self, redirect: &str) -> Result<(String, SignInState), String> {
+        let client = self.console_client(redirect).await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge);
+        // A browser's sign-in lasts as long as its ID token: no refresh token is asked for.
+        for scope in self
+            .config
+            .scopes
+            .iter()
+            .filter(|s| *s != "openid" && *s != "offline_access")
+        {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.url();
+        let pending = SignInState {
+            state: state.secret().clone(),
+            verifier: verifier.secret().clone(),
+            nonce: nonce.secret().clone(),
+        };
+        Ok((url.to_string(), pending))
+    }
+
+    /// Trades the code the provider sent back for an ID token, checked (nonce included).
+    pub async fn console_finish(
+        &self,
+        redirect: &str,
+        code: &str,
+        pending: SignInState,
+    ) -> Result<String, String> {
+        let client = self.console_client(redirect).await?;
+        let tokens = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| e.to_string())?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| format!("the provider refused the code: {}", error_chain(&e)))?;
+        let id_token = tokens.id_token().ok_or("the provider sent no ID token")?;
+        id_token
+            .claims(&client.id_token_verifier(), &Nonce::new(pending.nonce))
+            .map_err(|e| format!("the provider's ID token does not verify: {e}"))?;
+        Ok(id_token.to_string())
+    }
+
     /// The provider's key set (discovering where it is, the first time).
     async fn fetch_keys(
         &self,
@@ -245,6 +328,24 @@ impl Oidc {
         Ok((url, set))
     }
 }
+
+/// A browser's sign-in between the redirect to the provider and its return.
+#[derive(Debug)]
+pub struct SignInState {
+    /// The `state` sent, which must come back.
+    pub state: String,
+    verifier: String,
+    nonce: String,
+}
+
+type ConsoleClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
 
 /// The header and payload of a JWT, decoded but not verified.
 fn unverified_parts(token: &str) -> Result<(Value, Value), TokenError> {

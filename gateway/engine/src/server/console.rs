@@ -26,6 +26,7 @@ use serde_json::json;
 
 use super::Gateway;
 use super::routes::{Reply, error, reply};
+use crate::auth::oidc::SignInState;
 use crate::config::ConsoleSettings;
 
 /// The sign-in cookie. `__Host-`: browsers keep it only if Secure, for this host, path `/`.
@@ -42,6 +43,8 @@ const MAX_SIGN_IN_BODY: usize = 16 << 10;
 /// The browsers signed in to this gateway.
 pub struct Console {
     signed_in: Mutex<HashMap<String, SignIn>>,
+    /// Browsers sent to the OpenID provider, by the `state` they must come back with.
+    signing_in: Mutex<HashMap<String, (Instant, SignInState)>>,
     idle: Duration,
     max_age: Duration,
 }
@@ -73,6 +76,7 @@ impl Console {
     pub fn new(settings: &ConsoleSettings) -> Console {
         Console {
             signed_in: Mutex::new(HashMap::new()),
+            signing_in: Mutex::new(HashMap::new()),
             idle: Duration::from_secs(settings.idle_timeout_seconds),
             max_age: Duration::from_secs(settings.max_age_seconds),
         }
@@ -144,6 +148,21 @@ impl Console {
         Ok(Some((signed.token.clone(), signed.csrf.clone())))
     }
 
+    /// Remembers a browser sent to the provider (for `SIGN_IN_TTL`).
+    fn await_provider(&self, pending: SignInState) {
+        let mut all = self.signing_in.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, (made, _)| made.elapsed() < SIGN_IN_TTL);
+        all.insert(pending.state.clone(), (Instant::now(), pending));
+    }
+
+    /// The sign-in a browser that came back with `state` started, if it is still open.
+    fn returned(&self, state: &str) -> Option<SignInState> {
+        let mut all = self.signing_in.lock().unwrap_or_else(|e| e.into_inner());
+        all.remove(state)
+            .filter(|(made, _)| made.elapsed() < SIGN_IN_TTL)
+            .map(|(_, pending)| pending)
+    }
+
     fn sign_out<B>(&self, req: &Request<B>) {
         if let Some(id) = cookie(req, COOKIE) {
             self.lock().remove(&id);
@@ -162,6 +181,11 @@ impl Gateway {
                     .insert(LOCATION, HeaderValue::from_static("/console/"));
                 r
             }
+            // Pages without the console's own icon link (the sign-in's return) get it too.
+            (&Method::GET, "/favicon.ico") => match sluice_console::asset("favicon.svg") {
+                Some(icon) => asset_reply(icon),
+                None => error(StatusCode::NOT_FOUND, "no icon"),
+            },
             (&Method::POST, "/console/sign-in") => self.console_sign_in(req, peer).await,
             (&Method::POST, "/console/sign-out") => match self.console.signed_in(&req) {
                 Ok(_) => {
@@ -178,6 +202,10 @@ impl Gateway {
                 Err(refused) => error(refused.status, &refused.why),
             },
             (&Method::GET, "/console/me") => self.console_me(&req).await,
+            (&Method::GET, "/console/oidc/start") => self.console_oidc_start(&req).await,
+            (&Method::GET, "/console/oidc/callback") => {
+                self.console_oidc_callback(&req, peer).await
+            }
             (&Method::GET, _) => match path.strip_prefix("/console/assets/") {
                 Some(file) => match sluice_console::asset(file) {
                     Some(asset) => asset_reply(asset),
@@ -254,6 +282,102 @@ impl Gateway {
         r
     }
 
+    /// Sends the browser to the provider: the code flow with PKCE, the gateway as the
+    /// client, back to `https://HOST/console/oidc/callback`. The `state` is also kept in a
+    /// short-lived cookie (SameSite=Lax, so it comes back with the provider's redirect): a
+    /// callback another browser started is refused.
+    async fn console_oidc_start(&self, req: &Request<Incoming>) -> Reply {
+        let Some(oidc) = self.auth.oidc() else {
+            return error(StatusCode::NOT_FOUND, "this gateway has no [oidc] provider");
+        };
+        let redirect = callback_url(req);
+        match oidc.console_sign_in(&redirect).await {
+            Ok((url, pending)) => {
+                let cookie = format!(
+                    "{STATE_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+                    pending.state,
+                    SIGN_IN_TTL.as_secs()
+                );
+                self.console.await_provider(pending);
+                let mut r = reply(StatusCode::SEE_OTHER, "");
+                for (name, value) in [(LOCATION, url), (SET_COOKIE, cookie)] {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        r.headers_mut().append(name, value);
+                    }
+                }
+                r
+            }
+            Err(why) => page(StatusCode::BAD_GATEWAY, &format!("Sign-in failed: {why}")),
+        }
+    }
+
+    /// The provider sent the browser back: the code is traded for an ID token (checked, its
+    /// nonce too), which is kept here behind a fresh sign-in cookie.
+    async fn console_oidc_callback(&self, req: &Request<Incoming>, peer: SocketAddr) -> Reply {
+        let Some(oidc) = self.auth.oidc() else {
+            return error(StatusCode::NOT_FOUND, "this gateway has no [oidc] provider");
+        };
+        let query = super::routes::query_of(req);
+        if let Some(refused) = query.get("error") {
+            let why = query.get("error_description").unwrap_or(refused);
+            return page(
+                StatusCode::UNAUTHORIZED,
+                &format!("The provider refused the sign-in: {why}"),
+            );
+        }
+        let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
+            return page(StatusCode::BAD_REQUEST, "The provider sent no code back.");
+        };
+        if cookie(req, STATE_COOKIE).as_deref() != Some(state.as_str()) {
+            tracing::warn!(%peer, "console sign-in refused: the state does not match this browser's");
+            return page(
+                StatusCode::FORBIDDEN,
+                "This sign-in was not started by this browser (or it took too long): start again.",
+            );
+        }
+        let Some(pending) = self.console.returned(state) else {
+            return page(
+                StatusCode::FORBIDDEN,
+                "This sign-in expired or was used already: start again.",
+            );
+        };
+        let token = match oidc.console_finish(&callback_url(req), code, pending).await {
+            Ok(token) => token,
+            Err(why) => {
+                tracing::warn!(%peer, %why, "console sign-in refused");
+                return page(StatusCode::UNAUTHORIZED, &format!("Sign-in failed: {why}"));
+            }
+        };
+        let identity = match self.auth.authenticate(&token).await {
+            Ok(identity) => identity,
+            Err(why) => {
+                tracing::warn!(%peer, %why, "console sign-in refused");
+                return page(StatusCode::UNAUTHORIZED, &format!("Sign-in failed: {why}"));
+            }
+        };
+        tracing::info!(%peer, subject = %identity.subject, "console sign-in (OpenID provider)");
+        let mut r = self.signed_in_reply(token, &identity);
+        // The sign-in cookie is SameSite=Strict: a browser arriving from the provider's
+        // site would not send it yet, so the page moves on by itself, from this origin.
+        *r.body_mut() = http_body_util::Full::new(hyper::body::Bytes::from(format!(
+            "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url=/console/sessions\">\
+             <title>Sluice</title><p>Signed in as {}. <a href=\"/console/sessions\">Continue</a></p>",
+            escape(identity.name.as_deref().unwrap_or(&identity.subject))
+        )))
+        .boxed();
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r.headers_mut().append(
+            SET_COOKIE,
+            HeaderValue::from_static(
+                "__Host-sluice-oidc=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+            ),
+        );
+        r
+    }
+
     /// Who the browser is signed in as, and its CSRF token; 401 when it is not.
     async fn console_me(&self, req: &Request<Incoming>) -> Reply {
         let token = match self.console.signed_in(req) {
@@ -275,6 +399,43 @@ impl Gateway {
 }
 
 const ORIGIN_HEADER: &str = "origin";
+/// The cookie that ties a provider's callback to the browser that started the sign-in.
+const STATE_COOKIE: &str = "__Host-sluice-oidc";
+/// How long a browser may take at the provider.
+const SIGN_IN_TTL: Duration = Duration::from_secs(600);
+
+/// Where the provider sends the browser back: this origin, as the browser named it.
+fn callback_url<B>(req: &Request<B>) -> String {
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("https://{host}/console/oidc/callback")
+}
+
+/// A short page of text (a sign-in that failed), with a way back.
+fn page(status: StatusCode, text: &str) -> Reply {
+    let mut r = reply(
+        status,
+        format!(
+            "<!doctype html><meta charset=\"utf-8\"><title>Sluice</title><p>{}</p><p><a href=\"/console/\">Back to the console</a></p>",
+            escape(text)
+        ),
+    );
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
 
 /// Refuses a request another site made: a browser says where a request comes from in
 /// `Sec-Fetch-Site` and `Origin`; either, when present, must be this origin.

@@ -218,7 +218,13 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         Tokens::new(&config.tokens, dev_tokens.as_ref()),
         oidc,
     ));
-    let tls = crate::tls::load_or_create_for(&data, &config.gateway.tls_names)?;
+    let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
+        (Some(cert), Some(key)) => crate::tls::load_operator(cert, key)?,
+        (None, None) => crate::tls::load_or_create_for(&data, &config.gateway.tls_names)?,
+        _ => anyhow::bail!(
+            "gateway.tls_cert and gateway.tls_key go together: set both, or neither (the local CA)"
+        ),
+    };
     // In async mode nobody waits for a commit: group events over 10 ms per fsync.
     let recorder = Recorder::spawn_lingering(
         store.clone(),

@@ -34,23 +34,18 @@ pub(super) fn error(status: StatusCode, message: &str) -> Reply {
 impl Gateway {
     pub(super) async fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let path = req.uri().path().to_string();
-        let query: BTreeMap<String, String> = req
-            .uri()
-            .query()
-            .map(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), percent_decode(v)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let query = query_of(&req);
         if path == "/api/ca" {
             return reply(StatusCode::OK, self.ca_pem.clone());
         }
         if path == crate::agent::tunnel::ENROLL_PATH || path == crate::agent::tunnel::CONNECT_PATH {
             return self.agent_route(req, peer).await;
         }
-        if path == "/" || path == "/console" || path.starts_with("/console/") {
+        if path == "/"
+            || path == "/favicon.ico"
+            || path == "/console"
+            || path.starts_with("/console/")
+        {
             return self.console_route(req, peer).await;
         }
         if path == "/api/auth" {
@@ -361,6 +356,19 @@ impl Gateway {
         });
         event_stream(rx)
     }
+}
+
+/// A request's query parameters, decoded.
+pub(super) fn query_of<B>(req: &Request<B>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The heads an auditor sends to verify against (a JSON array of signed heads).
