@@ -779,3 +779,44 @@ fn a_terminal_session_records_its_size_and_resizes_for_replay() {
     assert_eq!(resizes.len(), 1, "{cast}");
     assert_eq!(resizes[0][2], "120x40");
 }
+
+#[test]
+fn a_sessions_index_row_altered_in_the_store_shows_nobody_a_session_that_is_not_theirs() {
+    let mut gw = Gateway::start();
+    let (code, _, err) = gw.run_as(
+        Some(&gw.reviewer_token.clone()),
+        &["exec", "shell", "--", "echo the-reviewers-own"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, listed, _) = gw.run_as(Some(&gw.reviewer_token.clone()), &["sessions"]);
+    let theirs = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    // Someone with write access to the store makes the row say it is the user's.
+    sluice_record::tamper::tamper(&gw.store(), |t| {
+        let row = t
+            .row(sluice_record::tamper::Rows::Sessions, &theirs)
+            .unwrap();
+        let mut row: Value = serde_json::from_slice(&row).unwrap();
+        row["subject"] = "dev-user".into();
+        t.put_row(
+            sluice_record::tamper::Rows::Sessions,
+            &theirs,
+            row.to_string().as_bytes(),
+        );
+    })
+    .unwrap();
+    gw.restart();
+    let (code, listed, err) = gw.run(&["sessions"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(!listed.contains(&theirs), "{listed}");
+    let (code, listed, err) = gw.run(&["sessions", "--grep", "the-reviewers-own"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(!listed.contains(&theirs), "{listed}");
+}

@@ -785,6 +785,28 @@ impl Store {
         })
     }
 
+    /// Every session's index row as stored, newest first: no entry is read, so a search over
+    /// many sessions stays cheap. Not checked against the chain: read a session again with
+    /// [`Store::session`] before showing it or deciding access on it.
+    pub fn session_rows(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+            let mut all = Vec::new();
+            for row in table.iter().map_err(|e| self.corrupt(e))? {
+                let (_, value) = row.map_err(|e| self.corrupt(e))?;
+                all.push(serde_json::from_slice(value.value()).map_err(|e| self.corrupt(e))?);
+            }
+            all.sort_by(|a: &SessionSummary, b| {
+                b.started_ms
+                    .cmp(&a.started_ms)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            Ok(all)
+        })
+    }
+
     /// Every session's summary, newest first. Who opened it, on which connection and from
     /// where are read from its chained `session-open` entry, never from the index alone.
     pub fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {

@@ -32,6 +32,9 @@ pub trait Record: Send + Sync + std::fmt::Debug {
     fn covering_head(&self, index: u64) -> Result<Option<SignedHead>, RecordError>;
     fn head(&self) -> Result<Option<SignedHead>, RecordError>;
     fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError>;
+    /// Every session's index row as stored, newest first, not checked against the chain:
+    /// to narrow a search cheaply. Whatever is shown of one is read again with `session`.
+    fn session_rows(&self) -> Result<Vec<SessionSummary>, RecordError>;
     fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError>;
     fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError>;
     fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError>;
@@ -84,6 +87,9 @@ impl Record for Store {
     }
     fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
         Store::sessions(self)
+    }
+    fn session_rows(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        Store::session_rows(self)
     }
     fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
         Store::session(self, id)

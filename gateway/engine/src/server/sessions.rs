@@ -199,8 +199,9 @@ impl Gateway {
                 "ended"
             }
         };
+        // The index rows narrow the search; each row shown is read again from the chain.
         let mut matching = Vec::new();
-        for s in self.store.sessions().map_err(|e| e.to_string())? {
+        for s in self.store.session_rows().map_err(|e| e.to_string())? {
             let wanted = self.may_read(identity, &s.subject, &s.connection)
                 && search.user.as_ref().is_none_or(|u| *u == s.subject)
                 && search
@@ -230,6 +231,19 @@ impl Gateway {
             .into_iter()
             .skip(search.offset)
             .take(search.limit)
+            .filter_map(|row| {
+                // Who and where, from the session's chained opening entry: a row altered in
+                // the store shows (and grants) nothing.
+                let checked = self.store.session(&row.id).ok()??;
+                let same = checked.subject == row.subject
+                    && checked.connection == row.connection
+                    && checked.started_ms == row.started_ms;
+                if !same || !self.may_read(identity, &checked.subject, &checked.connection) {
+                    tracing::warn!(session = %row.id, "sessions index row differs from the chain; left out of the list");
+                    return None;
+                }
+                Some(checked)
+            })
             .map(|s| {
                 let first_input = s.first_input_at.and_then(|i| self.first_input(i));
                 let mut row = json!(s);
