@@ -477,6 +477,17 @@ fn reviewers_decide_in_the_browser_and_live_sessions_are_watched_and_ended() {
         assert!(!status.success());
         drop(stdin);
 
+        // The admin's pages: connections, sinks, and the record verified with its head.
+        browser.goto("/console/connections").await;
+        let listed = browser.wait_text("#connections", "ops").await;
+        assert!(listed.contains("shell") && listed.contains("exec"), "{listed}");
+        browser.goto("/console/sinks").await;
+        browser.wait_text("main", "No sinks").await;
+        browser.goto("/console/record").await;
+        browser.click("#verify").await;
+        browser.wait_text("#verify-result", "Record verified").await;
+        browser.wait_text("#signed-head", "signature").await;
+
         // The page's own requests carry the CSRF token; the same request without it, or
         // from another site, is refused — even with the browser's cookie.
         let cookie = format!("Cookie: __Host-sluice={}", browser.cookie().await);
