@@ -480,7 +480,10 @@ fn reviewers_decide_in_the_browser_and_live_sessions_are_watched_and_ended() {
         // The admin's pages: connections, sinks, and the record verified with its head.
         browser.goto("/console/connections").await;
         let listed = browser.wait_text("#connections", "ops").await;
-        assert!(listed.contains("shell") && listed.contains("exec"), "{listed}");
+        assert!(
+            listed.contains("shell") && listed.contains("exec"),
+            "{listed}"
+        );
         browser.goto("/console/sinks").await;
         browser.wait_text("main", "No sinks").await;
         browser.goto("/console/record").await;

@@ -394,3 +394,34 @@ impl Search {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_search_says_which_parameter_is_wrong() {
+        let refused = |pairs: &[(&str, &str)]| Search::parse(&query(pairs)).err().unwrap();
+        assert!(refused(&[("status", "paused")]).starts_with("status:"));
+        assert!(refused(&[("since", "yesterday")]).starts_with("since:"));
+        assert!(refused(&[("limit", "0")]).starts_with("limit:"));
+        assert!(refused(&[("limit", "501")]).starts_with("limit:"));
+        assert!(refused(&[("offset", "-1")]).starts_with("offset:"));
+        let search = Search::parse(&query(&[
+            ("user", " alice "),
+            ("text", ""),
+            ("status", "held"),
+        ]))
+        .unwrap();
+        assert_eq!(search.user.as_deref(), Some("alice"));
+        assert_eq!(search.text, None, "an empty box searches for nothing");
+        assert_eq!((search.offset, search.limit), (0, 50));
+    }
+}
