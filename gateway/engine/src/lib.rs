@@ -14,6 +14,7 @@ pub mod pg;
 pub mod policy;
 pub mod review;
 pub mod roles;
+pub mod sealed;
 pub mod server;
 pub mod session;
 pub mod sinks;
