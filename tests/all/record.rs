@@ -933,3 +933,23 @@ fn a_sessions_index_written_before_first_inputs_were_indexed_is_brought_up_to_da
     drop(reopened);
     assert!(verify_store(&path, trusting(key)).holds());
 }
+
+#[test]
+fn runtime_connection_rows_are_stored_replaced_and_removed_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key) = (
+        dir.path().join("record.redb"),
+        dir.path().join("record.key"),
+    );
+    let store = Store::open(&path, &key).unwrap();
+    store.put_connection("pg2", Some(b"one")).unwrap();
+    store.put_connection("pg2", Some(b"two")).unwrap();
+    store.put_connection("shell2", Some(b"three")).unwrap();
+    store.put_connection("shell2", None).unwrap();
+    drop(store);
+    let store = Store::open(&path, &key).unwrap();
+    assert_eq!(
+        store.connections().unwrap(),
+        vec![("pg2".to_string(), b"two".to_vec())]
+    );
+}

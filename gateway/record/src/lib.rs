@@ -55,6 +55,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// The review queue's state (the engine's `review`), by review id; its history is in the chain.
 const REVIEWS: TableDefinition<&str, &[u8]> = TableDefinition::new("reviews");
+/// Connections added at runtime (the engine's `connections`), by name; each change is in the
+/// chain first, and a row is trusted only when its chained entry says the same.
+const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
 /// Each sink's durable cursor (the engine's `sinks`): the index of the next entry to deliver.
 const SINK_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("sink_cursors");
 
@@ -235,7 +238,7 @@ impl Store {
                     txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
                 }
                 txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
-                for table in [SESSIONS, REVIEWS] {
+                for table in [SESSIONS, REVIEWS, CONNECTIONS] {
                     txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
                 }
                 txn.open_table(SINK_CURSORS)
@@ -769,6 +772,38 @@ impl Store {
             let mut all = Vec::new();
             for row in table.iter().map_err(|e| self.corrupt(e))? {
                 all.push(row.map_err(|e| self.corrupt(e))?.1.value().to_vec());
+            }
+            Ok(all)
+        })
+    }
+
+    /// Stores a runtime connection's row, or removes it (`None`); its change is in the chain
+    /// first.
+    pub fn put_connection(&self, name: &str, row: Option<&[u8]>) -> Result<(), RecordError> {
+        self.commit_row(|txn| {
+            let mut table = txn.open_table(CONNECTIONS)?;
+            match row {
+                Some(row) => {
+                    table.insert(name, row)?;
+                }
+                None => {
+                    table.remove(name)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every runtime connection's row, by name.
+    pub fn connections(&self) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
+        guarded(&self.path, || {
+            let db = self.db();
+            let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
+            let table = txn.open_table(CONNECTIONS).map_err(|e| self.corrupt(e))?;
+            let mut all = Vec::new();
+            for row in table.iter().map_err(|e| self.corrupt(e))? {
+                let (name, value) = row.map_err(|e| self.corrupt(e))?;
+                all.push((name.value().to_string(), value.value().to_vec()));
             }
             Ok(all)
         })

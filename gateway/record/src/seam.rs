@@ -42,6 +42,9 @@ pub trait Record: Send + Sync + std::fmt::Debug {
     /// Stores a review's row (its state is in the chain first).
     fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError>;
     fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError>;
+    /// Stores (or, with `None`, removes) a runtime connection's row.
+    fn put_connection(&self, name: &str, row: Option<&[u8]>) -> Result<(), RecordError>;
+    fn connections(&self) -> Result<Vec<(String, Vec<u8>)>, RecordError>;
     /// Deletes expired payloads with the chained entry that lists them, in one commit.
     fn purge(
         &self,
@@ -108,6 +111,12 @@ impl Record for Store {
     }
     fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
         Store::reviews(self)
+    }
+    fn put_connection(&self, name: &str, row: Option<&[u8]>) -> Result<(), RecordError> {
+        Store::put_connection(self, name, row)
+    }
+    fn connections(&self) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
+        Store::connections(self)
     }
     fn purge(
         &self,
