@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod chain;
 pub mod config;
+pub mod connections;
 pub mod coverage;
 pub mod exec;
 pub mod limits;
