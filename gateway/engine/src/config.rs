@@ -193,6 +193,11 @@ pub struct Gateway {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// The key that seals the secrets of connections added at runtime: `env:NAME` or a file
+    /// (32 bytes, hex or base64), so several gateways can share it. By default
+    /// `DATA/connections.key`, made on first use.
+    #[serde(default)]
+    pub connections_key: Option<String>,
 }
 
 impl Gateway {
@@ -228,6 +233,7 @@ impl Default for Gateway {
             tls_names: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            connections_key: None,
         }
     }
 }

@@ -7,7 +7,6 @@
 //! `connection`: who, what, the table without its secrets and a digest of the sealed ones);
 //! the stored row names that entry, and a row the chain does not confirm is not served.
 //!
-//! WIP: not wired into the server yet (routes, listeners, CLI and console come next).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -77,6 +76,17 @@ impl Connections {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Runtime>> {
         self.runtime.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every connection by name: the file's, then the runtime ones.
+    pub fn all(&self) -> BTreeMap<String, Connection> {
+        let mut all = self.file.clone();
+        all.extend(
+            self.read()
+                .iter()
+                .map(|(n, r)| (n.clone(), r.connection.clone())),
+        );
+        all
     }
 
     pub fn get(&self, name: &str) -> Option<Connection> {
@@ -208,6 +218,13 @@ impl Connections {
             })
             .collect()
     }
+}
+
+/// The connection `table` describes (secrets as given; an edit's left-out secrets are not
+/// needed to load its chain), checked as `sluice.toml` is.
+pub fn candidate(name: &str, table: &Value) -> Result<Connection, String> {
+    check_name(name)?;
+    serde_json::from_value(table.clone()).map_err(|e| format!("connection `{name}`: {e}"))
 }
 
 /// Names as in `sluice.toml`: letters, digits, `-` and `_`, at most 64.

@@ -46,6 +46,7 @@ use serde_json::json;
 
 use crate::auth::{Authenticator, Tokens};
 use crate::config::{Config, Connection};
+use crate::connections::Connections;
 use crate::policy::Policy;
 use crate::review::Reviews;
 use crate::roles::Roles;
@@ -65,6 +66,8 @@ pub struct Gateway {
     ca_pem: String,
     /// Loads plugins (again, on reload); keeps the engine and its epoch thread alive.
     host: Arc<PluginHost>,
+    /// The connections served: the file's and those added at runtime.
+    connections: Arc<Connections>,
     /// Browsers signed in to the web console.
     console: console::Console,
     /// One reload (or retention run) at a time.
@@ -91,10 +94,14 @@ struct LoadedPolicy {
 }
 
 /// Reads the policy folder and loads its plugins; any error leaves nothing half-applied.
-fn load_policy(host: &PluginHost, config: &Config) -> anyhow::Result<LoadedPolicy> {
-    let policy = Policy::load_dir(&config.gateway.policies)?;
+fn load_policy(
+    host: &PluginHost,
+    policies: &std::path::Path,
+    connections: &BTreeMap<String, Connection>,
+) -> anyhow::Result<LoadedPolicy> {
+    let policy = Policy::load_dir(policies)?;
     let mut plugins = BTreeMap::new();
-    for (name, connection) in &config.connections {
+    for (name, connection) in connections {
         let chain = policy
             .chain(name)
             .into_iter()
@@ -138,11 +145,10 @@ fn load_policy(host: &PluginHost, config: &Config) -> anyhow::Result<LoadedPolic
 }
 
 /// Retention as the configuration sets it.
-fn retention_rules(config: &Config) -> RetentionRules {
+fn retention_rules(config: &Config, connections: &BTreeMap<String, Connection>) -> RetentionRules {
     let days = |d: f64| Duration::from_secs_f64(d * 86_400.0);
     RetentionRules {
-        sessions: config
-            .connections
+        sessions: connections
             .iter()
             .filter_map(|(name, c)| Some((name.clone(), days(c.retention_days()?))))
             .collect(),
@@ -194,15 +200,30 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         }),
         ..HostConfig::default()
     })?);
-    let LoadedPolicy {
-        policy,
-        chains,
-        sinks: sink_plans,
-    } = load_policy(&host, &config)?;
     let key = config.gateway.record_key(&data);
     let signer = key.load().with_context(|| format!("record key {key}"))?;
     let store: Arc<dyn Record> = Arc::new(Store::open_signed(&data.join("record.redb"), signer)?);
     let closed_after_crash = close_crashed_sessions(store.as_ref())?;
+    // In async mode nobody waits for a commit: group events over 10 ms per fsync.
+    let recorder = Recorder::spawn_lingering(
+        store.clone(),
+        match config.gateway.record_mode {
+            crate::config::RecordMode::Async => Duration::from_millis(10),
+            crate::config::RecordMode::Strict => Duration::ZERO,
+        },
+    );
+    let sealer = crate::sealed::Sealer::load(config.gateway.connections_key.as_deref(), &data)?;
+    let connections = Arc::new(Connections::open(
+        config.connections.clone(),
+        store.clone(),
+        recorder.clone(),
+        sealer,
+    )?);
+    let LoadedPolicy {
+        policy,
+        chains,
+        sinks: sink_plans,
+    } = load_policy(&host, &config.gateway.policies, &connections.all())?;
     let dev_tokens = if config.gateway.dev_tokens {
         Some(crate::auth::dev_tokens(&data)?)
     } else {
@@ -225,14 +246,6 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             "gateway.tls_cert and gateway.tls_key go together: set both, or neither (the local CA)"
         ),
     };
-    // In async mode nobody waits for a commit: group events over 10 ms per fsync.
-    let recorder = Recorder::spawn_lingering(
-        store.clone(),
-        match config.gateway.record_mode {
-            crate::config::RecordMode::Async => Duration::from_millis(10),
-            crate::config::RecordMode::Strict => Duration::ZERO,
-        },
-    );
     let roles = Arc::new(Roles::new(policy.roles.clone(), recorder.clone()));
     let reviews = Reviews::open(
         store.clone(),
@@ -278,7 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     let limits = crate::limits::Limits::new(&config.gateway);
     let mut fronts = BTreeMap::new();
     let mut listeners = Vec::new();
-    for (name, connection) in &config.connections {
+    for (name, connection) in &connections.all() {
         let Connection::Postgres(pg) = connection else {
             continue;
         };
@@ -306,6 +319,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         fronts,
         ca_pem: tls.ca_pem,
         console,
+        connections,
         host,
         maintenance: tokio::sync::Mutex::new(()),
         listeners: std::sync::Mutex::new(listeners),
@@ -329,7 +343,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         watch::spawn(gateway.clone(), Duration::from_millis(every));
     }
     // Retention runs at start and then on schedule, when anything has a retention.
-    let rules = retention_rules(&gateway.config);
+    let rules = retention_rules(&gateway.config, &gateway.connections.all());
     if !rules.sessions.is_empty() || rules.reviews.is_some() {
         let purger = gateway.clone();
         let every = Duration::from_secs(purger.config.gateway.purge_interval_seconds);

@@ -9,18 +9,61 @@ use serde_json::json;
 use super::{Gateway, load_policy, retention_rules};
 use sluice_record::NewEvent;
 
+/// A change to a runtime connection, applied with the policy.
+pub(super) enum ConnectionChange {
+    Put {
+        name: String,
+        table: serde_json::Value,
+        edit: bool,
+    },
+    Remove {
+        name: String,
+    },
+}
+
 impl Gateway {
     /// Reads the policy again and applies it whole: new sessions get the new chains, roles
     /// and review rules at once; sessions in flight keep their plugin instances until they
     /// end; sinks start, stop or restart as their tables changed. A policy that does not
     /// load is refused and the old one stays. Recorded (kind `policy`).
     pub(super) async fn reload(&self, by: &str) -> Result<serde_json::Value, String> {
+        self.reload_with(by, None).await
+    }
+
+    /// A reload that also adds, changes or removes a runtime connection (`change`): the
+    /// policy is loaded with the connections as they will be, so a connection whose chain
+    /// does not load is refused before anything is recorded; then the change is recorded and
+    /// stored, and the policy applied, as `reload` does.
+    pub(super) async fn reload_with(
+        &self,
+        by: &str,
+        change: Option<ConnectionChange>,
+    ) -> Result<serde_json::Value, String> {
         let _one_at_a_time = self.maintenance.lock().await;
-        let (host, config) = (self.host.clone(), self.config.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_policy(&host, &config))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{e:#} (nothing was applied: the running policy stays)"))?;
+        let (host, policies) = (self.host.clone(), self.config.gateway.policies.clone());
+        let mut connections = self.connections.all();
+        match &change {
+            Some(ConnectionChange::Put { name, table, .. }) => {
+                let candidate = crate::connections::candidate(name, table)?;
+                connections.insert(name.clone(), candidate);
+            }
+            Some(ConnectionChange::Remove { name }) => {
+                connections.remove(name);
+            }
+            None => {}
+        }
+        let loaded =
+            tokio::task::spawn_blocking(move || load_policy(&host, &policies, &connections))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{e:#} (nothing was applied: the running policy stays)"))?;
+        match change {
+            Some(ConnectionChange::Put { name, table, edit }) => {
+                self.connections.put(&name, table, edit, by).await?;
+            }
+            Some(ConnectionChange::Remove { name }) => self.connections.remove(&name, by).await?,
+            None => {}
+        }
         let files = loaded.chains.policy_files.clone();
         let sink_names: Vec<String> = loaded.sinks.iter().map(|s| s.name.clone()).collect();
         let applied = json!({"by": by, "files": files, "sinks": sink_names});
@@ -87,7 +130,10 @@ impl Gateway {
     /// are gone from the file. Recorded (kind `retention`) when anything was purged.
     pub(super) async fn retention(&self, by: &str) -> Result<serde_json::Value, String> {
         let _one_at_a_time = self.maintenance.lock().await;
-        let (store, rules) = (self.store.clone(), retention_rules(&self.config));
+        let (store, rules) = (
+            self.store.clone(),
+            retention_rules(&self.config, &self.connections.all()),
+        );
         let live: std::collections::HashSet<String> = self
             .session_ctx
             .live()

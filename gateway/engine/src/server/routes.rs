@@ -127,10 +127,19 @@ impl Gateway {
                     .await
             }
             (&Method::GET, ["api", "connections"]) => self.list_connections(&identity),
+            (&Method::POST, ["api", "connections"]) | (&Method::PUT, ["api", "connections", _]) => {
+                let edit = req.method() == Method::PUT;
+                let named = segments.get(2).map(|s| s.to_string());
+                self.put_connection(req, &identity, named, edit).await
+            }
+            (&Method::DELETE, ["api", "connections", name]) => {
+                let name = name.to_string();
+                self.remove_connection(&identity, &name).await
+            }
             (&Method::GET, ["api", "whoami"]) => {
                 let roles: serde_json::Map<String, serde_json::Value> = self
-                    .config
                     .connections
+                    .all()
                     .keys()
                     .map(|c| {
                         let held: Vec<_> = Role::ALL
@@ -246,26 +255,96 @@ impl Gateway {
         }
     }
 
+    /// `POST /api/connections` `{"name", "table"}` (or `PUT /api/connections/NAME`
+    /// `{"table"}`): admins of the connection (the policy's `default` roles, for a name it
+    /// does not know) add or change a runtime connection.
+    async fn put_connection(
+        &self,
+        req: Request<Incoming>,
+        identity: &Identity,
+        named: Option<String>,
+        edit: bool,
+    ) -> Reply {
+        let body = match http_body_util::Limited::new(req.into_body(), 64 << 10)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body: {e}")),
+        };
+        let request: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the body must be JSON: {e}"),
+                );
+            }
+        };
+        let Some(name) = named.or_else(|| request["name"].as_str().map(str::to_string)) else {
+            return error(StatusCode::BAD_REQUEST, "name the connection (\"name\")");
+        };
+        let action = format!(
+            "{} connection `{name}`",
+            if edit { "change" } else { "add" }
+        );
+        if let Err(why) = self
+            .roles()
+            .require(identity, Role::Admin, &name, &action)
+            .await
+        {
+            return error(StatusCode::FORBIDDEN, &why);
+        }
+        let change = super::operations::ConnectionChange::Put {
+            name: name.clone(),
+            table: request["table"].clone(),
+            edit,
+        };
+        match self.reload_with(&identity.subject, Some(change)).await {
+            Ok(_) => reply(StatusCode::OK, json!({"connection": name}).to_string()),
+            Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
+        }
+    }
+
+    /// `DELETE /api/connections/NAME`: admins remove a runtime connection.
+    async fn remove_connection(&self, identity: &Identity, name: &str) -> Reply {
+        let action = format!("remove connection `{name}`");
+        if let Err(why) = self
+            .roles()
+            .require(identity, Role::Admin, name, &action)
+            .await
+        {
+            return error(StatusCode::FORBIDDEN, &why);
+        }
+        let change = super::operations::ConnectionChange::Remove {
+            name: name.to_string(),
+        };
+        match self.reload_with(&identity.subject, Some(change)).await {
+            Ok(_) => reply(StatusCode::OK, json!({"removed": name}).to_string()),
+            Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
+        }
+    }
+
     /// The connections `identity` holds a role on (admins: all), with their kind, agents,
     /// own listener and the roles held; never a secret.
     fn list_connections(&self, identity: &Identity) -> Reply {
         use crate::config::Connection;
         let list: Vec<_> = self
-            .config
             .connections
-            .iter()
-            .filter(|(name, _)| {
+            .list()
+            .into_iter()
+            .filter(|(name, ..)| {
                 self.roles().any(identity, name) || self.roles().has(identity, Role::Admin, name)
             })
-            .map(|(name, connection)| {
-                let (kind, listen) = match connection {
+            .map(|(name, connection, source, shown)| {
+                let (kind, listen) = match &connection {
                     Connection::Exec(_) => ("exec", None),
                     Connection::Postgres(pg) => ("postgres", Some(pg.listen.to_string())),
                     Connection::Tcp(_) => ("tcp", None),
                 };
                 let roles: Vec<_> = Role::ALL
                     .iter()
-                    .filter(|r| self.roles().has(identity, **r, name))
+                    .filter(|r| self.roles().has(identity, **r, &name))
                     .map(|r| r.name())
                     .collect();
                 json!({
@@ -274,7 +353,11 @@ impl Gateway {
                     "listen": listen,
                     "agents": connection.agents().map(|a| a.names().to_vec()),
                     "roles": roles,
-                    "source": "sluice.toml",
+                    "source": match source {
+                        crate::connections::Source::File => "sluice.toml",
+                        crate::connections::Source::Runtime => "runtime",
+                    },
+                    "table": shown,
                 })
             })
             .collect();

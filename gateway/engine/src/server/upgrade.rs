@@ -50,8 +50,8 @@ impl Gateway {
         let Some(name) = query.get("connection") else {
             return error(StatusCode::BAD_REQUEST, "missing ?connection=NAME");
         };
-        let Some(connection) = self.config.connections.get(name) else {
-            let known: Vec<_> = self.config.connections.keys().cloned().collect();
+        let Some(connection) = self.connections.get(name) else {
+            let known: Vec<_> = self.connections.all().into_keys().collect();
             return error(
                 StatusCode::NOT_FOUND,
                 &format!("unknown connection `{name}` (known: {})", known.join(", ")),
@@ -79,11 +79,11 @@ impl Gateway {
         };
         let reason = query.get("reason").map(String::as_str);
         let mode = query.get("mode").map(String::as_str).unwrap_or_default();
-        let exec = match (connection, mode) {
+        let exec = match (&connection, mode) {
             (Connection::Exec(exec), "exec" | "connect") => exec.clone(),
             (Connection::Postgres(_) | Connection::Tcp(_), "tunnel") => {
                 return self
-                    .tunnel(req, name, connection, opening, peer, reason)
+                    .tunnel(req, name, &connection, opening, peer, reason)
                     .await;
             }
             (Connection::Exec(_), _) => {
