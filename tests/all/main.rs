@@ -7,6 +7,7 @@
 mod agents;
 mod authors;
 mod cli;
+mod connections;
 mod console;
 mod docs;
 mod front_doors;
