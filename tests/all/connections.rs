@@ -90,3 +90,57 @@ fn a_connection_added_at_runtime_is_used_at_once_and_its_secret_never_comes_back
     assert_ne!(code, 0);
     assert!(err.contains("unknown connection `tools`"), "{err}");
 }
+
+#[test]
+fn sluice_connections_adds_changes_and_removes_one_from_a_toml_file() {
+    let gw = Gateway::start();
+    let admin = gw.reviewer_token.clone();
+    let file = gw.dir.path().join("tools.toml");
+    std::fs::write(
+        &file,
+        "kind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\nenv = { TOKEN = \"abc-123\" }\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (code, out, err) = gw.run_as(Some(&admin), &["connections", "add", "tools", path]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "connection tools added\n"),
+        "{err}"
+    );
+    let (code, out, err) = gw.run_as(
+        Some(&gw.user_token.clone()),
+        &["connections", "add", "more", path],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("admin"), "{err}");
+    let (code, listed, _) = gw.run_as(Some(&admin), &["connections"]);
+    assert_eq!(code, 0);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("tools") && l.contains("runtime")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("shell") && l.contains("sluice.toml")),
+        "{listed}"
+    );
+    // Changed without its secret: the secret stays.
+    std::fs::write(
+        &file,
+        "kind = \"exec\"\ninteractive = [\"sh\"]\nscript = [\"sh\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = gw.run_as(Some(&admin), &["connections", "edit", "tools", path]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = gw.run(&["exec", "tools", "--", "echo $TOKEN"], "");
+    assert_eq!((code, out.as_str()), (0, "abc-123\n"), "{err}");
+    let (code, _, err) = gw.run_as(Some(&admin), &["connections", "rm", "tools"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = gw.run_as(Some(&admin), &["connections", "rm", "shell"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("sluice.toml"), "{err}");
+}

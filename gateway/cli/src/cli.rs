@@ -245,6 +245,17 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The connections: list them; admins add, change or remove runtime ones (no restart;
+    /// secrets are write-only).
+    Connections {
+        #[command(subcommand)]
+        command: Option<ConnectionsCommand>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Where the record is delivered: each sink's position, lag, state and last error.
     Sinks {
         /// Print the raw JSON.
@@ -319,6 +330,17 @@ enum AgentsCommand {
     Add { name: String },
     /// Refuse the agent from now on; its connection and sessions end at once.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCommand {
+    /// A new connection, from a TOML file (`-` for standard input) holding its table as in
+    /// sluice.toml: `kind = "exec"`, `interactive = [...]`, ...
+    Add { name: String, file: PathBuf },
+    /// Change a runtime connection; secrets the file leaves out are kept.
+    Edit { name: String, file: PathBuf },
+    /// Remove a runtime connection.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -585,6 +607,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(crate::agent::run(options))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Connections {
+            command,
+            json,
+            target,
+        } => {
+            let client = target.client()?;
+            runtime()?.block_on(async move {
+                match command {
+                    None => crate::commands::connections(client, json).await,
+                    Some(ConnectionsCommand::Add { name, file }) => {
+                        crate::commands::put_connection(client, &name, &file, false).await
+                    }
+                    Some(ConnectionsCommand::Edit { name, file }) => {
+                        crate::commands::put_connection(client, &name, &file, true).await
+                    }
+                    Some(ConnectionsCommand::Rm { name }) => {
+                        crate::commands::remove_connection(client, &name).await
+                    }
+                }
+            })
         }
         Command::Agents {
             command,

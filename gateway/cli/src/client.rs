@@ -121,6 +121,16 @@ impl Client {
         self.send("POST", path, Bytes::from(body)).await
     }
 
+    /// `method` `path` with a JSON body (PUT, DELETE).
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Bytes> {
+        self.send(method, path, Bytes::from(body)).await
+    }
+
     async fn call(&self, method: &str, path: &str) -> anyhow::Result<Bytes> {
         self.send(method, path, Bytes::new()).await
     }

@@ -797,3 +797,75 @@ pub async fn revoke_agent(client: Client, name: &str) -> anyhow::Result<ExitCode
     );
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn connections(client: Client, json: bool) -> anyhow::Result<ExitCode> {
+    let body = client.get("/api/connections").await?;
+    if json {
+        std::io::stdout().write_all(&body)?;
+        println!();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    println!(
+        "{:<16} {:<9} {:<12} {:<22} ROLES",
+        "CONNECTION", "KIND", "DEFINED IN", "LISTENS"
+    );
+    for c in list {
+        let roles: Vec<&str> = c["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .collect();
+        println!(
+            "{:<16} {:<9} {:<12} {:<22} {}",
+            c["name"].as_str().unwrap_or("?"),
+            c["kind"].as_str().unwrap_or("?"),
+            c["source"].as_str().unwrap_or("?"),
+            c["listen"].as_str().unwrap_or("-"),
+            roles.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice connections add|edit NAME FILE`: the file's TOML table, sent as JSON.
+pub async fn put_connection(
+    client: Client,
+    name: &str,
+    file: &std::path::Path,
+    edit: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not a TOML table", file.display()))?;
+    let body = serde_json::json!({"name": name, "table": table});
+    if edit {
+        client
+            .send_json(
+                "PUT",
+                &format!("/api/connections/{name}"),
+                body.to_string().into_bytes(),
+            )
+            .await?;
+        println!("connection {name} changed");
+    } else {
+        client
+            .post_json("/api/connections", body.to_string().into_bytes())
+            .await?;
+        println!("connection {name} added");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove_connection(client: Client, name: &str) -> anyhow::Result<ExitCode> {
+    client
+        .send_json("DELETE", &format!("/api/connections/{name}"), Vec::new())
+        .await?;
+    println!("connection {name} removed");
+    Ok(ExitCode::SUCCESS)
+}
