@@ -702,3 +702,59 @@ fn people_sign_in_at_the_openid_provider_and_see_what_their_roles_allow() {
         assert!(errors.is_empty(), "the pages logged errors: {errors:#?}");
     });
 }
+
+#[test]
+fn an_admin_adds_a_connection_in_the_browser_and_its_secret_never_comes_back() {
+    let gw = Gateway::start();
+    runtime().block_on(async {
+        let browser = Browser::open(&gw).await;
+        browser.sign_in(&gw.reviewer_token).await;
+        browser.goto("/console/connections").await;
+        browser.wait_for("#connection-form").await;
+        let type_into = |css: &'static str, text: &'static str| {
+            let browser = &browser;
+            async move { browser.wait_for(css).await.send_keys(text).await.unwrap() }
+        };
+        type_into("#connection-form input[name=name]", "tools").await;
+        type_into("#connection-form input[name=interactive]", "bash").await;
+        type_into("#connection-form input[name=script]", "bash -s").await;
+        type_into(
+            "#connection-form textarea[name=env]",
+            "API_KEY=br0wser-s3cret",
+        )
+        .await;
+        browser.click("#connection-form button[type=submit]").await;
+        browser.wait_text("#connection-result", "Saved tools").await;
+        let listed = browser.wait_text("#connections", "tools").await;
+        assert!(listed.contains("runtime"), "{listed}");
+
+        // Used without a restart, with its secret.
+        let (code, out, err) = gw.run(&["exec", "tools", "--", "echo ${#API_KEY}"], "");
+        assert_eq!((code, out.as_str()), (0, "14\n"), "{err}");
+        // No page or API gives the secret back; editing shows the table without it.
+        browser.click("button[data-edit=tools]").await;
+        browser
+            .wait_text("#connection-result", "Secrets left empty are kept")
+            .await;
+        let page = browser.client.source().await.unwrap();
+        assert!(
+            !page.contains("br0wser-s3cret"),
+            "the page holds the secret"
+        );
+        let api = browser
+            .run("return await (await fetch('/api/connections')).text();")
+            .await;
+        assert!(!api.to_string().contains("br0wser-s3cret"), "{api}");
+        // Removed in two clicks.
+        browser.click("button[data-remove=tools]").await;
+        browser.click("button[data-remove=tools]").await;
+        browser
+            .wait_for("#connections:not(:has(tr[data-connection=tools]))")
+            .await;
+        let (code, _, _) = gw.run(&["exec", "tools", "--", "true"], "");
+        assert_ne!(code, 0);
+
+        let errors = browser.close().await;
+        assert!(errors.is_empty(), "the pages logged errors: {errors:#?}");
+    });
+}

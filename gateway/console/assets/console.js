@@ -436,12 +436,106 @@ function reviewRow(r) {
 
 async function connectionsView() {
   const list = await getJson("/api/connections");
+  const admin = holds("admin");
+  const form = admin ? connectionForm() : null;
+  const rows = list.map((c) => h("tr", { "data-connection": c.name },
+    h("td", {}, c.name), h("td", {}, c.kind), h("td", {}, (c.agents || []).join(", ")),
+    h("td", {}, c.listen || ""), h("td", {}, (c.roles || []).join(", ")), h("td", {}, c.source),
+    h("td", {}, admin && c.source === "runtime" ? h("div", { class: "actions" },
+      h("button", { type: "button", "data-edit": c.name, onclick: () => form.fill(c) }, "Edit"),
+      removeButton(c.name)) : null)));
   show(h("h1", {}, "Connections"),
     h("table", { id: "connections" },
-      h("thead", {}, h("tr", {}, ["Name", "Kind", "Agent", "Listens", "Your roles", "Defined in"].map((t) => h("th", {}, t)))),
-      h("tbody", {}, list.map((c) => h("tr", { "data-connection": c.name },
-        h("td", {}, c.name), h("td", {}, c.kind), h("td", {}, (c.agents || []).join(", ")),
-        h("td", {}, c.listen || ""), h("td", {}, (c.roles || []).join(", ")), h("td", {}, c.source))))));
+      h("thead", {}, h("tr", {}, ["Name", "Kind", "Agent", "Listens", "Your roles", "Defined in", ""].map((t) => h("th", {}, t)))),
+      h("tbody", {}, rows)),
+    ...(form ? [h("h2", {}, "Add or change a connection"), form.element] : []));
+}
+
+function removeButton(name) {
+  const button = h("button", { class: "danger", type: "button", "data-remove": name }, "Remove");
+  button.addEventListener("click", async () => {
+    // Two steps: the first click asks, the second removes.
+    if (!button.dataset.armed) { button.dataset.armed = "1"; button.textContent = "Really remove"; return; }
+    button.disabled = true;
+    try { await api("DELETE", `/api/connections/${encodeURIComponent(name)}`); await connectionsView(); }
+    catch (e) { button.after(failure(e)); button.disabled = false; }
+  });
+  return button;
+}
+
+// The form for a runtime connection: the fields of its kind, as in sluice.toml. Secrets are
+// write-only: never filled in from the gateway; left empty on an edit, they are kept.
+function connectionForm() {
+  const input = (name, label, type) => h("label", { "data-for": name }, label, h("input", { name, type: type || "text", autocomplete: "off" }));
+  const kind = h("select", { name: "kind" }, ["exec", "postgres", "tcp"].map((k) => h("option", { value: k }, k)));
+  const env = h("textarea", { name: "env", placeholder: "NAME=value, a line each (write-only)", autocomplete: "off" });
+  const fields = {
+    exec: [input("interactive", "Interactive program (words)"), input("script", "Script program (words)"), h("label", { "data-for": "env" }, "Environment (secret)", env)],
+    postgres: [input("listen", "Listen on (host:port)"), input("upstream", "Server (host:port)"), input("database", "Database"), input("user", "User"), input("password", "Password (secret)", "password")],
+    tcp: [input("upstream", "Service (host:port)")],
+  };
+  const name = h("input", { name: "name", autocomplete: "off" });
+  const agent = h("input", { name: "agent", autocomplete: "off" });
+  const message = h("p", { role: "status", id: "connection-result" });
+  const kindFields = h("div", { class: "stacked" });
+  const showKind = () => kindFields.replaceChildren(...fields[kind.value]);
+  kind.addEventListener("change", showKind);
+  showKind();
+  let editing = null;
+  const element = h("form", { class: "stacked", id: "connection-form" },
+    h("label", {}, "Name", name), h("label", {}, "Kind", kind), kindFields,
+    h("label", {}, "Agent (optional)", agent),
+    h("button", { class: "primary", type: "submit" }, "Save"), message);
+  const value = (field) => { const el = element.querySelector(`[name=${field}]`); return el ? el.value.trim() : ""; };
+  element.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const table = { kind: kind.value };
+    const words = (text) => text.split(/\s+/).filter((w) => w);
+    if (kind.value === "exec") {
+      table.interactive = words(value("interactive"));
+      table.script = words(value("script"));
+      const vars = value("env").split("\n").map((l) => l.trim()).filter((l) => l.includes("="));
+      if (vars.length) table.env = Object.fromEntries(vars.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+    } else {
+      table.upstream = value("upstream");
+      if (kind.value === "postgres") {
+        Object.assign(table, { listen: value("listen"), database: value("database"), user: value("user") });
+        if (value("password")) table.password = value("password");
+      }
+    }
+    if (agent.value.trim()) table.agent = agent.value.trim();
+    try {
+      if (editing) await api("PUT", `/api/connections/${encodeURIComponent(editing)}`, { table });
+      else await postJson("/api/connections", { name: name.value.trim(), table });
+      const saved = editing || name.value.trim();
+      await connectionsView();
+      document.getElementById("connection-result").textContent = `Saved ${saved}.`;
+    } catch (e) {
+      message.textContent = e.message;
+      message.className = "error";
+    }
+  });
+  return {
+    element,
+    // An edit: the table as the gateway shows it (never its secrets).
+    fill(c) {
+      editing = c.name;
+      name.value = c.name; name.disabled = true;
+      kind.value = c.kind; showKind();
+      const t = c.table || {};
+      for (const field of ["listen", "upstream", "database", "user"]) {
+        const el = element.querySelector(`[name=${field}]`);
+        if (el) el.value = t[field] || "";
+      }
+      for (const field of ["interactive", "script"]) {
+        const el = element.querySelector(`[name=${field}]`);
+        if (el) el.value = (t[field] || []).join(" ");
+      }
+      agent.value = Array.isArray(t.agent) ? t.agent.join(" ") : (t.agent || "");
+      message.textContent = "Secrets left empty are kept.";
+      message.className = "quiet";
+    },
+  };
 }
 
 async function sinksView() {
