@@ -323,9 +323,16 @@ mod tests {
     use super::*;
 
     async fn open(dir: &std::path::Path) -> (Connections, Arc<sluice_record::Store>) {
-        let store = Arc::new(
-            sluice_record::Store::open(&dir.join("record.redb"), &dir.join("record.key")).unwrap(),
-        );
+        // The previous run's record writer lets go of the store as it ends, on its own
+        // thread: wait (bounded) until the file can be opened again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match sluice_record::Store::open(&dir.join("record.redb"), &dir.join("record.key")) {
+                Ok(store) => break Arc::new(store),
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
         let record: Arc<dyn Record> = store.clone();
         let file: BTreeMap<String, Connection> = serde_json::from_value(json!({
             "shell": {"kind": "exec", "interactive": ["bash"], "script": ["bash", "-s"]}
