@@ -144,3 +144,100 @@ fn sluice_connections_adds_changes_and_removes_one_from_a_toml_file() {
     assert_ne!(code, 0);
     assert!(err.contains("sluice.toml"), "{err}");
 }
+
+#[test]
+fn a_postgres_connection_added_at_runtime_opens_its_own_port_and_runs_the_default_chain() {
+    use crate::postgres::{Cluster, UPSTREAM_PASSWORD, free_port, psql};
+    let cluster = Cluster::start("scram-sha-256");
+    // The policy names no chain for the new connection: `[chains] default` governs it.
+    let gw = Gateway::start_with_policy(
+        "",
+        Some(
+            "[plugins.names]\nsource = \"builtin:mask\"\nconfig = { detectors = [], columns = { \"customers.name\" = \"fill\" } }\n\n\
+             [chains]\ndefault = [\"names\"]\n",
+        ),
+    );
+    let admin = gw.reviewer_token.clone();
+    let table = |port: u16| {
+        json!({"kind": "postgres", "listen": format!("127.0.0.1:{port}"),
+               "upstream": format!("127.0.0.1:{}", cluster.port), "database": "postgres",
+               "user": "postgres", "password": UPSTREAM_PASSWORD})
+    };
+    let query = [
+        "-t",
+        "-c",
+        "select id, name, email from customers order by id",
+    ];
+    let works = |port: u16| {
+        let (code, out, err) = psql(port, &gw.user_token, &query);
+        assert_eq!(code, 0, "port {port}: {err}");
+        assert!(
+            out.contains("alice@example.com") && !out.contains("Alice"),
+            "{out}"
+        );
+    };
+    let refused = |port: u16| {
+        let (code, _, err) = psql(port, &gw.user_token, &query);
+        assert!(code != 0 && err.contains("refused"), "port {port}: {err}");
+    };
+
+    let first = free_port();
+    let (status, body) = api(
+        &gw,
+        &admin,
+        "POST",
+        "/api/connections",
+        Some(json!({"name": "crm", "table": table(first)})),
+    );
+    assert_eq!(status, 200, "{body}");
+    works(first);
+
+    // A port something else holds refuses the change, and the door stays where it was.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let (status, body) = api(
+        &gw,
+        &admin,
+        "PUT",
+        "/api/connections/crm",
+        Some(json!({"table": table(taken_port)})),
+    );
+    assert!(
+        status >= 400 && body.contains("cannot listen"),
+        "{status} {body}"
+    );
+    works(first);
+    let (_, listed) = api(&gw, &admin, "GET", "/api/connections", None);
+    assert!(listed.contains(&format!("127.0.0.1:{first}")), "{listed}");
+
+    // Moved to another port (the secret left out is kept): the old one closes.
+    let second = free_port();
+    let mut moved = table(second);
+    moved.as_object_mut().unwrap().remove("password");
+    let (status, body) = api(
+        &gw,
+        &admin,
+        "PUT",
+        "/api/connections/crm",
+        Some(json!({"table": moved})),
+    );
+    assert_eq!(status, 200, "{body}");
+    works(second);
+    refused(first);
+    // An edit that keeps the port reopens it.
+    let (status, body) = api(
+        &gw,
+        &admin,
+        "PUT",
+        "/api/connections/crm",
+        Some(json!({"table": moved})),
+    );
+    assert_eq!(status, 200, "{body}");
+    works(second);
+
+    // Removed: its port closes.
+    let (status, body) = api(&gw, &admin, "DELETE", "/api/connections/crm", None);
+    assert_eq!(status, 200, "{body}");
+    refused(second);
+    drop(taken);
+}

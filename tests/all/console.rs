@@ -280,7 +280,7 @@ fn auditors_find_read_and_replay_sessions_and_people_see_only_their_own() {
             "exec",
             "shell",
             "--",
-            "echo card 4111 1111 1111 1111; sleep 1.2; printf 'second\\n'; echo done",
+            "echo card 4111 1111 1111 1111; sleep 1.2; printf 'second\\n'; sleep 0.4; echo done",
         ],
         "",
     );
@@ -370,20 +370,31 @@ fn auditors_find_read_and_replay_sessions_and_people_see_only_their_own() {
         assert!(transcript.contains("sent") && transcript.contains("masked"), "{transcript}");
         browser.wait_text("#verify-status", "Verified").await;
 
-        // The replay plays, and seeks without playing from the start.
+        // The replay comes in segments, each opening on a keyframe (the gateway's test
+        // settings make one after half a second of output).
         browser.wait_for("#player .ap-player").await;
+        let segments = browser
+            .run("const id = location.pathname.split('/').pop(); const r = await fetch(`/api/sessions/${id}/replay`); return (await r.json()).segments.map((s) => s.start);")
+            .await;
+        let starts: Vec<f64> = serde_json::from_value(segments.clone()).unwrap();
+        // The second segment begins where `second` was printed, after the sleep.
+        assert!(starts.len() >= 2 && starts[1] >= 1.2, "{segments}");
         let duration = browser
             .run("for (let i = 0; i < 200 && !(await state.player.getDuration()); i++) await new Promise((r) => setTimeout(r, 50)); return await state.player.getDuration();")
             .await;
-        assert!(duration.as_f64().is_some_and(|d| d > 1.0), "{duration}");
+        assert!(duration.as_f64().is_some_and(|d| d > 1.5), "{duration}");
+        // Seeking into the second segment draws its keyframe (the masked first line, from
+        // before the seek point) and what came after it, without playing from the start.
+        let target = starts[1] + 0.1;
         let seeked = browser
-            .run("await state.player.seek(1.5); return await state.player.getCurrentTime();")
+            .run(&format!("await state.player.seek({target}); return await state.player.getCurrentTime();"))
             .await;
-        assert!(seeked.as_f64().is_some_and(|t| (t - 1.5).abs() < 0.3), "{seeked}");
+        assert!(seeked.as_f64().is_some_and(|t| (t - target).abs() < 0.05), "{seeked}");
+        let screen = browser.wait_text("#player .ap-term", "second").await;
+        assert!(screen.contains("**** **** **** 1111") && !screen.contains("done"), "{screen}");
+        assert!(!screen.contains("4111 1111"), "{screen}");
         browser.run("await state.player.play(); return true;").await;
         browser.wait_text("#player .ap-term", "done").await;
-        let screen = browser.wait_text("#player .ap-term", "second").await;
-        assert!(!screen.contains("4111 1111"), "{screen}");
 
         let errors = browser.close().await;
         assert!(errors.is_empty(), "the pages logged errors: {errors:#?}");

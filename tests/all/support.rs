@@ -110,6 +110,7 @@ impl Gateway {
         };
         let config = format!(
             "[gateway]\n{listen}data_dir = \"data\"\npolicies = \"{policies}\"\ndev_tokens = true\nhold_timeout_ms = 200\nplugin_cache = \"{}\"\n{settings}\n\
+             [console]\nkeyframe_ms = 500\n\n\
              [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nenv = {{ PS1 = \"$ \" }}\n\n\
              [connections.python]\nkind = \"exec\"\ninteractive = [\"python3\", \"-i\", \"-q\"]\nscript = [\"python3\", \"-\"]\n{extra}",
             cache.display()

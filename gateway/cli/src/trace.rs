@@ -80,7 +80,7 @@ fn frame(out: &mut String, at: &str, event: &EventView) {
     let arrow = if meta["dir"] == "in" { "->" } else { "<-" };
     let content = text(&meta["content"]);
     let outcome = text(&meta["outcome"]);
-    let payload = String::from_utf8_lossy(&event.payload()).into_owned();
+    let payload = String::from_utf8_lossy(event.payload()).into_owned();
     let shown = match content.as_str() {
         "rows" => {
             let count = meta["count"].as_u64().unwrap_or(0);
@@ -153,7 +153,7 @@ mod tests {
             kind: kind.into(),
             time_ms,
             meta,
-            payload_hex: Some(hex::encode(payload)),
+            payload: payload.to_vec(),
         }
     }
 

@@ -252,18 +252,20 @@ async function sessionView(id) {
   if (m.protocol === "exec" || m.mode) {
     const player = h("div", { class: "player", id: "player" });
     parts.push(h("h2", {}, "Replay"), player);
-    setTimeout(() => mountPlayer(player, `${base}?form=asciicast`, m), 0);
+    setTimeout(() => mountPlayer(player, `/api/sessions/${encodeURIComponent(id)}/replay`, m), 0);
   }
   parts.push(h("h2", {}, "Transcript"), transcript(events, reviews));
   parts.push(h("h2", {}, "Record"), verifyLine(events));
   show(...parts);
 }
 
+// The player's own segmented driver: it loads the replay's index, then only the segment it
+// plays or seeks into (each opens on a keyframe the gateway made) and the next one ahead, so
+// a long session starts and seeks at once and is never loaded whole.
 function mountPlayer(el, url, meta) {
   if (!window.AsciinemaPlayer) { el.append(failure(new Error("the player did not load"))); return; }
-  const player = window.AsciinemaPlayer.create({ url }, el, {
-    cols: meta.cols || 80, rows: meta.rows || 24, fit: "width", idleTimeLimit: 2, controls: true,
-    preload: true,
+  const player = window.AsciinemaPlayer.create({ url, format: "segmented" }, el, {
+    cols: meta.cols || 80, rows: meta.rows || 24, fit: "width", controls: true, preload: true,
   });
   state.player = player;
   state.leave.push(() => { try { player.dispose(); } catch (_) { /* gone */ } state.player = null; });

@@ -27,7 +27,17 @@ pub struct EventView {
     pub kind: String,
     pub time_ms: u64,
     pub meta: serde_json::Value,
-    pub payload_hex: Option<String>,
+    /// The payload's bytes (served as hex, `payload_hex`); empty when it has none or it
+    /// was purged.
+    #[serde(rename = "payload_hex", default, deserialize_with = "from_hex")]
+    pub payload: Vec<u8>,
+}
+
+fn from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map_or(Ok(Vec::new()), |h| {
+        hex::decode(h).map_err(serde::de::Error::custom)
+    })
 }
 
 impl EventView {
@@ -39,22 +49,19 @@ impl EventView {
             kind: e.entry.kind.clone(),
             time_ms: e.entry.time_ms,
             meta: serde_json::from_str(&e.entry.meta).unwrap_or_default(),
-            payload_hex: e.payload.as_ref().map(hex::encode),
+            payload: e.payload.clone().unwrap_or_default(),
         }
     }
 
-    pub fn payload(&self) -> Vec<u8> {
-        self.payload_hex
-            .as_deref()
-            .and_then(|h| hex::decode(h).ok())
-            .unwrap_or_default()
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
     }
 
     /// What the event put on the client's screen: stream bytes as they were; a result's
     /// column names and each of its rows on a line of their own (a `rows` event holds a
     /// batch of rows, a line each, and the column names before a result's first batch).
     pub fn shown(&self) -> Vec<u8> {
-        let mut bytes = self.payload();
+        let mut bytes = self.payload.clone();
         match self.meta["content"].as_str() {
             Some("columns" | "row") => bytes.push(b'\n'),
             Some("rows") if self.meta.get("columns").is_some() => {
@@ -97,6 +104,22 @@ impl EventView {
                 replaced.then(|| "masked".to_string())
             }
         }
+    }
+
+    /// The terminal size a session opened with (`cols`, `rows`), 80x24 when it says none.
+    pub fn terminal_size(&self) -> (u64, u64) {
+        self.size_or((80, 24))
+    }
+
+    /// The size this event names, each part of `default` where it names none.
+    pub fn size_or(&self, default: (u64, u64)) -> (u64, u64) {
+        let part = |key: &str, default: u64| {
+            self.meta[key]
+                .as_u64()
+                .filter(|n| *n > 0)
+                .unwrap_or(default)
+        };
+        (part("cols", default.0), part("rows", default.1))
     }
 
     /// A review's step in this session, in words: `review R approved by bob (1 of 2)`.
@@ -161,7 +184,7 @@ pub fn replay(events: &[EventView], with_inputs: bool, marking: Marking) -> Vec<
         } else if !with_inputs {
             continue;
         } else if e.is_statement() {
-            let text = String::from_utf8_lossy(&e.payload()).into_owned();
+            let text = String::from_utf8_lossy(e.payload()).into_owned();
             marking.mark(&text, e.verdict().as_deref())
         } else if let Some(note) = e.review_note() {
             marking.mark(&note, None)
@@ -204,50 +227,79 @@ pub fn report_json(report: &VerifyReport) -> serde_json::Value {
 /// marker on each statement and review, so a player can jump to them.
 pub fn asciicast(events: &[EventView]) -> String {
     let start = events.first().map_or(0, |e| e.time_ms);
-    let opened = events
+    let (width, height) = events
         .iter()
-        .find(|e| e.kind == sluice_record::kinds::SESSION_OPEN);
-    let size = |meta: &serde_json::Value, key: &str, default: u64| {
-        meta[key].as_u64().filter(|n| *n > 0).unwrap_or(default)
-    };
-    let (width, height) = opened.map_or((80, 24), |e| {
-        (size(&e.meta, "cols", 80), size(&e.meta, "rows", 24))
-    });
+        .find(|e| e.kind == sluice_record::kinds::SESSION_OPEN)
+        .map_or((80, 24), EventView::terminal_size);
     let mut out =
         json!({"version": 2, "width": width, "height": height, "timestamp": start / 1000})
             .to_string();
     out.push('\n');
-    let mut line = |t: u64, code: &str, text: &str| {
-        let t = t.saturating_sub(start) as f64 / 1000.0;
-        out.push_str(&json!([t, code, text]).to_string());
-        out.push('\n');
-    };
+    let mut clock = CastClock::starting(start);
     for e in events {
-        if e.is_output() {
-            line(e.time_ms, "o", &String::from_utf8_lossy(&e.shown()));
-        } else if e.is_input() {
-            line(e.time_ms, "i", &String::from_utf8_lossy(&e.shown()));
-        } else if e.is_statement() {
-            let text = String::from_utf8_lossy(&e.payload()).into_owned();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(60)
-                .collect::<String>();
-            line(e.time_ms, "m", &first);
-            line(e.time_ms, "i", &text);
-        } else if let Some(note) = e.review_note() {
-            line(e.time_ms, "m", &note);
-        } else if e.kind == sluice_record::kinds::RESIZE {
-            let size = format!(
-                "{}x{}",
-                size(&e.meta, "cols", width),
-                size(&e.meta, "rows", height)
-            );
-            line(e.time_ms, "r", &size);
+        let t = clock.at(e.time_ms);
+        for (code, text) in cast_lines(e, (width, height)) {
+            out.push_str(&json!([seconds(t), code, text]).to_string());
+            out.push('\n');
         }
     }
     out
+}
+
+/// What one event adds to an asciicast (and to a replay segment): output (`o`), keystrokes
+/// (`i`), a statement as a marker and its text (`m`, `i`), a review as a marker, a resize
+/// (`r`, `COLSxROWS`; `size` fills in what the event leaves out).
+pub fn cast_lines(e: &EventView, size: (u64, u64)) -> Vec<(&'static str, String)> {
+    if e.is_output() {
+        vec![("o", String::from_utf8_lossy(&e.shown()).into_owned())]
+    } else if e.is_input() {
+        vec![("i", String::from_utf8_lossy(e.payload()).into_owned())]
+    } else if e.is_statement() {
+        let text = String::from_utf8_lossy(e.payload()).into_owned();
+        let first: String = text.lines().next().unwrap_or("").chars().take(60).collect();
+        vec![("m", first), ("i", text)]
+    } else if let Some(note) = e.review_note() {
+        vec![("m", note)]
+    } else if e.kind == sluice_record::kinds::RESIZE {
+        let (cols, rows) = e.size_or(size);
+        vec![("r", format!("{cols}x{rows}"))]
+    } else {
+        vec![]
+    }
+}
+
+/// Milliseconds as an asciicast's seconds. Every time a player compares (a segment's start,
+/// its first event) goes through here, so equal milliseconds stay equal seconds.
+pub fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// A session's times as milliseconds since it started, never going back (a player refuses
+/// an event earlier than the one before it; a wall clock may step back).
+#[derive(Clone, Copy, Debug)]
+pub struct CastClock {
+    start: u64,
+    last: u64,
+}
+
+impl CastClock {
+    pub fn starting(start_ms: u64) -> CastClock {
+        CastClock {
+            start: start_ms,
+            last: 0,
+        }
+    }
+
+    /// A clock that has reached `offset` already (a segment's start).
+    pub fn resumed(start_ms: u64, offset: u64) -> CastClock {
+        CastClock {
+            start: start_ms,
+            last: offset,
+        }
+    }
+
+    pub fn at(&mut self, time_ms: u64) -> u64 {
+        self.last = self.last.max(time_ms.saturating_sub(self.start));
+        self.last
+    }
 }

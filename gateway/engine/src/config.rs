@@ -35,7 +35,9 @@ pub struct Config {
 }
 
 /// `[console]`: a browser's sign-in ends after this long without a request, and after
-/// `max_age_seconds` in any case (and with the token it was made from).
+/// `max_age_seconds` in any case (and with the token it was made from). A replay's keyframes
+/// come every `keyframe_bytes` of output, or `keyframe_ms` after the last if the screen
+/// changed.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSettings {
@@ -43,6 +45,18 @@ pub struct ConsoleSettings {
     pub idle_timeout_seconds: u64,
     #[serde(default = "default_console_max_age")]
     pub max_age_seconds: u64,
+    #[serde(default = "default_keyframe_bytes")]
+    pub keyframe_bytes: usize,
+    #[serde(default = "default_keyframe_ms")]
+    pub keyframe_ms: u64,
+}
+
+fn default_keyframe_bytes() -> usize {
+    crate::replay::Cutting::default().bytes
+}
+
+fn default_keyframe_ms() -> u64 {
+    crate::replay::Cutting::default().every_ms
 }
 
 fn default_console_idle() -> u64 {
@@ -58,6 +72,8 @@ impl Default for ConsoleSettings {
         ConsoleSettings {
             idle_timeout_seconds: default_console_idle(),
             max_age_seconds: default_console_max_age(),
+            keyframe_bytes: default_keyframe_bytes(),
+            keyframe_ms: default_keyframe_ms(),
         }
     }
 }

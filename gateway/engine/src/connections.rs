@@ -118,18 +118,8 @@ impl Connections {
     /// Adds (or, with `edit`, changes) runtime connection `name` from `table` (as in
     /// `sluice.toml`). On an edit, secrets left out keep their sealed values. Recorded first.
     pub async fn put(&self, name: &str, table: Value, edit: bool, by: &str) -> Result<(), String> {
-        check_name(name)?;
-        if self.file.contains_key(name) {
-            return Err(format!(
-                "`{name}` is a connection of sluice.toml: a runtime connection may not take its name"
-            ));
-        }
+        self.may_put(name, edit)?;
         let existing = self.read().get(name).cloned();
-        match (&existing, edit) {
-            (Some(_), false) => return Err(format!("a connection `{name}` exists: edit it")),
-            (None, true) => return Err(format!("no runtime connection `{name}` to edit")),
-            _ => {}
-        }
         let (mut shown, mut secrets) = split_secrets(table)?;
         if let Some(old) = &existing {
             let kept = old.row["sealed"].as_object().cloned().unwrap_or_default();
@@ -168,6 +158,21 @@ impl Connections {
                 },
             );
         Ok(())
+    }
+
+    /// Whether runtime connection `name` may be added (or, with `edit`, changed); why not.
+    pub fn may_put(&self, name: &str, edit: bool) -> Result<(), String> {
+        check_name(name)?;
+        if self.file.contains_key(name) {
+            return Err(format!(
+                "`{name}` is a connection of sluice.toml: a runtime connection may not take its name"
+            ));
+        }
+        match (self.read().contains_key(name), edit) {
+            (true, false) => Err(format!("a connection `{name}` exists: edit it")),
+            (false, true) => Err(format!("no runtime connection `{name}` to edit")),
+            _ => Ok(()),
+        }
     }
 
     /// Removes runtime connection `name`. Recorded first.

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod limits;
 pub mod pg;
 pub mod policy;
+pub mod replay;
 pub mod review;
 pub mod roles;
 pub mod sealed;

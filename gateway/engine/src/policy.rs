@@ -393,10 +393,13 @@ impl Policy {
     }
 
     /// The filter plugins bound to `connection`, in order.
+    /// The plugins connection `connection` runs, in order: its `[chains]` entry, or, for a
+    /// connection that has none (one added at runtime, say), `[chains] default`.
     pub fn chain(&self, connection: &str) -> Vec<&PluginSpec> {
         let names = self
             .chains
             .get(connection)
+            .or_else(|| self.chains.get(crate::roles::DEFAULT))
             .map(Vec::as_slice)
             .unwrap_or_default();
         names.iter().filter_map(|n| self.plugins.get(n)).collect()
@@ -547,6 +550,29 @@ mod tests {
         );
         assert_eq!(policy.chain("shell").len(), 1);
         assert!(policy.chain("python").is_empty());
+    }
+
+    #[test]
+    fn connections_the_chains_do_not_name_run_the_default_chain() {
+        let text = r#"
+            [plugins.redact]
+            source = "builtin:example-redact"
+            [plugins.pass]
+            source = "builtin:passthrough"
+            [chains]
+            shell = ["pass"]
+            default = ["redact", "pass"]
+            "#;
+        let policy = parse(text).unwrap();
+        let names = |c: &str| {
+            policy
+                .chain(c)
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("shell"), ["pass"]);
+        assert_eq!(names("added-at-runtime"), ["redact", "pass"]);
     }
 
     #[test]

@@ -917,6 +917,17 @@ impl Store {
         let range = summary.first_index..=summary.last_index;
         self.read_entries(range, usize::MAX, |entry| entry.session == id)
     }
+
+    /// Up to `max` entries of session `id` within `range`, in order, with their payloads: a
+    /// long session read a page at a time, so the reader's memory stays flat.
+    pub fn session_page(
+        &self,
+        id: &str,
+        range: std::ops::RangeInclusive<u64>,
+        max: usize,
+    ) -> Result<Vec<Recorded>, RecordError> {
+        self.read_entries(range, max, |entry| entry.session == id)
+    }
 }
 
 /// Ascending entry indices as ranges `(first, last)` of consecutive ones.

@@ -37,6 +37,13 @@ pub trait Record: Send + Sync + std::fmt::Debug {
     fn session_rows(&self) -> Result<Vec<SessionSummary>, RecordError>;
     fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError>;
     fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError>;
+    /// Up to `max` entries of session `id` within `range`: a long session a page at a time.
+    fn session_page(
+        &self,
+        id: &str,
+        range: std::ops::RangeInclusive<u64>,
+        max: usize,
+    ) -> Result<Vec<Recorded>, RecordError>;
     fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError>;
     fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError>;
     /// Stores a review's row (its state is in the chain first).
@@ -99,6 +106,14 @@ impl Record for Store {
     }
     fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
         Store::session_events(self, id)
+    }
+    fn session_page(
+        &self,
+        id: &str,
+        range: std::ops::RangeInclusive<u64>,
+        max: usize,
+    ) -> Result<Vec<Recorded>, RecordError> {
+        Store::session_page(self, id, range, max)
     }
     fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError> {
         Store::sink_cursor(self, name)

@@ -525,6 +525,7 @@ mod tests {
         Console::new(&ConsoleSettings {
             idle_timeout_seconds: idle,
             max_age_seconds: 3600,
+            ..ConsoleSettings::default()
         })
     }
 

@@ -28,7 +28,9 @@
 
 mod agents;
 mod console;
+mod fronts;
 mod operations;
+mod replay;
 mod routes;
 mod sessions;
 mod upgrade;
@@ -61,8 +63,9 @@ pub struct Gateway {
     store: Arc<dyn Record>,
     session_ctx: Arc<session::Context>,
     sinks: Arc<Sinks>,
-    /// PostgreSQL connections' front doors, for clients that come through the tunnel.
-    fronts: BTreeMap<String, Arc<crate::pg::Front>>,
+    /// PostgreSQL connections' front doors, each on its own port (and for clients that
+    /// come through the tunnel).
+    fronts: fronts::Fronts,
     ca_pem: String,
     /// Loads plugins (again, on reload); keeps the engine and its epoch thread alive.
     host: Arc<PluginHost>,
@@ -70,6 +73,8 @@ pub struct Gateway {
     connections: Arc<Connections>,
     /// Browsers signed in to the web console.
     console: console::Console,
+    /// Terminal replays' indexes, and whose replay reads are recorded.
+    replays: replay::Replays,
     /// One reload (or retention run) at a time.
     maintenance: tokio::sync::Mutex<()>,
     /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
@@ -289,27 +294,27 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     // PostgreSQL connections listen on ports of their own, bound now so a taken port fails
     // the start.
     let limits = crate::limits::Limits::new(&config.gateway);
-    let mut fronts = BTreeMap::new();
-    let mut listeners = Vec::new();
+    let fronts = fronts::Fronts::new(
+        auth.clone(),
+        session_ctx.clone(),
+        acceptor.clone(),
+        limits.clone(),
+    );
     for (name, connection) in &connections.all() {
-        let Connection::Postgres(pg) = connection else {
-            continue;
-        };
-        let listener = tokio::net::TcpListener::bind(pg.listen)
-            .await
-            .with_context(|| format!("connections.{name}: cannot listen on {}", pg.listen))?;
-        let front = Arc::new(crate::pg::Front::new(
-            name.clone(),
-            pg.clone(),
-            auth.clone(),
-            session_ctx.clone(),
-            acceptor.clone(),
-            limits.clone(),
-        ));
-        listeners.push(tokio::spawn(crate::pg::serve(front.clone(), listener)));
-        fronts.insert(name.clone(), front);
+        if let Connection::Postgres(pg) = connection {
+            let bound = fronts
+                .bind(name, pg.listen)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            fronts.open(bound, pg);
+        }
     }
+    let listeners = Vec::new();
     let console = console::Console::new(&config.console);
+    let replays = replay::Replays::new(crate::replay::Cutting {
+        bytes: config.console.keyframe_bytes.max(1),
+        every_ms: config.console.keyframe_ms,
+    });
     let gateway = Arc::new(Gateway {
         config,
         auth,
@@ -319,6 +324,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         fronts,
         ca_pem: tls.ca_pem,
         console,
+        replays,
         connections,
         host,
         maintenance: tokio::sync::Mutex::new(()),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Gateway, load_policy, retention_rules};
+use crate::config::Connection;
 use sluice_record::NewEvent;
 
 /// A change to a runtime connection, applied with the policy.
@@ -42,10 +43,19 @@ impl Gateway {
         let _one_at_a_time = self.maintenance.lock().await;
         let (host, policies) = (self.host.clone(), self.config.gateway.policies.clone());
         let mut connections = self.connections.all();
+        let before = match &change {
+            Some(ConnectionChange::Put { name, .. } | ConnectionChange::Remove { name }) => {
+                connections.get(name).cloned()
+            }
+            None => None,
+        };
+        let mut after = None;
         match &change {
-            Some(ConnectionChange::Put { name, table, .. }) => {
+            Some(ConnectionChange::Put { name, table, edit }) => {
+                self.connections.may_put(name, *edit)?;
                 let candidate = crate::connections::candidate(name, table)?;
-                connections.insert(name.clone(), candidate);
+                connections.insert(name.clone(), candidate.clone());
+                after = Some(candidate);
             }
             Some(ConnectionChange::Remove { name }) => {
                 connections.remove(name);
@@ -59,9 +69,29 @@ impl Gateway {
                 .map_err(|e| format!("{e:#} (nothing was applied: the running policy stays)"))?;
         match change {
             Some(ConnectionChange::Put { name, table, edit }) => {
-                self.connections.put(&name, table, edit, by).await?;
+                // A PostgreSQL connection's port is taken before the change is applied: one
+                // it cannot take refuses the change.
+                let bound = match &after {
+                    Some(Connection::Postgres(pg)) => {
+                        Some(self.fronts.bind(&name, pg.listen).await?)
+                    }
+                    _ => None,
+                };
+                if let Err(why) = self.connections.put(&name, table, edit, by).await {
+                    drop(bound);
+                    self.reopen(&name, before.as_ref()).await;
+                    return Err(why);
+                }
+                // Served as stored: with the secrets an edit left out, kept.
+                match (bound, self.connections.all().get(&name)) {
+                    (Some(bound), Some(Connection::Postgres(pg))) => self.fronts.open(bound, pg),
+                    _ => self.fronts.close(&name).await,
+                }
             }
-            Some(ConnectionChange::Remove { name }) => self.connections.remove(&name, by).await?,
+            Some(ConnectionChange::Remove { name }) => {
+                self.connections.remove(&name, by).await?;
+                self.fronts.close(&name).await;
+            }
             None => {}
         }
         let files = loaded.chains.policy_files.clone();
@@ -83,6 +113,19 @@ impl Gateway {
         Ok(applied)
     }
 
+    /// Opens connection `name`'s door as it was before a change that failed (an edit may
+    /// have closed it to take its port again).
+    async fn reopen(&self, name: &str, before: Option<&Connection>) {
+        if let Some(Connection::Postgres(pg)) = before
+            && self.fronts.get(name).is_none()
+        {
+            match self.fronts.bind(name, pg.listen).await {
+                Ok(bound) => self.fronts.open(bound, pg),
+                Err(why) => tracing::error!(connection = %name, %why, "front door not reopened"),
+            }
+        }
+    }
+
     /// See [`Running::stop`].
     pub(super) async fn stop(&self, why: &str) -> anyhow::Result<usize> {
         for listener in self
@@ -93,6 +136,7 @@ impl Gateway {
         {
             listener.abort();
         }
+        self.fronts.close_all().await;
         let live = self.session_ctx.live();
         for (id, ..) in &live {
             self.session_ctx

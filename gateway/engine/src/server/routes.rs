@@ -118,6 +118,12 @@ impl Gateway {
             (&Method::POST, ["api", "sessions", id, "kill"]) => {
                 self.kill_session(&identity, id, peer).await
             }
+            (&Method::GET, ["api", "sessions", id, "replay"]) => {
+                self.session_replay(&identity, id, None).await
+            }
+            (&Method::GET, ["api", "sessions", id, "replay", segment]) => {
+                self.session_replay(&identity, id, Some(segment)).await
+            }
             (&Method::GET, ["api", "sessions", id, "events"]) => {
                 let form = query.get("form").map_or("jsonl", String::as_str);
                 self.session_events(&identity, id, form).await

@@ -114,25 +114,13 @@ impl Gateway {
 
     /// Checks `identity` may read session `id` and records that they do (in `form`), before
     /// anything is served; the session, and the form as recorded.
-    async fn open_to_read(
+    pub(super) async fn open_to_read(
         &self,
         identity: &Identity,
         id: &str,
         form: &str,
     ) -> Result<(SessionSummary, String), Reply> {
-        let summary = match self.store.session(id) {
-            Ok(Some(s)) if self.may_read(identity, &s.subject, &s.connection) => s,
-            Ok(Some(s)) => {
-                let action = format!("read session {id}");
-                let why = self
-                    .roles()
-                    .refuse(identity, Role::Audit, &s.connection, &action)
-                    .await;
-                return Err(error(StatusCode::FORBIDDEN, &why));
-            }
-            Ok(None) => return Err(error(StatusCode::NOT_FOUND, &format!("no session {id}"))),
-            Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
-        };
+        let summary = self.readable(identity, id).await?;
         let form: String = form
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -144,6 +132,27 @@ impl Gateway {
             return Err(error(StatusCode::INTERNAL_SERVER_ERROR, &why));
         }
         Ok((summary, form))
+    }
+
+    /// Session `id`, if `identity` may read it; a refusal is said (and logged) as roles do.
+    pub(super) async fn readable(
+        &self,
+        identity: &Identity,
+        id: &str,
+    ) -> Result<SessionSummary, Reply> {
+        match self.store.session(id) {
+            Ok(Some(s)) if self.may_read(identity, &s.subject, &s.connection) => Ok(s),
+            Ok(Some(s)) => {
+                let action = format!("read session {id}");
+                let why = self
+                    .roles()
+                    .refuse(identity, Role::Audit, &s.connection, &action)
+                    .await;
+                Err(error(StatusCode::FORBIDDEN, &why))
+            }
+            Ok(None) => Err(error(StatusCode::NOT_FOUND, &format!("no session {id}"))),
+            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+        }
     }
 
     /// `GET /api/sessions/search?user=&connection=&since=MS&until=MS&status=&text=&offset=&limit=`:

@@ -151,7 +151,7 @@ impl Gateway {
         let id = opening.id.clone();
         match connection {
             Connection::Postgres(_) => {
-                let Some(front) = self.fronts.get(name).cloned() else {
+                let Some(front) = self.fronts.get(name) else {
                     return error(StatusCode::NOT_FOUND, "no such PostgreSQL connection");
                 };
                 // The PostgreSQL client signs in (and is checked for access) at startup.
