@@ -1,8 +1,9 @@
 //! Replaying long terminal sessions in the console (issue 20): sessions of 10 MB and 100 MB of
 //! terminal output (coloured log lines, a clear screen now and then), served by a real
 //! `sluice serve`. Measures what a player waits for: opening a replay (its index, the first
-//! time made by walking the whole session, then kept), its first segment, and seeking (the
-//! segment at a random point); and the gateway's resident memory after each. The baseline in
+//! time scanned from the whole session, then kept), its first segment, a seek to the end at
+//! once (while the keyframes are still being made), and seeking once they are (the segment
+//! at a random point); and the gateway's resident memory after each. The baseline in
 //! the same run: the whole session as one asciicast (`form=asciicast`), what a player's
 //! default driver would load. Release build, one client.
 //!
@@ -155,6 +156,8 @@ fn main() {
         let segments = index["segments"].as_array().unwrap().len();
         let (first, body) = get(&format!("{base}/0"));
         let first_bytes = body.len();
+        // A seek to the end at once: its keyframe may still be in the making.
+        let (far, _) = get(&format!("{base}/{}", segments - 1));
         let (again, _) = get(&base);
         // Seeks: the segment holding each of 20 points spread over the session.
         let mut seeks = Vec::new();
@@ -167,12 +170,13 @@ fn main() {
         seeks.sort();
         let (rss, peak) = memory(pid);
         println!(
-            "{mb} MB session ({segments} segments, {:.0} s long): open {:.0} ms the first time (index made) + first segment {:.0} ms ({} KB) = start {:.0} ms; open again {:.1} ms; seek p50 {:.0} ms, max {:.0} ms; gateway {rss:.0} MB resident, peak {peak:.0} MB",
+            "{mb} MB session ({segments} segments, {:.0} s long): open {:.0} ms the first time (index scanned) + first segment {:.0} ms ({} KB) = start {:.0} ms; seek to the end at once {:.0} ms (waits for its keyframe); open again {:.1} ms; seek p50 {:.0} ms, max {:.0} ms; gateway {rss:.0} MB resident, peak {peak:.0} MB",
             index["duration"].as_f64().unwrap(),
             ms(made),
             ms(first),
             first_bytes / 1024,
             ms(made + first),
+            ms(far),
             ms(again),
             ms(seeks[seeks.len() / 2]),
             ms(seeks[seeks.len() - 1]),

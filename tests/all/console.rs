@@ -769,3 +769,61 @@ fn an_admin_adds_a_connection_in_the_browser_and_its_secret_never_comes_back() {
         assert!(errors.is_empty(), "the pages logged errors: {errors:#?}");
     });
 }
+
+/// `GET path` with `token`: (HTTP status, body).
+fn get_as(gw: &Gateway, token: &str, path: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("https://{}{path}", gw.addr));
+    let (code, out, err) = run_command(&mut cmd, "");
+    assert_eq!(code, 0, "{err}");
+    let (body, status) = out.trim_end().rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn replays_are_served_to_those_who_may_read_them_and_each_opening_is_recorded() {
+    let mut gw = Gateway::start();
+    let reviewer = gw.reviewer_token.clone();
+    let (code, _, err) = gw.run_as(
+        Some(&reviewer),
+        &["exec", "shell", "--", "echo reviewers-own"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, found) = get_as(&gw, &reviewer, "/api/sessions/search?user=dev-reviewer");
+    let found: Value = serde_json::from_str(&found).unwrap();
+    let id = found["sessions"][0]["id"].as_str().unwrap().to_string();
+    let replay = format!("/api/sessions/{id}/replay");
+
+    // Someone without the audit role may not read another's session, in any piece.
+    for path in [replay.clone(), format!("{replay}/0")] {
+        let (status, body) = get_as(&gw, &gw.user_token, &path);
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let (status, index) = get_as(&gw, &reviewer, &replay);
+    assert_eq!(status, 200, "{index}");
+    let index: Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(index["version"], 1);
+    let (status, segment) = get_as(&gw, &reviewer, &format!("{replay}/0"));
+    assert!(
+        status == 200 && segment.contains("reviewers-own"),
+        "{segment}"
+    );
+    let (status, body) = get_as(&gw, &reviewer, &format!("{replay}/x"));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get_as(&gw, &reviewer, &format!("{replay}/99"));
+    assert!(
+        status == 404 && body.contains("no replay segment 99"),
+        "{body}"
+    );
+
+    // The opening was recorded (once: the segments fetched after it are covered by it).
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    let reads: Vec<Value> = crate::lifecycle::events_of_kind(&gw, "audit")
+        .into_iter()
+        .filter(|e| e["form"] == "replay" && e["session"] == id.as_str())
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["by"], "dev-reviewer");
+}

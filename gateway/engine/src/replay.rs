@@ -7,6 +7,9 @@
 //! markers), then each segment on request (its keyframe and its events). Both are read a page
 //! of entries at a time, so the gateway's memory does not grow with the session.
 
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::audit::{CastClock, EventView, cast_lines, seconds};
@@ -47,11 +50,11 @@ pub struct Segment {
     pub start_ms: u64,
     /// The entry its first event comes from.
     pub first_index: u64,
-    pub keyframe: Keyframe,
 }
 
-/// A session's replay: what a player needs before its first segment.
-#[derive(Clone, Debug)]
+/// A session's replay: what a player needs before its first segment, and the segments'
+/// keyframes as they are made.
+#[derive(Debug)]
 pub struct ReplayIndex {
     pub session: String,
     /// The session's entries when it was made: a live session that has grown since needs
@@ -63,12 +66,41 @@ pub struct ReplayIndex {
     pub duration_ms: u64,
     pub segments: Vec<Segment>,
     pub markers: Vec<(u64, String)>,
+    keyframes: Keyframes,
+}
+
+/// Keyframes in segment order, made by one walk through the emulator (`make_keyframes`)
+/// while the index is already served: segment K waits for keyframe K alone.
+#[derive(Debug, Default)]
+struct Keyframes {
+    made: Mutex<Made>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Made {
+    frames: Vec<Keyframe>,
+    bytes: usize,
+    failed: Option<String>,
 }
 
 impl ReplayIndex {
-    /// Walks session `summary`'s entries once, feeding its output to a terminal emulator and
-    /// taking a keyframe wherever a segment begins.
+    /// The index with every keyframe made: `scan`, then `make_keyframes`.
     pub fn build(
+        store: &dyn Record,
+        summary: &SessionSummary,
+        cutting: Cutting,
+    ) -> Result<ReplayIndex, RecordError> {
+        let index = ReplayIndex::scan(store, summary, cutting)?;
+        index.make_keyframes(store);
+        Ok(index)
+    }
+
+    /// Walks session `summary`'s entries once, without emulating the terminal: where each
+    /// segment begins (after `cutting.bytes` of output, or `cutting.every_ms` after the
+    /// last began if anything was shown since), the markers and the duration. Fast, so a
+    /// player starts at once; the keyframes come after (`make_keyframes`).
+    pub fn scan(
         store: &dyn Record,
         summary: &SessionSummary,
         cutting: Cutting,
@@ -82,27 +114,23 @@ impl ReplayIndex {
             duration_ms: 0,
             segments: Vec::new(),
             markers: Vec::new(),
+            keyframes: Keyframes::default(),
         };
-        let mut terminal = None;
         let mut clock = CastClock::starting(0);
-        // Output since the current segment began, and whether the screen changed since.
+        // Output since the current segment began.
         let mut bytes = 0usize;
         let mut last_event: Option<u64> = None;
         for_each_entry(store, summary, summary.first_index, |e| {
-            let terminal = terminal.get_or_insert_with(|| {
+            if index.segments.is_empty() {
                 // The first entry opens the session: its time is the cast's zero.
-                let (cols, rows) = e.terminal_size();
-                let screen = Screen::new(cols, rows);
-                (index.cols, index.rows) = screen.size;
+                (index.cols, index.rows) = Screen::clamped(e.terminal_size());
                 index.start_ms = e.time_ms;
                 clock = CastClock::starting(e.time_ms);
                 index.segments.push(Segment {
                     start_ms: 0,
                     first_index: e.index,
-                    keyframe: screen.keyframe(),
                 });
-                screen
-            });
+            }
             let lines = cast_lines(e, (index.cols, index.rows));
             if lines.is_empty() {
                 return;
@@ -116,17 +144,12 @@ impl ReplayIndex {
                 index.segments.push(Segment {
                     start_ms: t,
                     first_index: e.index,
-                    keyframe: terminal.keyframe(),
                 });
                 bytes = 0;
             }
             for (code, text) in lines {
                 match code {
-                    "o" => {
-                        bytes += text.len();
-                        terminal.feed(&text);
-                    }
-                    "r" => terminal.resize(&text),
+                    "o" => bytes += text.len(),
                     "m" => index.markers.push((t, text)),
                     _ => {}
                 }
@@ -148,10 +171,59 @@ impl ReplayIndex {
             index.segments.push(Segment {
                 start_ms: 0,
                 first_index: summary.first_index,
-                keyframe: Screen::new(index.cols, index.rows).keyframe(),
             });
         }
         Ok(index)
+    }
+
+    /// Walks the session again through the terminal emulator, making each segment's
+    /// keyframe (the screen just before its first entry) in order, and waking whoever waits
+    /// for it. A failed read is kept, and said to each waiter.
+    pub fn make_keyframes(&self, store: &dyn Record) {
+        let mut screen = Screen::new(self.cols, self.rows);
+        let mut next = 0;
+        let summary = SessionSummary {
+            id: self.session.clone(),
+            last_index: self.last_index,
+            ..SessionSummary::default()
+        };
+        let first = self.segments[0].first_index;
+        let walked = for_each_entry(store, &summary, first, |e| {
+            while self
+                .segments
+                .get(next)
+                .is_some_and(|s| s.first_index <= e.index)
+            {
+                self.keyframes.add(screen.keyframe());
+                next += 1;
+            }
+            for (code, text) in cast_lines(e, (self.cols, self.rows)) {
+                match code {
+                    "o" => screen.feed(&text),
+                    "r" => screen.resize(&text),
+                    _ => {}
+                }
+            }
+        });
+        match walked {
+            Err(e) => self.keyframes.fail(e.to_string()),
+            Ok(()) => {
+                while next < self.segments.len() {
+                    self.keyframes.add(screen.keyframe());
+                    next += 1;
+                }
+            }
+        }
+    }
+
+    /// Segment `k`'s keyframe, waiting up to `wait` for it to be made.
+    pub fn keyframe(&self, k: usize, wait: Duration) -> Result<Keyframe, String> {
+        self.keyframes.get(k, wait)
+    }
+
+    /// How many keyframes are made so far.
+    pub fn keyframes_made(&self) -> usize {
+        self.keyframes.lock().frames.len()
     }
 
     /// The index as asciinema-player's segmented recording reads it; segment `k` is at
@@ -168,16 +240,18 @@ impl ReplayIndex {
         })
     }
 
-    /// Segment `k`: its keyframe and its events (those of entries from its first to the
-    /// next segment's), as JSON; `None` past the last.
+    /// Segment `k`: its keyframe (waiting up to `wait` for it) and its events (those of
+    /// entries from its first to the next segment's), as JSON; `None` past the last.
     pub fn segment_json(
         &self,
         store: &dyn Record,
         k: usize,
-    ) -> Result<Option<String>, RecordError> {
+        wait: Duration,
+    ) -> Result<Option<String>, String> {
         let Some(segment) = self.segments.get(k) else {
             return Ok(None);
         };
+        let keyframe = self.keyframe(k, wait)?;
         let end = self
             .segments
             .get(k + 1)
@@ -201,29 +275,70 @@ impl ReplayIndex {
                 }
                 events.push_str(&json!([t, code, text]).to_string());
             }
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         if events.len() == 1 {
             // A session that showed nothing: a player still wants one event, at its end.
             events.push_str(&json!([seconds(self.duration_ms), "o", ""]).to_string());
         }
         events.push(']');
         let snapshot = json!({
-            "cols": segment.keyframe.cols,
-            "rows": segment.keyframe.rows,
-            "init": segment.keyframe.init,
+            "cols": keyframe.cols,
+            "rows": keyframe.rows,
+            "init": keyframe.init,
         });
         Ok(Some(format!(
             r#"{{"snapshot":{snapshot},"events":{events}}}"#
         )))
     }
 
-    /// Roughly the memory the index holds (its keyframes and markers).
+    /// Roughly the memory the index holds (its segments, keyframes and markers).
     pub fn weight(&self) -> usize {
-        self.segments
-            .iter()
-            .map(|s| s.keyframe.init.len() + 64)
-            .chain(self.markers.iter().map(|(_, m)| m.len() + 32))
-            .sum()
+        let markers: usize = self.markers.iter().map(|(_, m)| m.len() + 32).sum();
+        self.segments.len() * 64 + markers + self.keyframes.lock().bytes
+    }
+}
+
+impl Keyframes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Made> {
+        self.made.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, keyframe: Keyframe) {
+        let mut made = self.lock();
+        made.bytes += keyframe.init.len() + 32;
+        made.frames.push(keyframe);
+        self.ready.notify_all();
+    }
+
+    fn fail(&self, why: String) {
+        self.lock().failed = Some(why);
+        self.ready.notify_all();
+    }
+
+    fn get(&self, k: usize, wait: Duration) -> Result<Keyframe, String> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut made = self.lock();
+        loop {
+            if let Some(frame) = made.frames.get(k) {
+                return Ok(frame.clone());
+            }
+            if let Some(why) = &made.failed {
+                return Err(format!("the replay's keyframes could not be made: {why}"));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "keyframe {k} is still being made ({} of them so far); try again",
+                    made.frames.len()
+                ));
+            }
+            made = self
+                .ready
+                .wait_timeout(made, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
@@ -234,8 +349,13 @@ struct Screen {
 }
 
 impl Screen {
+    /// A size the emulator takes: 1 to 1000 each way.
+    fn clamped((cols, rows): (u64, u64)) -> (u64, u64) {
+        (cols.clamp(1, 1000), rows.clamp(1, 1000))
+    }
+
     fn new(cols: u64, rows: u64) -> Screen {
-        let (cols, rows) = (cols.clamp(1, 1000), rows.clamp(1, 1000));
+        let (cols, rows) = Screen::clamped((cols, rows));
         Screen {
             // No scrollback: a keyframe is the screen, and its size stays flat.
             terminal: avt::Terminal::new(cols as usize, rows as usize)
@@ -250,7 +370,7 @@ impl Screen {
 
     fn resize(&mut self, spec: &str) {
         if let Some((cols, rows)) = parse_size(spec) {
-            let (cols, rows) = (cols.clamp(1, 1000), rows.clamp(1, 1000));
+            let (cols, rows) = Screen::clamped((cols, rows));
             self.terminal.resize(cols as usize, rows as usize);
             self.size = (cols, rows);
         }
@@ -366,8 +486,10 @@ mod tests {
         events
     }
 
+    const NOW: Duration = Duration::ZERO;
+
     fn segment(index: &ReplayIndex, store: &Store, k: usize) -> serde_json::Value {
-        serde_json::from_str(&index.segment_json(store, k).unwrap().unwrap()).unwrap()
+        serde_json::from_str(&index.segment_json(store, k, NOW).unwrap().unwrap()).unwrap()
     }
 
     /// The screen's text after `init` and then `events` (`o` and `r` lines).
@@ -405,7 +527,7 @@ mod tests {
             .collect();
         assert!(
             index
-                .segment_json(&store, index.segments.len())
+                .segment_json(&store, index.segments.len(), NOW)
                 .unwrap()
                 .is_none()
         );
@@ -475,10 +597,9 @@ mod tests {
         }
         // The resize reached the keyframes after it.
         assert!(
-            index
-                .segments
+            segments
                 .iter()
-                .any(|s| (s.keyframe.cols, s.keyframe.rows) == (30, 8))
+                .any(|s| s["snapshot"]["cols"] == 30 && s["snapshot"]["rows"] == 8)
         );
     }
 
@@ -522,6 +643,33 @@ mod tests {
             last["events"].as_array().unwrap().last().unwrap()[2],
             "late\r\n"
         );
+    }
+
+    #[test]
+    fn the_index_is_served_before_the_keyframes_and_a_segment_waits_for_its_own() {
+        let (_dir, store) = store_with(&drawing());
+        let summary = store.session(SESSION).unwrap().unwrap();
+        let cutting = Cutting {
+            bytes: 200,
+            every_ms: 100,
+        };
+        let index = std::sync::Arc::new(ReplayIndex::scan(&store, &summary, cutting).unwrap());
+        let last = index.segments.len() - 1;
+        assert_eq!(index.keyframes_made(), 0);
+        let early = index.segment_json(&store, last, NOW).unwrap_err();
+        assert!(early.contains("still being made"), "{early}");
+        let store = std::sync::Arc::new(store);
+        let (making, from) = (index.clone(), store.clone());
+        let maker = std::thread::spawn(move || making.make_keyframes(&*from));
+        let waited = index
+            .segment_json(&*store, last, Duration::from_secs(30))
+            .unwrap();
+        assert!(waited.is_some());
+        maker.join().unwrap();
+        assert_eq!(index.keyframes_made(), index.segments.len());
+        // The same as made in one go.
+        let whole = ReplayIndex::build(&*store, &summary, cutting).unwrap();
+        assert_eq!(waited, whole.segment_json(&*store, last, NOW).unwrap());
     }
 
     #[test]

@@ -18,7 +18,10 @@ use super::Gateway;
 use super::routes::{Reply, error, reply};
 use crate::replay::{Cutting, ReplayIndex};
 use sluice_core::frame::Identity;
+use sluice_record::SessionSummary;
 
+/// How long a segment waits for its keyframe (made at about 40 MB of output a second).
+const KEYFRAME_WAIT: Duration = Duration::from_secs(30);
 /// How long a recorded replay read covers the segments its reader fetches.
 const READ_COVERS: Duration = Duration::from_secs(600);
 /// The most memory kept indexes may hold, and the most indexes kept.
@@ -49,16 +52,25 @@ impl Replays {
             .cloned()
     }
 
-    fn keep(&self, index: Arc<ReplayIndex>) {
+    /// Keeps `index`, unless one for the same session and entries is kept already (made by
+    /// a reader at the same time): the one kept, and whether it is `index`.
+    fn keep(&self, index: Arc<ReplayIndex>) -> (Arc<ReplayIndex>, bool) {
         let mut indexes = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = indexes
+            .iter()
+            .find(|i| i.session == index.session && i.last_index == index.last_index)
+        {
+            return (kept.clone(), false);
+        }
         indexes.retain(|i| i.session != index.session);
-        indexes.push_back(index);
+        indexes.push_back(index.clone());
         while indexes.len() > CACHE_ENTRIES
             || (indexes.len() > 1
                 && indexes.iter().map(|i| i.weight()).sum::<usize>() > CACHE_BYTES)
         {
             indexes.pop_front();
         }
+        (index, true)
     }
 
     fn read_recently(&self, subject: &str, id: &str) -> bool {
@@ -74,6 +86,28 @@ impl Replays {
 }
 
 impl Gateway {
+    /// Session `summary`'s replay index: kept, or scanned now (fast) with its keyframes made
+    /// on a thread of their own, so the player starts while they are.
+    fn replay_index(
+        self: &Arc<Self>,
+        summary: &SessionSummary,
+    ) -> Result<Arc<ReplayIndex>, String> {
+        if let Some(index) = self.replays.cached(&summary.id, summary.last_index) {
+            return Ok(index);
+        }
+        let scanned = ReplayIndex::scan(&*self.store, summary, self.replays.cutting)
+            .map_err(|e| e.to_string())?;
+        let (index, new) = self.replays.keep(Arc::new(scanned));
+        if new {
+            let (gateway, making) = (self.clone(), index.clone());
+            std::thread::Builder::new()
+                .name("replay-keyframes".into())
+                .spawn(move || making.make_keyframes(&*gateway.store))
+                .map_err(|e| format!("cannot start making keyframes: {e}"))?;
+        }
+        Ok(index)
+    }
+
     /// The replay index of session `id` (`segment` None), or its segment `segment`.
     pub(super) async fn session_replay(
         self: &Arc<Self>,
@@ -102,19 +136,10 @@ impl Gateway {
         };
         let gateway = self.clone();
         let made = tokio::task::spawn_blocking(move || {
-            let index = match gateway.replays.cached(&summary.id, summary.last_index) {
-                Some(index) => index,
-                None => {
-                    let made =
-                        ReplayIndex::build(&*gateway.store, &summary, gateway.replays.cutting)?;
-                    let made = Arc::new(made);
-                    gateway.replays.keep(made.clone());
-                    made
-                }
-            };
+            let index = gateway.replay_index(&summary)?;
             match segment {
                 None => Ok(Some(index.to_json(|k| format!("replay/{k}")).to_string())),
-                Some(k) => index.segment_json(&*gateway.store, k),
+                Some(k) => index.segment_json(&*gateway.store, k, KEYFRAME_WAIT),
             }
         })
         .await;
