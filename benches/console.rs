@@ -7,10 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use sluice_record::{NewEvent, Store};
+
+#[path = "support/serve.rs"]
+mod serve;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -117,40 +119,7 @@ fn main() {
         bytes as f64 / 1e9,
         made.elapsed().as_secs_f64()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\npolicies = \"{}/../../policies\"\ndev_tokens = true\n\n\
-             [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\n",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .unwrap();
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
-    lines.next().expect("serve printed nothing").unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    let tokens: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("dev-tokens.json")).unwrap())
-            .unwrap();
-    let auditor = tokens["reviewer"].as_str().unwrap().to_string();
-    let client = sluice_cli::client::Client::new(
-        &format!("127.0.0.1:{port}"),
-        Some(auditor),
-        Some(data.join("tls/ca.pem")),
-    )
-    .unwrap();
+    let (mut gateway, client) = serve::serve(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let time = |path: &str, runs: usize| -> (Vec<Duration>, serde_json::Value) {
         let mut times = Vec::new();

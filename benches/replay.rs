@@ -11,10 +11,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use sluice_record::{NewEvent, Store};
+
+#[path = "support/serve.rs"]
+mod serve;
 
 const START_MS: u64 = 1_764_000_000_000;
 const FRAME: usize = 16 * 1024;
@@ -107,40 +109,8 @@ fn main() {
             session(&store, &format!("replay-{mb}mb"), *mb);
         }
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\npolicies = \"{}/../../policies\"\ndev_tokens = true\n\n\
-             [connections.shell]\nkind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\n",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .unwrap();
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut gateway, client) = serve::serve(dir.path());
     let pid = gateway.id();
-    let mut lines = std::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
-    lines.next().expect("serve printed nothing").unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    let tokens: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("dev-tokens.json")).unwrap())
-            .unwrap();
-    let client = sluice_cli::client::Client::new(
-        &format!("127.0.0.1:{port}"),
-        Some(tokens["reviewer"].as_str().unwrap().to_string()),
-        Some(data.join("tls/ca.pem")),
-    )
-    .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let get = |path: &str| -> (Duration, Vec<u8>) {
         let started = Instant::now();

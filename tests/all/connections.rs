@@ -7,7 +7,13 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// `METHOD /api/PATH` with `token` and a JSON `body`: (HTTP status, body).
-fn api(gw: &Gateway, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+pub fn api(
+    gw: &Gateway,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let mut cmd = std::process::Command::new("curl");
     cmd.args(["-sk", "-w", "\n%{http_code}", "-X", method])
         .args(["-H", &format!("Authorization: Bearer {token}")])
@@ -214,25 +220,21 @@ fn a_postgres_connection_added_at_runtime_opens_its_own_port_and_runs_the_defaul
     let second = free_port();
     let mut moved = table(second);
     moved.as_object_mut().unwrap().remove("password");
-    let (status, body) = api(
-        &gw,
-        &admin,
-        "PUT",
-        "/api/connections/crm",
-        Some(json!({"table": moved})),
-    );
-    assert_eq!(status, 200, "{body}");
+    let edit = |table: &Value| {
+        let (status, body) = api(
+            &gw,
+            &admin,
+            "PUT",
+            "/api/connections/crm",
+            Some(json!({"table": table})),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    edit(&moved);
     works(second);
     refused(first);
     // An edit that keeps the port reopens it.
-    let (status, body) = api(
-        &gw,
-        &admin,
-        "PUT",
-        "/api/connections/crm",
-        Some(json!({"table": moved})),
-    );
-    assert_eq!(status, 200, "{body}");
+    edit(&moved);
     works(second);
 
     // Removed: its port closes.

@@ -772,14 +772,7 @@ fn an_admin_adds_a_connection_in_the_browser_and_its_secret_never_comes_back() {
 
 /// `GET path` with `token`: (HTTP status, body).
 fn get_as(gw: &Gateway, token: &str, path: &str) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "-w", "\n%{http_code}"])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("https://{}{path}", gw.addr));
-    let (code, out, err) = run_command(&mut cmd, "");
-    assert_eq!(code, 0, "{err}");
-    let (body, status) = out.trim_end().rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
+    crate::connections::api(gw, token, "GET", path, None)
 }
 
 #[test]
