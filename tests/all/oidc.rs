@@ -537,15 +537,7 @@ fn roles_from_the_policy_decide_who_connects_reviews_and_reads() {
 
     // Reading: each sees their own sessions and nobody else's; carol, the auditor, sees and
     // replays all of them.
-    let (_, mine, _) = gw.run_as(Some(&alice), &["sessions"]);
-    let alice_session = mine
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let alice_session = gw.newest_session_as(&alice, &[]);
     let machine = provider.machine_token();
     assert_eq!(echo_as(&gw, &machine).0, 0);
     let (_, bots, _) = gw.run_as(Some(&machine), &["sessions"]);

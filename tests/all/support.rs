@@ -223,7 +223,12 @@ impl Gateway {
     /// The newest recorded session's id (`sluice sessions` with `filter`, such as
     /// `--connection pg`).
     pub fn newest_session(&self, filter: &[&str]) -> String {
-        let (code, listed, err) = self.run(&[&["sessions"], filter].concat(), "");
+        self.newest_session_as(&self.user_token, filter)
+    }
+
+    /// The same, as the holder of `token` sees the sessions.
+    pub fn newest_session_as(&self, token: &str, filter: &[&str]) -> String {
+        let (code, listed, err) = self.run_as(Some(token), &[&["sessions"], filter].concat());
         assert_eq!(code, 0, "{err}");
         listed
             .lines()

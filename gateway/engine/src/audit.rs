@@ -41,15 +41,15 @@ fn from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error>
 }
 
 impl EventView {
-    /// A recorded event as the API would serve it.
-    pub fn of(e: &Recorded) -> EventView {
+    /// A recorded event as the API would serve it (its payload moved, not copied).
+    pub fn of(e: Recorded) -> EventView {
         EventView {
             index: e.entry.index,
             seq: e.entry.seq,
-            kind: e.entry.kind.clone(),
-            time_ms: e.entry.time_ms,
             meta: serde_json::from_str(&e.entry.meta).unwrap_or_default(),
-            payload: e.payload.clone().unwrap_or_default(),
+            kind: e.entry.kind,
+            time_ms: e.entry.time_ms,
+            payload: e.payload.unwrap_or_default(),
         }
     }
 

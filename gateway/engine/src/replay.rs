@@ -1,8 +1,9 @@
 //! A terminal session's replay in segments, so a player starts, and seeks, without loading
-//! the whole session. Walking the record once, the gateway cuts the session's cast (as
-//! `audit::asciicast` renders it) into segments every few seconds or MiB of output, and opens
-//! each with a keyframe: the screen at that point, made by a terminal emulator (`avt`, the
-//! one asciinema-player itself runs) and dumped as the escape sequences that redraw it.
+//! the whole session. A quick walk of the record cuts the session's cast (as
+//! `audit::asciicast` renders it) into segments every few seconds or MiB of output; a second
+//! walk, while the player already starts, opens each with a keyframe: the screen at that
+//! point, made by a terminal emulator (`avt`, the one asciinema-player itself runs) and
+//! dumped as the escape sequences that redraw it.
 //! Served in asciinema-player's segmented format: an index (size, duration, segment starts,
 //! markers), then each segment on request (its keyframe and its events). Both are read a page
 //! of entries at a time, so the gateway's memory does not grow with the session.
@@ -85,17 +86,6 @@ struct Made {
 }
 
 impl ReplayIndex {
-    /// The index with every keyframe made: `scan`, then `make_keyframes`.
-    pub fn build(
-        store: &dyn Record,
-        summary: &SessionSummary,
-        cutting: Cutting,
-    ) -> Result<ReplayIndex, RecordError> {
-        let index = ReplayIndex::scan(store, summary, cutting)?;
-        index.make_keyframes(store);
-        Ok(index)
-    }
-
     /// Walks session `summary`'s entries once, without emulating the terminal: where each
     /// segment begins (after `cutting.bytes` of output, or `cutting.every_ms` after the
     /// last began if anything was shown since), the markers and the duration. Fast, so a
@@ -217,13 +207,8 @@ impl ReplayIndex {
     }
 
     /// Segment `k`'s keyframe, waiting up to `wait` for it to be made.
-    pub fn keyframe(&self, k: usize, wait: Duration) -> Result<Keyframe, String> {
+    fn keyframe(&self, k: usize, wait: Duration) -> Result<Keyframe, String> {
         self.keyframes.get(k, wait)
-    }
-
-    /// How many keyframes are made so far.
-    pub fn keyframes_made(&self) -> usize {
-        self.keyframes.lock().frames.len()
     }
 
     /// The index as asciinema-player's segmented recording reads it; segment `k` is at
@@ -404,7 +389,7 @@ fn for_each_entry(
         let page = store.session_page(&summary.id, next..=summary.last_index, PAGE)?;
         let Some(last) = page.last() else { break };
         next = last.entry.index + 1;
-        for recorded in &page {
+        for recorded in page {
             f(&EventView::of(recorded));
         }
     }
@@ -488,6 +473,13 @@ mod tests {
 
     const NOW: Duration = Duration::ZERO;
 
+    /// The index with every keyframe made: `scan`, then `make_keyframes`.
+    fn built(store: &Store, summary: &SessionSummary, cutting: Cutting) -> ReplayIndex {
+        let index = ReplayIndex::scan(store, summary, cutting).unwrap();
+        index.make_keyframes(store);
+        index
+    }
+
     fn segment(index: &ReplayIndex, store: &Store, k: usize) -> serde_json::Value {
         serde_json::from_str(&index.segment_json(store, k, NOW).unwrap().unwrap()).unwrap()
     }
@@ -517,7 +509,7 @@ mod tests {
             bytes: 200,
             every_ms: 100,
         };
-        let index = ReplayIndex::build(&store, &summary, cutting).unwrap();
+        let index = built(&store, &summary, cutting);
         assert!(index.segments.len() > 5, "{}", index.segments.len());
         assert_eq!((index.cols, index.rows), (40, 6));
 
@@ -538,7 +530,7 @@ mod tests {
         let views: Vec<EventView> = store
             .session_events(SESSION)
             .unwrap()
-            .iter()
+            .into_iter()
             .map(EventView::of)
             .collect();
         let cast: Vec<serde_json::Value> = crate::audit::asciicast(&views)
@@ -623,7 +615,7 @@ mod tests {
             bytes: 4096,
             every_ms: 1_000,
         };
-        let index = ReplayIndex::build(&store, &summary, cutting).unwrap();
+        let index = built(&store, &summary, cutting);
         let starts: Vec<u64> = index.segments.iter().map(|s| s.start_ms).collect();
         // After each 4 KiB (at the fifth and ninth frame), then at the late line: nothing
         // in the silence.
@@ -635,7 +627,7 @@ mod tests {
         events.pop();
         let (_dir, store) = store_with(&events);
         let summary = store.session(SESSION).unwrap().unwrap();
-        let index = ReplayIndex::build(&store, &summary, cutting).unwrap();
+        let index = built(&store, &summary, cutting);
         let starts: Vec<u64> = index.segments.iter().map(|s| s.start_ms).collect();
         assert_eq!(starts, vec![0, 14, 18]);
         let last = segment(&index, &store, 2);
@@ -655,7 +647,7 @@ mod tests {
         };
         let index = std::sync::Arc::new(ReplayIndex::scan(&store, &summary, cutting).unwrap());
         let last = index.segments.len() - 1;
-        assert_eq!(index.keyframes_made(), 0);
+        assert_eq!(index.keyframes.lock().frames.len(), 0);
         let early = index.segment_json(&store, last, NOW).unwrap_err();
         assert!(early.contains("still being made"), "{early}");
         let store = std::sync::Arc::new(store);
@@ -666,9 +658,9 @@ mod tests {
             .unwrap();
         assert!(waited.is_some());
         maker.join().unwrap();
-        assert_eq!(index.keyframes_made(), index.segments.len());
+        assert_eq!(index.keyframes.lock().frames.len(), index.segments.len());
         // The same as made in one go.
-        let whole = ReplayIndex::build(&*store, &summary, cutting).unwrap();
+        let whole = built(&store, &summary, cutting);
         assert_eq!(waited, whole.segment_json(&*store, last, NOW).unwrap());
     }
 
@@ -680,7 +672,7 @@ mod tests {
         ];
         let (_dir, store) = store_with(&events);
         let summary = store.session(SESSION).unwrap().unwrap();
-        let index = ReplayIndex::build(&store, &summary, Cutting::default()).unwrap();
+        let index = built(&store, &summary, Cutting::default());
         assert_eq!(index.segments.len(), 1);
         assert_eq!(index.duration_ms, 0);
         let s = segment(&index, &store, 0);

@@ -43,19 +43,17 @@ impl Gateway {
         let _one_at_a_time = self.maintenance.lock().await;
         let (host, policies) = (self.host.clone(), self.config.gateway.policies.clone());
         let mut connections = self.connections.all();
-        let before = match &change {
-            Some(ConnectionChange::Put { name, .. } | ConnectionChange::Remove { name }) => {
-                connections.get(name).cloned()
-            }
-            None => None,
-        };
-        let mut after = None;
+        // A changed PostgreSQL connection's new port, and the connection as it was (whose
+        // door opens again if the change fails after closing it).
+        let (mut listen, mut before) = (None, None);
         match &change {
             Some(ConnectionChange::Put { name, table, edit }) => {
                 self.connections.may_put(name, *edit)?;
                 let candidate = crate::connections::candidate(name, table)?;
-                connections.insert(name.clone(), candidate.clone());
-                after = Some(candidate);
+                if let Connection::Postgres(pg) = &candidate {
+                    listen = Some(pg.listen);
+                }
+                before = connections.insert(name.clone(), candidate);
             }
             Some(ConnectionChange::Remove { name }) => {
                 connections.remove(name);
@@ -71,11 +69,9 @@ impl Gateway {
             Some(ConnectionChange::Put { name, table, edit }) => {
                 // A PostgreSQL connection's port is taken before the change is applied: one
                 // it cannot take refuses the change.
-                let bound = match &after {
-                    Some(Connection::Postgres(pg)) => {
-                        Some(self.fronts.bind(&name, pg.listen).await?)
-                    }
-                    _ => None,
+                let bound = match listen {
+                    Some(listen) => Some(self.fronts.bind(&name, listen).await?),
+                    None => None,
                 };
                 if let Err(why) = self.connections.put(&name, table, edit, by).await {
                     drop(bound);

@@ -98,7 +98,10 @@ impl Gateway {
         };
         match self.store.session_events(id) {
             Ok(events) if form == "asciicast" => {
-                let views: Vec<_> = events.iter().map(crate::audit::EventView::of).collect();
+                let views: Vec<_> = events
+                    .into_iter()
+                    .map(crate::audit::EventView::of)
+                    .collect();
                 reply(StatusCode::OK, crate::audit::asciicast(&views))
             }
             Ok(events) => {
