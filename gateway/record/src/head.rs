@@ -38,7 +38,7 @@ impl SignedHead {
         [HEAD_DOMAIN, &index.to_be_bytes(), hash].concat()
     }
 
-    pub(super) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         [
             &self.index.to_be_bytes()[..],
             &self.hash,
@@ -48,7 +48,7 @@ impl SignedHead {
         .concat()
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Option<SignedHead> {
+    pub fn decode(bytes: &[u8]) -> Option<SignedHead> {
         if bytes.len() != ENCODED_LEN {
             return None;
         }

@@ -153,6 +153,53 @@ impl Rotation {
     }
 }
 
+/// The kind of the entry in which a gateway node announces the key it signs heads with.
+pub const NODE_KEY_KIND: &str = "node-key";
+const NODE_KEY_DOMAIN: &[u8] = b"sluice-record-node-key-v1";
+
+/// What a `node-key` entry's meta holds. Several gateways share one chain, each signing the
+/// heads of its own commits with a key of its own; the cluster key (shared configuration, like
+/// the TLS certificate) endorses each node's key, so an auditor trusts one key for the set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeKey {
+    pub node: String,
+    #[serde(with = "hex::serde")]
+    pub public_key: [u8; 32],
+    #[serde(with = "hex::serde")]
+    pub endorser: [u8; 32],
+    /// The endorser's signature over the node's name and key.
+    #[serde(with = "hex::serde")]
+    pub signature: [u8; 64],
+}
+
+impl NodeKey {
+    fn message(node: &str, key: &[u8; 32]) -> Vec<u8> {
+        [NODE_KEY_DOMAIN, key, node.as_bytes()].concat()
+    }
+
+    /// `cluster` endorses `node`'s key.
+    pub fn endorse(cluster: &SigningKey, node: &str, key: [u8; 32]) -> NodeKey {
+        NodeKey {
+            node: node.to_string(),
+            public_key: key,
+            endorser: cluster.verifying_key().to_bytes(),
+            signature: cluster.sign(&Self::message(node, &key)).to_bytes(),
+        }
+    }
+
+    /// Whether the endorser really endorsed this node's key.
+    pub fn holds(&self) -> bool {
+        let Ok(key) = VerifyingKey::from_bytes(&self.endorser) else {
+            return false;
+        };
+        key.verify(
+            &Self::message(&self.node, &self.public_key),
+            &Signature::from_bytes(&self.signature),
+        )
+        .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +216,23 @@ mod tests {
             ..rotation.clone()
         };
         assert!(!forged.holds(&[7; 32]), "another new key");
+    }
+
+    #[test]
+    fn a_node_key_holds_only_for_the_node_and_key_the_cluster_key_endorsed() {
+        let cluster = SigningKey::from_bytes(&[1; 32]);
+        let endorsed = NodeKey::endorse(&cluster, "a", [2; 32]);
+        assert!(endorsed.holds());
+        let other_key = NodeKey {
+            public_key: [3; 32],
+            ..endorsed.clone()
+        };
+        assert!(!other_key.holds());
+        let other_node = NodeKey {
+            node: "b".into(),
+            ..endorsed
+        };
+        assert!(!other_node.holds());
     }
 
     #[test]

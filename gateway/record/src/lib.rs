@@ -21,8 +21,10 @@
 mod entry;
 mod head;
 mod key;
+pub mod link;
 mod retention;
 mod seam;
+pub mod tables;
 #[cfg(feature = "tamper")]
 pub mod tamper;
 mod verify;
@@ -35,14 +37,13 @@ use std::time::Duration;
 use ed25519_dalek::{Signer, SigningKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 pub use entry::{Entry, GENESIS, Hash};
 pub use head::{Anchor, HEAD_KIND, SignedHead, Witness, anchors_from, heads_in_text};
-pub use key::{KeySource, ROTATION_KIND, Rotation, parse_public_key};
+pub use key::{KeySource, NODE_KEY_KIND, NodeKey, ROTATION_KIND, Rotation, parse_public_key};
 pub use retention::{Compacted, Purged, RetentionRules};
 pub use seam::Record;
-pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store};
+pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store, verify_tables};
 pub use writer::{Receipt, RecordFailed, Recorder};
 
 /// The store's page cache.
@@ -61,7 +62,8 @@ const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connecti
 /// Each sink's durable cursor (the engine's `sinks`): the index of the next entry to deliver.
 const SINK_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("sink_cursors");
 
-const NONCE_LEN: usize = 16;
+/// The random bytes stored before each payload (its digest covers both).
+pub const NONCE_LEN: usize = 16;
 
 /// Kinds of entries the record itself gives meaning to (verify reads them).
 pub mod kinds {
@@ -560,78 +562,40 @@ impl Store {
         append: &Append<'_>,
         signer: &SigningKey,
     ) -> Result<(Vec<u64>, Option<SignedHead>), RecordError> {
-        let events = append.events;
-        let mut next = append.first;
-        let mut prev = last.map_or(GENESIS, |(_, hash)| hash);
-        let mut indices = Vec::with_capacity(events.len());
         let mut entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
         let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
         let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
-        // One draw of randomness for the whole group's nonces.
-        let mut nonces = vec![0u8; NONCE_LEN * events.len()];
-        getrandom::fill(&mut nonces).map_err(|e| self.corrupt(e))?;
-        let mut touched: Vec<SessionSummary> = Vec::new();
-        let mut stored = Vec::new();
-        let mut payload = Vec::new();
-        for (event, nonce) in events.iter().zip(nonces.chunks_exact(NONCE_LEN)) {
-            let entry = Entry {
-                index: next,
-                prev_hash: prev,
-                session: event.session.clone(),
-                seq: event.seq,
-                kind: event.kind.clone(),
-                time_ms: event.time_ms,
-                meta: event.meta.clone(),
-                payload_digest: entry::payload_digest(nonce, &event.payload),
-            };
-            stored.clear();
-            stored.extend_from_slice(&entry.encode());
-            let hash: Hash = sha2::Sha256::digest(&stored).into();
-            stored.extend_from_slice(&hash);
-            payload.clear();
-            payload.extend_from_slice(nonce);
-            payload.extend_from_slice(&event.payload);
+        let linked = link::link(
+            last,
+            append.first,
+            append.events,
+            signer,
+            |id| match sessions.get(id).map_err(|e| self.corrupt(e))? {
+                Some(bytes) => serde_json::from_slice(bytes.value())
+                    .map(Some)
+                    .map_err(|e| self.corrupt(e)),
+                None => Ok(None),
+            },
+        )?;
+        let mut indices = Vec::with_capacity(linked.rows.len());
+        for row in &linked.rows {
             entries
-                .insert(next, stored.as_slice())
+                .insert(row.index, row.stored.as_slice())
                 .map_err(|e| self.corrupt(e))?;
             payloads
-                .insert(next, payload.as_slice())
+                .insert(row.index, row.payload.as_slice())
                 .map_err(|e| self.corrupt(e))?;
-            // The gateway's own events (access requests) belong to no session.
-            if !entry.session.is_empty() {
-                let summary = match touched.iter().position(|s| s.id == entry.session) {
-                    Some(i) => &mut touched[i],
-                    None => {
-                        let existing = sessions
-                            .get(entry.session.as_str())
-                            .map_err(|e| self.corrupt(e))?;
-                        let summary = match existing {
-                            Some(bytes) => serde_json::from_slice(bytes.value())
-                                .map_err(|e| self.corrupt(e))?,
-                            None => SessionSummary::new(&entry),
-                        };
-                        touched.push(summary);
-                        touched
-                            .last_mut()
-                            .ok_or_else(|| self.corrupt("session summary"))?
-                    }
-                };
-                summary.update(&entry);
-            }
-            indices.push(next);
-            prev = hash;
-            next += 1;
+            indices.push(row.index);
         }
-        for summary in &touched {
+        for summary in &linked.sessions {
             let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
             sessions
                 .insert(summary.id.as_str(), bytes.as_slice())
                 .map_err(|e| self.corrupt(e))?;
         }
-        if events.is_empty() {
+        let Some(head) = linked.head else {
             return Ok((indices, None));
-        }
-        let head = sign(signer, next - 1, prev);
+        };
         let encoded = head.encode();
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.corrupt(e))?;
         checkpoints
@@ -885,28 +849,12 @@ impl Store {
         id: &str,
         row: &[u8],
     ) -> Result<SessionSummary, RecordError> {
-        let mut summary: SessionSummary =
-            serde_json::from_slice(row).map_err(|e| self.corrupt(e))?;
-        let forged = || {
-            self.corrupt(format!(
-                "the sessions index row of {id} does not match the session's opening entry (the index was altered; `sluice verify` names it)"
-            ))
-        };
+        let summary: SessionSummary = serde_json::from_slice(row).map_err(|e| self.corrupt(e))?;
         let opening = entries
             .get(summary.first_index)
-            .map_err(|e| self.corrupt(e))?
-            .ok_or_else(forged)?;
-        let opening = decode_stored(opening.value()).map_err(|e| self.corrupt(e))?;
-        if opening.session != id || summary.id != id || opening.kind != kinds::SESSION_OPEN {
-            return Err(forged());
-        }
-        let mut derived = SessionSummary::new(&opening);
-        derived.update(&opening);
-        summary.subject = derived.subject;
-        summary.connection = derived.connection;
-        summary.client = derived.client;
-        summary.started_ms = derived.started_ms;
-        Ok(summary)
+            .map_err(|e| self.corrupt(e))?;
+        SessionSummary::from_index_row(id, row, opening.as_ref().map(|v| v.value()))
+            .map_err(|e| self.corrupt(e))
     }
 
     /// The entries of one session, in order, with their payloads.
@@ -931,7 +879,7 @@ impl Store {
 }
 
 /// Ascending entry indices as ranges `(first, last)` of consecutive ones.
-fn index_ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+pub fn index_ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for index in sorted {
         match ranges.last_mut() {
@@ -942,8 +890,8 @@ fn index_ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     ranges
 }
 
-/// An entry as stored: its encoding followed by its hash.
-fn decode_stored(value: &[u8]) -> Result<Entry, String> {
+/// An entry as stored (its encoding followed by its hash), decoded.
+pub fn decode_stored(value: &[u8]) -> Result<Entry, String> {
     Entry::decode(&value[..value.len().saturating_sub(32)])
 }
 
@@ -981,7 +929,7 @@ impl NewEvent {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+pub(crate) fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     // redb caches up to 1 GiB by default; the record is written far more than read, so a
     // small cache keeps the gateway's memory flat however much it records.
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
@@ -989,6 +937,37 @@ fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
 
 /// The session index is a derived view (the chain is the truth), kept up to date per commit.
 impl SessionSummary {
+    /// A sessions-index row, with subject, connection, client and start taken from the
+    /// session's opening entry (`opening`, as stored); a row that points at anything else is
+    /// refused as corrupt.
+    pub fn from_index_row(
+        id: &str,
+        row: &[u8],
+        opening: Option<&[u8]>,
+    ) -> Result<SessionSummary, String> {
+        let mut summary: SessionSummary = serde_json::from_slice(row).map_err(|e| e.to_string())?;
+        let forged = || {
+            format!(
+                "the sessions index row of {id} does not match the session's opening entry (the index was altered; `sluice verify` names it)"
+            )
+        };
+        let opening = decode_stored(opening.ok_or_else(forged)?)?;
+        if opening.session != id
+            || summary.id != id
+            || opening.kind != kinds::SESSION_OPEN
+            || opening.index != summary.first_index
+        {
+            return Err(forged());
+        }
+        let mut derived = SessionSummary::new(&opening);
+        derived.update(&opening);
+        summary.subject = derived.subject;
+        summary.connection = derived.connection;
+        summary.client = derived.client;
+        summary.started_ms = derived.started_ms;
+        Ok(summary)
+    }
+
     /// A frame's part in the summary. Read from the meta's text, not parsed: this runs for
     /// every frame recorded.
     fn count_frame(&mut self, entry: &Entry) {

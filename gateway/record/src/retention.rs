@@ -29,6 +29,48 @@ pub struct RetentionRules {
     pub reviews: Option<Duration>,
 }
 
+impl RetentionRules {
+    /// Whether a session's payloads are due at `now_ms`, given when it ended (a session whose
+    /// gateway died counts as ended at its last entry). Live and purged sessions never are.
+    pub fn session_due(
+        &self,
+        summary: &SessionSummary,
+        ended_ms: u64,
+        now_ms: u64,
+        live: &HashSet<String>,
+    ) -> bool {
+        let Some(&keep) = self.sessions.get(&summary.connection) else {
+            return false;
+        };
+        summary.purged_ms.is_none()
+            && !live.contains(&summary.id)
+            && expired(keep, ended_ms, now_ms)
+    }
+
+    /// Whether a review's row (decided, and past mattering) is due at `now_ms`.
+    pub fn review_due(&self, review: &serde_json::Value, now_ms: u64) -> bool {
+        let Some(keep) = self.reviews else {
+            return false;
+        };
+        let time = |key: &str| review.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        let last_mattered = time("created_ms")
+            .max(time("expires_ms"))
+            .max(time("granted_until_ms"));
+        review.get("status").and_then(|s| s.as_str()) != Some("pending")
+            && expired(keep, last_mattered, now_ms)
+    }
+
+    /// Whether an access request's decision recorded at `time_ms` is due.
+    pub fn decision_due(&self, time_ms: u64, now_ms: u64) -> bool {
+        self.reviews
+            .is_some_and(|keep| expired(keep, time_ms, now_ms))
+    }
+}
+
+fn expired(keep: Duration, since_ms: u64, now_ms: u64) -> bool {
+    since_ms.saturating_add(keep.as_millis() as u64) <= now_ms
+}
+
 /// What one purge removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Purged {
@@ -120,9 +162,6 @@ impl Store {
         now_ms: u64,
         live: &HashSet<String>,
     ) -> Result<Purged, RecordError> {
-        let expired = |keep: Duration, since_ms: u64| {
-            since_ms.saturating_add(keep.as_millis() as u64) <= now_ms
-        };
         let mut purged = Purged::default();
         let mut removed: Vec<u64> = Vec::new();
         {
@@ -134,10 +173,8 @@ impl Store {
                 let (_, value) = row.map_err(|e| self.corrupt(e))?;
                 let summary: SessionSummary =
                     serde_json::from_slice(value.value()).map_err(|e| self.corrupt(e))?;
-                let Some(&keep) = rules.sessions.get(&summary.connection) else {
-                    continue;
-                };
-                if summary.purged_ms.is_some() || live.contains(&summary.id) {
+                if !rules.sessions.contains_key(&summary.connection) || summary.purged_ms.is_some()
+                {
                     continue;
                 }
                 let ended = match summary.ended_ms {
@@ -154,7 +191,7 @@ impl Store {
                         None => continue,
                     },
                 };
-                if expired(keep, ended) {
+                if rules.session_due(&summary, ended, now_ms, live) {
                     due.push(summary);
                 }
             }
@@ -183,20 +220,14 @@ impl Store {
                 purged.sessions.push(summary.id);
             }
 
-            if let Some(keep) = rules.reviews {
+            if rules.reviews.is_some() {
                 // The queue's state of decided reviews...
                 let mut reviews = txn.open_table(REVIEWS).map_err(|e| self.corrupt(e))?;
                 for row in reviews.iter().map_err(|e| self.corrupt(e))? {
                     let (id, value) = row.map_err(|e| self.corrupt(e))?;
                     let review: serde_json::Value =
                         serde_json::from_slice(value.value()).unwrap_or_default();
-                    let time = |key: &str| review.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-                    let last_mattered = time("created_ms")
-                        .max(time("expires_ms"))
-                        .max(time("granted_until_ms"));
-                    if review.get("status").and_then(|s| s.as_str()) != Some("pending")
-                        && expired(keep, last_mattered)
-                    {
+                    if rules.review_due(&review, now_ms) {
                         purged.reviews.push(id.value().to_string());
                     }
                 }
@@ -216,7 +247,7 @@ impl Store {
                 for row in entries.range(scan..).map_err(|e| self.corrupt(e))? {
                     let (key, value) = row.map_err(|e| self.corrupt(e))?;
                     let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
-                    if !expired(keep, entry.time_ms) {
+                    if !rules.decision_due(entry.time_ms, now_ms) {
                         break;
                     }
                     if entry.session.is_empty()

@@ -19,16 +19,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use serde::Serialize;
 
 use super::entry::{self, Entry, GENESIS, Hash};
 use super::head::{Anchor, Witness};
-use super::key::{ROTATION_KIND, Rotation};
-use super::{
-    CHECKPOINTS, ENTRIES, META, NONCE_LEN, PAYLOADS, REVIEWS, SESSIONS, SINK_CURSORS,
-    SessionSummary, SignedHead, Store, kinds,
-};
+use super::key::{NODE_KEY_KIND, NodeKey, ROTATION_KIND, Rotation};
+use super::tables::{RawEntry, Tables};
+use super::{NONCE_LEN, SessionSummary, SignedHead, Store, kinds};
 
 /// The first thing found wrong with a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +198,8 @@ pub struct VerifyReport {
     pub gaps: Vec<Gap>,
     /// Entries where a key rotation took effect.
     pub rotations: Vec<u64>,
+    /// Gateway nodes that announced their keys, and where.
+    pub node_keys: Vec<(String, u64)>,
     /// Heads kept outside (given by the caller) that the store reaches and agrees with.
     pub anchors_confirmed: usize,
     /// What an auditor should read even when the record holds (accepted losses, heads
@@ -284,18 +284,32 @@ fn corrupt(index: Option<u64>, why: impl fmt::Display) -> VerifyReport {
 }
 
 fn verify_db(db: &impl ReadableDatabase, options: &VerifyOptions) -> VerifyReport {
+    match crate::tables::RedbTables::read(db) {
+        Ok(tables) => verify_tables(&tables, options),
+        Err(problem) => VerifyReport {
+            problem: Some(problem),
+            ..VerifyReport::default()
+        },
+    }
+}
+
+/// Verifies a record from its tables, whichever backend keeps them.
+pub fn verify_tables(tables: &dyn Tables, options: &VerifyOptions) -> VerifyReport {
     let mut report = VerifyReport::default();
-    if let Err(problem) = Walk::new(options, &mut report).run(db) {
+    if let Err(problem) = Walk::new(options, &mut report).run(tables) {
         report.problem = Some(problem);
     }
     report
 }
 
-fn bad(index: Option<u64>) -> impl Fn(redb::Error) -> Problem {
-    move |e| Problem::Corrupt {
-        index,
-        why: e.to_string(),
-    }
+/// Where the walk is in the chain.
+#[derive(Clone, Copy, Debug, Default)]
+struct Position {
+    prev: Hash,
+    /// The index the next entry should have.
+    expected: u64,
+    last: Option<u64>,
+    last_checkpoint: Option<u64>,
 }
 
 /// One pass over the chain, and what it learns on the way.
@@ -305,6 +319,11 @@ struct Walk<'a> {
     trusted: HashSet<[u8; 32]>,
     /// The key that must sign the next head: the first head's, then each announced one.
     key: Option<[u8; 32]>,
+    /// Keys gateway nodes announced (each endorsed) in a chain several nodes share: each may
+    /// sign heads besides `key`.
+    node_keys: HashSet<[u8; 32]>,
+    /// The key of the newest head: the one trust is decided on.
+    newest_key: Option<[u8; 32]>,
     anchors: BTreeMap<u64, Vec<&'a Anchor>>,
     /// Entry ranges chained purges list.
     purges: Vec<(u64, u64)>,
@@ -313,6 +332,7 @@ struct Walk<'a> {
     sessions: BTreeMap<String, SessionSummary>,
     /// Each review's last chained state (its event's meta) and text (its payload).
     reviews: BTreeMap<String, (serde_json::Value, Option<Vec<u8>>)>,
+    at: Position,
 }
 
 impl<'a> Walk<'a> {
@@ -327,15 +347,21 @@ impl<'a> Walk<'a> {
             report,
             trusted,
             key: None,
+            node_keys: HashSet::new(),
+            newest_key: None,
             anchors,
             purges: Vec::new(),
             missing_payloads: Vec::new(),
             sessions: BTreeMap::new(),
             reviews: BTreeMap::new(),
+            at: Position {
+                prev: GENESIS,
+                ..Position::default()
+            },
         }
     }
 
-    fn run(mut self, db: &impl ReadableDatabase) -> Result<(), Problem> {
+    fn run(mut self, tables: &dyn Tables) -> Result<(), Problem> {
         for anchor in &self.options.anchors {
             if !anchor.head.signature_holds() {
                 return Err(Problem::BadAnchor {
@@ -347,131 +373,29 @@ impl<'a> Walk<'a> {
                 self.trusted.insert(anchor.head.public_key);
             }
         }
-        let txn = db.begin_read().map_err(|e| bad(None)(e.into()))?;
-        let entries = txn.open_table(ENTRIES).map_err(|e| bad(None)(e.into()))?;
-        let payloads = txn.open_table(PAYLOADS).map_err(|e| bad(None)(e.into()))?;
-        let checkpoints = txn
-            .open_table(CHECKPOINTS)
-            .map_err(|e| bad(None)(e.into()))?;
-        let meta = txn.open_table(META).map_err(|e| bad(None)(e.into()))?;
-
-        let head = meta
-            .get("head")
-            .map_err(|e| bad(None)(e.into()))?
-            .map(|v| v.value().to_vec());
-        self.report.head = match head {
+        self.report.head = match tables.head()? {
             None => None,
             Some(bytes) => Some(SignedHead::decode(&bytes).ok_or_else(|| Problem::Corrupt {
                 index: None,
                 why: "the signed head is malformed".into(),
             })?),
         };
-
-        let mut prev: Hash = GENESIS;
-        let mut expected = 0u64;
-        let mut last = None;
-        let mut last_checkpoint = None;
-        for row in entries.iter().map_err(|e| bad(None)(e.into()))? {
-            let (key, value) = row.map_err(|e| bad(Some(expected))(e.into()))?;
-            let index = key.value();
-            let value = value.value();
-            let Some(split) = value.len().checked_sub(32) else {
-                return Err(Problem::Corrupt {
-                    index: Some(index),
-                    why: "entry is truncated".into(),
-                });
-            };
-            let (encoded, stored_hash) = value.split_at(split);
-            let entry = Entry::decode(encoded).map_err(|why| Problem::Corrupt {
-                index: Some(index),
-                why,
-            })?;
-            if index != expected {
-                self.declared_gap(&entry, expected, index)?;
-            }
-            if entry.index != index {
-                return Err(Problem::Reordered {
-                    index,
-                    holds: entry.index,
-                });
-            }
-            let hash = entry.hash();
-            if hash[..] != *stored_hash {
-                return Err(Problem::Altered {
-                    index,
-                    why: "its content does not match its hash".into(),
-                });
-            }
-            if entry.prev_hash != prev {
-                return Err(match last {
-                    Some(before) => Problem::Altered {
-                        index: before,
-                        why: format!("entry {index} committed to a different hash for it"),
-                    },
-                    None => Problem::Altered {
-                        index,
-                        why: "the first entry does not start the chain".into(),
-                    },
-                });
-            }
-            let payload = match payloads
-                .get(index)
-                .map_err(|e| bad(Some(index))(e.into()))?
-            {
-                None => {
-                    self.missing_payloads.push(index);
-                    None
-                }
-                Some(stored) => {
-                    let stored = stored.value();
-                    if stored.len() < NONCE_LEN {
-                        return Err(Problem::PayloadAltered { index });
-                    }
-                    let (nonce, payload) = stored.split_at(NONCE_LEN);
-                    if entry::payload_digest(nonce, payload) != entry.payload_digest {
-                        return Err(Problem::PayloadAltered { index });
-                    }
-                    Some(payload.to_vec())
-                }
-            };
-            self.learn(&entry, payload)?;
-            if let Some(cp) = checkpoints
-                .get(index)
-                .map_err(|e| bad(Some(index))(e.into()))?
-            {
-                self.check_head(cp.value(), index, &hash, last_checkpoint)?;
-                last_checkpoint = Some(index);
-            }
-            for anchor in self.anchors.remove(&index).unwrap_or_default() {
-                if anchor.head.hash != hash {
-                    return Err(Problem::Forked {
-                        index,
-                        source: anchor.source.clone(),
-                    });
-                }
-                if anchor.trusted {
-                    self.report.anchors_confirmed += 1;
-                } else {
-                    self.report
-                        .notes
-                        .push(format!("{} agrees with the store", anchor.source));
-                }
-            }
-            prev = hash;
-            last = Some(index);
-            expected = index + 1;
-            self.report.entries += 1;
-        }
+        tables.entries(&mut |raw| self.step(raw))?;
+        let Position {
+            prev,
+            expected,
+            last,
+            ..
+        } = self.at;
 
         // Signed heads beyond the last entry mean the newest entries were cut off.
-        let newest_signed = checkpoints
-            .last()
-            .map_err(|e| bad(None)(e.into()))?
-            .map(|(k, _)| k.value());
-        let signed = [newest_signed, self.report.head.as_ref().map(|h| h.index)]
-            .into_iter()
-            .flatten()
-            .max();
+        let signed = [
+            tables.newest_checkpoint()?,
+            self.report.head.as_ref().map(|h| h.index),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         if let Some(signed) = signed
             && last.is_none_or(|last| signed > last)
         {
@@ -481,7 +405,7 @@ impl<'a> Walk<'a> {
             && (head.index != last
                 || head.hash != prev
                 || !head.signature_holds()
-                || self.key.is_some_and(|key| key != head.public_key))
+                || !self.may_sign(&head.public_key))
         {
             return Err(Problem::BadCheckpoint {
                 index: head.index,
@@ -492,26 +416,102 @@ impl<'a> Walk<'a> {
         self.check_unreached_anchors(last)?;
         self.check_losses()?;
         self.check_payloads()?;
-        let sessions = txn.open_table(SESSIONS).map_err(|e| bad(None)(e.into()))?;
-        self.check_sessions(&sessions)?;
-        let reviews = txn.open_table(REVIEWS).map_err(|e| bad(None)(e.into()))?;
-        self.check_reviews(&reviews)?;
-        let cursors = txn
-            .open_table(SINK_CURSORS)
-            .map_err(|e| bad(None)(e.into()))?;
-        for row in cursors.iter().map_err(|e| bad(None)(e.into()))? {
-            let (name, cursor) = row.map_err(|e| bad(None)(e.into()))?;
-            if cursor.value() > expected {
+        self.check_sessions(tables.sessions()?)?;
+        self.check_reviews(tables.reviews()?)?;
+        for (name, cursor) in tables.cursors()? {
+            if cursor > expected {
                 return Err(Problem::IndexForged {
                     table: "sink cursors",
-                    key: name.value().to_string(),
-                    why: format!(
-                        "it points at entry {}, past the chain's end ({expected})",
-                        cursor.value()
-                    ),
+                    key: name,
+                    why: format!("it points at entry {cursor}, past the chain's end ({expected})"),
                 });
             }
         }
+        Ok(())
+    }
+
+    /// One entry, in order: its place, hash, link, payload, what it says, and its head.
+    fn step(&mut self, raw: RawEntry<'_>) -> Result<(), Problem> {
+        let index = raw.index;
+        let Some(split) = raw.stored.len().checked_sub(32) else {
+            return Err(Problem::Corrupt {
+                index: Some(index),
+                why: "entry is truncated".into(),
+            });
+        };
+        let (encoded, stored_hash) = raw.stored.split_at(split);
+        let entry = Entry::decode(encoded).map_err(|why| Problem::Corrupt {
+            index: Some(index),
+            why,
+        })?;
+        if index != self.at.expected {
+            self.declared_gap(&entry, self.at.expected, index)?;
+        }
+        if entry.index != index {
+            return Err(Problem::Reordered {
+                index,
+                holds: entry.index,
+            });
+        }
+        let hash = entry.hash();
+        if hash[..] != *stored_hash {
+            return Err(Problem::Altered {
+                index,
+                why: "its content does not match its hash".into(),
+            });
+        }
+        if entry.prev_hash != self.at.prev {
+            return Err(match self.at.last {
+                Some(before) => Problem::Altered {
+                    index: before,
+                    why: format!("entry {index} committed to a different hash for it"),
+                },
+                None => Problem::Altered {
+                    index,
+                    why: "the first entry does not start the chain".into(),
+                },
+            });
+        }
+        let payload = match raw.payload {
+            None => {
+                self.missing_payloads.push(index);
+                None
+            }
+            Some(stored) => {
+                if stored.len() < NONCE_LEN {
+                    return Err(Problem::PayloadAltered { index });
+                }
+                let (nonce, payload) = stored.split_at(NONCE_LEN);
+                if entry::payload_digest(nonce, payload) != entry.payload_digest {
+                    return Err(Problem::PayloadAltered { index });
+                }
+                Some(payload.to_vec())
+            }
+        };
+        self.learn(&entry, payload)?;
+        if let Some(cp) = raw.checkpoint {
+            self.check_head(cp, index, &hash, self.at.last_checkpoint)?;
+            self.at.last_checkpoint = Some(index);
+        }
+        for anchor in self.anchors.remove(&index).unwrap_or_default() {
+            if anchor.head.hash != hash {
+                return Err(Problem::Forked {
+                    index,
+                    source: anchor.source.clone(),
+                });
+            }
+            if anchor.trusted {
+                self.report.anchors_confirmed += 1;
+            } else {
+                self.report
+                    .notes
+                    .push(format!("{} agrees with the store", anchor.source));
+            }
+        }
+        self.at.prev = hash;
+        self.at.last = Some(index);
+        self.at.expected = index + 1;
+        self.report.entries += 1;
         Ok(())
     }
 
@@ -577,6 +577,27 @@ impl<'a> Walk<'a> {
                 self.key = Some(rotation.new_public_key);
                 self.report.rotations.push(entry.index);
             }
+            NODE_KEY_KIND => {
+                let announced: NodeKey =
+                    serde_json::from_str(&entry.meta).map_err(|_| Problem::BadCheckpoint {
+                        index: entry.index,
+                        why: "node key: its announcement is malformed".into(),
+                    })?;
+                if !announced.holds() {
+                    return Err(Problem::BadCheckpoint {
+                        index: entry.index,
+                        why: format!(
+                            "node key: the endorsement of node {}'s key does not hold",
+                            announced.node
+                        ),
+                    });
+                }
+                if self.trusted.contains(&announced.endorser) {
+                    self.trusted.insert(announced.public_key);
+                }
+                self.node_keys.insert(announced.public_key);
+                self.report.node_keys.push((announced.node, entry.index));
+            }
             kinds::REVIEW => {
                 let meta = meta();
                 if let Some(id) = meta["review"].as_str() {
@@ -613,16 +634,21 @@ impl<'a> Walk<'a> {
         if !head.signature_holds() {
             return Err(bad("its signature fails"));
         }
-        match self.key {
-            None => self.key = Some(head.public_key),
-            Some(key) if key != head.public_key => {
-                return Err(bad(
-                    "it is signed by another key than the record's, and no rotation announced that key",
-                ));
-            }
-            Some(_) => {}
+        if self.key.is_none() && self.node_keys.is_empty() {
+            self.key = Some(head.public_key);
         }
+        if !self.may_sign(&head.public_key) {
+            return Err(bad(
+                "it is signed by another key than the record's, and no rotation or node announced that key",
+            ));
+        }
+        self.newest_key = Some(head.public_key);
         Ok(())
+    }
+
+    /// Whether `key` may sign a head here: the record's key, or an announced node's.
+    fn may_sign(&self, key: &[u8; 32]) -> bool {
+        self.key == Some(*key) || self.node_keys.contains(key)
     }
 
     fn check_trust(&mut self) -> Result<(), Problem> {
@@ -630,7 +656,7 @@ impl<'a> Walk<'a> {
             self.report.trust = Trust::SelfConsistent;
             return Ok(());
         }
-        match self.key {
+        match self.newest_key.or(self.key) {
             Some(key) if !self.trusted.contains(&key) => Err(Problem::UntrustedKey { key }),
             _ => {
                 self.report.trust = Trust::Anchored;
@@ -709,20 +735,16 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn check_sessions(
-        &mut self,
-        table: &impl ReadableTable<&'static str, &'static [u8]>,
-    ) -> Result<(), Problem> {
+    fn check_sessions(&mut self, rows: Vec<(String, Vec<u8>)>) -> Result<(), Problem> {
         let forged = |key: &str, why: String| Problem::IndexForged {
             table: "sessions",
             key: key.to_string(),
             why,
         };
         let mut seen = HashSet::new();
-        for row in table.iter().map_err(|e| bad(None)(e.into()))? {
-            let (id, value) = row.map_err(|e| bad(None)(e.into()))?;
-            let id = id.value();
-            let row: SessionSummary = serde_json::from_slice(value.value())
+        for (id, value) in &rows {
+            let id = id.as_str();
+            let row: SessionSummary = serde_json::from_slice(value)
                 .map_err(|e| forged(id, format!("it is not a session summary ({e})")))?;
             let Some(chained) = self.sessions.get(id) else {
                 return Err(forged(id, "no session with this id is in the chain".into()));
@@ -742,19 +764,15 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn check_reviews(
-        &mut self,
-        table: &impl ReadableTable<&'static str, &'static [u8]>,
-    ) -> Result<(), Problem> {
+    fn check_reviews(&mut self, rows: Vec<(String, Vec<u8>)>) -> Result<(), Problem> {
         let forged = |key: &str, why: String| Problem::IndexForged {
             table: "reviews",
             key: key.to_string(),
             why,
         };
-        for row in table.iter().map_err(|e| bad(None)(e.into()))? {
-            let (id, value) = row.map_err(|e| bad(None)(e.into()))?;
-            let id = id.value();
-            let row: serde_json::Value = serde_json::from_slice(value.value())
+        for (id, value) in &rows {
+            let id = id.as_str();
+            let row: serde_json::Value = serde_json::from_slice(value)
                 .map_err(|e| forged(id, format!("it is not a review ({e})")))?;
             let Some((meta, text)) = self.reviews.get(id) else {
                 return Err(forged(id, "no review with this id is in the chain".into()));
