@@ -1,0 +1,808 @@
+//! The record kept in PostgreSQL: one chain shared by every gateway node that points at the
+//! same database. It implements the same [`Record`] seam as the embedded store, with the same
+//! invariants, and stores the same bytes (so a store copies into it, and exports out of it,
+//! with its chain intact).
+//!
+//! Architecture invariants:
+//! - This is the only crate on a PostgreSQL client (Cargo enforces it).
+//! - One order: every commit (a node's group of events) locks the chain's head row, chains
+//!   its events after it, writes them, their payloads, the sessions they touch and a signed
+//!   head, and moves the head, in one transaction. Two nodes appending at once queue on that
+//!   row; the chain never forks, and throughput grows with the size of each group.
+//! - Each node signs the heads of its own commits with its own key, announced in the chain by
+//!   a `node-key` entry that the cluster key (shared configuration) endorses; verify accepts
+//!   heads by any announced key and trusts those a trusted key endorsed.
+//! - Retention deletes payloads, never entries, in the transaction that chains the
+//!   `retention` entry listing them.
+//! - A lost connection is an error for that call (strict recording refuses the frame), and
+//!   the next call reconnects.
+
+mod pool;
+mod schema;
+mod tables;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use postgres::{Client, Transaction};
+use sluice_record::link::{Linked, link};
+use sluice_record::{
+    Compacted, Hash, NODE_KEY_KIND, NONCE_LEN, NewEvent, NodeKey, Purged, Record, RecordError,
+    Recorded, RetentionRules, SessionSummary, SignedHead, VerifyOptions, VerifyReport,
+    decode_stored, kinds,
+};
+
+use pool::{Failed, Pool};
+pub use tables::{export_to_file, import};
+
+/// How this node reaches the shared record.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A PostgreSQL URL (`postgres://user:password@host:port/db`).
+    pub url: String,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// The key this node signs its commits' heads with.
+    pub signer: SigningKey,
+    /// The cluster key, shared by every node: it endorses each node's key.
+    pub cluster: SigningKey,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct PgStore {
+    /// The database as errors name it: scheme, hosts and database, never the password.
+    label: String,
+    node: String,
+    signer: SigningKey,
+    cluster_public: [u8; 32],
+    /// Appends and other writes, one at a time from this node.
+    writer: Pool,
+    readers: Pool,
+    /// The newest entry this node knows of (its own commits, and what it read since).
+    last: Mutex<Option<u64>>,
+    appended: Condvar,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.label)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connections each node keeps for reading.
+const READERS: usize = 3;
+/// How often a waiting reader (a sink) looks for other nodes' commits.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A PostgreSQL URL parsed, with how errors name it.
+pub fn parse_url(url: &str) -> Result<(postgres::Config, String), RecordError> {
+    let mut config: postgres::Config = url.parse().map_err(|e| RecordError::Io {
+        path: "postgres".into(),
+        message: format!("the store's URL is not a PostgreSQL URL: {e}"),
+    })?;
+    config.connect_timeout(pool::CONNECT_TIMEOUT);
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let label = format!(
+        "postgres://{}:{port}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or_default()
+    );
+    Ok((config, label))
+}
+
+impl PgStore {
+    /// Connects, brings the schema up to date, and announces this node's key in the chain
+    /// unless it already is.
+    pub fn open(options: PgOptions) -> Result<PgStore, RecordError> {
+        let (config, label) = parse_url(&options.url)?;
+        let store = PgStore {
+            writer: Pool::new(config.clone(), 1, "record-pg-writer"),
+            readers: Pool::new(config, READERS, "record-pg-reader"),
+            label,
+            node: options.node.clone(),
+            signer: options.signer.clone(),
+            cluster_public: options.cluster.verifying_key().to_bytes(),
+            last: Mutex::new(None),
+            appended: Condvar::new(),
+            closed: AtomicBool::new(false),
+        };
+        store.write(schema::migrate)?;
+        store.announce(&options.cluster)?;
+        store.refresh_last()?;
+        Ok(store)
+    }
+
+    /// The database as messages name it.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cluster key's public half: what verify trusts for every node.
+    pub fn cluster_public_key(&self) -> [u8; 32] {
+        self.cluster_public
+    }
+
+    fn error(&self, failed: Failed) -> RecordError {
+        match failed {
+            Failed::Corrupt(message) => RecordError::Corrupt {
+                path: self.label.clone(),
+                message,
+            },
+            other => RecordError::Io {
+                path: self.label.clone(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Client) -> Result<T, Failed> + Send + 'static,
+    ) -> Result<T, RecordError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(self.error(Failed::Closed));
+        }
+        self.writer.run(job).map_err(|e| self.error(e))
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Client) -> Result<T, Failed> + Send + 'static,
+    ) -> Result<T, RecordError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(self.error(Failed::Closed));
+        }
+        self.readers.run(job).map_err(|e| self.error(e))
+    }
+
+    /// Announces this node's key, endorsed by the cluster key, unless the chain has it.
+    fn announce(&self, cluster: &SigningKey) -> Result<(), RecordError> {
+        let node = self.node.clone();
+        let signer = self.signer.clone();
+        let public = signer.verifying_key().to_bytes();
+        let announcement = NodeKey::endorse(cluster, &node, public);
+        let head = self.write(move |c| {
+            let mut txn = c.transaction()?;
+            lock_head(&mut txn)?;
+            let known: Option<Vec<u8>> = txn
+                .query_opt(
+                    "SELECT public_key FROM sluice.nodes WHERE node = $1",
+                    &[&node],
+                )?
+                .map(|row| row.get(0));
+            if known.as_deref() == Some(&public[..]) {
+                return Ok(None);
+            }
+            let meta =
+                serde_json::to_value(&announcement).map_err(|e| Failed::Corrupt(e.to_string()))?;
+            let event = NewEvent::gateway(NODE_KEY_KIND, &meta);
+            let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer)?;
+            txn.execute(
+                "INSERT INTO sluice.nodes (node, public_key, started_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE SET public_key = $2, started_ms = $3",
+                &[&node, &&public[..], &(event.time_ms as i64)],
+            )?;
+            txn.commit()?;
+            Ok(linked.head)
+        })?;
+        if let Some(head) = head {
+            tracing::info!(node = %self.node, entry = head.index, "node key announced in the record");
+            self.committed(head.index);
+        }
+        Ok(())
+    }
+
+    fn committed(&self, index: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|l| l < index) {
+            *last = Some(index);
+        }
+        self.appended.notify_all();
+    }
+
+    /// Reads the chain's end from the database.
+    fn refresh_last(&self) -> Result<Option<u64>, RecordError> {
+        let last = self.read(|c| {
+            let row = c.query_one("SELECT idx FROM sluice.chain_head WHERE one = 1", &[])?;
+            Ok(row.get::<_, Option<i64>>(0).map(|i| i as u64))
+        })?;
+        if let Some(index) = last {
+            self.committed(index);
+        }
+        Ok(last)
+    }
+
+    fn known_last(&self) -> Option<u64> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Up to `max` entries (with payloads) whose index is in `from..=to`, of `session` when
+    /// given, in order.
+    fn read_entries(
+        &self,
+        from: u64,
+        to: u64,
+        session: Option<String>,
+        max: usize,
+    ) -> Result<Vec<Recorded>, RecordError> {
+        let (from, to, max) = (to_i64(from), to_i64(to), to_i64(max as u64));
+        self.read(move |c| {
+            let rows = match &session {
+                Some(id) => c.query(
+                    "SELECT e.stored, p.body FROM sluice.entries e
+                     LEFT JOIN sluice.payloads p ON p.idx = e.idx
+                     WHERE e.session = $1 AND e.idx BETWEEN $2 AND $3 ORDER BY e.idx LIMIT $4",
+                    &[id, &from, &to, &max],
+                )?,
+                None => c.query(
+                    "SELECT e.stored, p.body FROM sluice.entries e
+                     LEFT JOIN sluice.payloads p ON p.idx = e.idx
+                     WHERE e.idx BETWEEN $1 AND $2 ORDER BY e.idx LIMIT $3",
+                    &[&from, &to, &max],
+                )?,
+            };
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let stored: Vec<u8> = row.get(0);
+                let entry = decode_stored(&stored).map_err(Failed::Corrupt)?;
+                if session.as_ref().is_some_and(|id| *id != entry.session) {
+                    continue;
+                }
+                let payload: Option<Vec<u8>> = row.get(1);
+                out.push(Recorded {
+                    entry,
+                    payload: payload.map(|p| p.get(NONCE_LEN..).unwrap_or_default().to_vec()),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn named_rows(&self, sql: &'static str) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
+        self.read(move |c| {
+            Ok(c.query(sql, &[])?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect())
+        })
+    }
+
+    /// Every session's summary (or just `id`'s), its identity read from its opening entry.
+    fn checked_sessions(&self, id: Option<String>) -> Result<Vec<SessionSummary>, RecordError> {
+        let mut all = self.read(move |c| {
+            let rows = c.query(
+                "SELECT s.id, s.row, e.stored FROM sluice.sessions s
+                 LEFT JOIN sluice.entries e ON e.idx = s.first_idx
+                 WHERE $1::text IS NULL OR s.id = $1",
+                &[&id],
+            )?;
+            rows.into_iter()
+                .map(|row| {
+                    let id: String = row.get(0);
+                    let index_row: Vec<u8> = row.get(1);
+                    let opening: Option<Vec<u8>> = row.get(2);
+                    SessionSummary::from_index_row(&id, &index_row, opening.as_deref())
+                        .map_err(Failed::Corrupt)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        newest_first(&mut all);
+        Ok(all)
+    }
+}
+
+fn newest_first(sessions: &mut [SessionSummary]) {
+    sessions.sort_by(|a, b| {
+        b.started_ms
+            .cmp(&a.started_ms)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Takes the chain's head row for this transaction: the one place appends queue.
+fn lock_head(txn: &mut Transaction<'_>) -> Result<Option<(u64, Hash)>, Failed> {
+    let row = txn.query_one(
+        "SELECT idx, hash FROM sluice.chain_head WHERE one = 1 FOR UPDATE",
+        &[],
+    )?;
+    let idx: Option<i64> = row.get(0);
+    let hash: Option<Vec<u8>> = row.get(1);
+    match (idx, hash) {
+        (Some(idx), Some(hash)) => {
+            let hash: Hash = hash.try_into().map_err(|_| {
+                Failed::Corrupt("the chain's head row holds a malformed hash".into())
+            })?;
+            Ok(Some((idx as u64, hash)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Chains `events` after the head (locked for the transaction), writes them with their
+/// payloads, the sessions they touch and the signed head, and moves the head.
+fn append_in(
+    txn: &mut Transaction<'_>,
+    events: &[NewEvent],
+    signer: &SigningKey,
+) -> Result<Linked, Failed> {
+    let last = lock_head(txn)?;
+    let first = last.map_or(0, |(index, _)| index + 1);
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e.session.as_str())
+        .filter(|s| !s.is_empty())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut existing: HashMap<String, SessionSummary> = HashMap::new();
+    if !ids.is_empty() {
+        for row in txn.query(
+            "SELECT id, row FROM sluice.sessions WHERE id = ANY($1)",
+            &[&ids],
+        )? {
+            let bytes: Vec<u8> = row.get(1);
+            let summary =
+                serde_json::from_slice(&bytes).map_err(|e| Failed::Corrupt(e.to_string()))?;
+            existing.insert(row.get(0), summary);
+        }
+    }
+    let linked = link(last, first, events, signer, |id| Ok(existing.remove(id)))
+        .map_err(|e| Failed::Corrupt(e.to_string()))?;
+    let Some(head) = &linked.head else {
+        return Ok(linked);
+    };
+    let indices: Vec<i64> = linked.rows.iter().map(|r| r.index as i64).collect();
+    let sessions: Vec<&str> = linked.rows.iter().map(|r| r.session.as_str()).collect();
+    let kinds: Vec<&str> = linked.rows.iter().map(|r| r.kind.as_str()).collect();
+    let stored: Vec<&[u8]> = linked.rows.iter().map(|r| r.stored.as_slice()).collect();
+    let payloads: Vec<&[u8]> = linked.rows.iter().map(|r| r.payload.as_slice()).collect();
+    txn.execute(
+        "INSERT INTO sluice.entries (idx, session, kind, stored)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[])",
+        &[&indices, &sessions, &kinds, &stored],
+    )?;
+    txn.execute(
+        "INSERT INTO sluice.payloads (idx, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+        &[&indices, &payloads],
+    )?;
+    if !linked.sessions.is_empty() {
+        let ids: Vec<&str> = linked.sessions.iter().map(|s| s.id.as_str()).collect();
+        let firsts: Vec<i64> = linked
+            .sessions
+            .iter()
+            .map(|s| s.first_index as i64)
+            .collect();
+        let rows = linked
+            .sessions
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failed::Corrupt(e.to_string()))?;
+        txn.execute(
+            "INSERT INTO sluice.sessions (id, first_idx, row)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
+             ON CONFLICT (id) DO UPDATE SET row = excluded.row",
+            &[&ids, &firsts, &rows],
+        )?;
+    }
+    let encoded = head.encode();
+    txn.execute(
+        "INSERT INTO sluice.checkpoints (idx, head) VALUES ($1, $2)",
+        &[&(head.index as i64), &encoded],
+    )?;
+    txn.execute(
+        "UPDATE sluice.chain_head SET idx = $1, hash = $2, head = $3 WHERE one = 1",
+        &[&(head.index as i64), &&head.hash[..], &encoded],
+    )?;
+    Ok(linked)
+}
+
+impl Record for PgStore {
+    fn append(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events.to_vec();
+        let signer = self.signer.clone();
+        let linked = self.write(move |c| {
+            let mut txn = c.transaction()?;
+            let linked = append_in(&mut txn, &events, &signer)?;
+            txn.commit()?;
+            Ok(linked)
+        })?;
+        if let Some(head) = &linked.head {
+            self.committed(head.index);
+        }
+        Ok(linked.rows.iter().map(|r| r.index).collect())
+    }
+
+    fn rotate_key(&self, _new: SigningKey) -> Result<u64, RecordError> {
+        Err(RecordError::Io {
+            path: self.label.clone(),
+            message: "on a shared PostgreSQL record each node signs with its own key: give the node a new key (`record_key`) and restart it, and it announces the new key, endorsed by the cluster key".into(),
+        })
+    }
+
+    fn public_key(&self) -> [u8; 32] {
+        self.signer.verifying_key().to_bytes()
+    }
+
+    fn next_index(&self) -> u64 {
+        let last = self.refresh_last().ok().flatten().or(self.known_last());
+        last.map_or(0, |l| l + 1)
+    }
+
+    fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.known_last().is_some_and(|l| l >= index) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // Woken by this node's commits; other nodes' are seen at the next look.
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let (last, _) = self
+                .appended
+                .wait_timeout_while(last, left.min(POLL), |l| l.is_none_or(|l| l < index))
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|l| l >= index) {
+                return true;
+            }
+            drop(last);
+            if self.refresh_last().is_err() {
+                std::thread::sleep(left.min(POLL));
+            }
+        }
+    }
+
+    fn entries_from(&self, from: u64, max: usize) -> Result<Vec<Recorded>, RecordError> {
+        self.read_entries(from, u64::MAX, None, max)
+    }
+
+    fn entry(&self, index: u64) -> Result<Option<Recorded>, RecordError> {
+        Ok(self.read_entries(index, index, None, 1)?.into_iter().next())
+    }
+
+    fn covering_head(&self, index: u64) -> Result<Option<SignedHead>, RecordError> {
+        let index = to_i64(index);
+        let bytes: Option<Vec<u8>> = self.read(move |c| {
+            Ok(c.query_opt(
+                "SELECT head FROM sluice.checkpoints WHERE idx >= $1 ORDER BY idx LIMIT 1",
+                &[&index],
+            )?
+            .map(|row| row.get(0)))
+        })?;
+        bytes
+            .map(|b| {
+                SignedHead::decode(&b).ok_or_else(|| {
+                    self.error(Failed::Corrupt(format!(
+                        "the head covering entry {index} is malformed"
+                    )))
+                })
+            })
+            .transpose()
+    }
+
+    fn head(&self) -> Result<Option<SignedHead>, RecordError> {
+        let bytes: Option<Vec<u8>> = self.read(|c| {
+            Ok(
+                c.query_one("SELECT head FROM sluice.chain_head WHERE one = 1", &[])?
+                    .get(0),
+            )
+        })?;
+        Ok(bytes.and_then(|b| SignedHead::decode(&b)))
+    }
+
+    fn sessions(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        self.checked_sessions(None)
+    }
+
+    fn session_rows(&self) -> Result<Vec<SessionSummary>, RecordError> {
+        let rows = self.named_rows("SELECT id, row FROM sluice.sessions")?;
+        let mut all = rows
+            .iter()
+            .map(|(_, row)| serde_json::from_slice(row))
+            .collect::<Result<Vec<SessionSummary>, _>>()
+            .map_err(|e| self.error(Failed::Corrupt(e.to_string())))?;
+        newest_first(&mut all);
+        Ok(all)
+    }
+
+    fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecordError> {
+        Ok(self
+            .checked_sessions(Some(id.to_string()))?
+            .into_iter()
+            .next())
+    }
+
+    fn session_events(&self, id: &str) -> Result<Vec<Recorded>, RecordError> {
+        let Some(summary) = self.session(id)? else {
+            return Ok(Vec::new());
+        };
+        let range = summary.first_index..=summary.last_index;
+        self.session_page(id, range, usize::MAX)
+    }
+
+    fn session_page(
+        &self,
+        id: &str,
+        range: std::ops::RangeInclusive<u64>,
+        max: usize,
+    ) -> Result<Vec<Recorded>, RecordError> {
+        self.read_entries(*range.start(), *range.end(), Some(id.to_string()), max)
+    }
+
+    fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError> {
+        let name = name.to_string();
+        self.read(move |c| {
+            Ok(c.query_opt(
+                "SELECT next FROM sluice.sink_cursors WHERE name = $1",
+                &[&name],
+            )?
+            .map(|row| row.get::<_, i64>(0) as u64))
+        })
+    }
+
+    fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {
+        let (name, next) = (name.to_string(), to_i64(next));
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sluice.sink_cursors (name, next) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET next = $2",
+                &[&name, &next],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError> {
+        let (id, review) = (id.to_string(), review.to_vec());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sluice.reviews (id, row) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET row = $2",
+                &[&id, &review],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn reviews(&self) -> Result<Vec<Vec<u8>>, RecordError> {
+        let rows = self.named_rows("SELECT id, row FROM sluice.reviews ORDER BY id")?;
+        Ok(rows.into_iter().map(|(_, row)| row).collect())
+    }
+
+    fn put_connection(&self, name: &str, row: Option<&[u8]>) -> Result<(), RecordError> {
+        let (name, row) = (name.to_string(), row.map(<[u8]>::to_vec));
+        self.write(move |c| {
+            match row {
+                Some(row) => c.execute(
+                    "INSERT INTO sluice.connections (name, row) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET row = $2",
+                    &[&name, &row],
+                )?,
+                None => c.execute("DELETE FROM sluice.connections WHERE name = $1", &[&name])?,
+            };
+            Ok(())
+        })
+    }
+
+    fn connections(&self) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
+        self.named_rows("SELECT name, row FROM sluice.connections ORDER BY name")
+    }
+
+    fn purge(
+        &self,
+        rules: &RetentionRules,
+        now_ms: u64,
+        live: &HashSet<String>,
+        by: &str,
+    ) -> Result<Purged, RecordError> {
+        let (rules, live, by) = (rules.clone(), live.clone(), by.to_string());
+        let signer = self.signer.clone();
+        let (purged, head) = self.write(move |c| {
+            let mut txn = c.transaction()?;
+            // Purges queue with appends: what is read below is the chain as it stands.
+            lock_head(&mut txn)?;
+            let mut purged = delete_expired(&mut txn, &rules, now_ms, &live)?;
+            let mut head = None;
+            if !purged.is_empty() {
+                let meta = serde_json::json!({
+                    "by": by,
+                    "sessions": purged.sessions,
+                    "reviews": purged.reviews,
+                    "payloads": purged.payloads(),
+                    "ranges": purged.ranges,
+                });
+                let event = NewEvent {
+                    time_ms: now_ms,
+                    ..NewEvent::gateway(kinds::RETENTION, &meta)
+                };
+                let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer)?;
+                purged.entry = linked.rows.first().map(|r| r.index);
+                head = linked.head;
+            }
+            txn.commit()?;
+            Ok((purged, head))
+        })?;
+        if let Some(head) = head {
+            self.committed(head.index);
+        }
+        Ok(purged)
+    }
+
+    fn compact(&self) -> Result<Compacted, RecordError> {
+        // Deleted payloads leave dead rows until the table is rewritten; appends wait
+        // meanwhile, as they do while the embedded store is compacted.
+        self.write(|c| {
+            let size = |c: &mut Client| -> Result<u64, Failed> {
+                let row = c.query_one(
+                    "SELECT pg_total_relation_size('sluice.payloads')::bigint",
+                    &[],
+                )?;
+                Ok(row.get::<_, i64>(0) as u64)
+            };
+            let bytes_before = size(c)?;
+            c.batch_execute("VACUUM FULL sluice.payloads")?;
+            Ok(Compacted {
+                bytes_before,
+                bytes_after: size(c)?,
+            })
+        })
+    }
+
+    fn verify(&self, mut options: VerifyOptions) -> VerifyReport {
+        options.trusted_keys.push(self.cluster_public);
+        options.trusted_keys.push(self.public_key());
+        let label = self.label.clone();
+        self.read(move |c| Ok(tables::verify(c, &options)))
+            .unwrap_or_else(|e| tables::unreadable(&format!("{label}: {e}")))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.writer.close();
+        self.readers.close();
+    }
+}
+
+/// The deletions of one purge, inside its transaction (the head locked).
+fn delete_expired(
+    txn: &mut Transaction<'_>,
+    rules: &RetentionRules,
+    now_ms: u64,
+    live: &HashSet<String>,
+) -> Result<Purged, Failed> {
+    let corrupt = |e: String| Failed::Corrupt(e);
+    let mut purged = Purged::default();
+    let mut removed: Vec<u64> = Vec::new();
+    let mut due = Vec::new();
+    for row in txn.query("SELECT row FROM sluice.sessions", &[])? {
+        let bytes: Vec<u8> = row.get(0);
+        let summary: SessionSummary =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if !rules.sessions.contains_key(&summary.connection) || summary.purged_ms.is_some() {
+            continue;
+        }
+        let ended = match summary.ended_ms {
+            Some(ended) => ended,
+            None => {
+                let last = txn.query_opt(
+                    "SELECT stored FROM sluice.entries WHERE idx = $1",
+                    &[&(summary.last_index as i64)],
+                )?;
+                match last {
+                    Some(row) => {
+                        decode_stored(&row.get::<_, Vec<u8>>(0))
+                            .map_err(corrupt)?
+                            .time_ms
+                    }
+                    None => continue,
+                }
+            }
+        };
+        if rules.session_due(&summary, ended, now_ms, live) {
+            due.push(summary);
+        }
+    }
+    due.sort_by_key(|s| s.first_index);
+    for mut summary in due {
+        let deleted = txn.query(
+            "DELETE FROM sluice.payloads p USING sluice.entries e
+             WHERE p.idx = e.idx AND e.session = $1 AND e.idx BETWEEN $2 AND $3
+             RETURNING p.idx",
+            &[
+                &summary.id,
+                &(summary.first_index as i64),
+                &(summary.last_index as i64),
+            ],
+        )?;
+        removed.extend(deleted.iter().map(|row| row.get::<_, i64>(0) as u64));
+        summary.purged_ms = Some(now_ms);
+        let row = serde_json::to_vec(&summary).map_err(|e| corrupt(e.to_string()))?;
+        txn.execute(
+            "UPDATE sluice.sessions SET row = $2 WHERE id = $1",
+            &[&summary.id, &row],
+        )?;
+        purged.sessions.push(summary.id);
+    }
+    if rules.reviews.is_some() {
+        for row in txn.query("SELECT id, row FROM sluice.reviews", &[])? {
+            let bytes: Vec<u8> = row.get(1);
+            let review: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if rules.review_due(&review, now_ms) {
+                purged.reviews.push(row.get(0));
+            }
+        }
+        txn.execute(
+            "DELETE FROM sluice.reviews WHERE id = ANY($1)",
+            &[&purged.reviews],
+        )?;
+        // Decisions that belong to no session (access requests), oldest first, up to the
+        // first one still kept; the scan resumes there next time.
+        let scan: i64 = txn
+            .query_opt(
+                "SELECT value FROM sluice.meta WHERE key = 'retention-review-scan'",
+                &[],
+            )?
+            .and_then(|row| <[u8; 8]>::try_from(row.get::<_, Vec<u8>>(0)).ok())
+            .map_or(0, i64::from_be_bytes);
+        let mut next = scan;
+        for row in txn.query(
+            "SELECT idx, stored FROM sluice.entries
+             WHERE session = '' AND kind = 'review' AND idx >= $1 ORDER BY idx",
+            &[&scan],
+        )? {
+            let idx: i64 = row.get(0);
+            let entry = decode_stored(&row.get::<_, Vec<u8>>(1)).map_err(corrupt)?;
+            if !rules.decision_due(entry.time_ms, now_ms) {
+                break;
+            }
+            if txn.execute("DELETE FROM sluice.payloads WHERE idx = $1", &[&idx])? > 0 {
+                removed.push(idx as u64);
+            }
+            next = idx + 1;
+        }
+        txn.execute(
+            "INSERT INTO sluice.meta (key, value) VALUES ('retention-review-scan', $1)
+             ON CONFLICT (key) DO UPDATE SET value = $1",
+            &[&next.to_be_bytes().to_vec()],
+        )?;
+    }
+    removed.sort_unstable();
+    purged.ranges = sluice_record::index_ranges(removed);
+    Ok(purged)
+}

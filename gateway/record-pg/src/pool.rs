@@ -1,0 +1,134 @@
+//! A few PostgreSQL connections, each on a thread of its own. The record's callers are
+//! synchronous (the recorder's thread, request handlers on the gateway's runtime), and the
+//! `postgres` client blocks on a runtime of its own, which must not run inside another: so
+//! every query runs on a connection's thread and the caller waits for its answer.
+//!
+//! A connection that breaks (the database restarted) is dropped, and the next job opens a
+//! new one: the gateway recovers without an operator once the database is back.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+#[derive(Debug)]
+pub struct Pool {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum Failed {
+    /// No connection could be made or kept.
+    Unreachable(String),
+    /// The database answered with an error.
+    Query(postgres::Error),
+    /// The pool was shut down.
+    Closed,
+    /// What the database holds does not make sense (a row altered, a chain broken).
+    Corrupt(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Unreachable(why) => write!(f, "PostgreSQL is unreachable: {why}"),
+            Failed::Query(e) => write!(f, "PostgreSQL: {}", describe(e)),
+            Failed::Closed => write!(f, "the record is closed (the gateway is stopping)"),
+            Failed::Corrupt(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl From<postgres::Error> for Failed {
+    fn from(e: postgres::Error) -> Failed {
+        Failed::Query(e)
+    }
+}
+
+/// The server's message when it sent one, the client's otherwise (with its cause).
+pub fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+impl Pool {
+    /// `size` connections to `config`, opened when first needed.
+    pub fn new(config: Config, size: usize, name: &str) -> Pool {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..size {
+            let rx = rx.clone();
+            let config = config.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{n}"))
+                .spawn(move || {
+                    let mut client: Option<Client> = None;
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        if client.as_ref().is_none_or(Client::is_closed) {
+                            client = config.connect(NoTls).ok();
+                        }
+                        job(&mut client);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a PostgreSQL connection thread");
+            }
+        }
+        Pool {
+            jobs: Mutex::new(Some(tx)),
+        }
+    }
+
+    /// Runs `job` on a connection and waits for its answer.
+    pub fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Client) -> Result<T, Failed> + Send + 'static,
+    ) -> Result<T, Failed> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |client: &mut Option<Client>| {
+            let result = match client.as_mut() {
+                None => Err(Failed::Unreachable(
+                    "cannot connect (is it running, and does the URL name it?)".into(),
+                )),
+                Some(c) => job(c),
+            };
+            if let Err(Failed::Query(e)) = &result
+                && (e.is_closed() || e.as_db_error().is_none())
+            {
+                // A broken connection: the next job opens a new one.
+                *client = None;
+            }
+            let _ = reply.send(result);
+        });
+        {
+            let jobs = self.jobs.lock().map_err(|_| Failed::Closed)?;
+            let sender = jobs.as_ref().ok_or(Failed::Closed)?;
+            sender.send(job).map_err(|_| Failed::Closed)?;
+        }
+        answer.recv().unwrap_or(Err(Failed::Closed))
+    }
+
+    /// Stops taking jobs; the connection threads end when their queue is empty.
+    pub fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+    }
+}
+
+/// How long a connection attempt may take before the call fails with a clear error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

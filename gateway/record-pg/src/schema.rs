@@ -1,0 +1,84 @@
+//! The tables, versioned: each migration runs once, in order, at start, under a lock so that
+//! nodes starting together do not race. The rows hold the same bytes as the embedded store's
+//! (entries, payloads, heads, index rows), so the two copy into each other and verify alike;
+//! the plain columns beside them (`session`, `kind`, `first_idx`) only serve queries and are
+//! never trusted.
+
+use postgres::Client;
+
+use super::pool::Failed;
+
+/// The schema everything lives in.
+pub const SCHEMA: &str = "sluice";
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+    CREATE TABLE sluice.entries (
+        idx bigint PRIMARY KEY,
+        session text NOT NULL,
+        kind text NOT NULL,
+        stored bytea NOT NULL
+    );
+    CREATE INDEX entries_by_session ON sluice.entries (session, idx);
+    CREATE TABLE sluice.payloads (idx bigint PRIMARY KEY, body bytea NOT NULL);
+    CREATE TABLE sluice.checkpoints (idx bigint PRIMARY KEY, head bytea NOT NULL);
+    -- The chain's end: every commit locks this one row, so appends from every node are
+    -- serialized into one order, a group commit at a time.
+    CREATE TABLE sluice.chain_head (
+        one int PRIMARY KEY CHECK (one = 1),
+        idx bigint,
+        hash bytea,
+        head bytea
+    );
+    INSERT INTO sluice.chain_head (one) VALUES (1);
+    CREATE TABLE sluice.sessions (
+        id text PRIMARY KEY,
+        first_idx bigint NOT NULL,
+        row bytea NOT NULL
+    );
+    CREATE TABLE sluice.reviews (id text PRIMARY KEY, row bytea NOT NULL);
+    CREATE TABLE sluice.connections (name text PRIMARY KEY, row bytea NOT NULL);
+    CREATE TABLE sluice.sink_cursors (name text PRIMARY KEY, next bigint NOT NULL);
+    CREATE TABLE sluice.meta (key text PRIMARY KEY, value bytea NOT NULL);
+    -- Gateway nodes and the keys they sign heads with (announced in the chain too).
+    CREATE TABLE sluice.nodes (
+        node text PRIMARY KEY,
+        public_key bytea NOT NULL,
+        started_ms bigint NOT NULL
+    );
+    ",
+)];
+
+/// Brings the schema up to date; returns the version it is at.
+pub fn migrate(client: &mut Client) -> Result<i32, Failed> {
+    let mut txn = client.transaction()?;
+    // One node migrates at a time; the others wait, then find nothing left to do.
+    txn.execute("SELECT pg_advisory_xact_lock(7365727631)", &[])?;
+    txn.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+         CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version (version int NOT NULL);"
+    ))?;
+    let current: i32 = txn
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_version"),
+            &[],
+        )?
+        .get(0);
+    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if current > newest {
+        return Err(Failed::Unreachable(format!(
+            "the database's schema is version {current}, newer than this gateway knows ({newest}): upgrade the gateway"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        txn.batch_execute(sql)?;
+        txn.execute(
+            &format!("INSERT INTO {SCHEMA}.schema_version (version) VALUES ($1)"),
+            &[version],
+        )?;
+        tracing::info!(version, "record schema migrated");
+    }
+    txn.commit()?;
+    Ok(newest)
+}
