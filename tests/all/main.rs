@@ -7,6 +7,7 @@
 mod agents;
 mod authors;
 mod cli;
+mod cluster;
 mod connections;
 mod console;
 mod docs;

@@ -184,7 +184,8 @@ enum Command {
     },
     /// Verify the record: through the running gateway, or offline with --store.
     Verify {
-        /// A store file to verify offline (a copy, or the gateway's while it is stopped).
+        /// A store to verify offline: a file (a copy, an export, or the gateway's while it is
+        /// stopped) or a PostgreSQL URL (or env:NAME holding one).
         #[arg(long)]
         store: Option<PathBuf>,
         /// The record's public key (64 hex digits, or a file holding them) to trust; offline,
@@ -369,6 +370,30 @@ enum StoreCommand {
         /// The key in use until now: a key file or env:NAME.
         #[arg(long)]
         old_key: String,
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Copy the embedded store (the gateway stopped) into an empty PostgreSQL database, with
+    /// its chain intact, and verify the copy there.
+    Copy {
+        /// The PostgreSQL URL (or env:NAME holding it).
+        #[arg(long)]
+        to: String,
+        /// The store file (default: the configured data folder's record.redb).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write the shared PostgreSQL record to a store file, from one snapshot, for
+    /// `sluice verify --store FILE` away from the database.
+    Export {
+        /// The new file.
+        #[arg(long)]
+        to: PathBuf,
+        /// The PostgreSQL URL (or env:NAME; default: the configured [store] url).
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -702,6 +727,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Store(StoreCommand::RotateKey { old_key, config }) => {
             crate::commands::store_rotate_key(config, &old_key)
+        }
+        Command::Store(StoreCommand::Copy { to, from, config }) => {
+            crate::commands::store_copy(config, from, &to)
+        }
+        Command::Store(StoreCommand::Export { to, from, config }) => {
+            crate::commands::store_export(config, from, &to)
         }
         Command::Ca(CaCommand::Export { data_dir }) => {
             let path = sluice_engine::tls::ca_path(&data_dir);

@@ -118,6 +118,83 @@ pub fn store_rotate_key(config_path: Option<PathBuf>, old_key: &str) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
+/// `VALUE` when it is a PostgreSQL URL, read from the environment for `env:NAME`.
+fn postgres_url(value: &str) -> Option<String> {
+    let value = sluice_engine::config::resolve(value);
+    (value.starts_with("postgres://") || value.starts_with("postgresql://")).then_some(value)
+}
+
+/// `sluice store copy --to URL`: the embedded store (the gateway stopped) copied into an empty
+/// PostgreSQL record, row for row, then verified there: the same head, the same chain.
+pub fn store_copy(
+    config_path: Option<PathBuf>,
+    from: Option<PathBuf>,
+    to: &str,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let from = from.unwrap_or_else(|| config.gateway.data_dir.join("record.redb"));
+    let Some(url) = postgres_url(to) else {
+        bail!(
+            "--to: a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE) or env:NAME holding one"
+        );
+    };
+    let source = sluice_record::verify_store(&from, sluice_record::VerifyOptions::default());
+    if let Some(problem) = &source.problem {
+        bail!(
+            "{} does not verify, so it is not copied: {problem}",
+            from.display()
+        );
+    }
+    let copied =
+        sluice_record::tables::read_file(&from, |tables| sluice_record_pg::import(&url, tables))??;
+    let copy = sluice_record_pg::verify_url(&url, &sluice_record::VerifyOptions::default());
+    if let Some(problem) = &copy.problem {
+        bail!("the copy does not verify: {problem}");
+    }
+    let head = |report: &sluice_record::VerifyReport| {
+        report.head.as_ref().map_or("none".to_string(), |h| {
+            format!("entry {} {}", h.index, hex::encode(h.hash))
+        })
+    };
+    if head(&copy) != head(&source) {
+        bail!(
+            "the copy's head ({}) is not the store's ({})",
+            head(&copy),
+            head(&source)
+        );
+    }
+    println!(
+        "copied {copied} entries from {} into {}; verify holds on the copy; head: {}",
+        from.display(),
+        sluice_record_pg::parse_url(&url)?.1,
+        head(&copy)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice store export --to FILE`: the shared PostgreSQL record written to a store file from
+/// one snapshot, for `sluice verify --store FILE` away from the database.
+pub fn store_export(
+    config_path: Option<PathBuf>,
+    from: Option<String>,
+    to: &Path,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let from = from.or(config.store.url.clone()).unwrap_or_default();
+    let Some(url) = postgres_url(&from) else {
+        bail!(
+            "nothing to export: give --from URL, or configure [store] kind = \"postgres\" with its url"
+        );
+    };
+    let entries = sluice_record_pg::export_to_file(&url, to)?;
+    println!(
+        "exported {entries} entries to {}; check it with `sluice verify --store {}`",
+        to.display(),
+        to.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
     let mut config = load_config(config_path)?;
     if watch && config.gateway.watch_ms.is_none() {
@@ -674,6 +751,13 @@ fn print_report(report: &serde_json::Value, print_head: bool) -> ExitCode {
     for rotation in report["rotations"].as_array().into_iter().flatten() {
         println!("key rotation at entry {rotation} (signed by the previous key)");
     }
+    for node in report["node_keys"].as_array().into_iter().flatten() {
+        println!(
+            "node {} announced its key at entry {} (endorsed by the cluster key)",
+            node["node"].as_str().unwrap_or("?"),
+            node["at"]
+        );
+    }
     for note in report["notes"].as_array().into_iter().flatten() {
         println!("note: {}", note.as_str().unwrap_or_default());
     }
@@ -709,7 +793,8 @@ pub async fn verify_online(client: Client, args: &VerifyArgs) -> anyhow::Result<
 }
 
 pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    if !store.is_file() {
+    let database = postgres_url(&store.to_string_lossy());
+    if database.is_none() && !store.is_file() {
         bail!("no store at {}", store.display());
     }
     let trusted_keys = args
@@ -722,7 +807,10 @@ pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCod
         anchors: args.anchors()?,
         accept_loss: args.accept_loss,
     };
-    let report = sluice_record::verify_store(store, options);
+    let report = match database {
+        Some(url) => sluice_record_pg::verify_url(&url, &options),
+        None => sluice_record::verify_store(store, options),
+    };
     Ok(print_report(
         &sluice_engine::audit::report_json(&report),
         args.print_head,

@@ -216,6 +216,7 @@ pub fn report_json(report: &VerifyReport) -> serde_json::Value {
         "trust": report.trust,
         "gaps": report.gaps,
         "rotations": report.rotations,
+        "node_keys": report.node_keys.iter().map(|(node, at)| serde_json::json!({"node": node, "at": at})).collect::<Vec<_>>(),
         "anchors_confirmed": report.anchors_confirmed,
         "notes": report.notes,
     })

@@ -32,6 +32,72 @@ pub struct Config {
     /// How long a browser stays signed in to the web console.
     #[serde(default)]
     pub console: ConsoleSettings,
+    /// Where the record is kept: the embedded store (default) or a PostgreSQL database that
+    /// several gateways share.
+    #[serde(default)]
+    pub store: StoreSettings,
+}
+
+/// `[store]`: `kind = "redb"` (the default: `DATA/record.redb`) or `kind = "postgres"` with
+/// `url` (`env:NAME` to keep the password out of the file), this gateway's `node` name
+/// (unique in the cluster; default: the host name) and the `cluster_key` every node shares
+/// (`env:NAME` or a file holding 64 hexadecimal digits, an Ed25519 seed): it endorses each
+/// node's own record key, so verify trusts one key for all of them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    #[serde(default)]
+    pub kind: StoreKind,
+    pub url: Option<String>,
+    pub node: Option<String>,
+    pub cluster_key: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Redb,
+    Postgres,
+}
+
+impl StoreSettings {
+    /// Checks what `kind` needs is there (at start, never at first use).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.kind {
+            StoreKind::Redb => {
+                if self.url.is_some() || self.cluster_key.is_some() {
+                    anyhow::bail!(
+                        "[store] url and cluster_key are for kind = \"postgres\"; the embedded store (kind = \"redb\") lives in the data folder"
+                    );
+                }
+            }
+            StoreKind::Postgres => {
+                if self.url.as_deref().is_none_or(|u| resolve(u).is_empty()) {
+                    anyhow::bail!(
+                        "[store] kind = \"postgres\" needs url = \"postgres://USER:PASSWORD@HOST:PORT/DATABASE\" (or \"env:NAME\", set)"
+                    );
+                }
+                if self.cluster_key.is_none() {
+                    anyhow::bail!(
+                        "[store] kind = \"postgres\" needs cluster_key = \"env:NAME\" or a file: the key every node shares to endorse each node's record key"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's name: configured, or the host name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "gateway".into())
+        })
+    }
 }
 
 /// `[console]`: a browser's sign-in ends after this long without a request, and after
@@ -551,6 +617,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.store.validate().map_err(|e| e.to_string())?;
         let days_ok = |days: Option<f64>| days.is_none_or(|d| d.is_finite() && d > 0.0);
         if !days_ok(self.gateway.review_retention_days) {
             return Err("gateway.review_retention_days: a number of days above 0".into());

@@ -36,7 +36,7 @@ use sluice_record::{
 };
 
 use pool::{Failed, Pool};
-pub use tables::{export_to_file, import};
+pub use tables::{export_to_file, import, verify_url};
 
 /// How this node reaches the shared record.
 #[derive(Clone)]

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
 
-type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+/// A job gets the thread's connection, or why there is none.
+type Job = Box<dyn FnOnce(&mut Result<Client, String>) + Send>;
 
 #[derive(Debug)]
 pub struct Pool {
@@ -71,15 +72,15 @@ impl Pool {
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{n}"))
                 .spawn(move || {
-                    let mut client: Option<Client> = None;
+                    let mut client: Result<Client, String> = Err("not connected yet".into());
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        if client.as_ref().is_none_or(Client::is_closed) {
-                            client = config.connect(NoTls).ok();
+                        if client.as_ref().map_or(true, Client::is_closed) {
+                            client = config.connect(NoTls).map_err(|e| describe(&e));
                         }
                         job(&mut client);
                     }
@@ -99,18 +100,16 @@ impl Pool {
         job: impl FnOnce(&mut Client) -> Result<T, Failed> + Send + 'static,
     ) -> Result<T, Failed> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |client: &mut Option<Client>| {
+        let job: Job = Box::new(move |client: &mut Result<Client, String>| {
             let result = match client.as_mut() {
-                None => Err(Failed::Unreachable(
-                    "cannot connect (is it running, and does the URL name it?)".into(),
-                )),
-                Some(c) => job(c),
+                Err(why) => Err(Failed::Unreachable(why.clone())),
+                Ok(c) => job(c),
             };
             if let Err(Failed::Query(e)) = &result
                 && (e.is_closed() || e.as_db_error().is_none())
             {
                 // A broken connection: the next job opens a new one.
-                *client = None;
+                *client = Err(describe(e));
             }
             let _ = reply.send(result);
         });

@@ -306,3 +306,11 @@ fn write_batch(txn: &mut Transaction<'_>, batch: &[Row]) -> Result<(), postgres:
     )?;
     Ok(())
 }
+
+/// Verifies the record in the database at `url` offline (a direct connection, no gateway).
+pub fn verify_url(url: &str, options: &VerifyOptions) -> VerifyReport {
+    match connect(url) {
+        Ok((mut client, _)) => verify(&mut client, options),
+        Err(e) => unreadable(&e.to_string()),
+    }
+}

@@ -82,11 +82,19 @@ fn seed_from_hex(text: &str) -> anyhow::Result<SigningKey> {
 
 fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
     if let Ok(bytes) = std::fs::read(path) {
-        let seed: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte Ed25519 key", path.display()))?;
-        return Ok(SigningKey::from_bytes(&seed));
+        // The 32-byte seed, or its 64 hexadecimal digits (a key shared through configuration).
+        if let Ok(seed) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(SigningKey::from_bytes(&seed));
+        }
+        return std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| seed_from_hex(text.trim()).ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is not an Ed25519 key (32 bytes, or 64 hexadecimal digits)",
+                    path.display()
+                )
+            });
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)

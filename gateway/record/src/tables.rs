@@ -210,3 +210,28 @@ pub fn write_file(path: &std::path::Path, from: &dyn Tables) -> Result<u64, crat
     txn.commit().map_err(|e| io(e.to_string()))?;
     Ok(written)
 }
+
+/// Reads the store file at `path` (the gateway stopped) as tables, for a copy.
+pub fn read_file<T>(
+    path: &std::path::Path,
+    use_tables: impl FnOnce(&dyn Tables) -> T,
+) -> Result<T, crate::RecordError> {
+    let io = |message: String| crate::RecordError::Io {
+        path: path.display().to_string(),
+        message,
+    };
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(io("it is open in a running gateway: stop it first".into()));
+        }
+        Err(redb::DatabaseError::RepairAborted) => {
+            return Err(io(
+                "it was not closed cleanly: start and stop the gateway once so it is repaired and the loss (if any) recorded, then copy".into(),
+            ));
+        }
+        Err(e) => return Err(io(e.to_string())),
+    };
+    let tables = RedbTables::read(&db).map_err(|p| io(p.to_string()))?;
+    Ok(use_tables(&tables))
+}

@@ -38,6 +38,7 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::auth::{Authenticator, Tokens};
-use crate::config::{Config, Connection};
+use crate::config::{Config, Connection, StoreKind};
 use crate::connections::Connections;
 use crate::policy::Policy;
 use crate::review::Reviews;
@@ -205,10 +206,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         }),
         ..HostConfig::default()
     })?);
-    let key = config.gateway.record_key(&data);
-    let signer = key.load().with_context(|| format!("record key {key}"))?;
-    let store: Arc<dyn Record> = Arc::new(Store::open_signed(&data.join("record.redb"), signer)?);
-    let closed_after_crash = close_crashed_sessions(store.as_ref())?;
+    let (store, node) = open_record(&config, &data)?;
+    let closed_after_crash = close_crashed_sessions(store.as_ref(), node.as_deref())?;
     // In async mode nobody waits for a commit: group events over 10 ms per fsync.
     let recorder = Recorder::spawn_lingering(
         store.clone(),
@@ -276,6 +275,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         active: Default::default(),
         chains: std::sync::RwLock::new(Arc::new(chains)),
         agents,
+        node: node.clone(),
     });
     let sinks = Arc::new(Sinks::new(store.clone()));
     sinks.apply(sink_plans);
@@ -429,12 +429,56 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Sessions a previous run left open were cut by its crash: close them in the record, with
 /// the reason, so they are not listed as active forever.
-fn close_crashed_sessions(store: &dyn Record) -> anyhow::Result<usize> {
-    let open: Vec<_> = store
-        .sessions()?
-        .into_iter()
-        .filter(|s| s.ended_ms.is_none())
-        .collect();
+/// The record `[store]` names, and this node's name when it is shared.
+fn open_record(config: &Config, data: &Path) -> anyhow::Result<(Arc<dyn Record>, Option<String>)> {
+    let key = config.gateway.record_key(data);
+    let signer = key.load().with_context(|| format!("record key {key}"))?;
+    let settings = &config.store;
+    match settings.kind {
+        StoreKind::Redb => Ok((
+            Arc::new(Store::open_signed(&data.join("record.redb"), signer)?),
+            None,
+        )),
+        StoreKind::Postgres => {
+            let node = settings.node_name();
+            let cluster_key = sluice_record::KeySource::parse(
+                settings.cluster_key.as_deref().unwrap_or_default(),
+            );
+            let cluster = cluster_key
+                .load_existing()
+                .with_context(|| format!("[store] cluster_key {cluster_key}"))?;
+            let url = crate::config::resolve(settings.url.as_deref().unwrap_or_default());
+            let store = sluice_record_pg::PgStore::open(sluice_record_pg::PgOptions {
+                url,
+                node: node.clone(),
+                signer,
+                cluster,
+            })?;
+            tracing::info!(database = store.label(), node, "record: shared PostgreSQL");
+            Ok((Arc::new(store), Some(node)))
+        }
+    }
+}
+
+/// Closes the sessions a crash left open: on a shared record, only this node's (another
+/// node's open sessions may be live).
+fn close_crashed_sessions(store: &dyn Record, node: Option<&str>) -> anyhow::Result<usize> {
+    let mut open = Vec::new();
+    for summary in store.sessions()? {
+        if summary.ended_ms.is_some() {
+            continue;
+        }
+        if let Some(node) = node {
+            let opened_by = store
+                .entry(summary.first_index)?
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.entry.meta).ok())
+                .and_then(|meta| meta.get("node").and_then(|n| n.as_str()).map(String::from));
+            if opened_by.as_deref() != Some(node) {
+                continue;
+            }
+        }
+        open.push(summary);
+    }
     if open.is_empty() {
         return Ok(0);
     }

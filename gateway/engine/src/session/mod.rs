@@ -48,6 +48,9 @@ pub struct Context {
     pub chains: std::sync::RwLock<Arc<Chains>>,
     /// Agents, for connections reached through them.
     pub agents: Arc<crate::agent::Agents>,
+    /// This gateway's node name (recorded with each session it opens), when several
+    /// gateways share one record; `None` on the embedded store.
+    pub node: Option<String>,
 }
 
 /// The plugins of each connection's chain, and the policy files they come from (recorded
@@ -171,6 +174,7 @@ impl Core {
             "protocol": info.protocol,
             "client": opening.client,
             "policy": opening.policy,
+            "node": ctx.node,
             "plugins": opening.plugins.iter().map(|p| json!({"name": p.spec().name, "sha256": hex::encode(p.digest())})).collect::<Vec<_>>(),
         });
         if let (Some(meta), serde_json::Value::Object(extra)) = (meta.as_object_mut(), opening.meta)

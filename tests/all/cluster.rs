@@ -1,0 +1,294 @@
+//! Several gateways on one shared record: real `sluice serve` processes against a throwaway
+//! PostgreSQL cluster, one chain across them, copies in and out, and tampering named.
+
+use crate::postgres::{Cluster, UPSTREAM_PASSWORD};
+use crate::support::{Gateway, run_command, sluice};
+
+/// A database for a shared record, and the cluster key every node is given.
+struct Shared {
+    db: Cluster,
+    keys: tempfile::TempDir,
+}
+
+impl Shared {
+    fn start() -> Shared {
+        let db = Cluster::start("scram-sha-256");
+        let keys = tempfile::tempdir().unwrap();
+        std::fs::write(keys.path().join("cluster.key"), "5a".repeat(32)).unwrap();
+        Shared { db, keys }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres:{UPSTREAM_PASSWORD}@127.0.0.1:{}/postgres",
+            self.db.port
+        )
+    }
+
+    fn cluster_public_key(&self) -> String {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
+        hex::encode(key.verifying_key().to_bytes())
+    }
+
+    /// `[store]` for node `node`.
+    fn store_section(&self, node: &str) -> String {
+        format!(
+            "\n[store]\nkind = \"postgres\"\nurl = \"{}\"\nnode = \"{node}\"\ncluster_key = \"{}\"\n",
+            self.url(),
+            self.keys.path().join("cluster.key").display()
+        )
+    }
+
+    fn node(&self, node: &str) -> Gateway {
+        Gateway::start_with(&self.store_section(node))
+    }
+
+    fn count(&self, sql: &str) -> u64 {
+        self.db.sql(sql).trim().parse().unwrap()
+    }
+}
+
+fn verify_offline(args: &[&str]) -> (i32, String) {
+    let (code, out, err) = run_command(sluice().arg("verify").args(args), "");
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn three_gateways_append_to_one_chain_that_verifies() {
+    let shared = Shared::start();
+    let nodes: Vec<Gateway> = ["a", "b", "c"].iter().map(|n| shared.node(n)).collect();
+
+    // Load on all three at once: sessions on every node, each printing what marks it.
+    std::thread::scope(|scope| {
+        for (n, node) in nodes.iter().enumerate() {
+            for worker in 0..2 {
+                scope.spawn(move || {
+                    for round in 0..5 {
+                        let mark = format!("mark-{n}-{worker}-{round}");
+                        let (code, out, err) =
+                            node.run(&["exec", "shell", "--", &format!("echo {mark}")], "");
+                        assert_eq!(code, 0, "{err}");
+                        assert!(out.contains(&mark), "{out}");
+                    }
+                });
+            }
+        }
+    });
+
+    // Every node lists every node's sessions: one record.
+    for node in &nodes {
+        let (code, listed, err) = node.run(&["sessions"], "");
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(listed.lines().count(), 1 + 30, "{listed}");
+    }
+    // Every output a client saw is in the record, once.
+    for n in 0..3 {
+        for worker in 0..2 {
+            for round in 0..5 {
+                let mark = format!("mark-{n}-{worker}-{round}");
+                let found = shared.count(&format!(
+                    // Output frames: the payload (after its 16-byte nonce) is the line.
+                    "SELECT count(*) FROM sluice.payloads p JOIN sluice.entries e USING (idx)
+                     WHERE e.kind = 'frame' AND position(convert_to('{mark}\n', 'UTF8') in p.body) = 17"
+                ));
+                assert_eq!(found, 1, "{mark}");
+            }
+        }
+    }
+    // One chain: indices 0..n with no gap or duplicate, each node's key announced once.
+    let (entries, max) = (
+        shared.count("SELECT count(*) FROM sluice.entries"),
+        shared.count("SELECT max(idx) FROM sluice.entries"),
+    );
+    assert_eq!(entries, max + 1);
+    assert_eq!(
+        shared.count("SELECT count(*) FROM sluice.entries WHERE kind = 'node-key'"),
+        3
+    );
+    // Verify holds online (on any node) and offline against the database and an export, the
+    // cluster key trusted for every node's heads.
+    let (code, out, err) = nodes[1].run_as(Some(&nodes[1].reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = verify_offline(&[
+        "--store",
+        &shared.url(),
+        "--public-key",
+        &shared.cluster_public_key(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let export = shared.keys.path().join("export.redb");
+    let (code, out, err) = run_command(
+        sluice().args([
+            "store",
+            "export",
+            "--from",
+            &shared.url(),
+            "--to",
+            export.to_str().unwrap(),
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = verify_offline(&[
+        "--store",
+        export.to_str().unwrap(),
+        "--public-key",
+        &shared.cluster_public_key(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    // Everything, including what the online verify recorded after the count above.
+    let now = shared.count("SELECT count(*) FROM sluice.entries");
+    assert!(now > entries);
+    assert!(out.contains(&format!("{now} entries hold")), "{out}");
+    // A key that is not the cluster's is not trusted for them.
+    let (code, out) = verify_offline(&["--store", &shared.url(), "--public-key", &"11".repeat(32)]);
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn tampering_with_the_database_is_named_by_verify() {
+    let shared = Shared::start();
+    let node = shared.node("a");
+    for n in 0..3 {
+        let (code, _, err) = node.run(&["exec", "shell", "--", &format!("echo {n}")], "");
+        assert_eq!(code, 0, "{err}");
+    }
+    let key = shared.cluster_public_key();
+    let verify = || verify_offline(&["--store", &shared.url(), "--public-key", &key]);
+    assert_eq!(verify().0, 0, "{}", verify().1);
+    let frame =
+        shared.count("SELECT min(idx) FROM sluice.entries WHERE kind = 'frame' AND session <> ''");
+
+    // An entry's content.
+    shared
+        .db
+        .sql("CREATE TABLE kept_entries AS SELECT * FROM sluice.entries");
+    shared.db.sql(&format!(
+        "UPDATE sluice.entries SET stored = overlay(stored placing '\\x7e'::bytea from 12 for 1) WHERE idx = {frame}"
+    ));
+    let (code, out) = verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("entry {frame} was altered")), "{out}");
+    shared.db.sql(&format!(
+        "UPDATE sluice.entries e SET stored = k.stored FROM kept_entries k WHERE e.idx = k.idx AND e.idx = {frame}"
+    ));
+    assert_eq!(verify().0, 0, "{}", verify().1);
+
+    // A payload, changed and then deleted.
+    shared
+        .db
+        .sql("CREATE TABLE kept AS SELECT * FROM sluice.payloads");
+    shared.db.sql(&format!(
+        "UPDATE sluice.payloads SET body = body || '\\x00'::bytea WHERE idx = {frame}"
+    ));
+    let (code, out) = verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("entry {frame} was altered: its payload")),
+        "{out}"
+    );
+    shared
+        .db
+        .sql(&format!("DELETE FROM sluice.payloads WHERE idx = {frame}"));
+    let (code, out) = verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("the payload of entry {frame} was deleted")),
+        "{out}"
+    );
+    shared.db.sql(&format!(
+        "INSERT INTO sluice.payloads SELECT * FROM kept WHERE idx = {frame}"
+    ));
+    assert_eq!(verify().0, 0, "{}", verify().1);
+
+    // A signed head: its signature no longer holds.
+    let head = shared.count("SELECT min(idx) FROM sluice.checkpoints WHERE idx > 0");
+    shared.db.sql(&format!(
+        "UPDATE sluice.checkpoints SET head = overlay(head placing '\\x0000'::bytea from 50 for 2) WHERE idx = {head}"
+    ));
+    let (code, out) = verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("head at entry {head}")), "{out}");
+}
+
+#[test]
+fn a_redb_store_copies_into_postgresql_with_its_chain_intact() {
+    let shared = Shared::start();
+    let mut gw = Gateway::start();
+    let (code, _, err) = gw.run(&["exec", "shell", "--", "echo before-the-move"], "");
+    assert_eq!(code, 0, "{err}");
+    let session = gw.newest_session(&[]);
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+
+    let (_, offline, _) = run_command(
+        sluice().args([
+            "verify",
+            "--store",
+            gw.store().to_str().unwrap(),
+            "--print-head",
+        ]),
+        "",
+    );
+    let (code, out, err) = run_command(
+        sluice()
+            .current_dir(gw.dir.path())
+            .args(["store", "copy", "--to", &shared.url()]),
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verify holds on the copy"), "{out}");
+    // The same head as the embedded store's.
+    let head: serde_json::Value =
+        serde_json::from_str(&offline[offline.find('{').unwrap()..]).unwrap();
+    let index = head["index"].as_u64().unwrap();
+    assert!(
+        out.contains(&format!("head: entry {index} ")),
+        "{out}\n{offline}"
+    );
+    // Copying again into a database that holds a record is refused.
+    let (code, _, err) = run_command(
+        sluice()
+            .current_dir(gw.dir.path())
+            .args(["store", "copy", "--to", &shared.url()]),
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds a record"), "{err}");
+
+    // A gateway on the copy serves the old session and appends after it; verify holds.
+    let node = shared.node("a");
+    let (code, listed, err) = node.run(&["sessions"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.contains(&session), "{listed}");
+    let (code, replayed, err) = node.run(&["replay", &session, "--speed", "0"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(replayed.contains("before-the-move"), "{replayed}");
+    let (code, out, err) = node.run_as(Some(&node.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |store: &str| {
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            format!("[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{store}"),
+        )
+        .unwrap();
+        let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
+        assert_ne!(code, 0, "{out}");
+        err
+    };
+    let err = start("[store]\nkind = \"postgres\"\ncluster_key = \"k\"\n");
+    assert!(err.contains("needs url"), "{err}");
+    let err = start("[store]\nkind = \"postgres\"\nurl = \"postgres://x@127.0.0.1/db\"\n");
+    assert!(err.contains("needs cluster_key"), "{err}");
+    std::fs::write(dir.path().join("k"), "5a".repeat(32)).unwrap();
+    let port = crate::postgres::free_port();
+    let err = start(&format!(
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://x:y@127.0.0.1:{port}/db\"\ncluster_key = \"k\"\n"
+    ));
+    assert!(err.contains("PostgreSQL is unreachable"), "{err}");
+    assert!(!err.contains(":y@"), "the password is never shown: {err}");
+}
