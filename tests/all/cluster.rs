@@ -30,10 +30,10 @@ impl Shared {
         hex::encode(key.verifying_key().to_bytes())
     }
 
-    /// `[store]` for node `node`.
+    /// `[store]` for node `node`; nodes beat every 100 ms and are gone after 800 ms.
     fn store_section(&self, node: &str) -> String {
         format!(
-            "\n[store]\nkind = \"postgres\"\nurl = \"{}\"\nnode = \"{node}\"\ncluster_key = \"{}\"\n",
+            "\n[store]\nkind = \"postgres\"\nurl = \"{}\"\nnode = \"{node}\"\ncluster_key = \"{}\"\nheartbeat_ms = 100\nnode_timeout_ms = 800\n",
             self.url(),
             self.keys.path().join("cluster.key").display()
         )
@@ -291,4 +291,82 @@ fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_
     ));
     assert!(err.contains("PostgreSQL is unreachable"), "{err}");
     assert!(!err.contains(":y@"), "the password is never shown: {err}");
+}
+
+#[test]
+fn a_node_killed_mid_session_has_its_session_closed_by_a_survivor_with_all_it_showed() {
+    use std::io::BufRead;
+    let shared = Shared::start();
+    let survivor = shared.node("a");
+    let mut doomed = shared.node("b");
+    let mut client = doomed
+        .cli()
+        .args([
+            "exec",
+            "shell",
+            "--",
+            "echo shown-before-the-crash; sleep 60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "shown-before-the-crash");
+    let id = doomed.live_session();
+    doomed.kill();
+    let _ = client.wait();
+
+    // The survivor notices the silence and closes the session, saying why.
+    let closes = format!(
+        "SELECT count(*) FROM sluice.entries WHERE kind = 'session-close' AND session = '{id}'
+         AND position(convert_to('node b stopped (its heartbeat lapsed)', 'UTF8') in stored) > 0"
+    );
+    crate::support::eventually(
+        "the survivor closed the dead node's session",
+        std::time::Duration::from_secs(20),
+        || shared.count(&closes) == 1,
+    );
+    // What the client saw before the crash is in the record (strict mode).
+    assert_eq!(
+        shared.count(&format!(
+            "SELECT count(*) FROM sluice.payloads p JOIN sluice.entries e USING (idx)
+             WHERE e.session = '{id}' AND e.kind = 'frame'
+             AND position(convert_to('shown-before-the-crash', 'UTF8') in p.body) = 17"
+        )),
+        1
+    );
+
+    // The dead node starts again: nothing is closed twice, and the chain holds.
+    doomed.restart();
+    let (code, _, err) = doomed.run(&["exec", "shell", "--", "echo back"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        shared.count(&format!(
+            "SELECT count(*) FROM sluice.entries WHERE kind = 'session-close' AND session = '{id}'"
+        )),
+        1
+    );
+    let (code, out, err) = survivor.run_as(Some(&survivor.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn two_live_gateways_never_share_a_node_name() {
+    let shared = Shared::start();
+    let _first = shared.node("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{}\"\n{}",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies"),
+            shared.store_section("a")
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("node `a` is running elsewhere"), "{err}");
 }

@@ -42,8 +42,10 @@ pub struct Config {
 /// `url` (`env:NAME` to keep the password out of the file), this gateway's `node` name
 /// (unique in the cluster; default: the host name) and the `cluster_key` every node shares
 /// (`env:NAME` or a file holding 64 hexadecimal digits, an Ed25519 seed): it endorses each
-/// node's own record key, so verify trusts one key for all of them.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// node's own record key, so verify trusts one key for all of them. Each node beats every
+/// `heartbeat_ms`; one silent for `node_timeout_ms` is declared gone, and a survivor closes
+/// its sessions.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     #[serde(default)]
@@ -51,6 +53,31 @@ pub struct StoreSettings {
     pub url: Option<String>,
     pub node: Option<String>,
     pub cluster_key: Option<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_node_timeout_ms")]
+    pub node_timeout_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            kind: StoreKind::default(),
+            url: None,
+            node: None,
+            cluster_key: None,
+            heartbeat_ms: default_heartbeat_ms(),
+            node_timeout_ms: default_node_timeout_ms(),
+        }
+    }
+}
+
+fn default_heartbeat_ms() -> u64 {
+    2_000
+}
+
+fn default_node_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -76,6 +103,11 @@ impl StoreSettings {
                 if self.url.as_deref().is_none_or(|u| resolve(u).is_empty()) {
                     anyhow::bail!(
                         "[store] kind = \"postgres\" needs url = \"postgres://USER:PASSWORD@HOST:PORT/DATABASE\" (or \"env:NAME\", set)"
+                    );
+                }
+                if self.heartbeat_ms == 0 || self.node_timeout_ms <= self.heartbeat_ms {
+                    anyhow::bail!(
+                        "[store] heartbeat_ms must be at least 1 and node_timeout_ms longer than it (a node is declared gone after several missed beats)"
                     );
                 }
                 if self.cluster_key.is_none() {

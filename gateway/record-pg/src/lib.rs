@@ -49,6 +49,8 @@ pub struct PgOptions {
     pub signer: SigningKey,
     /// The cluster key, shared by every node: it endorses each node's key.
     pub cluster: SigningKey,
+    /// A node whose last beat is older than this is declared gone.
+    pub node_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -72,6 +74,11 @@ pub struct PgStore {
     last: Mutex<Option<u64>>,
     appended: Condvar,
     closed: AtomicBool,
+    /// This run of the node (its name may outlive a run).
+    instance: String,
+    node_timeout: Duration,
+    /// Took over its own earlier run, which stopped without leaving and was not answered for.
+    inherited: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -113,11 +120,17 @@ pub fn parse_url(url: &str) -> Result<(postgres::Config, String), RecordError> {
 }
 
 impl PgStore {
-    /// Connects, brings the schema up to date, and announces this node's key in the chain
-    /// unless it already is.
+    /// Connects, brings the schema up to date, takes this node's name (waiting, up to the
+    /// node timeout, for an earlier run that still seems alive to lapse), and announces this
+    /// node's key in the chain unless it already is.
     pub fn open(options: PgOptions) -> Result<PgStore, RecordError> {
         let (config, label) = parse_url(&options.url)?;
-        let store = PgStore {
+        let mut instance = [0u8; 8];
+        getrandom::fill(&mut instance).map_err(|e| RecordError::Io {
+            path: label.clone(),
+            message: format!("no randomness: {e}"),
+        })?;
+        let mut store = PgStore {
             writer: Pool::new(config.clone(), 1, "record-pg-writer"),
             readers: Pool::new(config, READERS, "record-pg-reader"),
             label,
@@ -127,11 +140,66 @@ impl PgStore {
             last: Mutex::new(None),
             appended: Condvar::new(),
             closed: AtomicBool::new(false),
+            instance: hex::encode(instance),
+            node_timeout: options.node_timeout,
+            inherited: false,
         };
         store.write(schema::migrate)?;
+        store.inherited = store.take_name()?;
         store.announce(&options.cluster)?;
         store.refresh_last()?;
         Ok(store)
+    }
+
+    /// Takes this node's name for this run. Another run that beats under it is waited for
+    /// (it may be a crashed run whose beat has not lapsed yet); one still beating after the
+    /// node timeout is refused: two live nodes never share a name. Returns whether this run
+    /// took over an earlier one that stopped without leaving and that no survivor claimed.
+    fn take_name(&self) -> Result<bool, RecordError> {
+        let deadline = Instant::now() + self.node_timeout + POLL;
+        loop {
+            let (node, instance) = (self.node.clone(), self.instance.clone());
+            let timeout = self.node_timeout.as_millis() as i64;
+            let taken: Option<bool> = self.write(move |c| {
+                let now = now_ms();
+                let mut txn = c.transaction()?;
+                let row = txn.query_opt(
+                    "SELECT beat_ms, gone_ms FROM sluice.nodes WHERE node = $1 FOR UPDATE",
+                    &[&node],
+                )?;
+                let inherited = match row {
+                    None => false,
+                    Some(row) => {
+                        let (beat, gone): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+                        match (beat, gone) {
+                            (Some(beat), None) if now - beat < timeout => return Ok(None),
+                            (Some(_), None) => true,
+                            _ => false,
+                        }
+                    }
+                };
+                txn.execute(
+                    "UPDATE sluice.nodes SET instance = $2, beat_ms = $3, gone_ms = NULL
+                     WHERE node = $1",
+                    &[&node, &instance, &now],
+                )?;
+                txn.commit()?;
+                Ok(Some(inherited))
+            })?;
+            if let Some(inherited) = taken {
+                return Ok(inherited);
+            }
+            if Instant::now() >= deadline {
+                return Err(RecordError::Io {
+                    path: self.label.clone(),
+                    message: format!(
+                        "node `{}` is running elsewhere (it beats in the shared record): give this gateway another `[store] node` name",
+                        self.node
+                    ),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// The database as messages name it.
@@ -187,6 +255,7 @@ impl PgStore {
         let signer = self.signer.clone();
         let public = signer.verifying_key().to_bytes();
         let announcement = NodeKey::endorse(cluster, &node, public);
+        let instance = self.instance.clone();
         let head = self.write(move |c| {
             let mut txn = c.transaction()?;
             lock_head(&mut txn)?;
@@ -204,9 +273,10 @@ impl PgStore {
             let event = NewEvent::gateway(NODE_KEY_KIND, &meta);
             let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer)?;
             txn.execute(
-                "INSERT INTO sluice.nodes (node, public_key, started_ms) VALUES ($1, $2, $3)
+                "INSERT INTO sluice.nodes (node, public_key, started_ms, instance, beat_ms)
+                 VALUES ($1, $2, $3, $4, $3)
                  ON CONFLICT (node) DO UPDATE SET public_key = $2, started_ms = $3",
-                &[&node, &&public[..], &(event.time_ms as i64)],
+                &[&node, &&public[..], &(event.time_ms as i64), &instance],
             )?;
             txn.commit()?;
             Ok(linked.head)
@@ -314,6 +384,64 @@ impl PgStore {
         })?;
         newest_first(&mut all);
         Ok(all)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl sluice_record::Membership for PgStore {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn beat(&self) -> Result<Vec<String>, RecordError> {
+        let (node, instance) = (self.node.clone(), self.instance.clone());
+        let timeout = self.node_timeout.as_millis() as i64;
+        let (beating, claimed) = self.write(move |c| {
+            let now = now_ms();
+            let mut txn = c.transaction()?;
+            let beating = txn.execute(
+                "UPDATE sluice.nodes SET beat_ms = $3 WHERE node = $1 AND instance = $2",
+                &[&node, &instance, &now],
+            )?;
+            // Row locks make each lapsed node one survivor's: the first to claim it.
+            let claimed = txn
+                .query(
+                    "UPDATE sluice.nodes SET gone_ms = $2
+                     WHERE node <> $1 AND gone_ms IS NULL AND beat_ms < $2::bigint - $3::bigint
+                     RETURNING node",
+                    &[&node, &now, &timeout],
+                )?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect::<Vec<String>>();
+            txn.commit()?;
+            Ok((beating, claimed))
+        })?;
+        if beating == 0 {
+            // Another run took this name (this one was declared gone): stop recording as it.
+            tracing::error!(node = %self.node, "this node's name was taken by another run; it no longer beats");
+        }
+        Ok(claimed)
+    }
+
+    fn leave(&self) -> Result<(), RecordError> {
+        let (node, instance) = (self.node.clone(), self.instance.clone());
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sluice.nodes SET gone_ms = $3 WHERE node = $1 AND instance = $2",
+                &[&node, &instance, &now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn inherited(&self) -> bool {
+        self.inherited
     }
 }
 

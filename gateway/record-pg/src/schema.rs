@@ -11,9 +11,10 @@ use super::pool::Failed;
 /// The schema everything lives in.
 pub const SCHEMA: &str = "sluice";
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE sluice.entries (
         idx bigint PRIMARY KEY,
         session text NOT NULL,
@@ -48,7 +49,18 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         started_ms bigint NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- Membership: each node beats; a lapsed one is claimed (gone_ms) by one survivor.
+    ALTER TABLE sluice.nodes
+        ADD COLUMN instance text,
+        ADD COLUMN beat_ms bigint,
+        ADD COLUMN gone_ms bigint;
+    ",
+    ),
+];
 
 /// Brings the schema up to date; returns the version it is at.
 pub fn migrate(client: &mut Client) -> Result<i32, Failed> {

@@ -67,6 +67,21 @@ pub trait Record: Send + Sync + std::fmt::Debug {
     fn close(&self);
 }
 
+/// A gateway's place among several that share one record: it beats while it runs, and a
+/// node whose beat lapses is handed to exactly one survivor, which closes its sessions.
+pub trait Membership: Send + Sync + std::fmt::Debug {
+    /// This node's name.
+    fn node(&self) -> &str;
+    /// Says this node is alive. Returns the nodes whose beat lapsed that this node now answers
+    /// for: each lapsed node is handed to one node only.
+    fn beat(&self) -> Result<Vec<String>, RecordError>;
+    /// This node stopped cleanly (its sessions closed): nobody needs to answer for it.
+    fn leave(&self) -> Result<(), RecordError>;
+    /// Whether this node, when it started, took over its own earlier run that stopped without
+    /// leaving and that no survivor answered for: then it closes that run's sessions itself.
+    fn inherited(&self) -> bool;
+}
+
 impl Record for Store {
     fn append(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
         Store::append(self, events)

@@ -56,12 +56,14 @@ use crate::roles::Roles;
 use crate::session::{self, Chains};
 use crate::sinks::{SinkPlan, Sinks};
 use sluice_plugin_host::{HostConfig, PluginHost};
-use sluice_record::{NewEvent, Record, Recorder, RetentionRules, Store};
+use sluice_record::{Membership, NewEvent, Record, Recorder, RetentionRules, Store};
 
 pub struct Gateway {
     config: Config,
     auth: Arc<Authenticator>,
     store: Arc<dyn Record>,
+    /// This node's place among gateways sharing the record (`None` on the embedded store).
+    membership: Option<Arc<dyn Membership>>,
     session_ctx: Arc<session::Context>,
     sinks: Arc<Sinks>,
     /// PostgreSQL connections' front doors, each on its own port (and for clients that
@@ -206,8 +208,17 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         }),
         ..HostConfig::default()
     })?);
-    let (store, node) = open_record(&config, &data)?;
-    let closed_after_crash = close_crashed_sessions(store.as_ref(), node.as_deref())?;
+    let (store, membership) = open_record(&config, &data)?;
+    let node = membership.as_ref().map(|m| m.node().to_string());
+    let closed_after_crash = match &membership {
+        None => close_open_sessions(store.as_ref(), None, "gateway stopped unexpectedly")?,
+        Some(m) if m.inherited() => close_open_sessions(
+            store.as_ref(),
+            Some(m.node()),
+            "gateway stopped unexpectedly",
+        )?,
+        Some(_) => 0,
+    };
     // In async mode nobody waits for a commit: group events over 10 ms per fsync.
     let recorder = Recorder::spawn_lingering(
         store.clone(),
@@ -315,9 +326,17 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         bytes: config.console.keyframe_bytes.max(1),
         every_ms: config.console.keyframe_ms,
     });
+    if let Some(membership) = &membership {
+        spawn_heartbeat(
+            store.clone(),
+            membership.clone(),
+            Duration::from_millis(config.store.heartbeat_ms),
+        );
+    }
     let gateway = Arc::new(Gateway {
         config,
         auth,
+        membership,
         store,
         session_ctx,
         sinks,
@@ -429,8 +448,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Sessions a previous run left open were cut by its crash: close them in the record, with
 /// the reason, so they are not listed as active forever.
-/// The record `[store]` names, and this node's name when it is shared.
-fn open_record(config: &Config, data: &Path) -> anyhow::Result<(Arc<dyn Record>, Option<String>)> {
+/// The record `[store]` names, and this node's membership when it is shared.
+fn open_record(
+    config: &Config,
+    data: &Path,
+) -> anyhow::Result<(Arc<dyn Record>, Option<Arc<dyn Membership>>)> {
     let key = config.gateway.record_key(data);
     let signer = key.load().with_context(|| format!("record key {key}"))?;
     let settings = &config.store;
@@ -448,21 +470,28 @@ fn open_record(config: &Config, data: &Path) -> anyhow::Result<(Arc<dyn Record>,
                 .load_existing()
                 .with_context(|| format!("[store] cluster_key {cluster_key}"))?;
             let url = crate::config::resolve(settings.url.as_deref().unwrap_or_default());
-            let store = sluice_record_pg::PgStore::open(sluice_record_pg::PgOptions {
-                url,
-                node: node.clone(),
-                signer,
-                cluster,
-            })?;
+            let store = Arc::new(sluice_record_pg::PgStore::open(
+                sluice_record_pg::PgOptions {
+                    url,
+                    node: node.clone(),
+                    signer,
+                    cluster,
+                    node_timeout: Duration::from_millis(settings.node_timeout_ms),
+                },
+            )?);
             tracing::info!(database = store.label(), node, "record: shared PostgreSQL");
-            Ok((Arc::new(store), Some(node)))
+            Ok((store.clone(), Some(store)))
         }
     }
 }
 
-/// Closes the sessions a crash left open: on a shared record, only this node's (another
-/// node's open sessions may be live).
-fn close_crashed_sessions(store: &dyn Record, node: Option<&str>) -> anyhow::Result<usize> {
+/// Closes the sessions a stopped run left open, with `reason`: on a shared record only those
+/// node `node` opened (another node's open sessions may be live).
+fn close_open_sessions(
+    store: &dyn Record,
+    node: Option<&str>,
+    reason: &str,
+) -> anyhow::Result<usize> {
     let mut open = Vec::new();
     for summary in store.sessions()? {
         if summary.ended_ms.is_some() {
@@ -490,17 +519,45 @@ fn close_crashed_sessions(store: &dyn Record, node: Option<&str>) -> anyhow::Res
             seq: last_seq + 1,
             kind: sluice_record::kinds::SESSION_CLOSE.into(),
             time_ms: sluice_core::now_ms(),
-            meta: json!({"exit_status": null, "reason": "gateway stopped unexpectedly"})
-                .to_string(),
+            meta: json!({"exit_status": null, "reason": reason}).to_string(),
             payload: Vec::new(),
         });
     }
     store.append(&events)?;
     tracing::warn!(
         sessions = open.len(),
-        "closed sessions a crashed run left open"
+        node,
+        reason,
+        "closed sessions a stopped run left open"
     );
     Ok(open.len())
+}
+
+/// Beats for this node, and closes the sessions of each node whose beat lapsed that the
+/// record hands to this one. A database that is down only delays the beats.
+fn spawn_heartbeat(store: Arc<dyn Record>, membership: Arc<dyn Membership>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (store, membership) = (store.clone(), membership.clone());
+            let beat = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                for gone in membership.beat()? {
+                    let reason = format!("node {gone} stopped (its heartbeat lapsed)");
+                    let closed = close_open_sessions(store.as_ref(), Some(&gone), &reason)?;
+                    tracing::warn!(node = %gone, closed, "a node stopped beating; closed its sessions");
+                }
+                Ok(())
+            })
+            .await;
+            match beat {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => tracing::warn!(%why, "heartbeat failed"),
+                Err(_) => return,
+            }
+        }
+    });
 }
 
 pub fn new_session_id() -> String {

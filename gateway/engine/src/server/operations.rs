@@ -162,7 +162,18 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("cannot record the stop: {e}"))?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.close()).await?;
+        let membership = self.membership.clone();
+        tokio::task::spawn_blocking(move || {
+            // Its sessions are closed (or left to its next start): nobody answers for it.
+            if let Some(membership) = membership
+                && unfinished == 0
+                && let Err(why) = membership.leave()
+            {
+                tracing::warn!(%why, "cannot record that this node left");
+            }
+            store.close()
+        })
+        .await?;
         Ok(live.len() - unfinished)
     }
 
