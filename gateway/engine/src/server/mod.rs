@@ -448,11 +448,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Sessions a previous run left open were cut by its crash: close them in the record, with
 /// the reason, so they are not listed as active forever.
-/// The record `[store]` names, and this node's membership when it is shared.
-fn open_record(
-    config: &Config,
-    data: &Path,
-) -> anyhow::Result<(Arc<dyn Record>, Option<Arc<dyn Membership>>)> {
+/// The record, and this node's membership when the record is shared.
+type Opened = (Arc<dyn Record>, Option<Arc<dyn Membership>>);
+
+/// The record `[store]` names.
+fn open_record(config: &Config, data: &Path) -> anyhow::Result<Opened> {
     let key = config.gateway.record_key(data);
     let signer = key.load().with_context(|| format!("record key {key}"))?;
     let settings = &config.store;
