@@ -43,6 +43,14 @@ impl Shared {
         Gateway::start_with(&self.store_section(node))
     }
 
+    /// Node `node` with a policy of its own.
+    fn node_with_policy(&self, node: &str, extra: &str, policy: &str) -> Gateway {
+        Gateway::start_with_policy(
+            &format!("{}{extra}", self.store_section(node)),
+            Some(policy),
+        )
+    }
+
     fn count(&self, sql: &str) -> u64 {
         self.db.sql(sql).trim().parse().unwrap()
     }
@@ -369,4 +377,73 @@ fn two_live_gateways_never_share_a_node_name() {
     let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("node `a` is running elsewhere"), "{err}");
+}
+
+#[test]
+fn a_sink_runs_once_across_the_cluster_and_moves_when_its_holder_dies() {
+    use crate::sinks::{RESOLVE, Receiver, http_sink_policy, shipped, sink, sinks};
+    let shared = Shared::start();
+    let receiver = Receiver::start(0, Default::default());
+    let policy = http_sink_policy(
+        "ship",
+        &format!("http://receiver.test:{}/in", receiver.port),
+        &["receiver.test", "127.0.0.1"],
+        "",
+    );
+    let mut nodes = vec![
+        shared.node_with_policy("a", RESOLVE, &policy),
+        shared.node_with_policy("b", RESOLVE, &policy),
+    ];
+    for node in &nodes {
+        for n in 0..3 {
+            let (code, _, err) = node.run(&["exec", "shell", "--", &format!("echo {n}")], "");
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+    let total = || shared.count("SELECT count(*) FROM sluice.entries");
+    let delivered = || {
+        let mut indices: Vec<u64> = shipped(&receiver)
+            .iter()
+            .map(|e| e["index"].as_u64().unwrap())
+            .collect();
+        indices.sort_unstable();
+        indices
+    };
+    crate::support::eventually(
+        "every entry shipped",
+        std::time::Duration::from_secs(20),
+        || delivered().len() as u64 >= total(),
+    );
+    // Once: no entry twice, although both nodes run the sink.
+    let once = delivered();
+    let mut unique = once.clone();
+    unique.dedup();
+    assert_eq!(once, unique, "an entry was shipped twice");
+    let states: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            sink(&sinks(n), "ship")["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| s.as_str() == "standby").count(),
+        1,
+        "{states:?}"
+    );
+
+    // The holder dies (SIGKILL); the other node takes the sink over and ships what follows.
+    let holder = states.iter().position(|s| s != "standby").unwrap();
+    let mut dead = nodes.remove(holder);
+    dead.kill();
+    let survivor = &nodes[0];
+    let (code, _, err) = survivor.run(&["exec", "shell", "--", "echo after"], "");
+    assert_eq!(code, 0, "{err}");
+    crate::support::eventually(
+        "the survivor ships",
+        std::time::Duration::from_secs(20),
+        || delivered().last().copied().unwrap_or(0) + 1 >= total(),
+    );
 }

@@ -13,7 +13,7 @@ use crate::support::{Gateway, eventually};
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
-struct Received {
+pub struct Received {
     path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -21,8 +21,8 @@ struct Received {
 
 /// An HTTP receiver on a loopback port: records every request and answers 200. Dropping it
 /// closes the port (connections are then refused).
-struct Receiver {
-    port: u16,
+pub struct Receiver {
+    pub port: u16,
     got: Arc<Mutex<Vec<Received>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// The accept loop; it owns the listener, so the port closes when it ends.
@@ -30,7 +30,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(port: u16, got: Arc<Mutex<Vec<Received>>>) -> Receiver {
+    pub fn start(port: u16, got: Arc<Mutex<Vec<Received>>>) -> Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -115,13 +115,13 @@ fn free_port() -> u16 {
 }
 
 /// `sluice sinks --json`, as the dev reviewer (who holds admin in the shipped policy).
-fn sinks(gateway: &Gateway) -> Vec<Value> {
+pub fn sinks(gateway: &Gateway) -> Vec<Value> {
     let (code, out, err) = gateway.run_as(Some(&gateway.reviewer_token), &["sinks", "--json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
 }
 
-fn sink<'a>(all: &'a [Value], name: &str) -> &'a Value {
+pub fn sink<'a>(all: &'a [Value], name: &str) -> &'a Value {
     all.iter()
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("no sink {name} in {all:?}"))
@@ -147,7 +147,7 @@ fn exec(gateway: &Gateway, script: &str) -> String {
 
 /// Every NDJSON line the receiver got, in arrival order, without the signed head that ends
 /// each batch (checked here: it covers every entry of its batch).
-fn shipped(receiver: &Receiver) -> Vec<Value> {
+pub fn shipped(receiver: &Receiver) -> Vec<Value> {
     let mut events = Vec::new();
     for request in receiver.requests() {
         let mut lines: Vec<Value> = String::from_utf8(request.body.clone())
@@ -171,7 +171,7 @@ fn shipped(receiver: &Receiver) -> Vec<Value> {
 
 /// Arrival order with re-deliveries (at least once) dropped: must be 0, 1, 2, … without gaps,
 /// at least up to `total` (reading the record, as the test does, records more).
-fn assert_in_order_without_gaps(events: &[Value], total: u64) {
+pub fn assert_in_order_without_gaps(events: &[Value], total: u64) {
     let mut next = 0;
     for event in events {
         let index = event["index"].as_u64().unwrap();
@@ -183,7 +183,7 @@ fn assert_in_order_without_gaps(events: &[Value], total: u64) {
     assert!(next >= total, "delivered up to {next} of {total}");
 }
 
-fn http_sink_policy(name: &str, url: &str, allow: &[&str], extra: &str) -> String {
+pub fn http_sink_policy(name: &str, url: &str, allow: &[&str], extra: &str) -> String {
     let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[plugins.{name}]\nsource = \"builtin:sink-http\"\nworld = \"sink\"\nallow_hosts = [{}]\n\
@@ -193,7 +193,7 @@ fn http_sink_policy(name: &str, url: &str, allow: &[&str], extra: &str) -> Strin
     )
 }
 
-const RESOLVE: &str = "\n[egress]\nhosts = { \"receiver.test\" = [\"127.0.0.1\"], \"internal.test\" = [\"127.0.0.1\"] }\n";
+pub const RESOLVE: &str = "\n[egress]\nhosts = { \"receiver.test\" = [\"127.0.0.1\"], \"internal.test\" = [\"127.0.0.1\"] }\n";
 
 #[test]
 fn sink_http_delivers_every_event_in_order_through_an_outage_and_a_restart() {

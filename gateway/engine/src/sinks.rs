@@ -42,7 +42,8 @@ pub struct SinkStatus {
     pub cursor: u64,
     /// Entries recorded but not yet delivered.
     pub lag: u64,
-    /// `delivering`, `caught-up`, `retrying` or `stopped`.
+    /// `delivering`, `caught-up`, `retrying`, `stopped`, or `standby` (another gateway
+    /// sharing the record holds the sink's lease and delivers).
     pub state: String,
     pub last_error: Option<String>,
     /// Failed deliveries in a row.
@@ -212,25 +213,72 @@ fn stop(running: Running) {
     }
 }
 
+/// Runs the sink while it holds its lease (always, on a gateway of its own; on a shared
+/// record, one gateway at a time), then gives the lease up.
 fn deliver_loop(store: &dyn Record, plan: &SinkPlan, shared: &Shared) {
+    deliver_while_leased(store, plan, shared);
+    store.release(&lease_name(&plan.name));
+}
+
+fn lease_name(sink: &str) -> String {
+    format!("sink:{sink}")
+}
+
+/// Takes (or renews) the sink's lease; waits as a standby while another gateway holds it.
+/// Returns false when the sink is stopping.
+fn hold_lease(store: &dyn Record, name: &str, shared: &Shared) -> bool {
+    loop {
+        match store.lease(&lease_name(name)) {
+            Ok(true) => return true,
+            Ok(false) => shared.update(|s| {
+                s.state = "standby".into();
+                s.last_error = None;
+            }),
+            Err(e) => shared.update(|s| s.last_error = Some(e.to_string())),
+        }
+        if !shared.sleep(POLL) {
+            return false;
+        }
+    }
+}
+
+fn deliver_while_leased(store: &dyn Record, plan: &SinkPlan, shared: &Shared) {
     let name = &plan.name;
     let labels = sluice_core::metrics::labels(&[("sink", name)]);
-    let mut cursor = loop {
+    if !hold_lease(store, name, shared) {
+        return;
+    }
+    let resume = || loop {
         match resume_at(store, name, plan.rules.from) {
-            Ok(cursor) => break cursor,
+            Ok(cursor) => break Some(cursor),
             Err(e) => {
                 shared.update(|s| s.last_error = Some(e.to_string()));
                 if !shared.sleep(FIRST_RETRY) {
-                    return;
+                    return None;
                 }
             }
         }
     };
+    let Some(mut cursor) = resume() else { return };
     shared.update(|s| s.cursor = cursor);
     let retry_max = Duration::from_secs(plan.rules.retry_max_seconds);
     let mut backoff = FIRST_RETRY.min(retry_max);
     let mut instance: Option<SinkInstance> = None;
-    while !shared.stop.load(Ordering::Relaxed) {
+    'rounds: while !shared.stop.load(Ordering::Relaxed) {
+        // Each round renews the lease. One lost (this gateway stalled past it) means another
+        // gateway delivered meanwhile: wait to hold it again, then resume from the saved
+        // cursor (delivery stays at least once).
+        match store.lease(&lease_name(name)) {
+            Ok(true) => {}
+            _ => {
+                if !hold_lease(store, name, shared) {
+                    return;
+                }
+                let Some(saved) = resume() else { return };
+                cursor = saved;
+                shared.update(|s| s.cursor = cursor);
+            }
+        }
         if !store.wait_for(cursor, POLL) {
             shared.update(|s| {
                 if s.failures == 0 {
@@ -247,6 +295,10 @@ fn deliver_loop(store: &dyn Record, plan: &SinkPlan, shared: &Shared) {
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || store.wait_for(full, left.min(POLL)) {
                 break;
+            }
+            // Lingering must not let the lease lapse (another gateway would take the sink).
+            if !matches!(store.lease(&lease_name(name)), Ok(true)) {
+                continue 'rounds;
             }
         }
         let attempt = deliver_once(store, plan, &mut instance, cursor);

@@ -308,6 +308,11 @@ impl PgStore {
         Ok(last)
     }
 
+    /// Who holds leases for this run of this node.
+    fn holder(&self) -> String {
+        format!("{}/{}", self.node, self.instance)
+    }
+
     fn known_last(&self) -> Option<u64> {
         *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -702,6 +707,36 @@ impl Record for PgStore {
             )?
             .map(|row| row.get::<_, i64>(0) as u64))
         })
+    }
+
+    fn lease(&self, name: &str) -> Result<bool, RecordError> {
+        let (name, holder) = (name.to_string(), self.holder());
+        let ttl = self.node_timeout.as_millis() as i64;
+        self.write(move |c| {
+            let now = now_ms();
+            let held = c.query_opt(
+                "INSERT INTO sluice.leases (name, holder, until_ms) VALUES ($1, $2, $3::bigint + $4::bigint)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                 WHERE sluice.leases.holder = excluded.holder OR sluice.leases.until_ms < $3::bigint
+                 RETURNING holder",
+                &[&name, &holder, &now, &ttl],
+            )?;
+            Ok(held.is_some())
+        })
+    }
+
+    fn release(&self, name: &str) {
+        let (key, holder) = (name.to_string(), self.holder());
+        let released = self.write(move |c| {
+            c.execute(
+                "DELETE FROM sluice.leases WHERE name = $1 AND holder = $2",
+                &[&key, &holder],
+            )?;
+            Ok(())
+        });
+        if let Err(e) = released {
+            tracing::warn!(lease = %name, error = %e, "cannot give the lease up; it lapses");
+        }
     }
 
     fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError> {

@@ -58,6 +58,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ADD COLUMN instance text,
         ADD COLUMN beat_ms bigint,
         ADD COLUMN gone_ms bigint;
+    -- Work one gateway does for all (a sink): held by one run at a time, until it lapses.
+    CREATE TABLE sluice.leases (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        until_ms bigint NOT NULL
+    );
     ",
     ),
 ];

@@ -45,6 +45,14 @@ pub trait Record: Send + Sync + std::fmt::Debug {
         max: usize,
     ) -> Result<Vec<Recorded>, RecordError>;
     fn sink_cursor(&self, name: &str) -> Result<Option<u64>, RecordError>;
+    /// Takes or renews this gateway's lease on `name` (a sink): whether it holds it now.
+    /// Gateways sharing a record run each sink once, on the lease's holder; a lease that is
+    /// not renewed lapses and another gateway takes it. One gateway alone always holds it.
+    fn lease(&self, _name: &str) -> Result<bool, RecordError> {
+        Ok(true)
+    }
+    /// Gives the lease on `name` up (the sink stopped here).
+    fn release(&self, _name: &str) {}
     fn set_sink_cursor(&self, name: &str, next: u64) -> Result<(), RecordError>;
     /// Stores a review's row (its state is in the chain first).
     fn put_review(&self, id: &str, review: &[u8]) -> Result<(), RecordError>;
