@@ -447,3 +447,34 @@ fn a_sink_runs_once_across_the_cluster_and_moves_when_its_holder_dies() {
         || delivered().last().copied().unwrap_or(0) + 1 >= total(),
     );
 }
+
+#[test]
+fn while_postgresql_is_down_sessions_are_refused_with_the_reason_and_recover_after() {
+    let shared = Shared::start();
+    let node = shared.node("a");
+    let (code, _, err) = node.run(&["exec", "shell", "--", "echo before"], "");
+    assert_eq!(code, 0, "{err}");
+
+    shared.db.stop();
+    // Strict recording: nothing runs unrecorded, and the client is told why.
+    let (code, out, err) = node.run(&["exec", "shell", "--", "echo while-down"], "");
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("while-down"), "{out}");
+    assert!(err.contains("record"), "{err}");
+
+    shared.db.start_again();
+    // No operator: the node reconnects on its own.
+    crate::support::eventually(
+        "sessions run again",
+        std::time::Duration::from_secs(20),
+        || node.run(&["exec", "shell", "--", "echo after"], "").0 == 0,
+    );
+    let (code, out, err) = node.run_as(Some(&node.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        shared.count(
+            "SELECT count(*) FROM sluice.payloads WHERE position(convert_to('while-down', 'UTF8') in body) > 0"
+        ),
+        0
+    );
+}

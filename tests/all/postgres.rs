@@ -12,6 +12,9 @@ pub const UPSTREAM_PASSWORD: &str = "upstream-Secret-9f3b";
 pub struct Cluster {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// What `pg_ctl start` was given, to start it again the same way.
+    options: String,
+    netns: Option<String>,
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -101,7 +104,12 @@ impl Cluster {
             "",
         );
         assert_eq!(code, 0, "pg_ctl start: {err}");
-        let cluster = Cluster { dir, port };
+        let cluster = Cluster {
+            dir,
+            port,
+            options,
+            netns: netns.map(String::from),
+        };
         // Stored again under the server's password_encryption (initdb used the default).
         cluster.sql(&format!(
             "ALTER ROLE postgres PASSWORD '{UPSTREAM_PASSWORD}'"
@@ -195,6 +203,32 @@ impl Cluster {
 
     fn data(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn stop(&self) {
+        let (code, _, err) = run_command(
+            as_postgres_in(self.netns.as_deref(), "pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "fast", "-w", "stop"]),
+            "",
+        );
+        assert_eq!(code, 0, "pg_ctl stop: {err}");
+    }
+
+    /// Starts the stopped server again, on the same port; waits until it accepts.
+    pub fn start_again(&self) {
+        let (code, _, err) = run_command(
+            as_postgres_in(self.netns.as_deref(), "pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-o", &self.options, "-l"])
+                .arg(self.dir.path().join("log"))
+                .args(["-w", "start"]),
+            "",
+        );
+        assert_eq!(code, 0, "pg_ctl start: {err}");
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, Config, NoTls};
 
@@ -73,16 +73,26 @@ impl Pool {
                 .name(format!("{name}-{n}"))
                 .spawn(move || {
                     let mut client: Result<Client, String> = Err("not connected yet".into());
+                    let mut used = Instant::now();
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
+                        // An idle connection may have died with a database restart, unseen
+                        // until used: ask first, so the call itself does not fail for it.
+                        if let Ok(c) = &mut client
+                            && used.elapsed() > IDLE_CHECK
+                            && c.is_valid(CONNECT_TIMEOUT).is_err()
+                        {
+                            client = Err("the connection was lost".into());
+                        }
                         if client.as_ref().map_or(true, Client::is_closed) {
                             client = config.connect(NoTls).map_err(|e| describe(&e));
                         }
                         job(&mut client);
+                        used = Instant::now();
                     }
                 });
             if let Err(e) = spawned {
@@ -131,3 +141,5 @@ impl Pool {
 
 /// How long a connection attempt may take before the call fails with a clear error.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle longer than this is checked before it is used again.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
