@@ -23,7 +23,7 @@ mod tables;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -73,7 +73,9 @@ pub struct PgStore {
     /// The newest entry this node knows of (its own commits, and what it read since).
     last: Mutex<Option<u64>>,
     appended: Condvar,
-    closed: AtomicBool,
+    closed: Arc<AtomicBool>,
+    /// For the inbox's own connection.
+    config: postgres::Config,
     /// This run of the node (its name may outlive a run).
     instance: String,
     node_timeout: Duration,
@@ -132,14 +134,15 @@ impl PgStore {
         })?;
         let mut store = PgStore {
             writer: Pool::new(config.clone(), 1, "record-pg-writer"),
-            readers: Pool::new(config, READERS, "record-pg-reader"),
+            readers: Pool::new(config.clone(), READERS, "record-pg-reader"),
             label,
             node: options.node.clone(),
             signer: options.signer.clone(),
             cluster_public: options.cluster.verifying_key().to_bytes(),
             last: Mutex::new(None),
             appended: Condvar::new(),
-            closed: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
+            config: config.clone(),
             instance: hex::encode(instance),
             node_timeout: options.node_timeout,
             inherited: false,
@@ -271,7 +274,7 @@ impl PgStore {
             let meta =
                 serde_json::to_value(&announcement).map_err(|e| Failed::Corrupt(e.to_string()))?;
             let event = NewEvent::gateway(NODE_KEY_KIND, &meta);
-            let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer)?;
+            let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer, &node)?;
             txn.execute(
                 "INSERT INTO sluice.nodes (node, public_key, started_ms, instance, beat_ms)
                  VALUES ($1, $2, $3, $4, $3)
@@ -448,6 +451,100 @@ impl sluice_record::Membership for PgStore {
     fn inherited(&self) -> bool {
         self.inherited
     }
+
+    fn live_elsewhere(&self) -> Result<Vec<(String, SessionSummary)>, RecordError> {
+        let node = self.node.clone();
+        self.read(move |c| {
+            let rows = c.query(
+                "SELECT l.node, s.id, s.row, e.stored FROM sluice.live l
+                 JOIN sluice.nodes n ON n.node = l.node AND n.gone_ms IS NULL
+                 JOIN sluice.sessions s ON s.id = l.session
+                 LEFT JOIN sluice.entries e ON e.idx = s.first_idx
+                 WHERE l.node <> $1",
+                &[&node],
+            )?;
+            rows.into_iter()
+                .map(|row| {
+                    let id: String = row.get(1);
+                    let index_row: Vec<u8> = row.get(2);
+                    let opening: Option<Vec<u8>> = row.get(3);
+                    let summary =
+                        SessionSummary::from_index_row(&id, &index_row, opening.as_deref())
+                            .map_err(Failed::Corrupt)?;
+                    Ok((row.get(0), summary))
+                })
+                .collect()
+        })
+    }
+
+    fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError> {
+        let payload = serde_json::json!({"to": node, "message": message}).to_string();
+        self.write(move |c| {
+            c.execute("SELECT pg_notify('sluice_nodes', $1)", &[&payload])?;
+            Ok(())
+        })
+    }
+
+    fn inbox(&self) -> std::sync::mpsc::Receiver<serde_json::Value> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (config, node, closed) = (self.config.clone(), self.node.clone(), self.closed.clone());
+        let spawned = std::thread::Builder::new()
+            .name("record-pg-inbox".into())
+            .spawn(move || listen(&config, &node, &closed, &tx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the node's inbox");
+        }
+        rx
+    }
+}
+
+/// Listens for what other nodes tell `node`, on a connection of its own (made again when it
+/// breaks), until the record closes or nobody reads the inbox.
+fn listen(
+    config: &postgres::Config,
+    node: &str,
+    closed: &AtomicBool,
+    inbox: &std::sync::mpsc::Sender<serde_json::Value>,
+) {
+    use postgres::fallible_iterator::FallibleIterator;
+    while !closed.load(Ordering::SeqCst) {
+        let mut client = match config.connect(postgres::NoTls) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %pool::describe(&e), "node inbox: cannot connect; trying again");
+                std::thread::sleep(POLL * 10);
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute("LISTEN sluice_nodes") {
+            tracing::warn!(error = %pool::describe(&e), "node inbox: cannot listen; trying again");
+            std::thread::sleep(POLL * 10);
+            continue;
+        }
+        loop {
+            if closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut notifications = client.notifications();
+            let mut arrived = notifications.timeout_iter(POLL * 5);
+            match arrived.next() {
+                Ok(None) => {}
+                Ok(Some(note)) => {
+                    let Ok(parsed) = serde_json::from_str::<serde_json::Value>(note.payload())
+                    else {
+                        continue;
+                    };
+                    if parsed["to"] == node && inbox.send(parsed["message"].clone()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %pool::describe(&e), "node inbox: the connection broke; listening again");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn newest_first(sessions: &mut [SessionSummary]) {
@@ -487,6 +584,7 @@ fn append_in(
     txn: &mut Transaction<'_>,
     events: &[NewEvent],
     signer: &SigningKey,
+    node: &str,
 ) -> Result<Linked, Failed> {
     let last = lock_head(txn)?;
     let first = last.map_or(0, |(index, _)| index + 1);
@@ -548,6 +646,33 @@ fn append_in(
             &[&ids, &firsts, &rows],
         )?;
     }
+    // Which node holds each open session: what every node lists as live, and where a kill
+    // goes. Kept in the commit that opens or closes the session.
+    let opened: Vec<&str> = linked
+        .rows
+        .iter()
+        .filter(|r| r.kind == kinds::SESSION_OPEN)
+        .map(|r| r.session.as_str())
+        .collect();
+    let closed: Vec<&str> = linked
+        .rows
+        .iter()
+        .filter(|r| r.kind == kinds::SESSION_CLOSE)
+        .map(|r| r.session.as_str())
+        .collect();
+    if !opened.is_empty() {
+        txn.execute(
+            "INSERT INTO sluice.live (session, node) SELECT unnest($1::text[]), $2
+             ON CONFLICT (session) DO NOTHING",
+            &[&opened, &node],
+        )?;
+    }
+    if !closed.is_empty() {
+        txn.execute(
+            "DELETE FROM sluice.live WHERE session = ANY($1)",
+            &[&closed],
+        )?;
+    }
     let encoded = head.encode();
     txn.execute(
         "INSERT INTO sluice.checkpoints (idx, head) VALUES ($1, $2)",
@@ -566,10 +691,10 @@ impl Record for PgStore {
             return Ok(Vec::new());
         }
         let events = events.to_vec();
-        let signer = self.signer.clone();
+        let (signer, node) = (self.signer.clone(), self.node.clone());
         let linked = self.write(move |c| {
             let mut txn = c.transaction()?;
-            let linked = append_in(&mut txn, &events, &signer)?;
+            let linked = append_in(&mut txn, &events, &signer, &node)?;
             txn.commit()?;
             Ok(linked)
         })?;
@@ -795,7 +920,7 @@ impl Record for PgStore {
         by: &str,
     ) -> Result<Purged, RecordError> {
         let (rules, live, by) = (rules.clone(), live.clone(), by.to_string());
-        let signer = self.signer.clone();
+        let (signer, node) = (self.signer.clone(), self.node.clone());
         let (purged, head) = self.write(move |c| {
             let mut txn = c.transaction()?;
             // Purges queue with appends: what is read below is the chain as it stands.
@@ -814,7 +939,7 @@ impl Record for PgStore {
                     time_ms: now_ms,
                     ..NewEvent::gateway(kinds::RETENTION, &meta)
                 };
-                let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer)?;
+                let linked = append_in(&mut txn, std::slice::from_ref(&event), &signer, &node)?;
                 purged.entry = linked.rows.first().map(|r| r.index);
                 head = linked.head;
             }

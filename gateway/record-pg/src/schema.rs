@@ -66,6 +66,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     ",
     ),
+    (
+        3,
+        "
+    -- Open sessions and the node that holds each (kept with the commits that open and close
+    -- them): every node lists them, and a kill finds its way to the holder.
+    CREATE TABLE sluice.live (session text PRIMARY KEY, node text NOT NULL);
+    ",
+    ),
 ];
 
 /// Brings the schema up to date; returns the version it is at.

@@ -88,6 +88,12 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// Whether this node, when it started, took over its own earlier run that stopped without
     /// leaving and that no survivor answered for: then it closes that run's sessions itself.
     fn inherited(&self) -> bool;
+    /// Sessions open on the other live nodes, with the node that holds each.
+    fn live_elsewhere(&self) -> Result<Vec<(String, SessionSummary)>, RecordError>;
+    /// Sends `message` (JSON) to node `node`; it arrives in that node's inbox while it runs.
+    fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError>;
+    /// What other nodes tell this one, as it arrives. Call once.
+    fn inbox(&self) -> std::sync::mpsc::Receiver<serde_json::Value>;
 }
 
 impl Record for Store {

@@ -332,6 +332,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             membership.clone(),
             Duration::from_millis(config.store.heartbeat_ms),
         );
+        spawn_inbox(membership.as_ref(), session_ctx.clone());
     }
     let gateway = Arc::new(Gateway {
         config,
@@ -531,6 +532,29 @@ fn close_open_sessions(
         "closed sessions a stopped run left open"
     );
     Ok(open.len())
+}
+
+/// Acts on what other nodes tell this one: end a session it holds.
+fn spawn_inbox(membership: &dyn Membership, sessions: Arc<session::Context>) {
+    let inbox = membership.inbox();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-inbox".into())
+        .spawn(move || {
+            for message in inbox {
+                if let (Some(id), Some(reason)) =
+                    (message["kill"].as_str(), message["reason"].as_str())
+                    && !sessions.kill(id, reason.to_string())
+                {
+                    tracing::warn!(
+                        session = id,
+                        "asked to end a session this node does not hold"
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the inbox thread");
+    }
 }
 
 /// Beats for this node, and closes the sessions of each node whose beat lapsed that the

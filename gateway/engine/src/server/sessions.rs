@@ -30,18 +30,47 @@ impl Gateway {
             || (subject == identity.subject && self.roles().any(identity, connection))
     }
 
+    /// Live sessions: this node's, and on a shared record every other live node's.
     pub(super) fn live_sessions(&self, identity: &Identity) -> Reply {
-        let live: Vec<_> = self
+        let here = self.membership.as_ref().map(|m| m.node().to_string());
+        let mut live: Vec<_> = self
             .session_ctx
             .live()
             .into_iter()
-            .filter(|(_, subject, connection, _)| {
+            .map(|(id, subject, connection, started_ms)| {
+                (id, subject, connection, started_ms, here.clone())
+            })
+            .collect();
+        match self.elsewhere() {
+            Ok(elsewhere) => live.extend(
+                elsewhere
+                    .into_iter()
+                    .map(|(node, s)| (s.id, s.subject, s.connection, s.started_ms, Some(node))),
+            ),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+        let visible: Vec<_> = live
+            .into_iter()
+            .filter(|(_, subject, connection, _, _)| {
                 self.may_read(identity, subject, connection)
                     || self.roles().has(identity, Role::Admin, connection)
             })
-            .map(|(id, subject, connection, started_ms)| json!({"id": id, "subject": subject, "connection": connection, "started_ms": started_ms}))
+            .map(|(id, subject, connection, started_ms, node)| json!({"id": id, "subject": subject, "connection": connection, "started_ms": started_ms, "node": node}))
             .collect();
-        reply(StatusCode::OK, serde_json::Value::from(live).to_string())
+        reply(StatusCode::OK, serde_json::Value::from(visible).to_string())
+    }
+
+    /// Sessions open on the other nodes sharing the record (none on a gateway of its own).
+    fn elsewhere(
+        &self,
+    ) -> Result<Vec<(String, sluice_record::SessionSummary)>, sluice_record::RecordError> {
+        match &self.membership {
+            None => Ok(Vec::new()),
+            Some(m) => {
+                let m = m.clone();
+                tokio::task::block_in_place(|| m.live_elsewhere())
+            }
+        }
     }
 
     /// Admins of its connection end a live session.
@@ -52,17 +81,40 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Reply {
         let live = self.session_ctx.live();
-        let Some((_, _, connection, _)) = live.iter().find(|(live_id, ..)| live_id == id) else {
-            return error(StatusCode::NOT_FOUND, &format!("no live session {id}"));
+        let local = live.iter().find(|(live_id, ..)| live_id == id);
+        // A session another node holds is ended there: it is told through the record.
+        let (connection, holder) = match local {
+            Some((_, _, connection, _)) => (connection.clone(), None),
+            None => match self.elsewhere() {
+                Ok(elsewhere) => match elsewhere.into_iter().find(|(_, s)| s.id == id) {
+                    Some((node, s)) => (s.connection, Some(node)),
+                    None => return error(StatusCode::NOT_FOUND, &format!("no live session {id}")),
+                },
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            },
         };
         let action = format!("end session {id}");
         if let Err(why) = self
             .roles()
-            .require(identity, Role::Admin, connection, &action)
+            .require(identity, Role::Admin, &connection, &action)
             .await
         {
             tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused");
             return error(StatusCode::FORBIDDEN, &why);
+        }
+        if let (Some(node), Some(membership)) = (holder, &self.membership) {
+            let message = json!({"kill": id, "reason": format!("ended by {}", identity.subject)});
+            let membership = membership.clone();
+            return match tokio::task::block_in_place(|| membership.tell(&node, &message)) {
+                Ok(()) => {
+                    tracing::info!(subject = %identity.subject, session = id, %node, "kill sent to the node holding the session");
+                    reply(
+                        StatusCode::OK,
+                        json!({"killed": id, "node": node}).to_string(),
+                    )
+                }
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            };
         }
         if self
             .session_ctx
