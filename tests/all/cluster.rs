@@ -524,3 +524,36 @@ fn every_node_lists_every_live_session_and_ends_one_another_node_holds() {
     );
     assert_eq!(shared.count("SELECT count(*) FROM sluice.live"), 0);
 }
+
+#[test]
+fn a_node_starting_leaves_frames_held_on_another_node_waiting() {
+    use crate::reviews::{pending_review, scratch};
+    let shared = Shared::start();
+    let policy = "[chains]\nops = [\"shell-gate\"]\n\n[reviews.ops]\nexpire_seconds = 60\n";
+    let ops = "\n[connections.ops]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let a = shared.node_with_policy("a", ops, policy);
+    let dir = scratch("held-on-a");
+    let mut remove = a.cli();
+    remove
+        .args(["exec", "ops", "--", "rm", "-rf"])
+        .arg(dir.path());
+    let removing = std::thread::spawn(move || run_command(&mut remove, ""));
+    let id = pending_review(&a, "rm -rf");
+
+    // Node b starts while the frame waits on node a: it is not b's orphan.
+    let _b = shared.node_with_policy("b", ops, policy);
+    let (code, _, err) = a.run_as(Some(&a.reviewer_token), &["review", "approve", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = removing.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!dir.path().exists(), "approved, the folder is gone");
+    assert_eq!(
+        shared.count(
+            "SELECT count(*) FROM sluice.entries WHERE kind = 'review'
+             AND position(convert_to('session-ended', 'UTF8') in stored) > 0"
+        ),
+        0
+    );
+    let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

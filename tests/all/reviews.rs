@@ -50,7 +50,7 @@ fn remove_in_background(
 }
 
 /// Waits for a pending review whose text contains `needle`; its id.
-fn pending_review(gw: &Gateway, needle: &str) -> String {
+pub fn pending_review(gw: &Gateway, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, out, err) = gw.run_as(
@@ -88,7 +88,7 @@ fn ends_with_its_session(gw: &Gateway, id: &str) {
     assert!(err.contains("already session-ended"), "{err}");
 }
 
-fn scratch(name: &str) -> tempfile::TempDir {
+pub fn scratch(name: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
     std::fs::write(dir.path().join("file"), "x").unwrap();
     dir
@@ -605,6 +605,7 @@ fn a_decision_that_cannot_be_recorded_changes_nothing() {
             Default::default(),
             roles,
             Duration::from_secs(60),
+            Default::default(),
         )
         .await
         .unwrap();

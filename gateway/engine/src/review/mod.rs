@@ -57,13 +57,15 @@ struct State {
 
 impl Reviews {
     /// Loads the reviews; held frames still pending belonged to sessions that died with the
-    /// previous run: they become `session-ended`. Starts the expiry sweep.
+    /// previous run: they become `session-ended`, except those of sessions in `held_elsewhere`
+    /// (live on other gateways sharing the record). Starts the expiry sweep.
     pub async fn open(
         store: Arc<dyn Record>,
         recorder: Recorder,
         rules: BTreeMap<String, ReviewRules>,
         roles: Arc<Roles>,
         hold_timeout: Duration,
+        held_elsewhere: std::collections::HashSet<String>,
     ) -> anyhow::Result<Arc<Reviews>> {
         let mut all = BTreeMap::new();
         for bytes in store.reviews()? {
@@ -102,6 +104,11 @@ impl Reviews {
             .all
             .values()
             .filter(|r| r.kind == Kind::Frame && r.status == Status::Pending)
+            .filter(|r| {
+                r.session
+                    .as_ref()
+                    .is_none_or(|session| !held_elsewhere.contains(session))
+            })
             .map(|r| r.id.clone())
             .collect();
         for id in orphans {
