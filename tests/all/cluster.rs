@@ -526,7 +526,7 @@ fn every_node_lists_every_live_session_and_ends_one_another_node_holds() {
 }
 
 #[test]
-fn a_node_starting_leaves_frames_held_on_another_node_waiting() {
+fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_through_it() {
     use crate::reviews::{pending_review, scratch};
     let shared = Shared::start();
     let policy = "[chains]\nops = [\"shell-gate\"]\n\n[reviews.ops]\nexpire_seconds = 60\n";
@@ -541,12 +541,24 @@ fn a_node_starting_leaves_frames_held_on_another_node_waiting() {
     let id = pending_review(&a, "rm -rf");
 
     // Node b starts while the frame waits on node a: it is not b's orphan.
-    let _b = shared.node_with_policy("b", ops, policy);
-    let (code, _, err) = a.run_as(Some(&a.reviewer_token), &["review", "approve", &id]);
-    assert_eq!(code, 0, "{err}");
+    let b = shared.node_with_policy("b", ops, policy);
+    // Decided through node b, where the frame does not wait: the requester still may not
+    // approve their own...
+    let (code, _, err) = b.run(&["review", "approve", &id], "");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("may not decide") || err.contains("own"),
+        "{err}"
+    );
+    // ...a reviewer may, and the command runs on node a.
+    let started = std::time::Instant::now();
+    let (code, out, err) = b.run_as(Some(&b.reviewer_token), &["review", "approve", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("approved"), "{out}");
     let (code, out, err) = removing.join().unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(!dir.path().exists(), "approved, the folder is gone");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(
         shared.count(
             "SELECT count(*) FROM sluice.entries WHERE kind = 'review'

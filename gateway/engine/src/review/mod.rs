@@ -57,8 +57,9 @@ struct State {
 
 impl Reviews {
     /// Loads the reviews; held frames still pending belonged to sessions that died with the
-    /// previous run: they become `session-ended`, except those of sessions in `held_elsewhere`
-    /// (live on other gateways sharing the record). Starts the expiry sweep.
+    /// previous run: they become `session-ended`. Frames held for sessions in `held_elsewhere`
+    /// (live on other gateways sharing the record) are that gateway's to decide and expire:
+    /// they are left out. Starts the expiry sweep.
     pub async fn open(
         store: Arc<dyn Record>,
         recorder: Recorder,
@@ -76,6 +77,11 @@ impl Reviews {
                     Err(why) => Err(format!("{}: {why}", review.id)),
                 });
             match review {
+                Ok(review)
+                    if review
+                        .session
+                        .as_ref()
+                        .is_some_and(|session| held_elsewhere.contains(session)) => {}
                 Ok(review) => {
                     all.insert(review.id.clone(), review);
                 }
@@ -104,11 +110,6 @@ impl Reviews {
             .all
             .values()
             .filter(|r| r.kind == Kind::Frame && r.status == Status::Pending)
-            .filter(|r| {
-                r.session
-                    .as_ref()
-                    .is_none_or(|session| !held_elsewhere.contains(session))
-            })
             .map(|r| r.id.clone())
             .collect();
         for id in orphans {

@@ -30,6 +30,7 @@ mod agents;
 mod console;
 mod fronts;
 mod operations;
+mod peers;
 mod replay;
 mod routes;
 mod sessions;
@@ -64,6 +65,8 @@ pub struct Gateway {
     store: Arc<dyn Record>,
     /// This node's place among gateways sharing the record (`None` on the embedded store).
     membership: Option<Arc<dyn Membership>>,
+    /// The other gateways sharing the record, to ask and to answer.
+    peers: Option<Arc<peers::Peers>>,
     session_ctx: Arc<session::Context>,
     sinks: Arc<Sinks>,
     /// PostgreSQL connections' front doors, each on its own port (and for clients that
@@ -338,12 +341,15 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             membership.clone(),
             Duration::from_millis(config.store.heartbeat_ms),
         );
-        spawn_inbox(membership.as_ref(), session_ctx.clone());
     }
+    let peers = membership
+        .clone()
+        .map(|m| peers::Peers::start(m, session_ctx.clone(), session_ctx.reviews.clone()));
     let gateway = Arc::new(Gateway {
         config,
         auth,
         membership,
+        peers,
         store,
         session_ctx,
         sinks,
@@ -538,29 +544,6 @@ fn close_open_sessions(
         "closed sessions a stopped run left open"
     );
     Ok(open.len())
-}
-
-/// Acts on what other nodes tell this one: end a session it holds.
-fn spawn_inbox(membership: &dyn Membership, sessions: Arc<session::Context>) {
-    let inbox = membership.inbox();
-    let spawned = std::thread::Builder::new()
-        .name("sluice-inbox".into())
-        .spawn(move || {
-            for message in inbox {
-                if let (Some(id), Some(reason)) =
-                    (message["kill"].as_str(), message["reason"].as_str())
-                    && !sessions.kill(id, reason.to_string())
-                {
-                    tracing::warn!(
-                        session = id,
-                        "asked to end a session this node does not hold"
-                    );
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the inbox thread");
-    }
 }
 
 /// Beats for this node, and closes the sessions of each node whose beat lapsed that the

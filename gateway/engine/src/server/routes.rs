@@ -88,6 +88,14 @@ impl Gateway {
                     .get("reason")
                     .cloned()
                     .filter(|r| !r.trim().is_empty());
+                // A frame held on another node is decided there, where it waits.
+                if self.reviews().get(id).is_none()
+                    && let Some(node) = self.node_holding_review(id).await
+                {
+                    return self
+                        .decide_elsewhere(&node, id, &identity, *verb == "approve", reason)
+                        .await;
+                }
                 match self
                     .reviews()
                     .decide(id, &identity, *verb == "approve", reason)
@@ -106,7 +114,7 @@ impl Gateway {
                 }
             }
             (&Method::GET, ["api", "sessions"]) if query.contains_key("active") => {
-                self.live_sessions(&identity)
+                self.live_sessions(&identity).await
             }
             (&Method::GET, ["api", "sessions"]) => self.list_sessions(&identity),
             (&Method::GET, ["api", "sessions", "search"]) => {

@@ -31,8 +31,8 @@ impl Gateway {
     }
 
     /// Live sessions: this node's, and on a shared record every other live node's.
-    pub(super) fn live_sessions(&self, identity: &Identity) -> Reply {
-        let here = self.membership.as_ref().map(|m| m.node().to_string());
+    pub(super) async fn live_sessions(&self, identity: &Identity) -> Reply {
+        let here = self.peers.as_ref().map(|p| p.node().to_string());
         let mut live: Vec<_> = self
             .session_ctx
             .live()
@@ -41,13 +41,13 @@ impl Gateway {
                 (id, subject, connection, started_ms, here.clone())
             })
             .collect();
-        match self.elsewhere() {
+        match self.elsewhere().await {
             Ok(elsewhere) => live.extend(
                 elsewhere
                     .into_iter()
                     .map(|(node, s)| (s.id, s.subject, s.connection, s.started_ms, Some(node))),
             ),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
         }
         let visible: Vec<_> = live
             .into_iter()
@@ -61,15 +61,12 @@ impl Gateway {
     }
 
     /// Sessions open on the other nodes sharing the record (none on a gateway of its own).
-    fn elsewhere(
+    pub(super) async fn elsewhere(
         &self,
-    ) -> Result<Vec<(String, sluice_record::SessionSummary)>, sluice_record::RecordError> {
-        match &self.membership {
+    ) -> Result<Vec<(String, sluice_record::SessionSummary)>, String> {
+        match &self.peers {
             None => Ok(Vec::new()),
-            Some(m) => {
-                let m = m.clone();
-                tokio::task::block_in_place(|| m.live_elsewhere())
-            }
+            Some(peers) => peers.live_elsewhere().await,
         }
     }
 
@@ -85,12 +82,12 @@ impl Gateway {
         // A session another node holds is ended there: it is told through the record.
         let (connection, holder) = match local {
             Some((_, _, connection, _)) => (connection.clone(), None),
-            None => match self.elsewhere() {
+            None => match self.elsewhere().await {
                 Ok(elsewhere) => match elsewhere.into_iter().find(|(_, s)| s.id == id) {
                     Some((node, s)) => (s.connection, Some(node)),
                     None => return error(StatusCode::NOT_FOUND, &format!("no live session {id}")),
                 },
-                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
             },
         };
         let action = format!("end session {id}");
@@ -102,10 +99,9 @@ impl Gateway {
             tracing::warn!(%peer, subject = %identity.subject, session = id, "kill refused");
             return error(StatusCode::FORBIDDEN, &why);
         }
-        if let (Some(node), Some(membership)) = (holder, &self.membership) {
-            let message = json!({"kill": id, "reason": format!("ended by {}", identity.subject)});
-            let membership = membership.clone();
-            return match tokio::task::block_in_place(|| membership.tell(&node, &message)) {
+        if let (Some(node), Some(peers)) = (holder, &self.peers) {
+            let reason = format!("ended by {}", identity.subject);
+            return match peers.kill(&node, id, reason).await {
                 Ok(()) => {
                     tracing::info!(subject = %identity.subject, session = id, %node, "kill sent to the node holding the session");
                     reply(
@@ -113,7 +109,7 @@ impl Gateway {
                         json!({"killed": id, "node": node}).to_string(),
                     )
                 }
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
             };
         }
         if self
@@ -456,6 +452,58 @@ impl Search {
             offset: number("offset")?.unwrap_or(0) as usize,
             limit,
         })
+    }
+}
+
+impl Gateway {
+    /// The node whose session waits on review `id`, when another node holds it.
+    pub(super) async fn node_holding_review(&self, id: &str) -> Option<String> {
+        self.peers.as_ref()?;
+        let store = self.store.clone();
+        let rows = tokio::task::spawn_blocking(move || store.reviews())
+            .await
+            .ok()?
+            .ok()?;
+        let session = rows
+            .iter()
+            .filter_map(|row| serde_json::from_slice::<serde_json::Value>(row).ok())
+            .find(|review| review["id"] == id)?["session"]
+            .as_str()?
+            .to_string();
+        let elsewhere = self.elsewhere().await.ok()?;
+        elsewhere
+            .into_iter()
+            .find(|(_, s)| s.id == session)
+            .map(|(node, _)| node)
+    }
+
+    /// Review `id` decided on `node`, where its frame waits; its answer as this node's reply.
+    pub(super) async fn decide_elsewhere(
+        &self,
+        node: &str,
+        id: &str,
+        identity: &Identity,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Reply {
+        let Some(peers) = &self.peers else {
+            return error(StatusCode::NOT_FOUND, &format!("no review {id}"));
+        };
+        match peers.decide(node, id, identity, approve, reason).await {
+            Ok(answer) => {
+                let status = answer["status"]
+                    .as_u64()
+                    .and_then(|s| StatusCode::from_u16(s as u16).ok())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                if status == StatusCode::OK {
+                    tracing::info!(review = %id, by = %identity.subject, %node, "review decided on the node holding it");
+                    reply(status, answer["review"].to_string())
+                } else {
+                    error(status, answer["error"].as_str().unwrap_or("refused"))
+                }
+            }
+            Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
+        }
     }
 }
 
