@@ -569,3 +569,35 @@ fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_throu
     let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn sigterm_drains_live_sessions_up_to_drain_ms_then_ends_the_rest() {
+    let mut gw = Gateway::start_with_gateway_settings("drain_ms = 3000", "");
+    let run = |script: &str| {
+        let mut cmd = gw.cli();
+        cmd.args(["exec", "shell", "--", script]);
+        std::thread::spawn(move || run_command(&mut cmd, ""))
+    };
+    let short = run("sleep 1; echo finished-while-draining");
+    let long = run("sleep 60");
+    crate::support::eventually(
+        "both sessions are live",
+        std::time::Duration::from_secs(20),
+        || gw.run(&["sessions", "--active"], "").1.lines().count() == 3,
+    );
+    let stopping = std::time::Instant::now();
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    let stopped_after = stopping.elapsed();
+    // The short one finished on its own while the gateway drained...
+    let (code, out, err) = short.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("finished-while-draining"), "{out}");
+    // ...the long one was ended when the drain ran out, and told why.
+    let (code, _, err) = long.join().unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("the gateway is stopping"), "{err}");
+    assert!(
+        stopped_after >= std::time::Duration::from_secs(3),
+        "{stopped_after:?}"
+    );
+}

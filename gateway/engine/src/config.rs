@@ -280,6 +280,11 @@ pub struct Gateway {
     /// How long a stop (SIGTERM, SIGINT) waits for live sessions to end and record it.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
+    /// How long a stop lets live sessions finish on their own, with new ones already refused
+    /// (a load balancer sends them to another gateway), before it ends the rest. 0: end them
+    /// at once.
+    #[serde(default)]
+    pub drain_ms: u64,
     /// Connections open at once on all front doors together; more are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -339,6 +344,7 @@ impl Default for Gateway {
             watch_ms: None,
             plugin_cache: None,
             stop_grace_ms: default_stop_grace_ms(),
+            drain_ms: 0,
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
             trusted_proxies: Vec::new(),

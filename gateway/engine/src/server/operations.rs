@@ -133,6 +133,19 @@ impl Gateway {
             listener.abort();
         }
         self.fronts.close_all().await;
+        // Draining: nothing new is taken any more; live sessions may finish on their own.
+        let drain = Duration::from_millis(self.config.gateway.drain_ms);
+        if !drain.is_zero() && !self.session_ctx.live().is_empty() {
+            tracing::info!(
+                sessions = self.session_ctx.live().len(),
+                drain_ms = drain.as_millis() as u64,
+                "draining: waiting for live sessions to end"
+            );
+            let deadline = tokio::time::Instant::now() + drain;
+            while !self.session_ctx.live().is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let live = self.session_ctx.live();
         for (id, ..) in &live {
             self.session_ctx
