@@ -287,17 +287,24 @@ pub async fn sessions(client: Client, filter: SessionFilter) -> anyhow::Result<E
     if filter.active {
         let live: Vec<serde_json::Value> =
             serde_json::from_slice(&client.get("/api/sessions?active=1").await?)?;
+        // On gateways sharing a record, each session's node (where it runs).
+        let nodes = live.iter().any(|s| s["node"].is_string());
         println!(
-            "{:<32} {:<14} {:<10} STARTED",
-            "ACTIVE SESSION", "USER", "CONNECTION"
+            "{:<32} {:<14} {:<10} {:<13} {}",
+            "ACTIVE SESSION",
+            "USER",
+            "CONNECTION",
+            "STARTED",
+            if nodes { "NODE" } else { "" }
         );
         for s in live {
             println!(
-                "{:<32} {:<14} {:<10} {}",
+                "{:<32} {:<14} {:<10} {:<13} {}",
                 s["id"].as_str().unwrap_or("?"),
                 s["subject"].as_str().unwrap_or("?"),
                 s["connection"].as_str().unwrap_or("?"),
-                s["started_ms"]
+                s["started_ms"],
+                s["node"].as_str().unwrap_or_default()
             );
         }
         return Ok(ExitCode::SUCCESS);
