@@ -481,18 +481,10 @@ fn while_postgresql_is_down_sessions_are_refused_with_the_reason_and_recover_aft
 
 #[test]
 fn every_node_lists_every_live_session_and_ends_one_another_node_holds() {
-    use std::io::Read;
     let shared = Shared::start();
     let a = shared.node("a");
     let b = shared.node("b");
-    let mut sleeper = b
-        .cli()
-        .args(["exec", "shell", "--", "sleep 60"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = b.live_session();
+    let (sleeper, id) = b.sleeping_client();
     // Node a lists the session node b holds.
     let (code, listed, err) = a.run(&["sessions", "--active"], "");
     assert_eq!(code, 0, "{err}");
@@ -511,15 +503,8 @@ fn every_node_lists_every_live_session_and_ends_one_another_node_holds() {
     // ...an admin on node a may, and node b ends it, with who ended it.
     let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["kill", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    let status = sleeper.wait().unwrap();
-    let mut err = String::new();
-    sleeper
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
+    let (status, err) = crate::support::exit_and_stderr(sleeper);
+    assert_eq!(status, Some(1));
     assert!(
         err.contains("session ended: ended by dev-reviewer"),
         "{err}"

@@ -493,14 +493,7 @@ pub fn password_prompt_input_is_recorded_redacted(gw: &Gateway, connection: &str
 #[test]
 fn live_sessions_are_listed_and_only_admins_end_them() {
     let gw = Gateway::start();
-    let mut sleeper = gw
-        .cli()
-        .args(["exec", "shell", "--", "sleep 60"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = gw.live_session();
+    let (sleeper, id) = gw.sleeping_client();
     let (code, _, err) = gw.run(&["kill", &id], "");
     assert_eq!(code, 1);
     assert!(
@@ -511,15 +504,8 @@ fn live_sessions_are_listed_and_only_admins_end_them() {
     let (code, out, err) = gw.run_as(Some(&gw.reviewer_token.clone()), &["kill", &id]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ended"), "{out}");
-    let status = sleeper.wait().unwrap();
-    let mut err = String::new();
-    sleeper
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
+    let (status, err) = crate::support::exit_and_stderr(sleeper);
+    assert_eq!(status, Some(1));
     assert!(
         err.contains("session ended: ended by dev-reviewer"),
         "{err}"

@@ -238,6 +238,19 @@ impl Gateway {
             .to_string()
     }
 
+    /// A client whose session sleeps a minute (its stderr kept), and the session's id once it
+    /// is live.
+    pub fn sleeping_client(&self) -> (std::process::Child, String) {
+        let client = self
+            .cli()
+            .args(["exec", "shell", "--", "sleep 60"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (client, self.live_session())
+    }
+
     /// Waits (up to 20 s) until a session is live; its id.
     pub fn live_session(&self) -> String {
         let mut id = String::new();
@@ -277,6 +290,17 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits for `client` to exit: its exit code and what it printed on stderr.
+pub fn exit_and_stderr(mut client: std::process::Child) -> (Option<i32>, String) {
+    use std::io::Read;
+    let status = client.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut stderr) = client.stderr.take() {
+        stderr.read_to_string(&mut err).unwrap();
+    }
+    (status.code(), err)
 }
 
 /// Runs `cmd` with `stdin`; returns (exit code, stdout, stderr). A command still running
