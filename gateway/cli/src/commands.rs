@@ -203,10 +203,16 @@ pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<
     let (started, running) = sluice_engine::server::start(config).await?;
     println!("sluice gateway listening on https://{}", started.addr);
     println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);
-    println!(
-        "record key (Ed25519, keep it to verify copies): {}",
-        started.record_key
-    );
+    match &started.node {
+        None => println!(
+            "record key (Ed25519, keep it to verify copies): {}",
+            started.record_key
+        ),
+        Some(node) => println!(
+            "node {node} on a shared record; cluster key (Ed25519, keep it: verify trusts it for every node): {}",
+            started.record_key
+        ),
+    }
     if started.closed_after_crash > 0 {
         println!(
             "closed {} sessions the previous run left open (it stopped unexpectedly)",

@@ -406,6 +406,10 @@ impl sluice_record::Membership for PgStore {
         &self.node
     }
 
+    fn trusted_key(&self) -> [u8; 32] {
+        self.cluster_public
+    }
+
     fn beat(&self) -> Result<Vec<String>, RecordError> {
         let (node, instance) = (self.node.clone(), self.instance.clone());
         let timeout = self.node_timeout.as_millis() as i64;

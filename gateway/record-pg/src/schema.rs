@@ -79,7 +79,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// Brings the schema up to date; returns the version it is at.
 pub fn migrate(client: &mut Client) -> Result<i32, Failed> {
     let mut txn = client.transaction()?;
-    // One node migrates at a time; the others wait, then find nothing left to do.
+    // One node migrates at a time; the others wait, then find nothing left to do. The
+    // server's notices ("already exists, skipping") say nothing worth logging at every start.
+    txn.batch_execute("SET LOCAL client_min_messages = warning")?;
     txn.execute("SELECT pg_advisory_xact_lock(7365727631)", &[])?;
     txn.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {SCHEMA};

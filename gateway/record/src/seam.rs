@@ -80,6 +80,8 @@ pub trait Record: Send + Sync + std::fmt::Debug {
 pub trait Membership: Send + Sync + std::fmt::Debug {
     /// This node's name.
     fn node(&self) -> &str;
+    /// The key auditors trust for every node's heads: the cluster key's public half.
+    fn trusted_key(&self) -> [u8; 32];
     /// Says this node is alive. Returns the nodes whose beat lapsed that this node now answers
     /// for: each lapsed node is handed to one node only.
     fn beat(&self) -> Result<Vec<String>, RecordError>;

@@ -172,8 +172,11 @@ pub struct Started {
     pub addr: SocketAddr,
     pub ca_fingerprint: String,
     pub dev_tokens: Option<crate::auth::DevTokens>,
-    /// The record's public key (hex): auditors keep it to verify copies of the store.
+    /// The record's public key (hex): auditors keep it to verify copies of the store. On a
+    /// shared record, the cluster key's, which verify trusts for every node.
     pub record_key: String,
+    /// This node's name, on a record shared with other gateways.
+    pub node: Option<String>,
     /// Sessions a previous run left open (it crashed), now closed in the record.
     pub closed_after_crash: usize,
 }
@@ -307,7 +310,12 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         addr,
         ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
         dev_tokens,
-        record_key: hex::encode(store.public_key()),
+        record_key: hex::encode(
+            membership
+                .as_ref()
+                .map_or_else(|| store.public_key(), |m| m.trusted_key()),
+        ),
+        node: node.clone(),
         closed_after_crash,
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
