@@ -390,15 +390,13 @@ impl PgStore {
                 })
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        newest_first(&mut all);
+        SessionSummary::newest_first(&mut all);
         Ok(all)
     }
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    sluice_core::now_ms() as i64
 }
 
 impl sluice_record::Membership for PgStore {
@@ -549,14 +547,6 @@ fn listen(
             }
         }
     }
-}
-
-fn newest_first(sessions: &mut [SessionSummary]) {
-    sessions.sort_by(|a, b| {
-        b.started_ms
-            .cmp(&a.started_ms)
-            .then_with(|| a.id.cmp(&b.id))
-    });
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -799,7 +789,7 @@ impl Record for PgStore {
             .map(|(_, row)| serde_json::from_slice(row))
             .collect::<Result<Vec<SessionSummary>, _>>()
             .map_err(|e| self.error(Failed::Corrupt(e.to_string())))?;
-        newest_first(&mut all);
+        SessionSummary::newest_first(&mut all);
         Ok(all)
     }
 

@@ -797,11 +797,7 @@ impl Store {
                 let (_, value) = row.map_err(|e| self.corrupt(e))?;
                 all.push(serde_json::from_slice(value.value()).map_err(|e| self.corrupt(e))?);
             }
-            all.sort_by(|a: &SessionSummary, b| {
-                b.started_ms
-                    .cmp(&a.started_ms)
-                    .then_with(|| a.id.cmp(&b.id))
-            });
+            SessionSummary::newest_first(&mut all);
             Ok(all)
         })
     }
@@ -819,11 +815,7 @@ impl Store {
                 let (id, value) = row.map_err(|e| self.corrupt(e))?;
                 all.push(self.summary_from(&entries, id.value(), value.value())?);
             }
-            all.sort_by(|a, b| {
-                b.started_ms
-                    .cmp(&a.started_ms)
-                    .then_with(|| a.id.cmp(&b.id))
-            });
+            SessionSummary::newest_first(&mut all);
             Ok(all)
         })
     }
@@ -937,6 +929,15 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
 
 /// The session index is a derived view (the chain is the truth), kept up to date per commit.
 impl SessionSummary {
+    /// The order sessions are listed in: newest first, then by id.
+    pub fn newest_first(sessions: &mut [SessionSummary]) {
+        sessions.sort_by(|a, b| {
+            b.started_ms
+                .cmp(&a.started_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    }
+
     /// A sessions-index row, with subject, connection, client and start taken from the
     /// session's opening entry (`opening`, as stored); a row that points at anything else is
     /// refused as corrupt.
