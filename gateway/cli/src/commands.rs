@@ -200,6 +200,13 @@ pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<
     if watch && config.gateway.watch_ms.is_none() {
         config.gateway.watch_ms = Some(500);
     }
+    // SIGTERM is what `kill`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both stop
+    // cleanly: sessions end and are recorded, the record is committed and closed. The
+    // handlers go in before anything is printed: whoever saw the listening line may stop
+    // us at once, and that must not kill the process uncleanly.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let (started, running) = sluice_engine::server::start(config).await?;
     println!("sluice gateway listening on https://{}", started.addr);
     println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);
@@ -228,11 +235,6 @@ pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<
         println!("Try: sluice exec shell -- echo hello   or   sluice connect python");
     }
     std::io::stdout().flush()?;
-    // SIGTERM is what `kill`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both stop
-    // cleanly: sessions end and are recorded, the record is committed and closed.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let why = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
