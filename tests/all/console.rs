@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, run_command};
+use crate::support::{Gateway, ensure_installed, run_command};
 
 /// How long the page may take to show what a test waits for.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -25,25 +25,9 @@ struct Browser {
     origin: String,
 }
 
-/// Debian's Chromium and ChromeDriver, installed when missing (as `.ci/run` does).
-fn ensure_chromium() {
-    if std::path::Path::new("/usr/bin/chromedriver").exists() {
-        return;
-    }
-    let _ = Command::new("apt-get").args(["update", "-q"]).status();
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "-q", "chromium", "chromium-driver"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-    assert!(
-        installed.is_ok_and(|s| s.success()),
-        "chromium and chromium-driver are needed: apt-get install chromium chromium-driver"
-    );
-}
-
 impl Browser {
     async fn open(gw: &Gateway) -> Browser {
-        ensure_chromium();
+        ensure_installed("/usr/bin/chromedriver", &["chromium", "chromium-driver"]);
         let port = crate::postgres::free_port();
         let driver = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))

@@ -332,3 +332,138 @@ fn tls_settings_that_do_not_go_together_stop_the_start_with_a_clear_error() {
         assert!(err.contains(&expected), "{settings}: {err}");
     }
 }
+
+/// HAProxy (Debian's) in TCP mode in front of the gateway: `frontends` are (listen port,
+/// server address, `send-proxy` or `send-proxy-v2`), each connecting from 127.0.0.3, the
+/// address the gateway trusts. Stopped when dropped.
+struct HaProxy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    fn start(frontends: &[(u16, &str, &str)]) -> HaProxy {
+        ensure_installed("/usr/sbin/haproxy", &["haproxy"]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = String::from(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+        );
+        for (n, (port, server, send)) in frontends.iter().enumerate() {
+            config += &format!(
+                "listen front{n}\n  bind 127.0.0.1:{port}\n  server gateway {server} {send} source 127.0.0.3\n"
+            );
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new("/usr/sbin/haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for (port, _, _) in frontends {
+            eventually("haproxy listens", Duration::from_secs(20), || {
+                TcpStream::connect(("127.0.0.1", *port)).is_ok()
+            });
+        }
+        HaProxy { child, _dir: dir }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP connection from `source` (a loopback address) to `port` on 127.0.0.1.
+fn connect_from(source: &str, port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let remote: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&remote.into()).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp
+}
+
+/// Sends a PostgreSQL startup message; the first byte of the answer (`R`: asked for a
+/// password, `E`: an error) and the answer as text, or `None` when the connection closed.
+fn start_postgres(tcp: &mut TcpStream) -> Option<(u8, String)> {
+    let params = b"user\0someone\0database\0postgres\0\0";
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend(196_608u32.to_be_bytes());
+    startup.extend(params);
+    tcp.write_all(&startup).ok()?;
+    let mut answer = [0u8; 1024];
+    let n = tcp.read(&mut answer).ok().filter(|n| *n > 0)?;
+    Some((
+        answer[0],
+        String::from_utf8_lossy(&answer[..n]).into_owned(),
+    ))
+}
+
+#[test]
+fn behind_haproxy_each_client_is_counted_and_recorded_by_the_address_the_proxy_protocol_names() {
+    let pg = free_port();
+    let extra = format!(
+        "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{pg}\"\nupstream = \"127.0.0.1:1\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"x\"\n"
+    );
+    let gw = Gateway::start_with_gateway_settings(
+        "trusted_proxies = [\"127.0.0.3\"]\nproxy_protocol = true\nmax_connections_per_source = 2\n",
+        &extra,
+    );
+    let (https_front, pg_front) = (free_port(), free_port());
+    let pg_server = format!("127.0.0.1:{pg}");
+    let _haproxy = HaProxy::start(&[
+        (https_front, &gw.addr, "send-proxy-v2"),
+        (pg_front, &pg_server, "send-proxy"),
+    ]);
+
+    // A session through the balancer (version 2 header) records the client, not the
+    // balancer (127.0.0.3).
+    let mut through = gw.cli();
+    through
+        .env("SLUICE_GATEWAY", format!("127.0.0.1:{https_front}"))
+        .args(["exec", "shell", "--", "echo through-the-balancer"]);
+    let (code, out, err) = run_command(&mut through, "");
+    assert_eq!((code, out.trim()), (0, "through-the-balancer"), "{err}");
+    let (code, listed, err) = gw.run(&["sessions"], "");
+    assert_eq!(code, 0, "{err}");
+    let row = listed
+        .lines()
+        .find(|l| l.contains("through-the-balancer"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        row.contains(" 127.0.0.1:") && !row.contains("127.0.0.3"),
+        "{row}"
+    );
+
+    // The per-address cap counts each client behind the balancer (version 1 headers): two
+    // from 127.0.0.5 are asked for a password, a third is refused naming 127.0.0.5, and
+    // 127.0.0.6 is still served.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from("127.0.0.5", pg_front))
+        .collect();
+    for tcp in &mut held {
+        assert_eq!(start_postgres(tcp).map(|a| a.0), Some(b'R'));
+    }
+    let (kind, answer) = start_postgres(&mut connect_from("127.0.0.5", pg_front)).unwrap();
+    assert_eq!(kind, b'E', "{answer}");
+    assert!(
+        answer.contains("53300") && answer.contains("127.0.0.5 has 2 connections open"),
+        "{answer}"
+    );
+    let other = start_postgres(&mut connect_from("127.0.0.6", pg_front));
+    assert_eq!(other.map(|a| a.0), Some(b'R'));
+
+    // The balancer's address without a header is refused: it could be anyone behind it.
+    let mut bare = connect_from("127.0.0.3", pg);
+    assert_eq!(start_postgres(&mut bare), None);
+    // Anyone else needs none, and their bytes are theirs (a header is not believed).
+    let mut direct = connect_from("127.0.0.7", pg);
+    assert_eq!(start_postgres(&mut direct).map(|a| a.0), Some(b'R'));
+}

@@ -409,3 +409,27 @@ pub fn share_builds(krate: &std::path::Path) {
     std::os::unix::fs::symlink(&target, krate.join("target")).unwrap();
     std::fs::copy(repo().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
 }
+
+/// Debian's `packages`, installed with apt-get when `program` is missing (as `.ci/run`
+/// does); one installation at a time, since apt holds a lock.
+pub fn ensure_installed(program: &str, packages: &[&str]) {
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT.lock().unwrap_or_else(|e| e.into_inner());
+    if std::path::Path::new(program).exists() {
+        return;
+    }
+    let _ = std::process::Command::new("apt-get")
+        .args(["update", "-q"])
+        .status();
+    let installed = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    assert!(
+        installed.is_ok_and(|s| s.success()),
+        "{} needed: apt-get install {}",
+        packages.join(" and "),
+        packages.join(" ")
+    );
+}

@@ -294,6 +294,12 @@ pub struct Gateway {
     /// Addresses (load balancers) whose connections count towards `max_connections` only.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connections from `trusted_proxies` begin with a PROXY protocol header (version 1 or
+    /// 2, as HAProxy's `send-proxy` and most cloud load balancers send) naming the client:
+    /// the per-address cap, logs and recordings see that client instead of the balancer.
+    /// Anyone else's header is never read.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Connections that have not authenticated yet, at once; more are refused.
     #[serde(default = "default_max_signing_in")]
     pub max_signing_in: usize,
@@ -348,6 +354,7 @@ impl Default for Gateway {
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             max_signing_in: default_max_signing_in(),
             sign_in_timeout_ms: default_sign_in_timeout_ms(),
             tls_names: Vec::new(),
@@ -674,6 +681,9 @@ impl Config {
                     "gateway.{key}: at least 1 (0 would refuse everyone)"
                 ));
             }
+        }
+        if g.proxy_protocol && g.trusted_proxies.is_empty() {
+            return Err("gateway.proxy_protocol: list the load balancers that send the header in gateway.trusted_proxies (a header from anyone else is never believed)".into());
         }
         if g.sign_in_timeout_ms == 0 || g.stop_grace_ms == 0 {
             return Err("gateway.sign_in_timeout_ms and stop_grace_ms: at least 1".into());

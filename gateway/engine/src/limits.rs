@@ -7,13 +7,16 @@
 //!   outlives authentication, so idle shells and psql sessions (idle by design) are never cut
 //!   by them. Signed-in connections get TCP keepalives instead, so a vanished peer is noticed.
 //! - Behind a load balancer every connection comes from the balancer: its address, listed in
-//!   `trusted_proxies`, counts towards the total only.
+//!   `trusted_proxies`, counts towards the total only. With `proxy_protocol` the balancer
+//!   names each client in a PROXY header, and the client is what is counted, logged and
+//!   recorded. Only a trusted proxy's header is read: anyone else's bytes go to TLS untouched.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Gateway as Settings;
@@ -27,6 +30,7 @@ pub struct Limits {
     total: usize,
     per_source: usize,
     trusted: HashSet<IpAddr>,
+    proxy_protocol: bool,
     /// How long a connection may take from accept to authenticated.
     pub sign_in: Duration,
     open: Mutex<Open>,
@@ -65,6 +69,7 @@ impl Limits {
             total: settings.max_connections,
             per_source: settings.max_connections_per_source,
             trusted: settings.trusted_proxies.iter().copied().collect(),
+            proxy_protocol: settings.proxy_protocol,
             sign_in: Duration::from_millis(settings.sign_in_timeout_ms),
             open: Mutex::default(),
             signing_in: Arc::new(Semaphore::new(settings.max_signing_in)),
@@ -99,11 +104,87 @@ impl Limits {
         })
     }
 
+    /// Who is at the other end of `tcp`: the client a trusted proxy names in its PROXY
+    /// header (read off the stream, nothing past it), or `peer` itself. A trusted proxy that
+    /// sends no valid header within the sign-in time is refused, never guessed at.
+    pub async fn source(
+        &self,
+        tcp: &mut TcpStream,
+        peer: SocketAddr,
+    ) -> Result<SocketAddr, String> {
+        if !self.proxy_protocol || !self.trusted.contains(&peer.ip()) {
+            return Ok(peer);
+        }
+        match tokio::time::timeout(self.sign_in, proxy_header(tcp)).await {
+            Ok(Ok(Some(client))) => Ok(client),
+            // LOCAL (the balancer's own health check) or no address family: the balancer.
+            Ok(Ok(None)) => Ok(peer),
+            Ok(Err(why)) => Err(format!("PROXY protocol header from {peer}: {why}")),
+            Err(_) => Err(format!(
+                "{peer} is a trusted proxy (proxy_protocol) but sent no PROXY header within the sign-in time"
+            )),
+        }
+    }
+
     /// A permit to sign in, held until the connection has authenticated; `None` when too
     /// many connections are signing in at once.
     pub fn signing_in(&self) -> Option<OwnedSemaphorePermit> {
         self.signing_in.clone().try_acquire_owned().ok()
     }
+}
+
+/// The longest version 1 header (the specification's bound) and version 2 header we take
+/// (addresses and a few TLVs; balancers send far less).
+const V1_MAX: usize = 107;
+const V2_MAX: usize = 16 + 512;
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Reads one PROXY header, version 1 or 2, and not a byte more (what follows is the client's
+/// TLS or PostgreSQL startup): the client it names, or `None` when it names none.
+async fn proxy_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+    use ppp::v2::{Addresses, Command};
+    use tokio::io::AsyncReadExt;
+    let io = |e: std::io::Error| e.to_string();
+    // 15 bytes: the shortest version 1 header ("PROXY UNKNOWN\r\n"), shorter than any v2.
+    let mut header = vec![0; 15];
+    tcp.read_exact(&mut header).await.map_err(io)?;
+    if header.starts_with(V2_SIGNATURE) {
+        header.resize(16, 0);
+        tcp.read_exact(&mut header[15..]).await.map_err(io)?;
+        let length = usize::from(u16::from_be_bytes([header[14], header[15]]));
+        if 16 + length > V2_MAX {
+            return Err(format!(
+                "a version 2 header of {length} bytes is longer than any balancer sends"
+            ));
+        }
+        header.resize(16 + length, 0);
+        tcp.read_exact(&mut header[16..]).await.map_err(io)?;
+        let parsed = ppp::v2::Header::try_from(&header[..]).map_err(|e| e.to_string())?;
+        return Ok(match (parsed.command, parsed.addresses) {
+            (Command::Local, _) => None,
+            (_, Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+            (_, Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+            (_, Addresses::Unspecified | Addresses::Unix(_)) => None,
+        });
+    }
+    if !header.starts_with(b"PROXY ") {
+        return Err("the connection does not begin with a PROXY header (version 1 or 2)".into());
+    }
+    // Version 1 ends at CRLF: a byte at a time, so nothing after it is consumed.
+    while !header.ends_with(b"\r\n") {
+        if header.len() == V1_MAX {
+            return Err(format!("no end of line within {V1_MAX} bytes (version 1)"));
+        }
+        header.push(tcp.read_u8().await.map_err(io)?);
+    }
+    let text = std::str::from_utf8(&header)
+        .map_err(|_| "a version 1 header that is not text".to_string())?;
+    let parsed = ppp::v1::Header::try_from(text).map_err(|e| e.to_string())?;
+    Ok(match parsed.addresses {
+        ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        ppp::v1::Addresses::Unknown => None,
+    })
 }
 
 /// TCP keepalives on an accepted connection, so a peer that vanished is noticed even when
@@ -128,6 +209,114 @@ mod tests {
             trusted_proxies: trusted.iter().map(|a| a.parse().unwrap()).collect(),
             ..Settings::default()
         })
+    }
+
+    /// A connection from 127.0.0.1 that sends `sent` then `rest`: where `limits` says it
+    /// comes from, and the bytes left on the stream after that.
+    async fn from_loopback(limits: &Limits, sent: &[u8]) -> (Result<SocketAddr, String>, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(sent).await.unwrap();
+        client.write_all(b"rest").await.unwrap();
+        client.shutdown().await.unwrap();
+        let (mut tcp, peer) = listener.accept().await.unwrap();
+        let source = limits.source(&mut tcp, peer).await;
+        let mut left = Vec::new();
+        tcp.read_to_end(&mut left).await.unwrap();
+        (source, left)
+    }
+
+    fn behind_proxy(sign_in_ms: u64) -> Arc<Limits> {
+        Limits::new(&Settings {
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+            proxy_protocol: true,
+            sign_in_timeout_ms: sign_in_ms,
+            ..Settings::default()
+        })
+    }
+
+    /// A version 2 PROXY header for TCP over IPv4.
+    fn v2(command: u8, source: [u8; 4], port: u16) -> Vec<u8> {
+        let mut header = V2_SIGNATURE.to_vec();
+        header.extend([0x20 | command, 0x11, 0, 12]);
+        header.extend(source);
+        header.extend([127, 0, 0, 1]);
+        header.extend(port.to_be_bytes());
+        header.extend(443u16.to_be_bytes());
+        header
+    }
+
+    #[tokio::test]
+    async fn a_trusted_proxys_header_names_the_client_and_nothing_after_it_is_consumed() {
+        let limits = behind_proxy(2000);
+        for (sent, client) in [
+            (
+                b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n".to_vec(),
+                "203.0.113.7:5555",
+            ),
+            (
+                b"PROXY TCP6 2001:db8::7 ::1 5555 443\r\n".to_vec(),
+                "[2001:db8::7]:5555",
+            ),
+            (v2(1, [198, 51, 100, 9], 6000), "198.51.100.9:6000"),
+        ] {
+            let (source, left) = from_loopback(&limits, &sent).await;
+            assert_eq!(source.unwrap().to_string(), client);
+            assert_eq!(left, b"rest");
+        }
+        // The balancer's own checks (v2 LOCAL, v1 UNKNOWN) are the balancer.
+        for sent in [v2(0, [0; 4], 0), b"PROXY UNKNOWN\r\n".to_vec()] {
+            let (source, left) = from_loopback(&limits, &sent).await;
+            assert_eq!(source.unwrap().ip().to_string(), "127.0.0.1");
+            assert_eq!(left, b"rest");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_from_anyone_else_is_not_read_and_a_proxy_without_one_is_refused() {
+        // Not a trusted proxy: its "header" is the client's own bytes, left for TLS.
+        let untrusted = Limits::new(&Settings {
+            trusted_proxies: vec!["10.0.0.9".parse().unwrap()],
+            proxy_protocol: true,
+            ..Settings::default()
+        });
+        let forged = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n";
+        let (source, left) = from_loopback(&untrusted, forged).await;
+        assert_eq!(source.unwrap().ip().to_string(), "127.0.0.1");
+        assert_eq!(left, [&forged[..], b"rest"].concat());
+
+        let limits = behind_proxy(2000);
+        for (sent, why) in [
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03abcdefgh".to_vec(),
+                "does not begin with a PROXY header",
+            ),
+            (
+                b"PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n".to_vec(),
+                "PROXY protocol header",
+            ),
+            (
+                [&b"PROXY TCP4 "[..], &[b'1'; 120]].concat(),
+                "no end of line",
+            ),
+            (b"PROXY TCP4 203.0".to_vec(), "PROXY protocol header"),
+        ] {
+            let (source, _) = from_loopback(&limits, &sent).await;
+            let refused = source.unwrap_err();
+            assert!(refused.contains(why), "{refused}");
+        }
+        // One that sends nothing at all is cut off at the sign-in time.
+        let limits = behind_proxy(100);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _silent = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut tcp, peer) = listener.accept().await.unwrap();
+        let refused = limits.source(&mut tcp, peer).await.unwrap_err();
+        assert!(refused.contains("sent no PROXY header"), "{refused}");
     }
 
     #[test]

@@ -90,21 +90,28 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
                 continue;
             }
         };
-        let admitted = match front.limits.admit(peer.ip()) {
-            Ok(admitted) => admitted,
-            Err(why) => {
-                tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
-                let text = format!("sluice: too many connections: {why}");
-                let _ = message::write(&mut tcp, &[message::error(b'E', "FATAL", "53300", &text)])
-                    .await;
-                continue;
-            }
-        };
         let _ = tcp.set_nodelay(true);
         crate::limits::keepalive(&tcp);
         let front = front.clone();
         tokio::spawn(async move {
-            let _admitted = admitted;
+            // Behind a trusted proxy, the client it names (reading its PROXY header).
+            let peer = match front.limits.source(&mut tcp, peer).await {
+                Ok(source) => source,
+                Err(why) => {
+                    return tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
+                }
+            };
+            let _admitted = match front.limits.admit(peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
+                    let text = format!("sluice: too many connections: {why}");
+                    let _ =
+                        message::write(&mut tcp, &[message::error(b'E', "FATAL", "53300", &text)])
+                            .await;
+                    return;
+                }
+            };
             if let Err(e) = front.client(Box::new(tcp), peer, false, None).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
             }

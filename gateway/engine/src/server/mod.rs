@@ -407,20 +407,13 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     let task = tokio::spawn(async move {
         let gateway = accepting;
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let (mut tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors (EMFILE) or the like: retrying at once would
                     // spin a core without freeing anything.
                     tracing::warn!(error = %e, "accept failed; pausing before the next");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let admitted = match limits.admit(peer.ip()) {
-                Ok(admitted) => admitted,
-                Err(why) => {
-                    tracing::warn!(%peer, %why, "connection refused");
                     continue;
                 }
             };
@@ -431,9 +424,18 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             // Small interactive frames must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
             crate::limits::keepalive(&tcp);
-            let (gateway, acceptor, sign_in) = (gateway.clone(), acceptor.clone(), limits.sign_in);
+            let (gateway, acceptor, limits) = (gateway.clone(), acceptor.clone(), limits.clone());
             tokio::spawn(async move {
-                let _admitted = admitted;
+                // Behind a trusted proxy, the client it names (reading its PROXY header).
+                let peer = match limits.source(&mut tcp, peer).await {
+                    Ok(source) => source,
+                    Err(why) => return tracing::warn!(%peer, %why, "connection refused"),
+                };
+                let _admitted = match limits.admit(peer.ip()) {
+                    Ok(admitted) => admitted,
+                    Err(why) => return tracing::warn!(%peer, %why, "connection refused"),
+                };
+                let sign_in = limits.sign_in;
                 let tls = match tokio::time::timeout(sign_in, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
