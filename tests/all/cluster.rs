@@ -532,8 +532,13 @@ fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_throu
     let removing = std::thread::spawn(move || run_command(&mut remove, ""));
     let id = pending_review(&a, "rm -rf");
 
-    // Node b starts while the frame waits on node a: it is not b's orphan.
+    // Node b starts while the frame waits on node a: it is not b's orphan. Its reviewers
+    // see the review there too.
     let b = shared.node_with_policy("b", ops, policy);
+    assert_eq!(pending_review(&b, "rm -rf"), id);
+    let (code, shown, err) = b.run_as(Some(&b.reviewer_token), &["review", "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains("pending") && shown.contains("rm -rf"), "{shown}");
     // Decided through node b, where the frame does not wait: the requester still may not
     // approve their own...
     let (code, _, err) = b.run(&["review", "approve", &id], "");

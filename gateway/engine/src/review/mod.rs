@@ -346,11 +346,18 @@ impl Reviews {
     }
 
     /// What `identity` may see: their own requests and those they may decide; newest first.
-    pub fn visible(&self, identity: &Identity, status: Option<&str>) -> Vec<Review> {
+    /// `others` are reviews other gateways on a shared record hold (`held_elsewhere`).
+    pub fn visible(
+        &self,
+        identity: &Identity,
+        status: Option<&str>,
+        others: &[Review],
+    ) -> Vec<Review> {
         let mut out: Vec<Review> = self
             .lock()
             .all
             .values()
+            .chain(others)
             .filter(|r| self.may_see(identity, r))
             .filter(|r| status.is_none_or(|s| r.status.as_str() == s))
             .cloned()
@@ -373,6 +380,28 @@ impl Reviews {
         review.requester == identity.subject
             || review.may_decide(identity)
             || self.roles.has(identity, Role::Audit, &review.connection)
+    }
+
+    /// The reviews in the record this gateway does not hold: on a shared record, those other
+    /// gateways hold, as last recorded. Only rows the chain backs (as at start). Blocking: it
+    /// reads the record.
+    pub fn held_elsewhere(&self) -> anyhow::Result<Vec<Review>> {
+        let mut others = Vec::new();
+        for bytes in self.store.reviews()? {
+            let Ok(review) = serde_json::from_slice::<Review>(&bytes) else {
+                continue;
+            };
+            if self.lock().all.contains_key(&review.id) {
+                continue;
+            }
+            match chained(self.store.as_ref(), &review) {
+                Ok(()) => others.push(review),
+                Err(why) => {
+                    tracing::error!(review = %review.id, %why, "a stored review does not match the record; not listed (`sluice verify` names it)")
+                }
+            }
+        }
+        Ok(others)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Review> {

@@ -70,19 +70,36 @@ impl Gateway {
             }
             (&Method::GET, ["api", "reviews"]) => {
                 let status = query.get("status").map(String::as_str);
-                let list = self.reviews().visible(&identity, status);
-                reply(StatusCode::OK, json!(list).to_string())
-            }
-            (&Method::GET, ["api", "reviews", "events"]) => self.review_events(identity),
-            (&Method::GET, ["api", "reviews", id]) => match self.reviews().get(id) {
-                Some(r) if self.reviews().may_see(&identity, &r) => {
-                    reply(StatusCode::OK, json!(r).to_string())
+                match self.reviews_elsewhere().await {
+                    Ok(others) => {
+                        let list = self.reviews().visible(&identity, status, &others);
+                        reply(StatusCode::OK, json!(list).to_string())
+                    }
+                    Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
                 }
-                _ => error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no review {id} that you may see"),
-                ),
+            }
+            (&Method::GET, ["api", "reviews", "events"]) => match self.reviews_elsewhere().await {
+                Ok(others) => self.review_events(identity, others),
+                Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
             },
+            (&Method::GET, ["api", "reviews", id]) => {
+                let found = match self.reviews().get(id) {
+                    Some(r) => Some(r),
+                    None => match self.reviews_elsewhere().await {
+                        Ok(others) => others.into_iter().find(|r| r.id == *id),
+                        Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, &why),
+                    },
+                };
+                match found {
+                    Some(r) if self.reviews().may_see(&identity, &r) => {
+                        reply(StatusCode::OK, json!(r).to_string())
+                    }
+                    _ => error(
+                        StatusCode::NOT_FOUND,
+                        &format!("no review {id} that you may see"),
+                    ),
+                }
+            }
             (&Method::POST, ["api", "reviews", id, verb @ ("approve" | "reject")]) => {
                 let reason = query
                     .get("reason")
@@ -419,16 +436,20 @@ impl Gateway {
             .map_err(|why| (StatusCode::UNAUTHORIZED, why))
     }
 
-    /// Server-sent events: every review `identity` may see, pending ones first, then each
-    /// change as it happens (`event: review`, the review as JSON), with a keep-alive comment
-    /// every 15 s.
-    fn review_events(&self, identity: Identity) -> Reply {
+    /// Server-sent events: every review `identity` may see, pending ones first (with those
+    /// other gateways on a shared record hold, `others`), then each change on this gateway as
+    /// it happens (`event: review`, the review as JSON), with a keep-alive comment every 15 s.
+    fn review_events(&self, identity: Identity, others: Vec<Review>) -> Reply {
         let reviews = self.reviews().clone();
         let mut changes = reviews.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let event = |r: &Review| Bytes::from(format!("event: review\ndata: {}\n\n", json!(r)));
         tokio::spawn(async move {
-            for r in reviews.visible(&identity, Some("pending")).iter().rev() {
+            for r in reviews
+                .visible(&identity, Some("pending"), &others)
+                .iter()
+                .rev()
+            {
                 if tx.send(event(r)).await.is_err() {
                     return;
                 }

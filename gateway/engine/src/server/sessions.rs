@@ -477,6 +477,21 @@ impl Gateway {
             .map(|(node, _)| node)
     }
 
+    /// On a shared record, the reviews other nodes hold, as recorded; none on a gateway of
+    /// its own. An unreachable record is an error, not a shorter list.
+    pub(super) async fn reviews_elsewhere(&self) -> Result<Vec<crate::review::Review>, String> {
+        if self.peers.is_none() {
+            return Ok(Vec::new());
+        }
+        let reviews = self.reviews().clone();
+        tokio::task::spawn_blocking(move || reviews.held_elsewhere())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                format!("the reviews other gateways hold cannot be read from the record: {e:#}")
+            })
+    }
+
     /// Review `id` decided on `node`, where its frame waits; its answer as this node's reply.
     pub(super) async fn decide_elsewhere(
         &self,
