@@ -56,20 +56,31 @@ def pgbench(port, token):
     return round(float(re.search(r"tps = ([\d.]+)", out).group(1)))
 
 
+def start_postgres(root, options=""):
+    """A throwaway PostgreSQL server in ROOT/pg (trust, loopback): its port."""
+    os.makedirs(os.path.join(root, "pg"))
+    if os.geteuid() == 0:
+        shutil.chown(os.path.join(root, "pg"), "postgres", "postgres")
+    pg, pg_data = free_port(), os.path.join(root, "pg", "data")
+    as_pg(["initdb", "-D", pg_data, "-U", "postgres", "--auth=trust"])
+    as_pg(["pg_ctl", "-D", pg_data, "-o",
+           f"-p {pg} -k {root}/pg -c listen_addresses=127.0.0.1 {options}",
+           "-l", f"{root}/pg/log", "-w", "start"])
+    return pg
+
+
+def stop_postgres(root):
+    subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) +
+                   ["pg_ctl", "-D", os.path.join(root, "pg", "data"), "-m", "immediate", "stop"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main():
     root = tempfile.mkdtemp(prefix="sluice-agents-")
     os.chmod(root, 0o755)
     procs = []
-    pg_data = os.path.join(root, "pg", "data")
     try:
-        os.makedirs(os.path.join(root, "pg"))
-        if os.geteuid() == 0:
-            shutil.chown(os.path.join(root, "pg"), "postgres", "postgres")
-        pg = free_port()
-        as_pg(["initdb", "-D", pg_data, "-U", "postgres", "--auth=trust"])
-        as_pg(["pg_ctl", "-D", pg_data, "-o",
-               f"-p {pg} -k {root}/pg -c listen_addresses=127.0.0.1 -c max_connections=200",
-               "-l", f"{root}/pg/log", "-w", "start"])
+        pg = start_postgres(root, "-c max_connections=200")
         subprocess.run(["pgbench", "-i", "-s", "10", "-h", "127.0.0.1", "-p", str(pg), "-U",
                         "postgres", "postgres"], check=True, capture_output=True)
 
@@ -161,10 +172,7 @@ def main():
         for p in reversed(procs):
             p.kill()
             p.wait()
-        subprocess.run(["runuser", "-u", "postgres", "--", "pg_ctl", "-D", pg_data, "-m",
-                        "immediate", "stop"] if os.geteuid() == 0 else
-                       ["pg_ctl", "-D", pg_data, "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop_postgres(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

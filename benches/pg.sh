@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # PostgreSQL figures (issue 5): pgbench select-only (-S) and the default TPC-B-like script,
 # -c 8 -j 2, against the same throwaway server directly, through pgbouncer (session pool)
-# and through Sluice (the shipped mask plugin on, recording in async and in strict mode).
+# and through Sluice (the shipped mask plugin on, recording in async and in strict mode, and
+# strict with the record in PostgreSQL (issue 21): a second throwaway server, as a cluster's
+# shared record would be, rather than the embedded redb).
 #
 #   benches/pg.sh            # needs: cargo build --release; pgbench, pgbouncer, initdb, pg_ctl
 #   SCRIPTS=select-only TARGETS="pgbouncer sluice-async" SECONDS_PER_RUN=10 ROUNDS=3 benches/pg.sh
@@ -21,10 +23,12 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port)
-mkdir -p "$work/pg" "$work/bouncer"
-[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$work/pg" "$work/bouncer"
+RECORD_PG=$(free_port); STRICT_PG=$(free_port)
+mkdir -p "$work/pg" "$work/bouncer" "$work/record-pg"
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$work/pg" "$work/bouncer" "$work/record-pg"
 cleanup() {
   as_pg pg_ctl -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  as_pg pg_ctl -D "$work/record-pg/data" -m immediate stop >/dev/null 2>&1 || true
   kill "${pids[@]}" 2>/dev/null || true
   pkill -f "$work/" 2>/dev/null || true # pgbouncer runs under runuser, which does not pass the signal on
   rm -rf "$work"
@@ -35,6 +39,8 @@ trap cleanup EXIT
 as_pg initdb -D "$work/pg/data" -U postgres --auth=trust >/dev/null
 as_pg pg_ctl -D "$work/pg/data" -o "-p $PG -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=100" -l "$work/pg/log" -w start >/dev/null
 pgbench -i -s 10 -h 127.0.0.1 -p "$PG" -U postgres postgres >/dev/null 2>&1
+as_pg initdb -D "$work/record-pg/data" -U postgres --auth=trust >/dev/null
+as_pg pg_ctl -D "$work/record-pg/data" -o "-p $RECORD_PG -k $work/record-pg -c listen_addresses=127.0.0.1" -l "$work/record-pg/log" -w start >/dev/null
 
 cat > "$work/bouncer/pgbouncer.ini" <<EOF
 [databases]
@@ -55,10 +61,12 @@ echo '"postgres" ""' > "$work/bouncer/users.txt"
 as_pg pgbouncer "$work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
-gateway() { # NAME MODE PORT
+gateway() { # NAME MODE PORT [STORE-SETTINGS]
   mkdir -p "$work/$1"
   cat > "$work/$1/sluice.toml" <<EOF
+${4:-}
 [gateway]
+connections_key = "$work/connections.key"
 listen = "127.0.0.1:0"
 data_dir = "data"
 policies = "${POLICIES:-$PWD/policies}"
@@ -76,15 +84,23 @@ EOF
   proxy_pid[$1]=$!
 }
 declare -A proxy_pid
+for key in cluster connections; do head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/$key.key"; done
 gateway async async "$ASYNC"
 gateway strict strict "$STRICT"
+gateway strict-pg strict "$STRICT_PG" "[store]
+kind = \"postgres\"
+url = \"postgres://postgres@127.0.0.1:$RECORD_PG/postgres\"
+node = \"bench\"
+cluster_key = \"$work/cluster.key\""
 for _ in $(seq 300); do # the first start compiles the plugins
-  [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] && break
+  [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] &&
+    [ -s "$work/strict-pg/data/dev-tokens.json" ] && break
   sleep 0.1
 done
 sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
+STRICT_PG_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-pg/data/dev-tokens.json")
 
 proxy_pid[pgbouncer]=$(pgrep -f "^pgbouncer $work/bouncer" || echo 0)
 
@@ -136,12 +152,13 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
 for round in $(seq "${ROUNDS:-1}"); do # rounds interleave the targets: the machine drifts
 for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
   args=(); [ "$SCRIPT" = select-only ] && args=(-S)
-  for target in ${TARGETS:-direct pgbouncer sluice-async sluice-strict}; do
+  for target in ${TARGETS:-direct pgbouncer sluice-async sluice-strict sluice-strict-pg}; do
     case $target in
       direct) run direct 0 "$PG" "" "${args[@]}" ;;
       pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
       sluice-strict) run sluice-strict "${proxy_pid[strict]}" "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
+      sluice-strict-pg) run sluice-strict-pg "${proxy_pid[strict-pg]}" "$STRICT_PG" "$STRICT_PG_TOKEN" "${args[@]}" ;;
     esac
   done
 done

@@ -15,6 +15,7 @@ impl Shared {
         let db = Cluster::start("scram-sha-256");
         let keys = tempfile::tempdir().unwrap();
         std::fs::write(keys.path().join("cluster.key"), "5a".repeat(32)).unwrap();
+        std::fs::write(keys.path().join("connections.key"), "c3".repeat(32)).unwrap();
         Shared { db, keys }
     }
 
@@ -39,13 +40,23 @@ impl Shared {
         )
     }
 
+    /// The `[gateway]` settings every node shares: the key that seals runtime connections'
+    /// secrets.
+    fn shared_settings(&self) -> String {
+        format!(
+            "connections_key = \"{}\"\n",
+            self.keys.path().join("connections.key").display()
+        )
+    }
+
     fn node(&self, node: &str) -> Gateway {
-        Gateway::start_with(&self.store_section(node))
+        Gateway::start_full(&self.shared_settings(), &self.store_section(node), None)
     }
 
     /// Node `node` with a policy of its own.
     fn node_with_policy(&self, node: &str, extra: &str, policy: &str) -> Gateway {
-        Gateway::start_with_policy(
+        Gateway::start_full(
+            &self.shared_settings(),
             &format!("{}{extra}", self.store_section(node)),
             Some(policy),
         )
@@ -278,6 +289,7 @@ fn a_redb_store_copies_into_postgresql_with_its_chain_intact() {
 #[test]
 fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
+    let sealing = "connections_key = \"k\"\n";
     let start = |store: &str| {
         std::fs::write(
             dir.path().join("sluice.toml"),
@@ -292,10 +304,14 @@ fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_
     assert!(err.contains("needs url"), "{err}");
     let err = start("[store]\nkind = \"postgres\"\nurl = \"postgres://x@127.0.0.1/db\"\n");
     assert!(err.contains("needs cluster_key"), "{err}");
+    let err = start(
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://x@127.0.0.1/db\"\ncluster_key = \"k\"\n",
+    );
+    assert!(err.contains("needs gateway.connections_key"), "{err}");
     std::fs::write(dir.path().join("k"), "5a".repeat(32)).unwrap();
     let port = crate::postgres::free_port();
     let err = start(&format!(
-        "[store]\nkind = \"postgres\"\nurl = \"postgres://x:y@127.0.0.1:{port}/db\"\ncluster_key = \"k\"\n"
+        "{sealing}[store]\nkind = \"postgres\"\nurl = \"postgres://x:y@127.0.0.1:{port}/db\"\ncluster_key = \"k\"\n"
     ));
     assert!(err.contains("PostgreSQL is unreachable"), "{err}");
     assert!(!err.contains(":y@"), "the password is never shown: {err}");
@@ -368,8 +384,9 @@ fn two_live_gateways_never_share_a_node_name() {
     std::fs::write(
         dir.path().join("sluice.toml"),
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{}\"\n{}",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{}\"\n{}{}",
             concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies"),
+            shared.shared_settings(),
             shared.store_section("a")
         ),
     )
@@ -538,7 +555,10 @@ fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_throu
     assert_eq!(pending_review(&b, "rm -rf"), id);
     let (code, shown, err) = b.run_as(Some(&b.reviewer_token), &["review", "show", &id]);
     assert_eq!(code, 0, "{err}");
-    assert!(shown.contains("pending") && shown.contains("rm -rf"), "{shown}");
+    assert!(
+        shown.contains("pending") && shown.contains("rm -rf"),
+        "{shown}"
+    );
     // Decided through node b, where the frame does not wait: the requester still may not
     // approve their own...
     let (code, _, err) = b.run(&["review", "approve", &id], "");
@@ -596,5 +616,62 @@ fn sigterm_drains_live_sessions_up_to_drain_ms_then_ends_the_rest() {
     assert!(
         stopped_after >= std::time::Duration::from_secs(3),
         "{stopped_after:?}"
+    );
+}
+
+#[test]
+fn a_reload_and_a_runtime_connection_made_through_one_node_apply_on_every_node() {
+    let shared = Shared::start();
+    let a = shared.node_with_policy("a", "", "");
+    let b = shared.node_with_policy("b", "", "");
+
+    // A connection added through node a, with a secret sealed there, is served by node b.
+    let file = a.dir.path().join("late.toml");
+    std::fs::write(
+        &file,
+        "kind = \"exec\"\ninteractive = [\"bash\"]\nscript = [\"bash\", \"-s\"]\nenv = { SECRET = \"opened-on-b\" }\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (code, out, err) = a.run_as(
+        Some(&a.reviewer_token),
+        &["connections", "add", "late", path],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node b: applied"), "{out}");
+    let (code, out, err) = b.run(&["exec", "late", "--", "echo $SECRET"], "");
+    assert_eq!((code, out.trim()), (0, "opened-on-b"), "{err}");
+
+    // Removed through node b: node a serves it no more.
+    let (code, out, err) = b.run_as(Some(&b.reviewer_token), &["connections", "rm", "late"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node a: applied"), "{out}");
+    let (code, _, err) = a.run(&["exec", "late", "--", "true"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown connection `late`"), "{err}");
+
+    // A reload through node a has node b read its own policy files again: a broken one
+    // there is reported by name, and the command fails while a applied it.
+    let policies = |count: &str| {
+        shared.count(&format!(
+            "SELECT count(*) FROM sluice.entries WHERE kind = 'policy' {count}"
+        ))
+    };
+    let before = policies("");
+    let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node b: applied"), "{out}");
+    assert_eq!(
+        policies(""),
+        before + 2,
+        "each node records the reload it applied"
+    );
+    std::fs::write(b.dir.path().join("policies/test.toml"), "[chains\n").unwrap();
+    let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("policy applied"), "{out}");
+    assert!(
+        err.contains("node b: NOT applied") && err.contains("test.toml"),
+        "{err}"
     );
 }

@@ -609,7 +609,28 @@ pub async fn reload(client: Client) -> anyhow::Result<ExitCode> {
             sinks.join(", ")
         }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(other_nodes(&applied))
+}
+
+/// On a shared record: what each other node said of a change applied here; a failure if any
+/// did not apply it (the cluster is not uniform until it does).
+fn other_nodes(applied: &serde_json::Value) -> ExitCode {
+    let mut all_applied = true;
+    for (node, said) in applied["nodes"].as_object().into_iter().flatten() {
+        let said = said.as_str().unwrap_or_default();
+        match said {
+            "applied" => println!("node {node}: applied"),
+            why => {
+                all_applied = false;
+                eprintln!("node {node}: NOT applied: {why}");
+            }
+        }
+    }
+    if all_applied {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 pub async fn retention(client: Client) -> anyhow::Result<ExitCode> {
@@ -947,28 +968,30 @@ pub async fn put_connection(
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: not a TOML table", file.display()))?;
     let body = serde_json::json!({"name": name, "table": table});
-    if edit {
+    let answer = if edit {
         client
             .send_json(
                 "PUT",
                 &format!("/api/connections/{name}"),
                 body.to_string().into_bytes(),
             )
-            .await?;
-        println!("connection {name} changed");
+            .await?
     } else {
         client
             .post_json("/api/connections", body.to_string().into_bytes())
-            .await?;
-        println!("connection {name} added");
-    }
-    Ok(ExitCode::SUCCESS)
+            .await?
+    };
+    println!(
+        "connection {name} {}",
+        if edit { "changed" } else { "added" }
+    );
+    Ok(other_nodes(&serde_json::from_slice(&answer)?))
 }
 
 pub async fn remove_connection(client: Client, name: &str) -> anyhow::Result<ExitCode> {
-    client
+    let answer = client
         .send_json("DELETE", &format!("/api/connections/{name}"), Vec::new())
         .await?;
     println!("connection {name} removed");
-    Ok(ExitCode::SUCCESS)
+    Ok(other_nodes(&serde_json::from_slice(&answer)?))
 }

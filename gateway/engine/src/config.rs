@@ -663,6 +663,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.store.validate().map_err(|e| e.to_string())?;
+        if self.store.kind == StoreKind::Postgres && self.gateway.connections_key.is_none() {
+            return Err("[store] kind = \"postgres\" needs gateway.connections_key = \"env:NAME\" or a file, the same on every node: each node must open the secrets of connections another node added (a per-node key in the data folder could not)".into());
+        }
         let days_ok = |days: Option<f64>| days.is_none_or(|d| d.is_finite() && d > 0.0);
         if !days_ok(self.gateway.review_retention_days) {
             return Err("gateway.review_retention_days: a number of days above 0".into());

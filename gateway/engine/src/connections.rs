@@ -200,6 +200,32 @@ impl Connections {
         Ok(())
     }
 
+    /// Reads the runtime connections again from the store, as another gateway sharing it
+    /// left them (checked as at start); the names that were added, changed or removed.
+    /// Blocking: it reads the store.
+    pub fn refresh(&self) -> anyhow::Result<Vec<String>> {
+        let mut fresh = BTreeMap::new();
+        for (name, bytes) in self.store.connections()? {
+            match load_row(self.store.as_ref(), &self.sealer, &name, &bytes) {
+                Ok(loaded) => {
+                    fresh.insert(name, loaded);
+                }
+                Err(why) => {
+                    tracing::error!(connection = %name, %why, "runtime connection not served")
+                }
+            }
+        }
+        let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
+        let changed = runtime
+            .keys()
+            .chain(fresh.keys())
+            .filter(|name| runtime.get(*name).map(|r| &r.row) != fresh.get(*name).map(|r| &r.row))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>();
+        *runtime = fresh;
+        Ok(changed.into_iter().collect())
+    }
+
     /// Each secret sealed for `name`; one already sealed (kept from before) as it was.
     fn seal_all(
         &self,

@@ -479,6 +479,17 @@ impl sluice_record::Membership for PgStore {
         })
     }
 
+    fn other_nodes(&self) -> Result<Vec<String>, RecordError> {
+        let node = self.node.clone();
+        self.read(move |c| {
+            let rows = c.query(
+                "SELECT node FROM sluice.nodes WHERE gone_ms IS NULL AND node <> $1 ORDER BY node",
+                &[&node],
+            )?;
+            Ok(rows.into_iter().map(|row| row.get(0)).collect())
+        })
+    }
+
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError> {
         let payload = serde_json::json!({"to": node, "message": message}).to_string();
         self.write(move |c| {

@@ -92,6 +92,8 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     fn inherited(&self) -> bool;
     /// Sessions open on the other live nodes, with the node that holds each.
     fn live_elsewhere(&self) -> Result<Vec<(String, SessionSummary)>, RecordError>;
+    /// The other nodes not declared gone (one killed a moment ago may still be listed).
+    fn other_nodes(&self) -> Result<Vec<String>, RecordError>;
     /// Sends `message` (JSON) to node `node`; it arrives in that node's inbox while it runs.
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError>;
     /// What other nodes tell this one, as it arrives. Call once.

@@ -370,6 +370,9 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         maintenance: tokio::sync::Mutex::new(()),
         listeners: std::sync::Mutex::new(listeners),
     });
+    if let Some(peers) = &gateway.peers {
+        peers.reload_with(Arc::downgrade(&gateway));
+    }
     // `kill -HUP` applies the policy again, as `sluice reload` does.
     let reloader = gateway.clone();
     tokio::spawn(async move {

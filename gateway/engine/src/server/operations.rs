@@ -20,6 +20,8 @@ pub(super) enum ConnectionChange {
     Remove {
         name: String,
     },
+    /// Another node changed them: read them again from the shared record.
+    Refresh,
 }
 
 impl Gateway {
@@ -42,6 +44,19 @@ impl Gateway {
     ) -> Result<serde_json::Value, String> {
         let _one_at_a_time = self.maintenance.lock().await;
         let (host, policies) = (self.host.clone(), self.config.gateway.policies.clone());
+        // Runtime connections another node changed, read again before the policy loads.
+        let refreshed = match &change {
+            Some(ConnectionChange::Refresh) => {
+                let connections = self.connections.clone();
+                tokio::task::spawn_blocking(move || connections.refresh())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| {
+                        format!("runtime connections cannot be read from the record: {e:#}")
+                    })?
+            }
+            _ => Vec::new(),
+        };
         let mut connections = self.connections.all();
         // A changed PostgreSQL connection's new port, and the connection as it was (whose
         // door opens again if the change fails after closing it).
@@ -58,7 +73,7 @@ impl Gateway {
             Some(ConnectionChange::Remove { name }) => {
                 connections.remove(name);
             }
-            None => {}
+            Some(ConnectionChange::Refresh) | None => {}
         }
         let loaded =
             tokio::task::spawn_blocking(move || load_policy(&host, &policies, &connections))
@@ -88,6 +103,21 @@ impl Gateway {
                 self.connections.remove(&name, by).await?;
                 self.fronts.close(&name).await;
             }
+            // Each changed connection's door follows it: reopened where it now listens, or
+            // closed. A port this node cannot take is logged; the rest still applies.
+            Some(ConnectionChange::Refresh) => {
+                for name in &refreshed {
+                    self.fronts.close(name).await;
+                    if let Some(Connection::Postgres(pg)) = self.connections.get(name) {
+                        match self.fronts.bind(name, pg.listen).await {
+                            Ok(bound) => self.fronts.open(bound, &pg),
+                            Err(why) => {
+                                tracing::error!(connection = %name, %why, "front door not opened")
+                            }
+                        }
+                    }
+                }
+            }
             None => {}
         }
         let files = loaded.chains.policy_files.clone();
@@ -107,6 +137,22 @@ impl Gateway {
         }
         tracing::info!(%by, "policy reloaded");
         Ok(applied)
+    }
+
+    /// On a shared record, has every other node apply what `applied` (a reload or a change
+    /// to a runtime connection made here) changed: each reads its own policy files and the
+    /// record's runtime connections again. What each said goes into `applied["nodes"]`.
+    pub(super) async fn everywhere(&self, mut applied: serde_json::Value) -> serde_json::Value {
+        if let Some(peers) = &self.peers {
+            let by = applied["by"].as_str().unwrap_or("another node").to_string();
+            applied["nodes"] = json!(peers.reload_others(&by).await);
+        }
+        applied
+    }
+
+    /// What another node asked for (see `everywhere`).
+    pub(super) async fn reload_as_asked(&self, by: &str) -> Result<serde_json::Value, String> {
+        self.reload_with(by, Some(ConnectionChange::Refresh)).await
     }
 
     /// Opens connection `name`'s door as it was before a change that failed (an edit may

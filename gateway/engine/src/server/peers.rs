@@ -2,12 +2,13 @@
 //! they ask. Messages travel through the record's notifications (`Membership::tell`, its
 //! inbox); a question carries a ticket, and its answer comes back to the asker's inbox.
 //!
-//! Two requests cross nodes: ending a session another node holds, and deciding a review whose
-//! held frame waits on another node. A review is decided where its frame waits, under that
-//! node's one-decision-at-a-time lock, so two reviewers on two nodes cannot both win.
+//! Three requests cross nodes: ending a session another node holds, deciding a review whose
+//! held frame waits on another node, and applying a reload (the policy, runtime connections)
+//! made on one node. A review is decided where its frame waits, under that node's
+//! one-decision-at-a-time lock, so two reviewers on two nodes cannot both win.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -25,6 +26,8 @@ pub struct Peers {
     membership: Arc<dyn Membership>,
     /// Questions asked and not yet answered, by ticket.
     waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    /// The gateway, for reloads other nodes ask for (set once it exists).
+    gateway: OnceLock<Weak<super::Gateway>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -43,6 +46,7 @@ impl Peers {
         let peers = Arc::new(Peers {
             membership,
             waiting: Mutex::new(HashMap::new()),
+            gateway: OnceLock::new(),
         });
         let inbox = peers.membership.inbox();
         let (answering, runtime) = (peers.clone(), tokio::runtime::Handle::current());
@@ -61,6 +65,11 @@ impl Peers {
 
     pub fn node(&self) -> &str {
         self.membership.node()
+    }
+
+    /// Reloads other nodes ask for apply to `gateway`.
+    pub(super) fn reload_with(&self, gateway: Weak<super::Gateway>) {
+        let _ = self.gateway.set(gateway);
     }
 
     fn receive(
@@ -88,6 +97,21 @@ impl Peers {
                     "asked to end a session this node does not hold"
                 );
             }
+            return;
+        }
+        if let Some(by) = message["reload"].as_str() {
+            let (peers, by) = (self.clone(), by.to_string());
+            let gateway = self.gateway.get().and_then(Weak::upgrade);
+            runtime.spawn(async move {
+                let answer = match gateway {
+                    Some(gateway) => match gateway.reload_as_asked(&by).await {
+                        Ok(applied) => json!({"status": 200, "applied": applied}),
+                        Err(why) => json!({"status": 422, "error": why}),
+                    },
+                    None => json!({"status": 503, "error": "the node is stopping"}),
+                };
+                peers.answer(&message, answer);
+            });
             return;
         }
         if let Some(id) = message["decide"].as_str() {
@@ -148,6 +172,36 @@ impl Peers {
             "by": {"subject": identity.subject, "name": identity.name, "groups": identity.groups},
         });
         self.ask(node, question).await
+    }
+
+    /// Asks every other node to apply the reload `by` made here (each reads its own policy
+    /// files and the shared record's runtime connections); what each said, by node:
+    /// `"applied"` or why not.
+    pub async fn reload_others(self: &Arc<Self>, by: &str) -> BTreeMap<String, String> {
+        let membership = self.membership.clone();
+        let nodes = match tokio::task::spawn_blocking(move || membership.other_nodes()).await {
+            Ok(Ok(nodes)) => nodes,
+            Ok(Err(e)) => {
+                return BTreeMap::from([(
+                    "*".into(),
+                    format!("the other nodes cannot be listed: {e}"),
+                )]);
+            }
+            Err(e) => return BTreeMap::from([("*".into(), e.to_string())]),
+        };
+        let mut asked = tokio::task::JoinSet::new();
+        for node in nodes {
+            let (peers, question) = (self.clone(), json!({"reload": by}));
+            asked.spawn(async move {
+                let said = match peers.ask(&node, question).await {
+                    Ok(answer) if answer["status"] == 200 => "applied".to_string(),
+                    Ok(answer) => answer["error"].as_str().unwrap_or("refused").to_string(),
+                    Err(why) => why,
+                };
+                (node, said)
+            });
+        }
+        asked.join_all().await.into_iter().collect()
     }
 
     async fn ask(&self, node: &str, mut question: Value) -> Result<Value, String> {

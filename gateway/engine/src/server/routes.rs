@@ -225,7 +225,9 @@ impl Gateway {
                     return error(StatusCode::FORBIDDEN, &why);
                 }
                 match self.reload(&identity.subject).await {
-                    Ok(applied) => reply(StatusCode::OK, applied.to_string()),
+                    Ok(applied) => {
+                        reply(StatusCode::OK, self.everywhere(applied).await.to_string())
+                    }
                     Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
                 }
             }
@@ -332,7 +334,13 @@ impl Gateway {
             edit,
         };
         match self.reload_with(&identity.subject, Some(change)).await {
-            Ok(_) => reply(StatusCode::OK, json!({"connection": name}).to_string()),
+            Ok(applied) => {
+                let applied = self.everywhere(applied).await;
+                reply(
+                    StatusCode::OK,
+                    json!({"connection": name, "nodes": applied["nodes"]}).to_string(),
+                )
+            }
             Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
         }
     }
@@ -351,7 +359,13 @@ impl Gateway {
             name: name.to_string(),
         };
         match self.reload_with(&identity.subject, Some(change)).await {
-            Ok(_) => reply(StatusCode::OK, json!({"removed": name}).to_string()),
+            Ok(applied) => {
+                let applied = self.everywhere(applied).await;
+                reply(
+                    StatusCode::OK,
+                    json!({"removed": name, "nodes": applied["nodes"]}).to_string(),
+                )
+            }
             Err(why) => error(StatusCode::UNPROCESSABLE_ENTITY, &why),
         }
     }
