@@ -675,3 +675,46 @@ fn a_reload_and_a_runtime_connection_made_through_one_node_apply_on_every_node()
         "{err}"
     );
 }
+
+#[test]
+fn an_access_request_made_through_one_node_is_decided_and_granted_through_any() {
+    use crate::reviews::pending_review;
+    let shared = Shared::start();
+    let policy = "[reviews.jit]\naccess_grant_seconds = 60\n";
+    let jit = "\n[connections.jit]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let a = shared.node_with_policy("a", jit, policy);
+    let b = shared.node_with_policy("b", jit, policy);
+
+    // Asked through node a...
+    let (code, _, err) = a.run(&["exec", "jit", "--", "echo in"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("access to `jit` needs approval"), "{err}");
+    let id = pending_review(&a, "open sessions on `jit`");
+    // ...and again through node b: the same request, not a second one.
+    let (code, _, err) = b.run(&["exec", "jit", "--", "echo in"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("review {id} is pending")), "{err}");
+
+    // The requester may not approve their own through the other node either; a reviewer
+    // may (node a, which made it, decides).
+    let (code, _, err) = b.run(&["review", "approve", &id], "");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("may not decide") || err.contains("own"),
+        "{err}"
+    );
+    let (code, out, err) = b.run_as(Some(&b.reviewer_token), &["review", "approve", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("approved"), "{out}");
+
+    // Access is granted through both nodes.
+    for node in [&a, &b] {
+        let (code, out, err) = node.run(&["exec", "jit", "--", "echo in"], "");
+        assert_eq!((code, out.trim()), (0, "in"), "{err}");
+    }
+    let (code, out, err) = b.run_as(Some(&b.reviewer_token), &["review", "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("approved"), "{out}");
+    let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -79,6 +79,10 @@ pub struct Review {
     /// entry says the same (a row edited in the store grants nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<u64>,
+    /// On a shared record, the node that made it: an access request is decided there while
+    /// that node runs, so two reviewers on two nodes cannot both win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Review {
@@ -241,6 +245,7 @@ mod tests {
             grant_ms,
             granted_until_ms: None,
             entry: None,
+            node: None,
         }
     }
 

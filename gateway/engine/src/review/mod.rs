@@ -46,6 +46,17 @@ pub struct Reviews {
     /// One change at a time, from the check through the durable write to what waiters see:
     /// two reviewers cannot both win, and nothing is published before it is recorded.
     deciding: tokio::sync::Mutex<()>,
+    /// This node's name on a shared record; `None` on a gateway of its own.
+    node: Option<String>,
+}
+
+/// A gateway's place on a shared record, for its reviews.
+#[derive(Debug, Default)]
+pub struct Sharing {
+    /// This node's name; `None` on a gateway of its own.
+    pub node: Option<String>,
+    /// Sessions live on other nodes: frames they hold are those nodes' to decide.
+    pub held_elsewhere: std::collections::HashSet<String>,
 }
 
 #[derive(Default)]
@@ -57,17 +68,21 @@ struct State {
 
 impl Reviews {
     /// Loads the reviews; held frames still pending belonged to sessions that died with the
-    /// previous run: they become `session-ended`. Frames held for sessions in `held_elsewhere`
-    /// (live on other gateways sharing the record) are that gateway's to decide and expire:
-    /// they are left out. Starts the expiry sweep.
+    /// previous run: they become `session-ended`. Frames held for sessions live on other
+    /// gateways sharing the record (`sharing`) are that gateway's to decide and expire: they
+    /// are left out. Starts the expiry sweep.
     pub async fn open(
         store: Arc<dyn Record>,
         recorder: Recorder,
         rules: BTreeMap<String, ReviewRules>,
         roles: Arc<Roles>,
         hold_timeout: Duration,
-        held_elsewhere: std::collections::HashSet<String>,
+        sharing: Sharing,
     ) -> anyhow::Result<Arc<Reviews>> {
+        let Sharing {
+            node,
+            held_elsewhere,
+        } = sharing;
         let mut all = BTreeMap::new();
         for bytes in store.reviews()? {
             let review = serde_json::from_slice::<Review>(&bytes)
@@ -104,6 +119,7 @@ impl Reviews {
             }),
             changes,
             deciding: tokio::sync::Mutex::new(()),
+            node,
         });
         let orphans: Vec<String> = reviews
             .lock()
@@ -193,6 +209,7 @@ impl Reviews {
             grant_ms: rules.access_grant_seconds.map(|s| s * 1000),
             granted_until_ms: None,
             entry: None,
+            node: self.node.clone(),
         };
         let (tx, rx) = watch::channel(review.clone());
         self.lock().waiters.insert(review.id.clone(), tx);
@@ -209,12 +226,14 @@ impl Reviews {
 
     /// Approves or rejects review `id` as `identity`.
     pub async fn decide(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         identity: &Identity,
         approve: bool,
         reason: Option<String>,
     ) -> Result<Review, Refused> {
+        // On a shared record another node may have made or decided it since: read it again.
+        self.read_shared().await.map_err(|why| refused(503, why))?;
         if let Some(review) = self.get(id)
             && !review.may_decide(identity)
         {
@@ -273,6 +292,7 @@ impl Reviews {
             .all
             .values()
             .filter(|r| r.status == Status::Pending && r.expires_ms <= now)
+            .filter(|r| self.made_here(r))
             .map(|r| r.id.clone())
             .collect();
         for id in due {
@@ -382,26 +402,66 @@ impl Reviews {
             || self.roles.has(identity, Role::Audit, &review.connection)
     }
 
-    /// The reviews in the record this gateway does not hold: on a shared record, those other
-    /// gateways hold, as last recorded. Only rows the chain backs (as at start). Blocking: it
-    /// reads the record.
+    /// Whether this node made `review` (always, on a gateway of its own). Only the node that
+    /// made a review expires it.
+    fn made_here(&self, review: &Review) -> bool {
+        review.node.is_none() || review.node == self.node
+    }
+
+    /// The node other than this one that made review `id`, if it is an access request:
+    /// decisions on it go there while that node runs.
+    pub fn access_made_elsewhere(&self, id: &str) -> Option<String> {
+        self.get(id)
+            .filter(|r| r.kind == Kind::Access && !self.made_here(r))
+            .and_then(|r| r.node)
+    }
+
+    /// Reads the shared record's reviews (only rows the chain backs, as at start). Access
+    /// requests are brought up to date here, whichever node made or decided them, since any
+    /// node may grant access; the frames other nodes hold are returned, as last recorded.
+    /// Blocking: it reads the record.
     pub fn held_elsewhere(&self) -> anyhow::Result<Vec<Review>> {
         let mut others = Vec::new();
         for bytes in self.store.reviews()? {
             let Ok(review) = serde_json::from_slice::<Review>(&bytes) else {
                 continue;
             };
-            if self.lock().all.contains_key(&review.id) {
+            let known = self.get(&review.id);
+            let newer = known.as_ref().is_none_or(|k| k.entry < review.entry);
+            if !newer || (known.is_some() && review.kind == Kind::Frame) {
                 continue;
             }
-            match chained(self.store.as_ref(), &review) {
-                Ok(()) => others.push(review),
-                Err(why) => {
-                    tracing::error!(review = %review.id, %why, "a stored review does not match the record; not listed (`sluice verify` names it)")
+            if let Err(why) = chained(self.store.as_ref(), &review) {
+                tracing::error!(review = %review.id, %why, "a stored review does not match the record; ignored (`sluice verify` names it)");
+                continue;
+            }
+            match review.kind {
+                Kind::Frame => others.push(review),
+                Kind::Access => {
+                    let mut state = self.lock();
+                    if review.status != Status::Pending {
+                        state.waiters.remove(&review.id);
+                    }
+                    state.all.insert(review.id.clone(), review);
                 }
             }
         }
         Ok(others)
+    }
+
+    /// On a shared record, brings access requests up to date (`held_elsewhere`) before
+    /// they are decided or consulted; nothing on a gateway of its own. An unreadable record
+    /// is an error: access is not granted or asked for on a stale view.
+    async fn read_shared(self: &Arc<Self>) -> Result<(), String> {
+        if self.node.is_none() {
+            return Ok(());
+        }
+        let reviews = self.clone();
+        tokio::task::spawn_blocking(move || reviews.held_elsewhere())
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| format!("the shared record cannot be read for reviews: {e:#}"))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Review> {
@@ -448,6 +508,8 @@ impl Reviews {
         let Some(seconds) = self.rules(connection).access_grant_seconds else {
             return Ok(None);
         };
+        // A grant or request made through another node counts here too.
+        self.read_shared().await?;
         if let Some(until) = self.access_until(identity, connection) {
             return Ok(Some(until));
         }

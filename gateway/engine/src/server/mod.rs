@@ -269,8 +269,11 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     };
     let roles = Arc::new(Roles::new(policy.roles.clone(), recorder.clone()));
     // Frames held for sessions another node holds still wait there: not this start's orphans.
-    let held_elsewhere = match &membership {
-        Some(m) => m.live_elsewhere()?.into_iter().map(|(_, s)| s.id).collect(),
+    let sharing = match &membership {
+        Some(m) => crate::review::Sharing {
+            node: Some(m.node().to_string()),
+            held_elsewhere: m.live_elsewhere()?.into_iter().map(|(_, s)| s.id).collect(),
+        },
         None => Default::default(),
     };
     let reviews = Reviews::open(
@@ -279,7 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         policy.reviews.clone(),
         roles.clone(),
         Duration::from_millis(config.gateway.hold_timeout_ms),
-        held_elsewhere,
+        sharing,
     )
     .await?;
     let agents = Arc::new(crate::agent::Agents::open(

@@ -178,16 +178,14 @@ impl Peers {
     /// files and the shared record's runtime connections); what each said, by node:
     /// `"applied"` or why not.
     pub async fn reload_others(self: &Arc<Self>, by: &str) -> BTreeMap<String, String> {
-        let membership = self.membership.clone();
-        let nodes = match tokio::task::spawn_blocking(move || membership.other_nodes()).await {
-            Ok(Ok(nodes)) => nodes,
-            Ok(Err(e)) => {
+        let nodes = match self.other_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
                 return BTreeMap::from([(
                     "*".into(),
                     format!("the other nodes cannot be listed: {e}"),
                 )]);
             }
-            Err(e) => return BTreeMap::from([("*".into(), e.to_string())]),
         };
         let mut asked = tokio::task::JoinSet::new();
         for node in nodes {
@@ -243,6 +241,15 @@ impl Peers {
     async fn tell(&self, node: &str, message: Value) -> Result<(), String> {
         let (membership, node) = (self.membership.clone(), node.to_string());
         tokio::task::spawn_blocking(move || membership.tell(&node, &message))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The other nodes not declared gone.
+    pub async fn other_nodes(&self) -> Result<Vec<String>, String> {
+        let membership = self.membership.clone();
+        tokio::task::spawn_blocking(move || membership.other_nodes())
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())

@@ -105,10 +105,17 @@ impl Gateway {
                     .get("reason")
                     .cloned()
                     .filter(|r| !r.trim().is_empty());
-                // A frame held on another node is decided there, where it waits.
-                if self.reviews().get(id).is_none()
-                    && let Some(node) = self.node_holding_review(id).await
-                {
+                // A frame held on another node is decided there, where it waits; an access
+                // request, on the node that made it while that node runs.
+                let elsewhere = match self.reviews().get(id) {
+                    None => self.node_holding_review(id).await,
+                    Some(_) => None,
+                };
+                let elsewhere = match elsewhere {
+                    Some(node) => Some(node),
+                    None => self.access_decided_elsewhere(id).await,
+                };
+                if let Some(node) = elsewhere {
                     return self
                         .decide_elsewhere(&node, id, &identity, *verb == "approve", reason)
                         .await;

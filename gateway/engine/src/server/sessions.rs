@@ -492,6 +492,22 @@ impl Gateway {
             })
     }
 
+    /// The live node other than this one that made access request `id`, where it is
+    /// decided (one node at a time decides it, so two reviewers cannot both win). When that
+    /// node is gone, this node decides it.
+    pub(super) async fn access_decided_elsewhere(&self, id: &str) -> Option<String> {
+        let peers = self.peers.as_ref()?;
+        // Brings access requests made or decided elsewhere up to date here.
+        self.reviews_elsewhere().await.ok()?;
+        let node = self.reviews().access_made_elsewhere(id)?;
+        peers
+            .other_nodes()
+            .await
+            .ok()?
+            .contains(&node)
+            .then_some(node)
+    }
+
     /// Review `id` decided on `node`, where its frame waits; its answer as this node's reply.
     pub(super) async fn decide_elsewhere(
         &self,
