@@ -718,3 +718,61 @@ fn an_access_request_made_through_one_node_is_decided_and_granted_through_any() 
     let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn the_shared_record_is_reached_over_verified_tls_when_its_url_names_the_ca() {
+    let shared = Shared::start();
+    let ca = shared.db.require_tls();
+    let plain = shared.url();
+    let dir = tempfile::tempdir().unwrap();
+    let start_fails = |url: &str| {
+        let store = shared.store_section("a").replace(&plain, url);
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            format!(
+                "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{}{store}",
+                shared.shared_settings()
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
+        assert_ne!(code, 0, "{out}");
+        err
+    };
+    // The database takes TCP clients only over TLS: a URL without a CA is refused there.
+    let err = start_fails(&plain);
+    assert!(err.contains("no encryption"), "{err}");
+    // A CA that did not sign the database's certificate: the handshake is refused here.
+    let other = tempfile::tempdir().unwrap();
+    sluice_engine::tls::load_or_create(other.path()).unwrap();
+    let err = start_fails(&format!(
+        "{plain}?sslrootcert={}",
+        other.path().join("tls/ca.pem").display()
+    ));
+    assert!(err.contains("certificate"), "{err}");
+    // sslmode=require names no CA: refused before connecting, saying what is missing.
+    let err = start_fails(&format!("{plain}?sslmode=require"));
+    assert!(err.contains("sslrootcert"), "{err}");
+
+    // The right CA: nodes run over TLS, and verify holds over it.
+    let url = format!("{plain}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let node = Gateway::start_full(
+        &shared.shared_settings(),
+        &shared.store_section("b").replace(&plain, &url),
+        None,
+    );
+    let (code, out, err) = node.run(&["exec", "shell", "--", "echo over-tls"], "");
+    assert_eq!((code, out.trim()), (0, "over-tls"), "{err}");
+    let encrypted = shared.count(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+         WHERE ssl AND backend_type = 'client backend' AND client_addr IS NOT NULL",
+    );
+    assert!(encrypted > 0, "the node's connections are TLS");
+    let (code, out, err) = run_command(
+        sluice()
+            .args(["verify", "--store", &url, "--public-key"])
+            .arg(shared.cluster_public_key()),
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}

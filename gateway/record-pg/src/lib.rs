@@ -75,7 +75,7 @@ pub struct PgStore {
     appended: Condvar,
     closed: Arc<AtomicBool>,
     /// For the inbox's own connection.
-    config: postgres::Config,
+    target: pool::Target,
     /// This run of the node (its name may outlive a run).
     instance: String,
     node_timeout: Duration,
@@ -97,13 +97,13 @@ const READERS: usize = 3;
 /// How often a waiting reader (a sink) looks for other nodes' commits.
 const POLL: Duration = Duration::from_millis(100);
 
-/// A PostgreSQL URL parsed, with how errors name it.
-pub fn parse_url(url: &str) -> Result<(postgres::Config, String), RecordError> {
-    let mut config: postgres::Config = url.parse().map_err(|e| RecordError::Io {
+/// A PostgreSQL URL parsed, with how errors name it (never with the password).
+pub fn parse_url(url: &str) -> Result<(pool::Target, String), RecordError> {
+    let target = pool::Target::parse(url).map_err(|message| RecordError::Io {
         path: "postgres".into(),
-        message: format!("the store's URL is not a PostgreSQL URL: {e}"),
+        message,
     })?;
-    config.connect_timeout(pool::CONNECT_TIMEOUT);
+    let config = &target.config;
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
@@ -118,7 +118,7 @@ pub fn parse_url(url: &str) -> Result<(postgres::Config, String), RecordError> {
         hosts.join(","),
         config.get_dbname().unwrap_or_default()
     );
-    Ok((config, label))
+    Ok((target, label))
 }
 
 impl PgStore {
@@ -126,15 +126,15 @@ impl PgStore {
     /// node timeout, for an earlier run that still seems alive to lapse), and announces this
     /// node's key in the chain unless it already is.
     pub fn open(options: PgOptions) -> Result<PgStore, RecordError> {
-        let (config, label) = parse_url(&options.url)?;
+        let (target, label) = parse_url(&options.url)?;
         let mut instance = [0u8; 8];
         getrandom::fill(&mut instance).map_err(|e| RecordError::Io {
             path: label.clone(),
             message: format!("no randomness: {e}"),
         })?;
         let mut store = PgStore {
-            writer: Pool::new(config.clone(), 1, "record-pg-writer"),
-            readers: Pool::new(config.clone(), READERS, "record-pg-reader"),
+            writer: Pool::new(target.clone(), 1, "record-pg-writer"),
+            readers: Pool::new(target.clone(), READERS, "record-pg-reader"),
             label,
             node: options.node.clone(),
             signer: options.signer.clone(),
@@ -142,7 +142,7 @@ impl PgStore {
             last: Mutex::new(None),
             appended: Condvar::new(),
             closed: Arc::new(AtomicBool::new(false)),
-            config: config.clone(),
+            target: target.clone(),
             instance: hex::encode(instance),
             node_timeout: options.node_timeout,
             inherited: false,
@@ -500,10 +500,10 @@ impl sluice_record::Membership for PgStore {
 
     fn inbox(&self) -> std::sync::mpsc::Receiver<serde_json::Value> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (config, node, closed) = (self.config.clone(), self.node.clone(), self.closed.clone());
+        let (target, node, closed) = (self.target.clone(), self.node.clone(), self.closed.clone());
         let spawned = std::thread::Builder::new()
             .name("record-pg-inbox".into())
-            .spawn(move || listen(&config, &node, &closed, &tx));
+            .spawn(move || listen(&target, &node, &closed, &tx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the node's inbox");
         }
@@ -514,14 +514,14 @@ impl sluice_record::Membership for PgStore {
 /// Listens for what other nodes tell `node`, on a connection of its own (made again when it
 /// breaks), until the record closes or nobody reads the inbox.
 fn listen(
-    config: &postgres::Config,
+    target: &pool::Target,
     node: &str,
     closed: &AtomicBool,
     inbox: &std::sync::mpsc::Sender<serde_json::Value>,
 ) {
     use postgres::fallible_iterator::FallibleIterator;
     while !closed.load(Ordering::SeqCst) {
-        let mut client = match config.connect(postgres::NoTls) {
+        let mut client = match target.connect() {
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(error = %pool::describe(&e), "node inbox: cannot connect; trying again");

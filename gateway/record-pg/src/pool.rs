@@ -10,7 +10,101 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use postgres::config::SslMode;
 use postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Where the record lives and how to reach it: a parsed URL, and TLS when it asks for it.
+#[derive(Clone)]
+pub struct Target {
+    pub config: Config,
+    /// Verifies the server against the URL's `sslrootcert` and its host name.
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// A URL as libpq takes it. `sslrootcert=PATH` (the CA that signed the database's
+    /// certificate) turns TLS on and makes it required; `sslmode=require`, `verify-ca` or
+    /// `verify-full` need it. The server is then always verified, chain and host name, as
+    /// `verify-full` does: a TLS connection nobody checked would only look safe.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let (mut rootcert, mut mode, mut kept) = (None, None, Vec::new());
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sslrootcert", path)) => rootcert = Some(path.to_string()),
+                Some(("sslmode", value)) => mode = Some(value.to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        let rest = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        };
+        let mut config: Config = format!("{base}{rest}")
+            .parse()
+            .map_err(|e| format!("the store's URL is not a PostgreSQL URL: {e}"))?;
+        let required = match mode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => false,
+            Some("require" | "verify-ca" | "verify-full") => true,
+            Some(other) => return Err(format!("the store's URL: unknown sslmode `{other}`")),
+        };
+        let tls = match (rootcert, required) {
+            (Some(path), _) => Some(connector(&path)?),
+            (None, true) => {
+                return Err(format!(
+                    "the store's URL asks for sslmode={} but names no sslrootcert=PATH: the CA that signed the database's certificate (the connection is always verified)",
+                    mode.unwrap_or_default()
+                ));
+            }
+            (None, false) => None,
+        };
+        config.ssl_mode(if tls.is_some() {
+            SslMode::Require
+        } else {
+            SslMode::Disable
+        });
+        config.connect_timeout(CONNECT_TIMEOUT);
+        Ok(Target { config, tls })
+    }
+
+    pub fn connect(&self) -> Result<Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        }
+    }
+}
+
+/// A TLS client trusting only the certificates in the PEM file at `path`.
+fn connector(path: &str) -> Result<MakeRustlsConnect, String> {
+    use rustls_pki_types::pem::PemObject;
+    let why = |e: &dyn std::fmt::Display| format!("sslrootcert {path}: {e}");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| why(&e))? {
+        roots.add(cert.map_err(|e| why(&e))?).map_err(|e| why(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(why(&"no certificate in the file"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| why(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
 
 /// A job gets the thread's connection, or why there is none.
 type Job = Box<dyn FnOnce(&mut Result<Client, String>) + Send>;
@@ -62,13 +156,13 @@ pub fn describe(e: &postgres::Error) -> String {
 }
 
 impl Pool {
-    /// `size` connections to `config`, opened when first needed.
-    pub fn new(config: Config, size: usize, name: &str) -> Pool {
+    /// `size` connections to `target`, opened when first needed.
+    pub fn new(target: Target, size: usize, name: &str) -> Pool {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..size {
             let rx = rx.clone();
-            let config = config.clone();
+            let target = target.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{n}"))
                 .spawn(move || {
@@ -89,7 +183,7 @@ impl Pool {
                             client = Err("the connection was lost".into());
                         }
                         if client.as_ref().map_or(true, Client::is_closed) {
-                            client = config.connect(NoTls).map_err(|e| describe(&e));
+                            client = target.connect().map_err(|e| describe(&e));
                         }
                         job(&mut client);
                         used = Instant::now();
@@ -143,3 +237,30 @@ impl Pool {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection idle longer than this is checked before it is used again.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_follows_the_urls_sslmode_and_sslrootcert_and_other_options_stay() {
+        let plain = Target::parse("postgres://u:p@db:5432/rec?application_name=sluice").unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.config.get_application_name(), Some("sluice"));
+        assert_eq!(plain.config.get_ssl_mode(), SslMode::Disable);
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let why = Target::parse(&format!("postgres://db/rec?sslmode={mode}")).unwrap_err();
+            assert!(why.contains("sslrootcert"), "{why}");
+        }
+        let why = Target::parse("postgres://db/rec?sslmode=sometimes").unwrap_err();
+        assert!(why.contains("unknown sslmode"), "{why}");
+        let why = Target::parse("postgres://db/rec?sslrootcert=/nonexistent/ca.pem").unwrap_err();
+        assert!(why.contains("/nonexistent/ca.pem"), "{why}");
+        let empty = std::env::temp_dir().join(format!("sluice-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "").unwrap();
+        let why = Target::parse(&format!("postgres://db/rec?sslrootcert={}", empty.display()))
+            .unwrap_err();
+        std::fs::remove_file(&empty).unwrap();
+        assert!(why.contains("no certificate"), "{why}");
+    }
+}

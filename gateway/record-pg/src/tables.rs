@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, IsolationLevel, NoTls, Transaction};
+use postgres::{Client, IsolationLevel, Transaction};
 use sluice_record::tables::{RawEntry, Rows, Tables};
 use sluice_record::{Problem, RecordError, VerifyOptions, VerifyReport, verify_tables};
 
@@ -142,8 +142,8 @@ pub fn verify(client: &mut Client, options: &VerifyOptions) -> VerifyReport {
 }
 
 fn connect(url: &str) -> Result<(Client, String), RecordError> {
-    let (config, label) = parse_url(url)?;
-    let client = config.connect(NoTls).map_err(|e| RecordError::Io {
+    let (target, label) = parse_url(url)?;
+    let client = target.connect().map_err(|e| RecordError::Io {
         path: label.clone(),
         message: format!("cannot connect: {}", describe(&e)),
     })?;
