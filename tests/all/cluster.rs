@@ -1,6 +1,8 @@
 //! Several gateways on one shared record: real `sluice serve` processes against a throwaway
 //! PostgreSQL cluster, one chain across them, copies in and out, and tampering named.
 
+use std::time::Duration;
+
 use crate::postgres::{Cluster, UPSTREAM_PASSWORD};
 use crate::support::{Gateway, run_command, sluice};
 
@@ -550,9 +552,29 @@ fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_throu
     let id = pending_review(&a, "rm -rf");
 
     // Node b starts while the frame waits on node a: it is not b's orphan. Its reviewers
-    // see the review there too.
+    // see the review there too, and watch it change live.
     let b = shared.node_with_policy("b", ops, policy);
     assert_eq!(pending_review(&b, "rm -rf"), id);
+    let mut watch = b.cli();
+    let mut watch = watch
+        .env("SLUICE_TOKEN", &b.reviewer_token)
+        .args(["reviews", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watched = crate::reviews::lines_of(watch.stdout.take().unwrap());
+    let shows = |status: &str| {
+        let (watched, id, status) = (watched.clone(), id.clone(), status.to_string());
+        move || {
+            let lines = watched.lock().unwrap();
+            lines.iter().any(|l| l.contains(&id) && l.contains(&status))
+        }
+    };
+    crate::support::eventually(
+        "b's watch lists it",
+        Duration::from_secs(20),
+        shows("pending"),
+    );
     let (code, shown, err) = b.run_as(Some(&b.reviewer_token), &["review", "show", &id]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -576,6 +598,14 @@ fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_throu
     assert_eq!(code, 0, "{out}{err}");
     assert!(!dir.path().exists(), "approved, the folder is gone");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Node a decided it; node b's live stream shows the decision as it happens.
+    crate::support::eventually(
+        "b's watch shows it approved",
+        Duration::from_secs(10),
+        shows("approved"),
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
     assert_eq!(
         shared.count(
             "SELECT count(*) FROM sluice.entries WHERE kind = 'review'

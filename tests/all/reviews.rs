@@ -357,9 +357,9 @@ fn reviewers_get_a_live_stream_of_reviews() {
 }
 
 /// The lines a child prints, collected as they come by a thread of their own.
-type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-fn lines_of(out: std::process::ChildStdout) -> Lines {
+pub fn lines_of(out: std::process::ChildStdout) -> Lines {
     use std::io::BufRead;
     let lines = Lines::default();
     let collected = lines.clone();

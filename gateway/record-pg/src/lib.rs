@@ -491,7 +491,8 @@ impl sluice_record::Membership for PgStore {
     }
 
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError> {
-        let payload = serde_json::json!({"to": node, "message": message}).to_string();
+        let payload =
+            serde_json::json!({"to": node, "from": self.node, "message": message}).to_string();
         self.write(move |c| {
             c.execute("SELECT pg_notify('sluice_nodes', $1)", &[&payload])?;
             Ok(())
@@ -547,7 +548,9 @@ fn listen(
                     else {
                         continue;
                     };
-                    if parsed["to"] == node && inbox.send(parsed["message"].clone()).is_err() {
+                    let to_us =
+                        parsed["to"] == node || (parsed["to"] == "*" && parsed["from"] != node);
+                    if to_us && inbox.send(parsed["message"].clone()).is_err() {
                         return;
                     }
                 }

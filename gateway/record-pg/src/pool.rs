@@ -258,8 +258,11 @@ mod tests {
         assert!(why.contains("/nonexistent/ca.pem"), "{why}");
         let empty = std::env::temp_dir().join(format!("sluice-empty-{}.pem", std::process::id()));
         std::fs::write(&empty, "").unwrap();
-        let why = Target::parse(&format!("postgres://db/rec?sslrootcert={}", empty.display()))
-            .unwrap_err();
+        let why = Target::parse(&format!(
+            "postgres://db/rec?sslrootcert={}",
+            empty.display()
+        ))
+        .unwrap_err();
         std::fs::remove_file(&empty).unwrap();
         assert!(why.contains("no certificate"), "{why}");
     }

@@ -94,7 +94,8 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     fn live_elsewhere(&self) -> Result<Vec<(String, SessionSummary)>, RecordError>;
     /// The other nodes not declared gone (one killed a moment ago may still be listed).
     fn other_nodes(&self) -> Result<Vec<String>, RecordError>;
-    /// Sends `message` (JSON) to node `node`; it arrives in that node's inbox while it runs.
+    /// Sends `message` (JSON) to node `node` (`*`: every other node); it arrives in that
+    /// node's inbox while it runs.
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError>;
     /// What other nodes tell this one, as it arrives. Call once.
     fn inbox(&self) -> std::sync::mpsc::Receiver<serde_json::Value>;

@@ -403,8 +403,8 @@ impl Reviews {
     }
 
     /// Whether this node made `review` (always, on a gateway of its own). Only the node that
-    /// made a review expires it.
-    fn made_here(&self, review: &Review) -> bool {
+    /// made a review expires it, and announces its changes to the other nodes.
+    pub fn made_here(&self, review: &Review) -> bool {
         review.node.is_none() || review.node == self.node
     }
 
@@ -462,6 +462,12 @@ impl Reviews {
             .map_err(|e| e.to_string())?
             .map(|_| ())
             .map_err(|e| format!("the shared record cannot be read for reviews: {e:#}"))
+    }
+
+    /// Shows a change another node made (as the shared record has it) to this node's live
+    /// streams; nothing else here changes.
+    pub fn publish(&self, review: Review) {
+        let _ = self.changes.send(review);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Review> {

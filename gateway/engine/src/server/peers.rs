@@ -49,6 +49,7 @@ impl Peers {
             gateway: OnceLock::new(),
         });
         let inbox = peers.membership.inbox();
+        let (announcing, mut changes, made) = (peers.clone(), reviews.subscribe(), reviews.clone());
         let (answering, runtime) = (peers.clone(), tokio::runtime::Handle::current());
         let spawned = std::thread::Builder::new()
             .name("sluice-peers".into())
@@ -60,6 +61,21 @@ impl Peers {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start answering other nodes");
         }
+        // Each change to a review made here is announced, so the other nodes' live streams
+        // (`sluice reviews --watch`, the console) show it as it happens.
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(review) if made.made_here(&review) => {
+                        if let Err(e) = announcing.tell("*", json!({"review": review.id})).await {
+                            tracing::warn!(error = %e, review = %review.id, "cannot announce a review change to the other nodes");
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         peers
     }
 
@@ -111,6 +127,24 @@ impl Peers {
                     None => json!({"status": 503, "error": "the node is stopping"}),
                 };
                 peers.answer(&message, answer);
+            });
+            return;
+        }
+        if let Some(id) = message["review"].as_str() {
+            // Another node changed a review: show it here as the record has it (chain-checked),
+            // not as the message says.
+            let (reviews, id) = (reviews.clone(), id.to_string());
+            runtime.spawn(async move {
+                let reading = reviews.clone();
+                let others = tokio::task::spawn_blocking(move || reading.held_elsewhere()).await;
+                let review = match others {
+                    Ok(Ok(others)) => others.into_iter().find(|r| r.id == id).or_else(|| reviews.get(&id)),
+                    Ok(Err(e)) => return tracing::warn!(error = %e, review = %id, "cannot read a review another node changed"),
+                    Err(_) => return,
+                };
+                if let Some(review) = review {
+                    reviews.publish(review);
+                }
             });
             return;
         }
