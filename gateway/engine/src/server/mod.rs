@@ -509,6 +509,11 @@ fn open_record(config: &Config, data: &Path) -> anyhow::Result<Opened> {
                 },
             )?);
             tracing::info!(database = store.label(), node, "record: shared PostgreSQL");
+            if config.gateway.tls_cert.is_none() {
+                tracing::warn!(
+                    "this node serves a CA of its own (DATA/tls): a client that pinned it cannot reach the other nodes behind a load balancer; give every node the same tls_cert and tls_key"
+                );
+            }
             Ok((store.clone(), Some(store)))
         }
     }
