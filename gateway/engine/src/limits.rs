@@ -104,6 +104,13 @@ impl Limits {
         })
     }
 
+    /// Whether a connection from `peer` begins with a PROXY header (a trusted proxy, with
+    /// `proxy_protocol`). Any other is admitted in accept order, before its first byte, so
+    /// connections from one address cannot slip past their cap by racing each other.
+    pub fn needs_header(&self, peer: SocketAddr) -> bool {
+        self.proxy_protocol && self.trusted.contains(&peer.ip())
+    }
+
     /// Who is at the other end of `tcp`: the client a trusted proxy names in its PROXY
     /// header (read off the stream, nothing past it), or `peer` itself. A trusted proxy that
     /// sends no valid header within the sign-in time is refused, never guessed at.
@@ -112,7 +119,7 @@ impl Limits {
         tcp: &mut TcpStream,
         peer: SocketAddr,
     ) -> Result<SocketAddr, String> {
-        if !self.proxy_protocol || !self.trusted.contains(&peer.ip()) {
+        if !self.needs_header(peer) {
             return Ok(peer);
         }
         match tokio::time::timeout(self.sign_in, proxy_header(tcp)).await {

@@ -78,6 +78,13 @@ impl Front {
     }
 }
 
+/// Refuses a client the front-door limits do not admit, telling it which limit.
+async fn refuse(front: &Front, tcp: &mut tokio::net::TcpStream, peer: SocketAddr, why: &str) {
+    tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
+    let text = format!("sluice: too many connections: {why}");
+    let _ = message::write(tcp, &[message::error(b'E', "FATAL", "53300", &text)]).await;
+}
+
 /// Accepts PostgreSQL clients on `listener` for as long as the gateway runs.
 pub async fn serve(front: Arc<Front>, listener: TcpListener) {
     loop {
@@ -90,27 +97,34 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
                 continue;
             }
         };
+        // In accept order, so one address cannot slip past its cap by racing; behind a
+        // trusted proxy, once its header names the client.
+        let admitted = match front.limits.needs_header(peer) {
+            true => None,
+            false => match front.limits.admit(peer.ip()) {
+                Ok(admitted) => Some(admitted),
+                Err(why) => {
+                    refuse(&front, &mut tcp, peer, &why).await;
+                    continue;
+                }
+            },
+        };
         let _ = tcp.set_nodelay(true);
         crate::limits::keepalive(&tcp);
         let front = front.clone();
         tokio::spawn(async move {
-            // Behind a trusted proxy, the client it names (reading its PROXY header).
-            let peer = match front.limits.source(&mut tcp, peer).await {
-                Ok(source) => source,
-                Err(why) => {
-                    return tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
-                }
-            };
-            let _admitted = match front.limits.admit(peer.ip()) {
-                Ok(admitted) => admitted,
-                Err(why) => {
-                    tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
-                    let text = format!("sluice: too many connections: {why}");
-                    let _ =
-                        message::write(&mut tcp, &[message::error(b'E', "FATAL", "53300", &text)])
-                            .await;
-                    return;
-                }
+            let (peer, _admitted) = match admitted {
+                Some(admitted) => (peer, admitted),
+                // Behind a trusted proxy: the client it names in its PROXY header.
+                None => match front.limits.source(&mut tcp, peer).await {
+                    Err(why) => {
+                        return tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
+                    }
+                    Ok(client) => match front.limits.admit(client.ip()) {
+                        Ok(admitted) => (client, admitted),
+                        Err(why) => return refuse(&front, &mut tcp, client, &why).await,
+                    },
+                },
             };
             if let Err(e) = front.client(Box::new(tcp), peer, false, None).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
