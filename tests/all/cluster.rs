@@ -341,6 +341,30 @@ fn a_node_killed_mid_session_has_its_session_closed_by_a_survivor_with_all_it_sh
     let first = lines.next().unwrap().unwrap();
     assert_eq!(first, "shown-before-the-crash");
     let id = doomed.live_session();
+    // Admins see both nodes live, and the session node b holds.
+    let nodes = |gw: &Gateway| {
+        let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["nodes"]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let state_of = |listed: &str, node: &str| -> Vec<String> {
+        let row = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no node {node}: {listed}"));
+        row.split_whitespace().map(String::from).collect()
+    };
+    let listed = nodes(&survivor);
+    assert_eq!(state_of(&listed, "a")[1..3], ["(this)", "live"], "{listed}");
+    let b = state_of(&listed, "b");
+    assert_eq!(
+        (b[1].as_str(), b.last().unwrap().as_str()),
+        ("live", "1"),
+        "{listed}"
+    );
+    let (code, _, err) = survivor.run(&["nodes"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("admin"), "{err}");
     doomed.kill();
     let _ = client.wait();
 
@@ -353,6 +377,13 @@ fn a_node_killed_mid_session_has_its_session_closed_by_a_survivor_with_all_it_sh
         "the survivor closed the dead node's session",
         std::time::Duration::from_secs(20),
         || shared.count(&closes) == 1,
+    );
+    let listed = nodes(&survivor);
+    let b = state_of(&listed, "b");
+    assert_eq!(
+        (b[1].as_str(), b.last().unwrap().as_str()),
+        ("gone", "0"),
+        "{listed}"
     );
     // What the client saw before the crash is in the record (strict mode).
     assert_eq!(

@@ -257,6 +257,15 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The gateways sharing the record (admin): each node's state, last heartbeat and live
+    /// sessions.
+    Nodes {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Where the record is delivered: each sink's position, lag, state and last error.
     Sinks {
         /// Print the raw JSON.
@@ -671,6 +680,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             })
+        }
+        Command::Nodes { json, target } => {
+            runtime()?.block_on(crate::commands::nodes(target.client()?, json))
         }
         Command::Sinks { json, target } => {
             runtime()?.block_on(crate::commands::sinks(target.client()?, json))

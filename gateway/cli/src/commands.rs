@@ -559,6 +559,35 @@ pub async fn whoami(client: Client) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn nodes(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
+    let body = client.get("/api/nodes").await?;
+    if raw {
+        std::io::stdout().write_all(&body)?;
+        println!();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let nodes: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    println!(
+        "{:<20} {:<7} {:>10} {:>9}",
+        "NODE", "STATE", "LAST BEAT", "SESSIONS"
+    );
+    for n in &nodes {
+        let name = n["node"].as_str().unwrap_or_default();
+        let name = match n["this"].as_bool() {
+            Some(true) => format!("{name} (this)"),
+            _ => name.to_string(),
+        };
+        println!(
+            "{:<20} {:<7} {:>9.1}s {:>9}",
+            name,
+            n["state"].as_str().unwrap_or_default(),
+            n["beat_ago_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            n["sessions"].as_u64().unwrap_or(0),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn sinks(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
     let body = client.get("/api/sinks").await?;
     if raw {

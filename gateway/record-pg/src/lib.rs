@@ -490,6 +490,26 @@ impl sluice_record::Membership for PgStore {
         })
     }
 
+    fn nodes(&self) -> Result<Vec<sluice_record::NodeStatus>, RecordError> {
+        self.read(|c| {
+            let rows = c.query(
+                "SELECT n.node, n.beat_ms, n.gone_ms,
+                        (SELECT count(*) FROM sluice.live l WHERE l.node = n.node AND n.gone_ms IS NULL)
+                 FROM sluice.nodes n ORDER BY n.node",
+                &[],
+            )?;
+            Ok(rows
+                .into_iter()
+                .map(|row| sluice_record::NodeStatus {
+                    node: row.get(0),
+                    beat_ms: row.get::<_, Option<i64>>(1).unwrap_or(0).max(0) as u64,
+                    gone_ms: row.get::<_, Option<i64>>(2).map(|g| g.max(0) as u64),
+                    sessions: row.get::<_, i64>(3).max(0) as u64,
+                })
+                .collect())
+        })
+    }
+
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError> {
         let payload =
             serde_json::json!({"to": node, "from": self.node, "message": message}).to_string();

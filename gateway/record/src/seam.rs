@@ -94,6 +94,9 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     fn live_elsewhere(&self) -> Result<Vec<(String, SessionSummary)>, RecordError>;
     /// The other nodes not declared gone (one killed a moment ago may still be listed).
     fn other_nodes(&self) -> Result<Vec<String>, RecordError>;
+    /// Every node that ever joined, this one too: when each last beat, when it was declared
+    /// gone (or left), and how many live sessions it holds.
+    fn nodes(&self) -> Result<Vec<NodeStatus>, RecordError>;
     /// Sends `message` (JSON) to node `node` (`*`: every other node); it arrives in that
     /// node's inbox while it runs.
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError>;
@@ -185,4 +188,15 @@ impl Record for Store {
     fn close(&self) {
         Store::close(self)
     }
+}
+
+/// One node of a shared record, as `Membership::nodes` reports it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub beat_ms: u64,
+    /// When it left or was declared gone; `None` while it counts as live.
+    pub gone_ms: Option<u64>,
+    /// Live sessions it holds.
+    pub sessions: u64,
 }

@@ -224,6 +224,15 @@ impl Gateway {
                 }
                 reply(StatusCode::OK, json!(self.sinks.status()).to_string())
             }
+            (&Method::GET, ["api", "nodes"]) => {
+                let allowed =
+                    self.roles()
+                        .require_anywhere(&identity, Role::Admin, "list the nodes");
+                if let Err(why) = allowed.await {
+                    return error(StatusCode::FORBIDDEN, &why);
+                }
+                self.nodes().await
+            }
             (&Method::POST, ["api", "reload"]) => {
                 let allowed =
                     self.roles()

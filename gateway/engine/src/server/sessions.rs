@@ -477,6 +477,40 @@ impl Gateway {
             .map(|(node, _)| node)
     }
 
+    /// `GET /api/nodes`: the nodes sharing the record, with their state (`live`, `silent`:
+    /// its beat is late but nobody declared it gone yet, `gone`: it left or was declared gone),
+    /// when each last beat and the live sessions each holds.
+    pub(super) async fn nodes(&self) -> Reply {
+        let Some(membership) = self.membership.clone() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this gateway keeps its record to itself ([store] kind = \"redb\"): it has no other nodes",
+            );
+        };
+        let me = membership.node().to_string();
+        let timeout = self.config.store.node_timeout_ms;
+        let nodes = match tokio::task::spawn_blocking(move || membership.nodes()).await {
+            Ok(Ok(nodes)) => nodes,
+            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        let now = sluice_core::now_ms();
+        let rows: Vec<_> = nodes
+            .into_iter()
+            .map(|n| {
+                let ago = now.saturating_sub(n.beat_ms);
+                let state = match n.gone_ms {
+                    Some(_) => "gone",
+                    None if ago > timeout => "silent",
+                    None => "live",
+                };
+                json!({"node": n.node, "state": state, "this": n.node == me,
+                       "beat_ago_ms": ago, "gone_ms": n.gone_ms, "sessions": n.sessions})
+            })
+            .collect();
+        reply(StatusCode::OK, json!(rows).to_string())
+    }
+
     /// On a shared record, the reviews other nodes hold, as recorded; none on a gateway of
     /// its own. An unreachable record is an error, not a shorter list.
     pub(super) async fn reviews_elsewhere(&self) -> Result<Vec<crate::review::Review>, String> {
