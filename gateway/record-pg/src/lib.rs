@@ -645,70 +645,69 @@ fn append_in(
     let kinds: Vec<&str> = linked.rows.iter().map(|r| r.kind.as_str()).collect();
     let stored: Vec<&[u8]> = linked.rows.iter().map(|r| r.stored.as_slice()).collect();
     let payloads: Vec<&[u8]> = linked.rows.iter().map(|r| r.payload.as_slice()).collect();
-    txn.execute(
-        "INSERT INTO sluice.entries (idx, session, kind, stored)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[])",
-        &[&indices, &sessions, &kinds, &stored],
-    )?;
-    txn.execute(
-        "INSERT INTO sluice.payloads (idx, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-        &[&indices, &payloads],
-    )?;
-    if !linked.sessions.is_empty() {
-        let ids: Vec<&str> = linked.sessions.iter().map(|s| s.id.as_str()).collect();
-        let firsts: Vec<i64> = linked
-            .sessions
-            .iter()
-            .map(|s| s.first_index as i64)
-            .collect();
-        let rows = linked
-            .sessions
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failed::Corrupt(e.to_string()))?;
-        txn.execute(
-            "INSERT INTO sluice.sessions (id, first_idx, row)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
-             ON CONFLICT (id) DO UPDATE SET row = excluded.row",
-            &[&ids, &firsts, &rows],
-        )?;
-    }
-    // Which node holds each open session: what every node lists as live, and where a kill
-    // goes. Kept in the commit that opens or closes the session.
-    let opened: Vec<&str> = linked
-        .rows
+    let touched: Vec<&str> = linked.sessions.iter().map(|s| s.id.as_str()).collect();
+    let firsts: Vec<i64> = linked
+        .sessions
         .iter()
-        .filter(|r| r.kind == kinds::SESSION_OPEN)
-        .map(|r| r.session.as_str())
+        .map(|s| s.first_index as i64)
         .collect();
+    let rows = linked
+        .sessions
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failed::Corrupt(e.to_string()))?;
+    // Which node holds each open session: what every node lists as live, and where a kill
+    // goes. Kept in the commit that opens or closes the session. One statement sees one
+    // snapshot, so a session opened and closed in this same commit is left out of both.
     let closed: Vec<&str> = linked
         .rows
         .iter()
         .filter(|r| r.kind == kinds::SESSION_CLOSE)
         .map(|r| r.session.as_str())
         .collect();
-    if !opened.is_empty() {
-        txn.execute(
-            "INSERT INTO sluice.live (session, node) SELECT unnest($1::text[]), $2
-             ON CONFLICT (session) DO NOTHING",
-            &[&opened, &node],
-        )?;
-    }
-    if !closed.is_empty() {
-        txn.execute(
-            "DELETE FROM sluice.live WHERE session = ANY($1)",
-            &[&closed],
-        )?;
-    }
+    let opened: Vec<&str> = linked
+        .rows
+        .iter()
+        .filter(|r| r.kind == kinds::SESSION_OPEN && !closed.contains(&r.session.as_str()))
+        .map(|r| r.session.as_str())
+        .collect();
     let encoded = head.encode();
+    // Everything the commit writes, in one statement: the head row is held for as few round
+    // trips as possible, since every node's commits queue on it.
     txn.execute(
-        "INSERT INTO sluice.checkpoints (idx, head) VALUES ($1, $2)",
-        &[&(head.index as i64), &encoded],
-    )?;
-    txn.execute(
-        "UPDATE sluice.chain_head SET idx = $1, hash = $2, head = $3 WHERE one = 1",
-        &[&(head.index as i64), &&head.hash[..], &encoded],
+        "WITH entries AS (
+             INSERT INTO sluice.entries (idx, session, kind, stored)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[])),
+         payloads AS (
+             INSERT INTO sluice.payloads (idx, body)
+             SELECT * FROM unnest($1::bigint[], $5::bytea[])),
+         sessions AS (
+             INSERT INTO sluice.sessions (id, first_idx, row)
+             SELECT * FROM unnest($6::text[], $7::bigint[], $8::bytea[])
+             ON CONFLICT (id) DO UPDATE SET row = excluded.row),
+         opened AS (
+             INSERT INTO sluice.live (session, node) SELECT unnest($9::text[]), $10
+             ON CONFLICT (session) DO NOTHING),
+         closed AS (DELETE FROM sluice.live WHERE session = ANY($11::text[])),
+         checkpoint AS (INSERT INTO sluice.checkpoints (idx, head) VALUES ($12, $13))
+         UPDATE sluice.chain_head SET idx = $12, hash = $14, head = $13 WHERE one = 1",
+        &[
+            &indices,
+            &sessions,
+            &kinds,
+            &stored,
+            &payloads,
+            &touched,
+            &firsts,
+            &rows,
+            &opened,
+            &node,
+            &closed,
+            &(head.index as i64),
+            &encoded,
+            &&head.hash[..],
+        ],
     )?;
     Ok(linked)
 }
