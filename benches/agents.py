@@ -69,10 +69,15 @@ def start_postgres(root, options=""):
     return pg
 
 
-def stop_postgres(root):
+def clean_up(procs, root):
+    """Kills PROCS (newest first), stops the server in ROOT/pg, removes ROOT."""
+    for p in reversed(procs):
+        p.kill()
+        p.wait()
     subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) +
                    ["pg_ctl", "-D", os.path.join(root, "pg", "data"), "-m", "immediate", "stop"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def main():
@@ -169,11 +174,7 @@ def main():
             c.close()
         print(json.dumps(results, indent=2))
     finally:
-        for p in reversed(procs):
-            p.kill()
-            p.wait()
-        stop_postgres(root)
-        shutil.rmtree(root, ignore_errors=True)
+        clean_up(procs, root)
 
 
 if __name__ == "__main__":

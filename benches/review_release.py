@@ -13,11 +13,11 @@ decision and tells node a through PostgreSQL's LISTEN/NOTIFY).
 
     cargo build --release && python3 benches/review_release.py   # needs initdb, pg_ctl
 """
-import http.client, json, os, shutil, ssl, subprocess, sys, tempfile, time
+import http.client, json, os, ssl, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sessions import ROOT, SLUICE, read_until, summary  # noqa: E402
-from agents import free_port, start_postgres, stop_postgres, wait_for  # noqa: E402
+from agents import clean_up, free_port, start_postgres, wait_for  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", "100"))
 
@@ -103,11 +103,7 @@ def main():
             assert not os.path.exists(target)
         print(json.dumps({k: summary(v) for k, v in times.items()}, indent=2))
     finally:
-        for p in reversed(procs):
-            p.kill()
-            p.wait()
-        stop_postgres(root)
-        shutil.rmtree(root, ignore_errors=True)
+        clean_up(procs, root)
 
 
 if __name__ == "__main__":
