@@ -69,6 +69,20 @@ impl Shared {
     }
 }
 
+/// Starts `sluice serve` in a fresh folder with `[gateway]` lines then `rest` (tables),
+/// expecting it to refuse; what it said.
+fn serve_refuses(gateway: &str, rest: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!("[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{gateway}{rest}"),
+    )
+    .unwrap();
+    let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
+    assert_ne!(code, 0, "{out}");
+    err
+}
+
 fn verify_offline(args: &[&str]) -> (i32, String) {
     let (code, out, err) = run_command(sluice().arg("verify").args(args), "");
     (code, format!("{out}{err}"))
@@ -290,31 +304,29 @@ fn a_redb_store_copies_into_postgresql_with_its_chain_intact() {
 
 #[test]
 fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let sealing = "connections_key = \"k\"\n";
-    let start = |store: &str| {
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            format!("[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{store}"),
-        )
-        .unwrap();
-        let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
-        assert_ne!(code, 0, "{out}");
-        err
-    };
-    let err = start("[store]\nkind = \"postgres\"\ncluster_key = \"k\"\n");
-    assert!(err.contains("needs url"), "{err}");
-    let err = start("[store]\nkind = \"postgres\"\nurl = \"postgres://x@127.0.0.1/db\"\n");
-    assert!(err.contains("needs cluster_key"), "{err}");
-    let err = start(
-        "[store]\nkind = \"postgres\"\nurl = \"postgres://x@127.0.0.1/db\"\ncluster_key = \"k\"\n",
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("k");
+    let (key, url) = (key.display(), "postgres://x@127.0.0.1/db");
+    let err = serve_refuses(
+        "",
+        &format!("[store]\nkind = \"postgres\"\ncluster_key = \"{key}\"\n"),
     );
+    assert!(err.contains("needs url"), "{err}");
+    let err = serve_refuses(
+        "",
+        &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\n"),
+    );
+    assert!(err.contains("needs cluster_key"), "{err}");
+    let shared_store =
+        format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\ncluster_key = \"{key}\"\n");
+    let err = serve_refuses("", &shared_store);
     assert!(err.contains("needs gateway.connections_key"), "{err}");
-    std::fs::write(dir.path().join("k"), "5a".repeat(32)).unwrap();
+    std::fs::write(keys.path().join("k"), "5a".repeat(32)).unwrap();
     let port = crate::postgres::free_port();
-    let err = start(&format!(
-        "{sealing}[store]\nkind = \"postgres\"\nurl = \"postgres://x:y@127.0.0.1:{port}/db\"\ncluster_key = \"k\"\n"
-    ));
+    let err = serve_refuses(
+        &format!("connections_key = \"{key}\"\n"),
+        &shared_store.replace(url, &format!("postgres://x:y@127.0.0.1:{port}/db")),
+    );
     assert!(err.contains("PostgreSQL is unreachable"), "{err}");
     assert!(!err.contains(":y@"), "the password is never shown: {err}");
 }
@@ -413,19 +425,12 @@ fn a_node_killed_mid_session_has_its_session_closed_by_a_survivor_with_all_it_sh
 fn two_live_gateways_never_share_a_node_name() {
     let shared = Shared::start();
     let _first = shared.node("a");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicies = \"{}\"\n{}{}",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies"),
-            shared.shared_settings(),
-            shared.store_section("a")
-        ),
-    )
-    .unwrap();
-    let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
-    assert_ne!(code, 0, "{out}");
+    let policies = format!(
+        "policies = \"{}\"\n{}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies"),
+        shared.shared_settings()
+    );
+    let err = serve_refuses(&policies, &shared.store_section("a"));
     assert!(err.contains("node `a` is running elsewhere"), "{err}");
 }
 
@@ -785,20 +790,9 @@ fn the_shared_record_is_reached_over_verified_tls_when_its_url_names_the_ca() {
     let shared = Shared::start();
     let ca = shared.db.require_tls();
     let plain = shared.url();
-    let dir = tempfile::tempdir().unwrap();
     let start_fails = |url: &str| {
         let store = shared.store_section("a").replace(&plain, url);
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            format!(
-                "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{}{store}",
-                shared.shared_settings()
-            ),
-        )
-        .unwrap();
-        let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
-        assert_ne!(code, 0, "{out}");
-        err
+        serve_refuses(&shared.shared_settings(), &store)
     };
     // The database takes TCP clients only over TLS: a URL without a CA is refused there.
     let err = start_fails(&plain);
