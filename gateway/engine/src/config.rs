@@ -272,6 +272,12 @@ pub struct Gateway {
     /// unchanged for one more look (a build still writing its output is not loaded).
     #[serde(default)]
     pub watch_ms: Option<u64>,
+    /// How long one-shot output may stay quiet before plugins release what they hold back.
+    /// A value split across two chunks is masked whole when the pause between them is
+    /// shorter; a longer interval catches slower producers and delays a partial line (a
+    /// prompt, a progress bar) by as much. Interactive sessions use 20 ms, so typing echoes.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
     /// Where compiled plugins are kept between starts (default: `DATA_DIR/plugin-cache`).
     /// Entries are MAC-checked with a key kept beside them; several gateways on one machine
     /// may share one (the tests do).
@@ -348,6 +354,7 @@ impl Default for Gateway {
             purge_interval_seconds: default_purge_interval_seconds(),
             record_key: None,
             watch_ms: None,
+            flush_ms: default_flush_ms(),
             plugin_cache: None,
             stop_grace_ms: default_stop_grace_ms(),
             drain_ms: 0,
@@ -379,6 +386,9 @@ fn default_hold_timeout_ms() -> u64 {
 }
 fn default_purge_interval_seconds() -> u64 {
     3600
+}
+fn default_flush_ms() -> u64 {
+    100
 }
 fn default_stop_grace_ms() -> u64 {
     10_000
@@ -688,8 +698,10 @@ impl Config {
         if g.proxy_protocol && g.trusted_proxies.is_empty() {
             return Err("gateway.proxy_protocol: list the load balancers that send the header in gateway.trusted_proxies (a header from anyone else is never believed)".into());
         }
-        if g.sign_in_timeout_ms == 0 || g.stop_grace_ms == 0 {
-            return Err("gateway.sign_in_timeout_ms and stop_grace_ms: at least 1".into());
+        if g.sign_in_timeout_ms == 0 || g.stop_grace_ms == 0 || g.flush_ms == 0 {
+            return Err(
+                "gateway.sign_in_timeout_ms, stop_grace_ms and flush_ms: at least 1".into(),
+            );
         }
         if self.agents.keepalive_ms == 0 || self.agents.enroll_ttl_seconds == 0 {
             return Err("agents.keepalive_ms and enroll_ttl_seconds: at least 1".into());

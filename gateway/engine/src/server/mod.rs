@@ -302,6 +302,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         chains: std::sync::RwLock::new(Arc::new(chains)),
         agents,
         node: node.clone(),
+        flush: Duration::from_millis(config.gateway.flush_ms),
     });
     let sinks = Arc::new(Sinks::new(store.clone()));
     sinks.apply(sink_plans);

@@ -30,9 +30,6 @@ pub const MAX_SCRIPT_BYTES: usize = 16 << 20;
 const READ_CHUNK: usize = 256 << 10;
 const CTRL_U: u8 = 0x15;
 const CTRL_D: u8 = 0x04;
-/// After this long without traffic, plugins are asked to flush what they buffer, so output is
-/// never held back without bound.
-const IDLE_FLUSH: Duration = Duration::from_millis(100);
 /// Quiet time after the client's input ended before Ctrl-D is typed again.
 const EOF_RETRY: Duration = Duration::from_millis(500);
 /// One-shot output chunks that may wait for their commit at once (at most this many times
@@ -374,7 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 continue;
             }
             let n = if pending.is_empty() {
-                match tokio::time::timeout(IDLE_FLUSH, output.read(&mut buf)).await {
+                match tokio::time::timeout(self.core.ctx.flush, output.read(&mut buf)).await {
                     Ok(read) => read.unwrap_or(0),
                     Err(_idle) => {
                         // Nothing pending and nothing new: plugins release what they buffer.

@@ -51,6 +51,9 @@ pub struct Context {
     /// This gateway's node name (recorded with each session it opens), when several
     /// gateways share one record; `None` on the embedded store.
     pub node: Option<String>,
+    /// After this long without one-shot output, plugins are asked to release what they
+    /// buffer, so output is never held back without bound (`gateway.flush_ms`).
+    pub flush: std::time::Duration,
 }
 
 /// The plugins of each connection's chain, and the policy files they come from (recorded
