@@ -187,6 +187,7 @@ fn main() {
                         signer: ed25519_dalek::SigningKey::from_bytes(&[n as u8 + 1; 32]),
                         cluster: ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
                         node_timeout: Duration::from_secs(10),
+                        payloads: None,
                     })
                     .unwrap(),
                 ) as Arc<dyn Record>

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::postgres::{Cluster, UPSTREAM_PASSWORD};
-use crate::support::{Gateway, run_command, sluice};
+use crate::support::{Gateway, eventually, run_command, sluice};
 
 /// A database for a shared record, and the cluster key every node is given.
 struct Shared {
@@ -329,6 +329,39 @@ fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_
     );
     assert!(err.contains("PostgreSQL is unreachable"), "{err}");
     assert!(!err.contains(":y@"), "the password is never shown: {err}");
+
+    // A payload bucket: only beside PostgreSQL, with a server-only endpoint and set keys.
+    let bucket = "[store.payloads]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\naccess_key_id = \"id\"\nsecret_access_key = \"secret\"\n";
+    let gateway = format!("connections_key = \"{key}\"\n");
+    let err = serve_refuses("", &format!("[store]\nkind = \"redb\"\n{bucket}"));
+    assert!(
+        err.contains("[store.payloads] is for kind = \"postgres\""),
+        "{err}"
+    );
+    let err = serve_refuses(
+        &gateway,
+        &format!(
+            "{shared_store}{}",
+            bucket.replace("127.0.0.1:9", "127.0.0.1:9/b")
+        ),
+    );
+    assert!(err.contains("give the server only"), "{err}");
+    let err = serve_refuses(
+        &gateway,
+        &format!(
+            "{shared_store}{}",
+            bucket.replace("\"secret\"", "\"env:SLUICE_UNSET_SECRET\"")
+        ),
+    );
+    assert!(
+        err.contains("needs access_key_id and secret_access_key"),
+        "{err}"
+    );
+    let err = serve_refuses(
+        &gateway,
+        &format!("{shared_store}{}", bucket.replace("\"s3\"", "\"ftp\"")),
+    );
+    assert!(err.contains("unknown variant `ftp`"), "{err}");
 }
 
 #[test]
@@ -830,4 +863,234 @@ fn the_shared_record_is_reached_over_verified_tls_when_its_url_names_the_ca() {
         "",
     );
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `[store.payloads]` for a bucket on `s3`: small parts, looked for every 50 ms.
+fn payloads_section(s3: &crate::support::S3) -> String {
+    format!(
+        "\n[store.payloads]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"payloads\"\n\
+         access_key_id = \"sluice-test\"\nsecret_access_key = \"bucket-secret\"\nprefix = \"rec/\"\n\
+         part_bytes = 4096\nmove_ms = 50\n",
+        s3.port
+    )
+}
+
+/// The bucket's objects, as files under the server's folder.
+fn objects(s3: &crate::support::S3) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if !path.to_string_lossy().contains(".s3s") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&s3.root.path().join("payloads/rec/sessions"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn payloads_move_to_the_bucket_once_durable_and_every_reader_finds_them_there() {
+    let mut s3 = crate::support::S3::start("sluice-test", "bucket-secret", &["payloads"]);
+    let shared = Shared::start();
+    // `brief` sessions are kept about 1.7 s, then purged by retention.
+    let brief = "\n[connections.brief]\nkind = \"exec\"\ninteractive = [\"bash\", \"-i\"]\nscript = [\"bash\", \"-s\"]\nretention_days = 0.00002\n";
+    let extra = |node: &str| {
+        format!(
+            "{brief}{}{}",
+            shared.store_section(node),
+            payloads_section(&s3)
+        )
+    };
+    let a = Gateway::start_full(&shared.shared_settings(), &extra("a"), None);
+    let b = Gateway::start_full(&shared.shared_settings(), &extra("b"), None);
+    let unmoved = || {
+        shared.count(
+            "SELECT count(*) FROM sluice.payloads p JOIN sluice.entries e USING (idx)
+             WHERE e.session <> '' AND p.object IS NULL",
+        )
+    };
+
+    // A session that streams for a few seconds moves in parts while it is live: a part as
+    // soon as 4 KiB wait.
+    std::thread::scope(|scope| {
+        let streaming = scope.spawn(|| {
+            b.run(
+                &[
+                    "exec",
+                    "shell",
+                    "--",
+                    "for i in $(seq 1 150); do printf '%0200d\\n' $i; sleep 0.02; done",
+                ],
+                "",
+            )
+        });
+        eventually(
+            "a live session's part moved",
+            Duration::from_secs(30),
+            || {
+                shared.count(
+                    "SELECT count(*) FROM sluice.objects o JOIN sluice.live l USING (session)
+                 WHERE o.doomed_ms IS NULL",
+                ) > 0
+            },
+        );
+        let (code, out, err) = streaming.join().unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().count(), 150, "{out}");
+    });
+    // A long output in one go on one node, and short ones on both.
+    let (code, out, err) = a.run(&["exec", "shell", "--", "seq 1 30000; echo long-done"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("30000\nlong-done\n"), "{out}");
+    for (n, node) in [&a, &b].iter().enumerate() {
+        let (code, out, err) = node.run(&["exec", "shell", "--", &format!("echo short-{n}")], "");
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("short-{n}")), "{out}");
+    }
+    eventually(
+        "every session's payloads moved",
+        Duration::from_secs(30),
+        || unmoved() == 0,
+    );
+    // Each object is one move, chained.
+    let files = objects(&s3);
+    let moves = shared.count("SELECT count(*) FROM sluice.entries WHERE kind = 'payload-move'");
+    assert_eq!(files.len() as u64, moves);
+    assert_eq!(
+        shared.count("SELECT count(*) FROM sluice.objects WHERE doomed_ms IS NULL"),
+        moves
+    );
+    assert!(
+        moves >= 8,
+        "{moves} moves: 30 KB streamed in 4 KiB parts, and 3 more sessions"
+    );
+    assert_eq!(
+        shared.count(
+            "SELECT count(*) FROM sluice.payloads WHERE body IS NOT NULL AND object IS NOT NULL"
+        ),
+        0
+    );
+
+    // Every reader finds the bytes in the bucket: a replay through the other node, the
+    // online verify, the offline one (given the configuration), and an export.
+    // Sessions in the order they opened: the streaming one on b, then the long one on a.
+    let sessions = shared
+        .db
+        .sql("SELECT id FROM sluice.sessions ORDER BY first_idx LIMIT 2");
+    let sessions: Vec<&str> = sessions.split_whitespace().collect();
+    let replay = |node: &Gateway, id: &str| {
+        let (code, replayed, err) = node.run(&["replay", id, "--speed", "0", "--output-only"], "");
+        assert_eq!(code, 0, "{err}");
+        replayed
+    };
+    let replayed = replay(&a, sessions[0]);
+    assert_eq!(replayed.lines().count(), 150, "{replayed}");
+    assert!(replayed.ends_with(&format!("{:0200}\n", 150)), "{replayed}");
+    let replayed = replay(&b, sessions[1]);
+    assert!(
+        replayed.ends_with("29999\n30000\nlong-done\n"),
+        "{replayed}"
+    );
+    let (code, out, err) = b.run_as(Some(&b.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = a.dir.path().join("sluice.toml");
+    let key = shared.cluster_public_key();
+    let verify = || {
+        verify_offline(&[
+            "--store",
+            &shared.url(),
+            "--config",
+            config.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ])
+    };
+    assert_eq!(verify().0, 0, "{}", verify().1);
+    let export = shared.keys.path().join("export.redb");
+    let (code, out, err) = run_command(
+        sluice().current_dir(a.dir.path()).args([
+            "store",
+            "export",
+            "--to",
+            export.to_str().unwrap(),
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = verify_offline(&["--store", export.to_str().unwrap(), "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    // Without the bucket, the offline verify says where the payloads are instead of guessing.
+    let (code, out) = verify_offline(&["--store", &shared.url(), "--public-key", &key]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("[store.payloads]"), "{out}");
+
+    // An object changed in the bucket, or gone from it, is named by verify.
+    let object = &files[files.len() / 2];
+    let kept = std::fs::read(object).unwrap();
+    let mut changed = kept.clone();
+    changed[20] ^= 1;
+    std::fs::write(object, &changed).unwrap();
+    let (code, out) = verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("was altered: its payload"), "{out}");
+    std::fs::remove_file(object).unwrap();
+    let (code, out) = verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("was deleted"), "{out}");
+    std::fs::write(object, &kept).unwrap();
+    assert_eq!(verify().0, 0, "{}", verify().1);
+
+    // The bucket down: sessions go on (PostgreSQL holds their payloads), and the payloads
+    // move once it is back.
+    s3.stop();
+    let (code, out, err) = b.run(
+        &["exec", "shell", "--", "echo while-the-bucket-is-down"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("while-the-bucket-is-down"), "{out}");
+    assert!(unmoved() > 0);
+    let newest = shared
+        .db
+        .sql("SELECT id FROM sluice.sessions ORDER BY first_idx DESC LIMIT 1");
+    assert!(replay(&a, newest.trim()).contains("while-the-bucket-is-down"));
+    s3.resume();
+    eventually(
+        "the waiting payloads moved",
+        Duration::from_secs(30),
+        || unmoved() == 0,
+    );
+    assert!(replay(&a, newest.trim()).contains("while-the-bucket-is-down"));
+
+    // Retention purges a session: its objects leave the bucket, and verify still holds.
+    let (code, out, err) = a.run(&["exec", "brief", "--", "echo kept-briefly"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    eventually("the brief session moved", Duration::from_secs(30), || {
+        unmoved() == 0
+    });
+    let before = objects(&s3).len();
+    eventually(
+        "the brief session is purged",
+        Duration::from_secs(30),
+        || {
+            let (code, printed, err) = a.run_as(Some(&a.reviewer_token), &["retention"]);
+            assert_eq!(code, 0, "{err}");
+            printed.contains("of 1 session(s)")
+        },
+    );
+    eventually(
+        "its object is deleted from the bucket",
+        Duration::from_secs(30),
+        || objects(&s3).len() == before - 1,
+    );
+    assert_eq!(
+        shared.count("SELECT count(*) FROM sluice.objects WHERE doomed_ms IS NOT NULL"),
+        0
+    );
+    assert_eq!(verify().0, 0, "{}", verify().1);
 }

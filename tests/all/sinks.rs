@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Gateway, eventually};
+use crate::support::{Gateway, S3, eventually};
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
@@ -440,78 +440,6 @@ fn review_events_reach_a_slack_webhook() {
     assert!(texts.iter().all(|t| t.starts_with("Review `")), "{all}");
 }
 
-/// The `s3s-fs` binary: on `PATH` if it is there, else installed once into `target/tools`
-/// (a fresh checkout needs no step of its own; the first run builds it, about 5 minutes).
-fn s3s_fs() -> std::path::PathBuf {
-    const VERSION: &str = "0.14.1";
-    static INSTALLED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            let on_path = std::process::Command::new("s3s-fs")
-                .arg("--version")
-                .output();
-            if on_path.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
-                return "s3s-fs".into();
-            }
-            let root = std::path::PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../target/tools"
-            ));
-            let binary = root.join("bin/s3s-fs");
-            if !binary.exists() {
-                let status = std::process::Command::new(env!("CARGO"))
-                    .args([
-                        "install",
-                        &format!("s3s-fs@{VERSION}"),
-                        "--features",
-                        "binary",
-                        "--locked",
-                        "--root",
-                    ])
-                    .arg(&root)
-                    .status()
-                    .expect("cargo runs");
-                assert!(status.success(), "cargo install s3s-fs@{VERSION} failed");
-            }
-            binary
-        })
-        .clone()
-}
-
-/// `s3s-fs`: a real S3 server on loopback that checks signatures.
-struct S3 {
-    root: tempfile::TempDir,
-    port: u16,
-    child: std::process::Child,
-}
-
-impl S3 {
-    fn start(access: &str, secret: &str) -> S3 {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("recordings")).unwrap();
-        let port = free_port();
-        let child = std::process::Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", access, "--secret-key", secret])
-            .arg(root.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        eventually("s3s-fs listens", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        S3 { root, port, child }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn s3_sink_policy(name: &str, port: u16, secret: &str) -> String {
     format!(
         "[plugins.{name}]\nsource = \"builtin:sink-s3\"\nworld = \"sink\"\nallow_hosts = [\"127.0.0.1\"]\n\
@@ -523,7 +451,7 @@ fn s3_sink_policy(name: &str, port: u16, secret: &str) -> String {
 
 #[test]
 fn sink_s3_puts_signed_objects_that_match_the_record_and_a_wrong_key_is_refused() {
-    let s3 = S3::start("sluice-test", "right-secret-key");
+    let s3 = S3::start("sluice-test", "right-secret-key", &["recordings"]);
     let mut policy = s3_sink_policy("archive", s3.port, "right-secret-key");
     policy.push_str(&s3_sink_policy("forged", s3.port, "wrong-secret-key"));
     let gateway = Gateway::start_with_policy("", Some(&policy));

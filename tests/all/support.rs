@@ -1,6 +1,7 @@
 //! Helpers shared by the test modules.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use sluice_core::frame::{Content, Direction, Frame, SessionInfo};
 use sluice_engine::policy::{PluginSpec, Source, World};
@@ -432,4 +433,100 @@ pub fn ensure_installed(program: &str, packages: &[&str]) {
         packages.join(" and "),
         packages.join(" ")
     );
+}
+
+/// The `s3s-fs` binary: on `PATH` if it is there, else installed once into `target/tools`
+/// (a fresh checkout needs no step of its own; the first run builds it, about 5 minutes).
+fn s3s_fs() -> std::path::PathBuf {
+    const VERSION: &str = "0.14.1";
+    static INSTALLED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let on_path = std::process::Command::new("s3s-fs")
+                .arg("--version")
+                .output();
+            if on_path.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
+                return "s3s-fs".into();
+            }
+            let root = std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/tools"
+            ));
+            let binary = root.join("bin/s3s-fs");
+            if !binary.exists() {
+                let status = std::process::Command::new(env!("CARGO"))
+                    .args([
+                        "install",
+                        &format!("s3s-fs@{VERSION}"),
+                        "--features",
+                        "binary",
+                        "--locked",
+                        "--root",
+                    ])
+                    .arg(&root)
+                    .status()
+                    .expect("cargo runs");
+                assert!(status.success(), "cargo install s3s-fs@{VERSION} failed");
+            }
+            binary
+        })
+        .clone()
+}
+
+/// `s3s-fs`: a real S3 server on loopback that checks signatures, serving the buckets
+/// (folders) `buckets` under a folder of its own.
+pub struct S3 {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    access: String,
+    secret: String,
+    child: Option<std::process::Child>,
+}
+
+impl S3 {
+    pub fn start(access: &str, secret: &str, buckets: &[&str]) -> S3 {
+        let root = tempfile::tempdir().unwrap();
+        for bucket in buckets {
+            std::fs::create_dir(root.path().join(bucket)).unwrap();
+        }
+        let mut s3 = S3 {
+            root,
+            port: crate::postgres::free_port(),
+            access: access.into(),
+            secret: secret.into(),
+            child: None,
+        };
+        s3.resume();
+        s3
+    }
+
+    /// Stops the server (an outage); `resume` brings it back on the same port and folder.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        let child = std::process::Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", &self.access, "--secret-key", &self.secret])
+            .arg(self.root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("s3s-fs listens", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -203,6 +203,10 @@ enum Command {
         /// Print the signed head, to anchor it elsewhere.
         #[arg(long)]
         print_head: bool,
+        /// With --store URL: the configuration whose `[store.payloads]` names the bucket
+        /// holding the record's moved payloads (default: ./sluice.toml when there is one).
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -719,6 +723,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             heads,
             accept_loss,
             print_head,
+            config,
             target,
         } => {
             let check = crate::commands::VerifyArgs {
@@ -728,7 +733,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_head,
             };
             match store {
-                Some(path) => crate::commands::verify_offline(&path, &check),
+                Some(path) => crate::commands::verify_offline(&path, config, &check),
                 None => {
                     runtime()?.block_on(crate::commands::verify_online(target.client()?, &check))
                 }

@@ -147,7 +147,7 @@ pub fn store_copy(
     }
     let copied =
         sluice_record::tables::read_file(&from, |tables| sluice_record_pg::import(&url, tables))??;
-    let copy = sluice_record_pg::verify_url(&url, &sluice_record::VerifyOptions::default());
+    let copy = sluice_record_pg::verify_url(&url, None, &sluice_record::VerifyOptions::default());
     if let Some(problem) = &copy.problem {
         bail!("the copy does not verify: {problem}");
     }
@@ -186,7 +186,8 @@ pub fn store_export(
             "nothing to export: give --from URL, or configure [store] kind = \"postgres\" with its url"
         );
     };
-    let entries = sluice_record_pg::export_to_file(&url, to)?;
+    let payloads = config.store.payloads.as_ref().map(|p| p.bucket());
+    let entries = sluice_record_pg::export_to_file(&url, payloads.as_ref(), to)?;
     println!(
         "exported {entries} entries to {}; check it with `sluice verify --store {}`",
         to.display(),
@@ -857,7 +858,11 @@ pub async fn verify_online(client: Client, args: &VerifyArgs) -> anyhow::Result<
     Ok(print_report(&report, args.print_head))
 }
 
-pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+pub fn verify_offline(
+    store: &Path,
+    config_path: Option<PathBuf>,
+    args: &VerifyArgs,
+) -> anyhow::Result<ExitCode> {
     let database = postgres_url(&store.to_string_lossy());
     if database.is_none() && !store.is_file() {
         bail!("no store at {}", store.display());
@@ -873,7 +878,11 @@ pub fn verify_offline(store: &Path, args: &VerifyArgs) -> anyhow::Result<ExitCod
         accept_loss: args.accept_loss,
     };
     let report = match database {
-        Some(url) => sluice_record_pg::verify_url(&url, &options),
+        Some(url) => {
+            let config = load_config(config_path)?;
+            let payloads = config.store.payloads.as_ref().map(|p| p.bucket());
+            sluice_record_pg::verify_url(&url, payloads.as_ref(), &options)
+        }
         None => sluice_record::verify_store(store, options),
     };
     Ok(print_report(

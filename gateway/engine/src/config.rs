@@ -57,6 +57,102 @@ pub struct StoreSettings {
     pub heartbeat_ms: u64,
     #[serde(default = "default_node_timeout_ms")]
     pub node_timeout_ms: u64,
+    /// Where payload bytes end up: in PostgreSQL (no `[store.payloads]`) or in a bucket.
+    pub payloads: Option<PayloadSettings>,
+}
+
+/// `[store.payloads]`: payloads move to an S3-compatible bucket once they are durable in
+/// PostgreSQL; the chain keeps their digests, PostgreSQL where each one went. Keys may be
+/// `env:NAME`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSettings {
+    pub kind: PayloadKind,
+    /// `https://host:port`; the bucket is `bucket`.
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Put before every key, so one bucket can hold several records.
+    #[serde(default)]
+    pub prefix: String,
+    /// `host/bucket/key` URLs (MinIO, most servers); false: `bucket.host/key` (AWS).
+    #[serde(default = "default_path_style")]
+    pub path_style: bool,
+    /// A live session's payloads move once this many bytes wait (an ended session's all
+    /// move); each object holds about this much.
+    #[serde(default = "default_part_bytes")]
+    pub part_bytes: usize,
+    /// How often the mover looks for payloads to move.
+    #[serde(default = "default_move_ms")]
+    pub move_ms: u64,
+    /// One request's bound.
+    #[serde(default = "default_bucket_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    S3,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_path_style() -> bool {
+    true
+}
+fn default_part_bytes() -> usize {
+    8 << 20
+}
+fn default_move_ms() -> u64 {
+    1_000
+}
+fn default_bucket_timeout_ms() -> u64 {
+    30_000
+}
+
+impl PayloadSettings {
+    /// The bucket as the record takes it, keys resolved.
+    pub fn bucket(&self) -> sluice_record_pg::BucketSettings {
+        sluice_record_pg::BucketSettings {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key_id: resolve(&self.access_key_id),
+            secret_access_key: resolve(&self.secret_access_key),
+            prefix: self.prefix.clone(),
+            path_style: self.path_style,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+        }
+    }
+
+    pub fn moving(&self) -> sluice_record_pg::MoveSettings {
+        sluice_record_pg::MoveSettings {
+            bucket: self.bucket(),
+            part_bytes: self.part_bytes,
+            every: std::time::Duration::from_millis(self.move_ms),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.endpoint.is_empty() || self.bucket.is_empty() {
+            anyhow::bail!("[store.payloads] needs endpoint = \"https://HOST:PORT\" and bucket");
+        }
+        if resolve(&self.access_key_id).is_empty() || resolve(&self.secret_access_key).is_empty() {
+            anyhow::bail!(
+                "[store.payloads] needs access_key_id and secret_access_key (\"env:NAME\", set)"
+            );
+        }
+        if self.part_bytes == 0 || self.move_ms == 0 || self.timeout_ms == 0 {
+            anyhow::bail!("[store.payloads] part_bytes, move_ms and timeout_ms: at least 1");
+        }
+        // The same checks the record makes when it opens, made before anything starts.
+        sluice_record_pg::BucketSettings::check(&self.bucket()).map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 impl Default for StoreSettings {
@@ -68,6 +164,7 @@ impl Default for StoreSettings {
             cluster_key: None,
             heartbeat_ms: default_heartbeat_ms(),
             node_timeout_ms: default_node_timeout_ms(),
+            payloads: None,
         }
     }
 }
@@ -93,6 +190,11 @@ impl StoreSettings {
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.kind {
             StoreKind::Redb => {
+                if self.payloads.is_some() {
+                    anyhow::bail!(
+                        "[store.payloads] is for kind = \"postgres\": the embedded store keeps payloads in its file"
+                    );
+                }
                 if self.url.is_some() || self.cluster_key.is_some() {
                     anyhow::bail!(
                         "[store] url and cluster_key are for kind = \"postgres\"; the embedded store (kind = \"redb\") lives in the data folder"
@@ -114,6 +216,9 @@ impl StoreSettings {
                     anyhow::bail!(
                         "[store] kind = \"postgres\" needs cluster_key = \"env:NAME\" or a file: the key every node shares to endorse each node's record key"
                     );
+                }
+                if let Some(payloads) = &self.payloads {
+                    payloads.validate()?;
                 }
             }
         }

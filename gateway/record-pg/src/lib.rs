@@ -17,6 +17,8 @@
 //! - A lost connection is an error for that call (strict recording refuses the frame), and
 //!   the next call reconnects.
 
+mod bucket;
+mod mover;
 mod pool;
 mod schema;
 mod tables;
@@ -35,6 +37,9 @@ use sluice_record::{
     decode_stored, kinds,
 };
 
+pub use bucket::BucketSettings;
+use bucket::{Body, Bucket, Objects};
+pub use mover::MoveSettings;
 use pool::{Failed, Pool};
 pub use tables::{export_to_file, import, verify_url};
 
@@ -51,6 +56,9 @@ pub struct PgOptions {
     pub cluster: SigningKey,
     /// A node whose last beat is older than this is declared gone.
     pub node_timeout: Duration,
+    /// Payloads move to this bucket once durable here (`[store.payloads]`); `None` keeps them
+    /// in PostgreSQL.
+    pub payloads: Option<MoveSettings>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -81,6 +89,8 @@ pub struct PgStore {
     node_timeout: Duration,
     /// Took over its own earlier run, which stopped without leaving and was not answered for.
     inherited: bool,
+    /// Where moved payloads are read from.
+    bucket: Option<Arc<Bucket>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -127,6 +137,15 @@ impl PgStore {
     /// node's key in the chain unless it already is.
     pub fn open(options: PgOptions) -> Result<PgStore, RecordError> {
         let (target, label) = parse_url(&options.url)?;
+        let bucket = options
+            .payloads
+            .as_ref()
+            .map(|p| Bucket::new(&p.bucket).map(Arc::new))
+            .transpose()
+            .map_err(|message| RecordError::Io {
+                path: label.clone(),
+                message,
+            })?;
         let mut instance = [0u8; 8];
         getrandom::fill(&mut instance).map_err(|e| RecordError::Io {
             path: label.clone(),
@@ -146,11 +165,29 @@ impl PgStore {
             instance: hex::encode(instance),
             node_timeout: options.node_timeout,
             inherited: false,
+            bucket: bucket.clone(),
         };
         store.write(schema::migrate)?;
         store.inherited = store.take_name()?;
         store.announce(&options.cluster)?;
         store.refresh_last()?;
+        if let (Some(bucket), Some(settings)) = (bucket, options.payloads) {
+            mover::Mover {
+                pool: mover::pool(&target),
+                bucket,
+                settings,
+                signer: store.signer.clone(),
+                node: store.node.clone(),
+                holder: store.holder(),
+                lease_ttl: store.node_timeout,
+                closed: store.closed.clone(),
+            }
+            .spawn()
+            .map_err(|e| RecordError::Io {
+                path: store.label.clone(),
+                message: format!("cannot start the payload mover: {e}"),
+            })?;
+        }
         Ok(store)
     }
 
@@ -330,16 +367,16 @@ impl PgStore {
         max: usize,
     ) -> Result<Vec<Recorded>, RecordError> {
         let (from, to, max) = (to_i64(from), to_i64(to), to_i64(max as u64));
-        self.read(move |c| {
+        let rows = self.read(move |c| {
             let rows = match &session {
                 Some(id) => c.query(
-                    "SELECT e.stored, p.body FROM sluice.entries e
+                    "SELECT e.stored, p.body, p.object, p.at, p.len FROM sluice.entries e
                      LEFT JOIN sluice.payloads p ON p.idx = e.idx
                      WHERE e.session = $1 AND e.idx BETWEEN $2 AND $3 ORDER BY e.idx LIMIT $4",
                     &[id, &from, &to, &max],
                 )?,
                 None => c.query(
-                    "SELECT e.stored, p.body FROM sluice.entries e
+                    "SELECT e.stored, p.body, p.object, p.at, p.len FROM sluice.entries e
                      LEFT JOIN sluice.payloads p ON p.idx = e.idx
                      WHERE e.idx BETWEEN $1 AND $2 ORDER BY e.idx LIMIT $3",
                     &[&from, &to, &max],
@@ -352,14 +389,27 @@ impl PgStore {
                 if session.as_ref().is_some_and(|id| *id != entry.session) {
                     continue;
                 }
-                let payload: Option<Vec<u8>> = row.get(1);
-                out.push(Recorded {
-                    entry,
-                    payload: payload.map(|p| p.get(NONCE_LEN..).unwrap_or_default().to_vec()),
-                });
+                let body = Body::from_columns(row.get(1), row.get(2), row.get(3), row.get(4));
+                out.push((entry, body));
             }
             Ok(out)
-        })
+        })?;
+        // Moved payloads are fetched here, off the database's connections.
+        let mut objects = Objects::new(self.bucket.as_deref());
+        rows.into_iter()
+            .map(|(entry, body)| {
+                let stored = match body {
+                    Some(body) => objects
+                        .stored(body)
+                        .map_err(|why| self.error(Failed::Bucket(why)))?,
+                    None => None,
+                };
+                Ok(Recorded {
+                    entry,
+                    payload: stored.map(|p| p.get(NONCE_LEN..).unwrap_or_default().to_vec()),
+                })
+            })
+            .collect()
     }
 
     fn named_rows(&self, sql: &'static str) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
@@ -581,6 +631,19 @@ fn listen(
             }
         }
     }
+}
+
+/// Takes or renews the lease `name` for `holder`, unless another holder's is still running.
+fn take_lease(c: &mut Client, name: &str, holder: &str, ttl: Duration) -> Result<bool, Failed> {
+    let (now, ttl) = (now_ms(), ttl.as_millis() as i64);
+    let held = c.query_opt(
+        "INSERT INTO sluice.leases (name, holder, until_ms) VALUES ($1, $2, $3::bigint + $4::bigint)
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+         WHERE sluice.leases.holder = excluded.holder OR sluice.leases.until_ms < $3::bigint
+         RETURNING holder",
+        &[&name, &holder, &now, &ttl],
+    )?;
+    Ok(held.is_some())
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -862,19 +925,8 @@ impl Record for PgStore {
     }
 
     fn lease(&self, name: &str) -> Result<bool, RecordError> {
-        let (name, holder) = (name.to_string(), self.holder());
-        let ttl = self.node_timeout.as_millis() as i64;
-        self.write(move |c| {
-            let now = now_ms();
-            let held = c.query_opt(
-                "INSERT INTO sluice.leases (name, holder, until_ms) VALUES ($1, $2, $3::bigint + $4::bigint)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                 WHERE sluice.leases.holder = excluded.holder OR sluice.leases.until_ms < $3::bigint
-                 RETURNING holder",
-                &[&name, &holder, &now, &ttl],
-            )?;
-            Ok(held.is_some())
-        })
+        let (name, holder, ttl) = (name.to_string(), self.holder(), self.node_timeout);
+        self.write(move |c| take_lease(c, &name, &holder, ttl))
     }
 
     fn release(&self, name: &str) {
@@ -1002,8 +1054,8 @@ impl Record for PgStore {
     fn verify(&self, mut options: VerifyOptions) -> VerifyReport {
         options.trusted_keys.push(self.cluster_public);
         options.trusted_keys.push(self.public_key());
-        let label = self.label.clone();
-        self.read(move |c| Ok(tables::verify(c, &options)))
+        let (label, bucket) = (self.label.clone(), self.bucket.clone());
+        self.read(move |c| Ok(tables::verify(c, bucket.as_deref(), &options)))
             .unwrap_or_else(|e| tables::unreadable(&format!("{label}: {e}")))
     }
 
@@ -1066,6 +1118,11 @@ fn delete_expired(
             ],
         )?;
         removed.extend(deleted.iter().map(|row| row.get::<_, i64>(0) as u64));
+        // Its objects in the bucket go too: the mover deletes them.
+        txn.execute(
+            "UPDATE sluice.objects SET doomed_ms = $2 WHERE session = $1 AND doomed_ms IS NULL",
+            &[&summary.id, &(now_ms as i64)],
+        )?;
         summary.purged_ms = Some(now_ms);
         let row = serde_json::to_vec(&summary).map_err(|e| corrupt(e.to_string()))?;
         txn.execute(

@@ -125,6 +125,8 @@ pub enum Failed {
     Closed,
     /// What the database holds does not make sense (a row altered, a chain broken).
     Corrupt(String),
+    /// The payload bucket failed (it says which and why).
+    Bucket(String),
 }
 
 impl std::fmt::Display for Failed {
@@ -133,7 +135,7 @@ impl std::fmt::Display for Failed {
             Failed::Unreachable(why) => write!(f, "PostgreSQL is unreachable: {why}"),
             Failed::Query(e) => write!(f, "PostgreSQL: {}", describe(e)),
             Failed::Closed => write!(f, "the record is closed (the gateway is stopping)"),
-            Failed::Corrupt(why) => write!(f, "{why}"),
+            Failed::Corrupt(why) | Failed::Bucket(why) => write!(f, "{why}"),
         }
     }
 }

@@ -74,6 +74,27 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE TABLE sluice.live (session text PRIMARY KEY, node text NOT NULL);
     ",
     ),
+    (
+        4,
+        "
+    -- Payloads moved to the bucket ([store.payloads]): the row keeps where the bytes went
+    -- (a slice of an object) instead of the bytes. The move is chained as an entry.
+    ALTER TABLE sluice.payloads
+        ALTER COLUMN body DROP NOT NULL,
+        ADD COLUMN object text,
+        ADD COLUMN at bigint,
+        ADD COLUMN len bigint;
+    -- What is still to move, found without reading what has moved.
+    CREATE INDEX payloads_unmoved ON sluice.payloads (idx) WHERE object IS NULL;
+    -- The bucket's objects; those of purged sessions are doomed until deleted there.
+    CREATE TABLE sluice.objects (
+        key text PRIMARY KEY,
+        session text NOT NULL,
+        doomed_ms bigint
+    );
+    CREATE INDEX objects_by_session ON sluice.objects (session);
+    ",
+    ),
 ];
 
 /// Brings the schema up to date; returns the version it is at.

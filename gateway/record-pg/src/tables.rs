@@ -8,12 +8,15 @@ use postgres::{Client, IsolationLevel, Transaction};
 use sluice_record::tables::{RawEntry, Rows, Tables};
 use sluice_record::{Problem, RecordError, VerifyOptions, VerifyReport, verify_tables};
 
+use super::bucket::{Body, Bucket, BucketSettings, Objects};
 use super::pool::{Failed, describe};
 use super::{parse_url, schema};
 
-/// The tables as of one snapshot (a repeatable-read, read-only transaction).
+/// The tables as of one snapshot (a repeatable-read, read-only transaction), with payloads
+/// moved to the bucket read from there.
 struct PgTables<'a> {
     txn: RefCell<Transaction<'a>>,
+    objects: RefCell<Objects<'a>>,
 }
 
 fn unreadable_problem(e: postgres::Error) -> Problem {
@@ -24,7 +27,10 @@ fn unreadable_problem(e: postgres::Error) -> Problem {
 }
 
 impl<'a> PgTables<'a> {
-    fn snapshot(client: &'a mut Client) -> Result<PgTables<'a>, postgres::Error> {
+    fn snapshot(
+        client: &'a mut Client,
+        bucket: Option<&'a Bucket>,
+    ) -> Result<PgTables<'a>, postgres::Error> {
         let txn = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -32,6 +38,7 @@ impl<'a> PgTables<'a> {
             .start()?;
         Ok(PgTables {
             txn: RefCell::new(txn),
+            objects: RefCell::new(Objects::new(bucket)),
         })
     }
 
@@ -60,10 +67,12 @@ impl Tables for PgTables<'_> {
         each: &mut dyn FnMut(RawEntry<'_>) -> Result<(), Problem>,
     ) -> Result<(), Problem> {
         let mut txn = self.txn.borrow_mut();
+        let mut objects = self.objects.borrow_mut();
         // Streamed: the whole chain is never in memory at once.
         let mut rows = txn
             .query_raw(
-                "SELECT e.idx, e.stored, p.body, c.head FROM sluice.entries e
+                "SELECT e.idx, e.stored, p.body, c.head, p.object, p.at, p.len
+                 FROM sluice.entries e
                  LEFT JOIN sluice.payloads p ON p.idx = e.idx
                  LEFT JOIN sluice.checkpoints c ON c.idx = e.idx
                  ORDER BY e.idx",
@@ -73,12 +82,20 @@ impl Tables for PgTables<'_> {
         while let Some(row) = rows.next().map_err(unreadable_problem)? {
             let index: i64 = row.get(0);
             let stored: &[u8] = row.get(1);
-            let payload: Option<&[u8]> = row.get(2);
             let checkpoint: Option<&[u8]> = row.get(3);
+            let payload = match Body::from_columns(row.get(2), row.get(4), row.get(5), row.get(6)) {
+                None => None,
+                // A moved payload missing from the bucket reads as removed, one that differs
+                // as altered; a bucket that cannot be read stops the walk.
+                Some(body) => objects.stored(body).map_err(|why| Problem::Corrupt {
+                    index: Some(index as u64),
+                    why,
+                })?,
+            };
             each(RawEntry {
                 index: index as u64,
                 stored,
-                payload,
+                payload: payload.as_deref(),
                 checkpoint,
             })?;
         }
@@ -133,9 +150,14 @@ pub fn unreadable(why: &str) -> VerifyReport {
     }
 }
 
-/// Verifies the record in the database `client` is connected to.
-pub fn verify(client: &mut Client, options: &VerifyOptions) -> VerifyReport {
-    match PgTables::snapshot(client) {
+/// Verifies the record in the database `client` is connected to, reading moved payloads
+/// from `bucket`.
+pub fn verify(
+    client: &mut Client,
+    bucket: Option<&Bucket>,
+    options: &VerifyOptions,
+) -> VerifyReport {
+    match PgTables::snapshot(client, bucket) {
         Ok(tables) => verify_tables(&tables, options),
         Err(e) => unreadable(&format!("PostgreSQL: {}", describe(&e))),
     }
@@ -150,12 +172,28 @@ fn connect(url: &str) -> Result<(Client, String), RecordError> {
     Ok((client, label))
 }
 
+/// The bucket of `[store.payloads]`, for the tools that read the record directly.
+fn bucket(settings: Option<&BucketSettings>, label: &str) -> Result<Option<Bucket>, RecordError> {
+    settings
+        .map(Bucket::new)
+        .transpose()
+        .map_err(|message| RecordError::Io {
+            path: label.to_string(),
+            message,
+        })
+}
+
 /// Writes the record in the database at `url` to a new store file at `path`, from one
-/// snapshot: a file that `sluice verify --store` reads offline. Call it outside an async
-/// runtime (the command line does).
-pub fn export_to_file(url: &str, path: &std::path::Path) -> Result<u64, RecordError> {
+/// snapshot, with the payloads moved to the bucket fetched back in: a file that `sluice
+/// verify --store` reads offline. Call it outside an async runtime (the command line does).
+pub fn export_to_file(
+    url: &str,
+    payloads: Option<&BucketSettings>,
+    path: &std::path::Path,
+) -> Result<u64, RecordError> {
     let (mut client, label) = connect(url)?;
-    let tables = PgTables::snapshot(&mut client).map_err(|e| RecordError::Io {
+    let bucket = bucket(payloads, &label)?;
+    let tables = PgTables::snapshot(&mut client, bucket.as_ref()).map_err(|e| RecordError::Io {
         path: label.clone(),
         message: describe(&e),
     })?;
@@ -307,10 +345,16 @@ fn write_batch(txn: &mut Transaction<'_>, batch: &[Row]) -> Result<(), postgres:
     Ok(())
 }
 
-/// Verifies the record in the database at `url` offline (a direct connection, no gateway).
-pub fn verify_url(url: &str, options: &VerifyOptions) -> VerifyReport {
-    match connect(url) {
-        Ok((mut client, _)) => verify(&mut client, options),
+/// Verifies the record in the database at `url` offline (a direct connection, no gateway),
+/// with the payloads moved to the bucket `payloads` names.
+pub fn verify_url(
+    url: &str,
+    payloads: Option<&BucketSettings>,
+    options: &VerifyOptions,
+) -> VerifyReport {
+    let opened = connect(url).and_then(|(client, label)| Ok((client, bucket(payloads, &label)?)));
+    match opened {
+        Ok((mut client, bucket)) => verify(&mut client, bucket.as_ref(), options),
         Err(e) => unreadable(&e.to_string()),
     }
 }

@@ -78,6 +78,9 @@ pub mod kinds {
     pub const REVIEW: &str = "review";
     /// A terminal session's new size (`{"rows", "cols"}`), in order with its output.
     pub const RESIZE: &str = "resize";
+    /// Payloads moved out of the database into a bucket (PostgreSQL record): the object,
+    /// the session and entries whose payloads it holds, and its SHA-256.
+    pub const PAYLOAD_MOVE: &str = "payload-move";
 }
 
 /// An event to append.

@@ -524,6 +524,7 @@ fn open_record(config: &Config, data: &Path) -> anyhow::Result<Opened> {
                     signer,
                     cluster,
                     node_timeout: Duration::from_millis(settings.node_timeout_ms),
+                    payloads: settings.payloads.as_ref().map(|p| p.moving()),
                 },
             )?);
             tracing::info!(database = store.label(), node, "record: shared PostgreSQL");
