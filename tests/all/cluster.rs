@@ -1094,3 +1094,49 @@ fn payloads_move_to_the_bucket_once_durable_and_every_reader_finds_them_there() 
     );
     assert_eq!(verify().0, 0, "{}", verify().1);
 }
+
+#[test]
+fn a_dead_nodes_pending_access_requests_are_taken_over_and_expire_on_the_survivor() {
+    use crate::reviews::pending_review;
+    let shared = Shared::start();
+    let policy = "[reviews.jit]\naccess_grant_seconds = 60\naccess_request_seconds = 8\n";
+    let jit = "\n[connections.jit]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let survivor = shared.node_with_policy("a", jit, policy);
+    let mut doomed = shared.node_with_policy("b", jit, policy);
+    let (code, _, err) = doomed.run(&["exec", "jit", "--", "echo in"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("access to `jit` needs approval"), "{err}");
+    let id = pending_review(&doomed, "open sessions on `jit`");
+    doomed.kill();
+
+    // Once b's heartbeat lapses, a answers for its request: recorded as a's, and expired
+    // there when its time is up (only the node that holds a request expires it).
+    let node_of = || {
+        shared
+            .db
+            .sql(&format!(
+                "SELECT convert_from(row, 'UTF8')::json->>'node' FROM sluice.reviews WHERE id = '{id}'"
+            ))
+            .trim()
+            .to_string()
+    };
+    eventually("a takes the request over", Duration::from_secs(20), || {
+        node_of() == "a"
+    });
+    eventually("the request expires on a", Duration::from_secs(20), || {
+        let (code, out, err) =
+            survivor.run_as(Some(&survivor.reviewer_token), &["review", "show", &id]);
+        assert_eq!(code, 0, "{err}");
+        out.contains("expired")
+    });
+    assert_eq!(
+        shared.count(&format!(
+            "SELECT count(*) FROM sluice.entries WHERE kind = 'review'
+             AND position(convert_to('\"action\":\"adopted\"', 'UTF8') in stored) > 0
+             AND position(convert_to('{id}', 'UTF8') in stored) > 0"
+        )),
+        1
+    );
+    let (code, out, err) = survivor.run_as(Some(&survivor.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -402,6 +402,33 @@ impl Reviews {
             || self.roles.has(identity, Role::Audit, &review.connection)
     }
 
+    /// Takes over the pending access requests node `gone` made, once this node has been
+    /// handed that node (its heartbeat lapsed): they expire here, and decisions on them come
+    /// here. The takeover is recorded. Held frames are not taken: they ended with their
+    /// sessions on the dead node.
+    pub async fn adopt(self: &Arc<Self>, gone: &str) -> Result<usize, String> {
+        self.read_shared().await?;
+        let _one_at_a_time = self.deciding.lock().await;
+        let orphans: Vec<Review> = self
+            .lock()
+            .all
+            .values()
+            .filter(|r| r.kind == Kind::Access && r.status == Status::Pending)
+            .filter(|r| r.node.as_deref() == Some(gone))
+            .cloned()
+            .collect();
+        for review in &orphans {
+            let adopted = Review {
+                node: self.node.clone(),
+                ..review.clone()
+            };
+            self.save(&adopted, "adopted", None)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(orphans.len())
+    }
+
     /// Whether this node made `review` (always, on a gateway of its own). Only the node that
     /// made a review expires it, and announces its changes to the other nodes.
     pub fn made_here(&self, review: &Review) -> bool {

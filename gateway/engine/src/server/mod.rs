@@ -351,6 +351,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         spawn_heartbeat(
             store.clone(),
             membership.clone(),
+            session_ctx.reviews.clone(),
             Duration::from_millis(config.store.heartbeat_ms),
         );
     }
@@ -586,28 +587,49 @@ fn close_open_sessions(
     Ok(open.len())
 }
 
-/// Beats for this node, and closes the sessions of each node whose beat lapsed that the
-/// record hands to this one. A database that is down only delays the beats.
-fn spawn_heartbeat(store: Arc<dyn Record>, membership: Arc<dyn Membership>, every: Duration) {
+/// Beats for this node, and answers for each node whose beat lapsed that the record hands
+/// to this one: closes its sessions and takes over its pending access requests. A database
+/// that is down only delays the beats.
+fn spawn_heartbeat(
+    store: Arc<dyn Record>,
+    membership: Arc<dyn Membership>,
+    reviews: Arc<crate::review::Reviews>,
+    every: Duration,
+) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             let (store, membership) = (store.clone(), membership.clone());
-            let beat = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                for gone in membership.beat()? {
+            let beat = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+                let claimed = membership.beat()?;
+                for gone in &claimed {
                     let reason = format!("node {gone} stopped (its heartbeat lapsed)");
-                    let closed = close_open_sessions(store.as_ref(), Some(&gone), &reason)?;
+                    let closed = close_open_sessions(store.as_ref(), Some(gone), &reason)?;
                     tracing::warn!(node = %gone, closed, "a node stopped beating; closed its sessions");
                 }
-                Ok(())
+                Ok(claimed)
             })
             .await;
-            match beat {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => tracing::warn!(%why, "heartbeat failed"),
+            let claimed = match beat {
+                Ok(Ok(claimed)) => claimed,
+                Ok(Err(why)) => {
+                    tracing::warn!(%why, "heartbeat failed");
+                    continue;
+                }
                 Err(_) => return,
+            };
+            for gone in claimed {
+                match reviews.adopt(&gone).await {
+                    Ok(0) => {}
+                    Ok(adopted) => {
+                        tracing::warn!(node = %gone, adopted, "took over a stopped node's pending access requests")
+                    }
+                    Err(why) => {
+                        tracing::error!(node = %gone, %why, "cannot take over a stopped node's access requests; they wait for a reviewer")
+                    }
+                }
             }
         }
     });
