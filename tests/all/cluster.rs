@@ -1140,3 +1140,72 @@ fn a_dead_nodes_pending_access_requests_are_taken_over_and_expire_on_the_survivo
     let (code, out, err) = survivor.run_as(Some(&survivor.reviewer_token), &["verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn an_agent_connected_to_one_node_serves_sessions_opened_through_any() {
+    use crate::agents::{Agent, add_agent, agent_state, wait_for_state};
+    let shared = Shared::start();
+    let remote = "\n[connections.remote]\nkind = \"exec\"\nagent = \"edge\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n\n[agents]\nkeepalive_ms = 300\n";
+    let node = |name: &str| {
+        Gateway::start_full(
+            &shared.shared_settings(),
+            &format!("{remote}{}", shared.store_section(name)),
+            None,
+        )
+    };
+    let (a, b) = (node("a"), node("b"));
+
+    // Enrolled through b, connected to a: both nodes know it, and where its tunnel is.
+    let token = add_agent(&b, "edge");
+    let state = tempfile::tempdir().unwrap();
+    let _agent = Agent::start(None, &a, &state.path().join("edge"), Some(&token), &[]);
+    wait_for_state(&b, "edge", "connected");
+    let (code, listed, err) = b.run_as(Some(&b.reviewer_token), &["agents"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.contains("connected@a"), "{listed}");
+
+    // A session opened through b runs on a's tunnel, one-shot and interactive; b records it.
+    let (code, out, err) = b.run(&["exec", "remote", "--", "echo through-$((40+2))"], "");
+    assert_eq!((code, out.trim()), (0, "through-42"), "{err}");
+    let (code, out, err) = b.run(&["connect", "remote"], "echo typed-$((6*7))\nexit\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("typed-42"), "{out}");
+    let (code, out, err) = b.run(&["sessions"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("remote")).count(),
+        2,
+        "{out}"
+    );
+    let (code, out, err) = a.run(&["exec", "remote", "--", "echo here"], "");
+    assert_eq!((code, out.trim()), (0, "here"), "{err}");
+
+    // Another node's request must carry that node's signature: anyone else is refused.
+    let forged = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", "Upgrade: sluice-relay/1", "-H", "Connection: upgrade"])
+        .args(["-H", "sluice-node: b", "-H", "sluice-relay-agent: edge"])
+        .args(["-H", &format!("sluice-time: {}", sluice_core::now_ms())])
+        .args([
+            "-H",
+            "sluice-relay-job: {\"path\":\"/exec\",\"headers\":[]}",
+        ])
+        .args(["-H", &format!("sluice-signature: {}", "00".repeat(64))])
+        .arg(format!("https://{}/api/nodes/relay", a.addr))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&forged.stdout), "403");
+
+    // Revoked through b: the tunnel a holds ends, and no node serves it any more.
+    let (code, _, err) = b.run_as(Some(&b.reviewer_token), &["agents", "revoke", "edge"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for_state(&a, "edge", "revoked");
+    for node in [&a, &b] {
+        let (code, _, err) = node.run(&["exec", "remote", "--", "echo no"], "");
+        assert_ne!(code, 0);
+        assert!(err.contains("revoked"), "{err}");
+    }
+    assert_eq!(agent_state(&b, "edge"), "revoked");
+    let (code, out, err) = a.run_as(Some(&a.reviewer_token), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

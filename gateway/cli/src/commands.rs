@@ -912,6 +912,15 @@ pub async fn agents(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
                 t.format("%Y-%m-%d %H:%M:%S").to_string()
             })
     };
+    // Several gateways: the node that holds each agent's tunnel.
+    let clustered = agents.iter().any(|a| a["node"].is_string());
+    let state = |a: &serde_json::Value| {
+        let state = a["state"].as_str().unwrap_or("-");
+        match a["node"].as_str() {
+            Some(node) if clustered => format!("{state}@{node}"),
+            _ => state.to_string(),
+        }
+    };
     println!(
         "{:<16} {:<13} {:<19} {:<22} {:<9} {:>8}  LAST SEEN",
         "AGENT", "STATE", "CONNECTED SINCE", "ADDRESS", "VERSION", "SESSIONS"
@@ -921,7 +930,7 @@ pub async fn agents(client: Client, raw: bool) -> anyhow::Result<ExitCode> {
         println!(
             "{:<16} {:<13} {:<19} {:<22} {:<9} {:>8}  {}",
             text("name"),
-            text("state"),
+            state(a),
             time(&a["connected_since_ms"]),
             text("address"),
             text("version"),

@@ -59,6 +59,9 @@ pub struct StoreSettings {
     pub node_timeout_ms: u64,
     /// Where payload bytes end up: in PostgreSQL (no `[store.payloads]`) or in a bucket.
     pub payloads: Option<PayloadSettings>,
+    /// `host:port` other nodes reach this one's listener by, to relay sessions to agents
+    /// whose tunnel this node holds. Default: the listen address, unless it is a wildcard.
+    pub advertise: Option<String>,
 }
 
 /// `[store.payloads]`: payloads move to an S3-compatible bucket once they are durable in
@@ -165,6 +168,7 @@ impl Default for StoreSettings {
             heartbeat_ms: default_heartbeat_ms(),
             node_timeout_ms: default_node_timeout_ms(),
             payloads: None,
+            advertise: None,
         }
     }
 }
@@ -195,9 +199,9 @@ impl StoreSettings {
                         "[store.payloads] is for kind = \"postgres\": the embedded store keeps payloads in its file"
                     );
                 }
-                if self.url.is_some() || self.cluster_key.is_some() {
+                if self.url.is_some() || self.cluster_key.is_some() || self.advertise.is_some() {
                     anyhow::bail!(
-                        "[store] url and cluster_key are for kind = \"postgres\"; the embedded store (kind = \"redb\") lives in the data folder"
+                        "[store] url, cluster_key and advertise are for kind = \"postgres\"; the embedded store (kind = \"redb\") lives in the data folder"
                     );
                 }
             }

@@ -13,6 +13,15 @@ use sha2::{Digest, Sha256};
 pub struct Tls {
     pub ca_pem: String,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// SHA-256 of the certificate served: what other nodes of a cluster pin.
+    pub leaf_sha256: [u8; 32],
+}
+
+fn leaf_sha256(chain: &[CertificateDer<'_>]) -> [u8; 32] {
+    chain
+        .first()
+        .map(|leaf| Sha256::digest(leaf.as_ref()).into())
+        .unwrap_or_default()
 }
 
 fn paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -88,12 +97,14 @@ pub fn load_or_create_for(data_dir: &Path, names: &[String]) -> anyhow::Result<T
         .collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("read {}", key_path.display()))?;
+    let leaf_sha256 = leaf_sha256(&chain);
     let server_config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     Ok(Tls {
         ca_pem,
         server_config: Arc::new(server_config),
+        leaf_sha256,
     })
 }
 
@@ -120,6 +131,7 @@ pub fn load_operator(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
             key.display()
         )
     })?;
+    let leaf_sha256 = leaf_sha256(&chain);
     let server_config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, private)
@@ -133,6 +145,7 @@ pub fn load_operator(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
     Ok(Tls {
         ca_pem,
         server_config: Arc::new(server_config),
+        leaf_sha256,
     })
 }
 
@@ -194,25 +207,45 @@ pub fn unverified_client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
         rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider, None)))
             .with_no_client_auth(),
     ))
 }
 
-/// Accepts any certificate, but still checks that the handshake is signed by its key.
+/// A client configuration that trusts exactly one certificate, by its SHA-256: another node
+/// of the cluster, as it advertised itself in the shared record. Names and CAs do not
+/// matter; the handshake must still be signed by that certificate's key.
+pub fn pinned_client_config(leaf_sha256: [u8; 32]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider, Some(leaf_sha256))))
+            .with_no_client_auth(),
+    ))
+}
+
+/// Accepts any certificate (or only the one whose SHA-256 is pinned), but still checks that
+/// the handshake is signed by its key.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>, Option<[u8; 32]>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &rustls_pki_types::ServerName<'_>,
         _ocsp_response: &[u8],
         _now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        match self.1 {
+            Some(pinned) if <[u8; 32]>::from(Sha256::digest(end_entity.as_ref())) != pinned => Err(
+                rustls::Error::General("not the certificate this node advertised".into()),
+            ),
+            _ => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(

@@ -580,6 +580,105 @@ impl sluice_record::Membership for PgStore {
         }
         rx
     }
+
+    fn advertise(&self, address: &str, certificate_sha256: [u8; 32]) -> Result<(), RecordError> {
+        let (node, address) = (self.node.clone(), address.to_string());
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sluice.nodes SET address = $2, certificate_sha256 = $3 WHERE node = $1",
+                &[&node, &address, &&certificate_sha256[..]],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn peer(&self, node: &str) -> Result<Option<sluice_record::Peer>, RecordError> {
+        let node = node.to_string();
+        self.read(move |c| {
+            let row = c.query_opt(
+                "SELECT address, certificate_sha256, public_key FROM sluice.nodes
+                 WHERE node = $1 AND gone_ms IS NULL AND address IS NOT NULL",
+                &[&node],
+            )?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let key = |column: usize| -> Result<[u8; 32], Failed> {
+                row.get::<_, Vec<u8>>(column)
+                    .try_into()
+                    .map_err(|_| Failed::Corrupt(format!("node {node}: a malformed key")))
+            };
+            Ok(Some(sluice_record::Peer {
+                address: row.get(0),
+                certificate_sha256: key(1)?,
+                public_key: key(2)?,
+                node: node.clone(),
+            }))
+        })
+    }
+
+    fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, RecordError> {
+        self.named_rows("SELECT name, row FROM sluice.agents ORDER BY name")
+    }
+
+    fn put_agent(
+        &self,
+        name: &str,
+        row: &[u8],
+        expected: Option<&[u8]>,
+    ) -> Result<bool, RecordError> {
+        let (name, row, expected) = (name.to_string(), row.to_vec(), expected.map(<[u8]>::to_vec));
+        self.write(move |c| {
+            let written = match expected {
+                None => c.execute(
+                    "INSERT INTO sluice.agents (name, row) VALUES ($1, $2)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&name, &row],
+                )?,
+                Some(expected) => c.execute(
+                    "UPDATE sluice.agents SET row = $2 WHERE name = $1 AND row = $3",
+                    &[&name, &row, &expected],
+                )?,
+            };
+            Ok(written == 1)
+        })
+    }
+
+    fn hold_tunnel(&self, agent: &str, held: bool) -> Result<(), RecordError> {
+        let (agent, node) = (agent.to_string(), self.node.clone());
+        self.write(move |c| {
+            if held {
+                c.execute(
+                    "INSERT INTO sluice.agent_tunnels (agent, node, since_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (agent) DO UPDATE SET node = $2, since_ms = $3",
+                    &[&agent, &node, &now_ms()],
+                )?;
+            } else {
+                c.execute(
+                    "DELETE FROM sluice.agent_tunnels WHERE agent = $1 AND node = $2",
+                    &[&agent, &node],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.signer.sign(message).to_bytes()
+    }
+
+    fn tunnels(&self) -> Result<Vec<(String, String)>, RecordError> {
+        self.read(|c| {
+            let rows = c.query(
+                "SELECT t.agent, t.node FROM sluice.agent_tunnels t
+                 JOIN sluice.nodes n ON n.node = t.node AND n.gone_ms IS NULL
+                 ORDER BY t.agent",
+                &[],
+            )?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
 }
 
 /// Listens for what other nodes tell `node`, on a connection of its own (made again when it

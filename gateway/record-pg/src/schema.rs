@@ -95,6 +95,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX objects_by_session ON sluice.objects (session);
     ",
     ),
+    (
+        5,
+        "
+    -- Agents through any node: where each node is reached (the certificate it serves
+    -- there is pinned), enrollments shared by all, and which node holds each agent's tunnel.
+    ALTER TABLE sluice.nodes ADD COLUMN address text, ADD COLUMN certificate_sha256 bytea;
+    CREATE TABLE sluice.agents (name text PRIMARY KEY, row bytea NOT NULL);
+    CREATE TABLE sluice.agent_tunnels (
+        agent text PRIMARY KEY,
+        node text NOT NULL,
+        since_ms bigint NOT NULL
+    );
+    ",
+    ),
 ];
 
 /// Brings the schema up to date; returns the version it is at.

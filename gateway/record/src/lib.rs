@@ -42,7 +42,7 @@ pub use entry::{Entry, GENESIS, Hash};
 pub use head::{Anchor, HEAD_KIND, SignedHead, Witness, anchors_from, heads_in_text};
 pub use key::{KeySource, NODE_KEY_KIND, NodeKey, ROTATION_KIND, Rotation, parse_public_key};
 pub use retention::{Compacted, Purged, RetentionRules};
-pub use seam::{Membership, NodeStatus, Record};
+pub use seam::{Membership, NodeStatus, Peer, Record};
 pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store, verify_tables};
 pub use writer::{Receipt, RecordFailed, Recorder};
 

@@ -102,6 +102,39 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     fn tell(&self, node: &str, message: &serde_json::Value) -> Result<(), RecordError>;
     /// What other nodes tell this one, as it arrives. Call once.
     fn inbox(&self) -> std::sync::mpsc::Receiver<serde_json::Value>;
+    /// Says where other nodes reach this one: its gateway address and the SHA-256 of the
+    /// certificate it serves there (they pin it).
+    fn advertise(&self, address: &str, certificate_sha256: [u8; 32]) -> Result<(), RecordError>;
+    /// How to reach live node `node`, and the key it signs with; `None` once it is gone.
+    fn peer(&self, node: &str) -> Result<Option<Peer>, RecordError>;
+    /// The agents' rows (enrollments), by name.
+    fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, RecordError>;
+    /// Writes agent `name`'s row if its row is still `expected` (`None`: no row): false when
+    /// another node changed it first.
+    fn put_agent(
+        &self,
+        name: &str,
+        row: &[u8],
+        expected: Option<&[u8]>,
+    ) -> Result<bool, RecordError>;
+    /// This node holds (or no longer holds) agent `agent`'s tunnel.
+    fn hold_tunnel(&self, agent: &str, held: bool) -> Result<(), RecordError>;
+    /// Which live node holds each connected agent's tunnel.
+    fn tunnels(&self) -> Result<Vec<(String, String)>, RecordError>;
+    /// `message` signed with this node's key (the one `peer` gives the other nodes).
+    fn sign(&self, message: &[u8]) -> [u8; 64];
+}
+
+/// Another gateway node, as this one reaches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    /// `host:port` of its gateway listener.
+    pub address: String,
+    /// The SHA-256 of the certificate it serves there.
+    pub certificate_sha256: [u8; 32],
+    /// The key it signs heads (and its requests to other nodes) with.
+    pub public_key: [u8; 32],
 }
 
 impl Record for Store {

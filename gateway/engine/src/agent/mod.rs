@@ -7,7 +7,9 @@
 //! is the gateway's side (enrollment, live connections, opening streams); this file opens a
 //! session's target through an agent. The agent's own loop is `sluice-cli`'s `agent.rs`.
 
+mod book;
 pub mod registry;
+pub mod relay;
 pub mod tunnel;
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! The gateway's side of agents: who is enrolled (kept in `agents.json` in the data folder,
-//! owner-only), who is connected, and opening a session's stream on a live one.
+//! The gateway's side of agents: who is enrolled (`book.rs`: `agents.json` in the data
+//! folder, owner-only, or the shared record), who is connected, and opening a session's
+//! stream on a live one (here, or through the node that holds its tunnel: `relay.rs`).
 //!
 //! *Invariants:* an enrollment token is stored as its SHA-256 only, works once and only
 //! before it expires; a revoked agent is refused from then on and its live connection (with
@@ -7,22 +8,21 @@
 //! revocation is recorded in the hash chain before it takes effect where that is possible
 //! (a disconnection is recorded when it is seen).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::book::{Book, Entry, blocking};
 use super::tunnel::{self, Stream};
 use sluice_core::frame::Identity;
-use sluice_record::{NewEvent, Recorder};
+use sluice_record::{Membership, NewEvent, Recorder};
 
 /// Timers of the agents' connections (`[agents]` in the config).
 #[derive(Clone, Debug)]
@@ -32,21 +32,6 @@ pub struct Settings {
     pub keepalive: Duration,
     /// How long an enrollment token is good for.
     pub enroll_ttl: Duration,
-}
-
-/// One enrolled (or invited) agent, as kept on disk.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Entry {
-    created_ms: u64,
-    created_by: String,
-    /// SHA-256 of the enrollment token (hex).
-    token_sha256: String,
-    token_expires_ms: u64,
-    token_used_ms: Option<u64>,
-    /// The agent's Ed25519 public key (hex), once it enrolled.
-    public_key: Option<String>,
-    version: Option<String>,
-    revoked_ms: Option<u64>,
 }
 
 /// A connected agent.
@@ -64,17 +49,20 @@ struct Live {
 }
 
 pub struct Agents {
-    file: PathBuf,
+    book: Book,
     settings: Settings,
     recorder: Recorder,
-    enrolled: Mutex<BTreeMap<String, Entry>>,
     live: Mutex<HashMap<String, Live>>,
     next_id: AtomicU64,
+    /// On a shared record: the other nodes, which may hold an agent's tunnel.
+    cluster: Option<Arc<dyn Membership>>,
 }
 
 impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agents").field("file", &self.file).finish()
+        f.debug_struct("Agents")
+            .field("shared", &self.cluster.is_some())
+            .finish()
     }
 }
 
@@ -92,35 +80,26 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Agents {
-    /// The agents enrolled in `data_dir` (none on a first start).
+    /// The agents enrolled in `data_dir` (none on a first start), or in the shared record
+    /// when `cluster` is given.
     pub fn open(
         data_dir: &std::path::Path,
         settings: Settings,
         recorder: Recorder,
+        cluster: Option<Arc<dyn Membership>>,
     ) -> anyhow::Result<Agents> {
-        let file = data_dir.join("agents.json");
-        let enrolled = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => anyhow::bail!("cannot read {}: {e}", file.display()),
+        let book = match &cluster {
+            Some(membership) => Book::Shared(membership.clone()),
+            None => Book::file(data_dir)?,
         };
         Ok(Agents {
-            file,
+            book,
             settings,
             recorder,
-            enrolled: Mutex::new(enrolled),
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            cluster,
         })
-    }
-
-    fn save(&self, enrolled: &BTreeMap<String, Entry>) -> Result<(), String> {
-        let bytes = serde_json::to_vec_pretty(enrolled).map_err(|e| e.to_string())?;
-        let temporary = self.file.with_extension("json.new");
-        sluice_core::files::write_private(&temporary, &bytes).map_err(|e| e.to_string())?;
-        std::fs::rename(&temporary, &self.file)
-            .map_err(|e| format!("cannot write {}: {e}", self.file.display()))
     }
 
     async fn record(&self, kind: &str, meta: serde_json::Value) -> Result<(), String> {
@@ -145,19 +124,17 @@ impl Agents {
         let token = format!("sluice-enroll-{}", hex::encode(secret));
         let now = sluice_core::now_ms();
         let expires = now + self.settings.enroll_ttl.as_millis() as u64;
-        {
-            let enrolled = self.lock_enrolled();
-            if let Some(existing) = enrolled.get(name) {
-                if existing.revoked_ms.is_some() {
-                    return Err(format!(
-                        "agent `{name}` was revoked; a revoked name is never used again: add the agent under a new name"
-                    ));
-                }
-                if existing.public_key.is_some() {
-                    return Err(format!(
-                        "agent `{name}` is enrolled already; revoke it first to replace it"
-                    ));
-                }
+        let existing = self.book.get(name)?;
+        if let Some(existing) = &existing {
+            if existing.revoked_ms.is_some() {
+                return Err(format!(
+                    "agent `{name}` was revoked; a revoked name is never used again: add the agent under a new name"
+                ));
+            }
+            if existing.public_key.is_some() {
+                return Err(format!(
+                    "agent `{name}` is enrolled already; revoke it first to replace it"
+                ));
             }
         }
         self.record(
@@ -165,18 +142,18 @@ impl Agents {
             json!({"agent": name, "by": by.subject, "token_expires_ms": expires}),
         )
         .await?;
-        let mut enrolled = self.lock_enrolled();
-        enrolled.insert(
-            name.to_string(),
-            Entry {
-                created_ms: now,
-                created_by: by.subject.clone(),
-                token_sha256: sha256_hex(token.as_bytes()),
-                token_expires_ms: expires,
-                ..Entry::default()
-            },
-        );
-        self.save(&enrolled)?;
+        let entry = Entry {
+            created_ms: now,
+            created_by: by.subject.clone(),
+            token_sha256: sha256_hex(token.as_bytes()),
+            token_expires_ms: expires,
+            ..Entry::default()
+        };
+        if !self.book.put(name, &entry, existing.as_ref())? {
+            return Err(format!(
+                "agent `{name}` changed meanwhile (through another request): try again"
+            ));
+        }
         Ok((token, expires))
     }
 
@@ -190,45 +167,47 @@ impl Agents {
     ) -> Result<String, String> {
         let key = parse_key(public_key)?;
         let digest = sha256_hex(token.trim().as_bytes());
-        let name = {
-            let enrolled = self.lock_enrolled();
-            let (name, entry) = enrolled
-                .iter()
-                .find(|(_, e)| e.token_sha256 == digest)
-                .ok_or("unknown enrollment token")?;
-            if entry.revoked_ms.is_some() {
-                return Err(format!("agent `{name}` is revoked"));
-            }
-            if entry.token_used_ms.is_some() {
-                return Err("this enrollment token was used already: ask for a new one (`sluice agents add NAME`)".into());
-            }
-            if sluice_core::now_ms() > entry.token_expires_ms {
-                return Err("this enrollment token has expired: ask for a new one (`sluice agents add NAME`)".into());
-            }
-            name.clone()
-        };
+        let (name, entry) = self
+            .book
+            .all()?
+            .into_iter()
+            .find(|(_, e)| e.token_sha256 == digest)
+            .ok_or("unknown enrollment token")?;
+        if entry.revoked_ms.is_some() {
+            return Err(format!("agent `{name}` is revoked"));
+        }
+        if entry.token_used_ms.is_some() {
+            return Err("this enrollment token was used already: ask for a new one (`sluice agents add NAME`)".into());
+        }
+        if sluice_core::now_ms() > entry.token_expires_ms {
+            return Err(
+                "this enrollment token has expired: ask for a new one (`sluice agents add NAME`)"
+                    .into(),
+            );
+        }
         self.record(
             "agent-enroll",
             json!({"agent": name, "public_key": hex::encode(key.as_bytes()), "version": version, "address": address}),
         )
         .await?;
-        let mut enrolled = self.lock_enrolled();
-        let entry = enrolled
-            .get_mut(&name)
-            .filter(|e| e.token_used_ms.is_none() && e.revoked_ms.is_none())
-            .ok_or("this enrollment token was used already")?;
-        entry.token_used_ms = Some(sluice_core::now_ms());
-        entry.public_key = Some(hex::encode(key.as_bytes()));
-        entry.version = Some(version.to_string());
-        self.save(&enrolled)?;
+        let enrolled = Entry {
+            token_used_ms: Some(sluice_core::now_ms()),
+            public_key: Some(hex::encode(key.as_bytes())),
+            version: Some(version.to_string()),
+            ..entry.clone()
+        };
+        // Written only if nobody used the token meanwhile, here or on another node.
+        if !self.book.put(&name, &enrolled, Some(&entry))? {
+            return Err("this enrollment token was used already".into());
+        }
         Ok(name)
     }
 
     /// The key an agent connecting as `name` must sign with, or why it may not connect.
     pub fn key_of(&self, name: &str) -> Result<VerifyingKey, String> {
-        let enrolled = self.lock_enrolled();
-        let entry = enrolled
-            .get(name)
+        let entry = self
+            .book
+            .get(name)?
             .ok_or_else(|| format!("unknown agent `{name}`"))?;
         if entry.revoked_ms.is_some() {
             return Err(format!("agent `{name}` is revoked"));
@@ -243,22 +222,40 @@ impl Agents {
 
     /// Revokes `name`: refused from now on, its connection and sessions ended at once.
     pub async fn revoke(&self, name: &str, by: &Identity) -> Result<(), String> {
-        if !self.lock_enrolled().contains_key(name) {
+        if self.book.get(name)?.is_none() {
             return Err(format!("unknown agent `{name}`"));
         }
         self.record("agent-revoke", json!({"agent": name, "by": by.subject}))
             .await?;
-        {
-            let mut enrolled = self.lock_enrolled();
-            if let Some(entry) = enrolled.get_mut(name) {
-                entry.revoked_ms.get_or_insert(sluice_core::now_ms());
+        // Another change to the entry (a token used meanwhile) only means reading it again.
+        loop {
+            let Some(entry) = self.book.get(name)? else {
+                return Err(format!("unknown agent `{name}`"));
+            };
+            let revoked = Entry {
+                revoked_ms: entry.revoked_ms.or(Some(sluice_core::now_ms())),
+                ..entry.clone()
+            };
+            if self.book.put(name, &revoked, Some(&entry))? {
+                break;
             }
-            self.save(&enrolled)?;
         }
+        self.revoked(name);
+        if let Some(cluster) = &self.cluster {
+            // The node that holds its tunnel ends it too.
+            let message = json!({"agent_revoked": name});
+            if let Err(e) = blocking(|| cluster.tell("*", &message)) {
+                tracing::warn!(agent = %name, error = %e, "cannot tell the other nodes of a revocation; a tunnel they hold ends when it reconnects");
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends revoked agent `name`'s connection here, if it has one.
+    pub fn revoked(&self, name: &str) {
         if let Some(live) = self.lock_live().remove(name) {
             let _ = live.end.send(Some(format!("agent `{name}` was revoked")));
         }
-        Ok(())
     }
 
     /// Ends `name`'s live connection (every session on it) for breaking the protocol; the
@@ -271,17 +268,24 @@ impl Agents {
     }
 
     /// Every agent, as `sluice agents` lists them.
-    pub fn list(&self) -> Vec<serde_json::Value> {
-        let enrolled = self.lock_enrolled().clone();
+    pub fn list(&self) -> Result<Vec<serde_json::Value>, String> {
+        let enrolled = self.book.all()?;
+        let elsewhere = self.tunnels_elsewhere()?;
+        let this_node = self.cluster.as_ref().map(|c| c.node().to_string());
         let live = self.lock_live();
-        enrolled
+        Ok(enrolled
             .into_iter()
             .map(|(name, e)| {
+                let node = if live.contains_key(&name) {
+                    this_node.clone()
+                } else {
+                    elsewhere.get(&name).cloned()
+                };
                 let state = if e.revoked_ms.is_some() {
                     "revoked"
                 } else if e.public_key.is_none() {
                     "invited"
-                } else if live.contains_key(&name) {
+                } else if live.contains_key(&name) || node.is_some() {
                     "connected"
                 } else {
                     "disconnected"
@@ -290,6 +294,8 @@ impl Agents {
                 json!({
                     "name": name,
                     "state": state,
+                    // The node that holds its tunnel, on a shared record.
+                    "node": node,
                     "created_by": e.created_by,
                     "connected_since_ms": l.map(|l| l.since_ms),
                     "address": l.map(|l| l.address.clone()),
@@ -301,7 +307,20 @@ impl Agents {
                     "token_expires_ms": (state == "invited").then_some(e.token_expires_ms),
                 })
             })
-            .collect()
+            .collect())
+    }
+
+    /// Which other node holds each agent's tunnel (none on a gateway of its own).
+    fn tunnels_elsewhere(&self) -> Result<HashMap<String, String>, String> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(HashMap::new());
+        };
+        let tunnels =
+            blocking(|| cluster.tunnels()).map_err(|e| format!("the shared record: {e}"))?;
+        Ok(tunnels
+            .into_iter()
+            .filter(|(_, node)| node != cluster.node())
+            .collect())
     }
 
     /// Carries an agent's authenticated connection until it ends: checks its signature of
@@ -395,6 +414,7 @@ impl Agents {
         if let Some(old) = replaced {
             let _ = old.end.send(Some("the agent connected again".into()));
         }
+        self.hold_tunnel(&name, true);
         tracing::info!(agent = %name, %address, %version, "agent connected");
         let keepalive = self.settings.keepalive;
         let reason = tokio::select! {
@@ -410,11 +430,16 @@ impl Agents {
                 }
             } => why,
         };
-        {
+        let was_current = {
             let mut live = self.lock_live();
-            if live.get(&name).is_some_and(|l| l.id == id) {
+            let current = live.get(&name).is_some_and(|l| l.id == id);
+            if current {
                 live.remove(&name);
             }
+            current
+        };
+        if was_current {
+            self.hold_tunnel(&name, false);
         }
         tracing::info!(agent = %name, %reason, "agent disconnected");
         let _ = self
@@ -440,21 +465,41 @@ impl Agents {
         names: &[String],
         request: http::Request<()>,
     ) -> Result<(Stream, http::HeaderMap), String> {
-        let (agent, mut open, sessions) = {
+        self.open_on(names, request, true).await
+    }
+
+    /// A stream on an agent among `names` whose tunnel this node holds, for another node
+    /// that relays it (never relayed on again).
+    pub async fn open_here(
+        &self,
+        names: &[String],
+        request: http::Request<()>,
+    ) -> Result<(Stream, http::HeaderMap), String> {
+        self.open_on(names, request, false).await
+    }
+
+    async fn open_on(
+        &self,
+        names: &[String],
+        request: http::Request<()>,
+        relay: bool,
+    ) -> Result<(Stream, http::HeaderMap), String> {
+        let chosen = {
             let live = self.lock_live();
-            let chosen = names
+            names
                 .iter()
                 .filter_map(|n| live.get(n).map(|l| (n, l)))
-                .min_by_key(|(_, l)| l.sessions.load(Ordering::Relaxed));
-            match chosen {
-                Some((name, l)) => (name.clone(), l.open.clone(), l.sessions.clone()),
-                None => {
-                    return Err(format!(
-                        "no agent of this connection is connected ({})",
-                        self.describe(names, &live)
-                    ));
-                }
-            }
+                .min_by_key(|(_, l)| l.sessions.load(Ordering::Relaxed))
+                .map(|(name, l)| (name.clone(), l.open.clone(), l.sessions.clone()))
+        };
+        let Some((agent, mut open, sessions)) = chosen else {
+            return match self.cluster.is_some() && relay {
+                true => self.open_elsewhere(names, request).await,
+                false => Err(format!(
+                    "no agent of this connection is connected ({})",
+                    self.describe(names)
+                )),
+            };
         };
         let agent: Arc<str> = agent.into();
         let lost = |e: h2::Error| format!("agent `{agent}`: {e}");
@@ -478,9 +523,49 @@ impl Agents {
         ))
     }
 
+    /// A stream on an agent among `names` whose tunnel another node holds, relayed by that
+    /// node; or why there is none.
+    async fn open_elsewhere(
+        &self,
+        names: &[String],
+        request: http::Request<()>,
+    ) -> Result<(Stream, http::HeaderMap), String> {
+        let elsewhere = self.tunnels_elsewhere()?;
+        let held = names
+            .iter()
+            .find_map(|n| elsewhere.get(n).map(|node| (n.clone(), node.clone())));
+        match (held, &self.cluster) {
+            (Some((agent, node)), Some(cluster)) => {
+                super::relay::open(cluster.clone(), &node, &agent, request).await
+            }
+            _ => Err(format!(
+                "no agent of this connection is connected ({})",
+                self.describe(names)
+            )),
+        }
+    }
+
+    /// The cluster this node is part of (on a shared record).
+    pub fn cluster(&self) -> Option<&Arc<dyn Membership>> {
+        self.cluster.as_ref()
+    }
+
+    /// Records in the shared record that this node holds (or let go of) `name`'s tunnel.
+    fn hold_tunnel(&self, name: &str, held: bool) {
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = blocking(|| cluster.hold_tunnel(name, held))
+        {
+            tracing::warn!(agent = %name, error = %e, "cannot note in the shared record which node holds the agent's tunnel");
+        }
+    }
+
     /// Each agent's state, for an error that names them.
-    fn describe(&self, names: &[String], live: &HashMap<String, Live>) -> String {
-        let enrolled = self.lock_enrolled();
+    fn describe(&self, names: &[String]) -> String {
+        let enrolled = match self.book.all() {
+            Ok(enrolled) => enrolled,
+            Err(why) => return why,
+        };
+        let live = self.lock_live();
         let states: Vec<String> = names
             .iter()
             .map(|n| match (enrolled.get(n), live.contains_key(n)) {
@@ -492,10 +577,6 @@ impl Agents {
             })
             .collect();
         states.join(", ")
-    }
-
-    fn lock_enrolled(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.enrolled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {

@@ -108,30 +108,51 @@ pub enum EnvValue {
 }
 
 /// One tunnel stream as a byte stream: reads take what the peer sent (and give the window
-/// back as they do), writes wait for window.
+/// back as they do), writes wait for window. On a shared record the stream may run through
+/// the node that holds the agent's tunnel (`relay.rs`): then it is that node's connection.
 pub struct Stream {
-    send: SendStream<Bytes>,
-    /// Taken only when the stream is dropped (see `Drop`).
-    recv: Option<RecvStream>,
-    unread: Bytes,
+    inner: Inner,
     /// Says whose stream broke, in errors.
     agent: Arc<str>,
     /// The agent's count of live sessions, one less when this stream goes.
     count: Option<Arc<AtomicUsize>>,
-    /// This side ended its half: dropping the stream then must not reset it, or the peer
-    /// could lose the last data sent.
-    finished: bool,
+}
+
+enum Inner {
+    /// An HTTP/2 stream on the agent's connection to this node.
+    Tunnel {
+        send: SendStream<Bytes>,
+        /// Taken only when the stream is dropped (see `Drop`).
+        recv: Option<RecvStream>,
+        unread: Bytes,
+        /// This side ended its half: dropping the stream then must not reset it, or the
+        /// peer could lose the last data sent.
+        finished: bool,
+    },
+    /// A connection to the node that holds the agent's tunnel, which carries the stream.
+    Relayed(Pin<Box<dyn crate::pg::Io>>),
 }
 
 impl Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream, agent: Arc<str>) -> Stream {
         Stream {
-            send,
-            recv: Some(recv),
-            unread: Bytes::new(),
+            inner: Inner::Tunnel {
+                send,
+                recv: Some(recv),
+                unread: Bytes::new(),
+                finished: false,
+            },
             agent,
             count: None,
-            finished: false,
+        }
+    }
+
+    /// A stream another node relays.
+    pub fn relayed(io: Box<dyn crate::pg::Io>, agent: Arc<str>) -> Stream {
+        Stream {
+            inner: Inner::Relayed(Box::into_pin(io)),
+            agent,
+            count: None,
         }
     }
 
@@ -145,39 +166,46 @@ impl Stream {
     pub fn agent(&self) -> Arc<str> {
         self.agent.clone()
     }
+}
 
-    fn broken(&self, error: impl std::fmt::Display) -> std::io::Error {
-        std::io::Error::new(
-            std::io::ErrorKind::BrokenPipe,
-            format!("agent `{}`: {error}", self.agent),
-        )
-    }
+fn broken(agent: &str, error: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        format!("agent `{agent}`: {error}"),
+    )
 }
 
 impl AsyncRead for Stream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        while self.unread.is_empty() {
-            let Some(recv) = self.recv.as_mut() else {
+        let this = self.get_mut();
+        let (recv, unread) = match &mut this.inner {
+            Inner::Relayed(io) => return io.as_mut().poll_read(cx, buf),
+            Inner::Tunnel { recv, unread, .. } => (recv, unread),
+        };
+        while unread.is_empty() {
+            let Some(recv) = recv.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
             match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = recv.flow_control().release_capacity(data.len());
-                    self.unread = data;
+                    *unread = data;
                 }
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
                     return Poll::Ready(Ok(()));
                 }
-                Some(Err(e)) => return Poll::Ready(Err(self.broken(connection_lost(&e)))),
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(broken(&this.agent, connection_lost(&e))));
+                }
             }
         }
-        let n = self.unread.len().min(buf.remaining());
-        let taken = self.unread.split_to(n);
+        let n = unread.len().min(buf.remaining());
+        let taken = unread.split_to(n);
         buf.put_slice(&taken);
         Poll::Ready(Ok(()))
     }
@@ -185,38 +213,51 @@ impl AsyncRead for Stream {
 
 impl AsyncWrite for Stream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let send = match &mut this.inner {
+            Inner::Relayed(io) => return io.as_mut().poll_write(cx, buf),
+            Inner::Tunnel { send, .. } => send,
+        };
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.send.reserve_capacity(buf.len().min(WINDOW as usize));
-        match ready!(self.send.poll_capacity(cx)) {
+        send.reserve_capacity(buf.len().min(WINDOW as usize));
+        match ready!(send.poll_capacity(cx)) {
             Some(Ok(n)) if n > 0 => {
                 let n = n.min(buf.len());
                 let data = Bytes::copy_from_slice(&buf[..n]);
-                match self.send.send_data(data, false) {
+                match send.send_data(data, false) {
                     Ok(()) => Poll::Ready(Ok(n)),
-                    Err(e) => Poll::Ready(Err(self.broken(connection_lost(&e)))),
+                    Err(e) => Poll::Ready(Err(broken(&this.agent, connection_lost(&e)))),
                 }
             }
-            Some(Ok(_)) | None => Poll::Ready(Err(self.broken("the stream was closed"))),
-            Some(Err(e)) => Poll::Ready(Err(self.broken(connection_lost(&e)))),
+            Some(Ok(_)) | None => Poll::Ready(Err(broken(&this.agent, "the stream was closed"))),
+            Some(Err(e)) => Poll::Ready(Err(broken(&this.agent, connection_lost(&e)))),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Inner::Relayed(io) => io.as_mut().poll_flush(cx),
+            Inner::Tunnel { .. } => Poll::Ready(Ok(())),
+        }
     }
 
     /// Ends this side of the stream; the peer reads the end, and may still answer.
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // An error means it ended already (or was reset): nothing more to say either way.
-        let _ = self.send.send_data(Bytes::new(), true);
-        self.finished = true;
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Inner::Relayed(io) => io.as_mut().poll_shutdown(cx),
+            Inner::Tunnel { send, finished, .. } => {
+                // An error means it ended already (or was reset): nothing more to say.
+                let _ = send.send_data(Bytes::new(), true);
+                *finished = true;
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -228,20 +269,32 @@ impl Drop for Stream {
     /// the other side lets go of the program or the socket at once. One this side ended
     /// lingers until the peer ends its side too (bounded): HTTP/2 resets a stream whose
     /// handles are all gone, and the peer could lose the last data sent before it read it.
+    /// A relayed stream is a connection of its own: dropping it closes it, and the relaying
+    /// node drops its side.
     fn drop(&mut self) {
-        if !self.finished {
-            self.send.send_reset(h2::Reason::CANCEL);
-        } else if let (Some(mut recv), Ok(runtime)) =
-            (self.recv.take(), tokio::runtime::Handle::try_current())
+        if let Inner::Tunnel {
+            send,
+            recv,
+            finished,
+            ..
+        } = &mut self.inner
         {
-            runtime.spawn(async move {
-                let drained = async {
-                    while let Some(Ok(data)) = std::future::poll_fn(|cx| recv.poll_data(cx)).await {
-                        let _ = recv.flow_control().release_capacity(data.len());
-                    }
-                };
-                let _ = tokio::time::timeout(LINGER, drained).await;
-            });
+            if !*finished {
+                send.send_reset(h2::Reason::CANCEL);
+            } else if let (Some(mut recv), Ok(runtime)) =
+                (recv.take(), tokio::runtime::Handle::try_current())
+            {
+                runtime.spawn(async move {
+                    let drained = async {
+                        while let Some(Ok(data)) =
+                            std::future::poll_fn(|cx| recv.poll_data(cx)).await
+                        {
+                            let _ = recv.flow_control().release_capacity(data.len());
+                        }
+                    };
+                    let _ = tokio::time::timeout(LINGER, drained).await;
+                });
+            }
         }
         if let Some(count) = &self.count {
             count.fetch_sub(1, Ordering::Relaxed);

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::Gateway;
 use super::routes::{Reply, error, reply};
-use crate::agent::tunnel;
+use crate::agent::{relay, tunnel};
 use crate::roles::Role;
 use sluice_core::frame::Identity;
 
@@ -41,6 +41,7 @@ impl Gateway {
         match (req.method(), req.uri().path()) {
             (&Method::POST, tunnel::ENROLL_PATH) => self.enroll_agent(req, peer).await,
             (&Method::GET, tunnel::CONNECT_PATH) => self.connect_agent(req, peer),
+            (&Method::POST, relay::PATH) => self.relay_for_node(req, peer).await,
             (method, path) => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")),
         }
     }
@@ -86,6 +87,58 @@ impl Gateway {
                 error(StatusCode::FORBIDDEN, &why)
             }
         }
+    }
+
+    /// Another node of the cluster asks for a stream on an agent whose tunnel this node
+    /// holds: checked (a live node's signature), opened here, and carried both ways.
+    async fn relay_for_node(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        let agents = self.session_ctx.agents.clone();
+        let Some(cluster) = agents.cluster() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this gateway is not part of a cluster",
+            );
+        };
+        if req
+            .headers()
+            .get(hyper::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            != Some(relay::PROTOCOL)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("relays upgrade to `{}`", relay::PROTOCOL),
+            );
+        }
+        let (agent, job) = match relay::check(cluster.as_ref(), req.headers()) {
+            Ok(checked) => checked,
+            Err(why) => {
+                tracing::warn!(%peer, %why, "relay refused");
+                return refused(StatusCode::FORBIDDEN, &why);
+            }
+        };
+        let (stream, head) = match agents.open_here(std::slice::from_ref(&agent), job).await {
+            Ok(opened) => opened,
+            Err(why) => return refused(StatusCode::BAD_GATEWAY, &why),
+        };
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let (mut node, mut stream) = (TokioIo::new(upgraded), stream);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut node, &mut stream).await {
+                        tracing::debug!(%agent, error = %e, "relayed stream ended");
+                    }
+                }
+                Err(e) => tracing::info!(%peer, error = %e, "relay upgrade failed"),
+            }
+        });
+        let mut response = switching_to(relay::PROTOCOL);
+        let headers = response.headers_mut();
+        let (name, value) = relay::answer_head(&head);
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+        response
     }
 
     /// An agent's connection: refused here with the reason, or switched to the tunnel
@@ -138,16 +191,8 @@ impl Gateway {
                 Err(e) => tracing::info!(%peer, error = %e, "agent upgrade failed"),
             }
         });
-        let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+        let mut response = switching_to(tunnel::PROTOCOL);
         let headers = response.headers_mut();
-        headers.insert(
-            hyper::header::UPGRADE,
-            hyper::header::HeaderValue::from_static(tunnel::PROTOCOL),
-        );
-        headers.insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("upgrade"),
-        );
         if let Ok(value) = hyper::header::HeaderValue::from_str(&hex::encode(challenge)) {
             headers.insert(tunnel::CHALLENGE_HEADER, value);
         }
@@ -176,9 +221,10 @@ impl Gateway {
         }
         let agents = &self.session_ctx.agents;
         match (method, segments) {
-            (&Method::GET, ["api", "agents"]) => {
-                reply(StatusCode::OK, json!(agents.list()).to_string())
-            }
+            (&Method::GET, ["api", "agents"]) => match agents.list() {
+                Ok(listed) => reply(StatusCode::OK, json!(listed).to_string()),
+                Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, &why),
+            },
             (&Method::POST, ["api", "agents"]) => {
                 let Some(name) = query.get("name") else {
                     return error(StatusCode::BAD_REQUEST, "missing ?name=NAME");
@@ -207,4 +253,28 @@ impl Gateway {
             _ => error(StatusCode::NOT_FOUND, "no such agents route"),
         }
     }
+}
+
+/// A refusal another node reads: the reason in the error header too.
+fn refused(status: StatusCode, why: &str) -> Reply {
+    let mut response = error(status, why);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(why) {
+        response.headers_mut().insert(tunnel::ERROR_HEADER, value);
+    }
+    response
+}
+
+/// The `101` that switches the connection to `protocol`.
+fn switching_to(protocol: &'static str) -> Reply {
+    let mut response = reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static(protocol),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    response
 }

@@ -292,6 +292,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             enroll_ttl: Duration::from_secs(config.agents.enroll_ttl_seconds),
         },
         recorder.clone(),
+        membership.clone(),
     )?);
     let session_ctx = Arc::new(session::Context {
         recorder,
@@ -310,6 +311,18 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(membership) = &membership {
+        // Where the other nodes reach this one, for sessions to agents whose tunnel it holds.
+        let advertised = match &config.store.advertise {
+            Some(address) => address.clone(),
+            None if !addr.ip().is_unspecified() => addr.to_string(),
+            None => anyhow::bail!(
+                "[store] advertise: this node listens on {addr}; say which host:port the other nodes reach it by"
+            ),
+        };
+        let (membership, leaf) = (membership.clone(), tls.leaf_sha256);
+        tokio::task::spawn_blocking(move || membership.advertise(&advertised, leaf)).await??;
+    }
     let started = Started {
         addr,
         ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,

@@ -130,6 +130,11 @@ impl Peers {
             });
             return;
         }
+        if let Some(agent) = message["agent_revoked"].as_str() {
+            // Revoked through another node: its tunnel here ends now.
+            sessions.agents.revoked(agent);
+            return;
+        }
         if let Some(id) = message["review"].as_str() {
             // Another node changed a review: show it here as the record has it (chain-checked),
             // not as the message says.

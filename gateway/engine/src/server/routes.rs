@@ -38,7 +38,10 @@ impl Gateway {
         if path == "/api/ca" {
             return reply(StatusCode::OK, self.ca_pem.clone());
         }
-        if path == crate::agent::tunnel::ENROLL_PATH || path == crate::agent::tunnel::CONNECT_PATH {
+        if path == crate::agent::tunnel::ENROLL_PATH
+            || path == crate::agent::tunnel::CONNECT_PATH
+            || path == crate::agent::relay::PATH
+        {
             return self.agent_route(req, peer).await;
         }
         if path == "/"
