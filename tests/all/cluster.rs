@@ -73,9 +73,13 @@ impl Shared {
 /// expecting it to refuse; what it said.
 fn serve_refuses(gateway: &str, rest: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
+    let listen = match gateway.contains("listen =") {
+        true => "",
+        false => "listen = \"127.0.0.1:0\"\n",
+    };
     std::fs::write(
         dir.path().join("sluice.toml"),
-        format!("[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{gateway}{rest}"),
+        format!("[gateway]\n{listen}data_dir = \"data\"\n{gateway}{rest}"),
     )
     .unwrap();
     let (code, out, err) = run_command(sluice().arg("serve").current_dir(dir.path()), "");
@@ -321,6 +325,11 @@ fn a_shared_store_that_is_misconfigured_or_unreachable_stops_the_start_with_its_
         format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\ncluster_key = \"{key}\"\n");
     let err = serve_refuses("", &shared_store);
     assert!(err.contains("needs gateway.connections_key"), "{err}");
+    let err = serve_refuses(
+        &format!("connections_key = \"{key}\"\nlisten = \"0.0.0.0:7443\"\n"),
+        &shared_store,
+    );
+    assert!(err.contains("[store] advertise"), "{err}");
     std::fs::write(keys.path().join("k"), "5a".repeat(32)).unwrap();
     let port = crate::postgres::free_port();
     let err = serve_refuses(

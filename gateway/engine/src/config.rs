@@ -785,6 +785,15 @@ impl Config {
         if self.store.kind == StoreKind::Postgres && self.gateway.connections_key.is_none() {
             return Err("[store] kind = \"postgres\" needs gateway.connections_key = \"env:NAME\" or a file, the same on every node: each node must open the secrets of connections another node added (a per-node key in the data folder could not)".into());
         }
+        if self.store.kind == StoreKind::Postgres
+            && self.store.advertise.is_none()
+            && self.gateway.listen.ip().is_unspecified()
+        {
+            return Err(format!(
+                "[store] advertise: this node listens on {}; say which host:port the other nodes reach it by (they relay sessions to the agents it holds)",
+                self.gateway.listen
+            ));
+        }
         let days_ok = |days: Option<f64>| days.is_none_or(|d| d.is_finite() && d > 0.0);
         if !days_ok(self.gateway.review_retention_days) {
             return Err("gateway.review_retention_days: a number of days above 0".into());

@@ -313,13 +313,12 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     let addr = listener.local_addr()?;
     if let Some(membership) = &membership {
         // Where the other nodes reach this one, for sessions to agents whose tunnel it holds.
-        let advertised = match &config.store.advertise {
-            Some(address) => address.clone(),
-            None if !addr.ip().is_unspecified() => addr.to_string(),
-            None => anyhow::bail!(
-                "[store] advertise: this node listens on {addr}; say which host:port the other nodes reach it by"
-            ),
-        };
+        // (A wildcard listener without `advertise` is refused with the configuration.)
+        let advertised = config
+            .store
+            .advertise
+            .clone()
+            .unwrap_or_else(|| addr.to_string());
         let (membership, leaf) = (membership.clone(), tls.leaf_sha256);
         tokio::task::spawn_blocking(move || membership.advertise(&advertised, leaf)).await??;
     }
