@@ -1154,20 +1154,36 @@ fn a_dead_nodes_pending_access_requests_are_taken_over_and_expire_on_the_survivo
 fn an_agent_connected_to_one_node_serves_sessions_opened_through_any() {
     use crate::agents::{Agent, add_agent, agent_state, wait_for_state};
     let shared = Shared::start();
-    let remote = "\n[connections.remote]\nkind = \"exec\"\nagent = \"edge\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n\n[agents]\nkeepalive_ms = 300\n";
-    let node = |name: &str| {
+    // A program and a PostgreSQL database (the shared one will do) behind the agent; the
+    // database's password is in the agent's environment only.
+    let remote = |pg_port: u16| {
+        format!(
+            "\n[connections.remote]\nkind = \"exec\"\nagent = \"edge\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n\
+             [connections.remote-pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{pg_port}\"\nupstream = \"127.0.0.1:{}\"\nagent = \"edge\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"agent-env:EDGE_PG_PASSWORD\"\n\n\
+             [agents]\nkeepalive_ms = 300\n",
+            shared.db.port
+        )
+    };
+    let node = |name: &str, pg_port: u16| {
         Gateway::start_full(
             &shared.shared_settings(),
-            &format!("{remote}{}", shared.store_section(name)),
+            &format!("{}{}", remote(pg_port), shared.store_section(name)),
             None,
         )
     };
-    let (a, b) = (node("a"), node("b"));
+    let b_pg = crate::postgres::free_port();
+    let (a, b) = (node("a", crate::postgres::free_port()), node("b", b_pg));
 
     // Enrolled through b, connected to a: both nodes know it, and where its tunnel is.
     let token = add_agent(&b, "edge");
     let state = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(None, &a, &state.path().join("edge"), Some(&token), &[]);
+    let _agent = Agent::start(
+        None,
+        &a,
+        &state.path().join("edge"),
+        Some(&token),
+        &[("EDGE_PG_PASSWORD", UPSTREAM_PASSWORD)],
+    );
     wait_for_state(&b, "edge", "connected");
     let (code, listed, err) = b.run_as(Some(&b.reviewer_token), &["agents"]);
     assert_eq!(code, 0, "{err}");
@@ -1179,11 +1195,14 @@ fn an_agent_connected_to_one_node_serves_sessions_opened_through_any() {
     let (code, out, err) = b.run(&["connect", "remote"], "echo typed-$((6*7))\nexit\n");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("typed-42"), "{out}");
+    let (code, out, err) =
+        crate::postgres::psql(b_pg, &b.user_token, &["-t", "-c", "SELECT 40 + 2"]);
+    assert_eq!((code, out.trim()), (0, "42"), "{err}");
     let (code, out, err) = b.run(&["sessions"], "");
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.lines().filter(|l| l.contains("remote")).count(),
-        2,
+        3,
         "{out}"
     );
     let (code, out, err) = a.run(&["exec", "remote", "--", "echo here"], "");
