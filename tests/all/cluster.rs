@@ -276,6 +276,15 @@ fn a_redb_store_copies_into_postgresql_with_its_chain_intact() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("verify holds on the copy"), "{out}");
+    // Each payload row knows its session, as appended ones do (a bucket moves them by it).
+    assert_eq!(
+        shared.count(
+            "SELECT count(*) FROM sluice.payloads p JOIN sluice.entries e USING (idx)
+             WHERE p.session IS DISTINCT FROM e.session"
+        ),
+        0
+    );
+    assert!(shared.count("SELECT count(*) FROM sluice.payloads WHERE session <> ''") > 0);
     // The same head as the embedded store's.
     let head: serde_json::Value =
         serde_json::from_str(&offline[offline.find('{').unwrap()..]).unwrap();

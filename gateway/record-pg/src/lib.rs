@@ -842,8 +842,8 @@ fn append_in(
              INSERT INTO sluice.entries (idx, session, kind, stored)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[])),
          payloads AS (
-             INSERT INTO sluice.payloads (idx, body)
-             SELECT * FROM unnest($1::bigint[], $5::bytea[])),
+             INSERT INTO sluice.payloads (idx, session, body)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $5::bytea[])),
          sessions AS (
              INSERT INTO sluice.sessions (id, first_idx, row)
              SELECT * FROM unnest($6::text[], $7::bigint[], $8::bytea[])

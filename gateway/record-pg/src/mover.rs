@@ -99,11 +99,10 @@ impl Mover {
         let due: Vec<String> = self.db(move |c| {
             // Ended sessions, and live ones with a full part waiting.
             let rows = c.query(
-                "SELECT e.session FROM sluice.payloads p
-                 JOIN sluice.entries e ON e.idx = p.idx
-                 LEFT JOIN sluice.live l ON l.session = e.session
-                 WHERE p.object IS NULL AND e.session <> ''
-                 GROUP BY e.session
+                "SELECT p.session FROM sluice.payloads p
+                 LEFT JOIN sluice.live l ON l.session = p.session
+                 WHERE p.object IS NULL AND p.session <> ''
+                 GROUP BY p.session
                  HAVING bool_and(l.session IS NULL) OR sum(length(p.body)) >= $1
                  ORDER BY min(p.idx)",
                 &[&part],
@@ -140,10 +139,10 @@ impl Mover {
             // Oldest first, up to the row that fills the part.
             let rows = c.query(
                 "SELECT idx, body FROM (
-                     SELECT p.idx, p.body,
-                            sum(length(p.body)) OVER (ORDER BY p.idx) - length(p.body) AS before
-                     FROM sluice.payloads p JOIN sluice.entries e ON e.idx = p.idx
-                     WHERE e.session = $1 AND p.object IS NULL) r
+                     SELECT idx, body,
+                            sum(length(body)) OVER (ORDER BY idx) - length(body) AS before
+                     FROM sluice.payloads
+                     WHERE session = $1 AND object IS NULL AND session <> '') r
                  WHERE before < $2 ORDER BY idx",
                 &[&id, &part],
             )?;

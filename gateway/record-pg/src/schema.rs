@@ -81,11 +81,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
     -- (a slice of an object) instead of the bytes. The move is chained as an entry.
     ALTER TABLE sluice.payloads
         ALTER COLUMN body DROP NOT NULL,
+        ADD COLUMN session text,
         ADD COLUMN object text,
         ADD COLUMN at bigint,
         ADD COLUMN len bigint;
-    -- What is still to move, found without reading what has moved.
-    CREATE INDEX payloads_unmoved ON sluice.payloads (idx) WHERE object IS NULL;
+    UPDATE sluice.payloads p SET session = e.session FROM sluice.entries e WHERE e.idx = p.idx;
+    -- What is still to move, by session, found without reading what has moved or what never
+    -- moves (the gateway's own events, which belong to no session).
+    CREATE INDEX payloads_unmoved ON sluice.payloads (session, idx)
+        WHERE object IS NULL AND session <> '';
     -- The bucket's objects; those of purged sessions are doomed until deleted there.
     CREATE TABLE sluice.objects (
         key text PRIMARY KEY,

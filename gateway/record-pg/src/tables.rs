@@ -326,13 +326,14 @@ fn write_batch(txn: &mut Transaction<'_>, batch: &[Row]) -> Result<(), postgres:
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[])",
         &[&idx, &sessions, &kinds, &stored],
     )?;
-    let (pidx, bodies): (Vec<i64>, Vec<&[u8]>) = batch
-        .iter()
-        .filter_map(|r| r.4.as_deref().map(|p| (r.0, p)))
-        .unzip();
+    let with_payload: Vec<&Row> = batch.iter().filter(|r| r.4.is_some()).collect();
+    let pidx: Vec<i64> = with_payload.iter().map(|r| r.0).collect();
+    let psessions: Vec<&str> = with_payload.iter().map(|r| r.1.as_str()).collect();
+    let bodies: Vec<&[u8]> = with_payload.iter().filter_map(|r| r.4.as_deref()).collect();
     txn.execute(
-        "INSERT INTO sluice.payloads (idx, body) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-        &[&pidx, &bodies],
+        "INSERT INTO sluice.payloads (idx, session, body)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])",
+        &[&pidx, &psessions, &bodies],
     )?;
     let (cidx, heads): (Vec<i64>, Vec<&[u8]>) = batch
         .iter()
