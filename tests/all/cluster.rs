@@ -1046,6 +1046,27 @@ fn payloads_move_to_the_bucket_once_durable_and_every_reader_finds_them_there() 
     let (code, out) = verify_offline(&["--store", &shared.url(), "--public-key", &key]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("[store.payloads]"), "{out}");
+    // Given a bucket that does not exist, it says so: the payloads are not reported deleted.
+    let elsewhere = shared.keys.path().join("elsewhere.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &elsewhere,
+        text.replace("bucket = \"payloads\"", "bucket = \"elsewhere\""),
+    )
+    .unwrap();
+    let (code, out) = verify_offline(&[
+        "--store",
+        &shared.url(),
+        "--config",
+        elsewhere.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("NoSuchBucket") && !out.contains("deleted"),
+        "{out}"
+    );
 
     // An object changed in the bucket, or gone from it, is named by verify.
     let object = &files[files.len() / 2];

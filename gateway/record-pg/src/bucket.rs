@@ -153,6 +153,23 @@ impl Bucket {
         self.answer("DELETE", key, response).map(drop)
     }
 
+    /// Whether the bucket itself is there.
+    fn exists(&self) -> Result<bool, String> {
+        let url = self
+            .bucket
+            .head_bucket(Some(&self.credentials))
+            .sign(SIGNED_FOR);
+        let response = self
+            .agent
+            .head(url.as_str())
+            .call()
+            .map_err(|e| self.failed("HEAD", "", &e.to_string()))?;
+        match response.status().as_u16() {
+            404 => Ok(false),
+            _ => self.ok("HEAD", "", response).map(|_| true),
+        }
+    }
+
     /// A successful response, `None` for "no such object", or what went wrong.
     fn answer(
         &self,
@@ -163,9 +180,9 @@ impl Bucket {
         let mut response = response.map_err(|e| self.failed(method, key, &e.to_string()))?;
         if response.status() == 404 && method != "PUT" {
             // No such key, unless the bucket itself is missing (a misconfiguration, which
-            // must not read as every payload deleted).
+            // must not read as every payload deleted): servers do not all say which, so ask.
             let text = read_error(&mut response);
-            if text.contains("NoSuchBucket") {
+            if text.contains("NoSuchBucket") || !self.exists()? {
                 return Err(self.failed(method, key, "404 (NoSuchBucket)"));
             }
             return Ok(None);
