@@ -69,6 +69,13 @@ impl Shared {
     }
 }
 
+/// `[connections.NAME]`: a bash shell, as the tests' `shell` connection is.
+fn shell_connection(name: &str) -> String {
+    format!(
+        "\n[connections.{name}]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n"
+    )
+}
+
 /// Starts `sluice serve` in a fresh folder with `[gateway]` lines then `rest` (tables),
 /// expecting it to refuse; what it said.
 fn serve_refuses(gateway: &str, rest: &str) -> String {
@@ -628,7 +635,7 @@ fn a_frame_held_on_one_node_waits_through_another_starting_and_is_approved_throu
     use crate::reviews::{pending_review, scratch};
     let shared = Shared::start();
     let policy = "[chains]\nops = [\"shell-gate\"]\n\n[reviews.ops]\nexpire_seconds = 60\n";
-    let ops = "\n[connections.ops]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let ops = &shell_connection("ops");
     let a = shared.node_with_policy("a", ops, policy);
     let dir = scratch("held-on-a");
     let mut remove = a.cli();
@@ -798,7 +805,7 @@ fn an_access_request_made_through_one_node_is_decided_and_granted_through_any() 
     use crate::reviews::pending_review;
     let shared = Shared::start();
     let policy = "[reviews.jit]\naccess_grant_seconds = 60\n";
-    let jit = "\n[connections.jit]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let jit = &shell_connection("jit");
     let a = shared.node_with_policy("a", jit, policy);
     let b = shared.node_with_policy("b", jit, policy);
 
@@ -1139,7 +1146,7 @@ fn a_dead_nodes_pending_access_requests_are_taken_over_and_expire_on_the_survivo
     use crate::reviews::pending_review;
     let shared = Shared::start();
     let policy = "[reviews.jit]\naccess_grant_seconds = 60\naccess_request_seconds = 8\n";
-    let jit = "\n[connections.jit]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let jit = &shell_connection("jit");
     let survivor = shared.node_with_policy("a", jit, policy);
     let mut doomed = shared.node_with_policy("b", jit, policy);
     let (code, _, err) = doomed.run(&["exec", "jit", "--", "echo in"], "");
