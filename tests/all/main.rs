@@ -22,4 +22,5 @@ mod record;
 mod reviews;
 mod sessions;
 mod sinks;
+mod ssh;
 mod support;

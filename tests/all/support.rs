@@ -64,6 +64,8 @@ pub struct Gateway {
     pub addr: String,
     pub user_token: String,
     pub reviewer_token: String,
+    /// What `serve` printed after its first line, as it comes.
+    pub printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Option<std::process::Child>,
 }
 
@@ -104,7 +106,10 @@ impl Gateway {
         // One cache of compiled plugins for every gateway the tests start.
         let cache = repo().join("target/test-plugin-cache");
         // Settings may name a listener of their own (an address a namespace can reach).
-        let listen = if settings.contains("listen =") {
+        let own_listener = settings.lines().any(|l| {
+            l.trim_start().starts_with("listen ") || l.trim_start().starts_with("listen=")
+        });
+        let listen = if own_listener {
             ""
         } else {
             "listen = \"127.0.0.1:0\"\n"
@@ -122,6 +127,7 @@ impl Gateway {
             addr: String::new(),
             user_token: String::new(),
             reviewer_token: String::new(),
+            printed: Default::default(),
             child: None,
         };
         gateway.restart();
@@ -157,7 +163,13 @@ impl Gateway {
         let first = lines.next().expect("serve printed nothing").unwrap();
         self.addr = first.rsplit("https://").next().unwrap().trim().to_string();
         // Keep draining stdout so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.printed = printed.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                printed.lock().unwrap().push(line);
+            }
+        });
         let tokens: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(self.dir.path().join("data/dev-tokens.json")).unwrap(),
         )
@@ -270,6 +282,26 @@ impl Gateway {
             },
         );
         id
+    }
+
+    /// Waits (up to 10 s) for a line `serve` printed that starts with `prefix`; its rest.
+    pub fn printed_after(&self, prefix: &str) -> String {
+        let mut found = String::new();
+        eventually(
+            &format!("serve prints {prefix}"),
+            std::time::Duration::from_secs(10),
+            || {
+                let printed = self.printed.lock().unwrap();
+                match printed.iter().find_map(|l| l.strip_prefix(prefix)) {
+                    Some(rest) => {
+                        found = rest.to_string();
+                        true
+                    }
+                    None => false,
+                }
+            },
+        );
+        found
     }
 
     pub fn pid(&self) -> u32 {

@@ -359,11 +359,18 @@ enum ConnectionsCommand {
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Print the CA certificate (PEM) that clients and psql should trust.
+    /// Print the CA certificate (PEM) that clients and psql should trust; with `--ssh`, a
+    /// `known_hosts` line for the SSH front door's host key.
     Export {
         /// The gateway's data folder.
         #[arg(long, default_value = "sluice-data")]
         data_dir: PathBuf,
+        /// The SSH host key, as a `known_hosts` line.
+        #[arg(long)]
+        ssh: bool,
+        /// The host the line names: as clients reach the gateway (`ssh -p 2222 …@HOST`).
+        #[arg(long, default_value = "[127.0.0.1]:2222", requires = "ssh")]
+        host: String,
     },
 }
 
@@ -751,7 +758,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Export { to, from, config }) => {
             crate::commands::store_export(config, from, &to)
         }
-        Command::Ca(CaCommand::Export { data_dir }) => {
+        Command::Ca(CaCommand::Export {
+            data_dir,
+            ssh: true,
+            host,
+        }) => {
+            println!(
+                "{}",
+                sluice_engine::ssh::known_hosts_entry(&data_dir, &host)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca(CaCommand::Export { data_dir, .. }) => {
             let path = sluice_engine::tls::ca_path(&data_dir);
             let pem = std::fs::read_to_string(&path).with_context(|| {
                 format!(

@@ -211,6 +211,9 @@ pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<
     let (started, running) = sluice_engine::server::start(config).await?;
     println!("sluice gateway listening on https://{}", started.addr);
     println!("CA fingerprint (SHA-256): {}", started.ca_fingerprint);
+    if let Some((addr, fingerprint)) = &started.ssh {
+        println!("SSH front door on ssh://{addr}, host key {fingerprint}");
+    }
     match &started.node {
         None => println!(
             "record key (Ed25519, keep it to verify copies): {}",

@@ -353,6 +353,9 @@ impl Connection {
 pub struct Gateway {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The SSH front door (`ssh -p 2222 CONNECTION@HOST`, `docs/ssh.md`); off when unset.
+    #[serde(default)]
+    pub ssh_listen: Option<SocketAddr>,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default = "default_policies")]
@@ -454,6 +457,7 @@ impl Default for Gateway {
     fn default() -> Self {
         Gateway {
             listen: default_listen(),
+            ssh_listen: None,
             data_dir: default_data_dir(),
             policies: default_policies(),
             record_mode: RecordMode::default(),

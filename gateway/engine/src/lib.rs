@@ -20,6 +20,7 @@ pub mod sealed;
 pub mod server;
 pub mod session;
 pub mod sinks;
+pub mod ssh;
 pub mod tcp;
 pub mod tls;
 pub mod wire;

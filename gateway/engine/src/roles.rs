@@ -162,14 +162,40 @@ impl Roles {
         action: &str,
         message: &str,
     ) {
-        tracing::warn!(subject = %identity.subject, role = role.name(), connection, action, "refused");
-        let labels = sluice_core::metrics::labels(&[("role", role.name())]);
+        self.record_refusal(identity, Some(role), connection, action, message)
+            .await;
+    }
+
+    /// Records that `identity` was refused `action` on `connection` because the connection
+    /// does not allow it (whatever the roles), with `message`.
+    pub async fn record_not_allowed(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        action: &str,
+        message: &str,
+    ) {
+        self.record_refusal(identity, None, connection, action, message)
+            .await;
+    }
+
+    async fn record_refusal(
+        &self,
+        identity: &Identity,
+        role: Option<Role>,
+        connection: &str,
+        action: &str,
+        message: &str,
+    ) {
+        let role = role.map(Role::name);
+        tracing::warn!(subject = %identity.subject, ?role, connection, action, "refused");
+        let labels = sluice_core::metrics::labels(&[("role", role.unwrap_or("none"))]);
         sluice_core::metrics::count(sluice_core::metrics::REFUSALS, &labels, 1);
         let meta = json!({
             "subject": identity.subject,
             "groups": identity.groups,
             "action": action,
-            "role": role.name(),
+            "role": role,
             "connection": connection,
         });
         let event = NewEvent {

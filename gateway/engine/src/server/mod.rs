@@ -34,6 +34,7 @@ mod peers;
 mod replay;
 mod routes;
 mod sessions;
+mod ssh;
 mod upgrade;
 mod watch;
 
@@ -179,6 +180,8 @@ pub struct Started {
     pub node: Option<String>,
     /// Sessions a previous run left open (it crashed), now closed in the record.
     pub closed_after_crash: usize,
+    /// The SSH front door's address and host key fingerprint, when it is on.
+    pub ssh: Option<(SocketAddr, String)>,
 }
 
 /// A started gateway: `stopped` resolves if its listener dies; `stop` ends it cleanly.
@@ -322,8 +325,24 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         let (membership, leaf) = (membership.clone(), tls.leaf_sha256);
         tokio::task::spawn_blocking(move || membership.advertise(&advertised, leaf)).await??;
     }
+    // The SSH front door's port, taken now so a taken port fails the start.
+    let ssh_door = match config.gateway.ssh_listen {
+        Some(listen) => {
+            let key = crate::ssh::load_or_create_host_key(&data)?;
+            let fingerprint = crate::ssh::fingerprint(&key);
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for SSH on {listen}"))?;
+            Some((listener, key, fingerprint))
+        }
+        None => None,
+    };
     let started = Started {
         addr,
+        ssh: ssh_door
+            .as_ref()
+            .map(|(l, _, f)| l.local_addr().map(|a| (a, f.clone())))
+            .transpose()?,
         ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
         dev_tokens,
         record_key: hex::encode(
@@ -422,6 +441,19 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
                 }
             }
         });
+    }
+    if let Some((listener, key, _)) = ssh_door {
+        let door = tokio::spawn(ssh::serve(
+            gateway.clone(),
+            listener,
+            Arc::new(ssh::config(key)),
+            limits.clone(),
+        ));
+        gateway
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(door);
     }
     let accepting = gateway.clone();
     let task = tokio::spawn(async move {

@@ -17,17 +17,56 @@ use sluice_core::frame::Identity;
 use tracing::Instrument;
 
 impl Gateway {
-    /// Just-in-time access for a session about to open: `Err` is the reply refusing it.
-    async fn access(
+    /// Just-in-time access for a session about to open: `Err` says why it is refused.
+    pub(super) async fn access(
         &self,
         identity: &Identity,
         connection: &str,
         reason: Option<&str>,
-    ) -> Result<Option<u64>, Reply> {
-        self.reviews()
-            .access(identity, connection, reason)
+    ) -> Result<Option<u64>, String> {
+        self.reviews().access(identity, connection, reason).await
+    }
+
+    /// Connection `name`, once `identity` may connect to it (a refusal is recorded).
+    pub(super) async fn connectable(
+        &self,
+        identity: &Identity,
+        name: &str,
+    ) -> Result<Connection, (StatusCode, String)> {
+        let Some(connection) = self.connections.get(name) else {
+            let known: Vec<_> = self.connections.all().into_keys().collect();
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("unknown connection `{name}` (known: {})", known.join(", ")),
+            ));
+        };
+        let action = format!("connect to `{name}`");
+        self.roles()
+            .require(identity, Role::Connect, name, &action)
             .await
-            .map_err(|text| error(StatusCode::FORBIDDEN, &text))
+            .map_err(|why| (StatusCode::FORBIDDEN, why))?;
+        Ok(connection)
+    }
+
+    /// A session about to open on connection `name`, with the chain in force now.
+    pub(super) fn opening(
+        &self,
+        name: &str,
+        identity: Identity,
+        client: String,
+    ) -> session::Opening {
+        let (plugins, policy) = self.session_ctx.chain(name);
+        session::Opening {
+            id: new_session_id(),
+            connection_name: name.to_string(),
+            protocol: "exec",
+            plugins,
+            policy,
+            identity,
+            client,
+            meta: serde_json::Value::Null,
+            access_until: None,
+        }
     }
 
     pub(super) async fn open_session(
@@ -50,33 +89,11 @@ impl Gateway {
         let Some(name) = query.get("connection") else {
             return error(StatusCode::BAD_REQUEST, "missing ?connection=NAME");
         };
-        let Some(connection) = self.connections.get(name) else {
-            let known: Vec<_> = self.connections.all().into_keys().collect();
-            return error(
-                StatusCode::NOT_FOUND,
-                &format!("unknown connection `{name}` (known: {})", known.join(", ")),
-            );
+        let connection = match self.connectable(&identity, name).await {
+            Ok(connection) => connection,
+            Err((status, why)) => return error(status, &why),
         };
-        let action = format!("connect to `{name}`");
-        if let Err(why) = self
-            .roles()
-            .require(&identity, Role::Connect, name, &action)
-            .await
-        {
-            return error(StatusCode::FORBIDDEN, &why);
-        }
-        let (plugins, policy) = self.session_ctx.chain(name);
-        let mut opening = session::Opening {
-            id: new_session_id(),
-            connection_name: name.clone(),
-            protocol: "exec",
-            plugins,
-            policy,
-            identity,
-            client: peer.to_string(),
-            meta: serde_json::Value::Null,
-            access_until: None,
-        };
+        let mut opening = self.opening(name, identity, peer.to_string());
         let reason = query.get("reason").map(String::as_str);
         let mode = query.get("mode").map(String::as_str).unwrap_or_default();
         let exec = match (&connection, mode) {
@@ -103,7 +120,7 @@ impl Gateway {
         };
         opening.access_until = match self.access(&opening.identity, name, reason).await {
             Ok(until) => until,
-            Err(refused) => return refused,
+            Err(why) => return error(StatusCode::FORBIDDEN, &why),
         };
         let mode = if mode == "exec" {
             Mode::Exec
@@ -169,7 +186,7 @@ impl Gateway {
             Connection::Tcp(tcp) => {
                 opening.access_until = match self.access(&opening.identity, name, reason).await {
                     Ok(until) => until,
-                    Err(refused) => return refused,
+                    Err(why) => return error(StatusCode::FORBIDDEN, &why),
                 };
                 let (ctx, tcp) = (self.session_ctx.clone(), tcp.clone());
                 opening.protocol = "tcp";

@@ -90,10 +90,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) {
     let (mut reader, mut client) = tokio::io::split(client);
     // A terminal's size, for a replay at the size the person saw.
-    request.opening.meta = match request.mode {
+    let mode = match request.mode {
         Mode::Exec => json!({"mode": "exec"}),
         Mode::Connect { rows, cols } => json!({"mode": "connect", "rows": rows, "cols": cols}),
     };
+    // Beside what the door said (`"front": "ssh"`).
+    match (&mut request.opening.meta, mode) {
+        (serde_json::Value::Object(meta), serde_json::Value::Object(mode)) => meta.extend(mode),
+        (meta, mode) => *meta = mode,
+    }
     let (core, killed) = match Core::open(ctx, request.opening).await {
         Ok(opened) => opened,
         Err(e) => {

@@ -1,0 +1,313 @@
+//! The SSH front door with OpenSSH's own client: `ssh CONNECTION@gateway` signs in with a
+//! Sluice token and runs sessions through the same chain, record and reviews as `sluice`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::reviews::{pending_review, scratch};
+use crate::support::{Gateway, run_command};
+
+/// OpenSSH's client pointed at a gateway's SSH front door: the host key pinned from
+/// `sluice ca export --ssh`, a token given through `SSH_ASKPASS`, no configuration of the
+/// machine's read.
+struct Ssh {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Ssh {
+    fn to(gw: &Gateway) -> Ssh {
+        let printed = gw.printed_after("SSH front door on ssh://");
+        let addr = printed.split(',').next().unwrap();
+        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("[127.0.0.1]:{port}");
+        let (code, known, err) = gw.run(
+            &[
+                "ca",
+                "export",
+                "--ssh",
+                "--data-dir",
+                "data",
+                "--host",
+                &host,
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        // The fingerprint printed at start is the key's the export names.
+        let fingerprint = printed.rsplit("host key ").next().unwrap();
+        std::fs::write(dir.path().join("known_hosts"), &known).unwrap();
+        let (code, listed, err) = run_command(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(dir.path().join("known_hosts")),
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(listed.contains(fingerprint), "{listed} vs {fingerprint}");
+        let askpass = dir.path().join("askpass");
+        std::fs::write(
+            &askpass,
+            "#!/bin/sh\nprintf '%s\\n' \"$SLUICE_SSH_TOKEN\"\n",
+        )
+        .unwrap();
+        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&askpass, executable).unwrap();
+        Ssh { dir, port }
+    }
+
+    /// `ssh` as whoever holds `token`, to `connection`, with `args` after the destination.
+    fn command(&self, token: &str, connection: &str, options: &[&str], args: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p", &self.port.to_string()])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.dir.path().join("known_hosts").display()
+            ))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=keyboard-interactive,password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .args(options)
+            .arg(format!("{connection}@127.0.0.1"))
+            .args(args)
+            .env("SSH_ASKPASS", self.askpass())
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("SLUICE_SSH_TOKEN", token)
+            .env_remove("SSH_AUTH_SOCK");
+        cmd
+    }
+
+    fn askpass(&self) -> PathBuf {
+        self.dir.path().join("askpass")
+    }
+
+    fn run(
+        &self,
+        token: &str,
+        connection: &str,
+        args: &[&str],
+        stdin: &str,
+    ) -> (i32, String, String) {
+        run_command(&mut self.command(token, connection, &[], args), stdin)
+    }
+}
+
+fn gateway_with_ssh(extra: &str, policy: Option<&str>) -> Gateway {
+    Gateway::start_full("ssh_listen = \"127.0.0.1:0\"", extra, policy)
+}
+
+/// The recorded events of `session` (the user's own), as JSON lines with each payload's
+/// text beside it.
+fn events(gw: &Gateway, session: &str) -> String {
+    let (code, out, err) = gw.run(&["export", session, "--format", "jsonl"], "");
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let payload = hex::decode(event["payload_hex"].as_str().unwrap()).unwrap();
+            format!("{line} {}\n", String::from_utf8_lossy(&payload))
+        })
+        .collect()
+}
+
+#[test]
+fn ssh_runs_commands_with_their_exit_status_and_records_them() {
+    let gw = gateway_with_ssh("", None);
+    let ssh = Ssh::to(&gw);
+
+    let (code, out, err) = ssh.run(&gw.user_token, "shell", &["echo hello from $0; exit 3"], "");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(out, "hello from bash\n", "{err}");
+    let session = gw.newest_session(&[]);
+    let recorded = events(&gw, &session);
+    assert!(recorded.contains("\"front\":\"ssh\""), "{recorded}");
+    assert!(
+        recorded.contains("echo hello from $0; exit 3"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("hello from bash"), "{recorded}");
+
+    // Without a command and without a terminal, standard input is the script (as `sluice exec`).
+    let (code, out, err) = ssh.run(&gw.user_token, "python", &[], "print(6 * 7)\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "42\n");
+
+    // The shipped policy masks output on the way out, for the terminal and the record.
+    let (code, out, err) = ssh.run(
+        &gw.user_token,
+        "shell",
+        &["echo card 4242424242424242 mail bob@example.com"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "card ************4242 mail [MASKED:email]\n");
+    let recorded = events(&gw, &gw.newest_session(&[]));
+    assert!(!recorded.contains("bob@example.com"), "{recorded}");
+}
+
+#[test]
+fn an_interactive_ssh_shell_is_a_terminal_session_masked_and_replayable() {
+    let gw = gateway_with_ssh("", None);
+    let ssh = Ssh::to(&gw);
+    let mut cmd = ssh.command(&gw.user_token, "shell", &["-tt"], &[]);
+    let (code, out, err) = run_command(
+        &mut cmd,
+        "echo card 4242424242424242 mail bob@example.com\nstty size\nexit\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("card ************4242 mail [MASKED:email]"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("4242424242424242") && !out.contains("bob@example.com"),
+        "{out}"
+    );
+    let session = gw.newest_session(&[]);
+    let recorded = events(&gw, &session);
+    assert!(recorded.contains("\"mode\":\"connect\""), "{recorded}");
+    assert!(!recorded.contains("bob@example.com"), "{recorded}");
+    // Each typed line is a line frame the gates see, as with `sluice connect`.
+    assert!(
+        recorded.contains("\"content\":\"line\"") && recorded.contains("} stty size\n"),
+        "{recorded}"
+    );
+    // The terminal's size: OpenSSH's, or the usual 80x24 when its own input is no terminal.
+    assert!(
+        recorded.contains("\"rows\":24") && recorded.contains("\"cols\":80"),
+        "{recorded}"
+    );
+    let (code, replayed, err) = gw.run(&["replay", &session, "--speed", "0"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(replayed.contains("[MASKED:email]"), "{replayed}");
+}
+
+#[test]
+fn held_ssh_commands_wait_for_a_reviewer_and_the_client_hears_why() {
+    let extra = "\n[connections.ops]\nkind = \"exec\"\ninteractive = [\"bash\", \"--norc\", \"-i\"]\nscript = [\"bash\", \"-s\"]\n";
+    let policy = "[chains]\nops = [\"shell-gate\"]\n\n[reviews.ops]\nexpire_seconds = 30\n";
+    let gw = gateway_with_ssh(extra, Some(policy));
+    let ssh = Ssh::to(&gw);
+    let token = gw.user_token.clone();
+    let rm = |dir: &std::path::Path| {
+        let mut cmd = ssh.command(&token, "ops", &[], &[&format!("rm -rf {}", dir.display())]);
+        std::thread::spawn(move || run_command(&mut cmd, ""))
+    };
+
+    let dir = scratch("ssh-approve");
+    let waiting = rm(dir.path());
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    assert!(dir.path().exists(), "nothing runs before the decision");
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "held for review (recursive rm of an absolute or home path): review {id}"
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().exists(), "approved, it ran");
+
+    let dir = scratch("ssh-reject");
+    let waiting = rm(dir.path());
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    let (code, _, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "reject", &id, "--reason", "not today"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 126, "{err}");
+    assert!(
+        err.contains(&format!("review {id} rejected by dev-reviewer: not today")),
+        "{err}"
+    );
+    assert!(dir.path().join("file").exists(), "rejected, it never ran");
+}
+
+#[test]
+fn ssh_refuses_bad_tokens_forwarding_file_transfer_and_unknown_connections() {
+    let gw = gateway_with_ssh("", None);
+    let ssh = Ssh::to(&gw);
+
+    let (code, out, err) = ssh.run("not-a-token", "shell", &["echo no"], "");
+    assert_eq!(code, 255, "{out}{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!out.contains("no"));
+
+    // A connection that does not exist, or that the token may not use: told why.
+    let (code, _, err) = ssh.run(&gw.user_token, "nowhere", &["true"], "");
+    assert_eq!(code, 126, "{err}");
+    assert!(
+        err.contains("unknown connection `nowhere`") && err.contains("ssh CONNECTION@HOST"),
+        "{err}"
+    );
+
+    // Port forwarding (here `-W`, a direct-tcpip channel) is refused by default.
+    let (code, _, err) = run_command(
+        &mut ssh.command(&gw.user_token, "shell", &["-W", &gw.addr], &[]),
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("administratively prohibited"), "{err}");
+
+    // sftp (and so scp) on a program connection would reach the gateway's own files.
+    let mut sftp = Command::new("sftp");
+    sftp.args(["-F", "/dev/null", "-P", &ssh.port.to_string()])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            ssh.dir.path().join("known_hosts").display()
+        ))
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=keyboard-interactive",
+        ])
+        .arg("shell@127.0.0.1")
+        .env("SSH_ASKPASS", ssh.askpass())
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("SLUICE_SSH_TOKEN", &gw.user_token);
+    let (code, _, err) = run_command(&mut sftp, "ls\n");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the `sftp` subsystem (sftp, scp) is not allowed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kill_ends_an_ssh_session() {
+    let gw = gateway_with_ssh("", None);
+    let ssh = Ssh::to(&gw);
+    let client = ssh
+        .command(&gw.user_token, "shell", &[], &["sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = gw.live_session();
+    let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["kill", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, err) = crate::support::exit_and_stderr(client);
+    assert_eq!(status, Some(1), "{err}");
+    assert!(
+        err.contains("session ended: ended by dev-reviewer"),
+        "{err}"
+    );
+}
