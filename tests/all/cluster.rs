@@ -78,7 +78,7 @@ fn shell_connection(name: &str) -> String {
 
 /// Starts `sluice serve` in a fresh folder with `[gateway]` lines then `rest` (tables),
 /// expecting it to refuse; what it said.
-fn serve_refuses(gateway: &str, rest: &str) -> String {
+pub fn serve_refuses(gateway: &str, rest: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let listen = match gateway.contains("listen =") {
         true => "",

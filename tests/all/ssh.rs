@@ -311,3 +311,211 @@ fn kill_ends_an_ssh_session() {
         "{err}"
     );
 }
+
+/// A throwaway OpenSSH server on a free loopback port, with its own host key and one
+/// authorized client key; stopped when dropped.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        crate::support::ensure_installed("/usr/sbin/sshd", &["openssh-server"]);
+        // sshd's privilege separation needs this folder (the package's service makes it).
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let keygen = |name: &str| {
+            let (code, _, err) = run_command(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                    .arg(dir.path().join(name)),
+                "",
+            );
+            assert_eq!(code, 0, "{err}");
+        };
+        keygen("host_key");
+        keygen("client_key");
+        std::fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nPrintMotd no\n\
+             LogLevel ERROR\n"
+        );
+        std::fs::write(dir.path().join("sshd_config"), config).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.path().join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::eventually("sshd listens", std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Sshd { dir, port, child }
+    }
+
+    /// The server's host key, as the connection pins it.
+    pub fn host_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host_key.pub"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A `kind = "ssh"` connection named `name` to this server, signing in as this user.
+    pub fn connection(&self, name: &str) -> String {
+        format!(
+            "\n[connections.{name}]\nkind = \"ssh\"\nupstream = \"127.0.0.1:{}\"\nuser = \"{}\"\nhost_key = \"{}\"\nprivate_key = \"{}\"\n",
+            self.port,
+            whoami(),
+            self.host_key(),
+            self.dir.path().join("client_key").display()
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn whoami() -> String {
+    let (_, out, _) = run_command(Command::new("id").arg("-un"), "");
+    out.trim().to_string()
+}
+
+#[test]
+fn an_ssh_server_behind_the_gateway_gets_the_same_chain_record_and_reviews() {
+    let sshd = Sshd::start();
+    let policy =
+        "[chains]\nbox = [\"shell-gate\", \"mask\"]\n\n[reviews.box]\nexpire_seconds = 30\n";
+    let gw = gateway_with_ssh(&sshd.connection("box"), Some(policy));
+    let ssh = Ssh::to(&gw);
+
+    // One-shot: the command runs on the server, with its exit status; output is masked.
+    let (code, out, err) = ssh.run(
+        &gw.user_token,
+        "box",
+        &["echo mail bob@example.com on $SSH_CONNECTION; exit 7"],
+        "",
+    );
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        out.starts_with("mail [MASKED:email] on 127.0.0.1 "),
+        "{out}"
+    );
+    let recorded = events(&gw, &gw.newest_session(&[]));
+    assert!(recorded.contains("\"exit_status\":7"), "{recorded}");
+    assert!(!recorded.contains("bob@example.com"), "{recorded}");
+
+    // The CLI reaches it too, the same way.
+    let (code, out, err) = gw.run(&["exec", "box", "--", "echo", "via", "cli"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "via cli\n");
+
+    // Interactive, in a terminal on the server.
+    let (code, out, err) = run_command(
+        &mut ssh.command(&gw.user_token, "box", &["-tt"], &[]),
+        "echo card 4242424242424242\ntty\nexit\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("card ************4242"), "{out}");
+    assert!(out.contains("/dev/pts/"), "a terminal on the server: {out}");
+    assert!(!out.contains("4242424242424242"), "{out}");
+
+    // A held command waits for a reviewer; rejected, it never reaches the server.
+    let dir = scratch("ssh-upstream");
+    let mut cmd = ssh.command(
+        &gw.user_token,
+        "box",
+        &[],
+        &[&format!("rm -rf {}", dir.path().display())],
+    );
+    let waiting = std::thread::spawn(move || run_command(&mut cmd, ""));
+    let id = pending_review(&gw, &dir.path().display().to_string());
+    let (code, _, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "reject", &id, "--reason", "no"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 126, "{err}");
+    assert!(dir.path().join("file").exists());
+}
+
+#[test]
+fn a_changed_upstream_host_key_refuses_the_session() {
+    let sshd = Sshd::start();
+    let other = Sshd::start();
+    // The connection pins the other server's key: this one's is not it.
+    let connection = sshd
+        .connection("box")
+        .replace(&sshd.host_key(), &other.host_key());
+    let gw = gateway_with_ssh(&connection, None);
+    let ssh = Ssh::to(&gw);
+    let (code, out, err) = ssh.run(&gw.user_token, "box", &["echo reached"], "");
+    assert_eq!(code, 126, "{out}{err}");
+    assert!(!out.contains("reached"));
+    // Both fingerprints, as `ssh-keygen -l` prints them.
+    let fingerprint = |sshd: &Sshd| {
+        let (_, listed, _) = run_command(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(sshd.dir.path().join("host_key.pub")),
+            "",
+        );
+        listed.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert!(
+        err.contains(&format!(
+            "presented host key {}, not the one the connection pins ({})",
+            fingerprint(&sshd),
+            fingerprint(&other)
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn ssh_connections_with_bad_credentials_or_host_keys_fail_the_start() {
+    let sshd = Sshd::start();
+    let good = sshd.connection("box");
+    let refuses = |connection: String, expected: &str| {
+        let err = crate::cluster::serve_refuses("", &connection);
+        assert!(err.contains(expected), "{expected}: {err}");
+    };
+    refuses(
+        good.replace(&sshd.host_key(), "ssh-ed25519 not-base64"),
+        "connections.box: host_key: not a public key",
+    );
+    let key = sshd.dir.path().join("client_key").display().to_string();
+    refuses(
+        good.replace(&key, "/nonexistent/key"),
+        "connections.box: private_key: cannot read /nonexistent/key",
+    );
+    refuses(
+        good.replace(&key, &format!("{key}.pub")),
+        "connections.box: private_key: not an OpenSSH private key",
+    );
+    refuses(
+        good.replace(&format!("private_key = \"{key}\"\n"), ""),
+        "connections.box: an SSH connection signs in with `private_key` or `password`",
+    );
+}

@@ -336,6 +336,7 @@ impl Connection {
             Connection::Exec(c) => c.agent.as_ref(),
             Connection::Postgres(c) => c.agent.as_ref(),
             Connection::Tcp(c) => c.agent.as_ref(),
+            Connection::Ssh(c) => c.agent.as_ref(),
         }
     }
 
@@ -344,6 +345,7 @@ impl Connection {
             Connection::Exec(c) => c.retention_days,
             Connection::Postgres(c) => c.retention_days,
             Connection::Tcp(c) => c.retention_days,
+            Connection::Ssh(c) => c.retention_days,
         }
     }
 }
@@ -615,6 +617,37 @@ pub enum Connection {
     Exec(ExecConnection),
     Postgres(PostgresConnection),
     Tcp(TcpConnection),
+    Ssh(SshConnection),
+}
+
+/// An SSH server reached through the gateway (`docs/ssh.md`): `ssh -p 2222 NAME@gateway`,
+/// `sluice connect NAME` and `sluice exec NAME` open sessions on it. The gateway signs in
+/// upstream with the credentials here, which clients never see, and only to the server whose
+/// host key is pinned.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConnection {
+    /// The server, `host:port`.
+    pub upstream: String,
+    /// Who the gateway signs in as.
+    pub user: String,
+    /// The server's host key as `known_hosts` and `*.pub` files write it
+    /// (`ssh-ed25519 AAAA…`): a server presenting any other is refused.
+    pub host_key: String,
+    /// The private key to sign in with (Ed25519 or ECDSA, OpenSSH format): `env:NAME` (the
+    /// key's text) or a file's path.
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// A password to sign in with: `VALUE` or `env:NAME`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Reach it through an agent of this pool (`docs/agents.md`) instead of from the gateway.
+    #[serde(default)]
+    pub agent: Option<AgentPool>,
+    #[serde(default)]
+    pub max_session_seconds: Option<u64>,
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 /// Any TCP service, reached only through `sluice connect NAME --port PORT` (the tunnel is
@@ -884,6 +917,11 @@ impl Config {
                     continue;
                 }
                 Connection::Tcp(_) => continue,
+                Connection::Ssh(ssh) => {
+                    crate::ssh::upstream::Credentials::load(ssh)
+                        .map_err(|e| format!("connections.{name}: {e}"))?;
+                    continue;
+                }
             };
             if exec.interactive.is_empty() || exec.script.is_empty() {
                 return Err(format!(

@@ -281,8 +281,10 @@ fn split_secrets(table: Value) -> Result<(Value, serde_json::Map<String, Value>)
         return Err("a connection is a table (a JSON object)".into());
     };
     let mut secrets = serde_json::Map::new();
-    if let Some(password) = map.remove("password") {
-        secrets.insert("password".into(), password);
+    for field in ["password", "private_key"] {
+        if let Some(secret) = map.remove(field) {
+            secrets.insert(field.into(), secret);
+        }
     }
     if let Some(Value::Object(env)) = map.get_mut("env") {
         for (key, value) in std::mem::take(env) {

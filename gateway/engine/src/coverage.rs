@@ -13,7 +13,9 @@ use crate::config::Connection;
 /// The kinds of session a connection runs.
 pub fn session_kinds(connection: &Connection) -> &'static [SessionKind] {
     match connection {
-        Connection::Exec(_) => &[SessionKind::ExecScript, SessionKind::Terminal],
+        Connection::Exec(_) | Connection::Ssh(_) => {
+            &[SessionKind::ExecScript, SessionKind::Terminal]
+        }
         Connection::Postgres(_) => &[SessionKind::Postgres],
         Connection::Tcp(_) => &[SessionKind::Tcp],
     }

@@ -405,6 +405,7 @@ impl Gateway {
                     Connection::Exec(_) => ("exec", None),
                     Connection::Postgres(pg) => ("postgres", Some(pg.listen.to_string())),
                     Connection::Tcp(_) => ("tcp", None),
+                    Connection::Ssh(_) => ("ssh", None),
                 };
                 let roles: Vec<_> = Role::ALL
                     .iter()

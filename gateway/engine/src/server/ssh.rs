@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::Gateway;
 use crate::config::Connection;
 use crate::limits::Limits;
+use crate::session::exec::Target;
 use crate::session::{self, Mode};
 use crate::ssh::{self, Start};
 use sluice_core::frame::Identity;
@@ -369,13 +370,17 @@ impl Gateway {
                 return ssh::refuse(&channel, &format!("{why}{hint}"), ssh::EXIT_REFUSED).await;
             }
         };
-        let Connection::Exec(exec) = connection else {
-            return ssh::refuse(
-                &channel,
-                &format!("`{name}` forwards a port, not a program: use `sluice connect {name} --port PORT`"),
-                ssh::EXIT_REFUSED,
-            )
-            .await;
+        let target = match connection {
+            Connection::Exec(exec) => Target::Program(exec),
+            Connection::Ssh(ssh) => Target::Ssh(ssh),
+            Connection::Postgres(_) | Connection::Tcp(_) => {
+                return ssh::refuse(
+                    &channel,
+                    &format!("`{name}` forwards a port, not a shell: use `sluice connect {name} --port PORT`"),
+                    ssh::EXIT_REFUSED,
+                )
+                .await;
+            }
         };
         let (mode, command, terminal) = match start {
             Start::Shell {
@@ -403,7 +408,7 @@ impl Gateway {
         };
         let request = session::exec::Request {
             opening,
-            connection: exec,
+            connection: target,
             mode,
         };
         let (ours, theirs) = tokio::io::duplex(crate::wire::MAX_BODY + 64);

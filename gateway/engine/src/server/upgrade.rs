@@ -12,6 +12,7 @@ use super::routes::{Reply, error, reply};
 use super::{Gateway, new_session_id};
 use crate::config::Connection;
 use crate::roles::Role;
+use crate::session::exec::Target;
 use crate::session::{self, Mode};
 use sluice_core::frame::Identity;
 use tracing::Instrument;
@@ -97,13 +98,14 @@ impl Gateway {
         let reason = query.get("reason").map(String::as_str);
         let mode = query.get("mode").map(String::as_str).unwrap_or_default();
         let exec = match (&connection, mode) {
-            (Connection::Exec(exec), "exec" | "connect") => exec.clone(),
+            (Connection::Exec(exec), "exec" | "connect") => Target::Program(exec.clone()),
+            (Connection::Ssh(ssh), "exec" | "connect") => Target::Ssh(ssh.clone()),
             (Connection::Postgres(_) | Connection::Tcp(_), "tunnel") => {
                 return self
                     .tunnel(req, name, &connection, opening, peer, reason)
                     .await;
             }
-            (Connection::Exec(_), _) => {
+            (Connection::Exec(_) | Connection::Ssh(_), _) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     &format!(
@@ -200,7 +202,9 @@ impl Gateway {
                         .await;
                 });
             }
-            Connection::Exec(_) => return error(StatusCode::BAD_REQUEST, "not a tunnel"),
+            Connection::Exec(_) | Connection::Ssh(_) => {
+                return error(StatusCode::BAD_REQUEST, "not a tunnel");
+            }
         }
         upgraded(&id)
     }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Context, Core, INTERACTIVE_FLUSH, Opening, content_bytes};
 use crate::chain::Outcome;
-use crate::config::ExecConnection;
+use crate::config::{ExecConnection, SshConnection};
 use crate::exec::Process;
 use crate::wire::{self, Message, WireError};
 use sluice_core::frame::{Content, Direction, Statement};
@@ -44,10 +44,28 @@ pub enum Mode {
     Connect { rows: u16, cols: u16 },
 }
 
+/// What a program session runs.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The connection's program, here or through one of its agents.
+    Program(ExecConnection),
+    /// A shell or command on an SSH server (`ssh/upstream.rs`).
+    Ssh(SshConnection),
+}
+
+impl Target {
+    fn max_session_seconds(&self) -> Option<u64> {
+        match self {
+            Target::Program(conn) => conn.max_session_seconds,
+            Target::Ssh(conn) => conn.max_session_seconds,
+        }
+    }
+}
+
 /// A program session about to start.
 pub struct Request {
     pub opening: Opening,
-    pub connection: ExecConnection,
+    pub connection: Target,
     pub mode: Mode,
 }
 
@@ -130,7 +148,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let exec = &request.connection;
     let max = exec
-        .max_session_seconds
+        .max_session_seconds()
         .map(Duration::from_secs)
         .unwrap_or(Duration::MAX);
     // Dropping the mode's future drops its process, which kills it.
@@ -179,7 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// One-shot: the whole input is one statement frame; if the chain lets it through, the
     /// program runs and its output streams back.
-    async fn exec(&mut self, conn: &ExecConnection) -> Result<i32, End> {
+    async fn exec(&mut self, conn: &Target) -> Result<i32, End> {
         let mut script = Vec::new();
         loop {
             match self.next_message().await? {
@@ -212,12 +230,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(forward) = self.client_frame(statement).await? else {
             return Err(End::Refused("the script was not run".into()));
         };
-        let mut process = start(self.core.ctx.agents.clone(), conn, None).await?;
-        let mut bytes = content_bytes(&forward);
+        let mut script = content_bytes(&forward);
         // Whatever a plugin still holds of the input is the script's tail.
         for released in self.core.flush(Direction::ClientToTarget).await? {
-            bytes.extend_from_slice(&content_bytes(&released));
+            script.extend_from_slice(&content_bytes(&released));
         }
+        let (mut process, bytes) = start(self.core.ctx.agents.clone(), conn, None, script).await?;
         let mut input = std::mem::replace(&mut process.input, Box::new(tokio::io::sink()));
         // Feed the script while reading output, so a large script cannot deadlock on a full pipe.
         let feeder = tokio::spawn(async move {
@@ -232,8 +250,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Interactive: keystrokes cross the chain as byte frames; at Enter the typed line crosses
     /// it too, and the Enter key is held back until the line's verdict.
-    async fn connect(&mut self, conn: &ExecConnection, rows: u16, cols: u16) -> Result<i32, End> {
-        let mut process = start(self.core.ctx.agents.clone(), conn, Some((rows, cols))).await?;
+    async fn connect(&mut self, conn: &Target, rows: u16, cols: u16) -> Result<i32, End> {
+        let (mut process, _) = start(
+            self.core.ctx.agents.clone(),
+            conn,
+            Some((rows, cols)),
+            Vec::new(),
+        )
+        .await?;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut since_flush = false;
         // Ctrl-Ds still to type after the client's input ended (see InputEnd below).
@@ -556,22 +580,45 @@ fn output_refused(outcome: Outcome) -> End {
     }
 }
 
-/// The connection's program, started here or by one of its agents: one-shot, or in a
-/// terminal of (rows, cols).
+/// The connection's program, started here or by one of its agents, or a session on its SSH
+/// server: one-shot, or in a terminal of (rows, cols). Returns it with what its input is to
+/// be fed: a program reads the one-shot `script` on its input; an SSH server gets it as the
+/// command to run.
 async fn start(
     agents: Arc<crate::agent::Agents>,
-    conn: &ExecConnection,
+    target: &Target,
     terminal: Option<(u16, u16)>,
-) -> Result<Process, End> {
-    let script = terminal.is_none();
+    script: Vec<u8>,
+) -> Result<(Process, Vec<u8>), End> {
+    let conn = match target {
+        Target::Program(conn) => conn,
+        Target::Ssh(conn) => {
+            let reach = crate::agent::Reach::of(&agents, conn.agent.as_ref());
+            let stream = reach
+                .dial(&conn.upstream)
+                .await
+                .map_err(|e| End::Target(format!("cannot open the SSH session: {e}")))?;
+            let process = crate::ssh::upstream::start(conn, stream, terminal, &script)
+                .await
+                .map_err(|e| match e.strip_prefix("refused: ") {
+                    Some(why) => End::Refused(why.to_string()),
+                    None => End::Target(format!("cannot open the SSH session: {e}")),
+                })?;
+            return Ok((process, Vec::new()));
+        }
+    };
     let started = match (&conn.agent, terminal) {
-        (Some(pool), _) => crate::agent::start(&agents, conn, pool, script, terminal).await,
+        (Some(pool), _) => {
+            crate::agent::start(&agents, conn, pool, terminal.is_none(), terminal).await
+        }
         (None, None) => Process::script(&conn.program(true)).map_err(|e| e.to_string()),
         (None, Some((rows, cols))) => {
             Process::interactive(&conn.program(false), rows, cols).map_err(|e| e.to_string())
         }
     };
-    started.map_err(|e| End::Target(format!("cannot start the program: {e}")))
+    started
+        .map(|process| (process, script))
+        .map_err(|e| End::Target(format!("cannot start the program: {e}")))
 }
 
 async fn wait(process: &mut Process) -> Result<i32, End> {

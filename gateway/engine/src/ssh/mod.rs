@@ -12,6 +12,8 @@
 //! ssh client <--channel-- [bridge: output, notices, exit status <- messages] <-- session/exec.rs
 //! ```
 
+pub mod upstream;
+
 use std::path::{Path, PathBuf};
 
 use russh::ChannelMsg;
