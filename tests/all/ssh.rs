@@ -519,3 +519,130 @@ fn ssh_connections_with_bad_credentials_or_host_keys_fail_the_start() {
         "connections.box: an SSH connection signs in with `private_key` or `password`",
     );
 }
+
+#[test]
+fn ssh_certificates_from_the_gateway_sign_people_in_and_others_are_refused() {
+    let gw = gateway_with_ssh("", None);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let keygen = |args: &[&str]| {
+        let (code, _, err) = run_command(Command::new("ssh-keygen").arg("-q").args(args), "");
+        assert_eq!(code, 0, "{err}");
+    };
+    keygen(&["-t", "ed25519", "-N", "", "-f", &path("id_ed25519")]);
+
+    let (code, out, err) = gw.run(&["ssh-cert", "--key", &path("id_ed25519.pub")], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&path("id_ed25519-cert.pub")), "{out}");
+    let (code, shown, err) = run_command(
+        Command::new("ssh-keygen").args(["-L", "-f", &path("id_ed25519-cert.pub")]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        shown.contains("Key ID: \"dev-user\"") && shown.contains("groups@sluice"),
+        "{shown}"
+    );
+
+    // `sluice ssh-config` is all `ssh` needs: a Host block per connection, and the host key.
+    let (code, config, err) = gw.run(&["ssh-config", "--identity", &path("id_ed25519")], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        config.contains("Host shell\n") && config.contains("Host python\n"),
+        "{config}"
+    );
+    let known = config.lines().find_map(|l| l.strip_prefix("#   ")).unwrap();
+    std::fs::write(path("known_hosts"), format!("{known}\n")).unwrap();
+    std::fs::write(path("config"), &config).unwrap();
+    let (code, out, err) = run_command(
+        Command::new("ssh")
+            .args([
+                "-F",
+                &path("config"),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", path("known_hosts")))
+            .args(["shell", "echo signed in as $0"])
+            .env_remove("SSH_AUTH_SOCK"),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "signed in as bash\n");
+    // The same, spelled out, with only the certificate given (no configuration read).
+    let port = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Port "))
+        .unwrap()
+        .to_string();
+    let ssh_as = |host: &str, certificate: &str| {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p", &port, "-i", &path("id_ed25519")])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", path("known_hosts")))
+            .arg("-o")
+            .arg(format!("CertificateFile={certificate}"))
+            .args([&format!("{host}@127.0.0.1"), "echo signed in as $0"])
+            .env_remove("SSH_AUTH_SOCK");
+        run_command(&mut cmd, "")
+    };
+    let (code, out, err) = ssh_as("shell", &path("id_ed25519-cert.pub"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "signed in as bash\n");
+    let (code, listed, _) = gw.run(&["sessions"], "");
+    assert_eq!(code, 0);
+    assert!(
+        listed.contains("dev-user"),
+        "the certificate's person: {listed}"
+    );
+
+    // Certificates OpenSSH's own ssh-keygen makes: with the gateway's CA but expired, or for
+    // a principal other than the key id it was issued to; and one from another CA.
+    let ca = gw
+        .dir
+        .path()
+        .join("data/ssh/user_ca_ed25519_key")
+        .display()
+        .to_string();
+    let sign = |ca: &str, out: &str, id: &str, principals: &str, validity: &str| {
+        std::fs::copy(path("id_ed25519.pub"), path(&format!("{out}.pub"))).unwrap();
+        keygen(&[
+            "-s",
+            ca,
+            "-I",
+            id,
+            "-n",
+            principals,
+            "-V",
+            validity,
+            &path(&format!("{out}.pub")),
+        ]);
+        path(&format!("{out}-cert.pub"))
+    };
+    let expired = sign(&ca, "expired", "dev-user", "dev-user", "-2h:-1h");
+    let other_principal = sign(&ca, "other", "dev-user", "dev-reviewer", "-5m:+1h");
+    keygen(&["-t", "ed25519", "-N", "", "-f", &path("other_ca")]);
+    let foreign = sign(
+        &path("other_ca"),
+        "foreign",
+        "dev-user",
+        "dev-user",
+        "-5m:+1h",
+    );
+    for certificate in [expired, other_principal, foreign] {
+        let (code, out, err) = ssh_as("shell", &certificate);
+        assert_eq!(code, 255, "{certificate}: {out}{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+}

@@ -71,6 +71,25 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Get an SSH certificate for yourself from the gateway's SSH CA, written beside your
+    /// public key (`id_ed25519-cert.pub`, where `ssh` looks): `ssh -p 2222 CONNECTION@HOST`
+    /// then signs in without a token until it expires (docs/ssh.md).
+    SshCert {
+        /// Your public key (default: ~/.ssh/id_ed25519.pub; make one with `ssh-keygen -t ed25519`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print `Host` blocks for ~/.ssh/config, one per connection you may reach over SSH, and
+    /// the gateway's `known_hosts` line: then `ssh CONNECTION` just works (docs/ssh.md).
+    SshConfig {
+        /// The private key whose certificate `sluice ssh-cert` made (default: ~/.ssh/id_ed25519).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Forget the tokens `sluice login` saved for the gateway.
     Logout {
         #[command(flatten)]
@@ -621,6 +640,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grep,
             };
             runtime()?.block_on(crate::commands::sessions(target.client()?, filter))
+        }
+        Command::SshCert { key, target } => {
+            let key = key.unwrap_or_else(|| crate::ssh::home_ssh("id_ed25519.pub"));
+            runtime()?.block_on(crate::ssh::certificate(target.client()?, &key))
+        }
+        Command::SshConfig { identity, target } => {
+            let identity = identity.unwrap_or_else(|| crate::ssh::home_ssh("id_ed25519"));
+            let gateway = target.gateway.clone();
+            runtime()?.block_on(crate::ssh::config(target.client()?, &gateway, &identity))
         }
         Command::Whoami { target } => {
             runtime()?.block_on(crate::commands::whoami(target.client()?))

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod login;
 pub mod runner;
 pub mod scaffold;
+pub mod ssh;
 pub mod trace;
 
 pub use cli::main;

@@ -358,6 +358,9 @@ pub struct Gateway {
     /// The SSH front door (`ssh -p 2222 CONNECTION@HOST`, `docs/ssh.md`); off when unset.
     #[serde(default)]
     pub ssh_listen: Option<SocketAddr>,
+    /// How long the SSH certificates `sluice ssh-cert` obtains stay valid.
+    #[serde(default = "default_ssh_cert_ttl_seconds")]
+    pub ssh_cert_ttl_seconds: u64,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default = "default_policies")]
@@ -460,6 +463,7 @@ impl Default for Gateway {
         Gateway {
             listen: default_listen(),
             ssh_listen: None,
+            ssh_cert_ttl_seconds: default_ssh_cert_ttl_seconds(),
             data_dir: default_data_dir(),
             policies: default_policies(),
             record_mode: RecordMode::default(),
@@ -502,6 +506,10 @@ fn default_hold_timeout_ms() -> u64 {
 fn default_purge_interval_seconds() -> u64 {
     3600
 }
+fn default_ssh_cert_ttl_seconds() -> u64 {
+    8 * 3600
+}
+
 fn default_flush_ms() -> u64 {
     100
 }

@@ -84,6 +84,8 @@ pub struct Gateway {
     replays: replay::Replays,
     /// One reload (or retention run) at a time.
     maintenance: tokio::sync::Mutex<()>,
+    /// The SSH front door's host key and user CA, when it is on.
+    ssh: Option<ssh::Keys>,
     /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
     listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -404,6 +406,14 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         connections,
         host,
         maintenance: tokio::sync::Mutex::new(()),
+        ssh: match &ssh_door {
+            Some((listener, key, _)) => Some(ssh::Keys {
+                listen: listener.local_addr()?,
+                host_key: key.public_key().to_openssh().unwrap_or_default(),
+                user_ca: crate::ssh::ca::UserCa::load_or_create(&data)?,
+            }),
+            None => None,
+        },
         listeners: std::sync::Mutex::new(listeners),
     });
     if let Some(peers) = &gateway.peers {

@@ -177,6 +177,10 @@ impl Gateway {
                 let name = name.to_string();
                 self.remove_connection(&identity, &name).await
             }
+            (&Method::GET, ["api", "ssh"]) => self.ssh_door(&identity),
+            (&Method::POST, ["api", "ssh", "certificate"]) => {
+                self.ssh_certificate(req, &identity).await
+            }
             (&Method::GET, ["api", "whoami"]) => {
                 let roles: serde_json::Map<String, serde_json::Value> = self
                     .connections

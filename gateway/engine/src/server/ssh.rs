@@ -29,9 +29,18 @@ use crate::session::{self, Mode};
 use crate::ssh::{self, Start};
 use sluice_core::frame::Identity;
 
+/// What the SSH front door shows of itself and signs with.
+pub(super) struct Keys {
+    pub listen: SocketAddr,
+    /// The host key's public half, `ssh-ed25519 AAAA…`.
+    pub host_key: String,
+    pub user_ca: crate::ssh::ca::UserCa,
+}
+
 /// The SSH server's settings.
 pub(super) fn config(host_key: russh::keys::PrivateKey) -> russh::server::Config {
     let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
     methods.push(MethodKind::Password);
     methods.push(MethodKind::KeyboardInteractive);
     russh::server::Config {
@@ -133,18 +142,20 @@ impl Client {
     /// A token, from a password or a keyboard-interactive answer.
     async fn token(&mut self, connection: &str, token: &str) -> Auth {
         match self.gateway.auth.authenticate(token.trim()).await {
-            Ok(identity) => {
-                tracing::info!(peer = %self.peer, user = %identity.subject, %connection, "SSH sign-in");
-                self.signed_in = Some((identity, connection.to_string()));
-                self.signing_in = None;
-                self.done.store(true, Ordering::Release);
-                Auth::Accept
-            }
+            Ok(identity) => self.signed_in(identity, connection, "token"),
             Err(why) => {
                 tracing::info!(peer = %self.peer, %connection, %why, "SSH sign-in refused");
                 Auth::reject()
             }
         }
+    }
+
+    fn signed_in(&mut self, identity: Identity, connection: &str, by: &str) -> Auth {
+        tracing::info!(peer = %self.peer, user = %identity.subject, %connection, by, "SSH sign-in");
+        self.signed_in = Some((identity, connection.to_string()));
+        self.signing_in = None;
+        self.done.store(true, Ordering::Release);
+        Auth::Accept
     }
 
     /// Records that the connection signed in to does not allow `what`.
@@ -168,6 +179,32 @@ impl russh::server::Handler for Client {
             proceed_with_methods: None,
             partial_success: false,
         })
+    }
+
+    /// Plain keys are not registered anywhere: only certificates (below) sign in by key.
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        connection: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let Some(keys) = &self.gateway.ssh else {
+            return Ok(Auth::reject());
+        };
+        match keys.user_ca.verify(certificate) {
+            Ok(identity) => Ok(self.signed_in(identity, connection, "certificate")),
+            Err(why) => {
+                tracing::info!(peer = %self.peer, %connection, %why, "SSH certificate refused");
+                Ok(Auth::reject())
+            }
+        }
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
@@ -416,5 +453,82 @@ impl Gateway {
         let span = tracing::info_span!("session", id = %request.opening.id);
         tokio::spawn(session::run(ctx, request, theirs).instrument(span));
         ssh::bridge(channel, ours, command, terminal).await;
+    }
+
+    /// `POST /api/ssh/certificate` with a public key (OpenSSH's one-line form) as the body: a
+    /// user certificate for the caller, from the gateway's SSH CA. Recorded.
+    pub(super) async fn ssh_certificate(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        identity: &Identity,
+    ) -> super::routes::Reply {
+        use super::routes::{error, reply};
+        use http_body_util::BodyExt;
+        let Some(keys) = &self.ssh else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the SSH front door is off ([gateway] ssh_listen)",
+            );
+        };
+        let body = match http_body_util::Limited::new(req.into_body(), 16 << 10)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body: {e}")),
+        };
+        let ttl = self.config.gateway.ssh_cert_ttl_seconds;
+        let text = String::from_utf8_lossy(&body);
+        match keys.user_ca.sign(identity, &text, ttl) {
+            Ok(certificate) => {
+                let meta = serde_json::json!({"subject": identity.subject, "groups": identity.groups, "ttl_seconds": ttl, "public_key": text.trim()});
+                if let Err(e) = self
+                    .session_ctx
+                    .recorder
+                    .append(sluice_record::NewEvent::gateway("ssh-certificate", &meta))
+                    .await
+                {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("cannot record the certificate: {e}"),
+                    );
+                }
+                reply(
+                    StatusCode::OK,
+                    serde_json::json!({"certificate": certificate, "ttl_seconds": ttl}).to_string(),
+                )
+            }
+            Err(why) => error(StatusCode::BAD_REQUEST, &why),
+        }
+    }
+
+    /// `GET /api/ssh`: where the SSH front door listens, its host key, the user CA, and the
+    /// connections the caller may reach through it (for `sluice ssh-config`).
+    pub(super) fn ssh_door(&self, identity: &Identity) -> super::routes::Reply {
+        use super::routes::{error, reply};
+        let Some(keys) = &self.ssh else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the SSH front door is off ([gateway] ssh_listen)",
+            );
+        };
+        let reachable: Vec<String> = self
+            .connections
+            .all()
+            .into_iter()
+            .filter(|(_, c)| matches!(c, Connection::Exec(_) | Connection::Ssh(_)))
+            .filter(|(name, _)| {
+                self.roles()
+                    .has(identity, crate::roles::Role::Connect, name)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        let door = serde_json::json!({
+            "listen": keys.listen,
+            "host_key": keys.host_key,
+            "user_ca": keys.user_ca.public_key(),
+            "connections": reachable,
+        });
+        reply(StatusCode::OK, door.to_string())
     }
 }

@@ -12,12 +12,12 @@
 //! ssh client <--channel-- [bridge: output, notices, exit status <- messages] <-- session/exec.rs
 //! ```
 
+pub mod ca;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
 
 use russh::ChannelMsg;
-use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::{self, LineEnding, PrivateKey};
 use russh::server::Msg;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,13 +35,7 @@ pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
     if path.exists() {
         return read_host_key(&path);
     }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let key = PrivateKey::new(
-        KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
-        "sluice gateway",
-    )
-    .map_err(|e| anyhow::anyhow!("cannot make the SSH host key: {e}"))?;
+    let key = ca::new_ed25519("sluice gateway")?;
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("cannot encode the SSH host key: {e}"))?;
