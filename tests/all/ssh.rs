@@ -433,12 +433,62 @@ fn an_ssh_server_behind_the_gateway_gets_the_same_chain_record_and_reviews() {
     // Interactive, in a terminal on the server.
     let (code, out, err) = run_command(
         &mut ssh.command(&gw.user_token, "box", &["-tt"], &[]),
-        "echo card 4242424242424242\ntty\nexit\n",
+        // The number is made by the remote shell, so only its output (one write) holds it,
+        // not the echo of what was typed (which a loaded machine may deliver in pieces).
+        "echo card 4242424242424$((200 + 42))\ntty\nexit\n",
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("card ************4242"), "{out}");
     assert!(out.contains("/dev/pts/"), "a terminal on the server: {out}");
     assert!(!out.contains("4242424242424242"), "{out}");
+
+    // A password typed at a remote prompt: the server never says its echo is off, so the
+    // prompt is recognised in the output and what is typed after it is recorded redacted.
+    let mut cmd = ssh.command(&gw.user_token, "box", &["-tt"], &[]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    use std::io::{Read, Write};
+    let (tx, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |needle: &str, seen: &mut Vec<u8>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match output.recv_timeout(left) {
+                Ok(chunk) => seen.extend_from_slice(&chunk),
+                Err(_) => panic!("no {needle:?} in {:?}", String::from_utf8_lossy(seen)),
+            }
+        }
+    };
+    stdin
+        .write_all(b"read -s -p 'Password: ' secret; echo; echo got ${#secret} characters\n")
+        .unwrap();
+    // The prompt itself, on a line of its own (not the echo of the command line).
+    wait_for("\rPassword: ", &mut seen);
+    stdin.write_all(b"hunter2-typed\n").unwrap();
+    wait_for("got 13 characters", &mut seen);
+    stdin.write_all(b"exit\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let recorded = events(&gw, &gw.newest_session(&[]));
+    assert!(!recorded.contains("hunter2"), "{recorded}");
+    assert!(
+        recorded.contains("[redacted: typed with echo off]"),
+        "{recorded}"
+    );
 
     // A held command waits for a reviewer; rejected, it never reaches the server.
     let dir = scratch("ssh-upstream");

@@ -51,8 +51,6 @@ pub(super) fn config(host_key: russh::keys::PrivateKey) -> russh::server::Config
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: 3,
-        // Keystrokes must not wait for Nagle's algorithm.
-        nodelay: true,
         // A signed-in connection's idle time is not bounded here (as on the other doors);
         // keepalives find clients that vanished.
         inactivity_timeout: None,
@@ -92,6 +90,9 @@ pub(super) async fn serve(
             tracing::warn!(%peer, "SSH connection refused: too many connections are signing in (max_signing_in)");
             continue;
         };
+        // Keystrokes must not wait for Nagle's algorithm (russh sets this only on sockets it
+        // accepts itself).
+        let _ = tcp.set_nodelay(true);
         crate::limits::keepalive(&tcp);
         let signed_in = Arc::new(AtomicBool::new(false));
         let client = Client {
