@@ -288,6 +288,21 @@ fn ssh_refuses_bad_tokens_forwarding_file_transfer_and_unknown_connections() {
         err.contains("the `sftp` subsystem (sftp, scp) is not allowed"),
         "{err}"
     );
+
+    // Each refusal is in the record, with who and what (no role would have allowed it).
+    let mut gw = gw;
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    let refusals = crate::lifecycle::events_of_kind(&gw, "refusal");
+    let refused = |action: &str| {
+        refusals.iter().any(|e| {
+            e["action"].as_str().unwrap_or_default().starts_with(action)
+                && e["subject"] == "dev-user"
+                && e["connection"] == "shell"
+                && e["role"].is_null()
+        })
+    };
+    assert!(refused("port forwarding to 127.0.0.1:"), "{refusals:?}");
+    assert!(refused("the `sftp` subsystem"), "{refusals:?}");
 }
 
 #[test]
@@ -695,4 +710,13 @@ fn ssh_certificates_from_the_gateway_sign_people_in_and_others_are_refused() {
         assert_eq!(code, 255, "{certificate}: {out}{err}");
         assert!(err.contains("Permission denied"), "{err}");
     }
+
+    // The certificate the gateway issued is in the record: for whom, which key.
+    let mut gw = gw;
+    assert_eq!(gw.stop_with("TERM"), Some(0));
+    let issued = crate::lifecycle::events_of_kind(&gw, "ssh-certificate");
+    let public = std::fs::read_to_string(path("id_ed25519.pub")).unwrap();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["subject"], "dev-user");
+    assert_eq!(issued[0]["public_key"], public.trim());
 }
