@@ -720,3 +720,72 @@ fn ssh_certificates_from_the_gateway_sign_people_in_and_others_are_refused() {
     assert_eq!(issued[0]["subject"], "dev-user");
     assert_eq!(issued[0]["public_key"], public.trim());
 }
+
+#[test]
+fn gateways_sharing_ssh_keys_are_one_host_with_one_ca() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let path = keys.path().join(name);
+        let (code, _, err) = run_command(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&path),
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        path.display().to_string()
+    };
+    let (host, ca) = (key("host"), key("ca"));
+    let settings =
+        format!("ssh_listen = \"127.0.0.1:0\"\nssh_host_key = \"{host}\"\nssh_ca_key = \"{ca}\"");
+    let a = Gateway::start_full(&settings, "", None);
+    let b = Gateway::start_full(&settings, "", None);
+    // Both show the configured host key.
+    let (_, listed, _) = run_command(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(format!("{host}.pub")),
+        "",
+    );
+    let fingerprint = listed.split_whitespace().nth(1).unwrap();
+    for gw in [&a, &b] {
+        assert!(
+            gw.printed_after("SSH front door on ssh://")
+                .ends_with(fingerprint)
+        );
+    }
+    // A certificate from one is good on the other.
+    let (code, _, err) = a.run(&["ssh-cert", "--key", &format!("{host}.pub")], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, config, err) = b.run(&["ssh-config", "--identity", &host], "");
+    assert_eq!(code, 0, "{err}");
+    let known = config.lines().find_map(|l| l.strip_prefix("#   ")).unwrap();
+    std::fs::write(keys.path().join("known_hosts"), format!("{known}\n")).unwrap();
+    std::fs::write(keys.path().join("config"), &config).unwrap();
+    let (code, out, err) = run_command(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(keys.path().join("config"))
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                keys.path().join("known_hosts").display()
+            ))
+            .args(["shell", "echo on b"])
+            .env_remove("SSH_AUTH_SOCK"),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "on b\n");
+
+    // On a shared record, each node's own keys would make clients see several hosts and CAs.
+    let err = crate::cluster::serve_refuses(
+        "ssh_listen = \"127.0.0.1:0\"\nconnections_key = \"env:SOME_KEY\"\n",
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://sluice@127.0.0.1:1/sluice\"\ncluster_key = \"env:SOME_KEY\"\n",
+    );
+    assert!(
+        err.contains("needs gateway.ssh_host_key and gateway.ssh_ca_key"),
+        "{err}"
+    );
+}

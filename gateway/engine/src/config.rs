@@ -358,6 +358,15 @@ pub struct Gateway {
     /// The SSH front door (`ssh -p 2222 CONNECTION@HOST`, `docs/ssh.md`); off when unset.
     #[serde(default)]
     pub ssh_listen: Option<SocketAddr>,
+    /// The SSH front door's host key: `env:NAME` (the key's text, OpenSSH format) or a file.
+    /// By default `DATA/ssh/host_ed25519_key`, made on first start. Gateways behind one load
+    /// balancer share one, as they share `tls_cert`.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
+    /// The key of the SSH CA that signs people's certificates: `env:NAME` or a file; by
+    /// default `DATA/ssh/user_ca_ed25519_key`, made on first start. Shared like the host key.
+    #[serde(default)]
+    pub ssh_ca_key: Option<String>,
     /// How long the SSH certificates `sluice ssh-cert` obtains stay valid.
     #[serde(default = "default_ssh_cert_ttl_seconds")]
     pub ssh_cert_ttl_seconds: u64,
@@ -464,6 +473,8 @@ impl Default for Gateway {
             listen: default_listen(),
             ssh_listen: None,
             ssh_cert_ttl_seconds: default_ssh_cert_ttl_seconds(),
+            ssh_host_key: None,
+            ssh_ca_key: None,
             data_dir: default_data_dir(),
             policies: default_policies(),
             record_mode: RecordMode::default(),
@@ -829,6 +840,12 @@ impl Config {
         self.store.validate().map_err(|e| e.to_string())?;
         if self.store.kind == StoreKind::Postgres && self.gateway.connections_key.is_none() {
             return Err("[store] kind = \"postgres\" needs gateway.connections_key = \"env:NAME\" or a file, the same on every node: each node must open the secrets of connections another node added (a per-node key in the data folder could not)".into());
+        }
+        if self.store.kind == StoreKind::Postgres
+            && self.gateway.ssh_listen.is_some()
+            && (self.gateway.ssh_host_key.is_none() || self.gateway.ssh_ca_key.is_none())
+        {
+            return Err("[store] kind = \"postgres\" with gateway.ssh_listen needs gateway.ssh_host_key and gateway.ssh_ca_key (\"env:NAME\" or a file), the same on every node: clients pin one host key and hold certificates of one CA, whichever node they reach".into());
         }
         if self.store.kind == StoreKind::Postgres
             && self.store.advertise.is_none()

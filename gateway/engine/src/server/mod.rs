@@ -330,12 +330,18 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     // The SSH front door's port, taken now so a taken port fails the start.
     let ssh_door = match config.gateway.ssh_listen {
         Some(listen) => {
-            let key = crate::ssh::load_or_create_host_key(&data)?;
+            let key = crate::ssh::load_key(
+                config.gateway.ssh_host_key.as_deref(),
+                &crate::ssh::host_key_path(&data),
+                "SSH host key",
+            )?;
             let fingerprint = crate::ssh::fingerprint(&key);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen for SSH on {listen}"))?;
-            Some((listener, key, fingerprint))
+            let user_ca =
+                crate::ssh::ca::UserCa::load(config.gateway.ssh_ca_key.as_deref(), &data)?;
+            Some((listener, key, fingerprint, user_ca))
         }
         None => None,
     };
@@ -343,7 +349,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         addr,
         ssh: ssh_door
             .as_ref()
-            .map(|(l, _, f)| l.local_addr().map(|a| (a, f.clone())))
+            .map(|(l, _, f, _)| l.local_addr().map(|a| (a, f.clone())))
             .transpose()?,
         ca_fingerprint: crate::tls::fingerprint(&tls.ca_pem)?,
         dev_tokens,
@@ -391,6 +397,18 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
     let peers = membership
         .clone()
         .map(|m| peers::Peers::start(m, session_ctx.clone(), session_ctx.reviews.clone()));
+    // The SSH door's listener and host key go to its accept loop; what it shows, to routes.
+    let (ssh_door, ssh_keys) = match ssh_door {
+        Some((listener, key, _, user_ca)) => {
+            let keys = ssh::Keys {
+                listen: listener.local_addr()?,
+                host_key: key.public_key().to_openssh().unwrap_or_default(),
+                user_ca,
+            };
+            (Some((listener, key)), Some(keys))
+        }
+        None => (None, None),
+    };
     let gateway = Arc::new(Gateway {
         config,
         auth,
@@ -406,14 +424,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         connections,
         host,
         maintenance: tokio::sync::Mutex::new(()),
-        ssh: match &ssh_door {
-            Some((listener, key, _)) => Some(ssh::Keys {
-                listen: listener.local_addr()?,
-                host_key: key.public_key().to_openssh().unwrap_or_default(),
-                user_ca: crate::ssh::ca::UserCa::load_or_create(&data)?,
-            }),
-            None => None,
-        },
+        ssh: ssh_keys,
         listeners: std::sync::Mutex::new(listeners),
     });
     if let Some(peers) = &gateway.peers {
@@ -452,7 +463,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             }
         });
     }
-    if let Some((listener, key, _)) = ssh_door {
+    if let Some((listener, key)) = ssh_door {
         let door = tokio::spawn(ssh::serve(
             gateway.clone(),
             listener,

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use russh::keys::Certificate;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
-use russh::keys::ssh_key::{Fingerprint, HashAlg, LineEnding, PrivateKey, PublicKey};
+use russh::keys::ssh_key::{Fingerprint, HashAlg, PrivateKey, PublicKey};
 
 use sluice_core::frame::Identity;
 
@@ -28,24 +28,11 @@ pub struct UserCa {
 }
 
 impl UserCa {
-    /// `DATA/ssh/user_ca_ed25519_key`, made on first start (mode 0600).
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<UserCa> {
-        let path = data_dir.join("ssh").join("user_ca_ed25519_key");
-        let key = if path.exists() {
-            let text = std::fs::read_to_string(&path)?;
-            PrivateKey::from_openssh(&text)
-                .map_err(|e| anyhow::anyhow!("SSH user CA {}: {e}", path.display()))?
-        } else {
-            let key = new_ed25519("sluice SSH user CA")?;
-            let text = key
-                .to_openssh(LineEnding::LF)
-                .map_err(|e| anyhow::anyhow!("cannot encode the SSH user CA: {e}"))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            sluice_core::files::write_private(&path, text.as_bytes())?;
-            key
-        };
+    /// The CA's key from `source` (`env:NAME` or a file, shared by several gateways), else
+    /// `DATA/ssh/user_ca_ed25519_key`, made on first start.
+    pub fn load(source: Option<&str>, data_dir: &Path) -> anyhow::Result<UserCa> {
+        let default = data_dir.join("ssh").join("user_ca_ed25519_key");
+        let key = super::load_key(source, &default, "SSH user CA")?;
         let fingerprint = key.public_key().fingerprint(HashAlg::Sha256);
         Ok(UserCa { key, fingerprint })
     }
@@ -171,7 +158,7 @@ mod tests {
 
     fn ca() -> (tempfile::TempDir, UserCa) {
         let dir = tempfile::tempdir().unwrap();
-        let ca = UserCa::load_or_create(dir.path()).unwrap();
+        let ca = UserCa::load(None, dir.path()).unwrap();
         (dir, ca)
     }
 

@@ -24,32 +24,46 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::wire::{self, Message};
 
-/// `DATA/ssh/host_ed25519_key`: the gateway's SSH host key, made on first start.
+/// `DATA/ssh/host_ed25519_key`: the gateway's SSH host key, unless configured.
 pub fn host_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("ssh").join("host_ed25519_key")
 }
 
-/// Loads the host key, making it on first start (OpenSSH's format, mode 0600).
-pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
-    let path = host_key_path(data_dir);
-    if path.exists() {
-        return read_host_key(&path);
-    }
-    let key = ca::new_ed25519("sluice gateway")?;
-    let text = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("cannot encode the SSH host key: {e}"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    sluice_core::files::write_private(&path, text.as_bytes())?;
-    Ok(key)
-}
-
-fn read_host_key(path: &Path) -> anyhow::Result<PrivateKey> {
-    let text = std::fs::read_to_string(path)?;
-    PrivateKey::from_openssh(&text)
-        .map_err(|e| anyhow::anyhow!("SSH host key {}: {e}", path.display()))
+/// One of the gateway's SSH keys (its host key, its user CA): from `source` when configured
+/// (`env:NAME` holding the key's text, or a file's path: what several gateways share), else
+/// from `default`, made there on first start (OpenSSH's format, mode 0600).
+pub fn load_key(source: Option<&str>, default: &Path, what: &str) -> anyhow::Result<PrivateKey> {
+    let (text, from) = match source {
+        Some(source) => match source.strip_prefix("env:") {
+            Some(var) => (
+                std::env::var(var)
+                    .map_err(|_| anyhow::anyhow!("{what}: the environment has no {var}"))?,
+                source.to_string(),
+            ),
+            None => (
+                std::fs::read_to_string(source)
+                    .map_err(|e| anyhow::anyhow!("{what}: cannot read {source}: {e}"))?,
+                source.to_string(),
+            ),
+        },
+        None if default.exists() => (
+            std::fs::read_to_string(default)?,
+            default.display().to_string(),
+        ),
+        None => {
+            let key = ca::new_ed25519(&format!("sluice {what}"))?;
+            let text = key
+                .to_openssh(LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("cannot encode the {what}: {e}"))?;
+            if let Some(dir) = default.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            sluice_core::files::write_private(default, text.as_bytes())?;
+            return Ok(key);
+        }
+    };
+    PrivateKey::from_openssh(text.trim())
+        .map_err(|e| anyhow::anyhow!("{what} ({from}): not an OpenSSH private key: {e}"))
 }
 
 /// `SHA256:...`, as `ssh` shows it when it asks whether to trust a host.
@@ -65,11 +79,11 @@ pub fn known_hosts_entry(data_dir: &Path, host: &str) -> anyhow::Result<String> 
     let path = host_key_path(data_dir);
     if !path.exists() {
         anyhow::bail!(
-            "no SSH host key at {} (start the gateway once with [gateway] ssh_listen set)",
+            "no SSH host key at {} (start the gateway once with [gateway] ssh_listen set; with ssh_host_key configured, `sluice ssh-config` prints the line)",
             path.display()
         );
     }
-    let key = read_host_key(&path)?;
+    let key = load_key(None, &path, "SSH host key")?;
     let public = key
         .public_key()
         .to_openssh()
