@@ -523,6 +523,14 @@ fn an_ssh_server_behind_the_gateway_gets_the_same_chain_record_and_reviews() {
     let (code, _, err) = waiting.join().unwrap();
     assert_eq!(code, 126, "{err}");
     assert!(dir.path().join("file").exists());
+
+    // File transfers to an SSH server are refused, never passed unrecorded (not built yet).
+    let (code, _, err) = run_command(
+        &mut ssh.command(&gw.user_token, "box", &["-s"], &["sftp"]),
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not carried to SSH servers yet"), "{err}");
 }
 
 #[test]

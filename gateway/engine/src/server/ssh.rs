@@ -63,6 +63,9 @@ pub(super) fn config(host_key: russh::keys::PrivateKey) -> russh::server::Config
     }
 }
 
+/// The least time an SSH client has to sign in.
+const SSH_SIGN_IN: Duration = Duration::from_secs(60);
+
 /// Accepts SSH connections until the gateway stops; each within the same caps as HTTPS.
 pub(super) async fn serve(
     gateway: Arc<Gateway>,
@@ -102,7 +105,9 @@ pub(super) async fn serve(
             signing_in: Some(signing_in),
             done: signed_in.clone(),
         };
-        let (config, sign_in) = (config.clone(), limits.sign_in);
+        // A person may be reading the host key's fingerprint or pasting a token: at least
+        // a minute, as OpenSSH's LoginGraceTime gives (longer when sign_in_timeout_ms is).
+        let (config, sign_in) = (config.clone(), limits.sign_in.max(SSH_SIGN_IN));
         tokio::spawn(async move {
             let _admitted = admitted;
             let mut running = match russh::server::run_stream(config, tcp, client).await {
@@ -428,9 +433,14 @@ impl Gateway {
             Start::Shell { terminal: None } => (Mode::Exec, None, false),
             Start::Exec(command) => (Mode::Exec, Some(command), false),
             Start::Subsystem(subsystem) => {
-                let why = format!(
-                    "`{name}` runs a program: the `{subsystem}` subsystem (sftp, scp) is not allowed on it, as it would reach the gateway's own files"
-                );
+                let why = match target {
+                    Target::Program(_) => format!(
+                        "`{name}` runs a program: the `{subsystem}` subsystem (sftp, scp) is not allowed on it, as it would reach the gateway's own files"
+                    ),
+                    Target::Ssh(_) => format!(
+                        "`{name}`: the `{subsystem}` subsystem (sftp, scp) is not carried to SSH servers yet; file transfers are refused rather than passed unrecorded"
+                    ),
+                };
                 let action = format!("the `{subsystem}` subsystem");
                 self.roles()
                     .record_not_allowed(&identity, name, &action, &why)
