@@ -13,6 +13,7 @@
 //! ```
 
 pub mod ca;
+pub mod sftp;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
