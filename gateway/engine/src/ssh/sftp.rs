@@ -369,10 +369,8 @@ impl Transfers {
             Request::Open { id, path, write } => {
                 self.opening.insert(*id, (path.clone(), *write));
             }
-            Request::Read { id, handle, offset } => {
-                if self.open.contains_key(handle) {
-                    self.reading.insert(*id, (handle.clone(), *offset));
-                }
+            Request::Read { id, handle, offset } if self.open.contains_key(handle) => {
+                self.reading.insert(*id, (handle.clone(), *offset));
             }
             Request::Write {
                 handle,
