@@ -8,7 +8,10 @@
     * `ssh` to the gateway's SSH front door, on a `kind = "ssh"` connection to that server,
     * `sluice connect` on the same connection,
   each in strict mode (every frame forwarded once its commit is durable, the default) and
-  async mode.
+  async mode;
+- `scp` of a 200 MB file up to the server and back down (MB/s), straight and through the
+  front door (the record keeps each file's path, size and SHA-256, and each chunk's offset
+  and size: `file_contents = "none"`, the default), strict and async.
 
     cargo build --release && python3 benches/ssh.py
 """
@@ -33,7 +36,8 @@ def sshd(work):
         f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nPidFile {work}/sshd.pid\n"
                 f"AuthorizedKeysFile {work}/authorized_keys\nStrictModes no\nUsePAM no\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                "PermitRootLogin prohibit-password\nPrintMotd no\nLogLevel ERROR\n")
+                "PermitRootLogin prohibit-password\nPrintMotd no\nLogLevel ERROR\n"
+                "Subsystem sftp internal-sftp\n")
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", f"{work}/sshd_config"],
                             stderr=subprocess.DEVNULL)
     for _ in range(100):
@@ -100,6 +104,36 @@ def cat_round_trips(cmd, env=None, cwd=None):
         p.wait()
 
 
+SIZE_MB = 200
+
+
+def scp_rates(cmd, remote, work, env=None):
+    """MB/s of `cmd` (scp and its options up to the destination) copying a 200 MB file up to
+    `remote` (`user@host:`) and back; each copy checked whole."""
+    src = os.path.join(work, "payload")
+    if not os.path.exists(src):
+        with open(src, "wb") as f:
+            for _ in range(SIZE_MB):
+                f.write(os.urandom(1 << 20))
+    remote_path = os.path.join(work, "remote-copy")
+    back = os.path.join(work, "back")
+    rates = {}
+    for direction, args in [("upload", [src, f"{remote}{remote_path}"]),
+                            ("download", [f"{remote}{remote_path}", back])]:
+        start = time.perf_counter()
+        subprocess.run(cmd + args, check=True, env=env, stdout=subprocess.DEVNULL)
+        rates[direction] = round(SIZE_MB * (1 << 20) / 1e6 / (time.perf_counter() - start), 1)
+    if os.path.getsize(back) != os.path.getsize(src) or open(back, "rb").read() != open(src, "rb").read():
+        raise RuntimeError("the copy that came back differs")
+    os.remove(remote_path)
+    os.remove(back)
+    return rates
+
+
+SCP = ["scp", "-F", "/dev/null", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+       "-o", "LogLevel=ERROR"]
+
+
 def main():
     root = tempfile.mkdtemp(prefix="sluice-ssh-bench-")
     results = {}
@@ -109,6 +143,8 @@ def main():
         user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
         results["round_trip_direct_ssh"] = summary(cat_round_trips(
             SSH + ["-i", client_key, "-p", str(port), f"{user}@127.0.0.1"]))
+        results["scp_direct_mb_s"] = scp_rates(
+            SCP + ["-i", client_key, "-P", str(port)], f"{user}@127.0.0.1:", root)
         for mode in ["strict", "async"]:
             work = os.path.join(root, mode)
             gw, ssh_port, env = gateway(work, mode, port, host_key, client_key)
@@ -117,6 +153,9 @@ def main():
                     SSH + ["-o", "PubkeyAuthentication=no", "-p", str(ssh_port), "box@127.0.0.1"], env=env))
                 results[f"round_trip_sluice_connect_{mode}"] = summary(cat_round_trips(
                     [SLUICE, "connect", "box"], env=env, cwd=work))
+                results[f"scp_front_door_{mode}_mb_s"] = scp_rates(
+                    SCP + ["-o", "PubkeyAuthentication=no", "-P", str(ssh_port)], "box@127.0.0.1:", root,
+                    env=env)
             finally:
                 gw.kill()
                 gw.wait()

@@ -706,10 +706,10 @@ if pid == 0:
     size(0, 30, 100)
     os.execvp(sys.argv[1], sys.argv[1:])
 seen = b""
-def until(text):
+def until(text, count=1):
     global seen
     deadline = time.time() + 30
-    while text not in seen:
+    while seen.count(text) < count:
         if not select.select([fd], [], [], max(0, deadline - time.time()))[0]:
             sys.exit("timed out waiting for %r; saw %r" % (text, seen))
         try:
@@ -723,8 +723,15 @@ until(b"$ ")
 os.write(fd, b"stty size\n")
 until(b"30 100")
 size(fd, 40, 120)
-os.write(fd, b"stty size\n")
-until(b"40 120")
+# The client hears SIGWINCH on its own time, so a command typed just after the resize can reach
+# the shell first: ask again, each time after the previous answer's prompt, until it sees it.
+for _ in range(50):
+    os.write(fd, b"stty size\n")
+    until(b"$ ", seen.count(b"$ ") + 1)
+    if b"40 120" in seen:
+        break
+else:
+    sys.exit("the shell never saw the resize; saw %r" % seen)
 os.write(fd, b"exit\n")
 os.waitpid(pid, 0)
 sys.stdout.write(seen.decode(errors="replace"))

@@ -1,7 +1,7 @@
 //! The SSH front door with OpenSSH's own client: `ssh CONNECTION@gateway` signs in with a
 //! Sluice token and runs sessions through the same chain, record and reviews as `sluice`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::reviews::{pending_review, scratch};
@@ -59,8 +59,20 @@ impl Ssh {
 
     /// `ssh` as whoever holds `token`, to `connection`, with `args` after the destination.
     fn command(&self, token: &str, connection: &str, options: &[&str], args: &[&str]) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null", "-p", &self.port.to_string()])
+        let mut cmd = self.client("ssh", token);
+        cmd.args(["-p", &self.port.to_string()])
+            .args(options)
+            .arg(format!("{connection}@127.0.0.1"))
+            .args(args);
+        cmd
+    }
+
+    /// `program` (`ssh`, `sftp`, `scp`) as whoever holds `token`: the gateway's host key
+    /// pinned, the token as the only way in, nothing of the machine's configuration read.
+    /// The caller adds the port (`-p` for ssh, `-P` for the others) and the destination.
+    fn client(&self, program: &str, token: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(["-F", "/dev/null"])
             .arg("-o")
             .arg(format!(
                 "UserKnownHostsFile={}",
@@ -78,13 +90,21 @@ impl Ssh {
                 "-o",
                 "ConnectTimeout=10",
             ])
-            .args(options)
-            .arg(format!("{connection}@127.0.0.1"))
-            .args(args)
             .env("SSH_ASKPASS", self.askpass())
             .env("SSH_ASKPASS_REQUIRE", "force")
             .env("SLUICE_SSH_TOKEN", token)
             .env_remove("SSH_AUTH_SOCK");
+        cmd
+    }
+
+    /// `sftp` or `scp` as whoever holds `token`, with `args` (`connection@127.0.0.1:...`
+    /// destinations are the caller's).
+    fn transfer(&self, program: &str, token: &str, args: &[&str]) -> Command {
+        let mut cmd = self.client(program, token);
+        // `sftp -b` turns on BatchMode, which would rule out the token's prompt; the first
+        // value given wins.
+        cmd.args(["-o", "BatchMode=no", "-P", &self.port.to_string()])
+            .args(args);
         cmd
     }
 
@@ -265,23 +285,7 @@ fn ssh_refuses_bad_tokens_forwarding_file_transfer_and_unknown_connections() {
     assert!(err.contains("administratively prohibited"), "{err}");
 
     // sftp (and so scp) on a program connection would reach the gateway's own files.
-    let mut sftp = Command::new("sftp");
-    sftp.args(["-F", "/dev/null", "-P", &ssh.port.to_string()])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            ssh.dir.path().join("known_hosts").display()
-        ))
-        .args([
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "PreferredAuthentications=keyboard-interactive",
-        ])
-        .arg("shell@127.0.0.1")
-        .env("SSH_ASKPASS", ssh.askpass())
-        .env("SSH_ASKPASS_REQUIRE", "force")
-        .env("SLUICE_SSH_TOKEN", &gw.user_token);
+    let mut sftp = ssh.transfer("sftp", &gw.user_token, &["shell@127.0.0.1"]);
     let (code, _, err) = run_command(&mut sftp, "ls\n");
     assert_ne!(code, 0);
     assert!(
@@ -524,13 +528,184 @@ fn an_ssh_server_behind_the_gateway_gets_the_same_chain_record_and_reviews() {
     assert_eq!(code, 126, "{err}");
     assert!(dir.path().join("file").exists());
 
-    // File transfers to an SSH server are refused, never passed unrecorded (not built yet).
+    // Of the subsystems, only sftp is carried (`file_transfers_to_an_ssh_server_...`).
     let (code, _, err) = run_command(
-        &mut ssh.command(&gw.user_token, "box", &["-s"], &["sftp"]),
+        &mut ssh.command(&gw.user_token, "box", &["-s"], &["netconf"]),
+        "",
+    );
+    assert_eq!(code, 126, "{err}");
+    assert!(
+        err.contains("only the `sftp` subsystem is carried"),
+        "{err}"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn file_transfers_to_an_ssh_server_are_recorded_with_digests_and_gated_by_path() {
+    let sshd = Sshd::start();
+    let policy = r#"
+[plugins.file-gate]
+source = "builtin:approve"
+[plugins.file-gate.config]
+rules = ["shell"]
+[[plugins.file-gate.config.custom]]
+name = "keys"
+pattern = "^put .*[.]key$"
+action = "deny"
+reason = "no keys uploaded"
+on = "shell"
+[[plugins.file-gate.config.custom]]
+name = "removals"
+pattern = "^rm "
+reason = "removes a file"
+on = "shell"
+
+[chains]
+box = ["file-gate"]
+
+[reviews.box]
+expire_seconds = 30
+"#;
+    let connection = sshd.connection("box") + "file_contents = \"text\"\n";
+    let gw = gateway_with_ssh(&connection, Some(policy));
+    let ssh = Ssh::to(&gw);
+    let local = tempfile::tempdir().unwrap();
+    let remote = scratch("sftp-remote");
+    let (l, r) = (local.path(), remote.path());
+    // A binary file bigger than one SFTP packet, and a text file.
+    let binary: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(l.join("up.bin"), &binary).unwrap();
+    let text = "line one\nline two: bob@example.com\n";
+    std::fs::write(r.join("notes.txt"), text).unwrap();
+
+    // sftp: an upload and a download, each arriving whole.
+    let batch = l.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {l}/up.bin {r}/up.bin\nget {r}/notes.txt {l}/notes.txt\nls {r}\n",
+            l = l.display(),
+            r = r.display()
+        ),
+    )
+    .unwrap();
+    let batch_arg = batch.display().to_string();
+    let (code, out, err) = run_command(
+        &mut ssh.transfer("sftp", &gw.user_token, &["-b", &batch_arg, "box@127.0.0.1"]),
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read(r.join("up.bin")).unwrap(), binary);
+    assert_eq!(std::fs::read_to_string(l.join("notes.txt")).unwrap(), text);
+    let session = gw.newest_session(&[]);
+    let recorded = events(&gw, &session);
+    let transfer = |path: &Path, direction: &str| -> serde_json::Value {
+        let path = path.display().to_string();
+        recorded
+            .lines()
+            .filter_map(|line| {
+                // The event's JSON, then its payload's text.
+                let mut values = serde_json::Deserializer::from_str(line).into_iter();
+                values.next()?.ok()
+            })
+            .filter(|e: &serde_json::Value| e["kind"] == "file-transfer")
+            .map(|e| e["meta"].clone())
+            .find(|m| m["path"] == path.as_str() && m["direction"] == direction)
+            .unwrap_or_else(|| panic!("no {direction} of {path} in {recorded}"))
+    };
+    let up = transfer(&r.join("up.bin"), "upload");
+    assert_eq!(up["bytes"], binary.len());
+    assert_eq!(up["sha256"], sha256_hex(&binary));
+    let down = transfer(&r.join("notes.txt"), "download");
+    assert_eq!(down["sha256"], sha256_hex(text.as_bytes()));
+    // The gates saw each path; a text file's contents are kept (`file_contents = "text"`),
+    // a binary's are not.
+    assert!(
+        recorded.contains(&format!("put {}/up.bin", r.display())),
+        "{recorded}"
+    );
+    assert!(
+        recorded.contains(&format!("ls {}", r.display())),
+        "{recorded}"
+    );
+    assert!(recorded.contains("line two: bob@example.com"), "{recorded}");
+    assert!(recorded.contains("\"protocol\":\"sftp\""), "{recorded}");
+
+    // scp (SFTP underneath since OpenSSH 9): up and back down, recorded the same way.
+    let target = format!("box@127.0.0.1:{}/scp.bin", r.display());
+    let (code, _, err) = run_command(
+        &mut ssh.transfer(
+            "scp",
+            &gw.user_token,
+            &[&format!("{}/up.bin", l.display()), &target],
+        ),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let back = format!("{}/back.bin", l.display());
+    let (code, _, err) = run_command(
+        &mut ssh.transfer("scp", &gw.user_token, &[&target, &back]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&back).unwrap(), binary);
+    let recorded = events(&gw, &gw.newest_session(&[]));
+    assert!(
+        recorded.contains("\"direction\":\"download\""),
+        "{recorded}"
+    );
+    assert!(recorded.contains(&sha256_hex(&binary)), "{recorded}");
+
+    // A gate denies by path: the upload never reaches the server, and the client is told.
+    std::fs::write(l.join("id.key"), "secret").unwrap();
+    let (code, _, err) = run_command(
+        &mut ssh.transfer(
+            "scp",
+            &gw.user_token,
+            &[
+                &format!("{}/id.key", l.display()),
+                &format!("box@127.0.0.1:{}/id.key", r.display()),
+            ],
+        ),
         "",
     );
     assert_ne!(code, 0);
-    assert!(err.contains("not carried to SSH servers yet"), "{err}");
+    assert!(
+        err.contains("refused by file-gate: no keys uploaded"),
+        "{err}"
+    );
+    assert!(!r.join("id.key").exists());
+
+    // A held removal waits for a reviewer; rejected, the file stays.
+    std::fs::write(&batch, format!("rm {}/up.bin\n", r.display())).unwrap();
+    let mut cmd = ssh.transfer("sftp", &gw.user_token, &["-b", &batch_arg, "box@127.0.0.1"]);
+    let waiting = std::thread::spawn(move || run_command(&mut cmd, ""));
+    let id = pending_review(&gw, &format!("rm {}/up.bin", r.display()));
+    let (code, _, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["review", "reject", &id, "--reason", "keep it"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = waiting.join().unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(r.join("up.bin").exists());
+
+    // Bytes that cannot be SFTP end the session with a clear error, in the record too.
+    let (code, _, err) = run_command(
+        &mut ssh.command(&gw.user_token, "box", &["-s"], &["sftp"]),
+        "\u{ff}\u{ff}\u{ff}\u{ff} not sftp",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exceeds the"), "{err}");
+    let recorded = events(&gw, &gw.newest_session(&[]));
+    assert!(recorded.contains("\"outcome\":\"deny\""), "{recorded}");
 }
 
 #[test]

@@ -663,10 +663,29 @@ pub struct SshConnection {
     /// Reach it through an agent of this pool (`docs/agents.md`) instead of from the gateway.
     #[serde(default)]
     pub agent: Option<AgentPool>,
+    /// What the record keeps of a file's contents moved by `sftp` or `scp`, beside its path,
+    /// size and SHA-256.
+    #[serde(default)]
+    pub file_contents: FileContents,
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
     #[serde(default)]
     pub retention_days: Option<f64>,
+}
+
+/// What the record keeps of transferred files' contents. Contents are kept as they crossed:
+/// masking plugins judge frames, and rewriting a file's bytes would corrupt it, so keep
+/// `none` where files may hold secrets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileContents {
+    /// Path, size and digest only.
+    #[default]
+    None,
+    /// Also the contents of files that read as text (UTF-8, no NUL byte in the first chunk).
+    Text,
+    /// Also every file's contents.
+    All,
 }
 
 /// Any TCP service, reached only through `sluice connect NAME --port PORT` (the tunnel is

@@ -81,6 +81,12 @@ pub mod kinds {
     /// Payloads moved out of the database into a bucket (PostgreSQL record): the object,
     /// the session and entries whose payloads it holds, and its SHA-256.
     pub const PAYLOAD_MOVE: &str = "payload-move";
+    /// File bytes moved by `sftp` or `scp` (`{"path", "dir", "offset", "bytes"}`), recorded
+    /// before they are forwarded; the payload holds them when the connection keeps contents.
+    pub const FILE_DATA: &str = "file-data";
+    /// A file transfer that ended (`{"path", "direction", "bytes", "sha256"}`), recorded
+    /// before the request that ends it reaches the server.
+    pub const FILE_TRANSFER: &str = "file-transfer";
 }
 
 /// An event to append.

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::Gateway;
-use crate::config::Connection;
+use crate::config::{Connection, SshConnection};
 use crate::limits::Limits;
 use crate::session::exec::Target;
 use crate::session::{self, Mode};
@@ -434,12 +434,15 @@ impl Gateway {
             Start::Exec(command) => (Mode::Exec, Some(command), false),
             Start::Subsystem(subsystem) => {
                 let why = match target {
+                    Target::Ssh(ssh) if subsystem == "sftp" => {
+                        return self.sftp(channel, identity, name, ssh, peer).await;
+                    }
                     Target::Program(_) => format!(
                         "`{name}` runs a program: the `{subsystem}` subsystem (sftp, scp) is not allowed on it, as it would reach the gateway's own files"
                     ),
-                    Target::Ssh(_) => format!(
-                        "`{name}`: the `{subsystem}` subsystem (sftp, scp) is not carried to SSH servers yet; file transfers are refused rather than passed unrecorded"
-                    ),
+                    Target::Ssh(_) => {
+                        format!("`{name}`: only the `sftp` subsystem is carried, not `{subsystem}`")
+                    }
                 };
                 let action = format!("the `{subsystem}` subsystem");
                 self.roles()
@@ -464,6 +467,54 @@ impl Gateway {
         let span = tracing::info_span!("session", id = %request.opening.id);
         tokio::spawn(session::run(ctx, request, theirs).instrument(span));
         ssh::bridge(channel, ours, command, terminal).await;
+    }
+
+    /// A `subsystem sftp` channel (`sftp`, `scp`) to an SSH server: a file-transfer session.
+    async fn sftp(
+        &self,
+        channel: Channel<Msg>,
+        identity: Identity,
+        name: &str,
+        connection: SshConnection,
+        peer: SocketAddr,
+    ) {
+        let mut opening = self.opening(name, identity, peer.to_string());
+        opening.meta = serde_json::json!({"front": "ssh"});
+        opening.access_until = match self.access(&opening.identity, name, None).await {
+            Ok(until) => until,
+            Err(why) => return ssh::refuse(&channel, &why, ssh::EXIT_REFUSED).await,
+        };
+        let id = opening.id.clone();
+        let request = session::sftp::Request {
+            opening,
+            connection,
+        };
+        let (mut reader, writer) = channel.split();
+        let ended = session::sftp::run(
+            self.session_ctx.clone(),
+            request,
+            reader.make_reader(),
+            writer.make_writer(),
+            writer.make_writer_ext(Some(1)),
+        )
+        .instrument(tracing::info_span!("session", id = %id))
+        .await;
+        let status = match ended {
+            Ok(code) => u32::try_from(code).unwrap_or(ssh::EXIT_ENDED),
+            Err(why) => {
+                let _ = writer
+                    .extended_data_bytes(1, format!("sluice: {why}\n").into_bytes())
+                    .await;
+                if why.starts_with("refused") || why.starts_with("session refused") {
+                    ssh::EXIT_REFUSED
+                } else {
+                    ssh::EXIT_ENDED
+                }
+            }
+        };
+        let _ = writer.exit_status(status).await;
+        let _ = writer.eof().await;
+        let _ = writer.close().await;
     }
 
     /// `POST /api/ssh/certificate` with a public key (OpenSSH's one-line form) as the body: a

@@ -19,6 +19,7 @@ use super::{Context, Core, INTERACTIVE_FLUSH, Opening, content_bytes};
 use crate::chain::Outcome;
 use crate::config::{ExecConnection, SshConnection};
 use crate::exec::Process;
+use crate::ssh::upstream::Run;
 use crate::wire::{self, Message, WireError};
 use sluice_core::frame::{Content, Direction, Statement};
 use sluice_record::{Receipt, RecordFailed};
@@ -593,12 +594,11 @@ async fn start(
     let conn = match target {
         Target::Program(conn) => conn,
         Target::Ssh(conn) => {
-            let reach = crate::agent::Reach::of(&agents, conn.agent.as_ref());
-            let stream = reach
-                .dial(&conn.upstream)
-                .await
-                .map_err(|e| End::Target(format!("cannot open the SSH session: {e}")))?;
-            let process = crate::ssh::upstream::start(conn, stream, terminal, &script)
+            let run = match terminal {
+                Some((rows, cols)) => Run::Shell { rows, cols },
+                None => Run::Exec(&script),
+            };
+            let process = crate::ssh::upstream::open(&agents, conn, run)
                 .await
                 .map_err(|e| match e.strip_prefix("refused: ") {
                     Some(why) => End::Refused(why.to_string()),

@@ -12,6 +12,7 @@
 //! frame is durable, and a failed commit ends the session (fails closed).
 
 pub mod exec;
+pub mod sftp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

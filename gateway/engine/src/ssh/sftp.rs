@@ -3,13 +3,13 @@
 //! that name paths (for gates), and each file's transfer followed from OPEN to CLOSE (for
 //! the record: direction, path, size, SHA-256).
 //!
-//! Groundwork for carrying `sftp` and `scp` to SSH targets (`docs/ssh.md`, "Not built yet"):
-//! the parser and the transfer bookkeeping, each length checked, with tests; the session
-//! that uses them comes next.
+//! The session that uses them is `session/sftp.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
+
+use crate::config::FileContents;
 
 /// The largest packet accepted: OpenSSH's limit (256 KiB) and room for its header.
 pub const MAX_PACKET: usize = (256 << 10) + 1024;
@@ -106,14 +106,36 @@ pub enum Request {
         link: String,
         target: String,
     },
+    Opendir {
+        id: u32,
+        path: String,
+    },
     /// Anything else (INIT, listing, stat, realpath, extensions): passed as it is.
     Other,
 }
 
 impl Request {
+    /// The request's id, which its reply carries (`None` for the ones passed as they are).
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Request::Open { id, .. }
+            | Request::Close { id, .. }
+            | Request::Read { id, .. }
+            | Request::Write { id, .. }
+            | Request::Remove { id, .. }
+            | Request::Rename { id, .. }
+            | Request::Mkdir { id, .. }
+            | Request::Rmdir { id, .. }
+            | Request::Setstat { id, .. }
+            | Request::Symlink { id, .. }
+            | Request::Opendir { id, .. } => Some(*id),
+            Request::Other => None,
+        }
+    }
+
     /// What a gate judges, for a request that changes the server's files: `put PATH`,
     /// `get PATH`, `rm PATH`, `rename FROM TO`, `mkdir PATH`, `rmdir PATH`, `chmod PATH`,
-    /// `ln -s TARGET LINK`.
+    /// `ln -s TARGET LINK`, and `ls PATH` for a directory listed.
     pub fn statement(&self) -> Option<String> {
         Some(match self {
             Request::Open { path, write, .. } => {
@@ -125,6 +147,7 @@ impl Request {
             Request::Rmdir { path, .. } => format!("rmdir {path}"),
             Request::Setstat { path, .. } => format!("chmod {path}"),
             Request::Symlink { link, target, .. } => format!("ln -s {target} {link}"),
+            Request::Opendir { path, .. } => format!("ls {path}"),
             _ => return None,
         })
     }
@@ -144,6 +167,7 @@ const CLOSE: u8 = 4;
 const READ: u8 = 5;
 const WRITE: u8 = 6;
 const SETSTAT: u8 = 9;
+const OPENDIR: u8 = 11;
 const REMOVE: u8 = 13;
 const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
@@ -242,6 +266,10 @@ pub fn request(packet: &[u8]) -> Result<Request, SftpError> {
             id: f.u32()?,
             path: f.path()?,
         },
+        OPENDIR => Request::Opendir {
+            id: f.u32()?,
+            path: f.path()?,
+        },
         SETSTAT => Request::Setstat {
             id: f.u32()?,
             path: f.path()?,
@@ -277,6 +305,14 @@ pub fn reply(packet: &[u8]) -> Result<Reply, SftpError> {
     })
 }
 
+/// A packet with its length prefix, as it travels.
+pub fn framed(packet: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(4 + packet.len());
+    bytes.extend_from_slice(&(packet.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(packet);
+    bytes
+}
+
 /// A `STATUS` reply refusing request `id` (`SSH_FX_PERMISSION_DENIED`) with `message`, as the
 /// gateway sends it when a gate refuses: a whole packet, length prefix included.
 pub fn permission_denied(id: u32, message: &str) -> Vec<u8> {
@@ -286,9 +322,7 @@ pub fn permission_denied(id: u32, message: &str) -> Vec<u8> {
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(message.as_bytes());
     body.extend_from_slice(&0u32.to_be_bytes()); // language tag: none
-    let mut packet = (body.len() as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
+    framed(&body)
 }
 
 /// A file transfer that ended (its handle closed), for the record.
@@ -303,9 +337,18 @@ pub struct Transferred {
     pub sha256: Option<String>,
 }
 
+/// File data on its way (a WRITE's, a READ's reply), for the record.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub path: String,
+    pub offset: u64,
+    /// The record keeps these bytes (the connection's `file_contents`).
+    pub keep: bool,
+}
+
 /// The transfers in flight on one SFTP session.
-#[derive(Default)]
 pub struct Transfers {
+    contents: FileContents,
     /// OPEN requests waiting for their handle: id → (path, writing).
     opening: HashMap<u32, (String, bool)>,
     /// Open files by handle.
@@ -317,6 +360,8 @@ pub struct Transfers {
 struct Transfer {
     path: String,
     upload: bool,
+    /// Whether the record keeps the contents, decided at the first data.
+    keep: Option<bool>,
     bytes: u64,
     hasher: Sha256,
     /// The offset the digest has reached.
@@ -329,7 +374,22 @@ struct Transfer {
 }
 
 impl Transfer {
-    fn data(&mut self, offset: u64, data: &[u8]) {
+    fn data(&mut self, offset: u64, data: &[u8], contents: FileContents) -> Moved {
+        let keep = *self.keep.get_or_insert_with(|| match contents {
+            FileContents::None => false,
+            FileContents::All => true,
+            FileContents::Text => reads_as_text(data),
+        });
+        self.follow(offset, data);
+        Moved {
+            path: self.path.clone(),
+            offset,
+            keep,
+        }
+    }
+
+    /// Counts the bytes and carries the digest on while they come in offset order.
+    fn follow(&mut self, offset: u64, data: &[u8]) {
         self.bytes += data.len() as u64;
         if self.broken || data.is_empty() {
             return;
@@ -362,9 +422,27 @@ impl Transfer {
     }
 }
 
+/// UTF-8 without a NUL byte (a chunk may end inside a character).
+fn reads_as_text(data: &[u8]) -> bool {
+    !data.contains(&0)
+        && match std::str::from_utf8(data) {
+            Ok(_) => true,
+            Err(e) => e.error_len().is_none() && data.len() - e.valid_up_to() < 4,
+        }
+}
+
 impl Transfers {
-    /// Follows a request on its way to the server.
-    pub fn request(&mut self, request: &Request) {
+    pub fn new(contents: FileContents) -> Transfers {
+        Transfers {
+            contents,
+            opening: HashMap::new(),
+            open: HashMap::new(),
+            reading: HashMap::new(),
+        }
+    }
+
+    /// Follows a request on its way to the server; file data to record comes back.
+    pub fn request(&mut self, request: &Request) -> Option<Moved> {
         match request {
             Request::Open { id, path, write } => {
                 self.opening.insert(*id, (path.clone(), *write));
@@ -378,22 +456,26 @@ impl Transfers {
                 data,
                 ..
             } => {
-                if let Some(t) = self.open.get_mut(handle) {
-                    t.data(*offset, data);
-                }
+                let contents = self.contents;
+                return self
+                    .open
+                    .get_mut(handle)
+                    .map(|t| t.data(*offset, data, contents));
             }
             _ => {}
         }
+        None
     }
 
-    /// Follows a reply on its way to the client.
-    pub fn reply(&mut self, reply: &Reply) {
+    /// Follows a reply on its way to the client; file data to record comes back.
+    pub fn reply(&mut self, reply: &Reply) -> Option<Moved> {
         match reply {
             Reply::Handle { id, handle } => {
                 if let Some((path, upload)) = self.opening.remove(id) {
                     let transfer = Transfer {
                         path,
                         upload,
+                        keep: None,
                         bytes: 0,
                         hasher: Sha256::new(),
                         next: 0,
@@ -405,10 +487,11 @@ impl Transfers {
                 }
             }
             Reply::Data { id, data } => {
+                let contents = self.contents;
                 if let Some((handle, offset)) = self.reading.remove(id)
                     && let Some(t) = self.open.get_mut(&handle)
                 {
-                    t.data(offset, data);
+                    return Some(t.data(offset, data, contents));
                 }
             }
             // A refused OPEN, or the end of a file reached by a READ.
@@ -418,6 +501,7 @@ impl Transfers {
             }
             Reply::Other => {}
         }
+        None
     }
 
     /// Ends the transfer on `handle` (its CLOSE is about to be forwarded); `None` for a
@@ -470,12 +554,6 @@ mod tests {
         p
     }
 
-    fn framed(packet: &[u8]) -> Vec<u8> {
-        let mut v = (packet.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(packet);
-        v
-    }
-
     #[test]
     fn packets_are_cut_from_a_stream_in_any_pieces_and_bounded() {
         let stream = [framed(&open(1, "/a", 1)), framed(&handle(1, b"h"))].concat();
@@ -524,7 +602,7 @@ mod tests {
 
     #[test]
     fn an_upload_is_followed_to_its_digest_even_when_chunks_come_out_of_order() {
-        let mut t = Transfers::default();
+        let mut t = Transfers::new(FileContents::None);
         t.request(&request(&open(1, "/up", 0x1a)).unwrap());
         t.reply(&reply(&handle(1, b"h1")).unwrap());
         for (offset, data) in [(0u64, &b"hello "[..]), (11, b"!"), (6, b"world")] {
@@ -542,7 +620,7 @@ mod tests {
 
     #[test]
     fn a_download_is_followed_through_its_reads_and_a_gap_gives_up_the_digest() {
-        let mut t = Transfers::default();
+        let mut t = Transfers::new(FileContents::None);
         t.request(&request(&open(1, "/down", 0x01)).unwrap());
         t.reply(&reply(&handle(1, b"h")).unwrap());
         let read = |id: u32, offset: u64| {
@@ -579,6 +657,38 @@ mod tests {
         t.reply(&data(5, b"late"));
         let done = t.close(b"s").unwrap();
         assert_eq!((done.bytes, done.sha256), (4, None));
+    }
+
+    #[test]
+    fn contents_are_kept_as_the_connection_says_decided_at_a_files_first_bytes() {
+        let upload = |contents, first: &[u8], second: &[u8]| {
+            let mut t = Transfers::new(contents);
+            t.request(&request(&open(1, "/f", 0x1a)).unwrap());
+            t.reply(&reply(&handle(1, b"h")).unwrap());
+            let a = t
+                .request(&request(&write(2, b"h", 0, first)).unwrap())
+                .unwrap();
+            let b = t
+                .request(&request(&write(3, b"h", first.len() as u64, second)).unwrap())
+                .unwrap();
+            (a.keep, b.keep)
+        };
+        assert_eq!(upload(FileContents::None, b"text", b"more"), (false, false));
+        assert_eq!(upload(FileContents::All, b"\0bin", b"x"), (true, true));
+        // Text ending inside a character is still text; later bytes follow the first verdict.
+        assert_eq!(
+            upload(
+                FileContents::Text,
+                "caf\u{e9}".as_bytes().split_last().unwrap().1,
+                b"\0"
+            ),
+            (true, true)
+        );
+        assert_eq!(
+            upload(FileContents::Text, b"\x7fELF\0\0", b"text"),
+            (false, false)
+        );
+        assert_eq!(upload(FileContents::Text, b"\xff\xfe", b""), (false, false));
     }
 
     #[test]

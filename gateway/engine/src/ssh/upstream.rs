@@ -109,14 +109,34 @@ impl russh::client::Handler for Pinned {
 /// How long signing in upstream may take.
 const SIGN_IN: Duration = Duration::from_secs(20);
 
-/// Opens a session on the SSH server behind `stream`: a shell in a terminal of (rows, cols),
-/// or `command`. Errors are phrased for the client; none carries a credential.
-pub async fn start<S>(
+/// What an upstream session runs.
+pub enum Run<'a> {
+    /// A shell in a terminal of (rows, cols).
+    Shell { rows: u16, cols: u16 },
+    /// One command, without a terminal.
+    Exec(&'a [u8]),
+    /// A subsystem (`sftp`): its output is the channel's data alone, as its standard error
+    /// would corrupt the protocol.
+    Subsystem(&'a str),
+}
+
+/// Reaches the connection's SSH server (directly or through its agents) and opens a session
+/// there that runs `run`. Errors are phrased for the client; a refusal (a host key that is not
+/// the pinned one) starts with `refused: `.
+pub async fn open(
+    agents: &Arc<crate::agent::Agents>,
     conn: &SshConnection,
-    stream: S,
-    terminal: Option<(u16, u16)>,
-    command: &[u8],
-) -> Result<Process, String>
+    run: Run<'_>,
+) -> Result<Process, String> {
+    let stream = crate::agent::Reach::of(agents, conn.agent.as_ref())
+        .dial(&conn.upstream)
+        .await?;
+    start(conn, stream, run).await
+}
+
+/// Opens a session on the SSH server behind `stream` that runs `run`. Errors are phrased for
+/// the client; none carries a credential.
+pub async fn start<S>(conn: &SshConnection, stream: S, run: Run<'_>) -> Result<Process, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -158,8 +178,9 @@ where
         .await
         .map_err(|e| format!("{upstream} refused a session channel: {e}"))?;
     let (mut reader, writer) = channel.split();
-    match terminal {
-        Some((rows, cols)) => {
+    let merge_stderr = !matches!(run, Run::Subsystem(_));
+    match run {
+        Run::Shell { rows, cols } => {
             writer
                 .request_pty(true, "xterm-256color", cols.into(), rows.into(), 0, 0, &[])
                 .await
@@ -171,12 +192,19 @@ where
                 .map_err(|e| format!("{upstream}: shell request failed: {e}"))?;
             replied(&mut reader, upstream, "a shell").await?;
         }
-        None => {
+        Run::Exec(command) => {
             writer
                 .exec(true, command.to_vec())
                 .await
                 .map_err(|e| format!("{upstream}: exec request failed: {e}"))?;
             replied(&mut reader, upstream, "the command").await?;
+        }
+        Run::Subsystem(name) => {
+            writer
+                .request_subsystem(true, name)
+                .await
+                .map_err(|e| format!("{upstream}: subsystem request failed: {e}"))?;
+            replied(&mut reader, upstream, &format!("the `{name}` subsystem")).await?;
         }
     }
     let input = Box::new(writer.make_writer());
@@ -188,6 +216,7 @@ where
     let reading = tokio::spawn(read_channel(
         reader,
         output_end,
+        merge_stderr,
         echoes.clone(),
         exit_tx,
         handle,
@@ -278,11 +307,13 @@ fn host_key_mismatch(upstream: &str, pinned: &PublicKey, presented: &PublicKey) 
     )
 }
 
-/// Carries the channel's output (data and standard error, merged) into `output` and the exit
-/// status into `exit`; keeps `handle` (the connection) alive as long.
+/// Carries the channel's output (data, and standard error merged in when `merge_stderr`)
+/// into `output` and the exit status into `exit`; keeps `handle` (the connection) alive as
+/// long.
 async fn read_channel(
     mut reader: russh::ChannelReadHalf,
     mut output: tokio::io::DuplexStream,
+    merge_stderr: bool,
     echoes: Arc<AtomicBool>,
     exit: tokio::sync::oneshot::Sender<Result<i32, String>>,
     handle: russh::client::Handle<Pinned>,
@@ -291,6 +322,7 @@ async fn read_channel(
     let mut prompt = Prompt::default();
     while let Some(message) = reader.wait().await {
         match message {
+            ChannelMsg::ExtendedData { .. } if !merge_stderr => {}
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
                 echoes.store(!prompt.seen(&data), Ordering::Release);
                 if output.write_all(&data).await.is_err() {
