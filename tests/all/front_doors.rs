@@ -413,15 +413,23 @@ fn behind_haproxy_each_client_is_counted_and_recorded_by_the_address_the_proxy_p
         "\n[connections.pg]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{pg}\"\nupstream = \"127.0.0.1:1\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"x\"\n"
     );
     let gw = Gateway::start_with_gateway_settings(
-        "trusted_proxies = [\"127.0.0.3\"]\nproxy_protocol = true\nmax_connections_per_source = 2\n",
+        "trusted_proxies = [\"127.0.0.3\"]\nproxy_protocol = true\nmax_connections_per_source = 2\nssh_listen = \"127.0.0.1:0\"\n",
         &extra,
     );
-    let (https_front, pg_front) = (free_port(), free_port());
+    let (https_front, pg_front, ssh_front) = (free_port(), free_port(), free_port());
     let pg_server = format!("127.0.0.1:{pg}");
+    let ssh = crate::ssh::Ssh::to(&gw);
+    let ssh_server = format!("127.0.0.1:{}", ssh.port);
     let _haproxy = HaProxy::start(&[
         (https_front, &gw.addr, "send-proxy-v2"),
         (pg_front, &pg_server, "send-proxy"),
+        (ssh_front, &ssh_server, "send-proxy"),
     ]);
+
+    // The SSH front door reads the header too: `ssh` through the balancer works.
+    let ssh = ssh.via(ssh_front);
+    let (code, out, err) = ssh.run(&gw.user_token, "shell", &["echo through-ssh"], "");
+    assert_eq!((code, out.trim()), (0, "through-ssh"), "{err}");
 
     // A session through the balancer (version 2 header) records the client, not the
     // balancer (127.0.0.3).
@@ -433,14 +441,16 @@ fn behind_haproxy_each_client_is_counted_and_recorded_by_the_address_the_proxy_p
     assert_eq!((code, out.trim()), (0, "through-the-balancer"), "{err}");
     let (code, listed, err) = gw.run(&["sessions"], "");
     assert_eq!(code, 0, "{err}");
-    let row = listed
-        .lines()
-        .find(|l| l.contains("through-the-balancer"))
-        .unwrap_or_else(|| panic!("{listed}"));
-    assert!(
-        row.contains(" 127.0.0.1:") && !row.contains("127.0.0.3"),
-        "{row}"
-    );
+    for command in ["through-the-balancer", "through-ssh"] {
+        let row = listed
+            .lines()
+            .find(|l| l.contains(command))
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert!(
+            row.contains(" 127.0.0.1:") && !row.contains("127.0.0.3"),
+            "{row}"
+        );
+    }
 
     // The per-address cap counts each client behind the balancer (version 1 headers): two
     // from 127.0.0.5 are asked for a password, a third is refused naming 127.0.0.5, and

@@ -10,13 +10,23 @@ use crate::support::{Gateway, run_command};
 /// OpenSSH's client pointed at a gateway's SSH front door: the host key pinned from
 /// `sluice ca export --ssh`, a token given through `SSH_ASKPASS`, no configuration of the
 /// machine's read.
-struct Ssh {
+pub struct Ssh {
     dir: tempfile::TempDir,
-    port: u16,
+    pub port: u16,
 }
 
 impl Ssh {
-    fn to(gw: &Gateway) -> Ssh {
+    /// The same client, reaching the gateway through `port` (a balancer in front of it).
+    pub fn via(mut self, port: u16) -> Ssh {
+        let known = self.dir.path().join("known_hosts");
+        let line = std::fs::read_to_string(&known).unwrap();
+        let (_, key) = line.split_once(' ').unwrap();
+        std::fs::write(&known, format!("{line}\n[127.0.0.1]:{port} {key}")).unwrap();
+        self.port = port;
+        self
+    }
+
+    pub fn to(gw: &Gateway) -> Ssh {
         let printed = gw.printed_after("SSH front door on ssh://");
         let addr = printed.split(',').next().unwrap();
         let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -112,7 +122,7 @@ impl Ssh {
         self.dir.path().join("askpass")
     }
 
-    fn run(
+    pub fn run(
         &self,
         token: &str,
         connection: &str,
@@ -696,6 +706,23 @@ expire_seconds = 30
     let (code, _, err) = waiting.join().unwrap();
     assert_ne!(code, 0, "{err}");
     assert!(r.join("up.bin").exists());
+
+    // The legacy scp protocol would hide files inside a command's input: refused, saying why.
+    let (code, _, err) = run_command(
+        &mut ssh.transfer(
+            "scp",
+            &gw.user_token,
+            &[
+                "-O",
+                &format!("{}/up.bin", l.display()),
+                &format!("box@127.0.0.1:{}/legacy.bin", r.display()),
+            ],
+        ),
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("legacy scp protocol"), "{err}");
+    assert!(!r.join("legacy.bin").exists());
 
     // Bytes that cannot be SFTP end the session with a clear error, in the record too.
     let (code, _, err) = run_command(

@@ -14,9 +14,6 @@ use rustls_pki_types::ServerName;
 
 use sluice_engine::wire::{self, Message};
 
-/// Exit status when the gateway refused the session or its input.
-pub const EXIT_REFUSED: u8 = 126;
-
 #[derive(Clone)]
 pub struct Client {
     host: String,
@@ -274,11 +271,7 @@ async fn follow(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> anyhow::Res
             Ok(Message::Exit(code)) => return Ok(exit_status(code)),
             Ok(Message::Error(text)) => {
                 eprintln!("\rsluice: {text}\r");
-                return Ok(if text.starts_with("refused") {
-                    EXIT_REFUSED
-                } else {
-                    1
-                });
+                return Ok(wire::error_status(&text));
             }
             Ok(other) => bail!("unexpected message from the gateway: {other:?}"),
             Err(e) => bail!("the session ended unexpectedly: {e}"),

@@ -50,6 +50,51 @@ pub struct Admitted {
     source: IpAddr,
 }
 
+/// A connection accepted by [`Limits::accept`], not yet past its PROXY header.
+pub struct Accepted {
+    limits: Arc<Limits>,
+    peer: SocketAddr,
+    admitted: Option<Admitted>,
+}
+
+impl Accepted {
+    /// Step two, in the connection's own task: who the client is (what a trusted proxy's
+    /// header says, read off `tcp`), counted against the limits.
+    pub async fn enter(self, tcp: &mut TcpStream) -> Result<(SocketAddr, Admitted), Refused> {
+        if let Some(admitted) = self.admitted {
+            return Ok((self.peer, admitted));
+        }
+        let client = self
+            .limits
+            .source(tcp, self.peer)
+            .await
+            .map_err(|why| Refused::Header(self.peer, why))?;
+        let admitted = self
+            .limits
+            .admit(client.ip())
+            .map_err(|why| Refused::Limit(client, why))?;
+        Ok((client, admitted))
+    }
+}
+
+/// Why [`Accepted::enter`] refused a connection.
+#[derive(Debug)]
+pub enum Refused {
+    /// A trusted proxy sent no valid PROXY header: told nothing (it could be anyone behind it).
+    Header(SocketAddr, String),
+    /// The client the header names is over a cap: it may be told why.
+    Limit(SocketAddr, String),
+}
+
+impl Refused {
+    /// Whom it refused, and why.
+    pub fn parts(&self) -> (SocketAddr, &str) {
+        match self {
+            Refused::Header(peer, why) | Refused::Limit(peer, why) => (*peer, why),
+        }
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.limits.lock();
@@ -81,7 +126,7 @@ impl Limits {
     }
 
     /// Counts a new connection from `source`, or says why it is refused.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Admitted, String> {
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Admitted, String> {
         let mut open = self.lock();
         if open.total >= self.total {
             return Err(format!(
@@ -104,21 +149,33 @@ impl Limits {
         })
     }
 
+    /// Step one of admitting a connection, in the accept loop: counted at once, in accept
+    /// order, so connections from one address cannot slip past their cap by racing each
+    /// other; or, from a trusted proxy, left for [`Accepted::enter`] to count once its PROXY
+    /// header names the client.
+    pub fn accept(self: &Arc<Self>, peer: SocketAddr) -> Result<Accepted, String> {
+        let admitted = match self.needs_header(peer) {
+            true => None,
+            false => Some(self.admit(peer.ip())?),
+        };
+        Ok(Accepted {
+            limits: self.clone(),
+            peer,
+            admitted,
+        })
+    }
+
     /// Whether a connection from `peer` begins with a PROXY header (a trusted proxy, with
     /// `proxy_protocol`). Any other is admitted in accept order, before its first byte, so
     /// connections from one address cannot slip past their cap by racing each other.
-    pub fn needs_header(&self, peer: SocketAddr) -> bool {
+    fn needs_header(&self, peer: SocketAddr) -> bool {
         self.proxy_protocol && self.trusted.contains(&peer.ip())
     }
 
     /// Who is at the other end of `tcp`: the client a trusted proxy names in its PROXY
     /// header (read off the stream, nothing past it), or `peer` itself. A trusted proxy that
     /// sends no valid header within the sign-in time is refused, never guessed at.
-    pub async fn source(
-        &self,
-        tcp: &mut TcpStream,
-        peer: SocketAddr,
-    ) -> Result<SocketAddr, String> {
+    async fn source(&self, tcp: &mut TcpStream, peer: SocketAddr) -> Result<SocketAddr, String> {
         if !self.needs_header(peer) {
             return Ok(peer);
         }

@@ -10,6 +10,21 @@ pub const MAX_BODY: usize = 1 << 20;
 /// The value of the `Upgrade` header.
 pub const PROTOCOL: &str = "sluice-session/1";
 
+/// The exit status a client shows for a session the gateway refused (as a shell does for a
+/// command it cannot run), so scripts can tell a refusal from the program's own failure;
+/// any other early end is 1.
+pub const EXIT_REFUSED: u8 = 126;
+pub const EXIT_ENDED: u8 = 1;
+
+/// The exit status for a session that ended with `Message::Error(text)`.
+pub fn error_status(text: &str) -> u8 {
+    if text.starts_with("refused") {
+        EXIT_REFUSED
+    } else {
+        EXIT_ENDED
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Client to gateway: input bytes (keystrokes, or a script's text).

@@ -97,34 +97,25 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
                 continue;
             }
         };
-        // In accept order, so one address cannot slip past its cap by racing; behind a
-        // trusted proxy, once its header names the client.
-        let admitted = match front.limits.needs_header(peer) {
-            true => None,
-            false => match front.limits.admit(peer.ip()) {
-                Ok(admitted) => Some(admitted),
-                Err(why) => {
-                    refuse(&front, &mut tcp, peer, &why).await;
-                    continue;
-                }
-            },
+        let accepted = match front.limits.accept(peer) {
+            Ok(accepted) => accepted,
+            Err(why) => {
+                refuse(&front, &mut tcp, peer, &why).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         crate::limits::keepalive(&tcp);
         let front = front.clone();
         tokio::spawn(async move {
-            let (peer, _admitted) = match admitted {
-                Some(admitted) => (peer, admitted),
-                // Behind a trusted proxy: the client it names in its PROXY header.
-                None => match front.limits.source(&mut tcp, peer).await {
-                    Err(why) => {
-                        return tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
-                    }
-                    Ok(client) => match front.limits.admit(client.ip()) {
-                        Ok(admitted) => (client, admitted),
-                        Err(why) => return refuse(&front, &mut tcp, client, &why).await,
-                    },
-                },
+            let (peer, _admitted) = match accepted.enter(&mut tcp).await {
+                Ok(entered) => entered,
+                Err(crate::limits::Refused::Limit(client, why)) => {
+                    return refuse(&front, &mut tcp, client, &why).await;
+                }
+                Err(crate::limits::Refused::Header(peer, why)) => {
+                    return tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
+                }
             };
             if let Err(e) = front.client(Box::new(tcp), peer, false, None).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");

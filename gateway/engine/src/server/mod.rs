@@ -490,17 +490,12 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
                     continue;
                 }
             };
-            // In accept order, so one address cannot slip past its cap by racing; behind a
-            // trusted proxy, once its header names the client.
-            let admitted = match limits.needs_header(peer) {
-                true => None,
-                false => match limits.admit(peer.ip()) {
-                    Ok(admitted) => Some(admitted),
-                    Err(why) => {
-                        tracing::warn!(%peer, %why, "connection refused");
-                        continue;
-                    }
-                },
+            let accepted = match limits.accept(peer) {
+                Ok(accepted) => accepted,
+                Err(why) => {
+                    tracing::warn!(%peer, %why, "connection refused");
+                    continue;
+                }
             };
             let Some(signing_in) = limits.signing_in() else {
                 tracing::warn!(%peer, "connection refused: too many connections are signing in (max_signing_in)");
@@ -511,18 +506,11 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             crate::limits::keepalive(&tcp);
             let (gateway, acceptor, limits) = (gateway.clone(), acceptor.clone(), limits.clone());
             tokio::spawn(async move {
-                let (peer, _admitted) = match admitted {
-                    Some(admitted) => (peer, admitted),
-                    // Behind a trusted proxy: the client it names in its PROXY header.
-                    None => {
-                        let entered = match limits.source(&mut tcp, peer).await {
-                            Ok(client) => limits.admit(client.ip()).map(|a| (client, a)),
-                            Err(why) => Err(why),
-                        };
-                        match entered {
-                            Ok(entered) => entered,
-                            Err(why) => return tracing::warn!(%peer, %why, "connection refused"),
-                        }
+                let (peer, _admitted) = match accepted.enter(&mut tcp).await {
+                    Ok(entered) => entered,
+                    Err(refused) => {
+                        let (peer, why) = refused.parts();
+                        return tracing::warn!(%peer, %why, "connection refused");
                     }
                 };
                 let sign_in = limits.sign_in;

@@ -74,7 +74,7 @@ pub(super) async fn serve(
     limits: Arc<Limits>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "SSH accept failed; pausing before the next");
@@ -82,8 +82,8 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        let admitted = match limits.admit(peer.ip()) {
-            Ok(admitted) => admitted,
+        let accepted = match limits.accept(peer) {
+            Ok(accepted) => accepted,
             Err(why) => {
                 tracing::warn!(%peer, %why, "SSH connection refused");
                 continue;
@@ -97,19 +97,27 @@ pub(super) async fn serve(
         // accepts itself).
         let _ = tcp.set_nodelay(true);
         crate::limits::keepalive(&tcp);
-        let signed_in = Arc::new(AtomicBool::new(false));
-        let client = Client {
-            gateway: gateway.clone(),
-            peer,
-            signed_in: None,
-            signing_in: Some(signing_in),
-            done: signed_in.clone(),
-        };
         // A person may be reading the host key's fingerprint or pasting a token: at least
         // a minute, as OpenSSH's LoginGraceTime gives (longer when sign_in_timeout_ms is).
         let (config, sign_in) = (config.clone(), limits.sign_in.max(SSH_SIGN_IN));
+        let gateway = gateway.clone();
         tokio::spawn(async move {
-            let _admitted = admitted;
+            // Behind a trusted proxy: the client its PROXY header names.
+            let (peer, _admitted) = match accepted.enter(&mut tcp).await {
+                Ok(entered) => entered,
+                Err(refused) => {
+                    let (peer, why) = refused.parts();
+                    return tracing::warn!(%peer, %why, "SSH connection refused");
+                }
+            };
+            let signed_in = Arc::new(AtomicBool::new(false));
+            let client = Client {
+                gateway,
+                peer,
+                signed_in: None,
+                signing_in: Some(signing_in),
+                done: signed_in.clone(),
+            };
             let mut running = match russh::server::run_stream(config, tcp, client).await {
                 Ok(running) => running,
                 Err(e) => return tracing::info!(%peer, error = %e, "SSH handshake failed"),
@@ -389,6 +397,15 @@ impl russh::server::Handler for Client {
     }
 }
 
+/// `scp -t PATH` or `scp -f PATH`: the remote end of `scp -O`, which would carry files inside
+/// a command's input and output, where no transfer can be followed or gated.
+fn legacy_scp(command: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(command);
+    let mut words = text.split_whitespace();
+    // OpenSSH's scp sends its options as words of their own (`scp -v -d -t -- PATH`).
+    words.next() == Some("scp") && words.any(|w| w == "-t" || w == "-f")
+}
+
 impl Gateway {
     /// A session channel: waits for what it asks to run, checks that `identity` may, and
     /// runs it as a session on `name`.
@@ -431,6 +448,14 @@ impl Gateway {
             } => (Mode::Connect { rows, cols }, None, true),
             // No terminal: the script comes on standard input (`ssh HOST < script`).
             Start::Shell { terminal: None } => (Mode::Exec, None, false),
+            Start::Exec(command) if legacy_scp(&command) => {
+                return ssh::refuse(
+                    &channel,
+                    "the legacy scp protocol (`scp -O`) is not carried: without -O, scp uses SFTP, which is",
+                    ssh::EXIT_REFUSED,
+                )
+                .await;
+            }
             Start::Exec(command) => (Mode::Exec, Some(command), false),
             Start::Subsystem(subsystem) => {
                 let why = match target {
@@ -505,11 +530,7 @@ impl Gateway {
                 let _ = writer
                     .extended_data_bytes(1, format!("sluice: {why}\n").into_bytes())
                     .await;
-                if why.starts_with("refused") || why.starts_with("session refused") {
-                    ssh::EXIT_REFUSED
-                } else {
-                    ssh::EXIT_ENDED
-                }
+                u32::from(crate::wire::error_status(&why))
             }
         };
         let _ = writer.exit_status(status).await;

@@ -17,14 +17,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::{Context, Core, Opening};
 use crate::chain::Outcome;
 use crate::config::SshConnection;
-use crate::exec::Input;
 use crate::ssh::sftp::{self, Packets, Request as Packet};
 use crate::ssh::upstream::{self, Run};
 use sluice_core::frame::{Content, Direction, Statement};
@@ -33,6 +34,10 @@ use sluice_record::{Receipt, RecordFailed, kinds};
 /// Packets that may wait for their commit at once.
 const PIPELINE: usize = 64;
 const READ_CHUNK: usize = 256 << 10;
+/// Bytes on their way to one side but not yet taken by it, beyond which the other side is
+/// not read until it catches up (a client reads and writes at once, as SFTP has it, so only
+/// one that stops reading altogether waits on this).
+const MAX_BACKLOG: usize = 32 << 20;
 
 /// A file-transfer session about to start.
 pub struct Request {
@@ -65,13 +70,78 @@ enum Toward {
 /// recorded).
 type Queued = (Option<Receipt>, Toward, Vec<u8>);
 
-struct Session<W, N> {
+struct Session {
     core: Core,
     transfers: sftp::Transfers,
-    to_client: W,
-    to_server: Input,
+    to_client: Outbox,
+    to_server: Outbox,
     /// The client's standard error: why a request waits or was refused.
-    notices: N,
+    notices: Outbox,
+}
+
+/// Bytes on their way to one peer, written by a task of its own. An SSH connection carries
+/// both directions on one loop, which stops taking a channel's data while that data is not
+/// read: a session that waited on a write to the client without reading it would wait
+/// forever. So writes never block the session; what waits is counted, and bounded by what
+/// the session reads (see `MAX_BACKLOG`).
+struct Outbox {
+    tx: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    waiting: Arc<AtomicUsize>,
+    /// Signalled after each write, so a session waiting on the backlog wakes.
+    written: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Outbox {
+    fn new<W: AsyncWrite + Unpin + Send + 'static>(mut writer: W) -> Outbox {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let written = Arc::new(tokio::sync::Notify::new());
+        let (counted, signal) = (waiting.clone(), written.clone());
+        let task = tokio::spawn(async move {
+            while let Some(next) = rx.recv().await {
+                // `None`: the end of this direction (EOF).
+                let Some(bytes) = next else {
+                    let _ = writer.shutdown().await;
+                    return;
+                };
+                if writer.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                counted.fetch_sub(bytes.len(), Ordering::Relaxed);
+                signal.notify_one();
+            }
+        });
+        Outbox {
+            tx,
+            waiting,
+            written,
+            task,
+        }
+    }
+
+    /// False once the peer can no longer be written to.
+    fn send(&self, bytes: Vec<u8>) -> bool {
+        self.waiting.fetch_add(bytes.len(), Ordering::Relaxed);
+        self.tx.send(Some(bytes)).is_ok()
+    }
+
+    /// Whether the peer is this far behind: then what would add to its backlog waits.
+    fn behind(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) >= MAX_BACKLOG
+    }
+
+    /// Ends this direction once what waits is written (an EOF on an SSH channel).
+    fn end(&self) {
+        let _ = self.tx.send(None);
+    }
+
+    /// Waits until what was sent is written (or the peer is gone); the direction stays
+    /// open (the client's channel still gets its exit status).
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
 }
 
 /// Runs the session until either side ends it. `Ok` carries the server's exit status; `Err`
@@ -85,8 +155,8 @@ pub async fn run<R, W, N>(
 ) -> Result<i32, String>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    N: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+    N: AsyncWrite + Unpin + Send + 'static,
 {
     request.opening.protocol = "sftp";
     let (core, killed) = Core::open(ctx.clone(), request.opening)
@@ -100,9 +170,9 @@ where
     let mut session = Session {
         core,
         transfers: sftp::Transfers::new(conn.file_contents),
-        to_client,
-        to_server: Box::new(tokio::io::sink()),
-        notices,
+        to_client: Outbox::new(to_client),
+        to_server: Outbox::new(tokio::io::sink()),
+        notices: Outbox::new(notices),
     };
     let result = tokio::select! {
         result = async {
@@ -112,7 +182,8 @@ where
                     Some(why) => End::Refused(why.to_string()),
                     None => End::Target(format!("cannot open the SFTP session: {e}")),
                 })?;
-            session.to_server = std::mem::replace(&mut process.input, Box::new(tokio::io::sink()));
+            let input = std::mem::replace(&mut process.input, Box::new(tokio::io::sink()));
+            session.to_server = Outbox::new(input);
             match tokio::time::timeout(max, session.relay(&mut from_client, &mut process.output)).await {
                 Ok(relayed) => relayed?,
                 Err(_) => return Err(End::Ended(format!("the connection's maximum session duration of {} s was reached", max.as_secs()))),
@@ -130,6 +201,9 @@ where
         .close(json!({"exit_status": status, "reason": reason}))
         .await;
     tracing::info!(exit = ?status, reason = ?reason, "session closed");
+    // Everything forwarded reaches the client before its exit status.
+    session.to_client.finish().await;
+    session.notices.finish().await;
     match (result, closed) {
         (Ok(code), Ok(())) => Ok(code),
         (Err(e), _) => Err(e.to_string()),
@@ -139,11 +213,13 @@ where
 
 enum Event {
     Durable(Result<(), RecordFailed>),
+    /// A peer took some of its backlog.
+    Written,
     Client(usize),
     Server(usize),
 }
 
-impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
+impl Session {
     /// Carries packets both ways until the server ends the subsystem.
     async fn relay<R: AsyncRead + Unpin>(
         &mut self,
@@ -171,20 +247,23 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
             let event = tokio::select! {
                 biased;
                 durable = oldest => Event::Durable(durable),
-                read = from_client.read(&mut client_buf), if client_open => Event::Client(read.unwrap_or(0)),
-                read = from_server.read(&mut server_buf) => Event::Server(read.unwrap_or(0)),
+                read = from_client.read(&mut client_buf), if client_open && !self.to_server.behind() => Event::Client(read.unwrap_or(0)),
+                read = from_server.read(&mut server_buf), if !self.to_client.behind() => Event::Server(read.unwrap_or(0)),
+                () = self.to_server.written.notified(), if self.to_server.behind() => Event::Written,
+                () = self.to_client.written.notified(), if self.to_client.behind() => Event::Written,
             };
             match event {
                 Event::Durable(durable) => {
                     durable?;
                     if let Some((_, toward, bytes)) = pending.pop_front() {
-                        self.forward(toward, &bytes).await?;
+                        self.forward(toward, bytes)?;
                     }
                 }
+                Event::Written => {}
                 Event::Client(0) => {
                     client_open = false;
                     self.drain(&mut pending).await?;
-                    let _ = self.to_server.shutdown().await;
+                    self.to_server.end();
                 }
                 Event::Client(n) => {
                     client_packets.push(&client_buf[..n]);
@@ -192,7 +271,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
                         .cut(&mut client_packets, Direction::ClientToTarget)
                         .await?
                     {
-                        self.from_client(packet, &mut pending).await?;
+                        self.client_packet(packet, &mut pending).await?;
                     }
                 }
                 Event::Server(0) => break,
@@ -202,7 +281,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
                         .cut(&mut server_packets, Direction::TargetToClient)
                         .await?
                     {
-                        self.from_server(packet, &mut pending).await?;
+                        self.server_packet(packet, &mut pending).await?;
                     }
                 }
             }
@@ -235,7 +314,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
     }
 
     /// A client's packet: judged when it names a path, its file data recorded, then queued.
-    async fn from_client(
+    async fn client_packet(
         &mut self,
         packet: Vec<u8>,
         pending: &mut VecDeque<Queued>,
@@ -286,7 +365,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
     }
 
     /// A server's packet: file data recorded, then queued.
-    async fn from_server(
+    async fn server_packet(
         &mut self,
         packet: Vec<u8>,
         pending: &mut VecDeque<Queued>,
@@ -347,7 +426,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
                 .core
                 .request_review(&decision, &reasons.join("; "))
                 .await?;
-            self.notice(&pending.notice()).await;
+            self.notice(&pending.notice());
             let review = pending.decided().await;
             decision = self.core.reviewed(decision, &review);
         }
@@ -358,7 +437,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
             Outcome::Pass => Ok(()),
             Outcome::Deny { plugin, reason } => {
                 let why = format!("refused by {plugin}: {reason}");
-                self.notice(&format!("sluice: {why}")).await;
+                self.notice(&format!("sluice: {why}"));
                 Err(why)
             }
             Outcome::Hold { .. } => Err("held".into()),
@@ -366,22 +445,19 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
     }
 
     /// On the client's standard error (the client may already have gone).
-    async fn notice(&mut self, text: &str) {
-        let _ = self.notices.write_all(format!("{text}\n").as_bytes()).await;
+    fn notice(&mut self, text: &str) {
+        self.notices.send(format!("{text}\n").into_bytes());
     }
 
-    async fn forward(&mut self, toward: Toward, bytes: &[u8]) -> Result<(), End> {
-        match toward {
-            Toward::Client => self
-                .to_client
-                .write_all(bytes)
-                .await
-                .map_err(|e| End::Client(format!("the client went away: {e}"))),
-            Toward::Server => self
-                .to_server
-                .write_all(bytes)
-                .await
-                .map_err(|e| End::Target(format!("the server went away: {e}"))),
+    fn forward(&mut self, toward: Toward, bytes: Vec<u8>) -> Result<(), End> {
+        let sent = match toward {
+            Toward::Client => self.to_client.send(bytes),
+            Toward::Server => self.to_server.send(bytes),
+        };
+        match (sent, toward) {
+            (true, _) => Ok(()),
+            (false, Toward::Client) => Err(End::Client("the client went away".into())),
+            (false, Toward::Server) => Err(End::Target("the server went away".into())),
         }
     }
 
@@ -390,7 +466,7 @@ impl<W: AsyncWrite + Unpin, N: AsyncWrite + Unpin> Session<W, N> {
             if let Some(receipt) = receipt {
                 receipt.durable().await?;
             }
-            self.forward(toward, &bytes).await?;
+            self.forward(toward, bytes)?;
         }
         Ok(())
     }

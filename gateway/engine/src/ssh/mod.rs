@@ -142,10 +142,10 @@ pub async fn refuse(channel: &russh::Channel<Msg>, why: &str, status: u32) {
     let _ = channel.close().await;
 }
 
-/// The exit status the client sees when the gateway refused or ended the session (as `sluice
-/// exec` exits with, so scripts can tell a refusal from the program's own failure).
-pub const EXIT_REFUSED: u32 = 126;
-pub const EXIT_ENDED: u32 = 1;
+/// The exit status the client sees when the gateway refused or ended the session, as
+/// `sluice exec` exits with.
+pub const EXIT_REFUSED: u32 = wire::EXIT_REFUSED as u32;
+pub const EXIT_ENDED: u32 = wire::EXIT_ENDED as u32;
 
 /// Carries a program session between an SSH channel and `session`, the session protocol's
 /// other end, until the session ends; then sends its exit status and closes the channel.
@@ -211,11 +211,7 @@ pub async fn bridge<S>(
                 let _ = writer
                     .extended_data_bytes(1, format!("{line}sluice: {text}{line}").into_bytes())
                     .await;
-                break Some(if text.starts_with("refused") {
-                    EXIT_REFUSED
-                } else {
-                    EXIT_ENDED
-                });
+                break Some(u32::from(wire::error_status(&text)));
             }
             Ok(_) | Err(_) => break Some(EXIT_ENDED),
         }
