@@ -476,11 +476,8 @@ impl Gateway {
                 return ssh::refuse(&channel, &why, ssh::EXIT_REFUSED).await;
             }
         };
-        let mut opening = self.opening(name, identity, peer.to_string());
-        opening.meta = serde_json::json!({"front": "ssh"});
-        opening.access_until = match self.access(&opening.identity, name, None).await {
-            Ok(until) => until,
-            Err(why) => return ssh::refuse(&channel, &why, ssh::EXIT_REFUSED).await,
+        let Some(opening) = self.ssh_opening(&channel, identity, name, peer).await else {
+            return;
         };
         let request = session::exec::Request {
             opening,
@@ -494,6 +491,27 @@ impl Gateway {
         ssh::bridge(channel, ours, command, terminal).await;
     }
 
+    /// A session on `name` opened through the SSH door, once `identity`'s access to it is
+    /// checked; `None` when refused (the client was told why).
+    async fn ssh_opening(
+        &self,
+        channel: &Channel<Msg>,
+        identity: Identity,
+        name: &str,
+        peer: SocketAddr,
+    ) -> Option<session::Opening> {
+        let mut opening = self.opening(name, identity, peer.to_string());
+        opening.meta = serde_json::json!({"front": "ssh"});
+        match self.access(&opening.identity, name, None).await {
+            Ok(until) => opening.access_until = until,
+            Err(why) => {
+                ssh::refuse(channel, &why, ssh::EXIT_REFUSED).await;
+                return None;
+            }
+        }
+        Some(opening)
+    }
+
     /// A `subsystem sftp` channel (`sftp`, `scp`) to an SSH server: a file-transfer session.
     async fn sftp(
         &self,
@@ -503,11 +521,8 @@ impl Gateway {
         connection: SshConnection,
         peer: SocketAddr,
     ) {
-        let mut opening = self.opening(name, identity, peer.to_string());
-        opening.meta = serde_json::json!({"front": "ssh"});
-        opening.access_until = match self.access(&opening.identity, name, None).await {
-            Ok(until) => until,
-            Err(why) => return ssh::refuse(&channel, &why, ssh::EXIT_REFUSED).await,
+        let Some(opening) = self.ssh_opening(&channel, identity, name, peer).await else {
+            return;
         };
         let id = opening.id.clone();
         let request = session::sftp::Request {
