@@ -52,7 +52,11 @@ pub fn componentize_js_modules() -> PathBuf {
     static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     INSTALLED
         .get_or_init(|| {
-            let dir = repo().join("tests/plugin-js");
+            let dir = npm_ci(
+                "plugin-js",
+                "@bytecodealliance/componentize-js",
+                "JavaScript plugins",
+            );
             // The tests build with what `sluice plugin new` writes into projects.
             let manifest: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap())
@@ -60,17 +64,6 @@ pub fn componentize_js_modules() -> PathBuf {
             let pinned = &manifest["dependencies"];
             assert_eq!(pinned["@bytecodealliance/componentize-js"], COMPONENTIZE_JS);
             assert_eq!(pinned["@bytecodealliance/preview2-shim"], PREVIEW2_SHIM);
-            if !dir
-                .join("node_modules/@bytecodealliance/componentize-js")
-                .exists()
-            {
-                let status = Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-                    .arg(&dir)
-                    .status()
-                    .expect("npm runs (JavaScript plugins need Node.js and npm)");
-                assert!(status.success(), "npm ci in tests/plugin-js failed");
-            }
             dir.join("node_modules")
         })
         .clone()

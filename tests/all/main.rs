@@ -15,6 +15,7 @@ mod front_doors;
 mod languages;
 mod lifecycle;
 mod masking;
+mod mcp;
 mod oidc;
 mod plugin_host;
 mod postgres;

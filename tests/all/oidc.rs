@@ -13,19 +13,10 @@ use crate::support::*;
 
 /// `tests/oidc`, with its npm packages installed (once, on a fresh checkout).
 pub(crate) fn oidc_dir() -> PathBuf {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/oidc"));
-    INSTALLED.get_or_init(|| {
-        if !dir.join("node_modules/oidc-provider").exists() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .status()
-                .expect("npm runs (the identity tests need Node.js and npm)");
-            assert!(status.success(), "npm ci in tests/oidc failed");
-        }
-    });
-    dir
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| npm_ci("oidc", "oidc-provider", "the identity tests"))
+        .clone()
 }
 
 fn free_port() -> u16 {

@@ -64,6 +64,8 @@ pub struct Gateway {
     pub addr: String,
     pub user_token: String,
     pub reviewer_token: String,
+    /// The development agent's token (`dev-agent`: never decides a review).
+    pub agent_token: String,
     /// What `serve` printed after its first line, as it comes.
     pub printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Option<std::process::Child>,
@@ -127,6 +129,7 @@ impl Gateway {
             addr: String::new(),
             user_token: String::new(),
             reviewer_token: String::new(),
+            agent_token: String::new(),
             printed: Default::default(),
             child: None,
         };
@@ -176,6 +179,7 @@ impl Gateway {
         .unwrap();
         self.user_token = tokens["user"].as_str().unwrap().to_string();
         self.reviewer_token = tokens["reviewer"].as_str().unwrap().to_string();
+        self.agent_token = tokens["agent"].as_str().unwrap().to_string();
         self.child = Some(child);
     }
 
@@ -401,6 +405,21 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// This checkout.
+/// `tests/NAME` with its npm packages installed from its lock (`npm ci`, once per checkout:
+/// when `node_modules/PROBE` is missing). `needs` says what the tests need it for.
+pub fn npm_ci(name: &str, probe: &str, needs: &str) -> PathBuf {
+    let dir = repo().join("tests").join(name);
+    if !dir.join("node_modules").join(probe).exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("npm runs ({needs} need Node.js and npm): {e}"));
+        assert!(status.success(), "npm ci in tests/{name} failed");
+    }
+    dir
+}
+
 pub fn repo() -> &'static std::path::Path {
     std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }

@@ -235,6 +235,7 @@ pub async fn serve(config_path: Option<PathBuf>, watch: bool) -> anyhow::Result<
         println!("DEVELOPMENT TOKENS (dev_tokens = true; never use in production):");
         println!("  user:     export SLUICE_TOKEN={}", dev.user);
         println!("  reviewer: export SLUICE_TOKEN={}", dev.reviewer);
+        println!("  agent:    export SLUICE_TOKEN={}", dev.agent);
         println!();
         println!("Try: sluice exec shell -- echo hello   or   sluice connect python");
     }

@@ -628,6 +628,18 @@ pub struct StaticToken {
     pub name: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// `agent`: the token is an AI agent's or another program's acting on its own; such an
+    /// identity never decides a review, whatever its groups (docs/ai-agents.md).
+    #[serde(default)]
+    pub kind: TokenKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    #[default]
+    Person,
+    Agent,
 }
 
 #[derive(Clone, Debug, Deserialize)]

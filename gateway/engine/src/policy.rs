@@ -50,6 +50,22 @@ struct PolicyFile {
     roles: BTreeMap<String, RoleGroups>,
     #[serde(default)]
     sinks: BTreeMap<String, SinkRules>,
+    #[serde(default)]
+    agents: Option<Agents>,
+}
+
+/// Which identities are agents (`[agents]`): members of these groups (from tokens or the
+/// identity provider) act for themselves, not for a person, and never decide a review.
+/// Static tokens say so themselves (`kind = "agent"` in the configuration).
+///
+/// ```toml
+/// [agents]
+/// groups = ["ai-agents"]
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agents {
+    pub groups: Vec<String>,
 }
 
 /// Where the record is delivered (`[sinks.NAME]`): every recorded event, in order, in
@@ -196,6 +212,8 @@ pub struct Policy {
     pub roles: BTreeMap<String, RoleGroups>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkRules>,
+    /// The groups whose members are agents.
+    pub agent_groups: Vec<String>,
     pub files: Vec<PathBuf>,
 }
 
@@ -329,6 +347,9 @@ impl Policy {
                 ));
             }
             self.roles.insert(connection, groups);
+        }
+        if let Some(agents) = parsed.agents {
+            self.agent_groups.extend(agents.groups);
         }
         self.files.push(file.to_path_buf());
         Ok(())

@@ -12,7 +12,7 @@
 //! Nobody reads a recording of a connection on which they hold no role. Every refusal names
 //! the role that was missing and is recorded (an event of kind `refusal`, in no session).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
@@ -47,6 +47,10 @@ pub const DEFAULT: &str = "default";
 pub struct Roles {
     /// Replaced whole by `sluice reload`.
     tables: std::sync::RwLock<BTreeMap<String, RoleGroups>>,
+    /// The policy's `[agents] groups`, replaced by `sluice reload`.
+    agent_groups: std::sync::RwLock<Vec<String>>,
+    /// The subjects of static tokens of `kind = "agent"` (the configuration's, fixed).
+    agent_subjects: BTreeSet<String>,
     recorder: Recorder,
 }
 
@@ -54,13 +58,37 @@ impl Roles {
     pub fn new(tables: BTreeMap<String, RoleGroups>, recorder: Recorder) -> Roles {
         Roles {
             tables: std::sync::RwLock::new(tables),
+            agent_groups: Default::default(),
+            agent_subjects: BTreeSet::new(),
             recorder,
         }
     }
 
-    /// Applies a reloaded policy's tables.
-    pub fn replace(&self, tables: BTreeMap<String, RoleGroups>) {
+    /// Who is an agent: these token subjects, and members of these groups.
+    pub fn with_agents(mut self, subjects: BTreeSet<String>, groups: Vec<String>) -> Roles {
+        self.agent_subjects = subjects;
+        *self
+            .agent_groups
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = groups;
+        self
+    }
+
+    /// Applies a reloaded policy's tables and agent groups.
+    pub fn replace(&self, tables: BTreeMap<String, RoleGroups>, agent_groups: Vec<String>) {
         *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+        *self.agent_groups.write().unwrap_or_else(|e| e.into_inner()) = agent_groups;
+    }
+
+    /// Whether `identity` is an agent: a static agent token's subject, or a member of an
+    /// agent group. A person whose subject equals an agent token's is taken for the agent:
+    /// the mistake can only take a review away, never give one.
+    pub fn is_agent(&self, identity: &Identity) -> bool {
+        if self.agent_subjects.contains(&identity.subject) {
+            return true;
+        }
+        let groups = self.agent_groups.read().unwrap_or_else(|e| e.into_inner());
+        identity.groups.iter().any(|g| groups.contains(g))
     }
 
     fn tables(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, RoleGroups>> {

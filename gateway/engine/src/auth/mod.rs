@@ -7,17 +7,19 @@
 
 pub mod oidc;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::StaticToken;
+use crate::config::{StaticToken, TokenKind};
 use sluice_core::frame::Identity;
 
 #[derive(Clone, Debug, Default)]
 pub struct Tokens {
     by_hash: HashMap<[u8; 32], Identity>,
+    /// The subjects of `kind = "agent"` tokens.
+    agents: BTreeSet<String>,
 }
 
 /// The development tokens, as printed at start.
@@ -25,12 +27,20 @@ pub struct Tokens {
 pub struct DevTokens {
     pub user: String,
     pub reviewer: String,
+    /// An AI agent's (`dev-agent`, in `developers`): connects, never decides a review.
+    /// Made on the first start that lacks it (files from before it existed).
+    #[serde(default)]
+    pub agent: String,
 }
 
 impl Tokens {
     pub fn new(configured: &[StaticToken], dev: Option<&DevTokens>) -> Tokens {
         let mut by_hash = HashMap::new();
+        let mut agents = BTreeSet::new();
         for t in configured {
+            if t.kind == TokenKind::Agent {
+                agents.insert(t.subject.clone());
+            }
             let mut hash = [0u8; 32];
             if hex::decode_to_slice(&t.sha256, &mut hash).is_ok() {
                 let identity = Identity {
@@ -49,8 +59,15 @@ impl Tokens {
             };
             by_hash.insert(hash(&dev.user), identity("dev-user", "developers"));
             by_hash.insert(hash(&dev.reviewer), identity("dev-reviewer", "reviewers"));
+            by_hash.insert(hash(&dev.agent), identity("dev-agent", "developers"));
+            agents.insert("dev-agent".into());
         }
-        Tokens { by_hash }
+        Tokens { by_hash, agents }
+    }
+
+    /// The subjects of agent tokens.
+    pub fn agents(&self) -> &BTreeSet<String> {
+        &self.agents
     }
 
     /// The identity a token stands for. Looked up by its hash, so the comparison never
@@ -73,6 +90,10 @@ impl Authenticator {
 
     pub fn oidc(&self) -> Option<&oidc::Oidc> {
         self.oidc.as_ref()
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
 
     /// The identity behind `token`, or why there is none (for the client).
@@ -100,17 +121,27 @@ fn hash(token: &str) -> [u8; 32] {
 /// Loads the dev tokens from `DATA/dev-tokens.json`, making them on first start.
 pub fn dev_tokens(data_dir: &Path) -> anyhow::Result<DevTokens> {
     let path = data_dir.join("dev-tokens.json");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return Ok(serde_json::from_str(&text)?);
-    }
     let make = |role: &str| -> anyhow::Result<String> {
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         Ok(format!("sluice_dev_{role}_{}", hex::encode(bytes)))
     };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut tokens: DevTokens = serde_json::from_str(&text)?;
+        if !tokens.agent.is_empty() {
+            return Ok(tokens);
+        }
+        tokens.agent = make("agent")?;
+        sluice_core::files::write_private(
+            &path,
+            serde_json::to_string_pretty(&tokens)?.as_bytes(),
+        )?;
+        return Ok(tokens);
+    }
     let tokens = DevTokens {
         user: make("user")?,
         reviewer: make("reviewer")?,
+        agent: make("agent")?,
     };
     std::fs::create_dir_all(data_dir)?;
     sluice_core::files::write_private(&path, serde_json::to_string_pretty(&tokens)?.as_bytes())?;
@@ -128,10 +159,12 @@ mod tests {
             subject: "ci".into(),
             name: None,
             groups: vec!["deployers".into()],
+            kind: TokenKind::Person,
         }];
         let dev = DevTokens {
             user: "u".into(),
             reviewer: "r".into(),
+            agent: "a".into(),
         };
         let tokens = Tokens::new(&configured, Some(&dev));
         assert_eq!(

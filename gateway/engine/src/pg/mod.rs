@@ -10,6 +10,7 @@
 //! backend the key stands for.
 
 pub mod message;
+pub mod query;
 mod session;
 pub mod upstream;
 
@@ -117,7 +118,7 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
                     return tracing::warn!(%peer, connection = %front.name, %why, "connection refused");
                 }
             };
-            if let Err(e) = front.client(Box::new(tcp), peer, false, None).await {
+            if let Err(e) = front.client(Box::new(tcp), peer, false, None, None).await {
                 tracing::info!(%peer, connection = %front.name, error = %e, "postgres client refused");
             }
         });
@@ -126,13 +127,16 @@ pub async fn serve(front: Arc<Front>, listener: TcpListener) {
 
 impl Front {
     /// One client: startup, authentication, the upstream connection, then the session.
-    /// `tunneled`: the client came through `sluice connect --port`, inside the gateway's TLS.
+    /// `tunneled`: the client came through `sluice connect --port`, inside the gateway's TLS
+    /// (or is the gateway's own, in-process). `session`: the id to give the session, when the
+    /// caller must know it (the MCP `query` tool watches it for holds).
     pub async fn client(
         &self,
         tcp: Box<dyn Io>,
         peer: SocketAddr,
         tunneled: bool,
         reason: Option<String>,
+        session: Option<String>,
     ) -> Result<(), String> {
         // One deadline and one permit from the first byte to an authenticated client.
         let mut tcp = tcp;
@@ -225,7 +229,7 @@ impl Front {
             .map(|(_, v)| v.clone());
         let (plugins, policy) = self.ctx.chain(&self.name);
         let opening = Opening {
-            id: crate::server::new_session_id(),
+            id: session.unwrap_or_else(crate::server::new_session_id),
             connection_name: self.name.clone(),
             protocol: "postgres",
             plugins,

@@ -234,26 +234,34 @@ impl Reviews {
     ) -> Result<Review, Refused> {
         // On a shared record another node may have made or decided it since: read it again.
         self.read_shared().await.map_err(|why| refused(503, why))?;
-        if let Some(review) = self.get(id)
-            && !review.may_decide(identity)
-        {
-            let message = format!(
-                "`{}` may not decide review {id}: that needs the `review` role on `{}`, held by groups {}",
-                identity.subject,
-                review.connection,
-                review.reviewer_groups.join(", ")
-            );
-            let action = format!("decide review {id}");
-            self.roles
-                .record(
-                    identity,
-                    Role::Review,
-                    &review.connection,
-                    &action,
-                    &message,
-                )
-                .await;
-            return Err(refused(403, message));
+        if let Some(review) = self.get(id) {
+            let who = &identity.subject;
+            let why = if self.roles.is_agent(identity) {
+                Some(format!(
+                    "`{who}` is an agent and may not decide review {id}: agents never decide reviews, whatever their groups"
+                ))
+            } else if !review.may_decide(identity) {
+                Some(format!(
+                    "`{who}` may not decide review {id}: that needs the `review` role on `{}`, held by groups {}",
+                    review.connection,
+                    review.reviewer_groups.join(", ")
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = why {
+                let action = format!("decide review {id}");
+                self.roles
+                    .record(
+                        identity,
+                        Role::Review,
+                        &review.connection,
+                        &action,
+                        &message,
+                    )
+                    .await;
+                return Err(refused(403, message));
+            }
         }
         let _one_at_a_time = self.deciding.lock().await;
         let (review, action) = {
@@ -387,6 +395,15 @@ impl Reviews {
     }
 
     /// The sessions with a frame held for review now.
+    /// The pending review of a frame session `session` holds, if any.
+    pub fn held_in(&self, session: &str) -> Option<Review> {
+        self.lock()
+            .all
+            .values()
+            .find(|r| r.status == Status::Pending && r.session.as_deref() == Some(session))
+            .cloned()
+    }
+
     pub fn held_sessions(&self) -> std::collections::BTreeSet<String> {
         self.lock()
             .all

@@ -29,6 +29,7 @@
 mod agents;
 mod console;
 mod fronts;
+mod mcp;
 mod operations;
 mod peers;
 mod replay;
@@ -86,6 +87,8 @@ pub struct Gateway {
     maintenance: tokio::sync::Mutex<()>,
     /// The SSH front door's host key and user CA, when it is on.
     ssh: Option<ssh::Keys>,
+    /// Results of MCP calls that were held, kept for their callers.
+    mcp: Arc<mcp::Kept>,
     /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
     listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -272,7 +275,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
             "gateway.tls_cert and gateway.tls_key go together: set both, or neither (the local CA)"
         ),
     };
-    let roles = Arc::new(Roles::new(policy.roles.clone(), recorder.clone()));
+    let roles = Arc::new(
+        Roles::new(policy.roles.clone(), recorder.clone())
+            .with_agents(auth.tokens().agents().clone(), policy.agent_groups.clone()),
+    );
     // Frames held for sessions another node holds still wait there: not this start's orphans.
     let sharing = match &membership {
         Some(m) => crate::review::Sharing {
@@ -425,6 +431,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         host,
         maintenance: tokio::sync::Mutex::new(()),
         ssh: ssh_keys,
+        mcp: Default::default(),
         listeners: std::sync::Mutex::new(listeners),
     });
     if let Some(peers) = &gateway.peers {

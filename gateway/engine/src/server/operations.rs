@@ -129,7 +129,8 @@ impl Gateway {
             .await
             .map_err(|e| format!("{e} (nothing was applied: the running policy stays)"))?;
         self.session_ctx.set_chains(loaded.chains);
-        self.roles().replace(loaded.policy.roles);
+        self.roles()
+            .replace(loaded.policy.roles, loaded.policy.agent_groups);
         self.reviews().set_rules(loaded.policy.reviews);
         let sinks = self.sinks.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || sinks.apply(loaded.sinks)).await {

@@ -51,6 +51,9 @@ impl Gateway {
         {
             return self.console_route(req, peer).await;
         }
+        if path == super::mcp::PATH {
+            return self.mcp_route(req, peer).await;
+        }
         if path == "/api/auth" {
             // What `sluice login` needs to sign in: public.
             let oidc = self.auth.oidc().map(|o| {
@@ -440,8 +443,6 @@ impl Gateway {
         &self,
         req: &Request<Incoming>,
     ) -> Result<Identity, (StatusCode, String)> {
-        const MISSING: &str =
-            "no token given: run `sluice login`, pass --token or set SLUICE_TOKEN";
         let unauthorized = |why: &str| (StatusCode::UNAUTHORIZED, why.to_string());
         let Some(header) = req.headers().get(hyper::header::AUTHORIZATION) else {
             return match self.console.signed_in(req) {
@@ -454,26 +455,34 @@ impl Gateway {
                 Err(refused) => Err((refused.status, refused.why)),
             };
         };
-        let value = header
-            .to_str()
-            .map_err(|_| unauthorized("malformed Authorization header: not text"))?
-            .trim();
-        // `Bearer` with nothing after it (an empty token, trailing space trimmed away).
-        let token = match value.strip_prefix("Bearer") {
-            Some(rest) if rest.trim().is_empty() => return Err(unauthorized(MISSING)),
-            Some(rest) if rest.starts_with(' ') => rest.trim(),
-            _ => {
-                return Err(unauthorized(
-                    "malformed Authorization header: expected `Bearer TOKEN`",
-                ));
-            }
-        };
+        let token = bearer(header)?;
         self.auth
             .authenticate(token)
             .await
             .map_err(|why| (StatusCode::UNAUTHORIZED, why))
     }
+}
 
+const MISSING: &str = "no token given: run `sluice login`, pass --token or set SLUICE_TOKEN";
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub(super) fn bearer(header: &hyper::header::HeaderValue) -> Result<&str, (StatusCode, String)> {
+    let unauthorized = |why: &str| (StatusCode::UNAUTHORIZED, why.to_string());
+    let value = header
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header: not text"))?
+        .trim();
+    // `Bearer` with nothing after it (an empty token, trailing space trimmed away).
+    match value.strip_prefix("Bearer") {
+        Some(rest) if rest.trim().is_empty() => Err(unauthorized(MISSING)),
+        Some(rest) if rest.starts_with(' ') => Ok(rest.trim()),
+        _ => Err(unauthorized(
+            "malformed Authorization header: expected `Bearer TOKEN`",
+        )),
+    }
+}
+
+impl Gateway {
     /// Server-sent events: every review `identity` may see, pending ones first (with those
     /// other gateways on a shared record hold, `others`), then each change on this gateway as
     /// it happens (`event: review`, the review as JSON), with a keep-alive comment every 15 s.

@@ -178,7 +178,7 @@ impl Gateway {
                 tokio::spawn(async move {
                     if let Ok(upgraded) = hyper::upgrade::on(req).await
                         && let Err(e) = front
-                            .client(Box::new(TokioIo::new(upgraded)), peer, true, reason)
+                            .client(Box::new(TokioIo::new(upgraded)), peer, true, reason, None)
                             .await
                     {
                         tracing::info!(%peer, error = %e, "postgres client refused");

@@ -1,0 +1,634 @@
+//! The gateway as an MCP server for agents: `POST /mcp`, the Streamable HTTP transport
+//! (stateless, JSON answers), signed in with a Sluice token or an access token from the
+//! identity provider, as every API call is (docs/ai-agents.md).
+//!
+//! | tool               | does                                                              |
+//! |--------------------|-------------------------------------------------------------------|
+//! | `list_connections` | the connections the caller may use, with their kind and tool      |
+//! | `exec`             | a one-shot script on a program (or SSH) connection                |
+//! | `query`            | SQL on a PostgreSQL connection, through its front door            |
+//! | `review_status`    | a review's state; waits for a decision; a held call's result      |
+//!
+//! *Invariants:* every `exec` and `query` is a session like any other: opened with the
+//! caller's identity, roles and just-in-time access checked, its frames through the chain and
+//! the record (`session/exec.rs`, `pg/session.rs` unchanged), so what the agent reads is
+//! what the masker let through. A call a gate holds answers at once as pending; the session
+//! waits on, and runs the call exactly once when it is approved; its result is kept for the
+//! caller alone until `KEEP_MS` after it arrived. No identity may decide its own review, and
+//! an agent may decide none (`Reviews::decide`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, StatusCode};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::Gateway;
+use super::routes::{Reply, bearer, error};
+use crate::config::Connection;
+use crate::review::{Review, Status};
+use crate::roles::Role;
+use crate::session::exec::Target;
+use crate::session::{self, Mode};
+use crate::wire::{self, Message};
+use sluice_core::frame::Identity;
+
+pub(super) const PATH: &str = "/mcp";
+
+/// A JSON-RPC message's largest body; larger ones are answered `413`.
+const MAX_MESSAGE: usize = 1 << 20;
+/// A held call's result waits this long to be collected.
+const KEEP_MS: u64 = 60 * 60 * 1000;
+/// `review_status` waits for a decision at most this long (under clients' request timeouts).
+const MAX_WAIT_SECONDS: u64 = 50;
+/// Output an `exec` call returns; the rest is counted.
+const MAX_OUTPUT: usize = 1 << 20;
+
+impl Gateway {
+    /// `/mcp`: a bearer token (never the console's cookie: this is no browser's endpoint),
+    /// then the MCP transport, whose handler acts as the token's identity.
+    pub(super) async fn mcp_route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Reply {
+        let token = match req.headers().get(hyper::header::AUTHORIZATION) {
+            Some(header) => bearer(header).map(str::to_string),
+            None => Err((
+                StatusCode::UNAUTHORIZED,
+                "no token given: send `Authorization: Bearer TOKEN` (a Sluice token or an access token)".into(),
+            )),
+        };
+        let identity = match token {
+            Ok(token) => self
+                .auth
+                .authenticate(&token)
+                .await
+                .map(|identity| (identity, token))
+                .map_err(|why| (StatusCode::UNAUTHORIZED, why)),
+            Err(refused) => Err(refused),
+        };
+        let (identity, token) = match identity {
+            Ok(known) => known,
+            Err((status, why)) => {
+                tracing::warn!(%peer, path = PATH, %why, "authentication refused");
+                let mut reply = error(status, &why);
+                reply.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return reply;
+            }
+        };
+        let req = match checked(req).await {
+            Ok(req) => req,
+            Err(refused) => return refused,
+        };
+        let tools = Tools {
+            gateway: self,
+            identity,
+            token,
+            peer,
+        };
+        let mut config = StreamableHttpServerConfig::default()
+            // Who may call is the token's business; any host name the gateway is reached by.
+            .disable_allowed_hosts()
+            // Agents are not browsers: a request a web page makes is refused.
+            .enforce_origin_validation();
+        config.legacy_session_mode = false;
+        config.json_response = true;
+        config.max_request_body_bytes = MAX_MESSAGE;
+        let service = StreamableHttpService::new(
+            move || Ok(tools.clone()),
+            Arc::new(NeverSessionManager::default()),
+            config,
+        );
+        service.handle(req).await
+    }
+}
+
+/// A POST's body read (at most `MAX_MESSAGE` bytes) and checked to be a JSON-RPC message
+/// before the transport sees it, so that what is not gets a JSON-RPC error saying why.
+async fn checked(req: Request<Incoming>) -> Result<Request<Full<Bytes>>, Reply> {
+    let (parts, body) = req.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_MESSAGE)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                &format!("the message is over {MAX_MESSAGE} bytes"),
+            ));
+        }
+        Err(e) => {
+            return Err(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                &e.to_string(),
+            ));
+        }
+    };
+    if parts.method == hyper::Method::POST {
+        let message: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                &format!("parse error: {e}"),
+            )
+        })?;
+        let is_message = |m: &Value| {
+            m.get("jsonrpc") == Some(&json!("2.0"))
+                && ["method", "result", "error"]
+                    .iter()
+                    .any(|k| m.get(k).is_some())
+        };
+        if !is_message(&message) {
+            return Err(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "invalid request: expected one JSON-RPC 2.0 message (an object with \"jsonrpc\": \"2.0\" and a method, result or error)",
+            ));
+        }
+    }
+    Ok(Request::from_parts(parts, Full::new(bytes)))
+}
+
+/// A JSON-RPC error answering a message that could not be read (so its id is unknown).
+fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Reply {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    let mut reply = super::routes::reply(status, body.to_string());
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+/// The tools, as one caller sees them.
+#[derive(Clone)]
+struct Tools {
+    gateway: Arc<Gateway>,
+    identity: Identity,
+    /// The caller's token: a `query` signs in at the PostgreSQL door with it, as `psql` would.
+    token: String,
+    peer: SocketAddr,
+}
+
+impl ServerHandler for Tools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("sluice", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Sluice: run scripts and SQL on the connections you may use. Every call is \
+                 recorded; output is masked; a risky call is held for a person to approve \
+                 (the result says `pending` with a review id: wait with `review_status`).",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(definitions()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let result = match request.name.as_ref() {
+            "list_connections" => Ok(self.list_connections()),
+            "exec" => self.exec(&args).await,
+            "query" => self.query(&args).await,
+            "review_status" => self.review_status(&args).await,
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool `{other}`"),
+                    None,
+                ));
+            }
+        };
+        // A refusal is the tool's answer (the agent reads why), not a protocol error.
+        Ok(result
+            .unwrap_or_else(|why| CallToolResult::error(vec![ContentBlock::text(why)]))
+            .into())
+    }
+}
+
+fn definitions() -> Vec<Tool> {
+    let schema = |properties: Value, required: &[&str]| -> Arc<JsonObject> {
+        let schema = json!({"type": "object", "properties": properties, "required": required});
+        Arc::new(schema.as_object().cloned().unwrap_or_default())
+    };
+    let reason = json!({"type": "string", "description": "Why: shown to reviewers when the connection needs approved access"});
+    vec![
+        Tool::new(
+            "list_connections",
+            "The connections you may use: name, kind and the tool that reaches it.",
+            schema(json!({}), &[]),
+        ),
+        Tool::new(
+            "exec",
+            "Run a one-shot script on a program connection (a shell, Python, an SSH server). \
+             Returns its output (masked) and exit status, or `pending` with a review id when a \
+             gate holds it for a person's approval.",
+            schema(
+                json!({
+                    "connection": {"type": "string"},
+                    "script": {"type": "string", "description": "The whole script, as its interpreter reads it"},
+                    "reason": reason,
+                }),
+                &["connection", "script"],
+            ),
+        ),
+        Tool::new(
+            "query",
+            "Run SQL on a PostgreSQL connection. Returns each statement's columns and rows \
+             (masked) and command tag, or the server's error; or `pending` with a review id \
+             when a gate holds it for a person's approval.",
+            schema(
+                json!({
+                    "connection": {"type": "string"},
+                    "sql": {"type": "string"},
+                    "reason": reason,
+                }),
+                &["connection", "sql"],
+            ),
+        ),
+        Tool::new(
+            "review_status",
+            "The state of a review. With `wait_seconds`, waits (at most 50 s) for a pending \
+             review's decision. For a call of yours that was held, an approved review's answer \
+             carries the call's result once it has run.",
+            schema(
+                json!({
+                    "review": {"type": "string", "description": "The review id (r-...)"},
+                    "wait_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                }),
+                &["review"],
+            ),
+        ),
+    ]
+}
+
+/// A string argument, or why it is missing.
+fn text<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing argument `{name}` (a string)"))
+}
+
+/// How a call's session ended.
+type Outcome = Result<Value, String>;
+
+impl Tools {
+    fn list_connections(&self) -> CallToolResult {
+        let roles = self.gateway.roles();
+        let list: Vec<Value> = self
+            .gateway
+            .connections
+            .all()
+            .into_iter()
+            .filter(|(name, _)| roles.has(&self.identity, Role::Connect, name))
+            .map(|(name, connection)| {
+                let (kind, tool) = match &connection {
+                    Connection::Exec(_) => ("exec", Some("exec")),
+                    Connection::Ssh(_) => ("ssh", Some("exec")),
+                    Connection::Postgres(_) => ("postgres", Some("query")),
+                    Connection::Tcp(_) => ("tcp", None),
+                };
+                let access = self.gateway.reviews().needs_access(&name);
+                json!({"name": name, "kind": kind, "tool": tool, "needs_approved_access": access})
+            })
+            .collect();
+        CallToolResult::structured(json!({ "connections": list }))
+    }
+
+    /// A connection the caller may open now, with its session's opening.
+    async fn open(
+        &self,
+        name: &str,
+        args: &Value,
+    ) -> Result<(Connection, session::Opening), String> {
+        let connection = self
+            .gateway
+            .connectable(&self.identity, name)
+            .await
+            .map_err(|(_, why)| why)?;
+        let mut opening = self
+            .gateway
+            .opening(name, self.identity.clone(), self.peer.to_string());
+        opening.meta = json!({"front": "mcp"});
+        let reason = args.get("reason").and_then(Value::as_str);
+        opening.access_until = self.gateway.access(&self.identity, name, reason).await?;
+        Ok((connection, opening))
+    }
+
+    async fn exec(&self, args: &Value) -> Result<CallToolResult, String> {
+        let (name, script) = (text(args, "connection")?, text(args, "script")?);
+        let (connection, opening) = self.open(name, args).await?;
+        let target = match connection {
+            Connection::Exec(exec) => Target::Program(exec),
+            Connection::Ssh(ssh) => Target::Ssh(ssh),
+            Connection::Postgres(_) => {
+                return Err(format!("`{name}` is a PostgreSQL connection: use `query`"));
+            }
+            Connection::Tcp(_) => {
+                return Err(format!("`{name}` forwards a port: no tool runs on it"));
+            }
+        };
+        let session = opening.id.clone();
+        let request = session::exec::Request {
+            opening,
+            connection: target,
+            mode: Mode::Exec,
+        };
+        let ctx = self.gateway.session_ctx.clone();
+        let script = script.as_bytes().to_vec();
+        let ran = async move {
+            let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(session::run(ctx, request, theirs));
+            run_script(&mut ours, &script).await
+        };
+        Ok(self.answer(session, ran).await)
+    }
+
+    async fn query(&self, args: &Value) -> Result<CallToolResult, String> {
+        let (name, sql) = (text(args, "connection")?, text(args, "sql")?);
+        let connection = self
+            .gateway
+            .connectable(&self.identity, name)
+            .await
+            .map_err(|(_, why)| why)?;
+        let Connection::Postgres(_) = connection else {
+            return Err(format!(
+                "`{name}` is not a PostgreSQL connection: use `exec`"
+            ));
+        };
+        let front = self
+            .gateway
+            .fronts
+            .get(name)
+            .ok_or_else(|| format!("`{name}`: its front door is not open"))?;
+        // The door checks access and opens the session, under the id chosen here.
+        let session = super::new_session_id();
+        let (token, peer, sql) = (self.token.clone(), self.peer, sql.to_string());
+        let reason = args.get("reason").and_then(Value::as_str).map(String::from);
+        let id = session.clone();
+        let ran = async move {
+            let answer = crate::pg::query::run(front, &token, peer, reason, id, &sql).await?;
+            Ok(json!(answer))
+        };
+        Ok(self.answer(session, ran).await)
+    }
+
+    /// Runs a call (`ran`, session `session`) and answers with its result, or, as soon as a
+    /// gate holds it, with `pending` and the review: the call runs on, and its result is kept
+    /// for `review_status`.
+    async fn answer(
+        &self,
+        session: String,
+        ran: impl Future<Output = Outcome> + Send + 'static,
+    ) -> CallToolResult {
+        let reviews = self.gateway.reviews().clone();
+        // Subscribed before the session starts: no hold can come unseen.
+        let mut changes = reviews.subscribe();
+        let (tx, mut done) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(ran.await);
+        });
+        let held = async {
+            loop {
+                if let Some(review) = reviews.held_in(&session) {
+                    return review;
+                }
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await
+                {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            outcome = &mut done => result(outcome.unwrap_or_else(|_| Err("the session ended".into()))),
+            review = held => {
+                let kept = self.gateway.mcp.clone();
+                kept.expect(&review.id, &self.identity.subject, &session);
+                let id = review.id.clone();
+                tokio::spawn(async move {
+                    let outcome = done.await.unwrap_or_else(|_| Err("the session ended".into()));
+                    kept.fill(&id, outcome);
+                });
+                CallToolResult::structured(json!({
+                    "status": "pending",
+                    "review": review.id,
+                    "held": review.text,
+                    "reason": review.reason,
+                    "expires_ms": review.expires_ms,
+                    "next": format!(
+                        "a person must approve review {}: call review_status with {{\"review\": \"{}\", \"wait_seconds\": {MAX_WAIT_SECONDS}}} to wait for the decision and collect the result",
+                        review.id, review.id
+                    ),
+                }))
+            }
+        }
+    }
+
+    async fn review_status(&self, args: &Value) -> Result<CallToolResult, String> {
+        let id = text(args, "review")?;
+        let wait = args
+            .get("wait_seconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(MAX_WAIT_SECONDS);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        let reviews = self.gateway.reviews().clone();
+        let mut changes = reviews.subscribe();
+        let mut filled = self.gateway.mcp.changed.subscribe();
+        loop {
+            let review = self.review(id).await?;
+            let kept = self.gateway.mcp.get(id, &self.identity.subject);
+            let settled = match (review.status, &kept) {
+                (Status::Pending, _) => false,
+                // Approved: the call runs; its result is on its way.
+                (Status::Approved, Some(slot)) => slot.result.is_some(),
+                _ => true,
+            };
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(CallToolResult::structured(status(&review, kept, &reviews)));
+            }
+            tokio::select! {
+                _ = changes.recv() => {}
+                _ = filled.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Review `id`, if the caller may see it: they asked for it, or may review or audit it.
+    async fn review(&self, id: &str) -> Result<Review, String> {
+        let found = match self.gateway.reviews().get(id) {
+            Some(review) => Some(review),
+            None => self
+                .gateway
+                .reviews_elsewhere()
+                .await?
+                .into_iter()
+                .find(|r| r.id == id),
+        };
+        found
+            .filter(|r| self.gateway.reviews().may_see(&self.identity, r))
+            .ok_or_else(|| format!("no review {id} that you may see"))
+    }
+}
+
+/// A finished call as the tool's result.
+fn result(outcome: Outcome) -> CallToolResult {
+    match outcome {
+        Ok(value) => CallToolResult::structured(value),
+        Err(why) => CallToolResult::error(vec![ContentBlock::text(why)]),
+    }
+}
+
+/// What `review_status` answers: the review's state, and a held call's result for its caller.
+fn status(review: &Review, kept: Option<Slot>, reviews: &crate::review::Reviews) -> Value {
+    let mut answer = json!({
+        "review": review.id,
+        "status": review.status.as_str(),
+        "connection": review.connection,
+        "held": review.text,
+        "reason": review.reason,
+        "approvals": review.approvals.iter().map(|v| &v.by).collect::<Vec<_>>(),
+    });
+    if !matches!(review.status, Status::Pending | Status::Approved) {
+        answer["refusal"] = json!(review.refusal());
+    }
+    if let Some(slot) = kept {
+        match slot.result {
+            Some(Ok(value)) => answer["result"] = value,
+            Some(Err(why)) => answer["error"] = json!(why),
+            None if review.status == Status::Approved => {
+                answer["running"] = json!(true);
+                if let Some(again) = reviews.held_in(&slot.session) {
+                    answer["held_again"] = json!(again.id);
+                }
+            }
+            None => {}
+        }
+    }
+    answer
+}
+
+/// Results of held calls, by review id, for their callers alone, until `KEEP_MS` after
+/// they arrived.
+#[derive(Default)]
+pub(super) struct Kept {
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Bumped at each result, for `review_status` waiting on one.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Clone)]
+struct Slot {
+    owner: String,
+    session: String,
+    result: Option<Outcome>,
+    until_ms: u64,
+}
+
+impl Kept {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A held call's result will come for review `id`, for `owner`.
+    fn expect(&self, id: &str, owner: &str, session: &str) {
+        let slot = Slot {
+            owner: owner.to_string(),
+            session: session.to_string(),
+            result: None,
+            until_ms: u64::MAX,
+        };
+        self.lock().insert(id.to_string(), slot);
+    }
+
+    fn fill(&self, id: &str, outcome: Outcome) {
+        let now = sluice_core::now_ms();
+        let mut slots = self.lock();
+        slots.retain(|_, slot| slot.until_ms > now);
+        if let Some(slot) = slots.get_mut(id) {
+            slot.result = Some(outcome);
+            slot.until_ms = now + KEEP_MS;
+        }
+        drop(slots);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// What is kept for review `id`, if `subject` made the call.
+    fn get(&self, id: &str, subject: &str) -> Option<Slot> {
+        let now = sluice_core::now_ms();
+        self.lock()
+            .get(id)
+            .filter(|slot| slot.owner == subject && slot.until_ms > now)
+            .cloned()
+    }
+}
+
+/// Sends a one-shot script into a program session and reads it to its end: the output
+/// (masked by the chain; at most `MAX_OUTPUT` bytes returned), notices and the exit status.
+async fn run_script(session: &mut tokio::io::DuplexStream, script: &[u8]) -> Outcome {
+    let broken = |e: wire::WireError| format!("the session ended: {e}");
+    for chunk in script.chunks(wire::MAX_BODY) {
+        wire::write(session, &Message::Input(chunk.to_vec()))
+            .await
+            .map_err(broken)?;
+    }
+    wire::write(session, &Message::InputEnd)
+        .await
+        .map_err(broken)?;
+    let (mut output, mut left_out, mut notices) = (Vec::new(), 0usize, Vec::new());
+    loop {
+        match wire::read(session).await.map_err(broken)? {
+            Message::Output(bytes) => {
+                let room = MAX_OUTPUT.saturating_sub(output.len());
+                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                left_out += bytes.len().saturating_sub(room);
+            }
+            Message::Notice(text) => notices.push(text),
+            Message::Exit(code) => {
+                let mut answer = json!({
+                    "exit_status": code,
+                    "output": String::from_utf8_lossy(&output),
+                });
+                if left_out > 0 {
+                    answer["output_left_out_bytes"] = json!(left_out);
+                }
+                if !notices.is_empty() {
+                    answer["notices"] = json!(notices);
+                }
+                return Ok(answer);
+            }
+            Message::Error(text) => return Err(text),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The gateway as an MCP server for agents (`/mcp`), driven by a real MCP client: the
+//! official TypeScript SDK (`tests/mcp/client.mjs`; `npm ci` in `tests/mcp` on first use).
+//! Tools list, `exec` and `query` with masked results, a held `DROP TABLE` answered as
+//! pending and run once a person approves, an agent that cannot approve, and malformed
+//! requests answered with errors while the gateway carries on.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::postgres::{Cluster, free_port};
+use crate::support::*;
+
+const AGENT: &str = "agent-token-0123456789abcdef";
+/// A token in a group the policy declares as agents.
+const BOT: &str = "bot-token-0123456789abcdef";
+
+fn mcp_dir() -> std::path::PathBuf {
+    static INSTALLED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| npm_ci("mcp", "@modelcontextprotocol/sdk", "the MCP tests"))
+        .clone()
+}
+
+/// Runs `steps` (see `client.mjs`) as the holder of `token`; what each step got.
+fn client(gw: &Gateway, token: Option<&str>, steps: Value) -> Vec<Value> {
+    let mut cmd = Command::new("node");
+    cmd.arg(mcp_dir().join("client.mjs"))
+        .arg(format!("https://{}/mcp", gw.addr))
+        .env("NODE_EXTRA_CA_CERTS", gw.dir.path().join("data/tls/ca.pem"));
+    match token {
+        Some(token) => cmd.env("MCP_TOKEN", token),
+        None => cmd.env_remove("MCP_TOKEN"),
+    };
+    let (code, out, err) = run_command(&mut cmd, &steps.to_string());
+    assert_eq!(code, 0, "client.mjs: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {err}"))
+}
+
+/// The structured result of a tool call step, checked to be no error.
+fn ok(step: &Value) -> &Value {
+    let result = &step["result"];
+    assert_ne!(result["isError"], json!(true), "{step}");
+    &result["structuredContent"]
+}
+
+/// A gateway with a PostgreSQL connection `db` behind the shipped SQL gate and masker
+/// (reviews wait 30 s); `AGENT`, an agent token in the reviewers' group, and `BOT`, a
+/// reviewer in the policy's agent group `bots`.
+fn gateway(cluster: &Cluster) -> Gateway {
+    use sha2::Digest;
+    let hash = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let config = format!(
+        "\n[connections.db]\nkind = \"postgres\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\nuser = \"postgres\"\npassword = \"{}\"\n\
+         \n[[tokens]]\nsha256 = \"{}\"\nsubject = \"ci-agent\"\ngroups = [\"reviewers\"]\nkind = \"agent\"\n\
+         \n[[tokens]]\nsha256 = \"{}\"\nsubject = \"bot\"\ngroups = [\"reviewers\", \"bots\"]\n",
+        free_port(),
+        cluster.port,
+        crate::postgres::UPSTREAM_PASSWORD,
+        hash(AGENT),
+        hash(BOT),
+    );
+    let policy = "[chains]\ndb = [\"sql-gate\", \"mask\"]\nshell = [\"shell-gate\", \"mask\"]\n\n\
+                  [reviews.db]\nexpire_seconds = 30\n\n[agents]\ngroups = [\"bots\"]\n";
+    Gateway::start_with_policy(&config, Some(policy))
+}
+
+#[test]
+fn an_agent_lists_runs_and_queries_masked_and_a_held_drop_runs_once_approved() {
+    let cluster = Cluster::start("scram-sha-256");
+    cluster.sql("CREATE TABLE doomed (x int)");
+    let gw = gateway(&cluster);
+    let got = client(
+        &gw,
+        Some(&gw.agent_token),
+        json!([
+            {"list": true},
+            {"tool": "list_connections"},
+            {"tool": "exec", "args": {"connection": "shell", "script": "echo card 4242424242424242\nexit 3\n"}},
+            {"tool": "query", "args": {"connection": "db", "sql": "SELECT name, email FROM customers ORDER BY id"}},
+            {"tool": "query", "args": {"connection": "db", "sql": "SELECT * FROM nowhere"}},
+            {"tool": "exec", "args": {"connection": "db", "script": "ls"}},
+            {"tool": "query", "args": {"connection": "db", "sql": "DROP TABLE doomed"}},
+        ]),
+    );
+    let tools: Vec<&str> = got[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tools,
+        ["list_connections", "exec", "query", "review_status"]
+    );
+    let connections = ok(&got[1])["connections"].to_string();
+    for name in ["\"shell\"", "\"python\"", "\"db\""] {
+        assert!(connections.contains(name), "{connections}");
+    }
+
+    // Output masked by the chain, the exit status passed on.
+    let exec = ok(&got[2]);
+    assert_eq!(exec["exit_status"], 3, "{exec}");
+    let output = exec["output"].as_str().unwrap();
+    assert!(
+        output.contains("card ") && output.contains("4242"),
+        "{output}"
+    );
+    assert!(!output.contains("4242424242424242"), "unmasked: {output}");
+
+    // Rows masked; a server error comes back as the server said it.
+    let rows = ok(&got[3])["results"][0].clone();
+    assert_eq!(rows["columns"], json!(["name", "email"]));
+    assert_eq!(rows["rows"][0][0], "Alice");
+    assert_eq!(rows["rows"][0][1], "[MASKED:email]", "{rows}");
+    assert_eq!(rows["command"], "SELECT 2");
+    let missing = ok(&got[4]);
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{missing}"
+    );
+    // The wrong tool for a connection is the tool's error, with what to use instead.
+    assert_eq!(got[5]["result"]["isError"], true, "{}", got[5]);
+    assert!(got[5].to_string().contains("use `query`"), "{}", got[5]);
+
+    // The gate holds the DROP: the call answers at once, pending, with what reviewers see.
+    let pending = ok(&got[6]);
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert!(
+        pending["held"]
+            .as_str()
+            .unwrap()
+            .contains("DROP TABLE doomed")
+    );
+    let review = pending["review"].as_str().unwrap().to_string();
+
+    // An agent never decides a review, even one in the reviewers' group.
+    for token in [gw.agent_token.as_str(), AGENT, BOT] {
+        let (code, _, err) = gw.run_as(Some(token), &["review", "approve", &review]);
+        assert_ne!(code, 0, "an agent approved: {err}");
+        assert!(err.contains("is an agent"), "{err}");
+    }
+    assert_eq!(cluster.sql("SELECT count(*) FROM doomed").trim(), "0");
+    let status = client(
+        &gw,
+        Some(&gw.agent_token),
+        json!([{"tool": "review_status", "args": {"review": review}}]),
+    );
+    assert_eq!(ok(&status[0])["status"], "pending", "{}", status[0]);
+
+    // A person approves; the agent collects the result of the call, which ran once.
+    let (code, _, err) = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &review]);
+    assert_eq!(code, 0, "{err}");
+    let collected = client(
+        &gw,
+        Some(&gw.agent_token),
+        json!([{"tool": "review_status", "args": {"review": review, "wait_seconds": 30}}]),
+    );
+    let answer = ok(&collected[0]);
+    assert_eq!(answer["status"], "approved", "{answer}");
+    assert_eq!(
+        answer["result"]["results"][0]["command"], "DROP TABLE",
+        "{answer}"
+    );
+    let exists = cluster.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'doomed'");
+    assert_eq!(exists.trim(), "0");
+    // Only the caller collects the result; a reviewer sees the state alone.
+    let theirs = client(
+        &gw,
+        Some(&gw.reviewer_token),
+        json!([{"tool": "review_status", "args": {"review": review}}]),
+    );
+    assert_eq!(ok(&theirs[0])["status"], "approved");
+    assert!(ok(&theirs[0]).get("result").is_none(), "{}", theirs[0]);
+
+    // Each call was a session like any other, by the agent, recorded.
+    let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["sessions"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dev-agent"), "{out}");
+    assert!(out.contains("DROP TABLE doomed"), "{out}");
+}
+
+/// `curl` to `/mcp` with `body` and `headers`; (HTTP status, body).
+fn post(gw: &Gateway, headers: &[&str], body: &[u8]) -> (u16, String) {
+    let file = gw.dir.path().join("mcp-body");
+    std::fs::write(&file, body).unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(gw.dir.path().join("data/tls/ca.pem"))
+        .args(["-X", "POST", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+        ]);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    cmd.arg(format!("https://{}/mcp", gw.addr));
+    let (code, out, err) = run_command(&mut cmd, "");
+    assert_eq!(code, 0, "curl: {err}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn bad_tokens_and_malformed_messages_get_clear_errors_and_the_endpoint_carries_on() {
+    ensure_installed("/usr/bin/curl", &["curl"]);
+    let gw = Gateway::start();
+    let bearer = format!("Authorization: Bearer {}", gw.agent_token);
+    let call = |id: u32, method: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}}).to_string()
+    };
+
+    // No token, a wrong one, a malformed header: 401, saying why, with the scheme to use.
+    let (status, body) = post(&gw, &[], call(1, "tools/list").as_bytes());
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("no token given"), "{body}");
+    let (status, body) = post(
+        &gw,
+        &["Authorization: Bearer sluice_dev_user_wrong"],
+        call(1, "tools/list").as_bytes(),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unknown token"), "{body}");
+    let (status, body) = post(&gw, &["Authorization: Basic abc"], b"{}");
+    assert_eq!(
+        (status, body.contains("Bearer TOKEN")),
+        (401, true),
+        "{body}"
+    );
+    // The SDK's client, without a token, is told so and does not connect.
+    let refused = client(&gw, None, json!([{"list": true}]));
+    assert!(refused[0]["connect_error"].is_string(), "{refused:?}");
+
+    // Not JSON, not JSON-RPC, an unknown method: JSON-RPC errors.
+    let (status, body) = post(&gw, &[&bearer], b"{\"jsonrpc\": \"2.0\", \"id\": 1, ");
+    assert!(status == 400 && body.contains("-32700"), "{status} {body}");
+    let (status, body) = post(&gw, &[&bearer], b"[1, 2, 3]");
+    assert!(status == 400 && body.contains("-32600"), "{status} {body}");
+    let (status, body) = post(&gw, &[&bearer], call(2, "no/such/method").as_bytes());
+    assert!(body.contains("-32601"), "{status} {body}");
+    // A message over the limit (1 MiB): 413, the body never parsed.
+    let huge = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"exec\",\"arguments\":{{\"connection\":\"shell\",\"script\":\"{}\"}}}}}}",
+        "x".repeat(2 << 20)
+    );
+    let (status, body) = post(&gw, &[&bearer], huge.as_bytes());
+    assert_eq!(status, 413, "{body}");
+    // A web page's request (an Origin) is refused: agents are not browsers.
+    let (status, body) = post(
+        &gw,
+        &[&bearer, "Origin: https://evil.example"],
+        call(4, "tools/list").as_bytes(),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Unknown tools and missing arguments, through the SDK: errors, and the next call works.
+    let got = client(
+        &gw,
+        Some(&gw.user_token),
+        json!([
+            {"tool": "rm_everything"},
+            {"tool": "exec", "args": {"connection": "shell"}},
+            {"tool": "exec", "args": {"connection": "nowhere", "script": "true"}},
+            {"tool": "review_status", "args": {"review": "r-nosuchreview"}},
+            {"tool": "exec", "args": {"connection": "shell", "script": "echo still here"}},
+        ]),
+    );
+    assert!(
+        got[0]["error"].as_str().unwrap().contains("unknown tool"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].to_string().contains("missing argument `script`"),
+        "{}",
+        got[1]
+    );
+    assert!(
+        got[2].to_string().contains("unknown connection `nowhere`"),
+        "{}",
+        got[2]
+    );
+    assert!(
+        got[3].to_string().contains("no review r-nosuchreview"),
+        "{}",
+        got[3]
+    );
+    assert_eq!(ok(&got[4])["output"], "still here\n");
+}
