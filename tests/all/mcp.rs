@@ -260,6 +260,13 @@ fn bad_tokens_and_malformed_messages_get_clear_errors_and_the_endpoint_carries_o
     );
     assert_eq!(status, 403, "{body}");
 
+    // A call on its own, as the README's walkthrough sends it: masked output.
+    let exec = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "exec",
+        "arguments": {"connection": "shell", "script": "echo card 4242424242424242"}}});
+    let (status, body) = post(&gw, &[&bearer], exec.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#"card ************4242\n"#), "{body}");
+
     // Unknown tools and missing arguments, through the SDK: errors, and the next call works.
     let got = client(
         &gw,
