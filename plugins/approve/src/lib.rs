@@ -40,6 +40,9 @@ pub struct Settings {
     pub actions: BTreeMap<String, String>,
     #[serde(default)]
     pub custom: Vec<CustomRule>,
+    /// Rules for MCP tool calls, by tool name and argument values.
+    #[serde(default)]
+    pub tools: Vec<ToolRule>,
     /// Log which rule matched which statement or command, and what it does (never the
     /// text), for `sluice plugin run --explain`.
     #[serde(default)]
@@ -56,6 +59,80 @@ pub struct CustomRule {
     /// `sql` (matched per statement, normalized) or `shell` (per simple command); needed
     /// only when both sets are on.
     pub on: Option<String>,
+}
+
+/// A rule for MCP tool calls: the tool (`*`: any), and conditions on its arguments that
+/// must all hold. An argument that is a list matches when one of its items does.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRule {
+    pub tool: String,
+    /// Argument name -> a pattern its value matches (a string as it is, anything else as JSON).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, String>,
+    /// Argument name -> folders: the value, a path with `.` and `..` resolved, is one of
+    /// them or inside one. A relative path counts as inside (where the server resolves it is
+    /// not known here).
+    #[serde(default)]
+    pub under: BTreeMap<String, Vec<String>>,
+    pub action: Option<String>,
+    pub reason: Option<String>,
+}
+
+struct ToolGate {
+    tool: String,
+    arguments: Vec<(String, Regex)>,
+    under: Vec<(String, Vec<String>)>,
+    action: Action,
+    reason: String,
+}
+
+impl ToolGate {
+    fn matches(&self, tool: &str, arguments: &serde_json::Value) -> bool {
+        let each = |name: &str, test: &dyn Fn(&serde_json::Value) -> bool| match arguments.get(name)
+        {
+            Some(serde_json::Value::Array(items)) => items.iter().any(test),
+            Some(value) => test(value),
+            None => false,
+        };
+        (self.tool == "*" || self.tool == tool)
+            && self.arguments.iter().all(|(name, regex)| {
+                each(name, &|v| match v {
+                    serde_json::Value::String(s) => regex.is_match(s),
+                    other => regex.is_match(&other.to_string()),
+                })
+            })
+            && self.under.iter().all(|(name, folders)| {
+                each(name, &|v| {
+                    v.as_str()
+                        .is_some_and(|path| folders.iter().any(|f| inside(path, f)))
+                })
+            })
+    }
+}
+
+/// Whether `path` (resolved lexically) is `folder` or inside it; a relative path is.
+fn inside(path: &str, folder: &str) -> bool {
+    if !path.starts_with('/') {
+        return true;
+    }
+    // Segment by segment: `/etcetera` is not inside `/etc`.
+    resolved(path).starts_with(&resolved(folder))
+}
+
+/// An absolute path's segments with `.`, `..` and empty ones resolved away.
+fn resolved(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +170,7 @@ struct Custom {
 pub struct Gate {
     sql: bool,
     shell: bool,
+    tools: Vec<ToolGate>,
     /// Built-in rule -> action; rules not listed are off.
     actions: BTreeMap<&'static str, Action>,
     /// The verbs of the built-in SQL rules whose action is not `off`.
@@ -185,8 +263,37 @@ impl Gate {
                 Language::Shell => shell = true,
             }
         }
-        if !sql && !shell {
-            return Err("nothing to check: set `rules` (sql, shell) or add `custom` rules".into());
+        let mut tools = Vec::new();
+        for (i, rule) in settings.tools.into_iter().enumerate() {
+            let at = format!("tools[{i}] ({:?})", rule.tool);
+            let mut arguments = Vec::new();
+            for (name, pattern) in rule.arguments {
+                let regex = Regex::builder()
+                    .syntax(syntax::Config::new().unicode(false).utf8(false))
+                    .build(&pattern)
+                    .map_err(|e| format!("{at}: arguments.{name}: invalid pattern: {e}"))?;
+                arguments.push((name, regex));
+            }
+            for (name, folders) in &rule.under {
+                if let Some(f) = folders.iter().find(|f| !f.starts_with('/')) {
+                    return Err(format!("{at}: under.{name}: `{f}` is not an absolute path"));
+                }
+            }
+            tools.push(ToolGate {
+                reason: rule
+                    .reason
+                    .unwrap_or_else(|| format!("calls `{}`", rule.tool)),
+                action: action(rule.action.as_deref().unwrap_or("hold"), &at)?,
+                tool: rule.tool,
+                arguments,
+                under: rule.under.into_iter().collect(),
+            });
+        }
+        if !sql && !shell && tools.is_empty() {
+            return Err(
+                "nothing to check: set `rules` (sql, shell), or add `custom` or `tools` rules"
+                    .into(),
+            );
         }
         let rules_on: Vec<_> = actions
             .iter()
@@ -197,6 +304,7 @@ impl Gate {
         Ok(Gate {
             sql,
             shell,
+            tools,
             verbs_on,
             actions,
             custom,
@@ -299,22 +407,58 @@ impl Gate {
     }
 
     pub fn verdict(&self, text: &str) -> Verdict {
-        let found = self.check(text);
-        let reasons = |a: Action| {
-            let r: Vec<_> = found
-                .iter()
-                .filter(|(x, _)| *x == a)
-                .map(|(_, r)| r.as_str())
-                .collect();
-            r.join("; ")
-        };
-        if found.iter().any(|(a, _)| *a == Action::Deny) {
-            Verdict::deny(reasons(Action::Deny))
-        } else if found.is_empty() {
-            Verdict::pass()
-        } else {
-            Verdict::hold(reasons(Action::Hold))
+        verdict_of(self.check(text))
+    }
+
+    /// What to do with an MCP tool call: the action of every rule it matches. Arguments that
+    /// are not a JSON object cannot be judged by argument rules: a person must.
+    pub fn tool_verdict(&self, tool: &str, arguments: &str) -> Verdict {
+        let parsed = serde_json::from_str::<serde_json::Value>(arguments)
+            .ok()
+            .filter(serde_json::Value::is_object);
+        let mut found = Vec::new();
+        for rule in self
+            .tools
+            .iter()
+            .filter(|r| r.tool == "*" || r.tool == tool)
+        {
+            match &parsed {
+                Some(arguments) if rule.matches(tool, arguments) => {
+                    self.explain("tool call", &rule.tool, rule.action, &rule.reason);
+                    found.push((rule.action, rule.reason.clone()));
+                }
+                Some(_) => {}
+                None if rule.arguments.is_empty() && rule.under.is_empty() => {
+                    found.push((rule.action, rule.reason.clone()));
+                }
+                None => found.push((
+                    Action::Hold,
+                    "the call's arguments cannot be read as a JSON object".into(),
+                )),
+            }
         }
+        found.retain(|(a, _)| *a != Action::Off);
+        found.dedup();
+        verdict_of(found)
+    }
+}
+
+/// Deny if any hit denies, else hold if any holds, else pass.
+fn verdict_of(found: Vec<(Action, String)>) -> Verdict {
+    let reasons = |a: Action| {
+        let r: Vec<_> = found
+            .iter()
+            .filter(|(x, _)| *x == a)
+            .map(|(_, r)| r.as_str())
+            .collect();
+        r.join("; ")
+    };
+    if found.iter().any(|(a, _)| *a == Action::Deny) {
+        Verdict::deny(reasons(Action::Deny))
+    } else if found.is_empty() {
+        Verdict::pass()
+    } else {
+        Verdict::hold(reasons(Action::Hold))
     }
 }
 
@@ -327,12 +471,16 @@ impl Filter for Gate {
         Gate::new(config.parse()?)
     }
 
-    /// Only what the client sends is judged: statements (PostgreSQL, `exec` scripts) and
-    /// lines (terminals). Output, rows and raw bytes pass without a call.
+    /// Only what the client sends is judged: statements (PostgreSQL, `exec` scripts), lines
+    /// (terminals) and MCP tool calls. Output, rows and raw bytes pass without a call.
     fn interest(&self) -> Interest {
         Interest::only(
             Direction::ClientToTarget,
-            &[ContentKind::Statement, ContentKind::Line],
+            &[
+                ContentKind::Statement,
+                ContentKind::Line,
+                ContentKind::ToolCall,
+            ],
         )
     }
 
@@ -343,6 +491,7 @@ impl Filter for Gate {
         match &frame.content {
             Content::Statement(s) => self.verdict(&s.text),
             Content::Line(line) => self.verdict(line),
+            Content::ToolCall(call) => self.tool_verdict(&call.tool, &call.arguments),
             _ => Verdict::pass(),
         }
     }
@@ -429,6 +578,71 @@ mod tests {
             "Hold(\"matches rule `payroll`\")"
         );
         assert_eq!(outcome(&g.verdict("select 'payroll'")), "Pass");
+    }
+
+    #[test]
+    fn tool_calls_are_judged_by_name_and_by_argument_values() {
+        let g = gate(
+            r#"{"tools": [
+                {"tool": "delete_file", "action": "deny", "reason": "deletes"},
+                {"tool": "*", "under": {"path": ["/etc", "/root/.ssh"]}, "reason": "system files"},
+                {"tool": "write_file", "arguments": {"content": "(?i)begin .*private key"}, "reason": "a key"}
+            ]}"#,
+        )
+        .unwrap();
+        let v = |tool: &str, args: &str| match g.tool_verdict(tool, args).action {
+            sluice_plugin_sdk::Action::Pass => "pass".to_string(),
+            sluice_plugin_sdk::Action::Hold(why) => format!("hold: {why}"),
+            sluice_plugin_sdk::Action::Deny(why) => format!("deny: {why}"),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(v("delete_file", "{}"), "deny: deletes");
+        assert_eq!(
+            v("read_file", r#"{"path": "/etc/shadow"}"#),
+            "hold: system files"
+        );
+        assert_eq!(v("read_file", r#"{"path": "/etc"}"#), "hold: system files");
+        // Resolved before it is judged: `..` and doubled slashes do not get around the rule.
+        assert_eq!(
+            v("read_file", r#"{"path": "/tmp/../etc//passwd"}"#),
+            "hold: system files"
+        );
+        assert_eq!(v("read_file", r#"{"path": "/etcetera/x"}"#), "pass");
+        assert_eq!(v("read_file", r#"{"path": "/tmp/x"}"#), "pass");
+        // A list matches by any item; a relative path might be anywhere: held.
+        assert_eq!(
+            v(
+                "read_multiple_files",
+                r#"{"path": ["/tmp/a", "/root/.ssh/id_ed25519"]}"#
+            ),
+            "hold: system files"
+        );
+        assert_eq!(
+            v("read_file", r#"{"path": "notes.txt"}"#),
+            "hold: system files"
+        );
+        assert_eq!(
+            v(
+                "write_file",
+                r#"{"path": "/tmp/k", "content": "-----BEGIN OPENSSH PRIVATE KEY-----"}"#
+            ),
+            "hold: a key"
+        );
+        assert_eq!(
+            v("write_file", r#"{"path": "/tmp/k", "content": "hello"}"#),
+            "pass"
+        );
+        // Arguments that cannot be read cannot pass an argument rule.
+        assert_eq!(
+            v("read_file", "not json"),
+            "hold: the call's arguments cannot be read as a JSON object"
+        );
+        assert!(
+            gate(r#"{"tools": [{"tool": "x", "under": {"path": ["etc"]}}]}"#)
+                .err()
+                .unwrap()
+                .contains("not an absolute path")
+        );
     }
 
     #[test]

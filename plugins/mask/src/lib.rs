@@ -31,7 +31,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{
-    CellFormat, Column, Config, Content, Direction, Filter, Frame, SessionInfo, Statement, Verdict,
+    CellFormat, Column, Config, Content, Direction, Filter, Frame, SessionInfo, Statement,
+    ToolCall, ToolResult, Verdict,
 };
 
 pub use detectors::{BUILTINS, Validator};
@@ -90,6 +91,8 @@ struct Kinds {
     line: bool,
     statement: bool,
     row: bool,
+    /// MCP tool calls' arguments and results.
+    tool: bool,
 }
 
 pub struct Mask {
@@ -237,6 +240,7 @@ impl Mask {
             line: true,
             statement: true,
             row: true,
+            tool: true,
         };
         if let Some(list) = &settings.kinds {
             kinds = Kinds::default();
@@ -246,9 +250,10 @@ impl Mask {
                     "line" => kinds.line = true,
                     "statement" => kinds.statement = true,
                     "row" => kinds.row = true,
+                    "tool" => kinds.tool = true,
                     other => {
                         return Err(format!(
-                            "kinds: unknown frame kind {other:?} (known: bytes, line, statement, row)"
+                            "kinds: unknown frame kind {other:?} (known: bytes, line, statement, row, tool)"
                         ));
                     }
                 }
@@ -316,7 +321,61 @@ impl Mask {
                 None
             }
             Content::Row(cells) if self.kinds.row => self.mask_row(d, cells).map(Content::Row),
+            Content::ToolCall(call) if self.kinds.tool => {
+                self.mask_json(&call.arguments).map(|arguments| {
+                    Content::ToolCall(ToolCall {
+                        arguments,
+                        ..call.clone()
+                    })
+                })
+            }
+            Content::ToolResult(result) if self.kinds.tool => {
+                self.mask_json(&result.output).map(|output| {
+                    Content::ToolResult(ToolResult {
+                        output,
+                        ..result.clone()
+                    })
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// An MCP call's arguments or result: every string (and number) in the JSON masked on its
+    /// own, so the JSON stays valid whatever the replacement; text that is not JSON is masked
+    /// as text.
+    fn mask_json(&mut self, text: &str) -> Option<String> {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return self.mask_text(text);
+        };
+        self.mask_value(&mut value).then(|| value.to_string())
+    }
+
+    fn mask_value(&mut self, value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => match self.mask_text(s) {
+                Some(masked) => {
+                    *s = masked;
+                    true
+                }
+                None => false,
+            },
+            // A card number sent as a number: masked, it becomes a string.
+            Value::Number(n) => match self.mask_text(&n.to_string()) {
+                Some(masked) => {
+                    *value = Value::String(masked);
+                    true
+                }
+                None => false,
+            },
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| self.mask_value(item) | changed),
+            Value::Object(fields) => fields
+                .values_mut()
+                .fold(false, |changed, item| self.mask_value(item) | changed),
+            Value::Bool(_) | Value::Null => false,
         }
     }
 

@@ -288,3 +288,68 @@ fn a_line_longer_than_the_window_is_released_as_it_comes() {
     let expected = json.replace("4242 4242 4242 4242", "[MASKED:card]");
     assert_eq!(String::from_utf8(out).unwrap(), expected);
 }
+
+#[test]
+fn tool_results_and_arguments_are_masked_string_by_string_and_stay_json() {
+    use sluice_plugin_sdk::{ToolCall, ToolResult};
+    let mut h = harness("{}");
+    // A result whose text holds a secret with a quote and backslash around it: the JSON
+    // stays valid because each string is masked on its own.
+    let output = r#"{"content":[{"type":"text","text":"key \"AKIAIOSFODNN7EXAMPLE\" \\ mail bob@example.com"}],"structuredContent":{"card":4242424242424242,"n":7}}"#;
+    let result = ToolResult {
+        server: "files".into(),
+        tool: "read_file".into(),
+        id: "1".into(),
+        output: output.into(),
+        is_error: false,
+    };
+    let Action::Replace(Content::ToolResult(masked)) =
+        h.send(TargetToClient, Content::ToolResult(result)).action
+    else {
+        panic!("a tool result with secrets is replaced");
+    };
+    let value: serde_json::Value = serde_json::from_str(&masked.output).unwrap();
+    let text = value["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text, r#"key "[MASKED:aws-key]" \ mail [MASKED:email]"#);
+    assert_eq!(value["structuredContent"]["card"], "[MASKED:card]");
+    assert_eq!(value["structuredContent"]["n"], 7);
+    assert_eq!(
+        (masked.tool.as_str(), masked.id.as_str()),
+        ("read_file", "1")
+    );
+
+    // Arguments going to the server pass as sent; the record gets them masked.
+    let call = ToolCall {
+        server: "files".into(),
+        tool: "write_file".into(),
+        id: "2".into(),
+        arguments: r#"{"path":"/tmp/x","content":"password=hunter2"}"#.into(),
+    };
+    let verdict = h.send(ClientToTarget, Content::ToolCall(call));
+    assert_eq!(verdict.action, Action::Pass);
+    let Some(Content::ToolCall(recorded)) = verdict.record_as else {
+        panic!("the record gets the arguments masked");
+    };
+    assert!(
+        recorded.arguments.contains("[MASKED:assignment]"),
+        "{}",
+        recorded.arguments
+    );
+    // Text that is not JSON is masked as text; `kinds` can leave tool frames out.
+    let plain = ToolResult {
+        server: "s".into(),
+        tool: "t".into(),
+        id: "3".into(),
+        output: "not json: bob@example.com".into(),
+        is_error: false,
+    };
+    let verdict = h.send(TargetToClient, Content::ToolResult(plain.clone()));
+    assert!(
+        matches!(verdict.action, Action::Replace(Content::ToolResult(r)) if r.output == "not json: [MASKED:email]")
+    );
+    let mut lines_only = harness(r#"{"kinds": ["line"]}"#);
+    assert_eq!(
+        lines_only.send(TargetToClient, Content::ToolResult(plain)),
+        Verdict::pass()
+    );
+}
