@@ -5,7 +5,7 @@
 //! script is a [`Content::Statement`], a line typed in a terminal is [`Content::Bytes`]
 //! (keystrokes) and then a [`Content::Line`] (at Enter).
 
-use crate::{CellFormat, Column, Content, ContentKind, Direction, Statement};
+use crate::{CellFormat, Column, Content, ContentKind, Direction, Statement, ToolCall, ToolResult};
 
 /// PostgreSQL's `text` type.
 const TEXT_OID: u32 = 25;
@@ -23,16 +23,22 @@ pub enum SessionKind {
     Postgres,
     /// A raw TCP stream through a `tcp` connection.
     Tcp,
+    /// An MCP client through an `mcp` connection: tool calls and their results.
+    Mcp,
 }
 
-use ContentKind::{Bytes, Columns, Line, Row, Statement as StatementKind};
+use ContentKind::{
+    Bytes, Columns, Line, Row, Statement as StatementKind, ToolCall as ToolCallKind,
+    ToolResult as ToolResultKind,
+};
 
 impl SessionKind {
-    pub const ALL: [SessionKind; 4] = [
+    pub const ALL: [SessionKind; 5] = [
         SessionKind::ExecScript,
         SessionKind::Terminal,
         SessionKind::Postgres,
         SessionKind::Tcp,
+        SessionKind::Mcp,
     ];
 
     /// Its name on the command line (`plugin run --as NAME`) and in messages.
@@ -42,6 +48,7 @@ impl SessionKind {
             SessionKind::Terminal => "terminal",
             SessionKind::Postgres => "pg",
             SessionKind::Tcp => "tcp",
+            SessionKind::Mcp => "mcp",
         }
     }
 
@@ -55,6 +62,7 @@ impl SessionKind {
             SessionKind::ExecScript | SessionKind::Terminal => "exec",
             SessionKind::Postgres => "postgres",
             SessionKind::Tcp => "tcp",
+            SessionKind::Mcp => "mcp",
         }
     }
 
@@ -72,6 +80,8 @@ impl SessionKind {
             // Result descriptions, rows, and the text of errors and notices as lines.
             (SessionKind::Postgres, Direction::TargetToClient) => &[Columns, Row, Line],
             (SessionKind::Tcp, _) => &[Bytes],
+            (SessionKind::Mcp, Direction::ClientToTarget) => &[ToolCallKind],
+            (SessionKind::Mcp, Direction::TargetToClient) => &[ToolResultKind],
         }
     }
 
@@ -82,6 +92,7 @@ impl SessionKind {
             SessionKind::ExecScript | SessionKind::Postgres => &[StatementKind],
             SessionKind::Terminal => &[Line],
             SessionKind::Tcp => &[Bytes],
+            SessionKind::Mcp => &[ToolCallKind],
         }
     }
 
@@ -112,6 +123,17 @@ impl SessionKind {
                 })
                 .collect(),
             SessionKind::Tcp => vec![Content::Bytes(input.as_bytes().to_vec())],
+            // `TOOL {"argument": ...}`: a call of TOOL with those arguments (none: `{}`).
+            SessionKind::Mcp => {
+                let (tool, arguments) =
+                    input.trim().split_once(' ').unwrap_or((input.trim(), "{}"));
+                vec![Content::ToolCall(ToolCall {
+                    server: "server".into(),
+                    tool: tool.into(),
+                    id: "1".into(),
+                    arguments: arguments.trim().into(),
+                })]
+            }
         }
     }
 
@@ -133,6 +155,17 @@ impl SessionKind {
                 std::iter::once(Content::Columns(vec![column]))
                     .chain(rows)
                     .collect()
+            }
+            // The tool's result: `output` as its one text content.
+            SessionKind::Mcp => {
+                let output = serde_json::json!({"content": [{"type": "text", "text": output}]});
+                vec![Content::ToolResult(ToolResult {
+                    server: "server".into(),
+                    tool: "tool".into(),
+                    id: "1".into(),
+                    output: output.to_string(),
+                    is_error: false,
+                })]
             }
             _ => vec![Content::Bytes(output.as_bytes().to_vec())],
         }

@@ -336,6 +336,7 @@ impl Connection {
             Connection::Exec(c) => c.agent.as_ref(),
             Connection::Postgres(c) => c.agent.as_ref(),
             Connection::Tcp(c) => c.agent.as_ref(),
+            Connection::Mcp(_) => None,
             Connection::Ssh(c) => c.agent.as_ref(),
         }
     }
@@ -345,6 +346,7 @@ impl Connection {
             Connection::Exec(c) => c.retention_days,
             Connection::Postgres(c) => c.retention_days,
             Connection::Tcp(c) => c.retention_days,
+            Connection::Mcp(c) => c.retention_days,
             Connection::Ssh(c) => c.retention_days,
         }
     }
@@ -649,6 +651,34 @@ pub enum Connection {
     Postgres(PostgresConnection),
     Tcp(TcpConnection),
     Ssh(SshConnection),
+    Mcp(McpConnection),
+}
+
+/// An MCP server reached through the gateway (`docs/ai-agents.md`): a program it starts and
+/// speaks MCP to over stdio, one per client session. Clients connect to `/mcp/NAME`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConnection {
+    /// The server's command line.
+    pub command: Vec<String>,
+    /// Its environment: `VALUE` or `env:NAME` (for secrets; never shown to the client).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Only these tools are shown and callable (empty: all but `deny_tools`).
+    #[serde(default)]
+    pub allow_tools: Vec<String>,
+    /// These tools are hidden and their calls refused.
+    #[serde(default)]
+    pub deny_tools: Vec<String>,
+    /// Calls a session may make; beyond it calls are refused.
+    #[serde(default)]
+    pub max_calls: Option<u32>,
+    #[serde(default)]
+    pub max_session_seconds: Option<u64>,
+    #[serde(default)]
+    pub retention_days: Option<f64>,
 }
 
 /// An SSH server reached through the gateway (`docs/ssh.md`): `ssh -p 2222 NAME@gateway`,
@@ -973,6 +1003,23 @@ impl Config {
                     continue;
                 }
                 Connection::Tcp(_) => continue,
+                Connection::Mcp(mcp) => {
+                    if mcp.command.is_empty() {
+                        return Err(format!(
+                            "connections.{name}.command: name the MCP server's program"
+                        ));
+                    }
+                    for (key, value) in &mcp.env {
+                        if let Some(var) = value.strip_prefix("env:")
+                            && std::env::var_os(var).is_none()
+                        {
+                            return Err(format!(
+                                "connections.{name}.env.{key}: environment variable {var} is not set"
+                            ));
+                        }
+                    }
+                    continue;
+                }
                 Connection::Ssh(ssh) => {
                     crate::ssh::upstream::Credentials::load(ssh)
                         .map_err(|e| format!("connections.{name}: {e}"))?;

@@ -18,6 +18,7 @@ pub fn session_kinds(connection: &Connection) -> &'static [SessionKind] {
         }
         Connection::Postgres(_) => &[SessionKind::Postgres],
         Connection::Tcp(_) => &[SessionKind::Tcp],
+        Connection::Mcp(_) => &[SessionKind::Mcp],
     }
 }
 

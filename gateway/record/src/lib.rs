@@ -87,6 +87,8 @@ pub mod kinds {
     /// A file transfer that ended (`{"path", "direction", "bytes", "sha256"}`), recorded
     /// before the request that ends it reaches the server.
     pub const FILE_TRANSFER: &str = "file-transfer";
+    /// An MCP tool's definition first seen (pinned), or seen changed (and refused).
+    pub const MCP_TOOL: &str = "mcp-tool";
 }
 
 /// An event to append.

@@ -27,9 +27,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, StatusCode};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    InitializeRequestParams, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -65,33 +67,9 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Reply {
-        let token = match req.headers().get(hyper::header::AUTHORIZATION) {
-            Some(header) => bearer(header).map(str::to_string),
-            None => Err((
-                StatusCode::UNAUTHORIZED,
-                "no token given: send `Authorization: Bearer TOKEN` (a Sluice token or an access token)".into(),
-            )),
-        };
-        let identity = match token {
-            Ok(token) => self
-                .auth
-                .authenticate(&token)
-                .await
-                .map(|identity| (identity, token))
-                .map_err(|why| (StatusCode::UNAUTHORIZED, why)),
-            Err(refused) => Err(refused),
-        };
-        let (identity, token) = match identity {
+        let (identity, token) = match self.bearer_identity(&req, peer).await {
             Ok(known) => known,
-            Err((status, why)) => {
-                tracing::warn!(%peer, path = PATH, %why, "authentication refused");
-                let mut reply = error(status, &why);
-                reply.headers_mut().insert(
-                    hyper::header::WWW_AUTHENTICATE,
-                    hyper::header::HeaderValue::from_static("Bearer"),
-                );
-                return reply;
-            }
+            Err(reply) => return reply,
         };
         let req = match checked(req).await {
             Ok(req) => req,
@@ -117,6 +95,189 @@ impl Gateway {
             config,
         );
         service.handle(req).await
+    }
+}
+
+/// Who sent a request to an `mcp` connection's endpoint (put in the request's extensions).
+#[derive(Clone)]
+struct Caller {
+    identity: Identity,
+    peer: SocketAddr,
+}
+
+/// The endpoints of `mcp` connections, made on first use; their MCP sessions live in them.
+pub(super) type Fronted = StreamableHttpService<Front, LocalSessionManager>;
+
+impl Gateway {
+    /// `/mcp/NAME`: an MCP session with the connection's server, one per client session.
+    pub(super) async fn mcp_connection_route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        name: &str,
+        peer: SocketAddr,
+    ) -> Reply {
+        let identity = match self.bearer_identity(&req, peer).await {
+            Ok((identity, _)) => identity,
+            Err(reply) => return reply,
+        };
+        let connection = match self.connectable(&identity, name).await {
+            Ok(Connection::Mcp(mcp)) => mcp,
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("`{name}` is not an MCP connection: its tools are at /mcp"),
+                );
+            }
+            Err((status, why)) => return error(status, &why),
+        };
+        let mut req = match checked(req).await {
+            Ok(req) => req,
+            Err(refused) => return refused,
+        };
+        req.extensions_mut().insert(Caller { identity, peer });
+        let service = {
+            let mut services = self.mcp_fronts.lock().unwrap_or_else(|e| e.into_inner());
+            services
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let (gateway, name) = (Arc::downgrade(&self), name.to_string());
+                    let mut config = StreamableHttpServerConfig::default()
+                        .disable_allowed_hosts()
+                        .enforce_origin_validation();
+                    config.max_request_body_bytes = MAX_MESSAGE;
+                    let sessions = LocalSessionManager::default();
+                    StreamableHttpService::new(
+                        move || {
+                            Ok(Front {
+                                gateway: gateway.clone(),
+                                name: name.clone(),
+                                connection: connection.clone(),
+                                session: Arc::new(FrontSession::default()),
+                            })
+                        },
+                        Arc::new(sessions),
+                        config,
+                    )
+                })
+                .clone()
+        };
+        service.handle(req).await
+    }
+}
+
+/// One client's MCP session on an `mcp` connection.
+#[derive(Clone)]
+pub(super) struct Front {
+    gateway: std::sync::Weak<Gateway>,
+    name: String,
+    connection: crate::config::McpConnection,
+    session: Arc<FrontSession>,
+}
+
+/// The relay, once the client initialized; closed when the MCP session ends.
+#[derive(Default)]
+struct FrontSession {
+    relay: tokio::sync::OnceCell<crate::session::mcp::Relay>,
+    subject: std::sync::OnceLock<String>,
+}
+
+impl Drop for FrontSession {
+    fn drop(&mut self) {
+        if let Some(relay) = self.relay.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(relay.close("the MCP session ended"));
+        }
+    }
+}
+
+impl Front {
+    /// The request's caller, who must be the session's.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+        let caller = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| ErrorData::internal_error("no caller on the request", None))?;
+        match self.session.subject.get() {
+            Some(subject) if *subject != caller.identity.subject => Err(
+                ErrorData::invalid_request("this MCP session belongs to another identity", None),
+            ),
+            _ => Ok(caller),
+        }
+    }
+
+    fn relay(&self) -> Result<&crate::session::mcp::Relay, ErrorData> {
+        self.session
+            .relay
+            .get()
+            .ok_or_else(|| ErrorData::invalid_request("initialize the session first", None))
+    }
+}
+
+impl ServerHandler for Front {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
+            Implementation::new(format!("sluice:{}", self.name), env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let caller = self.caller(&context)?;
+        let gateway = self
+            .gateway
+            .upgrade()
+            .ok_or_else(|| ErrorData::internal_error("the gateway is stopping", None))?;
+        let mut opening =
+            gateway.opening(&self.name, caller.identity.clone(), caller.peer.to_string());
+        opening.protocol = "mcp";
+        opening.meta = json!({"front": "mcp", "client": request.client_info.name});
+        opening.access_until = gateway
+            .access(&caller.identity, &self.name, None)
+            .await
+            .map_err(|why| ErrorData::invalid_request(why, None))?;
+        let relay = crate::session::mcp::Relay::open(
+            gateway.session_ctx.clone(),
+            opening,
+            self.connection.clone(),
+            gateway.mcp_pins.clone(),
+        )
+        .await
+        .map_err(|why| ErrorData::internal_error(why, None))?;
+        let _ = self.session.subject.set(caller.identity.subject);
+        if self.session.relay.set(relay).is_err() {
+            return Err(ErrorData::invalid_request("already initialized", None));
+        }
+        self.negotiate_initialize(&request)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        self.caller(&context)?;
+        Ok(ListToolsResult::with_all_items(
+            self.relay()?.tools().await?,
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.caller(&context)?;
+        let id = serde_json::to_value(&context.id)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        Ok(self.relay()?.call(request, id).await?.into())
     }
 }
 
@@ -178,6 +339,42 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Reply {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     reply
+}
+
+impl Gateway {
+    /// The bearer token's identity (never the console's cookie: no browser's endpoint), or
+    /// `401` saying why, with the scheme to use.
+    async fn bearer_identity(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<(Identity, String), Reply> {
+        let token = match req.headers().get(hyper::header::AUTHORIZATION) {
+            Some(header) => bearer(header).map(str::to_string),
+            None => Err((
+                StatusCode::UNAUTHORIZED,
+                "no token given: send `Authorization: Bearer TOKEN` (a Sluice token or an access token)".into(),
+            )),
+        };
+        let known = match token {
+            Ok(token) => self
+                .auth
+                .authenticate(&token)
+                .await
+                .map(|identity| (identity, token))
+                .map_err(|why| (StatusCode::UNAUTHORIZED, why)),
+            Err(refused) => Err(refused),
+        };
+        known.map_err(|(status, why)| {
+            tracing::warn!(%peer, path = %req.uri().path(), %why, "authentication refused");
+            let mut reply = error(status, &why);
+            reply.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            reply
+        })
+    }
 }
 
 /// The tools, as one caller sees them.
@@ -315,6 +512,7 @@ impl Tools {
                     Connection::Ssh(_) => ("ssh", Some("exec")),
                     Connection::Postgres(_) => ("postgres", Some("query")),
                     Connection::Tcp(_) => ("tcp", None),
+                    Connection::Mcp(_) => ("mcp", None),
                 };
                 let access = self.gateway.reviews().needs_access(&name);
                 json!({"name": name, "kind": kind, "tool": tool, "needs_approved_access": access})
@@ -354,6 +552,9 @@ impl Tools {
             }
             Connection::Tcp(_) => {
                 return Err(format!("`{name}` forwards a port: no tool runs on it"));
+            }
+            Connection::Mcp(_) => {
+                return Err(format!("`{name}` is an MCP server: connect to /mcp/{name}"));
             }
         };
         let session = opening.id.clone();

@@ -89,6 +89,10 @@ pub struct Gateway {
     ssh: Option<ssh::Keys>,
     /// Results of MCP calls that were held, kept for their callers.
     mcp: Arc<mcp::Kept>,
+    /// `mcp` connections' endpoints (with their live MCP sessions), made on first use.
+    mcp_fronts: std::sync::Mutex<BTreeMap<String, mcp::Fronted>>,
+    /// Tool definitions' pinned fingerprints, per `mcp` connection.
+    mcp_pins: Arc<session::mcp::Pins>,
     /// Accept loops (the HTTPS listener's and each PostgreSQL front door's), ended at stop.
     listeners: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -432,6 +436,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         maintenance: tokio::sync::Mutex::new(()),
         ssh: ssh_keys,
         mcp: Default::default(),
+        mcp_fronts: Default::default(),
+        mcp_pins: Arc::new(session::mcp::Pins::open(&data)?),
         listeners: std::sync::Mutex::new(listeners),
     });
     if let Some(peers) = &gateway.peers {

@@ -54,6 +54,10 @@ impl Gateway {
         if path == super::mcp::PATH {
             return self.mcp_route(req, peer).await;
         }
+        if let Some(name) = path.strip_prefix("/mcp/") {
+            let name = name.to_string();
+            return self.mcp_connection_route(req, &name, peer).await;
+        }
         if path == "/api/auth" {
             // What `sluice login` needs to sign in: public.
             let oidc = self.auth.oidc().map(|o| {
@@ -413,6 +417,7 @@ impl Gateway {
                     Connection::Postgres(pg) => ("postgres", Some(pg.listen.to_string())),
                     Connection::Tcp(_) => ("tcp", None),
                     Connection::Ssh(_) => ("ssh", None),
+                    Connection::Mcp(_) => ("mcp", Some(format!("/mcp/{name}"))),
                 };
                 let roles: Vec<_> = Role::ALL
                     .iter()

@@ -433,6 +433,14 @@ impl Gateway {
         let target = match connection {
             Connection::Exec(exec) => Target::Program(exec),
             Connection::Ssh(ssh) => Target::Ssh(ssh),
+            Connection::Mcp(_) => {
+                return ssh::refuse(
+                    &channel,
+                    &format!("`{name}` is an MCP server: MCP clients connect to https://GATEWAY/mcp/{name}"),
+                    ssh::EXIT_REFUSED,
+                )
+                .await;
+            }
             Connection::Postgres(_) | Connection::Tcp(_) => {
                 return ssh::refuse(
                     &channel,

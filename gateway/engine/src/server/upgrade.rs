@@ -113,6 +113,12 @@ impl Gateway {
                     ),
                 );
             }
+            (Connection::Mcp(_), _) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("`{name}` is an MCP server: MCP clients connect to /mcp/{name}"),
+                );
+            }
             (Connection::Postgres(_) | Connection::Tcp(_), _) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -202,7 +208,7 @@ impl Gateway {
                         .await;
                 });
             }
-            Connection::Exec(_) | Connection::Ssh(_) => {
+            Connection::Exec(_) | Connection::Ssh(_) | Connection::Mcp(_) => {
                 return error(StatusCode::BAD_REQUEST, "not a tunnel");
             }
         }

@@ -12,6 +12,7 @@
 //! frame is durable, and a failed commit ends the session (fails closed).
 
 pub mod exec;
+pub mod mcp;
 pub mod sftp;
 
 use std::collections::HashMap;

@@ -1,0 +1,420 @@
+//! An MCP server as a connection (`kind = "mcp"`): the gateway is an MCP server to the client
+//! (`/mcp/NAME`, `server/mcp.rs`) and an MCP client to the upstream server, a program it
+//! starts per session and speaks to over stdio. Between the two, every call is a frame:
+//!
+//! ```text
+//! client --tools/call--> [budget, allow/deny, pin] --tool-call frame--> chain --> record --> server
+//! client <--result------ record <-- chain <--tool-result frame---------------------------- server
+//! ```
+//!
+//! `tools/list` shows only tools the connection allows whose definition (name, description,
+//! input schema) has the fingerprint pinned when it was first seen; a changed definition (a
+//! "rug pull") is hidden, its calls refused, and the change recorded. The server's requests
+//! that act through the client (sampling, elicitation) are refused and recorded.
+//!
+//! *Invariants:* a call reaches the server only after its frame crossed the chain (a held one
+//! after its review) and is durable in the record; a result reaches the client only as the
+//! chain passed it, after it is durable; a tool not shown is never called.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ContentBlock, ElicitRequestParams, ElicitResult, Tool,
+};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::{ClientHandler, ErrorData, RoleClient};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sluice_core::frame::{Content, Direction, ToolCall, ToolResult};
+
+use super::{Core, Opening, Outcome};
+use crate::config::McpConnection;
+
+/// Pinned tool fingerprints per connection, kept in the data folder.
+pub struct Pins {
+    path: PathBuf,
+    pins: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+/// What the pin says of a tool's definition now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// First seen: pinned now.
+    New,
+    Same,
+    /// Differs from the pinned fingerprint.
+    Changed {
+        pinned: String,
+    },
+}
+
+impl Pins {
+    pub fn open(data_dir: &std::path::Path) -> anyhow::Result<Pins> {
+        let path = data_dir.join("mcp-pins.json");
+        let pins = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        };
+        Ok(Pins {
+            path,
+            pins: Mutex::new(pins),
+        })
+    }
+
+    /// Checks `fingerprint` for `tool` of `connection`, pinning it when first seen.
+    pub fn check(&self, connection: &str, tool: &str, fingerprint: &str) -> Result<Pin, String> {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let of = pins.entry(connection.to_string()).or_default();
+        match of.get(tool) {
+            Some(pinned) if pinned == fingerprint => Ok(Pin::Same),
+            Some(pinned) => Ok(Pin::Changed {
+                pinned: pinned.clone(),
+            }),
+            None => {
+                of.insert(tool.to_string(), fingerprint.to_string());
+                let text = serde_json::to_string_pretty(&*pins).map_err(|e| e.to_string())?;
+                sluice_core::files::write_private(&self.path, text.as_bytes())
+                    .map_err(|e| format!("cannot save the tool pins: {e}"))?;
+                Ok(Pin::New)
+            }
+        }
+    }
+}
+
+/// A tool definition's fingerprint: SHA-256 of its name, description and input schema as
+/// canonical JSON (keys sorted).
+pub fn fingerprint(tool: &Tool) -> String {
+    let definition = json!({
+        "name": tool.name,
+        "description": tool.description,
+        "input_schema": Value::Object((*tool.input_schema).clone()),
+    });
+    hex::encode(Sha256::digest(canonical(&definition).as_bytes()))
+}
+
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, String> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            let fields: Vec<String> = sorted
+                .into_iter()
+                .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The upstream side's handler: what the server asks of the client. Requests that would act
+/// through the client (sampling, elicitation) are refused and recorded: the client is an
+/// agent or a person the server must not reach around the gateway.
+#[derive(Clone)]
+pub struct Upstream {
+    core: Arc<tokio::sync::Mutex<Core>>,
+}
+
+impl Upstream {
+    /// Records a server request the gateway refuses, and the error the server gets.
+    async fn refuse(&self, what: &str, why: &str) -> ErrorData {
+        let mut core = self.core.lock().await;
+        let decision = core.refuse(
+            Direction::TargetToClient,
+            Content::Bytes(what.as_bytes().to_vec()),
+            why,
+        );
+        if let Err(e) = core
+            .record_frame(Direction::TargetToClient, &decision)
+            .await
+        {
+            tracing::error!(error = %e, "cannot record a refused server request");
+        }
+        ErrorData::invalid_request(format!("refused by the gateway: {why}"), None)
+    }
+}
+
+impl ClientHandler for Upstream {
+    // Sampling is deprecated by the MCP specification (SEP-2577); it is refused all the same.
+    #[allow(deprecated)]
+    async fn create_message(
+        &self,
+        _params: rmcp::model::CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, ErrorData> {
+        Err(self
+            .refuse(
+                "sampling/createMessage",
+                "the server may not ask the client's model (sampling)",
+            )
+            .await)
+    }
+
+    async fn create_elicitation(
+        &self,
+        _params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Err(self
+            .refuse(
+                "elicitation/create",
+                "the server may not ask the person (elicitation)",
+            )
+            .await)
+    }
+}
+
+/// One client session: the open session's core, the server, and what the client was shown.
+pub struct Relay {
+    pub name: String,
+    pub connection: McpConnection,
+    pub core: Arc<tokio::sync::Mutex<Core>>,
+    pub server: RunningService<RoleClient, Upstream>,
+    pins: Arc<Pins>,
+    /// Tools shown (allowed, pin unchanged), by name.
+    shown: Mutex<Option<BTreeSet<String>>>,
+    calls: Mutex<u32>,
+}
+
+impl Relay {
+    /// Opens the session (`Core::open`) and starts the server.
+    pub async fn open(
+        ctx: Arc<super::Context>,
+        opening: Opening,
+        connection: McpConnection,
+        pins: Arc<Pins>,
+    ) -> Result<Relay, String> {
+        let name = opening.connection_name.clone();
+        let (core, _killed) = Core::open(ctx, opening).await?;
+        let core = Arc::new(tokio::sync::Mutex::new(core));
+        let mut command = tokio::process::Command::new(
+            connection
+                .command
+                .first()
+                .ok_or("the connection names no command")?,
+        );
+        command
+            .args(&connection.command[1..])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (key, value) in &connection.env {
+            let value = match value.strip_prefix("env:") {
+                Some(var) => std::env::var(var).unwrap_or_default(),
+                None => value.clone(),
+            };
+            command.env(key, value);
+        }
+        if let Some(cwd) = &connection.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start the MCP server: {e}"))?;
+        let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+            return Err("the MCP server's stdio is not piped".into());
+        };
+        let upstream = Upstream { core: core.clone() };
+        let server = rmcp::serve_client(upstream, (stdout, stdin))
+            .await
+            .map_err(|e| format!("the MCP server did not start: {e}"))?;
+        // The child lives as long as the transport; ended with the session.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(Relay {
+            name,
+            connection,
+            core,
+            server,
+            pins,
+            shown: Mutex::new(None),
+            calls: Mutex::new(0),
+        })
+    }
+
+    fn allowed(&self, tool: &str) -> bool {
+        let c = &self.connection;
+        (c.allow_tools.is_empty() || c.allow_tools.iter().any(|t| t == tool))
+            && !c.deny_tools.iter().any(|t| t == tool)
+    }
+
+    /// The server's tools the client may see: allowed, and as pinned.
+    pub async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
+        let all = self
+            .server
+            .peer()
+            .list_all_tools()
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("the MCP server: {e}"), None))?;
+        let mut shown = Vec::new();
+        for tool in all {
+            if !self.allowed(&tool.name) {
+                continue;
+            }
+            let print = fingerprint(&tool);
+            match self.pins.check(&self.name, &tool.name, &print) {
+                Ok(Pin::Same) => shown.push(tool),
+                Ok(Pin::New) => {
+                    self.event(json!({"tool": tool.name, "pinned": print}))
+                        .await;
+                    shown.push(tool);
+                }
+                Ok(Pin::Changed { pinned }) => {
+                    self.event(json!({"tool": tool.name, "changed": print, "pinned": pinned, "refused": true}))
+                        .await;
+                }
+                Err(why) => return Err(ErrorData::internal_error(why, None)),
+            }
+        }
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(shown.iter().map(|t| t.name.to_string()).collect());
+        Ok(shown)
+    }
+
+    async fn event(&self, meta: Value) {
+        let mut core = self.core.lock().await;
+        let seq = core.seq(Direction::TargetToClient);
+        if let Err(e) = core
+            .record_event(sluice_record::kinds::MCP_TOOL, seq, meta, Vec::new())
+            .await
+        {
+            tracing::error!(error = %e, "cannot record a tool's pin");
+        }
+    }
+
+    /// One `tools/call`, through the chain both ways.
+    pub async fn call(
+        &self,
+        params: CallToolRequestParams,
+        id: String,
+    ) -> Result<CallToolResult, ErrorData> {
+        let tool = params.name.to_string();
+        let arguments = Value::Object(params.arguments.clone().unwrap_or_default()).to_string();
+        let frame = Content::ToolCall(ToolCall {
+            server: self.name.clone(),
+            tool: tool.clone(),
+            id: id.clone(),
+            arguments,
+        });
+        if self
+            .shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            self.tools().await?;
+        }
+        let refusal = {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            *calls += 1;
+            let shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+            match self.connection.max_calls {
+                Some(max) if *calls > max => {
+                    Some(format!("this session's budget of {max} calls is spent"))
+                }
+                _ if !shown.as_ref().is_some_and(|s| s.contains(&tool)) => Some(format!(
+                    "`{tool}` is not a tool of `{}` you may call (not allowed, or its definition changed since it was pinned)",
+                    self.name
+                )),
+                _ => None,
+            }
+        };
+        // Through the chain; a held call waits for its review, the lock let go meanwhile.
+        let decision = {
+            let mut core = self.core.lock().await;
+            match &refusal {
+                Some(why) => core.refuse(Direction::ClientToTarget, frame, why),
+                None => core.filter(Direction::ClientToTarget, frame),
+            }
+        };
+        let decision = match &decision.outcome {
+            Outcome::Hold { reasons } => {
+                let mut pending = self
+                    .core
+                    .lock()
+                    .await
+                    .request_review(&decision, &reasons.join("; "))
+                    .await
+                    .map_err(internal)?;
+                let review = pending.decided().await;
+                self.core.lock().await.reviewed(decision, &review)
+            }
+            _ => decision,
+        };
+        self.core
+            .lock()
+            .await
+            .record_frame(Direction::ClientToTarget, &decision)
+            .await
+            .map_err(internal)?;
+        if let Outcome::Deny { plugin, reason } = &decision.outcome {
+            return Ok(refused(&format!("refused by {plugin}: {reason}")));
+        }
+        let Content::ToolCall(forward) = &decision.forward else {
+            return Err(internal("the chain changed the call's kind"));
+        };
+        let mut params = params;
+        params.arguments = serde_json::from_str::<Value>(&forward.arguments)
+            .ok()
+            .and_then(|v| v.as_object().cloned());
+        let result = match self.server.peer().call_tool(params).await {
+            Ok(result) => result,
+            Err(e) => {
+                CallToolResult::error(vec![ContentBlock::text(format!("the MCP server: {e}"))])
+            }
+        };
+        let output = serde_json::to_string(&result).map_err(internal)?;
+        let frame = Content::ToolResult(ToolResult {
+            server: self.name.clone(),
+            tool,
+            id,
+            output,
+            is_error: result.is_error == Some(true),
+        });
+        let mut core = self.core.lock().await;
+        let decision = core.filter(Direction::TargetToClient, frame);
+        core.record_frame(Direction::TargetToClient, &decision)
+            .await
+            .map_err(internal)?;
+        drop(core);
+        match (&decision.outcome, &decision.forward) {
+            (Outcome::Pass, Content::ToolResult(masked)) => {
+                serde_json::from_str(&masked.output).map_err(internal)
+            }
+            (Outcome::Deny { plugin, reason }, _) => Ok(refused(&format!(
+                "the result was withheld by {plugin}: {reason}"
+            ))),
+            _ => Err(internal("the chain changed the result's kind")),
+        }
+    }
+
+    /// Ends the session: the server stops, the record closes.
+    pub async fn close(self, why: &str) {
+        let _ = self.server.cancel().await;
+        let calls = *self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self.core.lock().await;
+        if let Err(e) = core.close(json!({"reason": why, "calls": calls})).await {
+            tracing::error!(error = %e, "cannot record the end of an MCP session");
+        }
+    }
+}
+
+fn refused(why: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!("sluice: {why}"))])
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorData {
+    ErrorData::internal_error(e.to_string(), None)
+}
