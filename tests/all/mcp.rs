@@ -5,6 +5,7 @@
 //! requests answered with errors while the gateway carries on.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -464,8 +465,49 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         "{refused}"
     );
 
-    // Each client session was one recorded session; replay lists its calls.
+    // An admin ends a live session: its next call is refused with the reason.
+    let go_on = root.join("go-on");
+    let (killed, (code, _, err)) = std::thread::scope(|scope| {
+        let admin = scope.spawn(|| {
+            let mut session = String::new();
+            eventually("the MCP session is live", Duration::from_secs(30), || {
+                let (_, out, _) = gw.run_as(Some(&gw.reviewer_token), &["sessions", "--active"]);
+                let live = out.lines().find(|l| l.contains("notes"));
+                session = live
+                    .and_then(|l| l.split_whitespace().next())
+                    .unwrap_or_default()
+                    .into();
+                !session.is_empty()
+            });
+            let done = gw.run_as(Some(&gw.reviewer_token), &["kill", &session]);
+            std::fs::write(&go_on, "").unwrap();
+            done
+        });
+        let got = connection_client(
+            &gw,
+            "notes",
+            json!([{"tool": "ask_model"}, {"until": go_on}, {"tool": "ask_model"}]),
+        );
+        (got, admin.join().unwrap())
+    });
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(killed[1]["waited"], true);
+    assert!(
+        killed[2].to_string().contains("the session was ended"),
+        "{}",
+        killed[2]
+    );
+
+    // Each client session was one recorded session, ended when its client ended it.
     let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["sessions"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.matches("notes").count() >= 2, "{out}");
+    assert!(out.matches("notes").count() >= 3, "{out}");
+    eventually(
+        "every MCP session ends with its client",
+        Duration::from_secs(30),
+        || {
+            let (_, out, _) = gw.run_as(Some(&gw.reviewer_token), &["sessions", "--active"]);
+            !out.contains("notes") && !out.contains(" fs ")
+        },
+    );
 }

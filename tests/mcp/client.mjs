@@ -2,8 +2,9 @@
 // Streamable HTTP endpoint given as the first argument with `Authorization: Bearer
 // $MCP_TOKEN`, runs the steps read from standard input (a JSON array), and prints one JSON
 // array with what each step got. Steps: {"list": true} lists the tools; {"tool": NAME,
-// "args": {...}} calls one. A step that fails prints its error and the next step runs.
-import { readFileSync } from "node:fs";
+// "args": {...}} calls one; {"until": PATH} waits (60 s at most) for a file to exist, so a
+// test can act on the live session. A step that fails prints its error and the next runs.
+import { existsSync, readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
@@ -21,7 +22,13 @@ try {
 }
 for (const step of steps) {
   try {
-    if (step.list) {
+    if (step.until) {
+      const deadline = Date.now() + 60000;
+      while (!existsSync(step.until) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      out.push({ waited: existsSync(step.until) });
+    } else if (step.list) {
       out.push({ tools: (await client.listTools()).tools });
     } else {
       const result = await client.callTool(
@@ -36,4 +43,6 @@ for (const step of steps) {
   }
 }
 console.log(JSON.stringify(out));
+// Ends the MCP session (HTTP DELETE) where the server keeps one, then the connection.
+await transport.terminateSession().catch(() => {});
 await client.close();

@@ -145,7 +145,9 @@ impl Gateway {
                         .disable_allowed_hosts()
                         .enforce_origin_validation();
                     config.max_request_body_bytes = MAX_MESSAGE;
-                    let sessions = LocalSessionManager::default();
+                    // An MCP session nobody used for this long ends (its server stops).
+                    let mut sessions = LocalSessionManager::default();
+                    sessions.session_config.keep_alive = Some(Duration::from_secs(30 * 60));
                     StreamableHttpService::new(
                         move || {
                             Ok(Front {

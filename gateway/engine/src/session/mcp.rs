@@ -182,6 +182,8 @@ pub struct Relay {
     /// Tools shown (allowed, pin unchanged), by name.
     shown: Mutex<Option<BTreeSet<String>>>,
     calls: Mutex<u32>,
+    /// Why the session ended before the client ended it (`kill`, its time limit).
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl Relay {
@@ -193,7 +195,7 @@ impl Relay {
         pins: Arc<Pins>,
     ) -> Result<Relay, String> {
         let name = opening.connection_name.clone();
-        let (core, _killed) = Core::open(ctx, opening).await?;
+        let (core, killed) = Core::open(ctx, opening).await?;
         let core = Arc::new(tokio::sync::Mutex::new(core));
         let mut command = tokio::process::Command::new(
             connection
@@ -233,6 +235,30 @@ impl Relay {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
+        // `sluice kill` or the time limit ends the session at once: the server stops, the
+        // record closes, and later calls are refused with the reason.
+        let ended = Arc::new(Mutex::new(None));
+        let limit = connection
+            .max_session_seconds
+            .map(std::time::Duration::from_secs);
+        let (stop, core_at_end, ended_at_end) =
+            (server.cancellation_token(), core.clone(), ended.clone());
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                Ok(reason) = killed => reason,
+                () = async {
+                    match limit {
+                        Some(limit) => tokio::time::sleep(limit).await,
+                        None => std::future::pending().await,
+                    }
+                } => "the session reached its time limit (max_session_seconds)".to_string(),
+            };
+            *ended_at_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+            stop.cancel();
+            if let Err(e) = core_at_end.lock().await.close(json!({"reason": why})).await {
+                tracing::error!(error = %e, "cannot record the end of an MCP session");
+            }
+        });
         Ok(Relay {
             name,
             connection,
@@ -241,7 +267,19 @@ impl Relay {
             pins,
             shown: Mutex::new(None),
             calls: Mutex::new(0),
+            ended,
         })
+    }
+
+    /// `Err` when the session was ended (`kill`, its time limit).
+    fn live(&self) -> Result<(), ErrorData> {
+        match &*self.ended.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(ErrorData::invalid_request(
+                format!("sluice: the session was ended: {why}"),
+                None,
+            )),
+            None => Ok(()),
+        }
     }
 
     fn allowed(&self, tool: &str) -> bool {
@@ -252,6 +290,7 @@ impl Relay {
 
     /// The server's tools the client may see: allowed, and as pinned.
     pub async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
+        self.live()?;
         let all = self
             .server
             .peer()
@@ -300,6 +339,7 @@ impl Relay {
         params: CallToolRequestParams,
         id: String,
     ) -> Result<CallToolResult, ErrorData> {
+        self.live()?;
         let tool = params.name.to_string();
         let arguments = Value::Object(params.arguments.clone().unwrap_or_default()).to_string();
         let frame = Content::ToolCall(ToolCall {
@@ -402,7 +442,11 @@ impl Relay {
 
     /// Ends the session: the server stops, the record closes.
     pub async fn close(self, why: &str) {
+        let was_ended = self.live().is_err();
         let _ = self.server.cancel().await;
+        if was_ended {
+            return; // closed when it was ended
+        }
         let calls = *self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let mut core = self.core.lock().await;
         if let Err(e) = core.close(json!({"reason": why, "calls": calls})).await {
