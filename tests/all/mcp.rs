@@ -498,10 +498,44 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         killed[2]
     );
 
+    // A client that launches a command: `sluice mcp NAME`, signed in with the user's token.
+    let bridged = |token: &str, steps: Value| {
+        let mut cmd = Command::new("node");
+        cmd.arg(mcp_dir().join("client.mjs"))
+            .args(["stdio", env!("CARGO_BIN_EXE_sluice"), "mcp", "fs"])
+            .env("SLUICE_GATEWAY", &gw.addr)
+            .env("SLUICE_TOKEN", token)
+            .env("SLUICE_CA", gw.dir.path().join("data/tls/ca.pem"));
+        let (code, out, err) = run_command(&mut cmd, &steps.to_string());
+        assert_eq!(code, 0, "client.mjs: {err}");
+        let got: Vec<Value> =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        got
+    };
+    let got = bridged(
+        &gw.user_token,
+        json!([{"list": true}, {"tool": "read_text_file", "args": {"path": notes}}]),
+    );
+    assert!(
+        got[0]["tools"].to_string().contains("read_text_file"),
+        "{got:?}"
+    );
+    let (read, failed) = text_of(&got[1]);
+    assert!(!failed && read.contains("[MASKED:email]"), "{read}");
+    let refused = bridged("sluice_dev_user_wrong", json!([{"list": true}]));
+    assert!(
+        refused[0]["connect_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown token"),
+        "{refused:?}"
+    );
+
     // Each client session was one recorded session, ended when its client ended it.
     let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["sessions"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.matches("notes").count() >= 3, "{out}");
+    assert!(out.matches(" fs ").count() >= 2, "{out}");
     eventually(
         "every MCP session ends with its client",
         Duration::from_secs(30),

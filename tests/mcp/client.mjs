@@ -1,17 +1,26 @@
 // An MCP client on the official TypeScript SDK, for the gateway's tests: connects to the
 // Streamable HTTP endpoint given as the first argument with `Authorization: Bearer
-// $MCP_TOKEN`, runs the steps read from standard input (a JSON array), and prints one JSON
+// $MCP_TOKEN` (or, after `stdio`, launches the command that follows and speaks MCP over its
+// stdin and stdout, as most clients do with `sluice mcp NAME`), runs the steps read from standard input (a JSON array), and prints one JSON
 // array with what each step got. Steps: {"list": true} lists the tools; {"tool": NAME,
 // "args": {...}} calls one; {"until": PATH} waits (60 s at most) for a file to exist, so a
 // test can act on the live session. A step that fails prints its error and the next runs.
 import { existsSync, readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
-const url = new URL(process.argv[2]);
 const steps = JSON.parse(readFileSync(0, "utf8"));
 const headers = process.env.MCP_TOKEN ? { Authorization: `Bearer ${process.env.MCP_TOKEN}` } : {};
-const transport = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
+const transport =
+  process.argv[2] === "stdio"
+    ? new StdioClientTransport({
+        command: process.argv[3],
+        args: process.argv.slice(4),
+        env: process.env,
+        stderr: "inherit",
+      })
+    : new StreamableHTTPClientTransport(new URL(process.argv[2]), { requestInit: { headers } });
 const client = new Client({ name: "sluice-test", version: "1.0.0" });
 const out = [];
 try {
@@ -44,5 +53,5 @@ for (const step of steps) {
 }
 console.log(JSON.stringify(out));
 // Ends the MCP session (HTTP DELETE) where the server keeps one, then the connection.
-await transport.terminateSession().catch(() => {});
+await transport.terminateSession?.().catch(() => {});
 await client.close();

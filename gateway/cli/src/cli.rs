@@ -132,6 +132,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Carry an MCP client's stdio to an `mcp` connection (`sluice mcp NAME` is the command an
+    /// MCP client launches; docs/ai-agents.md). Signs in with your saved or given token.
+    Mcp {
+        connection: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// List reviews: held commands and access requests you asked for or may decide.
     Reviews {
         /// pending, approved, rejected, expired or session-ended (default: all).
@@ -607,6 +614,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &connection,
                 script,
             ))?))
+        }
+        Command::Mcp { connection, target } => {
+            runtime()?.block_on(crate::mcp::bridge(target.client()?, &connection))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Reviews {
             status,

@@ -70,7 +70,7 @@ impl Client {
         self
     }
 
-    async fn tls_stream(
+    pub(crate) async fn tls_stream(
         &self,
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
@@ -92,7 +92,11 @@ impl Client {
         Ok(tls)
     }
 
-    fn request(&self, method: &str, path: &str) -> anyhow::Result<hyper::http::request::Builder> {
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<hyper::http::request::Builder> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)

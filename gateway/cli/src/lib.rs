@@ -8,6 +8,7 @@ mod cli;
 pub mod client;
 pub mod commands;
 pub mod login;
+pub mod mcp;
 pub mod runner;
 pub mod scaffold;
 pub mod ssh;
