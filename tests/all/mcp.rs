@@ -531,6 +531,19 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         "{refused:?}"
     );
 
+    // Replay reads as the calls, their verdicts and reviews, and the results, masked.
+    let fs_session = gw.newest_session_as(&gw.reviewer_token, &["--connection", "fs"]);
+    let (code, replay, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["replay", &fs_session, "--speed", "0"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(replay.contains("> read_text_file {\"path\":"), "{replay}");
+    assert!(
+        replay.contains("[MASKED:email]") && !replay.contains("bob@example.com"),
+        "{replay}"
+    );
+
     // Each client session was one recorded session, ended when its client ended it.
     let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["sessions"]);
     assert_eq!(code, 0, "{err}");

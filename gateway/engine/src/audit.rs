@@ -63,6 +63,7 @@ impl EventView {
     pub fn shown(&self) -> Vec<u8> {
         let mut bytes = self.payload.clone();
         match self.meta["content"].as_str() {
+            Some("tool-result") => return tool_result_text(&self.payload).into_bytes(),
             Some("columns" | "row") => bytes.push(b'\n'),
             Some("rows") if self.meta.get("columns").is_some() => {
                 let mut names = self.meta["columns"].to_string().into_bytes();
@@ -85,7 +86,28 @@ impl EventView {
     /// A whole input the client sent at once: a one-shot script or an SQL statement. Unlike
     /// keystrokes, no terminal echoes it, so a replay of the output alone would not show it.
     pub fn is_statement(&self) -> bool {
-        self.kind == "frame" && self.meta["dir"] == "in" && self.meta["content"] == "statement"
+        self.kind == "frame"
+            && self.meta["dir"] == "in"
+            && matches!(
+                self.meta["content"].as_str(),
+                Some("statement" | "tool-call")
+            )
+    }
+
+    /// A statement's text; an MCP tool call as `TOOL ARGUMENTS` (the arguments' JSON).
+    pub fn statement_text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.payload).into_owned();
+        if self.meta["content"] != "tool-call" {
+            return text;
+        }
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(call) => format!(
+                "{} {}",
+                call["tool"].as_str().unwrap_or("?"),
+                call["arguments"].as_str().unwrap_or("{}")
+            ),
+            Err(_) => text,
+        }
     }
 
     /// What became of a client's frame, when it was not simply passed: `refused: WHY`,
@@ -184,8 +206,7 @@ pub fn replay(events: &[EventView], with_inputs: bool, marking: Marking) -> Vec<
         } else if !with_inputs {
             continue;
         } else if e.is_statement() {
-            let text = String::from_utf8_lossy(e.payload()).into_owned();
-            marking.mark(&text, e.verdict().as_deref())
+            marking.mark(&e.statement_text(), e.verdict().as_deref())
         } else if let Some(note) = e.review_note() {
             marking.mark(&note, None)
         } else {
@@ -202,6 +223,31 @@ pub fn replay(events: &[EventView], with_inputs: bool, marking: Marking) -> Vec<
         pieces.push((e.time_ms, bytes));
     }
     pieces
+}
+
+/// A recorded MCP tool result as a person reads it: its text contents (each on its own
+/// line), marked when the tool reported an error; anything else as the result's JSON.
+fn tool_result_text(payload: &[u8]) -> String {
+    let recorded: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let output = recorded["output"].as_str().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(output).unwrap_or_default();
+    let texts: Vec<&str> = result["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|block| block["text"].as_str())
+        .collect();
+    let mut text = match texts.is_empty() {
+        true => output.to_string(),
+        false => texts.join("\n"),
+    };
+    if recorded["is_error"] == true {
+        text.insert_str(0, "(error) ");
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 pub fn report_json(report: &VerifyReport) -> serde_json::Value {
@@ -256,7 +302,7 @@ pub fn cast_lines(e: &EventView, size: (u64, u64)) -> Vec<(&'static str, String)
     } else if e.is_input() {
         vec![("i", String::from_utf8_lossy(e.payload()).into_owned())]
     } else if e.is_statement() {
-        let text = String::from_utf8_lossy(e.payload()).into_owned();
+        let text = e.statement_text();
         let first: String = text.lines().next().unwrap_or("").chars().take(60).collect();
         vec![("m", first), ("i", text)]
     } else if let Some(note) = e.review_note() {
