@@ -517,7 +517,12 @@ impl Tools {
                     Connection::Mcp(_) => ("mcp", None),
                 };
                 let access = self.gateway.reviews().needs_access(&name);
-                json!({"name": name, "kind": kind, "tool": tool, "needs_approved_access": access})
+                let mut entry = json!({"name": name, "kind": kind, "tool": tool, "needs_approved_access": access});
+                if kind == "mcp" {
+                    // An MCP server of its own: the agent connects to it there.
+                    entry["endpoint"] = json!(format!("/mcp/{name}"));
+                }
+                entry
             })
             .collect();
         CallToolResult::structured(json!({ "connections": list }))
