@@ -186,6 +186,10 @@ fn an_agent_lists_runs_and_queries_masked_and_a_held_drop_runs_once_approved() {
 
 /// `curl` to `/mcp` with `body` and `headers`; (HTTP status, body).
 fn post(gw: &Gateway, headers: &[&str], body: &[u8]) -> (u16, String) {
+    post_to(gw, "/mcp", headers, body)
+}
+
+fn post_to(gw: &Gateway, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
     let file = gw.dir.path().join("mcp-body");
     std::fs::write(&file, body).unwrap();
     let mut cmd = Command::new("curl");
@@ -202,7 +206,7 @@ fn post(gw: &Gateway, headers: &[&str], body: &[u8]) -> (u16, String) {
     for header in headers {
         cmd.args(["-H", header]);
     }
-    cmd.arg(format!("https://{}/mcp", gw.addr));
+    cmd.arg(format!("https://{}{path}", gw.addr));
     let (code, out, err) = run_command(&mut cmd, "");
     assert_eq!(code, 0, "curl: {err}");
     let (body, status) = out.rsplit_once('\n').unwrap();
@@ -332,6 +336,7 @@ fn text_of(step: &Value) -> (String, bool) {
 
 #[test]
 fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted() {
+    ensure_installed("/usr/bin/curl", &["curl"]);
     let files = tempfile::tempdir().unwrap();
     let root = files.path().canonicalize().unwrap();
     std::fs::write(
@@ -529,6 +534,30 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
             .unwrap_or_default()
             .contains("unknown token"),
         "{refused:?}"
+    );
+
+    // A server that dies mid-call: the call and the next get errors; the gateway carries on.
+    let crashed = connection_client(
+        &gw,
+        "notes",
+        json!([{"tool": "crash"}, {"tool": "ask_model"}]),
+    );
+    for step in &crashed {
+        assert!(
+            step["error"].is_string() || step["result"]["isError"] == true,
+            "{crashed:?}"
+        );
+    }
+    // Malformed messages to a connection's endpoint: JSON-RPC errors, then it still works.
+    let bearer = format!("Authorization: Bearer {}", gw.user_token);
+    let (status, body) = post_to(&gw, "/mcp/fs", &[&bearer], b"{\"jsonrpc\": ");
+    assert!(status == 400 && body.contains("-32700"), "{status} {body}");
+    let (status, body) = post_to(&gw, "/mcp/fs", &[&bearer], b"{\"id\": 1}");
+    assert!(status == 400 && body.contains("-32600"), "{status} {body}");
+    let (status, body) = post_to(&gw, "/mcp/nowhere", &[&bearer], b"{}");
+    assert!(
+        status == 404 && body.contains("unknown connection"),
+        "{status} {body}"
     );
 
     // Replay reads as the calls, their verdicts and reviews, and the results, masked.

@@ -1,7 +1,8 @@
 // A small MCP server on the official TypeScript SDK, over stdio, for the gateway's tests:
 // `echo` (its description read at start from the file named by the first argument, so a
 // test can change it between sessions: a "rug pull") and `ask_model`, which asks the
-// client's model through sampling and answers with what it got back.
+// client's model through sampling and answers with what it got back, and `crash`, which
+// ends the server in the middle of a call.
 import { readFileSync } from "node:fs";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
@@ -28,5 +29,10 @@ server.registerTool(
       return { content: [{ type: "text", text: `sampling failed: ${e?.message ?? e}` }], isError: true };
     }
   },
+);
+server.registerTool(
+  "crash",
+  { description: "Exits the server at once, mid-call.", inputSchema: {} },
+  async () => process.exit(3),
 );
 await server.connect(new StdioServerTransport());
