@@ -351,7 +351,8 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
     let node_modules = mcp_dir().join("node_modules");
     let config = format!(
         "\n[connections.fs]\nkind = \"mcp\"\ncommand = [\"node\", \"{}\", \"{}\"]\ndeny_tools = [\"write_file\"]\nmax_calls = 4\n\
-         \n[connections.notes]\nkind = \"mcp\"\ncommand = [\"node\", \"{}\", \"{}\"]\n",
+         \n[connections.notes]\nkind = \"mcp\"\ncommand = [\"node\", \"{}\", \"{}\"]\n\
+         \n[connections.notes2]\nkind = \"mcp\"\ncommand = [\"node\", \"{2}\", \"{3}\"]\non_tool_change = \"hold\"\n",
         node_modules
             .join("@modelcontextprotocol/server-filesystem/dist/index.js")
             .display(),
@@ -362,7 +363,7 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
     let policy = format!(
         "[plugins.fs-gate]\nsource = \"builtin:approve\"\n\
          [[plugins.fs-gate.config.tools]]\ntool = \"*\"\nunder = {{ path = [\"{}\"] }}\nreason = \"the secret folder\"\n\n\
-         [chains]\nfs = [\"fs-gate\", \"mask\"]\nnotes = [\"mask\"]\n\n[reviews.fs]\nexpire_seconds = 30\n",
+         [chains]\nfs = [\"fs-gate\", \"mask\"]\nnotes = [\"mask\"]\n\n[reviews.fs]\nexpire_seconds = 30\n\n[reviews.notes2]\nexpire_seconds = 30\n",
         root.join("secret").display()
     );
     let gw = Gateway::start_with_policy(&config, Some(&policy));
@@ -469,6 +470,36 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         failed && refused.contains("definition changed"),
         "{refused}"
     );
+
+    // With on_tool_change = "hold", a changed definition waits for a reviewer; approved, it
+    // is pinned and shown from the next listing on.
+    connection_client(&gw, "notes2", json!([{"list": true}]));
+    std::fs::write(&description, "Echoes its text, politely.").unwrap();
+    let approved = root.join("approved");
+    let (held, (code, _, err)) = std::thread::scope(|scope| {
+        let reviewer = scope.spawn(|| {
+            let id = crate::reviews::pending_review(&gw, "MCP tool definition");
+            let done = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
+            std::fs::write(&approved, "").unwrap();
+            done
+        });
+        let got = connection_client(
+            &gw,
+            "notes2",
+            json!([{"list": true}, {"until": approved}, {"list": true}, {"tool": "echo", "args": {"text": "again"}}]),
+        );
+        (got, reviewer.join().unwrap())
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !held[0]["tools"].to_string().contains("\"echo\""),
+        "{held:?}"
+    );
+    assert!(
+        held[2]["tools"].to_string().contains("\"echo\""),
+        "{held:?}"
+    );
+    assert_eq!(text_of(&held[3]), ("again".to_string(), false), "{held:?}");
 
     // An admin ends a live session: its next call is refused with the reason.
     let go_on = root.join("go-on");

@@ -675,10 +675,23 @@ pub struct McpConnection {
     /// Calls a session may make; beyond it calls are refused.
     #[serde(default)]
     pub max_calls: Option<u32>,
+    /// A tool whose definition differs from the one pinned when it was first seen: `refuse`
+    /// (hidden, its calls refused) or `hold` (hidden until a reviewer approves the new
+    /// definition, which is then pinned).
+    #[serde(default)]
+    pub on_tool_change: ToolChange,
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
     #[serde(default)]
     pub retention_days: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChange {
+    #[default]
+    Refuse,
+    Hold,
 }
 
 /// An SSH server reached through the gateway (`docs/ssh.md`): `ssh -p 2222 NAME@gateway`,

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use sluice_core::frame::{Content, Direction, ToolCall, ToolResult};
 
 use super::{Core, Opening, Outcome};
-use crate::config::McpConnection;
+use crate::config::{McpConnection, ToolChange};
 
 /// Pinned tool fingerprints per connection, kept in the data folder.
 pub struct Pins {
@@ -76,12 +76,25 @@ impl Pins {
             }),
             None => {
                 of.insert(tool.to_string(), fingerprint.to_string());
-                let text = serde_json::to_string_pretty(&*pins).map_err(|e| e.to_string())?;
-                sluice_core::files::write_private(&self.path, text.as_bytes())
-                    .map_err(|e| format!("cannot save the tool pins: {e}"))?;
+                self.save(&pins)?;
                 Ok(Pin::New)
             }
         }
+    }
+
+    /// Pins `fingerprint` for `tool` in place of what was pinned (a reviewer approved it).
+    pub fn replace(&self, connection: &str, tool: &str, fingerprint: &str) -> Result<(), String> {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.entry(connection.to_string())
+            .or_default()
+            .insert(tool.to_string(), fingerprint.to_string());
+        self.save(&pins)
+    }
+
+    fn save(&self, pins: &BTreeMap<String, BTreeMap<String, String>>) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(pins).map_err(|e| e.to_string())?;
+        sluice_core::files::write_private(&self.path, text.as_bytes())
+            .map_err(|e| format!("cannot save the tool pins: {e}"))
     }
 }
 
@@ -181,6 +194,8 @@ pub struct Relay {
     pins: Arc<Pins>,
     /// Tools shown (allowed, pin unchanged), by name.
     shown: Mutex<Option<BTreeSet<String>>>,
+    /// Changed definitions waiting for a reviewer in this session (`on_tool_change = "hold"`).
+    asked: Mutex<BTreeSet<String>>,
     calls: Mutex<u32>,
     /// Why the session ended before the client ended it (`kill`, its time limit).
     ended: Arc<Mutex<Option<String>>>,
@@ -266,6 +281,7 @@ impl Relay {
             server,
             pins,
             shown: Mutex::new(None),
+            asked: Mutex::new(BTreeSet::new()),
             calls: Mutex::new(0),
             ended,
         })
@@ -311,8 +327,12 @@ impl Relay {
                     shown.push(tool);
                 }
                 Ok(Pin::Changed { pinned }) => {
-                    self.event(json!({"tool": tool.name, "changed": print, "pinned": pinned, "refused": true}))
+                    let hold = self.connection.on_tool_change == ToolChange::Hold;
+                    self.event(json!({"tool": tool.name, "changed": print, "pinned": pinned, "held": hold}))
                         .await;
+                    if hold {
+                        self.ask(&tool, print).await?;
+                    }
                 }
                 Err(why) => return Err(ErrorData::internal_error(why, None)),
             }
@@ -320,6 +340,63 @@ impl Relay {
         *self.shown.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(shown.iter().map(|t| t.name.to_string()).collect());
         Ok(shown)
+    }
+
+    /// Asks a reviewer about `tool`'s changed definition (once per session); approved, the
+    /// new fingerprint is pinned and the tool shown from the next listing on.
+    async fn ask(&self, tool: &Tool, print: String) -> Result<(), ErrorData> {
+        if !self
+            .asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tool.name.to_string())
+        {
+            return Ok(());
+        }
+        let definition = json!({
+            "name": tool.name,
+            "description": tool.description,
+            "input_schema": Value::Object((*tool.input_schema).clone()),
+        });
+        let mut pending = self
+            .core
+            .lock()
+            .await
+            .request_review_of(
+                format!("MCP tool definition: {definition}"),
+                &format!(
+                    "the definition of `{}` changed since it was pinned",
+                    tool.name
+                ),
+            )
+            .await
+            .map_err(internal)?;
+        let (pins, name, tool, core) = (
+            self.pins.clone(),
+            self.name.clone(),
+            tool.name.to_string(),
+            self.core.clone(),
+        );
+        tokio::spawn(async move {
+            let review = pending.decided().await;
+            if review.status != crate::review::Status::Approved {
+                return;
+            }
+            if let Err(e) = pins.replace(&name, &tool, &print) {
+                tracing::error!(error = %e, "cannot pin an approved tool definition");
+                return;
+            }
+            let mut core = core.lock().await;
+            let seq = core.seq(Direction::TargetToClient);
+            let meta = json!({"tool": tool, "pinned": print, "review": review.id});
+            if let Err(e) = core
+                .record_event(sluice_record::kinds::MCP_TOOL, seq, meta, Vec::new())
+                .await
+            {
+                tracing::error!(error = %e, "cannot record a tool's pin");
+            }
+        });
+        Ok(())
     }
 
     async fn event(&self, meta: Value) {

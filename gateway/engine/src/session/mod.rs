@@ -323,6 +323,16 @@ impl Core {
             Content::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             other => String::from_utf8_lossy(&record_payload(other)).into_owned(),
         };
+        self.request_review_of(text, reason).await
+    }
+
+    /// A review of something this session's peer presented rather than a frame (an MCP
+    /// tool's changed definition): `text` is what reviewers see.
+    pub async fn request_review_of(
+        &mut self,
+        text: String,
+        reason: &str,
+    ) -> Result<Pending, RecordFailed> {
         self.ctx
             .reviews
             .request(
