@@ -186,14 +186,19 @@ fn an_agent_lists_runs_and_queries_masked_and_a_held_drop_runs_once_approved() {
 
 /// `curl` to `/mcp` with `body` and `headers`; (HTTP status, body).
 fn post(gw: &Gateway, headers: &[&str], body: &[u8]) -> (u16, String) {
-    post_to(gw, "/mcp", headers, body)
+    let (status, body, _) = post_to(gw, "/mcp", headers, body);
+    (status, body)
 }
 
-fn post_to(gw: &Gateway, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
+/// `curl` to `path`; (HTTP status, body, the response's headers).
+fn post_to(gw: &Gateway, path: &str, headers: &[&str], body: &[u8]) -> (u16, String, String) {
     let file = gw.dir.path().join("mcp-body");
+    let dumped = gw.dir.path().join("mcp-headers");
     std::fs::write(&file, body).unwrap();
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-D"])
+        .arg(&dumped)
+        .arg("--cacert")
         .arg(gw.dir.path().join("data/tls/ca.pem"))
         .args(["-X", "POST", "--data-binary"])
         .arg(format!("@{}", file.display()))
@@ -210,7 +215,8 @@ fn post_to(gw: &Gateway, path: &str, headers: &[&str], body: &[u8]) -> (u16, Str
     let (code, out, err) = run_command(&mut cmd, "");
     assert_eq!(code, 0, "curl: {err}");
     let (body, status) = out.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
+    let headers = std::fs::read_to_string(&dumped).unwrap();
+    (status.parse().unwrap(), body.to_string(), headers)
 }
 
 #[test]
@@ -581,11 +587,11 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
     }
     // Malformed messages to a connection's endpoint: JSON-RPC errors, then it still works.
     let bearer = format!("Authorization: Bearer {}", gw.user_token);
-    let (status, body) = post_to(&gw, "/mcp/fs", &[&bearer], b"{\"jsonrpc\": ");
+    let (status, body, _) = post_to(&gw, "/mcp/fs", &[&bearer], b"{\"jsonrpc\": ");
     assert!(status == 400 && body.contains("-32700"), "{status} {body}");
-    let (status, body) = post_to(&gw, "/mcp/fs", &[&bearer], b"{\"id\": 1}");
+    let (status, body, _) = post_to(&gw, "/mcp/fs", &[&bearer], b"{\"id\": 1}");
     assert!(status == 400 && body.contains("-32600"), "{status} {body}");
-    let (status, body) = post_to(&gw, "/mcp/nowhere", &[&bearer], b"{}");
+    let (status, body, _) = post_to(&gw, "/mcp/nowhere", &[&bearer], b"{}");
     assert!(
         status == 404 && body.contains("unknown connection"),
         "{status} {body}"
@@ -603,6 +609,41 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         replay.contains("[MASKED:email]") && !replay.contains("bob@example.com"),
         "{replay}"
     );
+
+    // An MCP session belongs to whoever initialized it: another token cannot use its id.
+    let user = format!("Authorization: Bearer {}", gw.user_token);
+    let reviewer = format!("Authorization: Bearer {}", gw.reviewer_token);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "curl", "version": "1"}}});
+    let (status, body, headers) = post_to(&gw, "/mcp/fs", &[&user], init.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let session = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no session id: {headers}"));
+    let header = format!("Mcp-Session-Id: {session}");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    post_to(&gw, "/mcp/fs", &[&user, &header], initialized.as_bytes());
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    let (_, theirs, _) = post_to(&gw, "/mcp/fs", &[&reviewer, &header], list.as_bytes());
+    assert!(theirs.contains("belongs to another identity"), "{theirs}");
+    let (_, mine, _) = post_to(&gw, "/mcp/fs", &[&user, &header], list.as_bytes());
+    assert!(mine.contains("read_text_file"), "{mine}");
+    let (code, _, err) = run_command(
+        Command::new("curl")
+            .args([
+                "-sS", "-X", "DELETE", "-H", &user, "-H", &header, "--cacert",
+            ])
+            .arg(gw.dir.path().join("data/tls/ca.pem"))
+            .arg(format!("https://{}/mcp/fs", gw.addr)),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
 
     // Each client session was one recorded session, ended when its client ended it.
     let (code, out, err) = gw.run_as(Some(&gw.reviewer_token), &["sessions"]);
