@@ -221,7 +221,7 @@ impl Relay {
         command
             .args(&connection.command[1..])
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(crate::exec::base_env())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -236,6 +236,7 @@ impl Relay {
         if let Some(cwd) = &connection.cwd {
             command.current_dir(cwd);
         }
+        crate::exec::die_with_parent(command.as_std_mut());
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start the MCP server: {e}"))?;
