@@ -235,8 +235,8 @@ fn sluice_policy_warns_about_a_gate_that_never_sees_its_connections_commands() {
     .unwrap();
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
-    // The shipped gate judges statements and typed lines: every command of a shell, but
-    // nothing of a raw TCP stream (bytes).
+    // The shipped gate judges statements, typed lines and MCP tool calls: every command of a
+    // shell, but nothing of a raw TCP stream (bytes).
     std::fs::write(
         policies.join("a.toml"),
         "[plugins.gate]\nsource = \"builtin:approve\"\nconfig = { rules = [\"shell\"] }\n\
@@ -256,7 +256,7 @@ fn sluice_policy_warns_about_a_gate_that_never_sees_its_connections_commands() {
     assert!(
         warnings[0].contains(
             "plugin `gate` on connection `redis` never sees the commands of tcp sessions"
-        ) && warnings[0].contains("[line, statement]")
+        ) && warnings[0].contains("[line, statement, tool-call]")
             && warnings[0].contains("[bytes]"),
         "{err}"
     );
