@@ -287,6 +287,19 @@ impl ServerHandler for Front {
 /// before the transport sees it, so that what is not gets a JSON-RPC error saying why.
 async fn checked(req: Request<Incoming>) -> Result<Request<Full<Bytes>>, Reply> {
     let (parts, body) = req.into_parts();
+    // Announced too large: refused before any of it is read (a client that sent `Expect:
+    // 100-continue` then never sends it).
+    let announced = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > MAX_MESSAGE) {
+        return Err(jsonrpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            -32600,
+            &format!("the message is over {MAX_MESSAGE} bytes"),
+        ));
+    }
     let bytes = match http_body_util::Limited::new(body, MAX_MESSAGE)
         .collect()
         .await
