@@ -101,12 +101,16 @@ impl Pins {
 /// A tool definition's fingerprint: SHA-256 of its name, description and input schema as
 /// canonical JSON (keys sorted).
 pub fn fingerprint(tool: &Tool) -> String {
-    let definition = json!({
+    hex::encode(Sha256::digest(canonical(&definition(tool)).as_bytes()))
+}
+
+/// What a tool's pin covers, and what a reviewer of a changed one reads.
+fn definition(tool: &Tool) -> Value {
+    json!({
         "name": tool.name,
         "description": tool.description,
         "input_schema": Value::Object((*tool.input_schema).clone()),
-    });
-    hex::encode(Sha256::digest(canonical(&definition).as_bytes()))
+    })
 }
 
 fn canonical(value: &Value) -> String {
@@ -354,11 +358,7 @@ impl Relay {
         {
             return Ok(());
         }
-        let definition = json!({
-            "name": tool.name,
-            "description": tool.description,
-            "input_schema": Value::Object((*tool.input_schema).clone()),
-        });
+        let definition = definition(tool);
         let mut pending = self
             .core
             .lock()
