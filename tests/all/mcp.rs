@@ -660,3 +660,213 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         },
     );
 }
+
+/// `tests/mcp/server.mjs --http`: an MCP server on the TypeScript SDK's Streamable HTTP
+/// transport, on a free loopback port, that answers only `Bearer TOKEN`; stopped when dropped.
+struct HttpServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl HttpServer {
+    /// Over HTTPS with the certificate and key in `tls`'s `tls/server.pem` and `server.key`.
+    fn start(
+        description: &std::path::Path,
+        token: &str,
+        tls: Option<&std::path::Path>,
+    ) -> HttpServer {
+        use std::io::BufRead;
+        let mut command = Command::new("node");
+        command
+            .arg(mcp_dir().join("server.mjs"))
+            .arg(description)
+            .arg("--http")
+            .env("UPSTREAM_TOKEN", token)
+            .stdout(std::process::Stdio::piped());
+        if let Some(dir) = tls {
+            command
+                .env("TLS_CERT", dir.join("tls/server.pem"))
+                .env("TLS_KEY", dir.join("tls/server.key"));
+        }
+        let mut child = command.spawn().unwrap();
+        // The server prints its port once it listens (or exits, and the line is empty).
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("server.mjs --http: {line:?}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        HttpServer {
+            child,
+            url: format!("{scheme}://127.0.0.1:{port}/mcp"),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn mcp_servers_over_http_and_on_an_agent_are_governed_as_local_ones() {
+    let files = tempfile::tempdir().unwrap();
+    let description = files.path().join("description.txt");
+    std::fs::write(&description, "Echoes its text.").unwrap();
+    let upstream_token = "upstream-secret-5c1e";
+    let server = HttpServer::start(&description, upstream_token, None);
+    // The same server over HTTPS, its certificate signed by a CA of the test's own.
+    let certs = tempfile::tempdir().unwrap();
+    sluice_engine::tls::load_or_create(certs.path()).unwrap();
+    let tls_server = HttpServer::start(&description, upstream_token, Some(certs.path()));
+    let closed = free_port();
+    let config = format!(
+        "\n[connections.remote]\nkind = \"mcp\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer {upstream_token}\" }}\ndeny_tools = [\"crash\"]\n\
+         \n[connections.wrong-key]\nkind = \"mcp\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer not-it\" }}\n\
+         \n[connections.down]\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{closed}/mcp\"\n\
+         \n[connections.tls]\nkind = \"mcp\"\nurl = \"{tls_url}\"\nheaders = {{ Authorization = \"Bearer {upstream_token}\" }}\nupstream_ca = \"{ca}\"\n\
+         \n[connections.untrusted]\nkind = \"mcp\"\nurl = \"{tls_url}\"\nheaders = {{ Authorization = \"Bearer {upstream_token}\" }}\n\
+         \n[connections.far]\nkind = \"mcp\"\ncommand = [\"node\", \"{server}\", \"{description}\"]\nagent = \"edge\"\nenv = {{ SLUICE_TEST_WHERE = \"agent-env:EDGE_WHERE\" }}\n",
+        url = server.url,
+        tls_url = tls_server.url,
+        ca = certs.path().join("tls/ca.pem").display(),
+        server = mcp_dir().join("server.mjs").display(),
+        description = description.display(),
+    );
+    let policy = "[chains]\nremote = [\"mask\"]\nfar = [\"mask\"]\n";
+    let gw = Gateway::start_with_policy(&config, Some(policy));
+
+    // An HTTP server: the gateway signs in with its own header, which the client never
+    // holds; what the connection denies is hidden, results are masked, and the server's
+    // request to reach the client's model (over its SSE stream) is refused.
+    let got = connection_client(
+        &gw,
+        "remote",
+        json!([
+            {"list": true},
+            {"tool": "echo", "args": {"text": "card 4242424242424242"}},
+            {"tool": "crash"},
+            {"tool": "ask_model"},
+            {"tool": "echo", "args": {"text": "still here"}},
+        ]),
+    );
+    let tools = got[0]["tools"].to_string();
+    assert!(
+        tools.contains("\"echo\"") && !tools.contains("\"crash\""),
+        "{got:?}"
+    );
+    assert_eq!(
+        text_of(&got[1]),
+        ("card ************4242".to_string(), false),
+        "{got:?}"
+    );
+    let (refused, failed) = text_of(&got[2]);
+    assert!(
+        failed && refused.contains("not a tool of `remote`"),
+        "{refused}"
+    );
+    let (asked, failed) = text_of(&got[3]);
+    assert!(
+        failed && asked.contains("refused by the gateway"),
+        "{asked}"
+    );
+    assert_eq!(
+        text_of(&got[4]),
+        ("still here".to_string(), false),
+        "{got:?}"
+    );
+    // The client's session ended, and the gateway's session with the server with it.
+    let sessions_url = server.url.replace("/mcp", "/sessions");
+    eventually(
+        "the server's MCP session ends with the client's",
+        Duration::from_secs(30),
+        || {
+            let (_, open, _) = run_command(
+                Command::new("curl").args([
+                    "-sS",
+                    "-H",
+                    &format!("Authorization: Bearer {upstream_token}"),
+                    &sessions_url,
+                ]),
+                "",
+            );
+            open.trim() == "0"
+        },
+    );
+
+    // A server that refuses the gateway's credentials, and one that is not there: the client
+    // is told, and nothing else changes.
+    for (name, why) in [
+        ("wrong-key", "who are you?"),
+        ("down", "did not answer"),
+        ("untrusted", "UnknownIssuer"),
+    ] {
+        let got = connection_client(&gw, name, json!([{"list": true}]));
+        let error = got[0]["connect_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("did not answer") && error.contains(why),
+            "{name}: {got:?}"
+        );
+    }
+
+    // Over HTTPS, its certificate checked against the connection's CA.
+    let got = connection_client(
+        &gw,
+        "tls",
+        json!([{"tool": "echo", "args": {"text": "over TLS"}}]),
+    );
+    assert_eq!(text_of(&got[0]), ("over TLS".to_string(), false), "{got:?}");
+
+    // A stdio server run by an agent, with a value only the agent's environment holds.
+    let state = tempfile::tempdir().unwrap();
+    let enroll = crate::agents::add_agent(&gw, "edge");
+    let _agent = crate::agents::Agent::start(
+        None,
+        &gw,
+        &state.path().join("edge"),
+        Some(&enroll),
+        &[("EDGE_WHERE", "on the edge agent")],
+    );
+    crate::agents::wait_for_state(&gw, "edge", "connected");
+    let got = connection_client(
+        &gw,
+        "far",
+        json!([
+            {"list": true},
+            {"tool": "where"},
+            {"tool": "echo", "args": {"text": "mail bob@example.com"}},
+        ]),
+    );
+    assert!(got[0]["tools"].to_string().contains("\"where\""), "{got:?}");
+    assert_eq!(
+        text_of(&got[1]),
+        ("on the edge agent".to_string(), false),
+        "{got:?}"
+    );
+    assert_eq!(
+        text_of(&got[2]),
+        ("mail [MASKED:email]".to_string(), false),
+        "{got:?}"
+    );
+
+    // Each was a recorded session, replayed as its calls.
+    let far = gw.newest_session_as(&gw.reviewer_token, &["--connection", "far"]);
+    let (code, replay, err) =
+        gw.run_as(Some(&gw.reviewer_token), &["replay", &far, "--speed", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(replay.contains("> where"), "{replay}");
+    let remote = gw.newest_session_as(&gw.reviewer_token, &["--connection", "remote"]);
+    let (_, replay, _) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["replay", &remote, "--speed", "0"],
+    );
+    assert!(
+        replay.contains("> echo") && !replay.contains("4242424242424242"),
+        "{replay}"
+    );
+}

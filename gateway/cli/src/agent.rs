@@ -256,6 +256,7 @@ async fn job(
             };
             let started = match job.terminal {
                 Some((rows, cols)) => Process::interactive(&program, rows, cols),
+                None if job.stdio => Process::stdio(&program),
                 None => Process::script(&program),
             };
             let process = match started {

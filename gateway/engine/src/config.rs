@@ -336,7 +336,7 @@ impl Connection {
             Connection::Exec(c) => c.agent.as_ref(),
             Connection::Postgres(c) => c.agent.as_ref(),
             Connection::Tcp(c) => c.agent.as_ref(),
-            Connection::Mcp(_) => None,
+            Connection::Mcp(c) => c.agent.as_ref(),
             Connection::Ssh(c) => c.agent.as_ref(),
         }
     }
@@ -654,18 +654,35 @@ pub enum Connection {
     Mcp(McpConnection),
 }
 
-/// An MCP server reached through the gateway (`docs/ai-agents.md`): a program it starts and
-/// speaks MCP to over stdio, one per client session. Clients connect to `/mcp/NAME`.
+/// An MCP server reached through the gateway (`docs/ai-agents.md`): a program it starts (here
+/// or on an agent) and speaks MCP to over stdio, one per client session, or an HTTP endpoint
+/// (Streamable HTTP), one MCP session per client session. Clients connect to `/mcp/NAME`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpConnection {
-    /// The server's command line.
+    /// The server's command line (a stdio server); or `url`.
+    #[serde(default)]
     pub command: Vec<String>,
-    /// Its environment: `VALUE` or `env:NAME` (for secrets; never shown to the client).
+    /// Its environment: `VALUE`, `env:NAME` (for secrets; never shown to the client) or
+    /// `agent-env:NAME` (read by the agent that runs it).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Run `command` on an agent of this pool (`docs/agents.md`) instead of here.
+    #[serde(default)]
+    pub agent: Option<AgentPool>,
+    /// The server's Streamable HTTP endpoint (an HTTP server); or `command`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Headers the gateway sends the HTTP server (`Authorization = "env:NAME"` for its
+    /// token): `VALUE` or `env:NAME`; never shown to the client.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// PEM file of the CA that signed the HTTP server's certificate; without it, the system's
+    /// trusted roots.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
     /// Only these tools are shown and callable (empty: all but `deny_tools`).
     #[serde(default)]
     pub allow_tools: Vec<String>,
@@ -1017,20 +1034,8 @@ impl Config {
                 }
                 Connection::Tcp(_) => continue,
                 Connection::Mcp(mcp) => {
-                    if mcp.command.is_empty() {
-                        return Err(format!(
-                            "connections.{name}.command: name the MCP server's program"
-                        ));
-                    }
-                    for (key, value) in &mcp.env {
-                        if let Some(var) = value.strip_prefix("env:")
-                            && std::env::var_os(var).is_none()
-                        {
-                            return Err(format!(
-                                "connections.{name}.env.{key}: environment variable {var} is not set"
-                            ));
-                        }
-                    }
+                    mcp.validate()
+                        .map_err(|e| format!("connections.{name}{e}"))?;
                     continue;
                 }
                 Connection::Ssh(ssh) => {
@@ -1044,20 +1049,8 @@ impl Config {
                     "connections.{name}: `interactive` and `script` each need a program"
                 ));
             }
-            for (key, value) in &exec.env {
-                if value.starts_with(AGENT_ENV) && exec.agent.is_none() {
-                    return Err(format!(
-                        "connections.{name}.env.{key}: `agent-env:` is read by the connection's agent, and this connection has none (`agent = \"NAME\"`)"
-                    ));
-                }
-                if let Some(var) = value.strip_prefix("env:")
-                    && std::env::var_os(var).is_none()
-                {
-                    return Err(format!(
-                        "connections.{name}.env.{key}: environment variable {var} is not set"
-                    ));
-                }
-            }
+            check_env(&exec.env, exec.agent.is_some())
+                .map_err(|e| format!("connections.{name}.env{e}"))?;
         }
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
@@ -1113,6 +1106,101 @@ impl PostgresConnection {
     }
 }
 
+/// A program's environment: `env:NAME` set here, `agent-env:NAME` only with an agent.
+/// The error starts with `.KEY`.
+fn check_env(env: &BTreeMap<String, String>, agent: bool) -> Result<(), String> {
+    for (key, value) in env {
+        if value.starts_with(AGENT_ENV) && !agent {
+            return Err(format!(
+                ".{key}: `agent-env:` is read by the connection's agent, and this connection has none (`agent = \"NAME\"`)"
+            ));
+        }
+        if let Some(var) = value.strip_prefix("env:")
+            && std::env::var_os(var).is_none()
+        {
+            return Err(format!(".{key}: environment variable {var} is not set"));
+        }
+    }
+    Ok(())
+}
+
+/// Headers the MCP client transport sets itself; a connection may not set them.
+const MCP_TRANSPORT_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
+impl McpConnection {
+    /// The error starts with `.FIELD` (or `:`), for the caller to name the connection.
+    fn validate(&self) -> Result<(), String> {
+        match (&self.url, self.command.is_empty()) {
+            (Some(_), false) => {
+                return Err(
+                    ": `command` (a stdio server) or `url` (an HTTP server), not both".into(),
+                );
+            }
+            (None, true) => {
+                return Err(": name the MCP server: `command` (a program speaking MCP on stdio) or `url` (its Streamable HTTP endpoint)".into());
+            }
+            (Some(url), true) => {
+                let parsed = openidconnect::url::Url::parse(url)
+                    .map_err(|e| format!(".url: `{url}` is not a URL: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(format!(".url: `{url}` is not http or https"));
+                }
+                if self.agent.is_some() {
+                    return Err(".agent: an HTTP server is reached from the gateway; run a stdio server on an agent with `command`".into());
+                }
+                if !self.env.is_empty() || self.cwd.is_some() {
+                    return Err(
+                        ": `env` and `cwd` are for a `command`; an HTTP server takes `headers`"
+                            .into(),
+                    );
+                }
+            }
+            (None, false) => {
+                if !self.headers.is_empty() || self.upstream_ca.is_some() {
+                    return Err(
+                        ": `headers` and `upstream_ca` are for a `url`; a stdio server takes `env`"
+                            .into(),
+                    );
+                }
+            }
+        }
+        check_env(&self.env, self.agent.is_some()).map_err(|e| format!(".env{e}"))?;
+        for (key, value) in &self.headers {
+            let name = http::HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| format!(".headers: `{key}` is not a header name"))?;
+            if MCP_TRANSPORT_HEADERS.contains(&name.as_str()) {
+                return Err(format!(".headers.{key}: set by the MCP transport itself"));
+            }
+            if value.starts_with(AGENT_ENV) {
+                return Err(format!(
+                    ".headers.{key}: `agent-env:` is for a `command` on an agent"
+                ));
+            }
+            if let Some(var) = value.strip_prefix("env:")
+                && std::env::var_os(var).is_none()
+            {
+                return Err(format!(
+                    ".headers.{key}: environment variable {var} is not set"
+                ));
+            }
+            http::HeaderValue::from_str(&resolve(value))
+                .map_err(|_| format!(".headers.{key}: not a valid header value"))?;
+        }
+        if let Some(ca) = &self.upstream_ca {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| format!(".upstream_ca: cannot read {}: {e}", ca.display()))?;
+            crate::tls::client_config(&pem).map_err(|e| format!(".upstream_ca: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl ExecConnection {
     /// The program to run here: `script` (one-shot) or `interactive`, with `env:NAME`
     /// values resolved.
@@ -1165,5 +1253,61 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_mcp_connection_names_one_server_and_what_it_may_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        let err_of = |connection: &str| {
+            std::fs::write(
+                &path,
+                format!("[connections.m]\nkind = \"mcp\"\n{connection}"),
+            )
+            .unwrap();
+            Config::load(Some(&path)).unwrap_err().to_string()
+        };
+        for (connection, expected) in [
+            ("", "connections.m: name the MCP server"),
+            (
+                "command = [\"srv\"]\nurl = \"http://127.0.0.1:1/mcp\"\n",
+                "connections.m: `command` (a stdio server) or `url`",
+            ),
+            (
+                "url = \"ftp://x/\"\n",
+                "connections.m.url: `ftp://x/` is not http or https",
+            ),
+            (
+                "url = \"nowhere\"\n",
+                "connections.m.url: `nowhere` is not a URL",
+            ),
+            (
+                "url = \"http://127.0.0.1:1/mcp\"\nagent = \"edge\"\n",
+                "connections.m.agent: an HTTP server is reached from the gateway",
+            ),
+            (
+                "url = \"http://127.0.0.1:1/mcp\"\nheaders = { Mcp-Session-Id = \"x\" }\n",
+                "connections.m.headers.Mcp-Session-Id: set by the MCP transport itself",
+            ),
+            (
+                "url = \"http://127.0.0.1:1/mcp\"\nheaders = { Authorization = \"env:SLUICE_TEST_SURELY_UNSET\" }\n",
+                "connections.m.headers.Authorization: environment variable SLUICE_TEST_SURELY_UNSET is not set",
+            ),
+            (
+                "url = \"https://127.0.0.1:1/mcp\"\nupstream_ca = \"/surely/not/here.pem\"\n",
+                "connections.m.upstream_ca: cannot read /surely/not/here.pem",
+            ),
+            (
+                "command = [\"srv\"]\nheaders = { Authorization = \"x\" }\n",
+                "connections.m: `headers` and `upstream_ca` are for a `url`",
+            ),
+            (
+                "command = [\"srv\"]\nenv = { K = \"agent-env:K\" }\n",
+                "connections.m.env.K: `agent-env:` is read by the connection's agent",
+            ),
+        ] {
+            let err = err_of(connection);
+            assert!(err.contains(expected), "{connection}: {err}");
+        }
     }
 }

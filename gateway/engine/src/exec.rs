@@ -74,18 +74,32 @@ impl Process {
 
     /// Runs `program` with stdout and stderr merged into `output` (the script goes to stdin).
     pub fn script(program: &Program) -> std::io::Result<Process> {
+        Process::piped(program, true)
+    }
+
+    /// Runs `program` speaking a protocol on stdio (an MCP server): `output` is its stdout
+    /// alone, which stderr's diagnostics must not corrupt; they are discarded.
+    pub fn stdio(program: &Program) -> std::io::Result<Process> {
+        Process::piped(program, false)
+    }
+
+    fn piped(program: &Program, with_stderr: bool) -> std::io::Result<Process> {
         let (reader, writer) = std::io::pipe()?;
         // A larger pipe lets a fast program run ahead while a chunk's commit is in flight.
         let _ = rustix::pipe::fcntl_setpipe_size(&reader, 1 << 20);
         let argv = checked(program)?;
+        let stderr = match with_stderr {
+            true => Stdio::from(writer.try_clone()?),
+            false => Stdio::null(),
+        };
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env_clear()
             .envs(base_env())
             .envs(program.env.iter().cloned())
             .stdin(Stdio::piped())
-            .stdout(writer.try_clone()?)
-            .stderr(writer)
+            .stdout(writer)
+            .stderr(stderr)
             .kill_on_drop(true);
         if let Some(dir) = &program.cwd {
             cmd.current_dir(dir);
@@ -143,6 +157,15 @@ impl Process {
                 terminal: Some(terminal),
             },
         })
+    }
+
+    /// Takes the input and output, for a transport that owns them; the process stays here,
+    /// to be waited for or killed.
+    pub fn take_io(&mut self) -> (Input, Output) {
+        (
+            std::mem::replace(&mut self.input, Box::new(tokio::io::sink())),
+            std::mem::replace(&mut self.output, Box::new(tokio::io::empty())),
+        )
     }
 
     pub fn resize(&self, rows: u16, cols: u16) {

@@ -55,11 +55,17 @@ pub async fn start(
         } else {
             conn.interactive.clone()
         },
-        env: conn.agent_env(),
+        env: agent_env(&conn.env),
         cwd: conn.cwd.clone(),
         terminal,
+        stdio: false,
     };
-    let header = serde_json::to_string(&job).map_err(|e| e.to_string())?;
+    run(agents, pool, &job).await
+}
+
+/// `job` started by an agent of `pool`.
+pub async fn run(agents: &Arc<Agents>, pool: &AgentPool, job: &ExecJob) -> Result<Process, String> {
+    let header = serde_json::to_string(job).map_err(|e| e.to_string())?;
     let request = http::Request::post("/exec")
         .header(tunnel::EXEC_HEADER, header)
         .body(())
@@ -156,21 +162,20 @@ fn remote(agents: Arc<Agents>, stream: tunnel::Stream) -> Process {
     )
 }
 
-impl ExecConnection {
-    /// The environment for an agent: `agent-env:NAME` left for the agent to read, the rest
-    /// resolved here.
-    pub fn agent_env(&self) -> std::collections::BTreeMap<String, EnvValue> {
-        self.env
-            .iter()
-            .map(|(k, v)| {
-                let value = match v.strip_prefix(crate::config::AGENT_ENV) {
-                    Some(name) => EnvValue::AgentEnv(name.to_string()),
-                    None => EnvValue::Value(crate::config::resolve(v)),
-                };
-                (k.clone(), value)
-            })
-            .collect()
-    }
+/// A program's environment for an agent: `agent-env:NAME` left for the agent to read, the
+/// rest resolved here.
+pub fn agent_env(
+    env: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, EnvValue> {
+    env.iter()
+        .map(|(k, v)| {
+            let value = match v.strip_prefix(crate::config::AGENT_ENV) {
+                Some(name) => EnvValue::AgentEnv(name.to_string()),
+                None => EnvValue::Value(crate::config::resolve(v)),
+            };
+            (k.clone(), value)
+        })
+        .collect()
 }
 
 /// A PostgreSQL session's upstream, signed in by an agent of `pool` with the password it

@@ -71,6 +71,11 @@ pub struct ExecJob {
     pub cwd: Option<std::path::PathBuf>,
     /// In a terminal of this size (`sluice connect`), or with the script on standard input.
     pub terminal: Option<(u16, u16)>,
+    /// The program speaks a protocol on stdio (an MCP server): the output is its stdout
+    /// alone, stderr discarded (`Process::stdio`). Left out when false, so agents that
+    /// predate it still take plain jobs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdio: bool,
 }
 
 /// A PostgreSQL server for the agent to sign in to with a password only it holds

@@ -1,6 +1,7 @@
 //! An MCP server as a connection (`kind = "mcp"`): the gateway is an MCP server to the client
-//! (`/mcp/NAME`, `server/mcp.rs`) and an MCP client to the upstream server, a program it
-//! starts per session and speaks to over stdio. Between the two, every call is a frame:
+//! (`/mcp/NAME`, `server/mcp.rs`) and an MCP client to the upstream server: a program it
+//! starts per session, here or on an agent, and speaks to over stdio, or an HTTP endpoint
+//! (Streamable HTTP). Between the two, every call is a frame:
 //!
 //! ```text
 //! client --tools/call--> [budget, allow/deny, pin] --tool-call frame--> chain --> record --> server
@@ -20,10 +21,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use http::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ElicitRequestParams, ElicitResult, Tool,
 };
-use rmcp::service::{RequestContext, RunningService};
+use rmcp::service::{ClientInitializeError, RequestContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClientTransportConfig, StreamableHttpError,
+};
+
+type HttpError = StreamableHttpError<reqwest::Error>;
 use rmcp::{ClientHandler, ErrorData, RoleClient};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -31,6 +39,7 @@ use sluice_core::frame::{Content, Direction, ToolCall, ToolResult};
 
 use super::{Core, Opening, Outcome};
 use crate::config::{McpConnection, ToolChange};
+use crate::exec::{Process, Program};
 
 /// Pinned tool fingerprints per connection, kept in the data folder.
 pub struct Pins {
@@ -189,12 +198,112 @@ impl ClientHandler for Upstream {
     }
 }
 
+/// Starts the server (a `command`, here or on an agent) or reaches it (a `url`), and speaks
+/// MCP to it as a client with `handler` answering its requests.
+async fn connect(
+    agents: &Arc<crate::agent::Agents>,
+    connection: &McpConnection,
+    handler: Upstream,
+) -> Result<(RunningService<RoleClient, Upstream>, Option<Process>), String> {
+    if let Some(url) = &connection.url {
+        let server = rmcp::serve_client(handler, http_transport(url, connection)?)
+            .await
+            .map_err(|e| {
+                // rmcp's message names its generic types, and the reason (a refused
+                // certificate, say) is in the transport error's sources.
+                let why = match &e {
+                    ClientInitializeError::TransportError { error, .. } => {
+                        match error.error.downcast_ref::<HttpError>() {
+                            Some(StreamableHttpError::Client(e)) => causes(e),
+                            _ => causes(&*error.error),
+                        }
+                    }
+                    other => other.to_string(),
+                };
+                format!("the MCP server at {url} did not answer: {why}")
+            })?;
+        return Ok((server, None));
+    }
+    let mut process = match &connection.agent {
+        Some(pool) => {
+            let job = crate::agent::tunnel::ExecJob {
+                argv: connection.command.clone(),
+                env: crate::agent::agent_env(&connection.env),
+                cwd: connection.cwd.clone(),
+                terminal: None,
+                stdio: true,
+            };
+            crate::agent::run(agents, pool, &job).await?
+        }
+        None => {
+            let program = Program {
+                argv: connection.command.clone(),
+                env: (connection.env.iter())
+                    .map(|(k, v)| (k.clone(), crate::config::resolve(v)))
+                    .collect(),
+                cwd: connection.cwd.clone(),
+            };
+            Process::stdio(&program).map_err(|e| format!("cannot start the MCP server: {e}"))?
+        }
+    };
+    let (input, output) = process.take_io();
+    // Spawned so the boxed streams' types stay out of the caller's future (rustc cannot
+    // prove that future `Send` through rmcp's generic transport otherwise).
+    let server = tokio::spawn(rmcp::serve_client(handler, (output, input)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the MCP server did not start: {e}"))?;
+    Ok((server, Some(process)))
+}
+
+/// `error` and what went wrong underneath it.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut why = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        why.push(e.to_string());
+        source = e.source();
+    }
+    why.join(": ")
+}
+
+/// The client transport to an HTTP server: its headers (the gateway's credentials for it)
+/// on every request, its certificate checked against `upstream_ca` or the system's roots.
+fn http_transport(
+    url: &str,
+    connection: &McpConnection,
+) -> Result<StreamableHttpClientTransport<reqwest::Client>, String> {
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &connection.upstream_ca {
+        let pem = std::fs::read_to_string(ca)
+            .map_err(|e| format!("cannot read upstream_ca {}: {e}", ca.display()))?;
+        let tls = crate::tls::client_config(&pem).map_err(|e| e.to_string())?;
+        client = client.tls_backend_preconfigured((*tls).clone());
+    }
+    let client = client
+        .build()
+        .map_err(|e| format!("the HTTP client: {e}"))?;
+    let headers = (connection.headers.iter())
+        .map(|(name, value)| {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(&crate::config::resolve(value))
+                .map_err(|e| format!("header {name}: {e}"))?;
+            Ok((name, value))
+        })
+        .collect::<Result<_, String>>()?;
+    let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(headers);
+    Ok(StreamableHttpClientTransport::with_client(client, config))
+}
+
 /// One client session: the open session's core, the server, and what the client was shown.
 pub struct Relay {
     pub name: String,
     pub connection: McpConnection,
     pub core: Arc<tokio::sync::Mutex<Core>>,
     pub server: RunningService<RoleClient, Upstream>,
+    /// A stdio server's process, here or on an agent: it ends with the session. (In a
+    /// mutex only so the relay is `Sync`; it is never locked.)
+    _process: Mutex<Option<Process>>,
     pins: Arc<Pins>,
     /// Tools shown (allowed, pin unchanged), by name.
     shown: Mutex<Option<BTreeSet<String>>>,
@@ -214,47 +323,11 @@ impl Relay {
         pins: Arc<Pins>,
     ) -> Result<Relay, String> {
         let name = opening.connection_name.clone();
+        let ctx_agents = ctx.agents.clone();
         let (core, killed) = Core::open(ctx, opening).await?;
         let core = Arc::new(tokio::sync::Mutex::new(core));
-        let mut command = tokio::process::Command::new(
-            connection
-                .command
-                .first()
-                .ok_or("the connection names no command")?,
-        );
-        command
-            .args(&connection.command[1..])
-            .env_clear()
-            .envs(crate::exec::base_env())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        for (key, value) in &connection.env {
-            let value = match value.strip_prefix("env:") {
-                Some(var) => std::env::var(var).unwrap_or_default(),
-                None => value.clone(),
-            };
-            command.env(key, value);
-        }
-        if let Some(cwd) = &connection.cwd {
-            command.current_dir(cwd);
-        }
-        crate::exec::die_with_parent(command.as_std_mut());
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start the MCP server: {e}"))?;
-        let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
-            return Err("the MCP server's stdio is not piped".into());
-        };
         let upstream = Upstream { core: core.clone() };
-        let server = rmcp::serve_client(upstream, (stdout, stdin))
-            .await
-            .map_err(|e| format!("the MCP server did not start: {e}"))?;
-        // The child lives as long as the transport; ended with the session.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        let (server, process) = connect(&ctx_agents, &connection, upstream).await?;
         // `sluice kill` or the time limit ends the session at once: the server stops, the
         // record closes, and later calls are refused with the reason.
         let ended = Arc::new(Mutex::new(None));
@@ -284,6 +357,7 @@ impl Relay {
             connection,
             core,
             server,
+            _process: Mutex::new(process),
             pins,
             shown: Mutex::new(None),
             asked: Mutex::new(BTreeSet::new()),
