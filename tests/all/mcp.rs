@@ -23,17 +23,28 @@ fn mcp_dir() -> std::path::PathBuf {
         .clone()
 }
 
-/// Runs `steps` (see `client.mjs`) as the holder of `token`; what each step got.
+/// Runs `steps` (see `client.mjs`) on the gateway's own tools as the holder of `token`; what
+/// each step got.
 fn client(gw: &Gateway, token: Option<&str>, steps: Value) -> Vec<Value> {
+    client_at(gw, "/mcp", token, steps)
+}
+
+/// Runs `steps` on the gateway's `endpoint` as the holder of `token`.
+fn client_at(gw: &Gateway, endpoint: &str, token: Option<&str>, steps: Value) -> Vec<Value> {
     let mut cmd = Command::new("node");
     cmd.arg(mcp_dir().join("client.mjs"))
-        .arg(format!("https://{}/mcp", gw.addr))
+        .arg(format!("https://{}{endpoint}", gw.addr))
         .env("NODE_EXTRA_CA_CERTS", gw.dir.path().join("data/tls/ca.pem"));
     match token {
         Some(token) => cmd.env("MCP_TOKEN", token),
         None => cmd.env_remove("MCP_TOKEN"),
     };
-    let (code, out, err) = run_command(&mut cmd, &steps.to_string());
+    run_steps(&mut cmd, steps)
+}
+
+/// Runs `client.mjs` as `cmd` with `steps` on its standard input; what each step got.
+fn run_steps(cmd: &mut Command, steps: Value) -> Vec<Value> {
+    let (code, out, err) = run_command(cmd, &steps.to_string());
     assert_eq!(code, 0, "client.mjs: {err}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {err}"))
 }
@@ -316,14 +327,30 @@ fn bad_tokens_and_malformed_messages_get_clear_errors_and_the_endpoint_carries_o
 
 /// `client` against an `mcp` connection's endpoint.
 fn connection_client(gw: &Gateway, name: &str, steps: Value) -> Vec<Value> {
-    let mut cmd = Command::new("node");
-    cmd.arg(mcp_dir().join("client.mjs"))
-        .arg(format!("https://{}/mcp/{name}", gw.addr))
-        .env("NODE_EXTRA_CA_CERTS", gw.dir.path().join("data/tls/ca.pem"))
-        .env("MCP_TOKEN", &gw.user_token);
-    let (code, out, err) = run_command(&mut cmd, &steps.to_string());
-    assert_eq!(code, 0, "client.mjs: {err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {err}"))
+    client_at(gw, &format!("/mcp/{name}"), Some(&gw.user_token), steps)
+}
+
+/// Runs `work` while a reviewer approves the review whose text holds `needle` once it is
+/// pending, then creates `done` (for a client's `until` step); what `work` got.
+fn approving<T: Send>(
+    gw: &Gateway,
+    needle: &str,
+    done: Option<&std::path::Path>,
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    let (got, (code, _, err)) = std::thread::scope(|scope| {
+        let reviewer = scope.spawn(|| {
+            let id = crate::reviews::pending_review(gw, needle);
+            let approved = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
+            if let Some(done) = done {
+                std::fs::write(done, "").unwrap();
+            }
+            approved
+        });
+        (work(), reviewer.join().unwrap())
+    });
+    assert_eq!(code, 0, "approving: {err}");
+    got
 }
 
 /// The text of a tool call step's result, and whether it is an error.
@@ -378,12 +405,8 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
     let notes = root.join("notes.txt").display().to_string();
     let plan = root.join("secret/plan.txt").display().to_string();
     // The held read is approved by a reviewer while the client waits on it.
-    let (got, (code, _, err)) = std::thread::scope(|scope| {
-        let approver = scope.spawn(|| {
-            let id = crate::reviews::pending_review(&gw, "plan.txt");
-            gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id])
-        });
-        let got = connection_client(
+    let got = approving(&gw, "plan.txt", None, || {
+        connection_client(
             &gw,
             "fs",
             json!([
@@ -394,10 +417,8 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
                 {"tool": "list_directory", "args": {"path": root.display().to_string()}},
                 {"tool": "read_text_file", "args": {"path": notes}},
             ]),
-        );
-        (got, approver.join().unwrap())
+        )
     });
-    assert_eq!(code, 0, "{err}");
     let tools: Vec<&str> = got[0]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{got:?}"))
@@ -483,21 +504,13 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
     connection_client(&gw, "notes2", json!([{"list": true}]));
     std::fs::write(&description, "Echoes its text, politely.").unwrap();
     let approved = root.join("approved");
-    let (held, (code, _, err)) = std::thread::scope(|scope| {
-        let reviewer = scope.spawn(|| {
-            let id = crate::reviews::pending_review(&gw, "MCP tool definition");
-            let done = gw.run_as(Some(&gw.reviewer_token), &["review", "approve", &id]);
-            std::fs::write(&approved, "").unwrap();
-            done
-        });
-        let got = connection_client(
+    let held = approving(&gw, "MCP tool definition", Some(&approved), || {
+        connection_client(
             &gw,
             "notes2",
             json!([{"list": true}, {"until": approved}, {"list": true}, {"tool": "echo", "args": {"text": "again"}}]),
-        );
-        (got, reviewer.join().unwrap())
+        )
     });
-    assert_eq!(code, 0, "{err}");
     assert!(
         !held[0]["tools"].to_string().contains("\"echo\""),
         "{held:?}"
@@ -549,11 +562,7 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
             .env("SLUICE_GATEWAY", &gw.addr)
             .env("SLUICE_TOKEN", token)
             .env("SLUICE_CA", gw.dir.path().join("data/tls/ca.pem"));
-        let (code, out, err) = run_command(&mut cmd, &steps.to_string());
-        assert_eq!(code, 0, "client.mjs: {err}");
-        let got: Vec<Value> =
-            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
-        got
+        run_steps(&mut cmd, steps)
     };
     let got = bridged(
         &gw.user_token,

@@ -236,14 +236,18 @@ impl ServerHandler for Front {
             .gateway
             .upgrade()
             .ok_or_else(|| ErrorData::internal_error("the gateway is stopping", None))?;
-        let mut opening =
-            gateway.opening(&self.name, caller.identity.clone(), caller.peer.to_string());
+        let meta = json!({"front": "mcp", "client": request.client_info.name});
+        let mut opening = opening(
+            &gateway,
+            &caller.identity,
+            caller.peer,
+            &self.name,
+            meta,
+            None,
+        )
+        .await
+        .map_err(|why| ErrorData::invalid_request(why, None))?;
         opening.protocol = "mcp";
-        opening.meta = json!({"front": "mcp", "client": request.client_info.name});
-        opening.access_until = gateway
-            .access(&caller.identity, &self.name, None)
-            .await
-            .map_err(|why| ErrorData::invalid_request(why, None))?;
         let relay = crate::session::mcp::Relay::open(
             gateway.session_ctx.clone(),
             opening,
@@ -503,6 +507,22 @@ fn definitions() -> Vec<Tool> {
 }
 
 /// A string argument, or why it is missing.
+/// The opening of an MCP caller's session on `name`, with its approved access (`Err` when it
+/// needs one it lacks).
+async fn opening(
+    gateway: &Gateway,
+    identity: &Identity,
+    peer: SocketAddr,
+    name: &str,
+    meta: Value,
+    reason: Option<&str>,
+) -> Result<session::Opening, String> {
+    let mut opening = gateway.opening(name, identity.clone(), peer.to_string());
+    opening.meta = meta;
+    opening.access_until = gateway.access(identity, name, reason).await?;
+    Ok(opening)
+}
+
 fn text<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
     args.get(name)
         .and_then(Value::as_str)
@@ -552,12 +572,9 @@ impl Tools {
             .connectable(&self.identity, name)
             .await
             .map_err(|(_, why)| why)?;
-        let mut opening = self
-            .gateway
-            .opening(name, self.identity.clone(), self.peer.to_string());
-        opening.meta = json!({"front": "mcp"});
         let reason = args.get("reason").and_then(Value::as_str);
-        opening.access_until = self.gateway.access(&self.identity, name, reason).await?;
+        let meta = json!({"front": "mcp"});
+        let opening = opening(&self.gateway, &self.identity, self.peer, name, meta, reason).await?;
         Ok((connection, opening))
     }
 

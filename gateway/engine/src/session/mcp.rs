@@ -523,34 +523,26 @@ impl Relay {
                 _ => None,
             }
         };
-        // Through the chain; a held call waits for its review, the lock let go meanwhile.
-        let decision = {
-            let mut core = self.core.lock().await;
-            match &refusal {
-                Some(why) => core.refuse(Direction::ClientToTarget, frame, why),
-                None => core.filter(Direction::ClientToTarget, frame),
-            }
+        // Through the chain and into the record under one lock; a held call waits for its
+        // review with the lock let go.
+        let mut core = self.core.lock().await;
+        let mut decision = match &refusal {
+            Some(why) => core.refuse(Direction::ClientToTarget, frame, why),
+            None => core.filter(Direction::ClientToTarget, frame),
         };
-        let decision = match &decision.outcome {
-            Outcome::Hold { reasons } => {
-                let mut pending = self
-                    .core
-                    .lock()
-                    .await
-                    .request_review(&decision, &reasons.join("; "))
-                    .await
-                    .map_err(internal)?;
-                let review = pending.decided().await;
-                self.core.lock().await.reviewed(decision, &review)
-            }
-            _ => decision,
-        };
-        self.core
-            .lock()
-            .await
+        if let Outcome::Hold { reasons } = &decision.outcome {
+            let reasons = reasons.join("; ");
+            let mut pending = (core.request_review(&decision, &reasons).await).map_err(internal)?;
+            drop(core);
+            let review = pending.decided().await;
+            core = self.core.lock().await;
+            decision = core.reviewed(decision, &review);
+        }
+        (core
             .record_frame(Direction::ClientToTarget, &decision)
-            .await
+            .await)
             .map_err(internal)?;
+        drop(core);
         if let Outcome::Deny { plugin, reason } = &decision.outcome {
             return Ok(refused(&format!("refused by {plugin}: {reason}")));
         }
