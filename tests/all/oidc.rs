@@ -194,6 +194,42 @@ fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
     assert!(listed.contains("ci-bot"), "{listed}");
     // Static tokens keep working beside the provider's.
     assert_eq!(echo_as(&gw, &gw.user_token).0, 0);
+    // The machine is an MCP client as well: `/mcp` takes the provider's access token, and
+    // lists the connections its groups' roles open; a forged one gets 401.
+    let mcp = |token: &str| {
+        let ca = gw.dir.path().join("data/tls/ca.pem");
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "list_connections", "arguments": {}}});
+        curl(&[
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+            "-d",
+            &list.to_string(),
+            &format!("https://{}/mcp", gw.addr),
+        ])
+    };
+    let listed = mcp(&machine);
+    assert!(
+        listed.ends_with("\n200")
+            && listed.contains("\"name\":\"shell\"")
+            && !listed.contains("\"python\""),
+        "{listed}"
+    );
+    // A character inside the signature changed (each one there carries six bits of it).
+    let mut forged = machine.clone().into_bytes();
+    let at = forged.len() - 20;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let refused = mcp(&forged);
+    assert!(refused.ends_with("\n401"), "{refused}");
 
     // Every bad token: refused with its reason, and nothing opened.
     let good = provider.id_token("alice", &["developers"]);
