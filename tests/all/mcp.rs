@@ -26,15 +26,23 @@ fn mcp_dir() -> std::path::PathBuf {
 /// Runs `steps` (see `client.mjs`) on the gateway's own tools as the holder of `token`; what
 /// each step got.
 fn client(gw: &Gateway, token: Option<&str>, steps: Value) -> Vec<Value> {
-    client_at(gw, "/mcp", token, steps)
+    client_at(gw, "/mcp", token, &[], steps)
 }
 
-/// Runs `steps` on the gateway's `endpoint` as the holder of `token`.
-fn client_at(gw: &Gateway, endpoint: &str, token: Option<&str>, steps: Value) -> Vec<Value> {
+/// Runs `steps` on the gateway's `endpoint` as the holder of `token`, with `env` (see
+/// `client.mjs`).
+fn client_at(
+    gw: &Gateway,
+    endpoint: &str,
+    token: Option<&str>,
+    env: &[(&str, &str)],
+    steps: Value,
+) -> Vec<Value> {
     let mut cmd = Command::new("node");
     cmd.arg(mcp_dir().join("client.mjs"))
         .arg(format!("https://{}{endpoint}", gw.addr))
-        .env("NODE_EXTRA_CA_CERTS", gw.dir.path().join("data/tls/ca.pem"));
+        .env("NODE_EXTRA_CA_CERTS", gw.dir.path().join("data/tls/ca.pem"))
+        .envs(env.iter().copied());
     match token {
         Some(token) => cmd.env("MCP_TOKEN", token),
         None => cmd.env_remove("MCP_TOKEN"),
@@ -327,7 +335,13 @@ fn bad_tokens_and_malformed_messages_get_clear_errors_and_the_endpoint_carries_o
 
 /// `client` against an `mcp` connection's endpoint.
 fn connection_client(gw: &Gateway, name: &str, steps: Value) -> Vec<Value> {
-    client_at(gw, &format!("/mcp/{name}"), Some(&gw.user_token), steps)
+    client_at(
+        gw,
+        &format!("/mcp/{name}"),
+        Some(&gw.user_token),
+        &[],
+        steps,
+    )
 }
 
 /// Runs `work` while a reviewer approves the review whose text holds `needle` once it is
@@ -740,6 +754,7 @@ fn mcp_servers_over_http_and_on_an_agent_are_governed_as_local_ones() {
          \n[connections.down]\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{closed}/mcp\"\n\
          \n[connections.tls]\nkind = \"mcp\"\nurl = \"{tls_url}\"\nheaders = {{ Authorization = \"Bearer {upstream_token}\" }}\nupstream_ca = \"{ca}\"\n\
          \n[connections.untrusted]\nkind = \"mcp\"\nurl = \"{tls_url}\"\nheaders = {{ Authorization = \"Bearer {upstream_token}\" }}\n\
+         \n[connections.asks]\nkind = \"mcp\"\ncommand = [\"node\", \"{server}\", \"{description}\"]\nallow_sampling = true\nallow_elicitation = true\n\
          \n[connections.far]\nkind = \"mcp\"\ncommand = [\"node\", \"{server}\", \"{description}\"]\nagent = \"edge\"\nenv = {{ SLUICE_TEST_WHERE = \"agent-env:EDGE_WHERE\" }}\n",
         url = server.url,
         tls_url = tls_server.url,
@@ -747,7 +762,7 @@ fn mcp_servers_over_http_and_on_an_agent_are_governed_as_local_ones() {
         server = mcp_dir().join("server.mjs").display(),
         description = description.display(),
     );
-    let policy = "[chains]\nremote = [\"mask\"]\nfar = [\"mask\"]\n";
+    let policy = "[chains]\nremote = [\"mask\"]\nfar = [\"mask\"]\nasks = [\"mask\"]\n";
     let gw = Gateway::start_with_policy(&config, Some(policy));
 
     // An HTTP server: the gateway signs in with its own header, which the client never
@@ -830,6 +845,46 @@ fn mcp_servers_over_http_and_on_an_agent_are_governed_as_local_ones() {
         json!([{"tool": "echo", "args": {"text": "over TLS"}}]),
     );
     assert_eq!(text_of(&got[0]), ("over TLS".to_string(), false), "{got:?}");
+
+    // A connection that lets the server ask the client's model (sampling) and the person
+    // (elicitation): each request and its answer cross the chain, so the card number in the
+    // server's question is masked before the client sees it, and the one in the answers
+    // before the server does.
+    let says = "my card is 4242424242424242";
+    let got = client_at(
+        &gw,
+        "/mcp/asks",
+        Some(&gw.user_token),
+        &[("MCP_MODEL_SAYS", says)],
+        json!([{"tool": "ask_model"}, {"tool": "ask_person"}]),
+    );
+    let (model, failed) = text_of(&got[0]);
+    assert!(
+        !failed && model.contains("my card is ************4242"),
+        "{got:?}"
+    );
+    let (person, failed) = text_of(&got[1]);
+    assert!(
+        !failed && person.contains("\"action\":\"accept\"") && person.contains("************4242"),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter()
+            .any(|step| step.to_string().contains("4242424242424242")),
+        "{got:?}"
+    );
+    let asks = gw.newest_session_as(&gw.reviewer_token, &["--connection", "asks"]);
+    let (_, replay, _) = gw.run_as(Some(&gw.reviewer_token), &["replay", &asks, "--speed", "0"]);
+    assert!(
+        replay.contains("< sampling/createMessage") && replay.contains("< elicitation/create"),
+        "{replay}"
+    );
+    assert!(
+        replay.contains("> (answer) {\"action\":\"accept\"")
+            && replay.contains("my card is ************4242")
+            && !replay.contains("4242424242424242"),
+        "{replay}"
+    );
 
     // A stdio server run by an agent, with a value only the agent's environment holds.
     let state = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { CreateMessageRequestSchema, ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const steps = JSON.parse(readFileSync(0, "utf8"));
 const headers = process.env.MCP_TOKEN ? { Authorization: `Bearer ${process.env.MCP_TOKEN}` } : {};
@@ -21,7 +22,21 @@ const transport =
         stderr: "inherit",
       })
     : new StreamableHTTPClientTransport(new URL(process.argv[2]), { requestInit: { headers } });
-const client = new Client({ name: "sluice-test", version: "1.0.0" });
+// With $MCP_MODEL_SAYS set, the client has a "model": it answers the server's sampling
+// requests with that text, and its "person" accepts elicitation with { name: that text }.
+const says = process.env.MCP_MODEL_SAYS;
+const client = new Client(
+  { name: "sluice-test", version: "1.0.0" },
+  { capabilities: says === undefined ? {} : { sampling: {}, elicitation: { form: {} } } },
+);
+if (says !== undefined) {
+  client.setRequestHandler(CreateMessageRequestSchema, async () => ({
+    role: "assistant",
+    content: { type: "text", text: says },
+    model: "test-model",
+  }));
+  client.setRequestHandler(ElicitRequestSchema, async () => ({ action: "accept", content: { name: says } }));
+}
 const out = [];
 try {
   await client.connect(transport);

@@ -64,6 +64,10 @@ impl EventView {
         let mut bytes = self.payload.clone();
         match self.meta["content"].as_str() {
             Some("tool-result") => return tool_result_text(&self.payload).into_bytes(),
+            // An MCP server's request to the client (sampling, elicitation).
+            Some("tool-call") => {
+                return format!("< {}\n", tool_call_text(&self.payload)).into_bytes();
+            }
             Some("columns" | "row") => bytes.push(b'\n'),
             Some("rows") if self.meta.get("columns").is_some() => {
                 let mut names = self.meta["columns"].to_string().into_bytes();
@@ -83,30 +87,27 @@ impl EventView {
         self.kind == "frame" && self.meta["dir"] == "in" && self.meta["content"] == "bytes"
     }
 
-    /// A whole input the client sent at once: a one-shot script or an SQL statement. Unlike
-    /// keystrokes, no terminal echoes it, so a replay of the output alone would not show it.
+    /// A whole input the client sent at once: a one-shot script, an SQL statement, an MCP
+    /// tool call or its answer to a server's request. Unlike keystrokes, no terminal echoes
+    /// it, so a replay of the output alone would not show it.
     pub fn is_statement(&self) -> bool {
         self.kind == "frame"
             && self.meta["dir"] == "in"
             && matches!(
                 self.meta["content"].as_str(),
-                Some("statement" | "tool-call")
+                Some("statement" | "tool-call" | "tool-result")
             )
     }
 
-    /// A statement's text; an MCP tool call as `TOOL ARGUMENTS` (the arguments' JSON).
+    /// A statement's text; an MCP tool call as `TOOL ARGUMENTS` (the arguments' JSON), and
+    /// the client's answer to a server's request as `(answer) TEXT`.
     pub fn statement_text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.payload).into_owned();
-        if self.meta["content"] != "tool-call" {
-            return text;
-        }
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(call) => format!(
-                "{} {}",
-                call["tool"].as_str().unwrap_or("?"),
-                call["arguments"].as_str().unwrap_or("{}")
-            ),
-            Err(_) => text,
+        match self.meta["content"].as_str() {
+            Some("tool-call") => tool_call_text(&self.payload),
+            Some("tool-result") => {
+                format!("(answer) {}", tool_result_text(&self.payload).trim_end())
+            }
+            _ => String::from_utf8_lossy(&self.payload).into_owned(),
         }
     }
 
@@ -223,6 +224,18 @@ pub fn replay(events: &[EventView], with_inputs: bool, marking: Marking) -> Vec<
         pieces.push((e.time_ms, bytes));
     }
     pieces
+}
+
+/// A recorded MCP tool call (or a server's request) as `TOOL ARGUMENTS`.
+fn tool_call_text(payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(call) => format!(
+            "{} {}",
+            call["tool"].as_str().unwrap_or("?"),
+            call["arguments"].as_str().unwrap_or("{}")
+        ),
+        Err(_) => String::from_utf8_lossy(payload).into_owned(),
+    }
 }
 
 /// A recorded MCP tool result as a person reads it: its text contents (each on its own

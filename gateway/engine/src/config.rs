@@ -697,6 +697,13 @@ pub struct McpConnection {
     /// definition, which is then pinned).
     #[serde(default)]
     pub on_tool_change: ToolChange,
+    /// Relay the server's sampling requests (asking the client's model) to the client, as
+    /// frames through the chain; refused when false (the default).
+    #[serde(default)]
+    pub allow_sampling: bool,
+    /// Relay the server's elicitation requests (asking the person) likewise.
+    #[serde(default)]
+    pub allow_elicitation: bool,
     #[serde(default)]
     pub max_session_seconds: Option<u64>,
     #[serde(default)]

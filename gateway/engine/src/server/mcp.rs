@@ -253,6 +253,7 @@ impl ServerHandler for Front {
             opening,
             self.connection.clone(),
             gateway.mcp_pins.clone(),
+            Some(context.peer.clone()),
         )
         .await
         .map_err(|why| ErrorData::internal_error(why, None))?;

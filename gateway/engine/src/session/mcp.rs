@@ -11,7 +11,9 @@
 //! `tools/list` shows only tools the connection allows whose definition (name, description,
 //! input schema) has the fingerprint pinned when it was first seen; a changed definition (a
 //! "rug pull") is hidden, its calls refused, and the change recorded. The server's requests
-//! that act through the client (sampling, elicitation) are refused and recorded.
+//! that act through the client (sampling, elicitation) are refused and recorded, unless the
+//! connection relays them: then each crosses the chain as a `tool-call` frame toward the
+//! client, and its answer as a `tool-result` frame back.
 //!
 //! *Invariants:* a call reaches the server only after its frame crossed the chain (a held one
 //! after its review) and is durable in the record; a result reaches the client only as the
@@ -32,12 +34,14 @@ use rmcp::transport::streamable_http_client::{
 };
 
 type HttpError = StreamableHttpError<reqwest::Error>;
-use rmcp::{ClientHandler, ErrorData, RoleClient};
+use rmcp::service::Peer;
+use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_core::frame::{Content, Direction, ToolCall, ToolResult};
 
 use super::{Core, Opening, Outcome};
+use crate::chain::Decision;
 use crate::config::{McpConnection, ToolChange};
 use crate::exec::{Process, Program};
 
@@ -142,60 +146,172 @@ fn canonical(value: &Value) -> String {
 }
 
 /// The upstream side's handler: what the server asks of the client. Requests that would act
-/// through the client (sampling, elicitation) are refused and recorded: the client is an
-/// agent or a person the server must not reach around the gateway.
+/// through the client, sampling (asking the client's model) and elicitation (asking the
+/// person), are refused and recorded unless the connection allows them; allowed, each is a
+/// `tool-call` frame from the server through the chain (masked, gated, recorded) before the
+/// client sees it, and the client's answer a `tool-result` frame back.
 #[derive(Clone)]
 pub struct Upstream {
     core: Arc<tokio::sync::Mutex<Core>>,
+    connection: String,
+    /// The client's side of the session, for the requests the connection lets through.
+    client: Option<Peer<RoleServer>>,
+    allow_sampling: bool,
+    allow_elicitation: bool,
 }
 
 impl Upstream {
     /// Records a server request the gateway refuses, and the error the server gets.
     async fn refuse(&self, what: &str, why: &str) -> ErrorData {
-        let mut core = self.core.lock().await;
-        let decision = core.refuse(
-            Direction::TargetToClient,
-            Content::Bytes(what.as_bytes().to_vec()),
-            why,
-        );
-        if let Err(e) = core
-            .record_frame(Direction::TargetToClient, &decision)
-            .await
-        {
-            tracing::error!(error = %e, "cannot record a refused server request");
+        let refused = Content::Bytes(what.as_bytes().to_vec());
+        if let Err(e) = cross(&self.core, Direction::TargetToClient, refused, Some(why)).await {
+            tracing::error!(error = %e.message, "cannot record a refused server request");
         }
         ErrorData::invalid_request(format!("refused by the gateway: {why}"), None)
+    }
+
+    /// The server's request `method` with `params`, refused (`why`) unless `allowed`, else
+    /// through the chain to the client (`ask`), and its answer through the chain back.
+    async fn relay<P, R, F>(
+        &self,
+        method: &str,
+        (allowed, why): (bool, &str),
+        id: &rmcp::model::RequestId,
+        params: P,
+        ask: impl FnOnce(Peer<RoleServer>, P) -> F,
+    ) -> Result<R, ErrorData>
+    where
+        P: serde::Serialize + serde::de::DeserializeOwned,
+        R: serde::Serialize + serde::de::DeserializeOwned,
+        F: std::future::Future<Output = Result<R, rmcp::ServiceError>>,
+    {
+        let Some(client) = self.client.clone().filter(|_| allowed) else {
+            return Err(self.refuse(method, why).await);
+        };
+        let id = serde_json::to_string(id).map_err(internal)?;
+        let request = Content::ToolCall(ToolCall {
+            server: self.connection.clone(),
+            tool: method.to_string(),
+            id: id.clone(),
+            arguments: serde_json::to_string(&params).map_err(internal)?,
+        });
+        let decision = cross(&self.core, Direction::TargetToClient, request, None).await?;
+        let params: P = match (&decision.outcome, &decision.forward) {
+            (Outcome::Pass, Content::ToolCall(passed)) => {
+                serde_json::from_str(&passed.arguments).map_err(internal)?
+            }
+            (Outcome::Deny { plugin, reason }, _) => {
+                return Err(ErrorData::invalid_request(
+                    format!("refused by {plugin}: {reason}"),
+                    None,
+                ));
+            }
+            _ => return Err(internal("the chain changed the request's kind")),
+        };
+        let answer = ask(client, params)
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("the client: {e}"), None))?;
+        let answer = Content::ToolResult(ToolResult {
+            server: self.connection.clone(),
+            tool: method.to_string(),
+            id,
+            output: serde_json::to_string(&answer).map_err(internal)?,
+            is_error: false,
+        });
+        let decision = cross(&self.core, Direction::ClientToTarget, answer, None).await?;
+        match (&decision.outcome, &decision.forward) {
+            (Outcome::Pass, Content::ToolResult(passed)) => {
+                serde_json::from_str(&passed.output).map_err(internal)
+            }
+            (Outcome::Deny { plugin, reason }, _) => Err(ErrorData::invalid_request(
+                format!("the answer was withheld by {plugin}: {reason}"),
+                None,
+            )),
+            _ => Err(internal("the chain changed the answer's kind")),
+        }
     }
 }
 
 impl ClientHandler for Upstream {
-    // Sampling is deprecated by the MCP specification (SEP-2577); it is refused all the same.
+    /// What the gateway declares to the server: of the client's own capabilities, sampling
+    /// and elicitation only when the connection relays them.
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut info = rmcp::model::ClientConfig::default();
+        if let Some(client) = self.client.as_ref().and_then(|c| c.peer_info()) {
+            if self.allow_sampling {
+                info.capabilities.sampling = client.capabilities.sampling.clone();
+            }
+            if self.allow_elicitation {
+                info.capabilities.elicitation = client.capabilities.elicitation.clone();
+            }
+        }
+        info
+    }
+
+    // Sampling is deprecated by the MCP specification (SEP-2577); still relayed when allowed.
     #[allow(deprecated)]
     async fn create_message(
         &self,
-        _params: rmcp::model::CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        params: rmcp::model::CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
     ) -> Result<rmcp::model::CreateMessageResult, ErrorData> {
-        Err(self
-            .refuse(
-                "sampling/createMessage",
-                "the server may not ask the client's model (sampling)",
-            )
-            .await)
+        let refusal = (
+            self.allow_sampling,
+            "the server may not ask the client's model (sampling; `allow_sampling` lets it)",
+        );
+        self.relay(
+            "sampling/createMessage",
+            refusal,
+            &context.id,
+            params,
+            |client, params| async move { client.create_message(params).await },
+        )
+        .await
     }
 
     async fn create_elicitation(
         &self,
-        _params: ElicitRequestParams,
-        _context: RequestContext<RoleClient>,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
-        Err(self
-            .refuse(
-                "elicitation/create",
-                "the server may not ask the person (elicitation)",
-            )
-            .await)
+        let refusal = (
+            self.allow_elicitation,
+            "the server may not ask the person (elicitation; `allow_elicitation` lets it)",
+        );
+        self.relay(
+            "elicitation/create",
+            refusal,
+            &context.id,
+            params,
+            |client, params| async move { client.create_elicitation(params).await },
+        )
+        .await
     }
+}
+
+/// `frame` through the chain (or refused with `refusal`, the chain not asked) and into the
+/// record, under one lock; a held frame waits for its review with the lock let go.
+async fn cross(
+    core: &tokio::sync::Mutex<Core>,
+    direction: Direction,
+    frame: Content,
+    refusal: Option<&str>,
+) -> Result<Decision, ErrorData> {
+    let mut locked = core.lock().await;
+    let mut decision = match refusal {
+        Some(why) => locked.refuse(direction, frame, why),
+        None => locked.filter(direction, frame),
+    };
+    if let Outcome::Hold { reasons } = &decision.outcome {
+        let reasons = reasons.join("; ");
+        let mut pending = (locked.request_review(&decision, &reasons).await).map_err(internal)?;
+        drop(locked);
+        let review = pending.decided().await;
+        locked = core.lock().await;
+        decision = locked.reviewed(decision, &review);
+    }
+    (locked.record_frame(direction, &decision).await).map_err(internal)?;
+    Ok(decision)
 }
 
 /// Starts the server (a `command`, here or on an agent) or reaches it (a `url`), and speaks
@@ -321,12 +437,19 @@ impl Relay {
         opening: Opening,
         connection: McpConnection,
         pins: Arc<Pins>,
+        client: Option<Peer<RoleServer>>,
     ) -> Result<Relay, String> {
         let name = opening.connection_name.clone();
         let ctx_agents = ctx.agents.clone();
         let (core, killed) = Core::open(ctx, opening).await?;
         let core = Arc::new(tokio::sync::Mutex::new(core));
-        let upstream = Upstream { core: core.clone() };
+        let upstream = Upstream {
+            core: core.clone(),
+            connection: name.clone(),
+            client,
+            allow_sampling: connection.allow_sampling,
+            allow_elicitation: connection.allow_elicitation,
+        };
         let (server, process) = connect(&ctx_agents, &connection, upstream).await?;
         // `sluice kill` or the time limit ends the session at once: the server stops, the
         // record closes, and later calls are refused with the reason.
@@ -523,26 +646,13 @@ impl Relay {
                 _ => None,
             }
         };
-        // Through the chain and into the record under one lock; a held call waits for its
-        // review with the lock let go.
-        let mut core = self.core.lock().await;
-        let mut decision = match &refusal {
-            Some(why) => core.refuse(Direction::ClientToTarget, frame, why),
-            None => core.filter(Direction::ClientToTarget, frame),
-        };
-        if let Outcome::Hold { reasons } = &decision.outcome {
-            let reasons = reasons.join("; ");
-            let mut pending = (core.request_review(&decision, &reasons).await).map_err(internal)?;
-            drop(core);
-            let review = pending.decided().await;
-            core = self.core.lock().await;
-            decision = core.reviewed(decision, &review);
-        }
-        (core
-            .record_frame(Direction::ClientToTarget, &decision)
-            .await)
-            .map_err(internal)?;
-        drop(core);
+        let decision = cross(
+            &self.core,
+            Direction::ClientToTarget,
+            frame,
+            refusal.as_deref(),
+        )
+        .await?;
         if let Outcome::Deny { plugin, reason } = &decision.outcome {
             return Ok(refused(&format!("refused by {plugin}: {reason}")));
         }
@@ -567,12 +677,7 @@ impl Relay {
             output,
             is_error: result.is_error == Some(true),
         });
-        let mut core = self.core.lock().await;
-        let decision = core.filter(Direction::TargetToClient, frame);
-        core.record_frame(Direction::TargetToClient, &decision)
-            .await
-            .map_err(internal)?;
-        drop(core);
+        let decision = cross(&self.core, Direction::TargetToClient, frame, None).await?;
         match (&decision.outcome, &decision.forward) {
             (Outcome::Pass, Content::ToolResult(masked)) => {
                 serde_json::from_str(&masked.output).map_err(internal)
