@@ -633,6 +633,30 @@ fn mcp_servers_behind_connections_are_filtered_gated_masked_pinned_and_budgeted(
         replay.contains("[MASKED:email]") && !replay.contains("bob@example.com"),
         "{replay}"
     );
+    // The asciicast the console plays: each call a marker, its result as output, masked.
+    let (code, cast, err) = gw.run_as(
+        Some(&gw.reviewer_token),
+        &["export", &fs_session, "--format", "asciicast"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = cast
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e[1] == "m" && e[2].as_str().unwrap_or("").starts_with("read_text_file")),
+        "{cast}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e[1] == "o" && e[2].as_str().unwrap_or("").contains("[MASKED:email]")),
+        "{cast}"
+    );
+    assert!(!cast.contains("bob@example.com"), "{cast}");
 
     // An MCP session belongs to whoever initialized it: another token cannot use its id.
     let user = format!("Authorization: Bearer {}", gw.user_token);
