@@ -2,6 +2,7 @@
 //! log and table text, with no values and with 1% of lines holding one, inside Wasm through
 //! the real plugin host, against the same plugin code as a native Rust function (the
 //! ceiling); and the latency it adds to one 200-byte frame, against a pass-through plugin.
+//! The twelve detectors the default set had before issue 24 are measured beside it.
 //!
 //! cargo bench -p sluice --bench mask
 
@@ -19,6 +20,9 @@ use sluice_plugin_sdk::{Config, Filter};
 /// The shipped policy's settings (policies/default.toml).
 const CONFIG: &str =
     r#"{"detectors": ["default"], "style": "label", "styles": {"card": "keep-last"}}"#;
+/// The baseline: the twelve detectors the default set had before the provider formats
+/// (issue 24), same settings otherwise.
+const TWELVE: &str = r#"{"detectors": ["pem", "jwt", "aws-key", "github", "slack", "url-password", "assignment", "email", "iban", "card", "ssn", "phone"], "style": "label", "styles": {"card": "keep-last"}}"#;
 const CHUNK: usize = 64 << 10;
 
 /// Application log lines: timestamps, ids, paths, IPs, versions, durations.
@@ -111,6 +115,7 @@ fn throughput(c: &mut Criterion) {
     sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let mut wasm = instance(&host, "mask", CONFIG);
+    let mut twelve = instance(&host, "mask", TWELVE);
     let mut ceiling = native();
     let mut group = c.benchmark_group("mask_64KiB");
     group.throughput(Throughput::Bytes(CHUNK as u64));
@@ -122,6 +127,9 @@ fn throughput(c: &mut Criterion) {
             let frame = frame(&text(line, percent));
             group.bench_function(format!("{name}_{percent}pct/wasm"), |b| {
                 b.iter(|| black_box(wasm.on_frame(&frame).unwrap()))
+            });
+            group.bench_function(format!("{name}_{percent}pct/wasm_twelve"), |b| {
+                b.iter(|| black_box(twelve.on_frame(&frame).unwrap()))
             });
             group.bench_function(format!("{name}_{percent}pct/native"), |b| {
                 b.iter(|| black_box(ceiling.on_frame(&frame)))
@@ -135,6 +143,7 @@ fn frame_latency(c: &mut Criterion) {
     sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let mut wasm = instance(&host, "mask", CONFIG);
+    let mut twelve = instance(&host, "mask", TWELVE);
     let mut passthrough = instance(&host, "passthrough", "{}");
     let mut ceiling = native();
     let line = format!("{:<199}\n", log_line(7, false).trim_end());
@@ -143,6 +152,9 @@ fn frame_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame_200B");
     group.bench_function("mask/wasm", |b| {
         b.iter(|| black_box(wasm.on_frame(&frame).unwrap()))
+    });
+    group.bench_function("mask_twelve/wasm", |b| {
+        b.iter(|| black_box(twelve.on_frame(&frame).unwrap()))
     });
     group.bench_function("mask/native", |b| {
         b.iter(|| black_box(ceiling.on_frame(&frame)))
@@ -159,7 +171,11 @@ fn new_instance(c: &mut Criterion) {
     let host = PluginHost::new(HostConfig::default()).unwrap();
     let session = SessionInfo::default();
     let mut group = c.benchmark_group("new_instance");
-    for (name, config) in [("mask", CONFIG), ("passthrough", "{}")] {
+    for (label, name, config) in [
+        ("mask", "mask", CONFIG),
+        ("mask_twelve", "mask", TWELVE),
+        ("passthrough", "passthrough", "{}"),
+    ] {
         let spec = PluginSpec::standalone(
             name,
             Source::Builtin(name.into()),
@@ -167,7 +183,7 @@ fn new_instance(c: &mut Criterion) {
             config.into(),
         );
         let plugin = host.load(&spec).unwrap();
-        group.bench_function(name, |b| {
+        group.bench_function(label, |b| {
             b.iter(|| black_box(plugin.filter_instance(&session).unwrap()))
         });
     }

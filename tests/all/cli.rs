@@ -131,7 +131,7 @@ fn policy_errors_name_the_file_and_the_key() {
     for (config, says) in [
         (
             "detectors = [\"crad\"]",
-            "unknown detector \"crad\" (known: default, pem",
+            "unknown detector \"crad\" (known: default, secrets, pii, payment, pem",
         ),
         (
             "custom = [{ name = \"emp\", pattern = \"EMP-(\" }]",

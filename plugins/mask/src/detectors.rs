@@ -42,8 +42,32 @@ impl Validator {
     }
 }
 
+/// What a detector finds, for a policy to enable by kind: `secrets`, `pii`, `payment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Credentials: keys, tokens, passwords.
+    Secrets,
+    /// What identifies a person.
+    Pii,
+    /// Card and bank account numbers.
+    Payment,
+}
+
+impl Group {
+    pub const ALL: [Group; 3] = [Group::Secrets, Group::Pii, Group::Payment];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Secrets => "secrets",
+            Group::Pii => "pii",
+            Group::Payment => "payment",
+        }
+    }
+}
+
 pub struct Builtin {
     pub name: &'static str,
+    pub group: Group,
     /// Patterns in priority order: where two start at the same byte, the first wins.
     pub patterns: &'static [Pattern],
     pub validator: Option<Validator>,
@@ -70,6 +94,7 @@ macro_rules! patterns {
 pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "pem",
+        group: Group::Secrets,
         patterns: &[
             Pattern {
                 regex: r"-----BEGIN[ A-Z]*PRIVATE KEY-----(?s:.)*?-----END[ A-Z]*PRIVATE KEY-----",
@@ -87,12 +112,14 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "jwt",
+        group: Group::Secrets,
         patterns: patterns![r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"],
         validator: None,
         on_by_default: true,
     },
     Builtin {
         name: "aws-key",
+        group: Group::Secrets,
         patterns: patterns![
             // Access key ids: a fixed prefix per kind, then 16 base-32 characters.
             r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b",
@@ -104,12 +131,14 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "github",
+        group: Group::Secrets,
         patterns: patterns![r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b"],
         validator: None,
         on_by_default: true,
     },
     Builtin {
         name: "slack",
+        group: Group::Secrets,
         patterns: patterns![
             r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
             r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",
@@ -118,8 +147,237 @@ pub const BUILTINS: &[Builtin] = &[
         on_by_default: true,
     },
     Builtin {
+        // Stripe secret and restricted keys (live and test) and webhook signing secrets; publishable keys (`pk_`) are public.
+        name: "stripe",
+        group: Group::Secrets,
+        patterns: patterns![
+            r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{24,247}\b",
+            r"\bwhsec_[0-9A-Za-z]{32,}\b",
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Google Cloud API keys.
+        name: "google-api-key",
+        group: Group::Secrets,
+        patterns: patterns![r"\bAIza[0-9A-Za-z_-]{35}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // GitLab personal, deploy, runner, trigger, feed and SCIM tokens.
+        name: "gitlab",
+        group: Group::Secrets,
+        patterns: patterns![r"\bgl(?:pat|dt|rt|ptt|ft|soat)-[0-9A-Za-z_-]{20,}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // npm access tokens.
+        name: "npm",
+        group: Group::Secrets,
+        patterns: patterns![r"\bnpm_[A-Za-z0-9]{36}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // PyPI upload tokens (a macaroon for pypi.org).
+        name: "pypi",
+        group: Group::Secrets,
+        patterns: patterns![r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Docker Hub personal access tokens.
+        name: "docker-hub",
+        group: Group::Secrets,
+        patterns: patterns![r"\bdckr_pat_[A-Za-z0-9_-]{27,}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // OpenAI API keys: project, service-account and admin keys, and the older form marked T3BlbkFJ.
+        name: "openai",
+        group: Group::Secrets,
+        patterns: patterns![
+            r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,}",
+            r"\bsk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}\b",
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Anthropic API and admin keys.
+        name: "anthropic",
+        group: Group::Secrets,
+        patterns: patterns![r"\bsk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_-]{80,}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Hugging Face access tokens.
+        name: "huggingface",
+        group: Group::Secrets,
+        patterns: patterns![r"\bhf_[A-Za-z0-9]{34}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // SendGrid API keys.
+        name: "sendgrid",
+        group: Group::Secrets,
+        patterns: patterns![r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Twilio API key SIDs.
+        name: "twilio",
+        group: Group::Secrets,
+        patterns: patterns![r"\bSK[0-9a-f]{32}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // DigitalOcean personal, OAuth and refresh tokens.
+        name: "digitalocean",
+        group: Group::Secrets,
+        patterns: patterns![r"\bdo[opr]_v1_[a-f0-9]{64}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Shopify access tokens and shared secrets.
+        name: "shopify",
+        group: Group::Secrets,
+        patterns: patterns![r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Square access tokens and OAuth secrets.
+        name: "square",
+        group: Group::Secrets,
+        patterns: patterns![
+            r"\bsq0(?:atp|csp)-[0-9A-Za-z_-]{22,43}",
+            r"\bEAAA[A-Za-z0-9_-]{60}",
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Braintree (PayPal) production access tokens.
+        name: "braintree",
+        group: Group::Secrets,
+        patterns: patterns![r"\baccess_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Azure storage account keys in connection strings (the key).
+        name: "azure-storage",
+        group: Group::Secrets,
+        patterns: patterns![r"AccountKey=([A-Za-z0-9+/]{86}==)",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Alibaba Cloud access key ids.
+        name: "alibaba",
+        group: Group::Secrets,
+        patterns: patterns![r"\bLTAI[A-Za-z0-9]{20}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Databricks personal access tokens.
+        name: "databricks",
+        group: Group::Secrets,
+        patterns: patterns![r"\bdapi[a-f0-9]{32}(?:-[0-9]+)?\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // HashiCorp Vault service and batch tokens.
+        name: "vault",
+        group: Group::Secrets,
+        patterns: patterns![r"\bhv[sb]\.[A-Za-z0-9_-]{24,}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Terraform Cloud / HCP Terraform API tokens.
+        name: "terraform",
+        group: Group::Secrets,
+        patterns: patterns![r"\b[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Doppler tokens.
+        name: "doppler",
+        group: Group::Secrets,
+        patterns: patterns![r"\bdp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Postman API keys.
+        name: "postman",
+        group: Group::Secrets,
+        patterns: patterns![r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Grafana Cloud tokens and service account tokens.
+        name: "grafana",
+        group: Group::Secrets,
+        patterns: patterns![
+            r"\bglc_[A-Za-z0-9+/]{32,}={0,2}",
+            r"\bglsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}\b",
+        ],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Linear API keys.
+        name: "linear",
+        group: Group::Secrets,
+        patterns: patterns![r"\blin_api_[A-Za-z0-9]{40}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Sentry organization and user auth tokens.
+        name: "sentry",
+        group: Group::Secrets,
+        patterns: patterns![r"\bsntry[su]_[A-Za-z0-9+/=_-]{40,}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // Telegram bot tokens (bot id, colon, secret).
+        name: "telegram",
+        group: Group::Secrets,
+        patterns: patterns![r"\b[0-9]{8,10}:AA[0-9A-Za-z_-]{33}",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
+        // age encryption secret keys.
+        name: "age",
+        group: Group::Secrets,
+        patterns: patterns![r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b",],
+        validator: None,
+        on_by_default: true,
+    },
+    Builtin {
         // user:password@ in a URL: the password.
         name: "url-password",
+        group: Group::Secrets,
         patterns: patterns![r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@"],
         validator: None,
         on_by_default: true,
@@ -127,6 +385,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         // password=…, "secret": "…", TOKEN: … — the value.
         name: "assignment",
+        group: Group::Secrets,
         patterns: &[Pattern {
             regex: r#"(?i:passw(?:or)?d|secret|token|api_?key|access_?key|auth_?key|private_?key)(?:[_-][A-Za-z]+)?["']?[ \t]*[:=][ \t]*(?:"([^"\r\n]+)"|'([^'\r\n]+)'|([^\s"',;&<>]+))"#,
             opens_block: false,
@@ -137,6 +396,7 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "email",
+        group: Group::Pii,
         patterns: patterns![
             r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
         ],
@@ -145,6 +405,7 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "iban",
+        group: Group::Payment,
         patterns: patterns![r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b"],
         validator: Some(Validator::Mod97),
         on_by_default: true,
@@ -152,12 +413,14 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         // 13–19 digits, in groups separated by single spaces or dashes, or none.
         name: "card",
+        group: Group::Payment,
         patterns: patterns![r"\b[0-9](?:[ -]?[0-9]){12,18}\b"],
         validator: Some(Validator::Card),
         on_by_default: true,
     },
     Builtin {
         name: "ssn",
+        group: Group::Pii,
         patterns: patterns![r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"],
         validator: Some(Validator::Ssn),
         on_by_default: true,
@@ -165,6 +428,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         // E.164: a plus, a non-zero country code digit, up to 15 digits in all.
         name: "phone",
+        group: Group::Pii,
         patterns: patterns![r"\+[1-9][0-9]{7,14}\b"],
         validator: None,
         on_by_default: true,
@@ -172,6 +436,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         // Off by default: version strings and OIDs look the same.
         name: "ipv4",
+        group: Group::Pii,
         patterns: patterns![
             r"\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b"
         ],

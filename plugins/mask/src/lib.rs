@@ -35,14 +35,15 @@ use sluice_plugin_sdk::{
     ToolCall, ToolResult, Verdict,
 };
 
-pub use detectors::{BUILTINS, Validator};
+pub use detectors::{BUILTINS, Group, Validator};
 pub use masker::{Detector, Hit, Masker, PatternSpec, Style};
 pub use stream::{Limits, Stream};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Detector names; `"default"` stands for every detector that is on by default.
+    /// Detector names; `"default"` stands for every detector that is on by default, and
+    /// `"secrets"`, `"pii"` and `"payment"` for every detector of that group.
     pub detectors: Option<Vec<String>>,
     pub style: Option<String>,
     pub keep_last: Option<usize>,
@@ -125,10 +126,12 @@ impl Mask {
         for name in &names {
             if name == "default" {
                 enabled.extend(BUILTINS.iter().filter(|b| b.on_by_default));
+            } else if let Some(group) = Group::ALL.into_iter().find(|g| g.name() == name) {
+                enabled.extend(BUILTINS.iter().filter(|b| b.group == group));
             } else {
                 enabled.push(detectors::builtin(name).ok_or_else(|| {
                     format!(
-                        "detectors: unknown detector {name:?} (known: default, {})",
+                        "detectors: unknown detector {name:?} (known: default, secrets, pii, payment, {})",
                         detectors::names()
                     )
                 })?);

@@ -138,6 +138,10 @@ pub struct Hit {
     pub end: usize,
     pub detector: usize,
     pub open: bool,
+    /// Where the whole match began (before `start` when the value is a group: the
+    /// `AccountKey=` of `AccountKey=VALUE`). A stream never releases part of a match: the
+    /// value would no longer be found without its context.
+    pub matched: usize,
 }
 
 pub struct Masker {
@@ -243,6 +247,7 @@ impl Masker {
                         end: hay.len(),
                         detector,
                         open: true,
+                        matched: m.start(),
                     },
                 );
                 break;
@@ -266,6 +271,7 @@ impl Masker {
                             end,
                             detector,
                             open: false,
+                            matched: m.start().min(start),
                         },
                     );
                     at = if rescans {
@@ -358,6 +364,7 @@ fn push_merged(hits: &mut Vec<Hit>, hit: Hit) {
         // Overlapping values become one, named by the first.
         last.end = last.end.max(hit.end);
         last.open |= hit.open;
+        last.matched = last.matched.min(hit.matched);
         return;
     }
     hits.push(hit);

@@ -5,7 +5,8 @@
 //! covers them. Concretely, a chunk releases everything up to the start of its last line
 //! (values do not span lines; PEM blocks are tracked as blocks), except that at most
 //! `window` bytes of that line are held, and a value touching the end of what has arrived is
-//! held whole. What is held goes out when:
+//! held whole. A release never falls inside a match, so the name a value is found by
+//! (`password=`, `AccountKey=`) never goes out without its value. What is held goes out when:
 //!
 //! - the gateway flushes the plugin (after a short quiet time, and at the end of the stream);
 //! - the oldest held byte has waited `max_hold_ms` while the stream kept trickling;
@@ -116,13 +117,13 @@ impl Stream {
         };
         let mut ready = hits.len();
         for (i, hit) in hits.iter().enumerate() {
-            if hit.start >= cut {
+            if hit.matched >= cut {
                 ready = i;
                 break;
             }
             if !all && (hit.open || hit.end == len) {
-                // It may grow with the next chunk: hold it whole.
-                cut = hit.start;
+                // It may grow with the next chunk: hold it whole, with its context.
+                cut = hit.matched;
                 ready = i;
                 break;
             }

@@ -353,3 +353,23 @@ fn tool_results_and_arguments_are_masked_string_by_string_and_stay_json() {
         Verdict::pass()
     );
 }
+
+#[test]
+fn a_policy_enables_detectors_by_group() {
+    let text =
+        "card 4242 4242 4242 4242, mail bob@example.com, key sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+    let mut h = harness(r#"{"detectors": ["payment"]}"#);
+    assert_eq!(
+        line(&mut h, text),
+        "card [MASKED:card], mail bob@example.com, key sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    );
+    let mut h = harness(r#"{"detectors": ["pii", "secrets"]}"#);
+    assert_eq!(
+        line(&mut h, text),
+        "card 4242 4242 4242 4242, mail [MASKED:email], key [MASKED:stripe]"
+    );
+    // ipv4 is in `pii`: a group enables all of its detectors, those off by default too.
+    assert_eq!(line(&mut h, "host 10.0.0.1"), "host [MASKED:ipv4]");
+    let err = init_error(r#"{"detectors": ["secret"]}"#);
+    assert!(err.contains("secrets, pii, payment"), "{err}");
+}
