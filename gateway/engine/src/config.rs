@@ -1218,14 +1218,26 @@ impl ExecConnection {
             } else {
                 self.interactive.clone()
             },
-            env: self
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), resolve(v)))
-                .collect(),
+            env: resolved(&self.env),
             cwd: self.cwd.clone(),
         }
     }
+}
+
+impl McpConnection {
+    /// The stdio server to run here, with `env:NAME` values resolved.
+    pub fn program(&self) -> crate::exec::Program {
+        crate::exec::Program {
+            argv: self.command.clone(),
+            env: resolved(&self.env),
+            cwd: self.cwd.clone(),
+        }
+    }
+}
+
+/// A program's environment with `env:NAME` values read from the gateway's.
+fn resolved(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    env.iter().map(|(k, v)| (k.clone(), resolve(v))).collect()
 }
 
 #[cfg(test)]

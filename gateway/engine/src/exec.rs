@@ -251,7 +251,7 @@ fn checked(program: &Program) -> std::io::Result<&[String]> {
 
 /// A minimal, predictable environment; the connection adds its own.
 /// What every program the gateway starts gets of its environment (beyond its own `env`).
-pub fn base_env() -> Vec<(String, String)> {
+fn base_env() -> Vec<(String, String)> {
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
     vec![
@@ -262,7 +262,7 @@ pub fn base_env() -> Vec<(String, String)> {
 }
 
 /// The program dies with the gateway (it is never left running on its own).
-pub fn die_with_parent(cmd: &mut std::process::Command) {
+fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     #[allow(unsafe_code)]
     // SAFETY: the closure only calls prctl (async-signal-safe) between fork and exec.

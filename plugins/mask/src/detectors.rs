@@ -452,10 +452,13 @@ pub fn builtin(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
 }
 
+/// What `detectors` may name: `default`, the groups, then each detector.
 pub fn names() -> String {
-    BUILTINS
-        .iter()
-        .map(|b| b.name)
+    let groups = Group::ALL.iter().map(|g| g.name());
+    let detectors = BUILTINS.iter().map(|b| b.name);
+    std::iter::once("default")
+        .chain(groups)
+        .chain(detectors)
         .collect::<Vec<_>>()
         .join(", ")
 }

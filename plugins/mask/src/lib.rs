@@ -131,7 +131,7 @@ impl Mask {
             } else {
                 enabled.push(detectors::builtin(name).ok_or_else(|| {
                     format!(
-                        "detectors: unknown detector {name:?} (known: default, secrets, pii, payment, {})",
+                        "detectors: unknown detector {name:?} (known: {})",
                         detectors::names()
                     )
                 })?);

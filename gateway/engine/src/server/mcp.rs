@@ -507,7 +507,6 @@ fn definitions() -> Vec<Tool> {
     ]
 }
 
-/// A string argument, or why it is missing.
 /// The opening of an MCP caller's session on `name`, with its approved access (`Err` when it
 /// needs one it lacks).
 async fn opening(
@@ -524,6 +523,7 @@ async fn opening(
     Ok(opening)
 }
 
+/// A string argument, or why it is missing.
 fn text<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
     args.get(name)
         .and_then(Value::as_str)

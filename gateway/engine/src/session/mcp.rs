@@ -27,14 +27,12 @@ use http::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ElicitRequestParams, ElicitResult, Tool,
 };
+use rmcp::service::Peer;
 use rmcp::service::{ClientInitializeError, RequestContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClientTransportConfig, StreamableHttpError,
 };
-
-type HttpError = StreamableHttpError<reqwest::Error>;
-use rmcp::service::Peer;
 use rmcp::{ClientHandler, ErrorData, RoleClient, RoleServer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -43,7 +41,10 @@ use sluice_core::frame::{Content, Direction, ToolCall, ToolResult};
 use super::{Core, Opening, Outcome};
 use crate::chain::Decision;
 use crate::config::{McpConnection, ToolChange};
-use crate::exec::{Process, Program};
+use crate::exec::Process;
+
+/// What rmcp's HTTP client transport fails with.
+type HttpError = StreamableHttpError<reqwest::Error>;
 
 /// Pinned tool fingerprints per connection, kept in the data folder.
 pub struct Pins {
@@ -351,16 +352,8 @@ async fn connect(
             };
             crate::agent::run(agents, pool, &job).await?
         }
-        None => {
-            let program = Program {
-                argv: connection.command.clone(),
-                env: (connection.env.iter())
-                    .map(|(k, v)| (k.clone(), crate::config::resolve(v)))
-                    .collect(),
-                cwd: connection.cwd.clone(),
-            };
-            Process::stdio(&program).map_err(|e| format!("cannot start the MCP server: {e}"))?
-        }
+        None => Process::stdio(&connection.program())
+            .map_err(|e| format!("cannot start the MCP server: {e}"))?,
     };
     let (input, output) = process.take_io();
     // Spawned so the boxed streams' types stay out of the caller's future (rustc cannot
