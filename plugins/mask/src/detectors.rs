@@ -9,20 +9,48 @@
 pub enum Validator {
     /// Luhn checksum, 13–19 digits, and a known issuer prefix.
     Card,
-    /// Luhn checksum alone (custom detectors).
+    /// Luhn checksum alone (custom detectors, Canadian SIN).
     Luhn,
     /// ISO 7064 mod-97 (IBAN).
     Mod97,
     /// US social security number: area not 000, 666 or 9xx; group not 00; serial not 0000.
     Ssn,
+    /// Random-looking: Shannon entropy of at least this many tenths of a bit per character,
+    /// with letters and digits both present (`8fK2pQ...`, not `created_at_desc`).
+    Entropy(u8),
+    /// 8–15 digits (E.164's bounds), brackets balanced.
+    Phone,
+    /// Italian codice fiscale: its check letter.
+    CodiceFiscale,
+    /// French NIR (INSEE number): its two-digit key.
+    Nir,
+    /// Brazilian CPF: its two check digits.
+    Cpf,
+    /// UK National Insurance number: the prefixes never issued.
+    Nino,
+    /// Dutch BSN: the eleven test.
+    Bsn,
+    /// German tax id (Steuer-IdNr): ISO 7064 MOD 11,10.
+    SteuerId,
+    /// Spanish DNI and NIE: the check letter.
+    Dni,
+    /// Indian Aadhaar: the Verhoeff check digit.
+    Verhoeff,
 }
 
 impl Validator {
+    /// A policy's name for it: `luhn`, `mod97`, `entropy` (3.5 bits) or `entropy>=N`.
     pub fn from_name(name: &str) -> Option<Validator> {
         match name {
             "luhn" => Some(Validator::Luhn),
             "mod97" => Some(Validator::Mod97),
-            _ => None,
+            "entropy" => Some(Validator::Entropy(35)),
+            _ => {
+                let bits: f64 = name.strip_prefix("entropy>=")?.trim().parse().ok()?;
+                (0.0..=8.0)
+                    .contains(&bits)
+                    .then(|| Validator::Entropy((bits * 10.0).round() as u8))
+            }
         }
     }
 
@@ -32,13 +60,23 @@ impl Validator {
             Validator::Luhn => luhn(&digits(candidate)),
             Validator::Mod97 => mod97(candidate),
             Validator::Ssn => ssn(candidate),
+            Validator::Entropy(tenths) => random_looking(candidate, f64::from(tenths) / 10.0),
+            Validator::Phone => phone(candidate),
+            Validator::CodiceFiscale => codice_fiscale(candidate),
+            Validator::Nir => nir(candidate),
+            Validator::Cpf => cpf(&digits(candidate)),
+            Validator::Nino => nino(candidate),
+            Validator::Bsn => bsn(&digits(candidate)),
+            Validator::SteuerId => steuer_id(&digits(candidate)),
+            Validator::Dni => dni(candidate),
+            Validator::Verhoeff => verhoeff(&digits(candidate)),
         }
     }
 
-    /// Whether spaces and dashes inside a value are formatting (so `4242 4242 …` and
+    /// Whether spaces, dashes and dots inside a value are formatting (so `4242 4242 …` and
     /// `4242-4242-…` are the same value for a pseudonym).
     pub fn strips_separators(self) -> bool {
-        matches!(self, Validator::Card | Validator::Luhn | Validator::Mod97)
+        !matches!(self, Validator::Entropy(_))
     }
 }
 
@@ -72,6 +110,15 @@ pub struct Builtin {
     pub patterns: &'static [Pattern],
     pub validator: Option<Validator>,
     pub on_by_default: bool,
+    /// Literals (exact case) one of which every value contains or has within [`crate::NEAR`]
+    /// bytes: the detector runs only where one appears. `keywords` and `words` both empty:
+    /// it runs everywhere, in the combined pass (formats with no literal: cards, e-mail).
+    pub keywords: &'static [&'static str],
+    /// The same, in any case (`password`, `ssn`): words that confirm a value.
+    pub words: &'static [&'static str],
+    /// Whether `words` count only standing alone (`SIN:`, not the `sin` in `using`), or
+    /// inside longer names too (the `passw` in `DB_PASSWORD`).
+    pub words_alone: bool,
 }
 
 pub struct Pattern {
@@ -90,33 +137,92 @@ macro_rules! patterns {
     };
 }
 
+/// A provider's token: a secret, on by default, found where one of its literals appears.
+const fn token(
+    name: &'static str,
+    keywords: &'static [&'static str],
+    patterns: &'static [Pattern],
+) -> Builtin {
+    Builtin {
+        name,
+        group: Group::Secrets,
+        patterns,
+        validator: None,
+        on_by_default: true,
+        keywords,
+        words: &[],
+        words_alone: false,
+    }
+}
+
+/// A value only its context tells apart (`[0-9a-f]{32}` is a Fastly token only near the word
+/// `fastly`).
+const fn named(
+    name: &'static str,
+    group: Group,
+    words: &'static [&'static str],
+    patterns: &'static [Pattern],
+    validator: Option<Validator>,
+) -> Builtin {
+    Builtin {
+        name,
+        group,
+        patterns,
+        validator,
+        on_by_default: true,
+        keywords: &[],
+        words,
+        words_alone: true,
+    }
+}
+
+/// A format distinctive enough to look for everywhere, in the combined pass.
+const fn everywhere(
+    name: &'static str,
+    group: Group,
+    patterns: &'static [Pattern],
+    validator: Option<Validator>,
+) -> Builtin {
+    Builtin {
+        name,
+        group,
+        patterns,
+        validator,
+        on_by_default: true,
+        keywords: &[],
+        words: &[],
+        words_alone: false,
+    }
+}
+
+const UUID: &str =
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b";
+
 /// Every built-in detector, in priority order.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin {
-        name: "pem",
-        group: Group::Secrets,
-        patterns: &[
+    everywhere(
+        "pem",
+        Group::Secrets,
+        &[
             Pattern {
-                regex: r"-----BEGIN[ A-Z]*PRIVATE KEY-----(?s:.)*?-----END[ A-Z]*PRIVATE KEY-----",
+                regex: r"-----BEGIN[ A-Z]*PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END[ A-Z]*PRIVATE KEY(?: BLOCK)?-----",
                 opens_block: false,
                 rescans: false,
             },
             Pattern {
-                regex: r"-----BEGIN[ A-Z]*PRIVATE KEY-----",
+                regex: r"-----BEGIN[ A-Z]*PRIVATE KEY(?: BLOCK)?-----",
                 opens_block: true,
                 rescans: false,
             },
         ],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        name: "jwt",
-        group: Group::Secrets,
-        patterns: patterns![r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"],
-        validator: None,
-        on_by_default: true,
-    },
+        None,
+    ),
+    everywhere(
+        "jwt",
+        Group::Secrets,
+        patterns![r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"],
+        None,
+    ),
     Builtin {
         name: "aws-key",
         group: Group::Secrets,
@@ -128,311 +234,712 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         validator: None,
         on_by_default: true,
+        keywords: &[
+            "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA",
+        ],
+        words: &["secret"],
+        words_alone: false,
     },
-    Builtin {
-        name: "github",
-        group: Group::Secrets,
-        patterns: patterns![r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b"],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        name: "slack",
-        group: Group::Secrets,
-        patterns: patterns![
+    token(
+        "github",
+        &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        patterns![r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b"],
+    ),
+    token(
+        "slack",
+        &[
+            "xoxa-",
+            "xoxb-",
+            "xoxp-",
+            "xoxo-",
+            "xoxs-",
+            "xoxr-",
+            "hooks.slack.com",
+        ],
+        patterns![
             r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
             r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",
         ],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Stripe secret and restricted keys (live and test) and webhook signing secrets; publishable keys (`pk_`) are public.
-        name: "stripe",
-        group: Group::Secrets,
-        patterns: patterns![
+    ),
+    // Stripe secret and restricted keys (live and test) and webhook signing secrets;
+    // publishable keys (`pk_`) are public.
+    token(
+        "stripe",
+        &["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"],
+        patterns![
             r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{24,247}\b",
             r"\bwhsec_[0-9A-Za-z]{32,}\b",
         ],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Google Cloud API keys.
-        name: "google-api-key",
-        group: Group::Secrets,
-        patterns: patterns![r"\bAIza[0-9A-Za-z_-]{35}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // GitLab personal, deploy, runner, trigger, feed and SCIM tokens.
-        name: "gitlab",
-        group: Group::Secrets,
-        patterns: patterns![r"\bgl(?:pat|dt|rt|ptt|ft|soat)-[0-9A-Za-z_-]{20,}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // npm access tokens.
-        name: "npm",
-        group: Group::Secrets,
-        patterns: patterns![r"\bnpm_[A-Za-z0-9]{36}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // PyPI upload tokens (a macaroon for pypi.org).
-        name: "pypi",
-        group: Group::Secrets,
-        patterns: patterns![r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Docker Hub personal access tokens.
-        name: "docker-hub",
-        group: Group::Secrets,
-        patterns: patterns![r"\bdckr_pat_[A-Za-z0-9_-]{27,}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // OpenAI API keys: project, service-account and admin keys, and the older form marked T3BlbkFJ.
-        name: "openai",
-        group: Group::Secrets,
-        patterns: patterns![
+    ),
+    // Google Cloud API keys; OAuth client secrets and access tokens.
+    token(
+        "google-api-key",
+        &["AIza"],
+        patterns![r"\bAIza[0-9A-Za-z_-]{35}"],
+    ),
+    token(
+        "google-oauth",
+        &["GOCSPX-", "ya29."],
+        patterns![
+            r"\bGOCSPX-[A-Za-z0-9_-]{28}\b",
+            r"\bya29\.[A-Za-z0-9_-]{30,}"
+        ],
+    ),
+    // GitLab personal, deploy, runner, trigger, feed and SCIM tokens, runner registration.
+    token(
+        "gitlab",
+        &[
+            "glpat-",
+            "gldt-",
+            "glrt-",
+            "glptt-",
+            "glft-",
+            "glsoat-",
+            "GR1348941",
+        ],
+        patterns![
+            r"\bgl(?:pat|dt|rt|ptt|ft|soat)-[0-9A-Za-z_-]{20,}",
+            r"\bGR1348941[A-Za-z0-9_-]{20}\b",
+        ],
+    ),
+    token("npm", &["npm_"], patterns![r"\bnpm_[A-Za-z0-9]{36}\b"]),
+    // PyPI upload tokens (a macaroon for pypi.org).
+    token(
+        "pypi",
+        &["pypi-AgEIcHlwaS5vcmc"],
+        patterns![r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}"],
+    ),
+    token(
+        "rubygems",
+        &["rubygems_"],
+        patterns![r"\brubygems_[a-f0-9]{48}\b"],
+    ),
+    token("nuget", &["oy2"], patterns![r"\boy2[a-z0-9]{43}\b"]),
+    token(
+        "clojars",
+        &["CLOJARS_"],
+        patterns![r"\bCLOJARS_[a-z0-9]{60}\b"],
+    ),
+    token(
+        "docker-hub",
+        &["dckr_pat_"],
+        patterns![r"\bdckr_pat_[A-Za-z0-9_-]{27,}"],
+    ),
+    // JFrog Artifactory API keys and reference tokens.
+    token(
+        "jfrog",
+        &["AKCp", "cmVmdGtu"],
+        patterns![
+            r"\bAKCp[A-Za-z0-9]{69}\b",
+            r"\bcmVmdGtuOjAxOj[A-Za-z0-9]{40,}"
+        ],
+    ),
+    // OpenAI API keys: project, service-account and admin keys, and the older form marked T3BlbkFJ.
+    token(
+        "openai",
+        &["sk-proj-", "sk-svcacct-", "sk-admin-", "T3BlbkFJ"],
+        patterns![
             r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,}",
             r"\bsk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}\b",
         ],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Anthropic API and admin keys.
-        name: "anthropic",
-        group: Group::Secrets,
-        patterns: patterns![r"\bsk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_-]{80,}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Hugging Face access tokens.
-        name: "huggingface",
-        group: Group::Secrets,
-        patterns: patterns![r"\bhf_[A-Za-z0-9]{34}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // SendGrid API keys.
-        name: "sendgrid",
-        group: Group::Secrets,
-        patterns: patterns![r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Twilio API key SIDs.
-        name: "twilio",
-        group: Group::Secrets,
-        patterns: patterns![r"\bSK[0-9a-f]{32}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // DigitalOcean personal, OAuth and refresh tokens.
-        name: "digitalocean",
-        group: Group::Secrets,
-        patterns: patterns![r"\bdo[opr]_v1_[a-f0-9]{64}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Shopify access tokens and shared secrets.
-        name: "shopify",
-        group: Group::Secrets,
-        patterns: patterns![r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Square access tokens and OAuth secrets.
-        name: "square",
-        group: Group::Secrets,
-        patterns: patterns![
+    ),
+    token(
+        "anthropic",
+        &["sk-ant-"],
+        patterns![r"\bsk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_-]{80,}"],
+    ),
+    token(
+        "huggingface",
+        &["hf_"],
+        patterns![r"\bhf_[A-Za-z0-9]{34}\b"],
+    ),
+    token("groq", &["gsk_"], patterns![r"\bgsk_[A-Za-z0-9]{52}\b"]),
+    token(
+        "perplexity",
+        &["pplx-"],
+        patterns![r"\bpplx-[A-Za-z0-9]{48}\b"],
+    ),
+    token("replicate", &["r8_"], patterns![r"\br8_[A-Za-z0-9]{37}\b"]),
+    token("xai", &["xai-"], patterns![r"\bxai-[A-Za-z0-9]{80}\b"]),
+    token(
+        "sendgrid",
+        &["SG."],
+        patterns![r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"],
+    ),
+    // Brevo (Sendinblue) API and SMTP keys.
+    token(
+        "brevo",
+        &["xkeysib-", "xsmtpsib-"],
+        patterns![r"\bx(?:keysib|smtpsib)-[a-f0-9]{64}-[A-Za-z0-9]{16}\b"],
+    ),
+    token("mailgun", &["key-"], patterns![r"\bkey-[0-9a-f]{32}\b"]),
+    token(
+        "mailchimp",
+        &["-us"],
+        patterns![r"\b[0-9a-f]{32}-us[0-9]{1,2}\b"],
+    ),
+    // Twilio API key SIDs.
+    token("twilio", &["SK"], patterns![r"\bSK[0-9a-f]{32}\b"]),
+    // DigitalOcean personal, OAuth and refresh tokens.
+    token(
+        "digitalocean",
+        &["dop_v1_", "doo_v1_", "dor_v1_"],
+        patterns![r"\bdo[opr]_v1_[a-f0-9]{64}\b"],
+    ),
+    // Shopify access tokens and shared secrets.
+    token(
+        "shopify",
+        &["shpat_", "shpca_", "shppa_", "shpss_"],
+        patterns![r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b"],
+    ),
+    // Square access tokens and OAuth secrets.
+    token(
+        "square",
+        &["sq0atp-", "sq0csp-", "EAAA"],
+        patterns![
             r"\bsq0(?:atp|csp)-[0-9A-Za-z_-]{22,43}",
-            r"\bEAAA[A-Za-z0-9_-]{60}",
+            r"\bEAAA[A-Za-z0-9_-]{60}"
         ],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Braintree (PayPal) production access tokens.
-        name: "braintree",
-        group: Group::Secrets,
-        patterns: patterns![r"\baccess_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Azure storage account keys in connection strings (the key).
-        name: "azure-storage",
-        group: Group::Secrets,
-        patterns: patterns![r"AccountKey=([A-Za-z0-9+/]{86}==)",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Alibaba Cloud access key ids.
-        name: "alibaba",
-        group: Group::Secrets,
-        patterns: patterns![r"\bLTAI[A-Za-z0-9]{20}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Databricks personal access tokens.
-        name: "databricks",
-        group: Group::Secrets,
-        patterns: patterns![r"\bdapi[a-f0-9]{32}(?:-[0-9]+)?\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // HashiCorp Vault service and batch tokens.
-        name: "vault",
-        group: Group::Secrets,
-        patterns: patterns![r"\bhv[sb]\.[A-Za-z0-9_-]{24,}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Terraform Cloud / HCP Terraform API tokens.
-        name: "terraform",
-        group: Group::Secrets,
-        patterns: patterns![r"\b[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Doppler tokens.
-        name: "doppler",
-        group: Group::Secrets,
-        patterns: patterns![r"\bdp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Postman API keys.
-        name: "postman",
-        group: Group::Secrets,
-        patterns: patterns![r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Grafana Cloud tokens and service account tokens.
-        name: "grafana",
-        group: Group::Secrets,
-        patterns: patterns![
+    ),
+    // Braintree (PayPal) production access tokens.
+    token(
+        "braintree",
+        &["access_token$production$"],
+        patterns![r"\baccess_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32}\b"],
+    ),
+    // Plaid access tokens (production and development).
+    token(
+        "plaid",
+        &["access-production-", "access-development-"],
+        patterns![
+            r"\baccess-(?:production|development)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+        ],
+    ),
+    token(
+        "razorpay",
+        &["rzp_live_", "rzp_test_"],
+        patterns![r"\brzp_(?:live|test)_[A-Za-z0-9]{14}\b"],
+    ),
+    token(
+        "shippo",
+        &["shippo_"],
+        patterns![r"\bshippo_(?:live|test)_[a-f0-9]{40}\b"],
+    ),
+    token(
+        "easypost",
+        &["EZAK", "EZTK"],
+        patterns![r"\bEZ[AT]K[A-Za-z0-9]{54}\b"],
+    ),
+    token(
+        "flutterwave",
+        &["FLWSECK"],
+        patterns![r"\bFLWSECK(?:_TEST)?-[a-h0-9]{32}-X\b"],
+    ),
+    token(
+        "duffel",
+        &["duffel_"],
+        patterns![r"\bduffel_(?:test|live)_[A-Za-z0-9_=-]{43}\b"],
+    ),
+    named(
+        "gocardless",
+        Group::Secrets,
+        &["gocardless"],
+        patterns![r"\blive_[A-Za-z0-9_=-]{40}\b"],
+        None,
+    ),
+    named(
+        "mollie",
+        Group::Secrets,
+        &["mollie"],
+        patterns![r"\blive_[A-Za-z0-9]{30}\b"],
+        None,
+    ),
+    // Azure storage account keys in connection strings (the key), SAS signatures, client
+    // secrets, DevOps personal access tokens.
+    token(
+        "azure-storage",
+        &["AccountKey="],
+        patterns![r"AccountKey=([A-Za-z0-9+/]{86}==)"],
+    ),
+    token(
+        "azure-sas",
+        &["sig="],
+        patterns![r"[?&]sig=([A-Za-z0-9%+/=]{40,})"],
+    ),
+    token(
+        "azure-client-secret",
+        &["Q~"],
+        patterns![r"\b[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}\b"],
+    ),
+    token(
+        "azure-devops",
+        &["AZDO"],
+        patterns![r"\b[A-Za-z0-9]{76}AZDO[A-Za-z0-9]{4}\b"],
+    ),
+    token("alibaba", &["LTAI"], patterns![r"\bLTAI[A-Za-z0-9]{20}\b"]),
+    token(
+        "yandex",
+        &["AQVN"],
+        patterns![r"\bAQVN[A-Za-z0-9_-]{35,38}\b"],
+    ),
+    token(
+        "databricks",
+        &["dapi"],
+        patterns![r"\bdapi[a-f0-9]{32}(?:-[0-9]+)?\b"],
+    ),
+    // HashiCorp Vault service and batch tokens; Terraform Cloud / HCP Terraform API tokens.
+    token(
+        "vault",
+        &["hvs.", "hvb."],
+        patterns![r"\bhv[sb]\.[A-Za-z0-9_-]{24,}"],
+    ),
+    token(
+        "terraform",
+        &[".atlasv1."],
+        patterns![r"\b[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}"],
+    ),
+    token(
+        "doppler",
+        &[
+            "dp.pt.",
+            "dp.st.",
+            "dp.sa.",
+            "dp.ct.",
+            "dp.scim.",
+            "dp.audit.",
+        ],
+        patterns![r"\bdp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}\b"],
+    ),
+    token("pulumi", &["pul-"], patterns![r"\bpul-[a-f0-9]{40}\b"]),
+    token("prefect", &["pnu_"], patterns![r"\bpnu_[A-Za-z0-9]{36}\b"]),
+    token(
+        "infracost",
+        &["ico-"],
+        patterns![r"\bico-[A-Za-z0-9]{32}\b"],
+    ),
+    token(
+        "harness",
+        &["pat."],
+        patterns![r"\bpat\.[A-Za-z0-9_-]{22}\.[0-9a-f]{24}\.[A-Za-z0-9]{20}\b"],
+    ),
+    token(
+        "scalingo",
+        &["tk-us-"],
+        patterns![r"\btk-us-[A-Za-z0-9_-]{48}\b"],
+    ),
+    token(
+        "tailscale",
+        &["tskey-"],
+        patterns![r"\btskey-(?:api|auth|client|webhook|scim)-[A-Za-z0-9]{10,}-[A-Za-z0-9]{20,}"],
+    ),
+    token(
+        "fly",
+        &["fo1_", "fm1", "fm2"],
+        patterns![
+            r"\bfo1_[A-Za-z0-9_-]{43}\b",
+            r"\bfm[12][ar]?_[A-Za-z0-9+/=_-]{50,}"
+        ],
+    ),
+    token("netlify", &["nfp_"], patterns![r"\bnfp_[A-Za-z0-9]{36}\b"]),
+    token(
+        "heroku",
+        &["HRKU-"],
+        patterns![r"\bHRKU-AA[A-Za-z0-9_-]{58}\b"],
+    ),
+    named(
+        "heroku-api-key",
+        Group::Secrets,
+        &["heroku"],
+        patterns![UUID],
+        None,
+    ),
+    token(
+        "supabase",
+        &["sbp_", "sb_secret_"],
+        patterns![r"\bsbp_[a-f0-9]{40}\b", r"\bsb_secret_[A-Za-z0-9_-]{31,}"],
+    ),
+    token(
+        "planetscale",
+        &["pscale_"],
+        patterns![r"\bpscale_(?:tkn|pw|oauth)_[A-Za-z0-9_.-]{32,64}\b"],
+    ),
+    token(
+        "cloudflare-origin-ca",
+        &["v1.0-"],
+        patterns![r"\bv1\.0-[a-f0-9]{24}-[a-f0-9]{146}\b"],
+    ),
+    named(
+        "cloudflare",
+        Group::Secrets,
+        &["cloudflare", "cf_api", "cf-api"],
+        patterns![r"\b[A-Za-z0-9_-]{40}\b", r"\b[a-f0-9]{37}\b"],
+        None,
+    ),
+    named(
+        "fastly",
+        Group::Secrets,
+        &["fastly"],
+        patterns![r"\b[A-Za-z0-9_-]{32}\b"],
+        None,
+    ),
+    named(
+        "algolia",
+        Group::Secrets,
+        &["algolia"],
+        patterns![r"\b[a-f0-9]{32}\b"],
+        None,
+    ),
+    named(
+        "okta",
+        Group::Secrets,
+        &["okta"],
+        patterns![r"\b00[A-Za-z0-9_-]{40}\b"],
+        None,
+    ),
+    named(
+        "zendesk",
+        Group::Secrets,
+        &["zendesk"],
+        patterns![r"\b[A-Za-z0-9]{40}\b"],
+        None,
+    ),
+    named("snyk", Group::Secrets, &["snyk"], patterns![UUID], None),
+    named(
+        "postmark",
+        Group::Secrets,
+        &["postmark"],
+        patterns![UUID],
+        None,
+    ),
+    named(
+        "twitch",
+        Group::Secrets,
+        &["twitch"],
+        patterns![r"\b[a-z0-9]{30}\b"],
+        None,
+    ),
+    token(
+        "launchdarkly",
+        &["api-", "sdk-", "mob-"],
+        patterns![
+            r"\b(?:api|sdk|mob)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+        ],
+    ),
+    token(
+        "contentful",
+        &["CFPAT-"],
+        patterns![r"\bCFPAT-[A-Za-z0-9_-]{43}\b"],
+    ),
+    token(
+        "new-relic",
+        &["NRAK-", "NRII-", "NRAL"],
+        patterns![
+            r"\bNRAK-[A-Z0-9]{27}\b",
+            r"\bNRII-[A-Za-z0-9_-]{32}\b",
+            r"\b[a-f0-9]{36}NRAL\b",
+        ],
+    ),
+    token(
+        "dynatrace",
+        &["dt0c01."],
+        patterns![r"\bdt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64}\b"],
+    ),
+    // Grafana Cloud tokens and service account tokens.
+    token(
+        "grafana",
+        &["glc_", "glsa_"],
+        patterns![
             r"\bglc_[A-Za-z0-9+/]{32,}={0,2}",
-            r"\bglsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}\b",
+            r"\bglsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}\b"
         ],
-        validator: None,
-        on_by_default: true,
-    },
+    ),
+    token(
+        "sentry",
+        &["sntrys_", "sntryu_"],
+        patterns![r"\bsntry[su]_[A-Za-z0-9+/=_-]{40,}"],
+    ),
+    token(
+        "postman",
+        &["PMAK-"],
+        patterns![r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b"],
+    ),
+    token(
+        "linear",
+        &["lin_api_"],
+        patterns![r"\blin_api_[A-Za-z0-9]{40}\b"],
+    ),
+    token(
+        "atlassian",
+        &["ATATT3"],
+        patterns![r"\bATATT3[A-Za-z0-9_=-]{180,}"],
+    ),
+    token(
+        "bitbucket",
+        &["ATBB"],
+        patterns![r"\bATBB[A-Za-z0-9_=.-]{32,}"],
+    ),
+    everywhere(
+        "asana",
+        Group::Secrets,
+        patterns![r"\b[12]/[0-9]{13,16}(?:/[0-9]{13,16})?:[A-Za-z0-9]{32}\b"],
+        None,
+    ),
+    everywhere(
+        "airtable",
+        Group::Secrets,
+        patterns![r"\bpat[A-Za-z0-9]{14}\.[a-f0-9]{64}\b"],
+        None,
+    ),
+    token(
+        "notion",
+        &["ntn_", "secret_"],
+        patterns![
+            r"\bntn_[0-9]{11}[A-Za-z0-9]{35}\b",
+            r"\bsecret_[A-Za-z0-9]{43}\b"
+        ],
+    ),
+    token(
+        "figma",
+        &["figd_"],
+        patterns![r"\bfigd_[A-Za-z0-9_-]{40}\b"],
+    ),
+    token(
+        "frameio",
+        &["fio-u-"],
+        patterns![r"\bfio-u-[A-Za-z0-9_=-]{64}\b"],
+    ),
+    token(
+        "sourcegraph",
+        &["sgp_"],
+        patterns![r"\bsgp_(?:[a-fA-F0-9]{16}_)?[a-fA-F0-9]{40}\b"],
+    ),
+    token("readme", &["rdme_"], patterns![r"\brdme_[a-z0-9]{70}\b"]),
+    token("adafruit", &["aio_"], patterns![r"\baio_[A-Za-z0-9]{28}\b"]),
+    token(
+        "octopus-deploy",
+        &["API-"],
+        patterns![r"\bAPI-[A-Z0-9]{26}\b"],
+    ),
+    token(
+        "mapbox",
+        &["sk.eyJ"],
+        patterns![r"\bsk\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"],
+    ),
+    token("dropbox", &["sl."], patterns![r"\bsl\.[A-Za-z0-9_-]{130,}"]),
+    token(
+        "facebook",
+        &["EAA"],
+        patterns![r"\bEAA[BCDGI][A-Za-z0-9]{90,}"],
+    ),
+    token(
+        "twitter",
+        &["AAAAAAAAAAAAAAAAAAAAA"],
+        patterns![r"\bAAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,}"],
+    ),
+    named(
+        "discord",
+        Group::Secrets,
+        &["discord"],
+        patterns![
+            r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]+",
+            r"\b[MN][A-Za-z0-9]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,38}\b",
+        ],
+        None,
+    ),
+    token(
+        "teams-webhook",
+        &["webhook.office.com"],
+        patterns![r"https://[A-Za-z0-9.-]+\.webhook\.office\.com/webhookb2/[A-Za-z0-9@/-]+"],
+    ),
+    // 1Password service account tokens and account secret keys.
+    token(
+        "1password",
+        &["ops_eyJ", "A3-"],
+        patterns![
+            r"\bops_eyJ[A-Za-z0-9+/=_-]{100,}",
+            r"\bA3-[A-Z0-9]{6}-(?:[A-Z0-9]{11}|[A-Z0-9]{6}-[A-Z0-9]{5})-[A-Z0-9]{5}-[A-Z0-9]{5}-[A-Z0-9]{5}\b",
+        ],
+    ),
+    // Telegram bot tokens (bot id, colon, secret).
+    token(
+        "telegram",
+        &[":AA"],
+        patterns![r"\b[0-9]{8,10}:AA[0-9A-Za-z_-]{33}"],
+    ),
+    token(
+        "age",
+        &["AGE-SECRET-KEY-1"],
+        patterns![r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b"],
+    ),
+    // user:password@ in a URL: the password.
+    everywhere(
+        "url-password",
+        Group::Secrets,
+        patterns![r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@"],
+        None,
+    ),
     Builtin {
-        // Linear API keys.
-        name: "linear",
-        group: Group::Secrets,
-        patterns: patterns![r"\blin_api_[A-Za-z0-9]{40}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Sentry organization and user auth tokens.
-        name: "sentry",
-        group: Group::Secrets,
-        patterns: patterns![r"\bsntry[su]_[A-Za-z0-9+/=_-]{40,}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // Telegram bot tokens (bot id, colon, secret).
-        name: "telegram",
-        group: Group::Secrets,
-        patterns: patterns![r"\b[0-9]{8,10}:AA[0-9A-Za-z_-]{33}",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // age encryption secret keys.
-        name: "age",
-        group: Group::Secrets,
-        patterns: patterns![r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b",],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // user:password@ in a URL: the password.
-        name: "url-password",
-        group: Group::Secrets,
-        patterns: patterns![r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@"],
-        validator: None,
-        on_by_default: true,
-    },
-    Builtin {
-        // password=…, "secret": "…", TOKEN: … — the value.
+        // password=…, "secret": "…", TOKEN: …, Pwd=…; — the value.
         name: "assignment",
         group: Group::Secrets,
         patterns: &[Pattern {
-            regex: r#"(?i:passw(?:or)?d|secret|token|api_?key|access_?key|auth_?key|private_?key)(?:[_-][A-Za-z]+)?["']?[ \t]*[:=][ \t]*(?:"([^"\r\n]+)"|'([^'\r\n]+)'|([^\s"',;&<>]+))"#,
+            regex: r#"(?i:passw(?:or)?d|pwd|secret|token|api_?key|access_?key|auth_?key|private_?key)(?:[_-][A-Za-z]+)?["']?[ \t]*[:=][ \t]*(?:"([^"\r\n]+)"|'([^'\r\n]+)'|([^\s"',;&<>]+))"#,
             opens_block: false,
             rescans: true,
         }],
         validator: None,
         on_by_default: true,
-    },
-    Builtin {
-        name: "email",
-        group: Group::Pii,
-        patterns: patterns![
-            r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+        keywords: &[],
+        words: &[
+            "passw",
+            "pwd",
+            "secret",
+            "token",
+            "api_key",
+            "apikey",
+            "access_key",
+            "accesskey",
+            "auth_key",
+            "authkey",
+            "private_key",
+            "privatekey",
         ],
-        validator: None,
-        on_by_default: true,
+        words_alone: false,
     },
+    // Any other name with key, credential or auth in it, when its value looks random:
+    // `client_key: 8fK2...` but not `sort_key: created_at`.
     Builtin {
-        name: "iban",
-        group: Group::Payment,
-        patterns: patterns![r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b"],
-        validator: Some(Validator::Mod97),
+        name: "generic-secret",
+        group: Group::Secrets,
+        patterns: patterns![
+            r#"(?i:[a-z0-9_.-]*(?:key|credential|auth)[a-z0-9_.-]*)["']?[ \t]*[:=][ \t]*["']?([A-Za-z0-9+/=_.~-]{16,})"#
+        ],
+        validator: Some(Validator::Entropy(35)),
         on_by_default: true,
+        keywords: &[],
+        words: &["key", "credential", "auth"],
+        words_alone: false,
     },
-    Builtin {
-        // 13–19 digits, in groups separated by single spaces or dashes, or none.
-        name: "card",
-        group: Group::Payment,
-        patterns: patterns![r"\b[0-9](?:[ -]?[0-9]){12,18}\b"],
-        validator: Some(Validator::Card),
-        on_by_default: true,
-    },
-    Builtin {
-        name: "ssn",
-        group: Group::Pii,
-        patterns: patterns![r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"],
-        validator: Some(Validator::Ssn),
-        on_by_default: true,
-    },
-    Builtin {
-        // E.164: a plus, a non-zero country code digit, up to 15 digits in all.
-        name: "phone",
-        group: Group::Pii,
-        patterns: patterns![r"\+[1-9][0-9]{7,14}\b"],
-        validator: None,
-        on_by_default: true,
-    },
+    everywhere(
+        "email",
+        Group::Pii,
+        patterns![r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"],
+        None,
+    ),
+    // National identifiers with a check digit and a distinctive shape: everywhere. Before
+    // the card: where both match at one place and the card's check refuses it, the search
+    // goes on from the next byte.
+    everywhere(
+        "it-codice-fiscale",
+        Group::Pii,
+        patterns![
+            r"\b[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]\b"
+        ],
+        Some(Validator::CodiceFiscale),
+    ),
+    everywhere(
+        "fr-nir",
+        Group::Pii,
+        patterns![
+            r"\b[12] ?[0-9]{2} ?(?:0[1-9]|1[0-2]|[2-9][0-9]) ?(?:2[AB]|[0-9]{2}) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}\b"
+        ],
+        Some(Validator::Nir),
+    ),
+    everywhere(
+        "br-cpf",
+        Group::Pii,
+        patterns![r"\b[0-9]{3}\.[0-9]{3}\.[0-9]{3}-[0-9]{2}\b"],
+        Some(Validator::Cpf),
+    ),
+    everywhere(
+        "iban",
+        Group::Payment,
+        patterns![r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b"],
+        Some(Validator::Mod97),
+    ),
+    // 13–19 digits, in groups separated by single spaces, dashes or dots (one kind), or none.
+    everywhere(
+        "card",
+        Group::Payment,
+        patterns![r"\b[0-9](?:[ .-]?[0-9]){12,18}\b"],
+        Some(Validator::Card),
+    ),
+    everywhere(
+        "ssn",
+        Group::Pii,
+        patterns![r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"],
+        Some(Validator::Ssn),
+    ),
+    // International: a plus, the country code, then groups (`+1 (415) 555-2671`, `+44 20 7946
+    // 0958`); 8–15 digits in all.
+    everywhere(
+        "phone",
+        Group::Pii,
+        patterns![r"\+[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}\b"],
+        Some(Validator::Phone),
+    ),
+    // National formats (`(415) 555-2671`, `020 7946 0958`) look like any other number: only
+    // near a word that says it is one.
+    named(
+        "phone-national",
+        Group::Pii,
+        &["phone", "tel", "mobile", "cell", "fax"],
+        patterns![
+            r"(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[-. ])[2-9][0-9]{2}[-. ][0-9]{4}\b",
+            r"\b0[1-9][0-9]{1,4}[ -]?[0-9]{3,4}[ -]?[0-9]{3,4}\b",
+        ],
+        Some(Validator::Phone),
+    ),
+    // National identifiers whose shape is common: only near their name.
+    named(
+        "uk-nino",
+        Group::Pii,
+        &["nino", "national insurance", "ni number"],
+        patterns![r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"],
+        Some(Validator::Nino),
+    ),
+    named(
+        "nl-bsn",
+        Group::Pii,
+        &["bsn", "burgerservicenummer"],
+        patterns![r"\b[0-9]{4}\.?[0-9]{2}\.?[0-9]{3}\b"],
+        Some(Validator::Bsn),
+    ),
+    named(
+        "ca-sin",
+        Group::Pii,
+        &["sin", "social insurance"],
+        patterns![r"\b[1-79][0-9]{2}[ -]?[0-9]{3}[ -]?[0-9]{3}\b"],
+        Some(Validator::Luhn),
+    ),
+    named(
+        "de-tax-id",
+        Group::Pii,
+        &["steuer", "idnr", "tax id", "tin"],
+        patterns![r"\b[1-9][0-9] ?[0-9]{3} ?[0-9]{3} ?[0-9]{3}\b"],
+        Some(Validator::SteuerId),
+    ),
+    named(
+        "es-dni",
+        Group::Pii,
+        &["dni", "nie", "nif"],
+        patterns![r"\b[XYZ0-9][0-9]{7}-?[A-Z]\b"],
+        Some(Validator::Dni),
+    ),
+    named(
+        "in-aadhaar",
+        Group::Pii,
+        &["aadhaar", "uidai"],
+        patterns![r"\b[2-9][0-9]{3} ?[0-9]{4} ?[0-9]{4}\b"],
+        Some(Validator::Verhoeff),
+    ),
+    named(
+        "br-cpf-plain",
+        Group::Pii,
+        &["cpf"],
+        patterns![r"\b[0-9]{11}\b"],
+        Some(Validator::Cpf),
+    ),
     Builtin {
         // Off by default: version strings and OIDs look the same.
         name: "ipv4",
@@ -442,11 +949,14 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         validator: None,
         on_by_default: false,
+        keywords: &[],
+        words: &[],
+        words_alone: false,
     },
 ];
 
 /// Closes a block opened by the `pem` opener.
-pub const BLOCK_CLOSE: &str = r"-----END[ A-Z]*PRIVATE KEY-----";
+pub const BLOCK_CLOSE: &str = r"-----END[ A-Z]*PRIVATE KEY(?: BLOCK)?-----";
 
 pub fn builtin(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
@@ -495,9 +1005,11 @@ fn card(candidate: &[u8]) -> bool {
         return false;
     }
     // Mixed separators (`4242-4242 4242`) are not how anyone writes a card number.
-    let dashes = candidate.contains(&b'-');
-    let spaces = candidate.contains(&b' ');
-    if dashes && spaces {
+    let kinds = [b'-', b' ', b'.']
+        .iter()
+        .filter(|s| candidate.contains(s))
+        .count();
+    if kinds > 1 {
         return false;
     }
     let prefix = |n: usize| {
@@ -585,6 +1097,182 @@ fn ssn(candidate: &[u8]) -> bool {
     area != 0 && area != 666 && area < 900 && group != 0 && !serial
 }
 
+/// Shannon entropy of at least `bits` per byte, letters and digits both present.
+fn random_looking(candidate: &[u8], bits: f64) -> bool {
+    if !candidate.iter().any(u8::is_ascii_digit) || !candidate.iter().any(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in candidate {
+        counts[usize::from(b)] += 1;
+    }
+    let n = candidate.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy >= bits
+}
+
+fn phone(candidate: &[u8]) -> bool {
+    let n = candidate.iter().filter(|b| b.is_ascii_digit()).count();
+    let opens = candidate.iter().filter(|&&b| b == b'(').count();
+    let closes = candidate.iter().filter(|&&b| b == b')').count();
+    (8..=15).contains(&n) && opens == closes && opens <= 1
+}
+
+fn codice_fiscale(candidate: &[u8]) -> bool {
+    // Odd positions (1st, 3rd, …) map through this table; even ones count 0–25 (or 0–9).
+    const ODD: [u32; 26] = [
+        1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25, 24,
+        23,
+    ];
+    if candidate.len() != 16 {
+        return false;
+    }
+    let value = |b: u8| match b {
+        b'0'..=b'9' => u32::from(b - b'0'),
+        _ => u32::from(b - b'A'),
+    };
+    let sum: u32 = candidate[..15]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let v = value(b) as usize;
+            if i % 2 == 0 { ODD[v] } else { v as u32 }
+        })
+        .sum();
+    candidate[15] == b'A' + (sum % 26) as u8
+}
+
+fn nir(candidate: &[u8]) -> bool {
+    let mut compact: Vec<u8> = candidate.iter().copied().filter(|b| *b != b' ').collect();
+    if compact.len() != 15 {
+        return false;
+    }
+    // Corsica's departments 2A and 2B count as 19 and 18.
+    match &compact[5..7] {
+        b"2A" => compact[5..7].copy_from_slice(b"19"),
+        b"2B" => compact[5..7].copy_from_slice(b"18"),
+        _ => {}
+    }
+    let number = |bytes: &[u8]| {
+        bytes.iter().try_fold(0u64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+        })
+    };
+    match (number(&compact[..13]), number(&compact[13..])) {
+        (Some(n), Some(key)) => 97 - n % 97 == key,
+        _ => false,
+    }
+}
+
+fn cpf(d: &[u8]) -> bool {
+    if d.len() != 11 || d.iter().all(|&x| x == d[0]) {
+        return false;
+    }
+    let check = |upto: usize| {
+        let sum: u32 = d[..upto]
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| u32::from(x) * (upto as u32 + 1 - i as u32))
+            .sum();
+        (sum * 10 % 11 % 10) as u8
+    };
+    check(9) == d[9] && check(10) == d[10]
+}
+
+fn nino(candidate: &[u8]) -> bool {
+    let prefix = &candidate[..2];
+    !matches!(
+        prefix,
+        b"BG" | b"GB" | b"NK" | b"KN" | b"TN" | b"NT" | b"ZZ"
+    )
+}
+
+fn bsn(d: &[u8]) -> bool {
+    if d.len() != 9 || d.iter().all(|&x| x == 0) {
+        return false;
+    }
+    let sum: i32 = d[..8]
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| i32::from(x) * (9 - i as i32))
+        .sum::<i32>()
+        - i32::from(d[8]);
+    sum % 11 == 0
+}
+
+fn steuer_id(d: &[u8]) -> bool {
+    if d.len() != 11 || d[0] == 0 {
+        return false;
+    }
+    let mut product = 10u32;
+    for &x in &d[..10] {
+        let mut sum = (u32::from(x) + product) % 10;
+        if sum == 0 {
+            sum = 10;
+        }
+        product = sum * 2 % 11;
+    }
+    let check = (11 - product) % 10;
+    check == u32::from(d[10])
+}
+
+fn dni(candidate: &[u8]) -> bool {
+    const LETTERS: &[u8; 23] = b"TRWAGMYFPDXBNJZSQVHLCKE";
+    let compact: Vec<u8> = candidate.iter().copied().filter(|b| *b != b'-').collect();
+    if compact.len() != 9 {
+        return false;
+    }
+    // NIE: X, Y, Z stand for 0, 1, 2.
+    let first = match compact[0] {
+        b'X' => 0,
+        b'Y' => 1,
+        b'Z' => 2,
+        b @ b'0'..=b'9' => u32::from(b - b'0'),
+        _ => return false,
+    };
+    let number = compact[1..8]
+        .iter()
+        .fold(first, |n, &b| n * 10 + u32::from(b - b'0'));
+    LETTERS[(number % 23) as usize] == compact[8]
+}
+
+fn verhoeff(digits: &[u8]) -> bool {
+    const D: [[u8; 10]; 10] = [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 3, 4, 0, 6, 7, 8, 9, 5],
+        [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+        [3, 4, 0, 1, 2, 8, 9, 5, 6, 7],
+        [4, 0, 1, 2, 3, 9, 5, 6, 7, 8],
+        [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+        [6, 5, 9, 8, 7, 1, 0, 4, 3, 2],
+        [7, 6, 5, 9, 8, 2, 1, 0, 4, 3],
+        [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+        [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+    ];
+    const P: [[u8; 10]; 8] = [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 5, 7, 6, 2, 8, 3, 0, 9, 4],
+        [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+        [8, 9, 1, 6, 0, 4, 3, 5, 2, 7],
+        [9, 4, 5, 3, 1, 2, 6, 8, 7, 0],
+        [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+        [2, 7, 9, 3, 8, 0, 6, 4, 1, 5],
+        [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
+    ];
+    let mut c = 0u8;
+    for (i, &d) in digits.iter().rev().enumerate() {
+        c = D[usize::from(c)][usize::from(P[i % 8][usize::from(d)])];
+    }
+    digits.len() == 12 && c == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,5 +1322,50 @@ mod tests {
         ] {
             assert!(!Validator::Ssn.accepts(bad.as_bytes()), "{bad}");
         }
+    }
+
+    #[test]
+    fn national_identifiers_need_their_check_digits() {
+        let cases: &[(Validator, &str, &str)] = &[
+            (
+                Validator::CodiceFiscale,
+                "RSSMRA85T10A562S",
+                "RSSMRA85T10A562T",
+            ),
+            (
+                Validator::Nir,
+                "1 85 05 78 006 084 91",
+                "1 85 05 78 006 084 92",
+            ),
+            (Validator::Nir, "290012A00400509", "290012B00400509"),
+            (Validator::Cpf, "529.982.247-25", "529.982.247-26"),
+            (Validator::Cpf, "52998224725", "11111111111"),
+            (Validator::Bsn, "111222333", "123456789"),
+            (Validator::SteuerId, "86095742719", "86095742718"),
+            (Validator::Dni, "12345678Z", "12345678A"),
+            (Validator::Dni, "X1234567L", "X1234567M"),
+            (Validator::Verhoeff, "4990 1234 5678", "4990 1234 5679"),
+            (Validator::Luhn, "130 692 544", "130 692 545"),
+            (Validator::Nino, "AB123456C", "GB123456C"),
+        ];
+        for (validator, good, bad) in cases {
+            assert!(validator.accepts(good.as_bytes()), "{validator:?} {good}");
+            assert!(!validator.accepts(bad.as_bytes()), "{validator:?} {bad}");
+        }
+    }
+
+    #[test]
+    fn entropy_tells_random_values_from_names() {
+        let v = Validator::from_name("entropy>=3.5").unwrap();
+        assert_eq!(v, Validator::Entropy(35));
+        assert!(v.accepts(b"8fK2pQ9xLm4Rt7Vz1Bn6"));
+        assert!(!v.accepts(b"created_at_descending"), "no digits");
+        assert!(!v.accepts(b"aaaa1111aaaa1111"), "too regular");
+        assert_eq!(
+            Validator::from_name("entropy"),
+            Some(Validator::Entropy(35))
+        );
+        assert_eq!(Validator::from_name("entropy>=9"), None);
+        assert_eq!(Validator::from_name("entropy>=x"), None);
     }
 }

@@ -11,10 +11,12 @@
 //! pseudonym_key = "…"                    # needed by the pseudonym style
 //! styles = { card = "keep-last" }        # per detector
 //! columns = { "users.ssn" = "always", "orders.id" = "never" }
+//! json = { "customer.ssn" = "always", "debug" = "never" }   # inside JSON values
 //! [[plugins.mask.config.custom]]
 //! name = "employee-id"
 //! pattern = "EMP-[0-9]{6}"
-//! validator = "luhn"                     # optional: luhn | mod97
+//! keywords = ["employee", "EMP-"]        # optional: runs only in or near one of them
+//! validator = "luhn"                     # optional: luhn | mod97 | entropy | entropy>=N
 //! style = "fill"                         # optional
 //! ```
 //!
@@ -36,7 +38,7 @@ use sluice_plugin_sdk::{
 };
 
 pub use detectors::{BUILTINS, Group, Validator};
-pub use masker::{Detector, Hit, Masker, PatternSpec, Style};
+pub use masker::{Detector, Hit, Keyword, Masker, NEAR, PatternSpec, Style};
 pub use stream::{Limits, Stream};
 
 #[derive(Deserialize, Default)]
@@ -55,6 +57,10 @@ pub struct Settings {
     /// `table.column`, `schema.table.column` or `column` -> `never`, `always`, or a style.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// The same for values inside JSON (MCP tool calls and results, JSON text cells): a key
+    /// path such as `customer.ssn` (array positions left out), or a last key alone (`ssn`).
+    #[serde(default)]
+    pub json: BTreeMap<String, String>,
     pub directions: Option<Vec<String>>,
     pub kinds: Option<Vec<String>>,
     pub window_bytes: Option<usize>,
@@ -70,6 +76,10 @@ pub struct Settings {
 pub struct CustomDetector {
     pub name: String,
     pub pattern: String,
+    /// Words (any case) one of which is in or near every value; the detector runs only
+    /// where one appears.
+    #[serde(default)]
+    pub keywords: Vec<String>,
     pub validator: Option<String>,
     pub style: Option<String>,
 }
@@ -102,6 +112,7 @@ pub struct Mask {
     directions: [bool; 2],
     kinds: Kinds,
     columns: BTreeMap<String, CellRule>,
+    json: BTreeMap<String, CellRule>,
     /// Per direction: the rule and format of each column of the current result.
     cells: [Vec<(String, CellRule, CellFormat)>; 2],
     /// Target-to-client bytes are held across chunks; the other way they cannot be (they
@@ -148,12 +159,21 @@ impl Mask {
                     regex: pattern.regex.into(),
                     opens_block: pattern.opens_block,
                     rescans: pattern.rescans,
+                    builtin: true,
                 });
             }
+            let keyword = |text: &&str, any_case| Keyword {
+                text: text.to_string(),
+                any_case,
+                alone: any_case && builtin.words_alone,
+            };
             detectors.push(Detector {
                 name: builtin.name.into(),
                 validator: builtin.validator,
                 style: default_style.clone(),
+                keywords: (builtin.keywords.iter().map(|k| keyword(k, false)))
+                    .chain(builtin.words.iter().map(|w| keyword(w, true)))
+                    .collect(),
             });
         }
         for (i, custom) in settings.custom.iter().enumerate() {
@@ -166,7 +186,10 @@ impl Mask {
             let validator = match &custom.validator {
                 None => None,
                 Some(v) => Some(Validator::from_name(v).ok_or_else(|| {
-                    format!("{at}: unknown validator {v:?} (known: luhn, mod97)")
+                    format!(
+                        "{at}: unknown validator {v:?} (known: luhn, mod97, entropy, entropy>=N \
+                         with N in bits per character, 0 to 8)"
+                    )
                 })?),
             };
             let style = match &custom.style {
@@ -178,11 +201,21 @@ impl Mask {
                 regex: custom.pattern.clone(),
                 opens_block: false,
                 rescans: false,
+                builtin: false,
             });
             detectors.push(Detector {
                 name: custom.name.clone(),
                 validator,
                 style,
+                keywords: custom
+                    .keywords
+                    .iter()
+                    .map(|k| Keyword {
+                        text: k.clone(),
+                        any_case: true,
+                        alone: false,
+                    })
+                    .collect(),
             });
         }
         for (name, style) in &settings.styles {
@@ -206,21 +239,26 @@ impl Mask {
         let mut masker = masker;
         masker.explain = settings.explain;
 
-        let mut columns = BTreeMap::new();
-        for (column, rule) in &settings.columns {
-            let at = format!("columns.{column:?}");
-            let rule = match rule.as_str() {
-                "never" => CellRule::Never,
-                "always" => CellRule::Always(default_style.clone()),
-                style => CellRule::Always(style_of(style, &at).map_err(|_| {
-                    format!(
-                        "{at}: unknown rule {style:?} (use \"never\", \"always\", or a style: \
-                         label, fill, keep-last, pseudonym)"
-                    )
-                })?),
-            };
-            columns.insert(column.clone(), rule);
-        }
+        let rules = |map: &BTreeMap<String, String>, field: &str| {
+            let mut rules = BTreeMap::new();
+            for (key, rule) in map {
+                let at = format!("{field}.{key:?}");
+                let rule = match rule.as_str() {
+                    "never" => CellRule::Never,
+                    "always" => CellRule::Always(default_style.clone()),
+                    style => CellRule::Always(style_of(style, &at).map_err(|_| {
+                        format!(
+                            "{at}: unknown rule {style:?} (use \"never\", \"always\", or a style: \
+                             label, fill, keep-last, pseudonym)"
+                        )
+                    })?),
+                };
+                rules.insert(key.clone(), rule);
+            }
+            Ok::<_, String>(rules)
+        };
+        let columns = rules(&settings.columns, "columns")?;
+        let json = rules(&settings.json, "json")?;
 
         let mut directions = [true, true];
         if let Some(list) = &settings.directions {
@@ -276,6 +314,7 @@ impl Mask {
             directions,
             kinds,
             columns,
+            json,
             cells: Default::default(),
             output: Stream::default(),
         })
@@ -299,9 +338,9 @@ impl Mask {
                     self.masker.mask(bytes).map(Content::Bytes)
                 }
             }
-            Content::Line(line) if self.kinds.line => self.mask_text(line).map(Content::Line),
+            Content::Line(line) if self.kinds.line => self.mask_text(line, "").map(Content::Line),
             Content::Statement(s) if self.kinds.statement => {
-                let text = self.mask_text(&s.text);
+                let text = self.mask_text(&s.text, "");
                 let params: Vec<_> = s
                     .params
                     .iter()
@@ -349,15 +388,54 @@ impl Mask {
     /// as text.
     fn mask_json(&mut self, text: &str) -> Option<String> {
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) else {
-            return self.mask_text(text);
+            return self.mask_text(text, "");
         };
-        self.mask_value(&mut value).then(|| value.to_string())
+        self.mask_value(&mut value, "", "")
+            .then(|| value.to_string())
     }
 
-    fn mask_value(&mut self, value: &mut serde_json::Value) -> bool {
+    /// `path` is the keys down to `value` joined by dots; `key` the last of them, which also
+    /// confirms what a detector finds in it (`"bsn": "111222333"`).
+    fn mask_value(&mut self, value: &mut serde_json::Value, path: &str, key: &str) -> bool {
         use serde_json::Value;
+        let rule = self.json.get(path).or_else(|| self.json.get(key)).cloned();
+        match (rule, &mut *value) {
+            (Some(CellRule::Never), _) => return false,
+            (_, Value::Array(items)) => {
+                return items.iter_mut().fold(false, |changed, item| {
+                    self.mask_value(item, path, key) | changed
+                });
+            }
+            (_, Value::Object(fields)) => {
+                return fields.iter_mut().fold(false, |changed, (name, item)| {
+                    let inner = match path {
+                        "" => name.clone(),
+                        _ => format!("{path}.{name}"),
+                    };
+                    self.mask_value(item, &inner, name) | changed
+                });
+            }
+            (_, Value::Bool(_) | Value::Null) => return false,
+            (Some(CellRule::Always(style)), _) => {
+                let text = match &*value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if self.masker.explain {
+                    sluice_plugin_sdk::log::debug(
+                        &format!("JSON {path}: always masked, as {}", style.name()),
+                        &[("path", path)],
+                    );
+                }
+                let mut out = Vec::new();
+                style.render(key, text.as_bytes(), false, &mut out);
+                *value = Value::String(String::from_utf8_lossy(&out).into_owned());
+                return true;
+            }
+            (Some(CellRule::Scan) | None, _) => {}
+        }
         match value {
-            Value::String(s) => match self.mask_text(s) {
+            Value::String(s) => match self.mask_text(s, key) {
                 Some(masked) => {
                     *s = masked;
                     true
@@ -365,28 +443,39 @@ impl Mask {
                 None => false,
             },
             // A card number sent as a number: masked, it becomes a string.
-            Value::Number(n) => match self.mask_text(&n.to_string()) {
+            Value::Number(n) => match self.mask_text(&n.to_string(), key) {
                 Some(masked) => {
                     *value = Value::String(masked);
                     true
                 }
                 None => false,
             },
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, item| self.mask_value(item) | changed),
-            Value::Object(fields) => fields
-                .values_mut()
-                .fold(false, |changed, item| self.mask_value(item) | changed),
-            Value::Bool(_) | Value::Null => false,
+            _ => false,
         }
     }
 
-    fn mask_text(&mut self, text: &str) -> Option<String> {
-        self.masker.mask(text.as_bytes()).map(|b| {
-            String::from_utf8(b)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-        })
+    /// `label`: the name the text goes by (a JSON key), which may confirm what is in it.
+    fn mask_text(&mut self, text: &str, label: &str) -> Option<String> {
+        self.masker
+            .mask_labelled(text.as_bytes(), label.as_bytes())
+            .map(|b| {
+                String::from_utf8(b)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
+    }
+
+    fn json_rules_apply(&self, cell: &[u8]) -> bool {
+        let first = cell.iter().find(|b| !b.is_ascii_whitespace());
+        !self.json.is_empty() && matches!(first, Some(b'{' | b'['))
+    }
+
+    /// A text cell holding a JSON object or array (a `jsonb` column) when `json` rules are
+    /// set: masked value by value, so those rules apply inside it. `None`: not JSON, or
+    /// nothing in it to mask (the cell is then scanned as text).
+    fn json_cell(&mut self, cell: &[u8], column: &str) -> Option<Option<Vec<u8>>> {
+        let mut value = serde_json::from_slice::<serde_json::Value>(cell).ok()?;
+        self.mask_value(&mut value, "", column)
+            .then(|| Some(value.to_string().into_bytes()))
     }
 
     fn cell_rule(&self, column: &Column) -> (String, CellRule, CellFormat) {
@@ -438,8 +527,18 @@ impl Mask {
                     style.render(name, value, false, &mut v);
                     Some(Some(v))
                 }
-                (CellRule::Scan, CellFormat::Binary) => self.masker.mask(value).map(|_| None),
-                (CellRule::Scan, CellFormat::Text) => self.masker.mask(value).map(Some),
+                (CellRule::Scan, CellFormat::Binary) => self
+                    .masker
+                    .mask_labelled(value, name.as_bytes())
+                    .map(|_| None),
+                (CellRule::Scan, CellFormat::Text) if self.json_rules_apply(value) => {
+                    let name = name.to_owned();
+                    self.json_cell(value, &name)
+                        .or_else(|| self.masker.mask_labelled(value, name.as_bytes()).map(Some))
+                }
+                (CellRule::Scan, CellFormat::Text) => {
+                    self.masker.mask_labelled(value, name.as_bytes()).map(Some)
+                }
             };
             match new {
                 Some(new) => {

@@ -2,11 +2,12 @@
 
 use std::ops::Range;
 
+use aho_corasick::AhoCorasick;
 use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, Match};
+use regex_automata::{Anchored, Input, Match, PatternID};
 use sha2::Sha256;
 
 use crate::detectors::Validator;
@@ -111,7 +112,27 @@ pub struct Detector {
     pub name: String,
     pub validator: Option<Validator>,
     pub style: Style,
+    /// Literals one of which every value contains or has within [`NEAR`] bytes of it. A
+    /// detector with keywords runs only where one appears, and is compiled the first time one
+    /// does; one without runs everywhere, in the combined pass.
+    pub keywords: Vec<Keyword>,
 }
+
+/// An ASCII literal, matched in its exact case (`ghp_`) or in any (`password`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keyword {
+    pub text: String,
+    pub any_case: bool,
+    /// Counts only with no ASCII letter right before or after it (`SIN:`, not `using`).
+    pub alone: bool,
+}
+
+/// How far (bytes) a keyword may lie from a value it confirms.
+pub const NEAR: usize = 64;
+/// How far before a keyword a value may begin (its own bytes before the keyword, then the
+/// distance to it) and how far after the keyword it may end.
+const REACH_BEFORE: usize = 320;
+const REACH_AFTER: usize = 4096;
 
 /// One regex of one detector.
 #[derive(Clone, Debug)]
@@ -120,8 +141,13 @@ pub struct PatternSpec {
     pub regex: String,
     pub opens_block: bool,
     pub rescans: bool,
+    /// A built-in pattern (tested to compile), so a keyword detector's may wait for its
+    /// first keyword to be compiled. A policy's own patterns are compiled at load, so a bad
+    /// one is refused there.
+    pub builtin: bool,
 }
 
+#[derive(Clone, Copy)]
 struct PatternInfo {
     detector: usize,
     opens_block: bool,
@@ -144,13 +170,34 @@ pub struct Hit {
     pub matched: usize,
 }
 
-pub struct Masker {
+/// Patterns compiled into one automaton, searched leftmost-first.
+struct Pass {
     regex: Regex,
     cache: meta::Cache,
     captures: Captures,
-    patterns: Vec<PatternInfo>,
+    /// Per pattern; `None` is the combined pass's keyword pattern.
+    patterns: Vec<Option<PatternInfo>>,
+}
+
+/// A detector with keywords: its patterns, compiled when first needed.
+struct KeywordDetector {
+    specs: Vec<PatternSpec>,
+    pass: Option<Pass>,
+}
+
+pub struct Masker {
+    /// Every detector without keywords, and one pattern matching any keyword.
+    combined: Pass,
+    keyword_detectors: Vec<KeywordDetector>,
+    /// Which keyword is which (the combined pass only says that one of them is there), and
+    /// for each keyword the keyword detectors it wakes.
+    keywords: Option<(AhoCorasick, Vec<Vec<usize>>, Vec<Keyword>)>,
+    longest_keyword: usize,
     detectors: Vec<Detector>,
     block_close: Regex,
+    /// Per scan: keyword occurrences (start, end, keyword) and keyword detectors' windows.
+    found: Vec<(usize, usize, usize)>,
+    windows: Vec<(usize, Range<usize>)>,
     /// Log each value masked: which detector, where, which style (`sluice plugin run
     /// --explain`). Never the value itself.
     pub explain: bool,
@@ -172,11 +219,22 @@ fn builder() -> meta::Builder {
     builder
 }
 
-impl Masker {
-    pub fn new(detectors: Vec<Detector>, specs: &[PatternSpec]) -> Result<Masker, PatternError> {
-        let sources: Vec<&str> = specs.iter().map(|s| s.regex.as_str()).collect();
+impl Pass {
+    /// `keywords`, when given, becomes a last pattern matching any of them.
+    fn compile(specs: &[&PatternSpec], keywords: Option<&[Keyword]>) -> Result<Pass, PatternError> {
+        let mut sources: Vec<String> = specs.iter().map(|s| s.regex.clone()).collect();
+        if let Some(words) = keywords {
+            let escaped: Vec<String> = words
+                .iter()
+                .map(|w| match w.any_case {
+                    true => format!("(?i:{})", literal(&w.text)),
+                    false => literal(&w.text),
+                })
+                .collect();
+            sources.push(escaped.join("|"));
+        }
         let regex = builder().build_many(&sources).map_err(|e| {
-            let spec = e.pattern().map(|p| &specs[p.as_usize()]);
+            let spec = e.pattern().and_then(|p| specs.get(p.as_usize()));
             PatternError {
                 detector: spec.map_or(0, |s| s.detector),
                 message: match spec {
@@ -186,20 +244,25 @@ impl Masker {
             }
         })?;
         let group_info = regex.group_info().clone();
-        let patterns: Vec<PatternInfo> = specs
+        let mut patterns: Vec<Option<PatternInfo>> = specs
             .iter()
             .enumerate()
-            .map(|(i, spec)| PatternInfo {
-                detector: spec.detector,
-                opens_block: spec.opens_block,
-                rescans: spec.rescans,
-                grouped: group_info.group_len(regex_automata::PatternID::must(i)) > 1,
+            .map(|(i, spec)| {
+                Some(PatternInfo {
+                    detector: spec.detector,
+                    opens_block: spec.opens_block,
+                    rescans: spec.rescans,
+                    grouped: group_info.group_len(PatternID::must(i)) > 1,
+                })
             })
             .collect();
-        // A pattern that matches nothing at all would mask every position.
-        for (i, spec) in specs.iter().enumerate() {
-            let empty =
-                Input::new(b"").anchored(Anchored::Pattern(regex_automata::PatternID::must(i)));
+        if keywords.is_some() {
+            patterns.push(None);
+        }
+        // A pattern that matches nothing at all would mask every position. (Built-in
+        // patterns are tested for this.)
+        for (i, spec) in specs.iter().enumerate().filter(|(_, s)| !s.builtin) {
+            let empty = Input::new(b"").anchored(Anchored::Pattern(PatternID::must(i)));
             if regex.search(&empty).is_some() {
                 return Err(PatternError {
                     detector: spec.detector,
@@ -210,6 +273,183 @@ impl Masker {
                 });
             }
         }
+        Ok(Pass {
+            cache: regex.create_cache(),
+            captures: regex.create_captures(),
+            regex,
+            patterns,
+        })
+    }
+
+    /// Appends what it finds in `hay[range]` to `hits` (unmerged, left to right) and, when
+    /// this is the combined pass, where a keyword may begin to `keywords_at`. Bytes outside
+    /// `range` are context only (for `\b`).
+    fn run(
+        &mut self,
+        hay: &[u8],
+        range: Range<usize>,
+        detectors: &[Detector],
+        hits: &mut Vec<Hit>,
+        keywords_at: &mut Vec<Range<usize>>,
+    ) {
+        let mut at = range.start;
+        while at < range.end {
+            let input = Input::new(hay).range(at..range.end);
+            let Some(m) = self.regex.search_with(&mut self.cache, &input) else {
+                break;
+            };
+            let Some(info) = self.patterns[m.pattern().as_usize()] else {
+                // A keyword: which, and what it wakes, is sorted out after the pass.
+                keywords_at.push(m.start()..m.start() + 1);
+                at = m.start() + 1;
+                continue;
+            };
+            if info.opens_block {
+                // Everything from here on belongs to the block until its close.
+                hits.push(Hit {
+                    start: m.start(),
+                    end: hay.len(),
+                    detector: info.detector,
+                    open: true,
+                    matched: m.start(),
+                });
+                break;
+            }
+            let (start, end) = if info.grouped {
+                self.secret_span(hay, m)
+            } else {
+                (m.start(), m.end())
+            };
+            let accepted = match detectors[info.detector].validator {
+                None => Some(end),
+                Some(v) => longest_valid(v, &hay[start..end]).map(|n| start + n),
+            };
+            match accepted {
+                Some(end) if end > start => {
+                    hits.push(Hit {
+                        start,
+                        end,
+                        detector: info.detector,
+                        open: false,
+                        matched: m.start().min(start),
+                    });
+                    // The combined pass jumps past the value: a keyword inside it is
+                    // looked for there afterwards.
+                    keywords_at.push(m.start()..end);
+                    at = if info.rescans {
+                        start.max(m.start() + 1)
+                    } else {
+                        end
+                    };
+                }
+                _ => {
+                    keywords_at.push(m.start()..m.start() + 1);
+                    at = m.start() + 1;
+                }
+            }
+        }
+    }
+
+    /// The span of the first capture group that took part in `m`.
+    fn secret_span(&mut self, hay: &[u8], m: Match) -> (usize, usize) {
+        let input = Input::new(hay)
+            .span(m.range())
+            .anchored(Anchored::Pattern(m.pattern()));
+        self.regex
+            .search_captures_with(&mut self.cache, &input, &mut self.captures);
+        (1..self.captures.group_len())
+            .find_map(|g| self.captures.get_group(g))
+            .map_or((m.start(), m.end()), |span| (span.start, span.end))
+    }
+}
+
+/// The keywords that occur in `hay[range]`, as (start, end, keyword), in their case when it
+/// matters and alone when they must be.
+fn keywords_in<'a>(
+    ac: &'a AhoCorasick,
+    words: &'a [Keyword],
+    hay: &'a [u8],
+    range: Range<usize>,
+) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+    let offset = range.start;
+    ac.find_overlapping_iter(&hay[range]).filter_map(move |m| {
+        let (at, end, word) = (offset + m.start(), offset + m.end(), m.pattern().as_usize());
+        let keyword = &words[word];
+        let letter = |i: usize| hay.get(i).is_some_and(u8::is_ascii_alphabetic);
+        let wrong_case = !keyword.any_case && &hay[at..end] != keyword.text.as_bytes();
+        let inside_a_word = keyword.alone && ((at > 0 && letter(at - 1)) || letter(end));
+        (!wrong_case && !inside_a_word).then_some((at, end, word))
+    })
+}
+
+/// `word` as a regex matching exactly it.
+fn literal(word: &str) -> String {
+    word.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!(r"\x{b:02x}")
+            }
+        })
+        .collect()
+}
+
+impl Masker {
+    pub fn new(detectors: Vec<Detector>, specs: &[PatternSpec]) -> Result<Masker, PatternError> {
+        let everywhere: Vec<&PatternSpec> = specs
+            .iter()
+            .filter(|s| detectors[s.detector].keywords.is_empty())
+            .collect();
+        // Keyword detectors, in priority order; each keyword with the detectors it wakes.
+        let mut keyword_detectors: Vec<KeywordDetector> = Vec::new();
+        let mut words: Vec<Keyword> = Vec::new();
+        let mut wakes: Vec<Vec<usize>> = Vec::new();
+        for (d, detector) in detectors.iter().enumerate() {
+            if detector.keywords.is_empty() {
+                continue;
+            }
+            let own: Vec<PatternSpec> = specs.iter().filter(|s| s.detector == d).cloned().collect();
+            // A policy's own patterns are compiled now, so a bad one is refused at load.
+            let pass = if own.iter().all(|s| s.builtin) {
+                None
+            } else {
+                Some(Pass::compile(&own.iter().collect::<Vec<_>>(), None)?)
+            };
+            let k = keyword_detectors.len();
+            keyword_detectors.push(KeywordDetector { specs: own, pass });
+            for word in &detector.keywords {
+                if word.text.is_empty() || !word.text.is_ascii() {
+                    return Err(PatternError {
+                        detector: d,
+                        message: format!(
+                            "keyword {:?}: keywords are non-empty ASCII words",
+                            word.text
+                        ),
+                    });
+                }
+                match words.iter().position(|w| w == word) {
+                    Some(i) => wakes[i].push(k),
+                    None => {
+                        words.push(word.clone());
+                        wakes.push(vec![k]);
+                    }
+                }
+            }
+        }
+        let combined = Pass::compile(&everywhere, (!words.is_empty()).then_some(&words[..]))?;
+        let keywords = if words.is_empty() {
+            None
+        } else {
+            let ac = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(words.iter().map(|w| &w.text))
+                .map_err(|e| PatternError {
+                    detector: 0,
+                    message: format!("keywords: {e}"),
+                })?;
+            Some((ac, wakes, words.clone()))
+        };
         let block_close = builder()
             .build(crate::detectors::BLOCK_CLOSE)
             .map_err(|e| PatternError {
@@ -217,71 +457,129 @@ impl Masker {
                 message: e.to_string(),
             })?;
         Ok(Masker {
-            cache: regex.create_cache(),
-            captures: regex.create_captures(),
-            regex,
-            patterns,
+            combined,
+            keyword_detectors,
+            keywords,
+            longest_keyword: words.iter().map(|w| w.text.len()).max().unwrap_or(0),
             detectors,
             block_close,
+            found: Vec::new(),
+            windows: Vec::new(),
             explain: false,
         })
+    }
+
+    /// How many keyword detectors have been compiled so far (they are compiled on first use).
+    pub fn compiled_keyword_detectors(&self) -> usize {
+        self.keyword_detectors
+            .iter()
+            .filter(|k| k.pass.is_some())
+            .count()
     }
 
     /// Appends the values to mask in `hay[from..]` to `hits`, left to right, overlapping
     /// ones merged. Bytes before `from` are context only (for `\b`).
     pub fn scan(&mut self, hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
-        let mut at = from;
-        while at < hay.len() {
-            let input = Input::new(hay).range(at..);
-            let Some(m) = self.regex.search_with(&mut self.cache, &input) else {
-                break;
-            };
-            let info = &self.patterns[m.pattern().as_usize()];
-            let detector = info.detector;
-            if info.opens_block {
-                // Everything from here on belongs to the block until its close.
-                push_merged(
-                    hits,
-                    Hit {
-                        start: m.start(),
-                        end: hay.len(),
-                        detector,
-                        open: true,
-                        matched: m.start(),
-                    },
-                );
-                break;
-            }
-            let (grouped, rescans) = (info.grouped, info.rescans);
-            let (start, end) = if grouped {
-                self.secret_span(hay, m)
-            } else {
-                (m.start(), m.end())
-            };
-            let accepted = match self.detectors[detector].validator {
-                None => Some(end),
-                Some(v) => longest_valid(v, &hay[start..end]).map(|n| start + n),
-            };
-            match accepted {
-                Some(end) if end > start => {
-                    push_merged(
-                        hits,
-                        Hit {
-                            start,
-                            end,
-                            detector,
-                            open: false,
-                            matched: m.start().min(start),
-                        },
-                    );
-                    at = if rescans {
-                        start.max(m.start() + 1)
-                    } else {
-                        end
-                    };
+        self.scan_labelled(hay, from, b"", hits);
+    }
+
+    /// [`Masker::scan`] of a value that has a name (a column's, a JSON key's): a keyword
+    /// in the name confirms values anywhere in the text (`111222333` in column `bsn`).
+    pub fn scan_labelled(&mut self, hay: &[u8], from: usize, label: &[u8], hits: &mut Vec<Hit>) {
+        let mut found = Vec::new();
+        let mut keywords_at = Vec::new();
+        self.combined.run(
+            hay,
+            from..hay.len(),
+            &self.detectors,
+            &mut found,
+            &mut keywords_at,
+        );
+        if self.keywords.is_some() && (!keywords_at.is_empty() || !label.is_empty()) {
+            self.run_keyword_detectors(hay, from, &keywords_at, label, &mut found);
+        }
+        // Values of different passes may overlap: merged, named by the one that starts first
+        // (on a tie, the detector listed first).
+        found.sort_by_key(|h| (h.start, h.detector));
+        for hit in found {
+            push_merged(hits, hit);
+        }
+    }
+
+    /// Runs each keyword detector woken by a keyword in `ranges` around that keyword, and
+    /// each woken by one in `label` over the whole text.
+    fn run_keyword_detectors(
+        &mut self,
+        hay: &[u8],
+        from: usize,
+        ranges: &[Range<usize>],
+        label: &[u8],
+        found: &mut Vec<Hit>,
+    ) {
+        let Some((ac, wakes, words)) = &self.keywords else {
+            return;
+        };
+        self.found.clear();
+        self.windows.clear();
+        for range in ranges {
+            // Keywords that begin in `range` (and may run on past it).
+            let end = (range.end + self.longest_keyword).min(hay.len());
+            for (at, end, word) in keywords_in(ac, words, hay, range.start..end) {
+                if at >= range.end {
+                    continue;
                 }
-                _ => at = m.start() + 1,
+                self.found.push((at, end, word));
+                let window =
+                    at.saturating_sub(REACH_BEFORE).max(from)..(end + REACH_AFTER).min(hay.len());
+                for &k in &wakes[word] {
+                    self.windows.push((k, window.clone()));
+                }
             }
+        }
+        for (_, _, word) in keywords_in(ac, words, label, 0..label.len()) {
+            // Near every value of the text.
+            self.found.push((0, hay.len(), word));
+            for &k in &wakes[word] {
+                self.windows.push((k, from..hay.len()));
+            }
+        }
+        self.windows.sort_by_key(|(k, window)| (*k, window.start));
+        let mut i = 0;
+        while i < self.windows.len() {
+            let (k, mut window) = self.windows[i].clone();
+            i += 1;
+            // Overlapping windows of one detector are searched once.
+            while let Some((next, w)) = self.windows.get(i)
+                && *next == k
+                && w.start <= window.end
+            {
+                window.end = window.end.max(w.end);
+                i += 1;
+            }
+            let detector = &mut self.keyword_detectors[k];
+            if detector.pass.is_none() {
+                let specs: Vec<&PatternSpec> = detector.specs.iter().collect();
+                // Built-in patterns compile (a test compiles every one).
+                detector.pass = Pass::compile(&specs, None).ok();
+            }
+            let Some(pass) = detector.pass.as_mut() else {
+                continue;
+            };
+            let before = found.len();
+            pass.run(hay, window, &self.detectors, found, &mut Vec::new());
+            // Keep only values with one of their detector's keywords in or near them.
+            let mut kept = before;
+            for h in before..found.len() {
+                let hit = found[h];
+                let near = self.found.iter().any(|&(at, end, word)| {
+                    wakes[word].contains(&k) && at <= hit.end + NEAR && end + NEAR >= hit.matched
+                });
+                if near {
+                    found[kept] = hit;
+                    kept += 1;
+                }
+            }
+            found.truncate(kept);
         }
     }
 
@@ -315,8 +613,13 @@ impl Masker {
     /// A whole text (a line, a statement, a cell) with every value masked, or `None` when it
     /// has none.
     pub fn mask(&mut self, text: &[u8]) -> Option<Vec<u8>> {
+        self.mask_labelled(text, b"")
+    }
+
+    /// [`Masker::mask`] of a value that has a name: a column's, a JSON key's.
+    pub fn mask_labelled(&mut self, text: &[u8], label: &[u8]) -> Option<Vec<u8>> {
         let mut hits = Vec::new();
-        self.scan(text, 0, &mut hits);
+        self.scan_labelled(text, 0, label, &mut hits);
         if hits.is_empty() {
             return None;
         }
@@ -330,18 +633,6 @@ impl Masker {
         self.block_close
             .search(&Input::new(hay).range(from..))
             .map(|m| m.end())
-    }
-
-    /// The span of the first capture group that took part in `m`.
-    fn secret_span(&mut self, hay: &[u8], m: Match) -> (usize, usize) {
-        let input = Input::new(hay)
-            .span(m.range())
-            .anchored(Anchored::Pattern(m.pattern()));
-        self.regex
-            .search_captures_with(&mut self.cache, &input, &mut self.captures);
-        (1..self.captures.group_len())
-            .find_map(|g| self.captures.get_group(g))
-            .map_or((m.start(), m.end()), |span| (span.start, span.end))
     }
 }
 

@@ -88,7 +88,7 @@ fn a_value_split_at_any_byte_across_two_chunks_is_masked() {
     // A small window, so long lines are released mid-line too (but no shorter than the
     // longest single value, which a window must hold whole: an Anthropic key is 108 bytes).
     let limits = Limits {
-        window: 128,
+        window: 256,
         max_carry: 64 << 10,
         max_hold_ms: 1000,
     };
@@ -131,4 +131,52 @@ fn complete_lines_go_out_at_once_and_a_partial_line_waits_for_the_flush() {
     );
     assert_eq!(outs[0], b"card [MASKED:card]\n");
     assert_eq!(rest, b"prompt$ 4242 4242");
+}
+
+#[test]
+fn every_detector_on_by_default_has_cases_and_every_pattern_compiles() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../policies/cases/mask.txt"
+    ))
+    .unwrap();
+    for builtin in mask::BUILTINS {
+        assert!(
+            !builtin.on_by_default || text.contains(&format!("{{{{{}:", builtin.name)),
+            "{} has no case in the corpus",
+            builtin.name
+        );
+        // Keyword detectors compile on first use, where a failure could only be skipped:
+        // each is compiled here, alone, and must not match the empty string.
+        for pattern in builtin.patterns {
+            let settings: Settings = Settings {
+                detectors: Some(vec![]),
+                custom: vec![mask::CustomDetector {
+                    name: "probe".into(),
+                    pattern: pattern.regex.into(),
+                    keywords: vec![],
+                    validator: None,
+                    style: None,
+                }],
+                ..Settings::default()
+            };
+            if let Err(e) = Mask::new(settings) {
+                panic!("{}: {e}", builtin.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn keyword_detectors_are_compiled_only_once_a_keyword_appears() {
+    let mut mask = mask();
+    let plain = "2026-11-30 12:00:01 INFO GET /orders?page=2 200 5120 bytes in 12 ms\n".repeat(50);
+    assert_eq!(mask.masker().mask(plain.as_bytes()), None);
+    assert_eq!(mask.masker().compiled_keyword_detectors(), 0);
+    let token = "export GH=ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789\n";
+    assert_eq!(
+        mask.masker().mask(token.as_bytes()).unwrap(),
+        b"export GH=[MASKED:github]\n"
+    );
+    assert_eq!(mask.masker().compiled_keyword_detectors(), 1);
 }

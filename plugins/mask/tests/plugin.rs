@@ -373,3 +373,112 @@ fn a_policy_enables_detectors_by_group() {
     let err = init_error(r#"{"detectors": ["secret"]}"#);
     assert!(err.contains("secrets, pii, payment"), "{err}");
 }
+
+#[test]
+fn a_column_or_json_key_name_confirms_what_is_in_it() {
+    let mut h = harness("{}");
+    let columns = vec![
+        column("bsn", Some("people"), CellFormat::Text),
+        column("ticket", Some("people"), CellFormat::Text),
+    ];
+    h.send(TargetToClient, Content::Columns(columns));
+    // The same eleven-test-valid number: a BSN in the `bsn` column, a ticket number beside it.
+    let row = vec![Some(b"111222333".to_vec()), Some(b"111222333".to_vec())];
+    assert_eq!(
+        h.send(TargetToClient, Content::Row(row)),
+        Verdict::replace(Content::Row(vec![
+            Some(b"[MASKED:nl-bsn]".to_vec()),
+            Some(b"111222333".to_vec())
+        ]))
+    );
+    let mut h = harness("{}");
+    let result = sluice_plugin_sdk::ToolResult {
+        server: "crm".into(),
+        tool: "lookup".into(),
+        id: "1".into(),
+        output: r#"{"customer":{"sin":"130 692 544","order":"130 692 544"}}"#.into(),
+        is_error: false,
+    };
+    let Action::Replace(Content::ToolResult(masked)) =
+        h.send(TargetToClient, Content::ToolResult(result)).action
+    else {
+        panic!("the SIN is masked");
+    };
+    assert_eq!(
+        masked.output,
+        r#"{"customer":{"order":"130 692 544","sin":"[MASKED:ca-sin]"}}"#
+    );
+}
+
+#[test]
+fn json_rules_mask_or_spare_values_by_key_path_in_tool_results_and_json_cells() {
+    let mut h = harness(
+        r#"{"json": {"customer.name": "always", "debug": "never", "customer.note": "fill"}}"#,
+    );
+    let output = r#"{"customer":{"name":"Ada Lovelace","note":"vip","mail":"ada@example.com"},"debug":{"trace":"bob@example.com"},"name":"not the customer's"}"#;
+    let result = sluice_plugin_sdk::ToolResult {
+        server: "crm".into(),
+        tool: "lookup".into(),
+        id: "1".into(),
+        output: output.into(),
+        is_error: false,
+    };
+    let Action::Replace(Content::ToolResult(masked)) =
+        h.send(TargetToClient, Content::ToolResult(result)).action
+    else {
+        panic!("masked");
+    };
+    let value: serde_json::Value = serde_json::from_str(&masked.output).unwrap();
+    assert_eq!(value["customer"]["name"], "[MASKED:name]");
+    assert_eq!(value["customer"]["note"], "***");
+    assert_eq!(value["customer"]["mail"], "[MASKED:email]");
+    assert_eq!(value["debug"]["trace"], "bob@example.com", "never");
+    assert_eq!(
+        value["name"], "not the customer's",
+        "a path, not any `name`"
+    );
+
+    // A jsonb cell: the same rules inside it; a cell that is not JSON is scanned as text.
+    h.send(
+        TargetToClient,
+        Content::Columns(vec![column("doc", Some("crm"), CellFormat::Text)]),
+    );
+    let row = vec![Some(br#"{"customer": {"name": "Ada"}}"#.to_vec())];
+    assert_eq!(
+        h.send(TargetToClient, Content::Row(row)),
+        Verdict::replace(Content::Row(vec![Some(
+            br#"{"customer":{"name":"[MASKED:name]"}}"#.to_vec()
+        )]))
+    );
+    let row = vec![Some(b"{not json, mail ada@example.com".to_vec())];
+    assert_eq!(
+        h.send(TargetToClient, Content::Row(row)),
+        Verdict::replace(Content::Row(vec![Some(
+            b"{not json, mail [MASKED:email]".to_vec()
+        )]))
+    );
+}
+
+#[test]
+fn a_custom_detector_with_keywords_and_an_entropy_check() {
+    let mut h = harness(
+        r#"{"custom": [{"name": "badge", "pattern": "\\b[0-9]{6}\\b", "keywords": ["badge"]},
+                       {"name": "session", "pattern": "sess_([A-Za-z0-9]{12,})", "validator": "entropy>=3"}]}"#,
+    );
+    // Within 64 bytes of the keyword, a value is confirmed; farther away, it is not.
+    let far = "and then, a good while later in the same long line of text, room";
+    assert_eq!(
+        line(&mut h, &format!("Badge: 314159, {far} 271828")),
+        format!("Badge: [MASKED:badge], {far} 271828")
+    );
+    assert_eq!(
+        line(&mut h, "sess_Zx81Lk2Pq7Wn sess_aaaaaaaaaaaa1"),
+        "sess_[MASKED:session] sess_aaaaaaaaaaaa1"
+    );
+    let err = init_error(
+        r#"{"custom": [{"name": "x", "pattern": "x[0-9]+", "validator": "entropy>=12"}]}"#,
+    );
+    assert!(err.contains("entropy>=N"), "{err}");
+    let err = init_error(r#"{"custom": [{"name": "x", "pattern": "x[0-9]+", "keywords": [""]}]}"#);
+    assert!(err.contains("non-empty ASCII"), "{err}");
+}
