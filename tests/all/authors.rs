@@ -183,11 +183,13 @@ fn plugin_run_explain_says_what_the_shipped_plugins_matched_where_never_the_valu
         "--as",
         "tcp",
         "--input",
-        "card 4242 4242 4242 4242 and bob@example.com",
+        "card 4242 4242 4242 4242 and bob@example.com, not 4242 4242 4242 4241",
     ]);
+    // What was masked, and why a near miss was not.
     assert_eq!(
         masked[0]["explain"],
         serde_json::json!([
+            "card candidate at bytes 50..69 not masked: the Luhn check fails",
             "card at bytes 5..24, masked as label",
             "email at bytes 29..44, masked as label"
         ])

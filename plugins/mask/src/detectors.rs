@@ -73,6 +73,26 @@ impl Validator {
         }
     }
 
+    /// Why `candidate` was refused, for `--explain`.
+    pub fn refusal(self, candidate: &[u8]) -> &'static str {
+        match self {
+            Validator::Card => card_refusal(candidate).unwrap_or("accepted"),
+            Validator::Luhn => "the Luhn check fails",
+            Validator::Mod97 => "the mod-97 check digits are wrong",
+            Validator::Ssn => "an area, group or serial number never issued",
+            Validator::Entropy(_) => {
+                "too regular to be a secret (entropy below the threshold, or not both letters and digits)"
+            }
+            Validator::Phone => "not 8 to 15 digits, or unbalanced brackets",
+            Validator::Nino => "a prefix never issued",
+            Validator::Bsn => "the eleven test fails",
+            Validator::CodiceFiscale | Validator::Dni => "the check letter is wrong",
+            Validator::Nir | Validator::Cpf | Validator::SteuerId | Validator::Verhoeff => {
+                "the check digits are wrong"
+            }
+        }
+    }
+
     /// Whether spaces, dashes and dots inside a value are formatting (so `4242 4242 …` and
     /// `4242-4242-…` are the same value for a pseudonym).
     pub fn strips_separators(self) -> bool {
@@ -1000,9 +1020,16 @@ fn luhn(digits: &[u8]) -> bool {
 }
 
 fn card(candidate: &[u8]) -> bool {
+    card_refusal(candidate).is_none()
+}
+
+fn card_refusal(candidate: &[u8]) -> Option<&'static str> {
     let digits = digits(candidate);
-    if !(13..=19).contains(&digits.len()) || !luhn(&digits) {
-        return false;
+    if !(13..=19).contains(&digits.len()) {
+        return Some("not 13 to 19 digits");
+    }
+    if !luhn(&digits) {
+        return Some("the Luhn check fails");
     }
     // Mixed separators (`4242-4242 4242`) are not how anyone writes a card number.
     let kinds = [b'-', b' ', b'.']
@@ -1010,7 +1037,7 @@ fn card(candidate: &[u8]) -> bool {
         .filter(|s| candidate.contains(s))
         .count();
     if kinds > 1 {
-        return false;
+        return Some("separators of more than one kind");
     }
     let prefix = |n: usize| {
         digits[..n]
@@ -1018,10 +1045,11 @@ fn card(candidate: &[u8]) -> bool {
             .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
     };
     let length = digits.len();
-    ISSUERS.iter().any(|issuer| {
+    let issued = ISSUERS.iter().any(|issuer| {
         (issuer.first..=issuer.last).contains(&prefix(issuer.digits))
             && (issuer.lengths.0..=issuer.lengths.1).contains(&length)
-    })
+    });
+    (!issued).then_some("no card issuer uses this prefix with this length")
 }
 
 /// An issuer's number range: its prefixes (`digits` long, `first..=last`) and the lengths

@@ -291,6 +291,7 @@ impl Pass {
         detectors: &[Detector],
         hits: &mut Vec<Hit>,
         keywords_at: &mut Vec<Range<usize>>,
+        explain: bool,
     ) {
         let mut at = range.start;
         while at < range.end {
@@ -343,6 +344,14 @@ impl Pass {
                     };
                 }
                 _ => {
+                    if explain && let Some(v) = detectors[info.detector].validator {
+                        let why = v.refusal(&hay[start..end]);
+                        let name = &detectors[info.detector].name;
+                        sluice_plugin_sdk::log::debug(
+                            &format!("{name} candidate at bytes {start}..{end} not masked: {why}"),
+                            &[("detector", name)],
+                        );
+                    }
                     keywords_at.push(m.start()..m.start() + 1);
                     at = m.start() + 1;
                 }
@@ -494,6 +503,7 @@ impl Masker {
             &self.detectors,
             &mut found,
             &mut keywords_at,
+            self.explain,
         );
         if self.keywords.is_some() && (!keywords_at.is_empty() || !label.is_empty()) {
             self.run_keyword_detectors(hay, from, &keywords_at, label, &mut found);
@@ -566,7 +576,14 @@ impl Masker {
                 continue;
             };
             let before = found.len();
-            pass.run(hay, window, &self.detectors, found, &mut Vec::new());
+            pass.run(
+                hay,
+                window,
+                &self.detectors,
+                found,
+                &mut Vec::new(),
+                self.explain,
+            );
             // Keep only values with one of their detector's keywords in or near them.
             let mut kept = before;
             for h in before..found.len() {
@@ -577,6 +594,15 @@ impl Masker {
                 if near {
                     found[kept] = hit;
                     kept += 1;
+                } else if self.explain {
+                    let name = &self.detectors[hit.detector].name;
+                    sluice_plugin_sdk::log::debug(
+                        &format!(
+                            "{name} candidate at bytes {}..{} not masked: none of its keywords within {NEAR} bytes",
+                            hit.start, hit.end
+                        ),
+                        &[("detector", name)],
+                    );
                 }
             }
             found.truncate(kept);
