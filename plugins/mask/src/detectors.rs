@@ -16,7 +16,8 @@ pub enum Validator {
     /// US social security number: area not 000, 666 or 9xx; group not 00; serial not 0000.
     Ssn,
     /// Random-looking: Shannon entropy of at least this many tenths of a bit per character,
-    /// with letters and digits both present (`8fK2pQ...`, not `created_at_desc`).
+    /// with letters and digits both present (`8fK2pQ...`, not `created_at_desc`), and not a
+    /// path, call or placeholder (as [`Validator::Literal`]).
     Entropy(u8),
     /// 8–15 digits (E.164's bounds), brackets balanced.
     Phone,
@@ -36,6 +37,10 @@ pub enum Validator {
     Dni,
     /// Indian Aadhaar: the Verhoeff check digit.
     Verhoeff,
+    /// A value given to a secret's name that is not a secret itself: a path, a call, a
+    /// placeholder, a reference to another variable (`tokens.next()`, `/etc/ssl/x.key`,
+    /// `${DB_PASSWORD}`, `None`).
+    Literal,
 }
 
 impl Validator {
@@ -60,7 +65,9 @@ impl Validator {
             Validator::Luhn => luhn(&digits(candidate)),
             Validator::Mod97 => mod97(candidate),
             Validator::Ssn => ssn(candidate),
-            Validator::Entropy(tenths) => random_looking(candidate, f64::from(tenths) / 10.0),
+            Validator::Entropy(tenths) => {
+                literal_value(candidate) && random_looking(candidate, f64::from(tenths) / 10.0)
+            }
             Validator::Phone => phone(candidate),
             Validator::CodiceFiscale => codice_fiscale(candidate),
             Validator::Nir => nir(candidate),
@@ -70,6 +77,7 @@ impl Validator {
             Validator::SteuerId => steuer_id(&digits(candidate)),
             Validator::Dni => dni(candidate),
             Validator::Verhoeff => verhoeff(&digits(candidate)),
+            Validator::Literal => literal_value(candidate),
         }
     }
 
@@ -90,13 +98,14 @@ impl Validator {
             Validator::Nir | Validator::Cpf | Validator::SteuerId | Validator::Verhoeff => {
                 "the check digits are wrong"
             }
+            Validator::Literal => "a path, call, placeholder or reference, not a value",
         }
     }
 
     /// Whether spaces, dashes and dots inside a value are formatting (so `4242 4242 …` and
     /// `4242-4242-…` are the same value for a pseudonym).
     pub fn strips_separators(self) -> bool {
-        !matches!(self, Validator::Entropy(_))
+        !matches!(self, Validator::Entropy(_) | Validator::Literal)
     }
 }
 
@@ -274,10 +283,14 @@ pub const BUILTINS: &[Builtin] = &[
             "xoxo-",
             "xoxs-",
             "xoxr-",
+            "xoxe",
+            "xapp-",
             "hooks.slack.com",
         ],
         patterns![
             r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+            r"\bxoxe(?:\.xox[bp])?-[0-9]-[A-Za-z0-9]{40,}",
+            r"\bxapp-[0-9]-[A-Z0-9]+-[0-9]+-[a-z0-9]{32,}",
             r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",
         ],
     ),
@@ -315,10 +328,15 @@ pub const BUILTINS: &[Builtin] = &[
             "glptt-",
             "glft-",
             "glsoat-",
+            "glcbt-",
+            "glimt-",
+            "gloas-",
+            "glagent-",
+            "glffct-",
             "GR1348941",
         ],
         patterns![
-            r"\bgl(?:pat|dt|rt|ptt|ft|soat)-[0-9A-Za-z_-]{20,}",
+            r"\bgl(?:pat|dt|rt|ptt|ft|soat|cbt|imt|oas|agent|ffct)-[0-9A-Za-z_-]{20,}",
             r"\bGR1348941[A-Za-z0-9_-]{20}\b",
         ],
     ),
@@ -780,6 +798,154 @@ pub const BUILTINS: &[Builtin] = &[
             r"\bA3-[A-Z0-9]{6}-(?:[A-Z0-9]{11}|[A-Z0-9]{6}-[A-Z0-9]{5})-[A-Z0-9]{5}-[A-Z0-9]{5}-[A-Z0-9]{5}\b",
         ],
     ),
+    token(
+        "amazon-mws",
+        &["amzn.mws."],
+        patterns![r"\bamzn\.mws\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"],
+    ),
+    token("adobe", &["p8e-"], patterns![r"\bp8e-[A-Za-z0-9]{32}\b"]),
+    named(
+        "datadog",
+        Group::Secrets,
+        &[
+            "datadog",
+            "dd_api_key",
+            "dd_app_key",
+            "dd-api-key",
+            "dd-application-key",
+        ],
+        patterns![r"\b[a-f0-9]{40}\b", r"\b[a-f0-9]{32}\b"],
+        None,
+    ),
+    token(
+        "defined-networking",
+        &["dnkey-"],
+        patterns![r"\bdnkey-[a-z0-9=_-]{26}-[a-z0-9=_-]{52}\b"],
+    ),
+    token(
+        "openshift",
+        &["sha256~"],
+        patterns![r"\bsha256~[A-Za-z0-9_-]{43}\b"],
+    ),
+    token(
+        "typeform",
+        &["tfp_"],
+        patterns![r"\btfp_[A-Za-z0-9_.=-]{59}\b"],
+    ),
+    token(
+        "hubspot",
+        &["pat-na1-", "pat-eu1-"],
+        patterns![
+            r"\bpat-(?:na|eu)1-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+        ],
+    ),
+    token(
+        "intra42",
+        &["s-s4t2"],
+        patterns![r"\bs-s4t2(?:ud|af)-[a-f0-9]{64}\b"],
+    ),
+    token(
+        "maxmind",
+        &["_mmk"],
+        patterns![r"\b[A-Za-z0-9]{6}_[A-Za-z0-9]{29}_mmk\b"],
+    ),
+    token(
+        "sonar",
+        &["squ_", "sqp_", "sqa_"],
+        patterns![r"\bsq[upa]_[a-f0-9]{40}\b"],
+    ),
+    token(
+        "langsmith",
+        &["lsv2_"],
+        patterns![r"\blsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10}\b"],
+    ),
+    token(
+        "pinecone",
+        &["pcsk_"],
+        patterns![r"\bpcsk_[A-Za-z0-9_]{50,}"],
+    ),
+    named(
+        "wandb",
+        Group::Secrets,
+        &["wandb"],
+        patterns![r"\b[a-f0-9]{40}\b"],
+        None,
+    ),
+    token("render", &["rnd_"], patterns![r"\brnd_[A-Za-z0-9]{32}\b"]),
+    token("neon", &["napi_"], patterns![r"\bnapi_[a-z0-9]{64}\b"]),
+    token(
+        "resend",
+        &["re_"],
+        patterns![r"\bre_[A-Za-z0-9]{8}_[A-Za-z0-9]{24}\b"],
+    ),
+    token(
+        "mailersend",
+        &["mlsn."],
+        patterns![r"\bmlsn\.[a-f0-9]{64}\b"],
+    ),
+    named(
+        "twilio-auth-token",
+        Group::Secrets,
+        &["twilio"],
+        patterns![r"\b[a-f0-9]{32}\b"],
+        None,
+    ),
+    token(
+        "circleci",
+        &["CCIPAT_"],
+        patterns![r"\bCCIPAT_[A-Za-z0-9]{22}_[a-f0-9]{40}\b"],
+    ),
+    token("buildkite", &["bkua_"], patterns![r"\bbkua_[a-f0-9]{40}\b"]),
+    token(
+        "google-refresh-token",
+        &["1//0"],
+        patterns![r"\b1//0[A-Za-z0-9_-]{40,}"],
+    ),
+    token(
+        "firebase-fcm",
+        &[":APA91b"],
+        patterns![r"\bAAAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{134}"],
+    ),
+    named(
+        "deepseek",
+        Group::Secrets,
+        &["deepseek"],
+        patterns![r"\bsk-[a-f0-9]{32}\b"],
+        None,
+    ),
+    named(
+        "vercel",
+        Group::Secrets,
+        &["vercel"],
+        patterns![r"\b[A-Za-z0-9]{24}\b"],
+        None,
+    ),
+    named(
+        "mongodb-atlas",
+        Group::Secrets,
+        &["atlas", "mongodb"],
+        patterns![UUID],
+        None,
+    ),
+    named(
+        "binance",
+        Group::Secrets,
+        &["binance"],
+        patterns![r"\b[A-Za-z0-9]{64}\b"],
+        None,
+    ),
+    named(
+        "paypal",
+        Group::Secrets,
+        &["paypal"],
+        patterns![r"\b[A-Za-z0-9_-]{80}\b"],
+        None,
+    ),
+    token(
+        "checkout",
+        &["sk_sbox_"],
+        patterns![r"\bsk_sbox_[a-z0-9]{26}\b"],
+    ),
     // Telegram bot tokens (bot id, colon, secret).
     token(
         "telegram",
@@ -807,7 +973,7 @@ pub const BUILTINS: &[Builtin] = &[
             opens_block: false,
             rescans: true,
         }],
-        validator: None,
+        validator: Some(Validator::Literal),
         on_by_default: true,
         keywords: &[],
         words: &[
@@ -832,7 +998,7 @@ pub const BUILTINS: &[Builtin] = &[
         name: "generic-secret",
         group: Group::Secrets,
         patterns: patterns![
-            r#"(?i:[a-z0-9_.-]*(?:key|credential|auth)[a-z0-9_.-]*)["']?[ \t]*[:=][ \t]*["']?([A-Za-z0-9+/=_.~-]{16,})"#
+            r#"(?i:(?:key|credential|auth)[a-z0-9_.-]*)["']?[ \t]*[:=][ \t]*["']?([A-Za-z0-9+/=_.~-]{16,})"#
         ],
         validator: Some(Validator::Entropy(35)),
         on_by_default: true,
@@ -1144,6 +1310,34 @@ fn random_looking(candidate: &[u8], bits: f64) -> bool {
         })
         .sum();
     entropy >= bits
+}
+
+/// Not a path, a call, a placeholder, an empty word or a reference to another variable.
+fn literal_value(v: &[u8]) -> bool {
+    let starts = |p: &[u8]| v.starts_with(p);
+    if starts(b"/") || starts(b"./") || starts(b"../") || starts(b"~/") {
+        return false; // a file
+    }
+    if matches!(v.first(), Some(b'$' | b'%' | b'{' | b'<' | b'*'))
+        || v.contains(&b'(')
+        || v.ends_with(b"[")
+    {
+        return false; // ${VAR}, %(name)s, {{ secret }}, <password>, ****, f(), env[
+    }
+    let lower = v.to_ascii_lowercase();
+    if matches!(
+        lower.as_slice(),
+        b"null" | b"none" | b"nil" | b"true" | b"false" | b"undefined" | b"required" | b"optional"
+    ) {
+        return false;
+    }
+    // `self.settings.api_key`, `config.token`: a dotted path of names, not a value.
+    let dotted = v.contains(&b'.')
+        && v.iter()
+            .all(|b| b.is_ascii_alphabetic() || *b == b'_' || *b == b'.')
+        && !v.starts_with(b".")
+        && !v.ends_with(b".");
+    !dotted
 }
 
 fn phone(candidate: &[u8]) -> bool {

@@ -2,7 +2,6 @@
 
 use std::ops::Range;
 
-use aho_corasick::AhoCorasick;
 use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
@@ -190,9 +189,8 @@ pub struct Masker {
     combined: Pass,
     keyword_detectors: Vec<KeywordDetector>,
     /// Which keyword is which (the combined pass only says that one of them is there), and
-    /// for each keyword the keyword detectors it wakes.
-    keywords: Option<(AhoCorasick, Vec<Vec<usize>>, Vec<Keyword>)>,
-    longest_keyword: usize,
+    /// what each wakes.
+    keywords: Option<Keywords>,
     detectors: Vec<Detector>,
     block_close: Regex,
     /// Per scan: keyword occurrences (start, end, keyword) and keyword detectors' windows.
@@ -211,11 +209,15 @@ pub struct PatternError {
 }
 
 fn builder() -> meta::Builder {
+    builder_with(Regex::config())
+}
+
+fn builder_with(config: meta::Config) -> meta::Builder {
     let mut builder = Regex::builder();
     builder
         // Bytes, not text: terminal output need not be UTF-8, and ASCII classes are enough.
         .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .configure(Regex::config().utf8_empty(false));
+        .configure(config.utf8_empty(false));
     builder
 }
 
@@ -233,7 +235,11 @@ impl Pass {
                 .collect();
             sources.push(escaped.join("|"));
         }
-        let regex = builder().build_many(&sources).map_err(|e| {
+        // The combined pass starts with classes (digits, letters) that no literal prefilter
+        // can skip ahead for, and extracting literals from hundreds of keywords in any case
+        // costs milliseconds: it goes without one.
+        let config = Regex::config().auto_prefilter(keywords.is_none());
+        let regex = builder_with(config).build_many(&sources).map_err(|e| {
             let spec = e.pattern().and_then(|p| specs.get(p.as_usize()));
             PatternError {
                 detector: spec.map_or(0, |s| s.detector),
@@ -372,23 +378,54 @@ impl Pass {
     }
 }
 
-/// The keywords that occur in `hay[range]`, as (start, end, keyword), in their case when it
-/// matters and alone when they must be.
-fn keywords_in<'a>(
-    ac: &'a AhoCorasick,
-    words: &'a [Keyword],
-    hay: &'a [u8],
-    range: Range<usize>,
-) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
-    let offset = range.start;
-    ac.find_overlapping_iter(&hay[range]).filter_map(move |m| {
-        let (at, end, word) = (offset + m.start(), offset + m.end(), m.pattern().as_usize());
-        let keyword = &words[word];
+/// Every keyword detector's keywords, indexed by first byte: the combined pass says a keyword
+/// begins somewhere, and this says which ones (a few comparisons per position).
+struct Keywords {
+    words: Vec<Keyword>,
+    /// Per keyword: the keyword detectors it wakes.
+    wakes: Vec<Vec<usize>>,
+    /// Per first byte (lower case): the keywords that begin with it.
+    by_first: Vec<Vec<usize>>,
+}
+
+impl Keywords {
+    fn new(words: Vec<Keyword>, wakes: Vec<Vec<usize>>) -> Keywords {
+        let mut by_first = vec![Vec::new(); 256];
+        for (i, word) in words.iter().enumerate() {
+            by_first[usize::from(word.text.as_bytes()[0].to_ascii_lowercase())].push(i);
+        }
+        Keywords {
+            words,
+            wakes,
+            by_first,
+        }
+    }
+
+    /// The keywords that begin in `starts` (and may run on past it), as (start, end, keyword),
+    /// in their case when it matters and alone when they must be.
+    fn in_text<'a>(
+        &'a self,
+        hay: &'a [u8],
+        starts: Range<usize>,
+    ) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
         let letter = |i: usize| hay.get(i).is_some_and(u8::is_ascii_alphabetic);
-        let wrong_case = !keyword.any_case && &hay[at..end] != keyword.text.as_bytes();
-        let inside_a_word = keyword.alone && ((at > 0 && letter(at - 1)) || letter(end));
-        (!wrong_case && !inside_a_word).then_some((at, end, word))
-    })
+        starts.flat_map(move |at| {
+            self.by_first[usize::from(hay[at].to_ascii_lowercase())]
+                .iter()
+                .filter_map(move |&word| {
+                    let keyword = &self.words[word];
+                    let end = at + keyword.text.len();
+                    let text = hay.get(at..end)?;
+                    let matches = match keyword.any_case {
+                        true => text.eq_ignore_ascii_case(keyword.text.as_bytes()),
+                        false => text == keyword.text.as_bytes(),
+                    };
+                    let inside_a_word =
+                        keyword.alone && ((at > 0 && letter(at - 1)) || letter(end));
+                    (matches && !inside_a_word).then_some((at, end, word))
+                })
+        })
+    }
 }
 
 /// `word` as a regex matching exactly it.
@@ -447,18 +484,7 @@ impl Masker {
             }
         }
         let combined = Pass::compile(&everywhere, (!words.is_empty()).then_some(&words[..]))?;
-        let keywords = if words.is_empty() {
-            None
-        } else {
-            let ac = AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(words.iter().map(|w| &w.text))
-                .map_err(|e| PatternError {
-                    detector: 0,
-                    message: format!("keywords: {e}"),
-                })?;
-            Some((ac, wakes, words.clone()))
-        };
+        let keywords = (!words.is_empty()).then(|| Keywords::new(words, wakes));
         let block_close = builder()
             .build(crate::detectors::BLOCK_CLOSE)
             .map_err(|e| PatternError {
@@ -469,7 +495,6 @@ impl Masker {
             combined,
             keyword_detectors,
             keywords,
-            longest_keyword: words.iter().map(|w| w.text.len()).max().unwrap_or(0),
             detectors,
             block_close,
             found: Vec::new(),
@@ -526,18 +551,14 @@ impl Masker {
         label: &[u8],
         found: &mut Vec<Hit>,
     ) {
-        let Some((ac, wakes, words)) = &self.keywords else {
+        let Some(keywords) = &self.keywords else {
             return;
         };
+        let wakes = &keywords.wakes;
         self.found.clear();
         self.windows.clear();
         for range in ranges {
-            // Keywords that begin in `range` (and may run on past it).
-            let end = (range.end + self.longest_keyword).min(hay.len());
-            for (at, end, word) in keywords_in(ac, words, hay, range.start..end) {
-                if at >= range.end {
-                    continue;
-                }
+            for (at, end, word) in keywords.in_text(hay, range.clone()) {
                 self.found.push((at, end, word));
                 let window =
                     at.saturating_sub(REACH_BEFORE).max(from)..(end + REACH_AFTER).min(hay.len());
@@ -546,7 +567,7 @@ impl Masker {
                 }
             }
         }
-        for (_, _, word) in keywords_in(ac, words, label, 0..label.len()) {
+        for (_, _, word) in keywords.in_text(label, 0..label.len()) {
             // Near every value of the text.
             self.found.push((0, hay.len(), word));
             for &k in &wakes[word] {
