@@ -131,6 +131,23 @@ fn instance(host: &PluginHost, name: &str, config: &str) -> FilterInstance {
     host.load(&spec).unwrap().filter_instance(&session).unwrap()
 }
 
+/// `MASK_WASM_VARIANT=PATH`: another build of the mask component (say, with `simd128`),
+/// measured beside the shipped one in the same run.
+fn variant(host: &PluginHost) -> Option<FilterInstance> {
+    let path = std::env::var_os("MASK_WASM_VARIANT")?;
+    let spec = PluginSpec::standalone(
+        "mask",
+        Source::File(path.into()),
+        World::Filter,
+        CONFIG.into(),
+    );
+    let session = SessionInfo {
+        id: "bench".into(),
+        ..SessionInfo::default()
+    };
+    Some(host.load(&spec).unwrap().filter_instance(&session).unwrap())
+}
+
 fn native() -> mask::Mask {
     mask::Mask::init(&Config::from_json(CONFIG), &SessionInfo::default()).unwrap()
 }
@@ -143,6 +160,7 @@ fn throughput(c: &mut Criterion) {
     let mut ceiling = native();
     let mut wide_prefiltered = instance(&host, "mask", &wide(true));
     let mut wide_combined = instance(&host, "mask", &wide(false));
+    let mut variant = variant(&host);
     let mut group = c.benchmark_group("mask_64KiB");
     group.throughput(Throughput::Bytes(CHUNK as u64));
     for (name, line) in [
@@ -160,6 +178,11 @@ fn throughput(c: &mut Criterion) {
             group.bench_function(format!("{name}_{percent}pct/native"), |b| {
                 b.iter(|| black_box(ceiling.on_frame(&frame)))
             });
+            if let Some(variant) = variant.as_mut() {
+                group.bench_function(format!("{name}_{percent}pct/wasm_variant"), |b| {
+                    b.iter(|| black_box(variant.on_frame(&frame).unwrap()))
+                });
+            }
             if name == "log" {
                 group.bench_function(format!("{name}_{percent}pct/wasm_wide_prefiltered"), |b| {
                     b.iter(|| black_box(wide_prefiltered.on_frame(&frame).unwrap()))
