@@ -118,12 +118,11 @@ fn frame(bytes: &[u8]) -> Frame {
 }
 
 fn instance(host: &PluginHost, name: &str, config: &str) -> FilterInstance {
-    let spec = PluginSpec::standalone(
-        name,
-        Source::Builtin(name.into()),
-        World::Filter,
-        config.into(),
-    );
+    load(host, name, Source::Builtin(name.into()), config)
+}
+
+fn load(host: &PluginHost, name: &str, source: Source, config: &str) -> FilterInstance {
+    let spec = PluginSpec::standalone(name, source, World::Filter, config.into());
     let session = SessionInfo {
         id: "bench".into(),
         ..SessionInfo::default()
@@ -135,17 +134,7 @@ fn instance(host: &PluginHost, name: &str, config: &str) -> FilterInstance {
 /// measured beside the shipped one in the same run.
 fn variant(host: &PluginHost) -> Option<FilterInstance> {
     let path = std::env::var_os("MASK_WASM_VARIANT")?;
-    let spec = PluginSpec::standalone(
-        "mask",
-        Source::File(path.into()),
-        World::Filter,
-        CONFIG.into(),
-    );
-    let session = SessionInfo {
-        id: "bench".into(),
-        ..SessionInfo::default()
-    };
-    Some(host.load(&spec).unwrap().filter_instance(&session).unwrap())
+    Some(load(host, "mask", Source::File(path.into()), CONFIG))
 }
 
 fn native() -> mask::Mask {

@@ -194,7 +194,7 @@ pub struct Masker {
     detectors: Vec<Detector>,
     block_close: Regex,
     /// Per scan: keyword occurrences (start, end, keyword) and keyword detectors' windows.
-    found: Vec<(usize, usize, usize)>,
+    occurrences: Vec<(usize, usize, usize)>,
     windows: Vec<(usize, Range<usize>)>,
     /// Log each value masked: which detector, where, which style (`sluice plugin run
     /// --explain`). Never the value itself.
@@ -287,18 +287,23 @@ impl Pass {
         })
     }
 
-    /// Appends what it finds in `hay[range]` to `hits` (unmerged, left to right) and, when
-    /// this is the combined pass, where a keyword may begin to `keywords_at`. Bytes outside
-    /// `range` are context only (for `\b`).
+    /// Appends what it finds in `hay[range]` to `hits` (unmerged, left to right) and, for
+    /// the combined pass, where a keyword may begin to `keywords_at`. Bytes outside `range`
+    /// are context only (for `\b`).
     fn run(
         &mut self,
         hay: &[u8],
         range: Range<usize>,
         detectors: &[Detector],
         hits: &mut Vec<Hit>,
-        keywords_at: &mut Vec<Range<usize>>,
+        mut keywords_at: Option<&mut Vec<Range<usize>>>,
         explain: bool,
     ) {
+        let mut keyword_may_begin = |span: Range<usize>| {
+            if let Some(at) = keywords_at.as_deref_mut() {
+                at.push(span);
+            }
+        };
         let mut at = range.start;
         while at < range.end {
             let input = Input::new(hay).range(at..range.end);
@@ -307,7 +312,7 @@ impl Pass {
             };
             let Some(info) = self.patterns[m.pattern().as_usize()] else {
                 // A keyword: which, and what it wakes, is sorted out after the pass.
-                keywords_at.push(m.start()..m.start() + 1);
+                keyword_may_begin(m.start()..m.start() + 1);
                 at = m.start() + 1;
                 continue;
             };
@@ -342,7 +347,7 @@ impl Pass {
                     });
                     // The combined pass jumps past the value: a keyword inside it is
                     // looked for there afterwards.
-                    keywords_at.push(m.start()..end);
+                    keyword_may_begin(m.start()..end);
                     at = if info.rescans {
                         start.max(m.start() + 1)
                     } else {
@@ -352,13 +357,9 @@ impl Pass {
                 _ => {
                     if explain && let Some(v) = detectors[info.detector].validator {
                         let why = v.refusal(&hay[start..end]);
-                        let name = &detectors[info.detector].name;
-                        sluice_plugin_sdk::log::debug(
-                            &format!("{name} candidate at bytes {start}..{end} not masked: {why}"),
-                            &[("detector", name)],
-                        );
+                        explain_refusal(&detectors[info.detector].name, start..end, why);
                     }
-                    keywords_at.push(m.start()..m.start() + 1);
+                    keyword_may_begin(m.start()..m.start() + 1);
                     at = m.start() + 1;
                 }
             }
@@ -376,6 +377,17 @@ impl Pass {
             .find_map(|g| self.captures.get_group(g))
             .map_or((m.start(), m.end()), |span| (span.start, span.end))
     }
+}
+
+/// `--explain`'s line for a candidate that was not masked.
+fn explain_refusal(detector: &str, at: Range<usize>, why: &str) {
+    sluice_plugin_sdk::log::debug(
+        &format!(
+            "{detector} candidate at bytes {}..{} not masked: {why}",
+            at.start, at.end
+        ),
+        &[("detector", detector)],
+    );
 }
 
 /// Every keyword detector's keywords, indexed by first byte: the combined pass says a keyword
@@ -497,7 +509,7 @@ impl Masker {
             keywords,
             detectors,
             block_close,
-            found: Vec::new(),
+            occurrences: Vec::new(),
             windows: Vec::new(),
             explain: false,
         })
@@ -527,7 +539,7 @@ impl Masker {
             from..hay.len(),
             &self.detectors,
             &mut found,
-            &mut keywords_at,
+            Some(&mut keywords_at),
             self.explain,
         );
         if self.keywords.is_some() && (!keywords_at.is_empty() || !label.is_empty()) {
@@ -555,11 +567,11 @@ impl Masker {
             return;
         };
         let wakes = &keywords.wakes;
-        self.found.clear();
+        self.occurrences.clear();
         self.windows.clear();
         for range in ranges {
             for (at, end, word) in keywords.in_text(hay, range.clone()) {
-                self.found.push((at, end, word));
+                self.occurrences.push((at, end, word));
                 let window =
                     at.saturating_sub(REACH_BEFORE).max(from)..(end + REACH_AFTER).min(hay.len());
                 for &k in &wakes[word] {
@@ -569,7 +581,7 @@ impl Masker {
         }
         for (_, _, word) in keywords.in_text(label, 0..label.len()) {
             // Near every value of the text.
-            self.found.push((0, hay.len(), word));
+            self.occurrences.push((0, hay.len(), word));
             for &k in &wakes[word] {
                 self.windows.push((k, from..hay.len()));
             }
@@ -590,39 +602,34 @@ impl Masker {
             let detector = &mut self.keyword_detectors[k];
             if detector.pass.is_none() {
                 let specs: Vec<&PatternSpec> = detector.specs.iter().collect();
-                // Built-in patterns compile (a test compiles every one).
-                detector.pass = Pass::compile(&specs, None).ok();
+                // Built-in patterns compile (a test compiles every one); should one not,
+                // the log says so rather than the detector going quiet.
+                detector.pass = Pass::compile(&specs, None)
+                    .inspect_err(|e| {
+                        sluice_plugin_sdk::log::error(&e.message, &[]);
+                    })
+                    .ok();
             }
             let Some(pass) = detector.pass.as_mut() else {
                 continue;
             };
             let before = found.len();
-            pass.run(
-                hay,
-                window,
-                &self.detectors,
-                found,
-                &mut Vec::new(),
-                self.explain,
-            );
+            pass.run(hay, window, &self.detectors, found, None, self.explain);
             // Keep only values with one of their detector's keywords in or near them.
             let mut kept = before;
             for h in before..found.len() {
                 let hit = found[h];
-                let near = self.found.iter().any(|&(at, end, word)| {
+                let near = self.occurrences.iter().any(|&(at, end, word)| {
                     wakes[word].contains(&k) && at <= hit.end + NEAR && end + NEAR >= hit.matched
                 });
                 if near {
                     found[kept] = hit;
                     kept += 1;
                 } else if self.explain {
-                    let name = &self.detectors[hit.detector].name;
-                    sluice_plugin_sdk::log::debug(
-                        &format!(
-                            "{name} candidate at bytes {}..{} not masked: none of its keywords within {NEAR} bytes",
-                            hit.start, hit.end
-                        ),
-                        &[("detector", name)],
+                    explain_refusal(
+                        &self.detectors[hit.detector].name,
+                        hit.start..hit.end,
+                        &format!("none of its keywords within {NEAR} bytes"),
                     );
                 }
             }

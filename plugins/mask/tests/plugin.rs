@@ -374,6 +374,21 @@ fn a_policy_enables_detectors_by_group() {
     assert!(err.contains("secrets, pii, payment"), "{err}");
 }
 
+/// A tool result's output as the plugin replaces it.
+fn masked_tool_result(h: &mut FilterHarness<Mask>, output: &str) -> String {
+    let result = sluice_plugin_sdk::ToolResult {
+        server: "crm".into(),
+        tool: "lookup".into(),
+        id: "1".into(),
+        output: output.into(),
+        is_error: false,
+    };
+    match h.send(TargetToClient, Content::ToolResult(result)).action {
+        Action::Replace(Content::ToolResult(masked)) => masked.output,
+        other => panic!("the result is replaced, not {other:?}"),
+    }
+}
+
 #[test]
 fn a_column_or_json_key_name_confirms_what_is_in_it() {
     let mut h = harness("{}");
@@ -392,20 +407,9 @@ fn a_column_or_json_key_name_confirms_what_is_in_it() {
         ]))
     );
     let mut h = harness("{}");
-    let result = sluice_plugin_sdk::ToolResult {
-        server: "crm".into(),
-        tool: "lookup".into(),
-        id: "1".into(),
-        output: r#"{"customer":{"sin":"130 692 544","order":"130 692 544"}}"#.into(),
-        is_error: false,
-    };
-    let Action::Replace(Content::ToolResult(masked)) =
-        h.send(TargetToClient, Content::ToolResult(result)).action
-    else {
-        panic!("the SIN is masked");
-    };
+    let output = r#"{"customer":{"sin":"130 692 544","order":"130 692 544"}}"#;
     assert_eq!(
-        masked.output,
+        masked_tool_result(&mut h, output),
         r#"{"customer":{"order":"130 692 544","sin":"[MASKED:ca-sin]"}}"#
     );
 }
@@ -416,19 +420,8 @@ fn json_rules_mask_or_spare_values_by_key_path_in_tool_results_and_json_cells() 
         r#"{"json": {"customer.name": "always", "debug": "never", "customer.note": "fill"}}"#,
     );
     let output = r#"{"customer":{"name":"Ada Lovelace","note":"vip","mail":"ada@example.com"},"debug":{"trace":"bob@example.com"},"name":"not the customer's"}"#;
-    let result = sluice_plugin_sdk::ToolResult {
-        server: "crm".into(),
-        tool: "lookup".into(),
-        id: "1".into(),
-        output: output.into(),
-        is_error: false,
-    };
-    let Action::Replace(Content::ToolResult(masked)) =
-        h.send(TargetToClient, Content::ToolResult(result)).action
-    else {
-        panic!("masked");
-    };
-    let value: serde_json::Value = serde_json::from_str(&masked.output).unwrap();
+    let masked = masked_tool_result(&mut h, output);
+    let value: serde_json::Value = serde_json::from_str(&masked).unwrap();
     assert_eq!(value["customer"]["name"], "[MASKED:name]");
     assert_eq!(value["customer"]["note"], "***");
     assert_eq!(value["customer"]["mail"], "[MASKED:email]");
