@@ -11,6 +11,9 @@
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
 # measured from /proc over the run less its first 2 s and last second.
+# Each round ends with the disk's fsync latency (4 KiB written and fdatasync'd beside the
+# strict gateway's record, median of 200) and the bound it sets on strict recording: at most
+# two group commits per transaction in flight, so 8 clients / (2 x fsync) transactions/s.
 # Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
 # throwaway server and pgbouncer here have no certificates).
 set -euo pipefail
@@ -162,4 +165,18 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
     esac
   done
 done
+python3 - "$work/strict/data" <<'PY'
+import os, statistics, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd, block, times = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), os.urandom(4096), []
+for _ in range(200):
+    start = time.perf_counter()
+    os.pwrite(fd, block, 0)
+    os.fdatasync(fd)
+    times.append(time.perf_counter() - start)
+os.close(fd)
+os.unlink(path)
+fsync = statistics.median(times)
+print(f"fsync (4 KiB, fdatasync) p50 {fsync * 1e6:.0f} µs: strict bound 8 / (2 x fsync) = {8 / (2 * fsync):.0f} tps")
+PY
 done

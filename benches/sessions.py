@@ -10,6 +10,8 @@ Both through the gateway in strict mode (each frame forwarded after its durable 
 default) and async mode.
 
     cargo build --release && python3 benches/sessions.py
+
+`POLICIES=DIR` runs the gateway with another policy folder than the shipped one.
 """
 import json, os, pty, select, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -75,13 +77,14 @@ def throughput(cmd, **kw):
     return SIZE / 1e6 / (time.perf_counter() - start)
 
 
-def start_gateway(work, port, mode):
+def start_gateway(work, port, mode, connections=""):
     os.makedirs(work)
-    shutil.copytree(os.path.join(ROOT, "policies"), os.path.join(work, "policies"))
+    # POLICIES=DIR measures with another policy folder (say, one whose chains are empty).
+    shutil.copytree(os.environ.get("POLICIES", os.path.join(ROOT, "policies")), os.path.join(work, "policies"))
     with open(os.path.join(work, "sluice.toml"), "w") as f:
         f.write(f'[gateway]\nlisten = "127.0.0.1:{port}"\ndev_tokens = true\nrecord_mode = "{mode}"\n\n'
                 '[connections.shell]\nkind = "exec"\ninteractive = ["bash", "-i"]\nscript = ["bash", "-s"]\n\n'
-                '[connections.cat]\nkind = "exec"\ninteractive = ["cat"]\nscript = ["bash", "-s"]\n')
+                '[connections.cat]\nkind = "exec"\ninteractive = ["cat"]\nscript = ["bash", "-s"]\n\n' + connections)
     gw = subprocess.Popen([SLUICE, "serve"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     gw.stdout.readline()
     tokens = json.load(open(os.path.join(work, "sluice-data", "dev-tokens.json")))

@@ -572,20 +572,21 @@ fn a_decision_that_cannot_be_recorded_changes_nothing() {
         // The record's writer, with a switch that makes every commit fail (a full disk).
         let failing = Arc::new(AtomicBool::new(false));
         let (queue, mut rx) = tokio::sync::mpsc::channel::<(
-            sluice_record::NewEvent,
+            sluice_record::Queued,
             Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
         )>(64);
         let (writer_store, switch) = (store.clone(), failing.clone());
         tokio::spawn(async move {
-            while let Some((event, ack)) = rx.recv().await {
+            while let Some((queued, ack)) = rx.recv().await {
+                let events = queued.into_events();
                 let result = if switch.load(Ordering::SeqCst) {
                     Err("the disk is full".to_string())
                 } else {
                     let store = writer_store.clone();
-                    tokio::task::spawn_blocking(move || store.append(&[event]))
+                    tokio::task::spawn_blocking(move || store.append(&events))
                         .await
                         .unwrap()
-                        .map(|indices| indices[0])
+                        .map(|indices| indices[indices.len() - 1])
                         .map_err(|e| e.to_string())
                 };
                 if let Some(ack) = ack {

@@ -149,6 +149,43 @@ fn interactive_bash_and_python_sessions_work_and_are_recorded() {
     assert!(String::from_utf8_lossy(&recorded_output(&python)).contains("pypy"));
 }
 
+#[test]
+fn in_strict_mode_the_keys_before_enter_and_the_typed_line_share_one_durable_commit() {
+    // Strict mode writes a typed line to the program only once it is durable: the keys and
+    // the line frame in one commit make that one fsync, not two.
+    let mut gw = Gateway::start();
+    let (code, out, err) = gw.run(&["connect", "shell"], "echo $((6 * 7))\nexit 4\n");
+    assert_eq!(code, 4, "{err}");
+    assert!(out.contains("42"), "{out}");
+    gw.stop_with("TERM");
+    let store =
+        sluice_record::Store::open(&gw.store(), &gw.dir.path().join("data/record.key")).unwrap();
+    let entries = store.entries_from(0, usize::MAX).unwrap();
+    let content = |r: &sluice_record::Recorded| {
+        let meta: Value = serde_json::from_str(&r.entry.meta).unwrap();
+        (meta["dir"].clone(), meta["content"].clone())
+    };
+    let commit = |index: u64| store.covering_head(index).unwrap().unwrap().index;
+    let mut lines = 0;
+    for (at, line) in entries.iter().enumerate() {
+        if content(line) != ("in".into(), "line".into()) {
+            continue;
+        }
+        lines += 1;
+        let keys = &entries[at - 1];
+        assert_eq!(content(keys), ("in".into(), "bytes".into()));
+        assert_eq!(keys.payload, line.payload, "the keys typed are the line");
+        assert_eq!(
+            commit(keys.entry.index),
+            commit(line.entry.index),
+            "entries {} and {} were committed apart",
+            keys.entry.index,
+            line.entry.index
+        );
+    }
+    assert_eq!(lines, 2);
+}
+
 /// A gateway whose shell connection runs the misbehaving `antics` guest.
 fn gateway_with_antics() -> Gateway {
     let guests = sluice_builtins::TEST_GUESTS;

@@ -44,7 +44,7 @@ pub use key::{KeySource, NODE_KEY_KIND, NodeKey, ROTATION_KIND, Rotation, parse_
 pub use retention::{Compacted, Purged, RetentionRules};
 pub use seam::{Membership, NodeStatus, Peer, Record};
 pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store, verify_tables};
-pub use writer::{Receipt, RecordFailed, Recorder};
+pub use writer::{Queued, Receipt, RecordFailed, Recorder};
 
 /// The store's page cache.
 const CACHE_BYTES: usize = 16 << 20;

@@ -13,10 +13,34 @@ const MAX_GROUP: usize = 1024;
 
 pub type Ack = oneshot::Sender<Result<u64, String>>;
 
+/// What sessions queue: one event, or several that must share one commit (so a strict
+/// session waits for one fsync, not one per event).
+#[derive(Debug)]
+pub enum Queued {
+    One(NewEvent),
+    Together(Vec<NewEvent>),
+}
+
+impl Queued {
+    pub fn into_events(self) -> Vec<NewEvent> {
+        match self {
+            Queued::One(event) => vec![event],
+            Queued::Together(events) => events,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Queued::One(_) => 1,
+            Queued::Together(events) => events.len(),
+        }
+    }
+}
+
 /// A handle for sessions to append through. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    queue: mpsc::Sender<(NewEvent, Option<Ack>)>,
+    queue: mpsc::Sender<(Queued, Option<Ack>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +57,7 @@ impl Recorder {
     /// more, so a steady flow of events costs one durable commit per `linger` rather than one
     /// per event (for async mode, where nobody waits for the commit).
     pub fn spawn_lingering(store: Arc<dyn Record>, linger: std::time::Duration) -> Recorder {
-        let (queue, mut rx) = mpsc::channel::<(NewEvent, Option<Ack>)>(8 * MAX_GROUP);
+        let (queue, mut rx) = mpsc::channel::<(Queued, Option<Ack>)>(8 * MAX_GROUP);
         // One thread of its own: redb blocks, and commits from one thread keep the
         // allocator from spreading freed pages over many arenas (memory stays flat).
         let spawned = std::thread::Builder::new()
@@ -43,14 +67,20 @@ impl Recorder {
                     if !linger.is_zero() {
                         std::thread::sleep(linger);
                     }
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match rx.try_recv() {
-                            Ok(next) => group.push(next),
-                            Err(_) => break,
+                    // Queued events in order; each ack goes with the last event of its item.
+                    let mut events = Vec::with_capacity(first.0.len());
+                    let mut acks = Vec::new();
+                    let mut next = Some(first);
+                    while let Some((queued, ack)) = next.take() {
+                        match queued {
+                            Queued::One(event) => events.push(event),
+                            Queued::Together(together) => events.extend(together),
+                        }
+                        acks.push((events.len() - 1, ack));
+                        if events.len() < MAX_GROUP {
+                            next = rx.try_recv().ok();
                         }
                     }
-                    let (events, acks): (Vec<_>, Vec<_>) = group.into_iter().unzip();
                     let started = std::time::Instant::now();
                     let result = store.append(&events);
                     sluice_core::metrics::observe(
@@ -67,15 +97,16 @@ impl Recorder {
                     }
                     match result {
                         Ok(indices) => {
-                            for (ack, index) in acks.into_iter().zip(indices) {
-                                if let Some(ack) = ack {
+                            for (last, ack) in acks {
+                                if let (Some(ack), Some(&index)) = (ack, indices.get(last)) {
                                     let _ = ack.send(Ok(index));
                                 }
                             }
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "record commit failed");
-                            for ack in acks.into_iter().flatten() {
+                            for (_, ack) in acks {
+                                let Some(ack) = ack else { continue };
                                 let _ = ack.send(Err(e.to_string()));
                             }
                         }
@@ -90,7 +121,7 @@ impl Recorder {
     }
 
     /// A recorder feeding `queue` (for tests that look at what would be recorded).
-    pub fn from_queue(queue: mpsc::Sender<(NewEvent, Option<Ack>)>) -> Recorder {
+    pub fn from_queue(queue: mpsc::Sender<(Queued, Option<Ack>)>) -> Recorder {
         Recorder { queue }
     }
 
@@ -112,6 +143,23 @@ impl Recorder {
     /// Queues `event`; with `track`, the receipt resolves once its commit is durable, so a
     /// caller can queue more events (one commit for them all) before it waits.
     pub async fn submit(&self, event: NewEvent, track: bool) -> Result<Receipt, RecordFailed> {
+        self.queue_item(Queued::One(event), track).await
+    }
+
+    /// Queues `events` to be committed together, in order; with `track`, the receipt
+    /// resolves (with the last one's index) once that one commit is durable.
+    pub async fn submit_together(
+        &self,
+        events: Vec<NewEvent>,
+        track: bool,
+    ) -> Result<Receipt, RecordFailed> {
+        if events.is_empty() {
+            return Ok(Receipt(None));
+        }
+        self.queue_item(Queued::Together(events), track).await
+    }
+
+    async fn queue_item(&self, queued: Queued, track: bool) -> Result<Receipt, RecordFailed> {
         let (ack, receipt) = if track {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -119,7 +167,7 @@ impl Recorder {
             (None, None)
         };
         self.queue
-            .send((event, ack))
+            .send((queued, ack))
             .await
             .map_err(|_| RecordFailed("the writer stopped".into()))?;
         Ok(Receipt(receipt))

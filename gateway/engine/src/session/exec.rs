@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Context, Core, INTERACTIVE_FLUSH, Opening, content_bytes};
-use crate::chain::Outcome;
+use crate::chain::{Decision, Outcome};
 use crate::config::{ExecConnection, SshConnection};
 use crate::exec::Process;
 use crate::ssh::upstream::Run;
@@ -326,7 +326,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Splits typed input at Enter: the bytes before it go as a byte frame, the assembled
-    /// line as a line frame, and the Enter only if the line passed.
+    /// line as a line frame, and the Enter only if the line passed. Both frames are decided
+    /// first and recorded in one commit (strict mode: one fsync before the program sees the
+    /// keys, not one per frame).
     async fn keystrokes(&mut self, process: &mut Process, bytes: Vec<u8>) -> Result<(), End> {
         let echo = process.echoes();
         let mut rest = bytes.as_slice();
@@ -336,39 +338,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, &rest[rest.len()..]),
             };
-            if !typed.is_empty() {
-                if echo {
-                    self.track_line(typed);
+            let typed = (!typed.is_empty()).then(|| typed.to_vec());
+            let key = tail.first().copied();
+            rest = tail.get(1..).unwrap_or_default();
+            let typed = match typed {
+                Some(typed) => {
+                    if echo {
+                        self.track_line(&typed);
+                    }
+                    let recorded_as = (!echo)
+                        .then(|| Content::Bytes(b"[redacted: typed with echo off]".to_vec()));
+                    Some(
+                        self.decide_client(Content::Bytes(typed), recorded_as)
+                            .await?,
+                    )
                 }
-                let recorded_as =
-                    (!echo).then(|| Content::Bytes(b"[redacted: typed with echo off]".to_vec()));
-                if let Some(Content::Bytes(out)) = self
-                    .client_frame_as(Content::Bytes(typed.to_vec()), recorded_as)
-                    .await?
-                {
-                    process
-                        .input
-                        .write_all(&out)
-                        .await
-                        .map_err(|e| End::Target(e.to_string()))?;
+                None => None,
+            };
+            let line = match key {
+                Some(_) => {
+                    let line =
+                        String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
+                    match echo && !line.trim().is_empty() {
+                        true => Some(self.decide_client(Content::Line(line), None).await?),
+                        false => None,
+                    }
                 }
+                None => None,
+            };
+            let frames = [&typed, &line]
+                .into_iter()
+                .flatten()
+                .map(|(seq, decision)| {
+                    self.core
+                        .frame_event(Direction::ClientToTarget, *seq, decision)
+                })
+                .collect();
+            self.core.record_frames_together(frames).await?;
+            let mut to_program = Vec::new();
+            if let Some((_, decision)) = typed
+                && let Some(Content::Bytes(out)) = self.settle_client(decision).await?
+            {
+                to_program = out;
             }
-            if let Some((&key, after)) = tail.split_first() {
-                let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
-                let pass = if echo && !line.trim().is_empty() {
-                    self.client_frame(Content::Line(line)).await?.is_some()
-                } else {
-                    true
-                };
-                let key = if pass { key } else { CTRL_U };
+            let line_passed = match line {
+                Some((_, decision)) => self.settle_client(decision).await?.is_some(),
+                None => true,
+            };
+            if let Some(key) = key {
+                to_program.push(if line_passed { key } else { CTRL_U });
+            }
+            if !to_program.is_empty() {
                 process
                     .input
-                    .write_all(&[key])
+                    .write_all(&to_program)
                     .await
                     .map_err(|e| End::Target(e.to_string()))?;
-                rest = after;
-            } else {
-                rest = tail;
             }
         }
         Ok(())
@@ -493,7 +518,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         content: Content,
         redacted: Option<Content>,
     ) -> Result<Option<Content>, End> {
+        let (_, decision) = self.decide_client(content, redacted).await?;
+        self.core
+            .record_frame(Direction::ClientToTarget, &decision)
+            .await?;
+        self.settle_client(decision).await
+    }
+
+    /// The filter step for client input, and the review when the chain holds it. Returns
+    /// the frame's number with the decision, which is recorded next.
+    async fn decide_client(
+        &mut self,
+        content: Content,
+        redacted: Option<Content>,
+    ) -> Result<(u64, Decision), End> {
         let mut decision = self.core.filter(Direction::ClientToTarget, content);
+        let seq = self.core.seq(Direction::ClientToTarget);
         if let Some(redacted) = redacted {
             decision.record = redacted;
         }
@@ -523,9 +563,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     .await?;
             }
         }
-        self.core
-            .record_frame(Direction::ClientToTarget, &decision)
-            .await?;
+        Ok((seq, decision))
+    }
+
+    /// After a client frame is recorded: what may be forwarded, or `None` when refused (the
+    /// client is told why).
+    async fn settle_client(&mut self, decision: Decision) -> Result<Option<Content>, End> {
         match decision.outcome {
             Outcome::Pass => Ok(Some(decision.forward)),
             Outcome::Deny { plugin, reason } => {

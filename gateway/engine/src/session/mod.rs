@@ -381,6 +381,28 @@ impl Core {
         direction: Direction,
         decision: &Decision,
     ) -> Result<Receipt, RecordFailed> {
+        let event = self.frame_event(direction, self.seq(direction), decision);
+        self.submit(event).await
+    }
+
+    /// Records frames in one commit, in order (strict mode: returns once it is durable), so
+    /// what one keypress decides (the keys before Enter and the typed line) costs one fsync.
+    pub async fn record_frames_together(
+        &mut self,
+        frames: Vec<NewEvent>,
+    ) -> Result<(), RecordFailed> {
+        let track = self.ctx.record_mode == RecordMode::Strict;
+        self.ctx
+            .recorder
+            .submit_together(frames, track)
+            .await?
+            .durable()
+            .await
+            .map(drop)
+    }
+
+    /// The event that records `decision` on frame `seq` of `direction`.
+    pub fn frame_event(&self, direction: Direction, seq: u64, decision: &Decision) -> NewEvent {
         let (outcome, reason) = match &decision.outcome {
             Outcome::Pass => ("pass", None),
             Outcome::Hold { reasons } => ("hold", Some(reasons.join("; "))),
@@ -399,9 +421,7 @@ impl Core {
             calls: decision.calls.iter().map(CallMeta::of).collect(),
         };
         self.count_frames(direction, outcome, 1);
-        let seq = self.seq[direction as usize];
-        self.submit_event("frame", seq, &meta, record_payload(&decision.record))
-            .await
+        self.event("frame", seq, &meta, record_payload(&decision.record))
     }
 
     /// Queues a batch of result rows that all passed as one event, with the result's columns
@@ -434,8 +454,8 @@ impl Core {
             outcome: "pass",
         };
         self.count_frames(Direction::TargetToClient, "pass", batch.count as u64);
-        self.submit_event("frame", batch.first_seq, &meta, batch.payload)
-            .await
+        let event = self.event("frame", batch.first_seq, &meta, batch.payload);
+        self.submit(event).await
     }
 
     fn count_frames(&self, direction: Direction, outcome: &str, n: u64) {
@@ -470,7 +490,12 @@ impl Core {
         meta: &impl Serialize,
         payload: Vec<u8>,
     ) -> Result<Receipt, RecordFailed> {
-        let event = NewEvent {
+        let event = self.event(kind, seq, meta, payload);
+        self.submit(event).await
+    }
+
+    fn event(&self, kind: &str, seq: u64, meta: &impl Serialize, payload: Vec<u8>) -> NewEvent {
+        NewEvent {
             session: self.info.id.clone(),
             seq,
             kind: kind.into(),
@@ -478,7 +503,10 @@ impl Core {
             // Serializing plain data into a String cannot fail.
             meta: serde_json::to_string(meta).unwrap_or_default(),
             payload,
-        };
+        }
+    }
+
+    async fn submit(&mut self, event: NewEvent) -> Result<Receipt, RecordFailed> {
         let track = self.ctx.record_mode == RecordMode::Strict;
         self.ctx.recorder.submit(event, track).await
     }
