@@ -1,10 +1,10 @@
-//! An experiment for issue 25: what the record's layout costs. Appends of 1,000 200-byte
-//! events per durable commit three ways, in one run:
+//! What the record's layout costs (issue 25). Appends of 1,000 200-byte events per durable
+//! commit three ways, in one run:
 //!
-//! - `rows_per_event`: the store as it is (an entry row and a payload row per event);
-//! - `row_per_commit`: the same chained, hashed and signed bytes (`link`) written as ONE redb
-//!   value per commit (the entries and payloads of the group, length-prefixed), with the
-//!   commit's checkpoint, head and sessions row, also durably;
+//! - `store_append`: the store as it is (one row per commit: a block, `blocks.rs`);
+//! - `two_rows_per_event`: the same chained, hashed and signed bytes (`link`) written as the
+//!   store wrote them before blocks (an entry row and a payload row per event), with the
+//!   commit's checkpoint, head and sessions row, also durably: the baseline;
 //! - `link_only`: chaining, hashing and signing alone, no storage (the floor).
 //!
 //! cargo bench -p sluice-record --bench layout
@@ -19,7 +19,8 @@ use redb::{Database, TableDefinition};
 use sluice_record::{NewEvent, Store, link};
 
 const PER_COMMIT: u64 = 1000;
-const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -46,39 +47,27 @@ fn layouts(c: &mut Criterion) {
         &dir.path().join("record.key"),
     )
     .unwrap();
-    group.bench_function("rows_per_event", |b| {
-        b.iter(|| store.append(&batch).unwrap())
-    });
+    group.bench_function("store_append", |b| b.iter(|| store.append(&batch).unwrap()));
 
     let signer = SigningKey::from_bytes(&[7; 32]);
     let db = Database::builder()
         .set_cache_size(16 << 20)
-        .create(dir.path().join("blocks.redb"))
+        .create(dir.path().join("rows.redb"))
         .unwrap();
     let mut last = None;
-    group.bench_function("row_per_commit", |b| {
+    group.bench_function("two_rows_per_event", |b| {
         b.iter(|| {
             let first = last.map_or(0, |(index, _)| index + 1);
             let linked = link::link(last, first, &batch, &signer, |_| Ok(None)).unwrap();
-            let size: usize = linked
-                .rows
-                .iter()
-                .map(|r| 8 + r.stored.len() + r.payload.len())
-                .sum();
-            let mut block = Vec::with_capacity(size);
-            for row in &linked.rows {
-                block.extend_from_slice(&(row.stored.len() as u32).to_be_bytes());
-                block.extend_from_slice(&row.stored);
-                block.extend_from_slice(&(row.payload.len() as u32).to_be_bytes());
-                block.extend_from_slice(&row.payload);
-            }
             let head = linked.head.unwrap();
             let txn = db.begin_write().unwrap();
             {
-                txn.open_table(BLOCKS)
-                    .unwrap()
-                    .insert(first, block.as_slice())
-                    .unwrap();
+                let mut entries = txn.open_table(ENTRIES).unwrap();
+                let mut payloads = txn.open_table(PAYLOADS).unwrap();
+                for row in &linked.rows {
+                    entries.insert(row.index, row.stored.as_slice()).unwrap();
+                    payloads.insert(row.index, row.payload.as_slice()).unwrap();
+                }
                 let encoded = head.encode();
                 txn.open_table(CHECKPOINTS)
                     .unwrap()

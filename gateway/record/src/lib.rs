@@ -9,15 +9,19 @@
 //! - Indices only grow. A stretch the store no longer holds (a restored backup, commits a
 //!   repair dropped) is declared by a signed entry that skips exactly those indices; nothing
 //!   else may leave a gap, and no index is ever given to two entries.
-//! - Payloads live beside the chain, keyed by entry, so retention can purge them without
-//!   breaking it; a purge and the chained `retention` entry that lists it commit together, so
-//!   `verify` tells a purged payload from a deleted one.
+//! - Payloads live beside their entries (in the commit's block, `blocks.rs`), outside what
+//!   the chain hashes (an entry holds its payload's digest), so retention can purge them
+//!   without breaking it; a purge and the chained `retention` entry that lists it commit
+//!   together, so `verify` tells a purged payload from a deleted one.
+//! - Entries' bytes are never rewritten, whatever the layout (a purge rewrites a block without
+//!   some payloads, never an entry): signed heads anchored outside keep matching.
 //! - The tables beside the chain (sessions, reviews) are indexes of it: what decides access is
 //!   read from chained entries, and `verify` checks every row against the chain.
 //! - What reaches this module is already masked: it stores what it is given.
 //! - Corruption is an error with a message, never a panic (redb's panics are caught at the
 //!   boundary of every call).
 
+mod blocks;
 mod entry;
 mod head;
 mod key;
@@ -46,11 +50,16 @@ pub use seam::{Membership, NodeStatus, Peer, Record};
 pub use verify::{Gap, Problem, Trust, VerifyOptions, VerifyReport, verify_store, verify_tables};
 pub use writer::{Queued, Receipt, RecordFailed, Recorder};
 
+type ReadLog = blocks::Log<redb::ReadOnlyTable<u64, &'static [u8]>>;
+type WriteLog<'t> = blocks::Log<redb::Table<'t, u64, &'static [u8]>>;
+
 /// The store's page cache.
 const CACHE_BYTES: usize = 16 << 20;
 
+/// Layout 1's tables (stores written before blocks, read as they are; see `blocks.rs`).
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
+use blocks::BLOCKS;
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -197,6 +206,25 @@ struct Append<'a> {
     signer: Option<&'a SigningKey>,
 }
 
+/// Drops a database: redb can panic closing a file whose pages are damaged, and a damaged
+/// store must give errors, never take the gateway down.
+fn drop_guarded(db: Database) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))).is_err() {
+        tracing::error!("the record store's file is damaged: closing it failed");
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Ok(empty) =
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+        {
+            drop_guarded(std::mem::replace(db, empty));
+        }
+    }
+}
+
 /// Runs `f`, turning a panic inside redb (a corrupt page) into an error.
 fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, RecordError>) -> Result<T, RecordError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
@@ -247,7 +275,7 @@ impl Store {
             let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
             {
                 // Create every table up front so readers never meet a missing one.
-                for table in [ENTRIES, PAYLOADS, CHECKPOINTS] {
+                for table in [ENTRIES, PAYLOADS, BLOCKS, CHECKPOINTS] {
                     txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
                 }
                 txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
@@ -302,16 +330,17 @@ impl Store {
                     rows.insert(id.value().to_string(), summary);
                 }
                 if !rows.is_empty() {
-                    let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-                    for row in entries.iter().map_err(|e| self.corrupt(e))? {
-                        let (_, value) = row.map_err(|e| self.corrupt(e))?;
-                        let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
+                    let log = self.log_in(&txn)?;
+                    log.scan(.., |held| {
+                        let entry = decode_stored(&held.stored)?;
                         if entry.kind == "frame"
                             && let Some(summary) = rows.get_mut(&entry.session)
                         {
                             summary.count_frame(&entry);
                         }
-                    }
+                        Ok(true)
+                    })
+                    .map_err(|e| self.corrupt(e))?;
                     for (id, summary) in &rows {
                         let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
                         sessions
@@ -387,7 +416,7 @@ impl Store {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         match Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()) {
             // The file's database is dropped here; what stays answers nothing useful.
-            Ok(closed) => *db = closed,
+            Ok(closed) => drop_guarded(std::mem::replace(&mut *db, closed)),
             Err(e) => tracing::error!(error = %e, "cannot close the record store"),
         }
     }
@@ -421,6 +450,24 @@ impl Store {
         self.db.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The log (both layouts) in a read transaction.
+    fn log_read(&self, txn: &redb::ReadTransaction) -> Result<ReadLog, RecordError> {
+        Ok(blocks::Log {
+            rows: txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?,
+            payloads: txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?,
+            blocks: Some(txn.open_table(BLOCKS).map_err(|e| self.corrupt(e))?),
+        })
+    }
+
+    /// The log (both layouts) in a write transaction.
+    fn log_in<'t>(&self, txn: &'t redb::WriteTransaction) -> Result<WriteLog<'t>, RecordError> {
+        Ok(blocks::Log {
+            rows: txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?,
+            payloads: txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?,
+            blocks: Some(txn.open_table(BLOCKS).map_err(|e| self.corrupt(e))?),
+        })
+    }
+
     fn corrupt(&self, e: impl std::fmt::Display) -> RecordError {
         RecordError::Corrupt {
             path: self.path.display().to_string(),
@@ -432,18 +479,18 @@ impl Store {
         guarded(&self.path, || {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-            let Some((key, value)) = entries.last().map_err(|e| self.corrupt(e))? else {
+            let log = self.log_read(&txn)?;
+            let Some(last) = log.last().map_err(|e| self.corrupt(e))? else {
                 return Ok(None);
             };
-            let value = value.value();
+            let value = &last.stored;
             if value.len() < 32 {
-                return Err(self.corrupt(format!("entry {} is truncated", key.value())));
+                return Err(self.corrupt(format!("entry {} is truncated", last.index)));
             }
             let hash: Hash = value[value.len() - 32..]
                 .try_into()
                 .map_err(|e| self.corrupt(e))?;
-            Ok(Some((key.value(), hash)))
+            Ok(Some((last.index, hash)))
         })
     }
 
@@ -452,11 +499,11 @@ impl Store {
         guarded(&self.path, || {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-            let Some(value) = entries.get(index).map_err(|e| self.corrupt(e))? else {
+            let log = self.log_read(&txn)?;
+            let Some(held) = log.get(index).map_err(|e| self.corrupt(e))? else {
                 return Ok(None);
             };
-            let value = value.value();
+            let value = &held.stored;
             let hash = value
                 .len()
                 .checked_sub(32)
@@ -573,8 +620,7 @@ impl Store {
         append: &Append<'_>,
         signer: &SigningKey,
     ) -> Result<(Vec<u64>, Option<SignedHead>), RecordError> {
-        let mut entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-        let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+        let mut log = self.log_in(txn)?;
         let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
         let linked = link::link(
             last,
@@ -588,15 +634,22 @@ impl Store {
                 None => Ok(None),
             },
         )?;
+        // One row for the whole commit (a block), however many entries it holds.
         let mut indices = Vec::with_capacity(linked.rows.len());
+        let mut block = Vec::with_capacity(
+            linked
+                .rows
+                .iter()
+                .map(|r| 16 + r.stored.len() + r.payload.len())
+                .sum::<usize>()
+                + 1,
+        );
         for row in &linked.rows {
-            entries
-                .insert(row.index, row.stored.as_slice())
-                .map_err(|e| self.corrupt(e))?;
-            payloads
-                .insert(row.index, row.payload.as_slice())
-                .map_err(|e| self.corrupt(e))?;
+            blocks::put(&mut block, row.index, &row.stored, Some(&row.payload));
             indices.push(row.index);
+        }
+        if let Some(&last) = indices.last() {
+            log.append(last, &block).map_err(|e| self.corrupt(e))?;
         }
         for summary in &linked.sessions {
             let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
@@ -651,21 +704,22 @@ impl Store {
         guarded(&self.path, || {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-            let payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+            let log = self.log_read(&txn)?;
             let mut out = Vec::new();
-            for row in entries.range(range).map_err(|e| self.corrupt(e))? {
-                if out.len() >= max {
-                    break;
-                }
-                let (key, value) = row.map_err(|e| self.corrupt(e))?;
-                let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
-                if !keep(&entry) {
-                    continue;
-                }
-                let payload = payload_of(&payloads, key.value()).map_err(|e| self.corrupt(e))?;
-                out.push(Recorded { entry, payload });
+            if max == 0 {
+                return Ok(out);
             }
+            log.scan(range, |held| {
+                let entry = decode_stored(&held.stored)?;
+                if keep(&entry) {
+                    let payload = held
+                        .payload
+                        .map(|p| p.get(NONCE_LEN..).unwrap_or_default().to_vec());
+                    out.push(Recorded { entry, payload });
+                }
+                Ok(out.len() < max)
+            })
+            .map_err(|e| self.corrupt(e))?;
             Ok(out)
         })
     }
@@ -820,11 +874,11 @@ impl Store {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
             let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let log = self.log_read(&txn)?;
             let mut all = Vec::new();
             for row in table.iter().map_err(|e| self.corrupt(e))? {
                 let (id, value) = row.map_err(|e| self.corrupt(e))?;
-                all.push(self.summary_from(&entries, id.value(), value.value())?);
+                all.push(self.summary_from(&log, id.value(), value.value())?);
             }
             SessionSummary::newest_first(&mut all);
             Ok(all)
@@ -837,9 +891,9 @@ impl Store {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
             let table = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
+            let log = self.log_read(&txn)?;
             let row = table.get(id).map_err(|e| self.corrupt(e))?;
-            row.map(|v| self.summary_from(&entries, id, v.value()))
+            row.map(|v| self.summary_from(&log, id, v.value()))
                 .transpose()
         })
     }
@@ -848,15 +902,13 @@ impl Store {
     /// session's opening entry; a row that points at anything else is refused as corrupt.
     fn summary_from(
         &self,
-        entries: &impl ReadableTable<u64, &'static [u8]>,
+        log: &ReadLog,
         id: &str,
         row: &[u8],
     ) -> Result<SessionSummary, RecordError> {
         let summary: SessionSummary = serde_json::from_slice(row).map_err(|e| self.corrupt(e))?;
-        let opening = entries
-            .get(summary.first_index)
-            .map_err(|e| self.corrupt(e))?;
-        SessionSummary::from_index_row(id, row, opening.as_ref().map(|v| v.value()))
+        let opening = log.get(summary.first_index).map_err(|e| self.corrupt(e))?;
+        SessionSummary::from_index_row(id, row, opening.as_ref().map(|h| h.stored.as_slice()))
             .map_err(|e| self.corrupt(e))
     }
 
@@ -896,15 +948,6 @@ pub fn index_ranges(sorted: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
 /// An entry as stored (its encoding followed by its hash), decoded.
 pub fn decode_stored(value: &[u8]) -> Result<Entry, String> {
     Entry::decode(&value[..value.len().saturating_sub(32)])
-}
-
-/// An entry's payload without its nonce; `None` when retention purged it.
-fn payload_of(
-    payloads: &impl ReadableTable<u64, &'static [u8]>,
-    index: u64,
-) -> Result<Option<Vec<u8>>, redb::StorageError> {
-    let payload = payloads.get(index)?;
-    Ok(payload.map(|p| p.value().get(NONCE_LEN..).unwrap_or_default().to_vec()))
 }
 
 fn sign(signer: &SigningKey, index: u64, hash: Hash) -> SignedHead {

@@ -11,12 +11,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
 use super::{
-    Append, CHECKPOINTS, ENTRIES, META, NewEvent, PAYLOADS, REVIEWS, RecordError, SESSIONS,
+    Append, BLOCKS, CHECKPOINTS, ENTRIES, META, NewEvent, PAYLOADS, REVIEWS, RecordError, SESSIONS,
     SINK_CURSORS, SessionSummary, Store, decode_stored, guarded, kinds, open_db,
 };
 
 /// Rows copied per transaction when the store is rewritten.
 const COPY_CHUNK: usize = 10_000;
+const COPY_CHUNK_BYTES: usize = 64 << 20;
 /// Where the scan for old session-less review events resumes (`META`).
 const REVIEW_SCAN: &str = "retention-review-scan";
 
@@ -165,8 +166,7 @@ impl Store {
         let mut purged = Purged::default();
         let mut removed: Vec<u64> = Vec::new();
         {
-            let entries = txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?;
-            let mut payloads = txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?;
+            let mut log = self.log_in(txn)?;
             let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
             let mut due: Vec<SessionSummary> = Vec::new();
             for row in sessions.iter().map_err(|e| self.corrupt(e))? {
@@ -179,12 +179,9 @@ impl Store {
                 }
                 let ended = match summary.ended_ms {
                     Some(ended) => ended,
-                    None => match entries
-                        .get(summary.last_index)
-                        .map_err(|e| self.corrupt(e))?
-                    {
+                    None => match log.get(summary.last_index).map_err(|e| self.corrupt(e))? {
                         Some(last) => {
-                            decode_stored(last.value())
+                            decode_stored(&last.stored)
                                 .map_err(|e| self.corrupt(e))?
                                 .time_ms
                         }
@@ -197,21 +194,13 @@ impl Store {
             }
             due.sort_by_key(|s| s.first_index);
             for mut summary in due {
-                let range = entries
-                    .range(summary.first_index..=summary.last_index)
+                let range = summary.first_index..=summary.last_index;
+                let of_session = log
+                    .purge(range, |held| {
+                        Ok(Some(decode_stored(&held.stored)?.session == summary.id))
+                    })
                     .map_err(|e| self.corrupt(e))?;
-                for row in range {
-                    let (key, value) = row.map_err(|e| self.corrupt(e))?;
-                    let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
-                    if entry.session == summary.id
-                        && payloads
-                            .remove(key.value())
-                            .map_err(|e| self.corrupt(e))?
-                            .is_some()
-                    {
-                        removed.push(key.value());
-                    }
-                }
+                removed.extend(of_session);
                 summary.purged_ms = Some(now_ms);
                 let bytes = serde_json::to_vec(&summary).map_err(|e| self.corrupt(e))?;
                 sessions
@@ -244,23 +233,17 @@ impl Store {
                     .map_err(|e| self.corrupt(e))?
                     .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
                     .unwrap_or(0);
-                for row in entries.range(scan..).map_err(|e| self.corrupt(e))? {
-                    let (key, value) = row.map_err(|e| self.corrupt(e))?;
-                    let entry = decode_stored(value.value()).map_err(|e| self.corrupt(e))?;
-                    if !rules.decision_due(entry.time_ms, now_ms) {
-                        break;
-                    }
-                    if entry.session.is_empty()
-                        && entry.kind == "review"
-                        && payloads
-                            .remove(key.value())
-                            .map_err(|e| self.corrupt(e))?
-                            .is_some()
-                    {
-                        removed.push(key.value());
-                    }
-                    scan = key.value() + 1;
-                }
+                let decisions = log
+                    .purge(scan..=u64::MAX, |held| {
+                        let entry = decode_stored(&held.stored)?;
+                        if !rules.decision_due(entry.time_ms, now_ms) {
+                            return Ok(None);
+                        }
+                        scan = held.index + 1;
+                        Ok(Some(entry.session.is_empty() && entry.kind == "review"))
+                    })
+                    .map_err(|e| self.corrupt(e))?;
+                removed.extend(decisions);
                 meta.insert(REVIEW_SCAN, &scan.to_be_bytes()[..])
                     .map_err(|e| self.corrupt(e))?;
             }
@@ -285,7 +268,7 @@ impl Store {
         let _ = std::fs::remove_file(&fresh);
         {
             let to = open_db(&fresh).map_err(|e| self.corrupt(e))?;
-            for table in [ENTRIES, PAYLOADS, CHECKPOINTS] {
+            for table in [ENTRIES, PAYLOADS, BLOCKS, CHECKPOINTS] {
                 copy_indexed(&db, &to, table).map_err(|e| self.corrupt(e))?;
             }
             for table in [META, SESSIONS, REVIEWS] {
@@ -330,17 +313,26 @@ fn copy_indexed(
         let mut copied = 0;
         {
             let mut target = write.open_table(table)?;
-            for row in source.range(next..)?.take(COPY_CHUNK) {
+            // Rows of a chunk, or its bytes (a block holds a whole commit), whichever ends first.
+            let mut bytes = 0;
+            let mut rows = source.range(next..)?;
+            while copied < COPY_CHUNK && bytes < COPY_CHUNK_BYTES {
+                let Some(row) = rows.next() else {
+                    break;
+                };
                 let (key, value) = row?;
                 target.insert(key.value(), value.value())?;
                 next = key.value() + 1;
+                bytes += value.value().len();
                 copied += 1;
+            }
+            if copied < COPY_CHUNK && bytes < COPY_CHUNK_BYTES {
+                drop(target);
+                write.commit()?;
+                return Ok(());
             }
         }
         write.commit()?;
-        if copied < COPY_CHUNK {
-            return Ok(());
-        }
     }
 }
 

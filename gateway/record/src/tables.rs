@@ -5,7 +5,9 @@
 use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::verify::Problem;
-use super::{CHECKPOINTS, CONNECTIONS, ENTRIES, META, PAYLOADS, REVIEWS, SESSIONS, SINK_CURSORS};
+use super::{
+    BLOCKS, CHECKPOINTS, CONNECTIONS, ENTRIES, META, PAYLOADS, REVIEWS, SESSIONS, SINK_CURSORS,
+};
 
 /// One entry as stored, with the rows kept beside it under its index.
 #[derive(Clone, Copy, Debug)]
@@ -92,28 +94,42 @@ impl Tables for RedbTables {
         &self,
         each: &mut dyn FnMut(RawEntry<'_>) -> Result<(), Problem>,
     ) -> Result<(), Problem> {
-        let entries = self.log(ENTRIES)?;
-        let payloads = self.log(PAYLOADS)?;
+        let log = crate::blocks::Log {
+            rows: self.log(ENTRIES)?,
+            payloads: self.log(PAYLOADS)?,
+            // A store no version with blocks wrote to (an old file, an export) has none.
+            blocks: match self.txn.open_table(BLOCKS) {
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                table => Some(table.map_err(|e| bad(None)(e.into()))?),
+            },
+        };
         let checkpoints = self.log(CHECKPOINTS)?;
         let mut expected = 0;
-        for row in entries.iter().map_err(|e| bad(None)(e.into()))? {
-            let (key, value) = row.map_err(|e| bad(Some(expected))(e.into()))?;
-            let index = key.value();
-            let payload = payloads
-                .get(index)
-                .map_err(|e| bad(Some(index))(e.into()))?;
-            let checkpoint = checkpoints
-                .get(index)
-                .map_err(|e| bad(Some(index))(e.into()))?;
-            each(RawEntry {
+        // A problem `each` reports ends the walk; the log's own errors are corruption.
+        let mut reported = None;
+        log.scan(.., |held| {
+            let index = held.index;
+            let checkpoint = checkpoints.get(index).map_err(|e| e.to_string())?;
+            let walked = each(RawEntry {
                 index,
-                stored: value.value(),
-                payload: payload.as_ref().map(|p| p.value()),
+                stored: &held.stored,
+                payload: held.payload.as_deref(),
                 checkpoint: checkpoint.as_ref().map(|c| c.value()),
-            })?;
+            });
             expected = index + 1;
-        }
-        Ok(())
+            match walked {
+                Ok(()) => Ok(true),
+                Err(problem) => {
+                    reported = Some(problem);
+                    Ok(false)
+                }
+            }
+        })
+        .map_err(|why| Problem::Corrupt {
+            index: Some(expected),
+            why,
+        })?;
+        reported.map_or(Ok(()), Err)
     }
 
     fn newest_checkpoint(&self) -> Result<Option<u64>, Problem> {

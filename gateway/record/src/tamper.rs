@@ -12,10 +12,11 @@ use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use super::entry::{self, Entry, Hash};
 use super::head::SignedHead;
 use super::{
-    CHECKPOINTS, ENTRIES, META, NONCE_LEN, PAYLOADS, REVIEWS, RecordError, SESSIONS, SINK_CURSORS,
+    BLOCKS, CHECKPOINTS, ENTRIES, META, NONCE_LEN, PAYLOADS, REVIEWS, RecordError, SESSIONS,
+    SINK_CURSORS,
 };
 
-/// The tables kept per entry index.
+/// What is kept per entry index (in whichever layout the store keeps it).
 #[derive(Clone, Copy, Debug)]
 pub enum Log {
     /// The chained entry, encoded, followed by its 32-byte hash.
@@ -35,14 +36,6 @@ pub enum Rows {
     Sessions,
     /// The review queue's state: a JSON row per review.
     Reviews,
-}
-
-fn log_table(log: Log) -> TableDefinition<'static, u64, &'static [u8]> {
-    match log {
-        Log::Entries => ENTRIES,
-        Log::Payloads => PAYLOADS,
-        Log::Checkpoints => CHECKPOINTS,
-    }
 }
 
 fn rows_table(rows: Rows) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -72,20 +65,68 @@ pub fn tamper(path: &Path, change: impl FnOnce(&Tamper)) -> Result<(), RecordErr
 }
 
 impl Tamper<'_> {
+    /// The entries and payloads, wherever the store's layout keeps them (`blocks.rs`).
+    fn entries(&self) -> crate::blocks::Log<redb::Table<'_, u64, &'static [u8]>> {
+        crate::blocks::Log {
+            rows: self.txn.open_table(ENTRIES).expect("open table"),
+            payloads: self.txn.open_table(PAYLOADS).expect("open table"),
+            blocks: Some(self.txn.open_table(BLOCKS).expect("open table")),
+        }
+    }
+
     pub fn get(&self, log: Log, index: u64) -> Option<Vec<u8>> {
-        let table = self.txn.open_table(log_table(log)).expect("open table");
-        let value = table.get(index).expect("read table");
-        value.map(|v| v.value().to_vec())
+        match log {
+            Log::Entries => self.entries().get(index).expect("read").map(|h| h.stored),
+            Log::Payloads => self.entries().get(index).expect("read")?.payload,
+            Log::Checkpoints => {
+                let table = self.txn.open_table(CHECKPOINTS).expect("open table");
+                let value = table.get(index).expect("read table");
+                value.map(|v| v.value().to_vec())
+            }
+        }
     }
 
     pub fn put(&self, log: Log, index: u64, value: &[u8]) {
-        let mut table = self.txn.open_table(log_table(log)).expect("open table");
-        table.insert(index, value).expect("write table");
+        match log {
+            Log::Entries => self.entries().edit(index, |held| match held {
+                Some(held) => held.stored = value.to_vec(),
+                None => {
+                    *held = Some(crate::blocks::Held {
+                        index,
+                        stored: value.to_vec(),
+                        payload: None,
+                    })
+                }
+            }),
+            Log::Payloads => self.entries().edit(index, |held| {
+                if let Some(held) = held {
+                    held.payload = Some(value.to_vec());
+                }
+            }),
+            Log::Checkpoints => {
+                let mut table = self.txn.open_table(CHECKPOINTS).expect("open table");
+                table.insert(index, value).expect("write table");
+                Ok(())
+            }
+        }
+        .expect("write");
     }
 
     pub fn remove(&self, log: Log, index: u64) {
-        let mut table = self.txn.open_table(log_table(log)).expect("open table");
-        table.remove(index).expect("write table");
+        match log {
+            Log::Entries => self.entries().edit(index, |held| *held = None),
+            Log::Payloads => self.entries().edit(index, |held| {
+                if let Some(held) = held {
+                    held.payload = None;
+                }
+            }),
+            Log::Checkpoints => {
+                let mut table = self.txn.open_table(CHECKPOINTS).expect("open table");
+                table.remove(index).expect("write table");
+                Ok(())
+            }
+        }
+        .expect("write");
     }
 
     pub fn row(&self, rows: Rows, key: &str) -> Option<Vec<u8>> {
