@@ -15,9 +15,10 @@
 //!
 //! A block: the version byte, then per entry its index (8 bytes), its stored bytes (4-byte
 //! length, then the bytes) and its payload (4-byte length, then nonce and payload; the length
-//! `u32::MAX` and nothing else once purged).
+//! `u32::MAX` and nothing else once purged; frames are bounded far below 4 GiB).
 //!
-//! Architecture invariant: no redb call here panics or trusts a length it read.
+//! Architecture invariant: no length read from a block is trusted (a damaged block is an
+//! error with a message); redb's own panics are caught by the callers (`guarded`).
 
 use std::ops::{Bound, RangeBounds};
 
