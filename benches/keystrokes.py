@@ -17,10 +17,10 @@ record shows (each capped at 1 s).
 
 `MODES="strict async"` picks the gateway's record modes; `KEYS_PER_SECOND=8` the speed.
 """
-import json, os, pty, random, select, shutil, statistics, subprocess, sys, tempfile, time
+import json, os, pty, random, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sessions import ROOT, SLUICE, start_gateway  # noqa: E402
+from sessions import ROOT, SLUICE, read_until, start_gateway  # noqa: E402
 
 PROMPT = b"typed$ "
 SHELL = ["env", "-i", "PATH=/usr/bin:/bin", "TERM=dumb", "PS1=typed$ ", "INPUTRC=/dev/null",
@@ -59,33 +59,19 @@ def recorded_session(path):
     return keys
 
 
-def wait_for(fd, done, timeout=10.0):
-    """Reads from `fd` until `done(output so far)`; returns the output."""
-    buf, deadline = b"", time.monotonic() + timeout
-    while not done(buf):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"got {buf[-200:]!r}")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise EOFError(buf[-200:])
-        buf += chunk
-    return buf
-
-
 def replay(write_fd, read_fd, keys):
     """Types `keys`; returns (key echo latencies, command latencies) in µs."""
-    wait_for(read_fd, lambda b: PROMPT in b, timeout=30)
+    read_until(read_fd, PROMPT, timeout=30)
     echoes, commands = [], []
     for pause, key in keys:
         time.sleep(pause)
         start = time.perf_counter()
         os.write(write_fd, key)
         if key == b"\r":
-            wait_for(read_fd, lambda b: PROMPT in b)
+            read_until(read_fd, PROMPT)
             commands.append((time.perf_counter() - start) * 1e6)
         else:
-            wait_for(read_fd, lambda b: key in b)
+            read_until(read_fd, key)
             echoes.append((time.perf_counter() - start) * 1e6)
     return echoes, commands
 
