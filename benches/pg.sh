@@ -8,12 +8,20 @@
 #   benches/pg.sh            # needs: cargo build --release; pgbench, pgbouncer, initdb, pg_ctl
 #   SCRIPTS=select-only TARGETS="pgbouncer sluice-async" SECONDS_PER_RUN=10 ROUNDS=3 benches/pg.sh
 #
+# Targets: direct, pgbouncer, sluice-async, sluice-strict, sluice-strict-pg (the default set)
+# and sluice-bare: async with no plugin on the connection, to tell the plugins' cost from
+# the relay's and the record's.
+#
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
 # measured from /proc over the run less its first 2 s and last second.
 # Each round ends with the disk's fsync latency (4 KiB written and fdatasync'd beside the
 # strict gateway's record, median of 200) and the bound it sets on strict recording: at most
-# two group commits per transaction in flight, so 8 clients / (2 x fsync) transactions/s.
+# two group commits per transaction in flight, so 8 clients / (2 x fsync) transactions/s;
+# and the same for 12 scattered pages, the shape of one redb commit of the record.
+# PROFILE=DIR also samples each proxy's CPU over the same window with `perf record` and writes
+# its flat profile (self time by symbol) to DIR/TARGET-SCRIPT.txt (the samples in .perf.data
+# beside it; sampling adds to the CPU figures of that run).
 # Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
 # throwaway server and pgbouncer here have no certificates).
 set -euo pipefail
@@ -25,7 +33,7 @@ chmod 755 "$work"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port)
+PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port); BARE=$(free_port)
 RECORD_PG=$(free_port); STRICT_PG=$(free_port)
 mkdir -p "$work/pg" "$work/bouncer" "$work/record-pg"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$work/pg" "$work/bouncer" "$work/record-pg"
@@ -64,7 +72,7 @@ echo '"postgres" ""' > "$work/bouncer/users.txt"
 as_pg pgbouncer "$work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
-gateway() { # NAME MODE PORT [STORE-SETTINGS]
+gateway() { # NAME MODE PORT [STORE-SETTINGS] [POLICIES]
   mkdir -p "$work/$1"
   cat > "$work/$1/sluice.toml" <<EOF
 ${4:-}
@@ -72,7 +80,7 @@ ${4:-}
 connections_key = "$work/connections.key"
 listen = "127.0.0.1:0"
 data_dir = "data"
-policies = "${POLICIES:-$PWD/policies}"
+policies = "${5:-${POLICIES:-$PWD/policies}}"
 record_mode = "$2"
 dev_tokens = true
 [connections.pg]
@@ -89,6 +97,10 @@ EOF
 declare -A proxy_pid
 for key in cluster connections; do head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/$key.key"; done
 gateway async async "$ASYNC"
+# The same with no plugin on the connection: what the relay and the record cost alone.
+mkdir -p "$work/bare-policies"
+printf '[chains]\npg = []\n[roles.default]\nconnect = ["developers"]\n' >"$work/bare-policies/default.toml"
+gateway bare async "$BARE" "" "$work/bare-policies"
 gateway strict strict "$STRICT"
 gateway strict-pg strict "$STRICT_PG" "[store]
 kind = \"postgres\"
@@ -97,11 +109,13 @@ node = \"bench\"
 cluster_key = \"$work/cluster.key\""
 for _ in $(seq 300); do # the first start compiles the plugins
   [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] &&
+    [ -s "$work/bare/data/dev-tokens.json" ] &&
     [ -s "$work/strict-pg/data/dev-tokens.json" ] && break
   sleep 0.1
 done
 sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
+BARE_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/bare/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
 STRICT_PG_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-pg/data/dev-tokens.json")
 
@@ -141,8 +155,19 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
   local label=$1 proxy=$2 port=$3 password=$4; shift 4
   local out window=$((SECONDS_PER_RUN - 3))
   cpu_ticks "$proxy" "$window" >"$work/cpu" &
+  local ticks=$! sampler=
+  if [ -n "${PROFILE:-}" ] && [ "$proxy" != 0 ]; then
+    mkdir -p "$PROFILE"
+    (sleep 2 && exec perf record -q -F 1999 -p "$proxy" -o "$PROFILE/$label-$SCRIPT.perf.data" -- sleep "$window") >/dev/null 2>&1 &
+    sampler=$!
+  fi
   out=$(PGSSLMODE=${SSLMODE:-disable} PGPASSWORD=$password pgbench -n -c 8 -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1)
-  wait $!
+  wait "$ticks"
+  if [ -n "$sampler" ]; then
+    wait "$sampler"
+    perf report -q -i "$PROFILE/$label-$SCRIPT.perf.data" --no-children --sort dso,symbol --percent-limit 0.3 \
+      >"$PROFILE/$label-$SCRIPT.txt" 2>/dev/null
+  fi
   local tps latency
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
   latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
@@ -160,23 +185,34 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
       direct) run direct 0 "$PG" "" "${args[@]}" ;;
       pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
+      sluice-bare) run sluice-bare "${proxy_pid[bare]}" "$BARE" "$BARE_TOKEN" "${args[@]}" ;;
       sluice-strict) run sluice-strict "${proxy_pid[strict]}" "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
       sluice-strict-pg) run sluice-strict-pg "${proxy_pid[strict-pg]}" "$STRICT_PG" "$STRICT_PG_TOKEN" "${args[@]}" ;;
     esac
   done
 done
 python3 - "$work/strict/data" <<'PY'
-import os, statistics, sys, time
+import os, random, statistics, sys, time
+# A redb commit of the record rewrites about 12 scattered 4 KiB pages (the tables' changed
+# leaves and branches, the allocator's state) and its header, then fdatasyncs: on a virtual
+# disk each scattered page is an I/O of its own. Both shapes, in a file written before.
 path = os.path.join(sys.argv[1], "fsync-probe")
-fd, block, times = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), os.urandom(4096), []
-for _ in range(200):
-    start = time.perf_counter()
-    os.pwrite(fd, block, 0)
-    os.fdatasync(fd)
-    times.append(time.perf_counter() - start)
+fd, block = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), os.urandom(4096)
+os.pwrite(fd, bytes(8 << 20), 0)
+os.fsync(fd)
+def p50(pages):
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
+        for _ in range(pages):
+            os.pwrite(fd, block, random.randrange(2048) * 4096)
+        os.fdatasync(fd)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+one, commit = p50(1), p50(12)
 os.close(fd)
 os.unlink(path)
-fsync = statistics.median(times)
-print(f"fsync (4 KiB, fdatasync) p50 {fsync * 1e6:.0f} µs: strict bound 8 / (2 x fsync) = {8 / (2 * fsync):.0f} tps")
+print(f"fsync (4 KiB, fdatasync) p50 {one * 1e6:.0f} µs: strict bound 8 / (2 x fsync) = {8 / (2 * one):.0f} tps; "
+      f"12 scattered pages then fdatasync (a commit's shape) p50 {commit * 1e6:.0f} µs: {8 / (2 * commit):.0f} tps")
 PY
 done
