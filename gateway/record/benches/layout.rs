@@ -7,10 +7,25 @@
 //!   commit's checkpoint, head and sessions row, also durably: the baseline;
 //! - `link_only`: chaining, hashing and signing alone, no storage (the floor).
 //!
+//! And what one small durable commit costs (4 events, as a strict PostgreSQL session's
+//! commits hold under load), three ways:
+//!
+//! - `store_append`: the store as it is (the block, the sessions row, the checkpoint, the
+//!   head; redb rewrites about twelve scattered pages and syncs);
+//! - `block_row_only`: the same linked bytes as one redb row with nothing else (the head kept
+//!   in the block: what dropping the checkpoint, head and sessions rows from the commit path
+//!   would leave);
+//! - `journal_append`: the same bytes appended to a plain file and `fdatasync`'d (one
+//!   sequential write: a journal in front of redb);
+//! - `journal_prewritten`: the same, written over a file zeroed beforehand (as a database
+//!   recycles its log segments), so a sync carries no change to the file's size or extents.
+//!
 //! cargo bench -p sluice-record --bench layout
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -19,6 +34,8 @@ use redb::{Database, TableDefinition};
 use sluice_record::{NewEvent, Store, link};
 
 const PER_COMMIT: u64 = 1000;
+const SMALL_COMMIT: u64 = 4;
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
@@ -102,9 +119,86 @@ fn layouts(c: &mut Criterion) {
     group.finish();
 }
 
+fn small_commits(c: &mut Criterion) {
+    let batch: Vec<_> = (0..SMALL_COMMIT).map(event).collect();
+    let mut group = c.benchmark_group("record_commit_4_events");
+    group.throughput(Throughput::Elements(SMALL_COMMIT));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("record.redb"),
+        &dir.path().join("record.key"),
+    )
+    .unwrap();
+    group.bench_function("store_append", |b| b.iter(|| store.append(&batch).unwrap()));
+
+    // The bytes a block holds: each entry's stored form and payload, and the signed head.
+    let signer = SigningKey::from_bytes(&[7; 32]);
+    let mut last = None;
+    let mut block = move || {
+        let first = last.map_or(0, |(index, _)| index + 1);
+        let linked = link::link(last, first, &batch, &signer, |_| Ok(None)).unwrap();
+        let head = linked.head.unwrap();
+        last = Some((head.index, head.hash));
+        let mut bytes = Vec::new();
+        for row in &linked.rows {
+            bytes.extend_from_slice(&row.stored);
+            bytes.extend_from_slice(&row.payload);
+        }
+        bytes.extend_from_slice(&head.encode());
+        (head.index, bytes)
+    };
+
+    let db = Database::builder()
+        .set_cache_size(16 << 20)
+        .create(dir.path().join("blocks.redb"))
+        .unwrap();
+    group.bench_function("block_row_only", |b| {
+        b.iter(|| {
+            let (index, bytes) = block();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(BLOCKS)
+                .unwrap()
+                .insert(index, bytes.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        })
+    });
+
+    let mut journal = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("journal"))
+        .unwrap();
+    group.bench_function("journal_append", |b| {
+        b.iter(|| {
+            let (_, bytes) = block();
+            journal.write_all(&bytes).unwrap();
+            journal.sync_data().unwrap();
+        })
+    });
+
+    let segment = std::fs::File::create(dir.path().join("segment")).unwrap();
+    segment.set_len(256 << 20).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for at in 0..256u64 {
+        segment.write_all_at(&zeros, at << 20).unwrap();
+    }
+    segment.sync_all().unwrap();
+    let mut at = 0u64;
+    group.bench_function("journal_prewritten", |b| {
+        b.iter(|| {
+            let (_, bytes) = block();
+            segment.write_all_at(&bytes, at).unwrap();
+            segment.sync_data().unwrap();
+            at = (at + bytes.len() as u64) % (255 << 20);
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(20);
-    targets = layouts
+    targets = layouts, small_commits
 }
 criterion_main!(benches);
