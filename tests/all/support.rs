@@ -364,14 +364,16 @@ pub fn run_command(cmd: &mut std::process::Command, stdin: &str) -> (i32, String
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Commands here build plugins (cargo, npm) while other tests run on the same 2 cores:
+    // a slow machine took over two minutes for some, so the bound only catches a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(360);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{cmd:?} did not finish within two minutes");
+            panic!("{cmd:?} did not finish within six minutes");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
