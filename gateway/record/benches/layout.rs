@@ -28,7 +28,8 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::SigningKey;
 use redb::{Database, TableDefinition};
 use sluice_record::{NewEvent, Store, link};
@@ -53,11 +54,20 @@ fn event(seq: u64) -> NewEvent {
     }
 }
 
-fn layouts(c: &mut Criterion) {
-    let batch: Vec<_> = (0..PER_COMMIT).map(event).collect();
-    let mut group = c.benchmark_group("record_layout_1000_per_commit");
-    group.throughput(Throughput::Elements(PER_COMMIT));
-
+/// A group of commits of `per_commit` events that starts with the store as it is
+/// (`store_append`); returns the group, the events and the folder the others write in.
+fn with_store_append<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    per_commit: u64,
+) -> (
+    BenchmarkGroup<'a, WallTime>,
+    Vec<NewEvent>,
+    tempfile::TempDir,
+) {
+    let batch: Vec<_> = (0..per_commit).map(event).collect();
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(per_commit));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         &dir.path().join("record.redb"),
@@ -65,6 +75,11 @@ fn layouts(c: &mut Criterion) {
     )
     .unwrap();
     group.bench_function("store_append", |b| b.iter(|| store.append(&batch).unwrap()));
+    (group, batch, dir)
+}
+
+fn layouts(c: &mut Criterion) {
+    let (mut group, batch, dir) = with_store_append(c, "record_layout_1000_per_commit", PER_COMMIT);
 
     let signer = SigningKey::from_bytes(&[7; 32]);
     let db = Database::builder()
@@ -120,16 +135,7 @@ fn layouts(c: &mut Criterion) {
 }
 
 fn small_commits(c: &mut Criterion) {
-    let batch: Vec<_> = (0..SMALL_COMMIT).map(event).collect();
-    let mut group = c.benchmark_group("record_commit_4_events");
-    group.throughput(Throughput::Elements(SMALL_COMMIT));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &dir.path().join("record.redb"),
-        &dir.path().join("record.key"),
-    )
-    .unwrap();
-    group.bench_function("store_append", |b| b.iter(|| store.append(&batch).unwrap()));
+    let (mut group, batch, dir) = with_store_append(c, "record_commit_4_events", SMALL_COMMIT);
 
     // The bytes a block holds: each entry's stored form and payload, and the signed head.
     let signer = SigningKey::from_bytes(&[7; 32]);
