@@ -1,17 +1,21 @@
 //! What the record's layout costs (issue 25). Appends of 1,000 200-byte events per durable
-//! commit three ways, in one run:
+//! commit four ways, in one run:
 //!
-//! - `store_append`: the store as it is (one row per commit: a block, `blocks.rs`);
+//! - `store_append`: the store as it is (one row per commit: a block, `blocks.rs`; durable in
+//!   the journal, `journal.rs`, and in redb every half second);
+//! - `store_append_no_journal`: the same with `SLUICE_RECORD_JOURNAL=off` (each commit
+//!   durable in redb itself, as before the journal);
 //! - `two_rows_per_event`: the same chained, hashed and signed bytes (`link`) written as the
 //!   store wrote them before blocks (an entry row and a payload row per event), with the
 //!   commit's checkpoint, head and sessions row, also durably: the baseline;
 //! - `link_only`: chaining, hashing and signing alone, no storage (the floor).
 //!
 //! And what one small durable commit costs (4 events, as a strict PostgreSQL session's
-//! commits hold under load), three ways:
+//! commits hold under load), five ways:
 //!
-//! - `store_append`: the store as it is (the block, the sessions row, the checkpoint, the
-//!   head; redb rewrites about twelve scattered pages and syncs);
+//! - `store_append`: the store as it is (the commit's writes as one journal record, synced;
+//!   redb takes them without a sync), and `store_append_no_journal` (redb rewrites about
+//!   twelve scattered pages and syncs, for every commit);
 //! - `block_row_only`: the same linked bytes as one redb row with nothing else (the head kept
 //!   in the block: what dropping the checkpoint, head and sessions rows from the commit path
 //!   would leave);
@@ -69,12 +73,19 @@ fn with_store_append<'a>(
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(per_commit));
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &dir.path().join("record.redb"),
-        &dir.path().join("record.key"),
-    )
-    .unwrap();
-    group.bench_function("store_append", |b| b.iter(|| store.append(&batch).unwrap()));
+    for (name, journal) in [("store_append", true), ("store_append_no_journal", false)] {
+        let store_dir = dir.path().join(name);
+        std::fs::create_dir(&store_dir).unwrap();
+        let mut store = Store::open(
+            &store_dir.join("record.redb"),
+            &store_dir.join("record.key"),
+        )
+        .unwrap();
+        if !journal {
+            store = store.without_journal();
+        }
+        group.bench_function(name, |b| b.iter(|| store.append(&batch).unwrap()));
+    }
     (group, batch, dir)
 }
 

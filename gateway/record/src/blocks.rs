@@ -226,17 +226,9 @@ fn beyond(to: Bound<u64>, index: u64) -> bool {
     }
 }
 
-/// Changes to the log inside a write transaction: appending a block, and what a purge (or a
-/// test playing an attacker) does to entries already written.
+/// Changes to the log inside a write transaction (a block is appended by `apply_commit`): what
+/// a purge (or a test playing an attacker) does to entries already written.
 impl<'t> Log<redb::Table<'t, u64, &'static [u8]>> {
-    /// Stores `block` (built with [`put`]) ending with entry `last`.
-    pub fn append(&mut self, last: u64, block: &[u8]) -> Result<(), String> {
-        self.blocks_mut()?
-            .insert(last, block)
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
     fn blocks_mut(&mut self) -> Result<&mut redb::Table<'t, u64, &'static [u8]>, String> {
         self.blocks
             .as_mut()

@@ -24,6 +24,7 @@
 mod blocks;
 mod entry;
 mod head;
+mod journal;
 mod key;
 pub mod link;
 mod retention;
@@ -39,6 +40,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
+use journal::{Commit, Journal};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +174,10 @@ struct Tail {
     /// The last entry's index and hash; `None` before the first entry.
     last: Option<(u64, Hash)>,
     signer: SigningKey,
+    /// Where commits become durable before redb takes them (`journal.rs`); `None` when
+    /// turned off (`SLUICE_RECORD_JOURNAL=off`) or after it failed: redb's own durable commit
+    /// then, slower and as safe.
+    journal: Option<Journal>,
 }
 
 pub struct Store {
@@ -291,15 +297,54 @@ impl Store {
         let store = Store {
             db: RwLock::new(db),
             path: path.to_path_buf(),
-            tail: Mutex::new(Tail { last: None, signer }),
+            tail: Mutex::new(Tail {
+                last: None,
+                signer,
+                journal: None,
+            }),
             witness,
             appended: Condvar::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
         };
+        let journal = store.open_journal()?;
         let last = store.read_tail()?;
-        store.lock_tail().last = last;
+        let mut tail = store.lock_tail();
+        (tail.last, tail.journal) = (last, journal);
+        drop(tail);
         store.upgrade_sessions_index()?;
         Ok(store)
+    }
+
+    /// Applies the commits the journal holds and redb lost (an unclean stop), then starts
+    /// the journal over; `None` when it is turned off for new commits.
+    fn open_journal(&self) -> Result<Option<Journal>, RecordError> {
+        let io = |e: std::io::Error| RecordError::Io {
+            path: self.path.display().to_string(),
+            message: format!(
+                "the record's journal {}: {e} (it may hold the last commits: keep a copy before moving it aside)",
+                Journal::path_for(&self.path).display()
+            ),
+        };
+        let (mut journal, commits) = Journal::open(&self.path).map_err(io)?;
+        let replayed = guarded(&self.path, || {
+            replay_journal(&self.db(), commits).map_err(|e| self.corrupt(e))
+        })?;
+        if replayed > 0 {
+            tracing::warn!(
+                commits = replayed,
+                "the record stopped uncleanly: its last commits were applied from the journal"
+            );
+        }
+        journal.restart().map_err(io)?;
+        let off = std::env::var("SLUICE_RECORD_JOURNAL").is_ok_and(|v| v == "off");
+        Ok((!off).then_some(journal))
+    }
+
+    /// The same store committing durably in redb itself, each commit (as with
+    /// `SLUICE_RECORD_JOURNAL=off`): to measure what the journal saves.
+    pub fn without_journal(self) -> Store {
+        self.lock_tail().journal = None;
+        self
     }
 
     /// Brings the sessions index up to what this version derives from the chain: a store
@@ -411,9 +456,21 @@ impl Store {
     /// Closes the store file cleanly (redb marks it so), so the next start need not repair
     /// it. Every later call fails with an error: appends, reads, verify.
     pub fn close(&self) {
-        let _tail = self.lock_tail();
+        let mut tail = self.lock_tail();
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Everything durable in redb itself, so a store that stopped cleanly has an empty
+        // journal (nothing to apply, nothing to copy beside it).
+        let durable = guarded(&self.path, || {
+            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+            txn.commit().map_err(|e| self.corrupt(e))
+        });
+        match durable {
+            Ok(()) => {
+                with_journal(&mut tail.journal, Journal::restart);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot make the record durable at close"),
+        }
         match Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()) {
             // The file's database is dropped here; what stays answers nothing useful.
             Ok(closed) => drop_guarded(std::mem::replace(&mut *db, closed)),
@@ -480,17 +537,7 @@ impl Store {
             let db = self.db();
             let txn = db.begin_read().map_err(|e| self.corrupt(e))?;
             let log = self.log_read(&txn)?;
-            let Some(last) = log.last().map_err(|e| self.corrupt(e))? else {
-                return Ok(None);
-            };
-            let value = &last.stored;
-            if value.len() < 32 {
-                return Err(self.corrupt(format!("entry {} is truncated", last.index)));
-            }
-            let hash: Hash = value[value.len() - 32..]
-                .try_into()
-                .map_err(|e| self.corrupt(e))?;
-            Ok(Some((last.index, hash)))
+            tail_of(&log).map_err(|e| self.corrupt(e))
         })
     }
 
@@ -590,14 +637,46 @@ impl Store {
         let (indices, head) = guarded(&self.path, || {
             self.check_open()?;
             let db = self.db();
-            let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
+            let mut txn = db.begin_write().map_err(|e| self.corrupt(e))?;
             let signer = append.signer.unwrap_or(&tail.signer);
-            let written = self.write_entries(&txn, tail.last, &append, signer)?;
-            txn.commit().map_err(|e| self.corrupt(e))?;
-            Ok(written)
+            let (indices, commit) = self.prepare(&txn, tail.last, &append, signer)?;
+            apply_commit(&txn, &commit).map_err(|e| self.corrupt(e))?;
+            // Durable in the journal (one write and fdatasync), redb without an fsync; or,
+            // when a checkpoint is due, durable in redb and the journal starts over.
+            let journaled = with_journal(&mut tail.journal, |j| j.write(&commit)) == Some(true);
+            let made = if journaled {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| txn.commit().map_err(|e| e.to_string()))
+            } else {
+                txn.commit().map_err(|e| e.to_string())
+            };
+            match made {
+                Err(e) => {
+                    if journaled {
+                        with_journal(&mut tail.journal, Journal::take_back_unconfirmed);
+                    }
+                    return Err(self.corrupt(e));
+                }
+                Ok(()) if journaled => {
+                    if let Some(journal) = tail.journal.as_mut() {
+                        journal.confirm();
+                    }
+                }
+                Ok(()) => {
+                    with_journal(&mut tail.journal, Journal::restart);
+                }
+            }
+            Ok((indices, commit.head))
         })?;
         self.committed(tail, head);
         Ok(indices)
+    }
+
+    /// After a purge or a compaction (both durable in redb): the journal starts over with
+    /// nothing of what they deleted in it.
+    fn erase_journal(&self, tail: &mut Tail) {
+        with_journal(&mut tail.journal, Journal::erase);
     }
 
     /// After a commit: the chain's new end, the witness, and whoever follows the chain.
@@ -620,8 +699,21 @@ impl Store {
         append: &Append<'_>,
         signer: &SigningKey,
     ) -> Result<(Vec<u64>, Option<SignedHead>), RecordError> {
-        let mut log = self.log_in(txn)?;
-        let mut sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
+        let (indices, commit) = self.prepare(txn, last, append, signer)?;
+        apply_commit(txn, &commit).map_err(|e| self.corrupt(e))?;
+        Ok((indices, commit.head))
+    }
+
+    /// Chains the entries after `last` and says what the commit writes: one block for the
+    /// entries and their payloads, the sessions rows, the signed head.
+    fn prepare(
+        &self,
+        txn: &redb::WriteTransaction,
+        last: Option<(u64, Hash)>,
+        append: &Append<'_>,
+        signer: &SigningKey,
+    ) -> Result<(Vec<u64>, Commit), RecordError> {
+        let sessions = txn.open_table(SESSIONS).map_err(|e| self.corrupt(e))?;
         let linked = link::link(
             last,
             append.first,
@@ -648,27 +740,22 @@ impl Store {
             blocks::put(&mut block, row.index, &row.stored, Some(&row.payload));
             indices.push(row.index);
         }
-        if let Some(&last) = indices.last() {
-            log.append(last, &block).map_err(|e| self.corrupt(e))?;
-        }
+        let mut rows = Vec::with_capacity(linked.sessions.len());
         for summary in &linked.sessions {
             let bytes = serde_json::to_vec(summary).map_err(|e| self.corrupt(e))?;
-            sessions
-                .insert(summary.id.as_str(), bytes.as_slice())
-                .map_err(|e| self.corrupt(e))?;
+            rows.push((summary.id.clone(), bytes));
         }
-        let Some(head) = linked.head else {
-            return Ok((indices, None));
+        let commit = Commit {
+            last: indices.last().copied().unwrap_or_default(),
+            block: if indices.is_empty() {
+                Vec::new()
+            } else {
+                block
+            },
+            sessions: rows,
+            head: linked.head,
         };
-        let encoded = head.encode();
-        let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.corrupt(e))?;
-        checkpoints
-            .insert(head.index, encoded.as_slice())
-            .map_err(|e| self.corrupt(e))?;
-        let mut meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
-        meta.insert("head", encoded.as_slice())
-            .map_err(|e| self.corrupt(e))?;
-        Ok((indices, Some(head)))
+        Ok((indices, commit))
     }
 
     /// The index the next entry will get (the number of entries).
@@ -981,6 +1068,131 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
+/// Writes what `commit` holds into redb: the way an append and a replay from the journal
+/// write alike.
+fn apply_commit(txn: &redb::WriteTransaction, commit: &Commit) -> Result<(), String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    if !commit.block.is_empty() {
+        let mut blocks = txn.open_table(BLOCKS).map_err(|e| text(&e))?;
+        blocks
+            .insert(commit.last, commit.block.as_slice())
+            .map_err(|e| text(&e))?;
+    }
+    let mut sessions = txn.open_table(SESSIONS).map_err(|e| text(&e))?;
+    for (id, row) in &commit.sessions {
+        sessions
+            .insert(id.as_str(), row.as_slice())
+            .map_err(|e| text(&e))?;
+    }
+    let Some(head) = &commit.head else {
+        return Ok(());
+    };
+    let encoded = head.encode();
+    let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| text(&e))?;
+    checkpoints
+        .insert(head.index, encoded.as_slice())
+        .map_err(|e| text(&e))?;
+    let mut meta = txn.open_table(META).map_err(|e| text(&e))?;
+    meta.insert("head", encoded.as_slice())
+        .map_err(|e| text(&e))?;
+    Ok(())
+}
+
+/// The last entry's index and hash.
+fn tail_of<T: ReadableTable<u64, &'static [u8]>>(
+    log: &blocks::Log<T>,
+) -> Result<Option<(u64, Hash)>, String> {
+    let Some(last) = log.last()? else {
+        return Ok(None);
+    };
+    let hash = last
+        .stored
+        .len()
+        .checked_sub(32)
+        .and_then(|at| <Hash>::try_from(&last.stored[at..]).ok())
+        .ok_or_else(|| format!("entry {} is truncated", last.index))?;
+    Ok(Some((last.index, hash)))
+}
+
+/// Applies, in one durable commit, the journal's commits that `db` lacks (those past its last
+/// entry), after checking that each follows the chain's end and ends with a head the record
+/// key signed for its last entry. Returns how many it applied.
+fn replay_journal(db: &Database, commits: Vec<Commit>) -> Result<usize, String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let mut last = {
+        let log = blocks::Log {
+            rows: txn.open_table(ENTRIES).map_err(|e| e.to_string())?,
+            payloads: txn.open_table(PAYLOADS).map_err(|e| e.to_string())?,
+            blocks: Some(txn.open_table(BLOCKS).map_err(|e| e.to_string())?),
+        };
+        tail_of(&log)?
+    };
+    let mut applied = 0;
+    for commit in commits {
+        if commit.block.is_empty() || last.is_some_and(|(index, _)| commit.last <= index) {
+            continue; // redb has it (made durable before the stop)
+        }
+        let refuse = |why: &str| {
+            Err(format!(
+                "the journal's commit of entries up to {} {why}; the journal is kept as it is",
+                commit.last
+            ))
+        };
+        let items = blocks::decode(&commit.block)?;
+        let (Some(first), Some(newest)) = (items.first(), items.last()) else {
+            return refuse("is empty");
+        };
+        let entry = decode_stored(&first.stored)?;
+        let follows = entry.prev_hash == last.map_or(GENESIS, |(_, hash)| hash)
+            && last.is_none_or(|(index, _)| entry.index > index);
+        if !follows {
+            return refuse("does not follow the store's last entry");
+        }
+        let hash = newest
+            .stored
+            .len()
+            .checked_sub(32)
+            .and_then(|at| <Hash>::try_from(&newest.stored[at..]).ok());
+        let signed = commit.head.as_ref().is_some_and(|head| {
+            head.index == commit.last
+                && newest.index == commit.last
+                && Some(head.hash) == hash
+                && head.signature_holds()
+        });
+        let (true, Some(hash)) = (signed, hash) else {
+            return refuse("has no valid signed head for its last entry");
+        };
+        apply_commit(&txn, &commit)?;
+        last = Some((commit.last, hash));
+        applied += 1;
+    }
+    if applied > 0 {
+        txn.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(applied)
+}
+
+/// Runs `op` on the journal. An error turns the journal off until the next start: commits
+/// then go to redb durably, slower and as safe.
+fn with_journal<T>(
+    journal: &mut Option<Journal>,
+    op: impl FnOnce(&mut Journal) -> std::io::Result<T>,
+) -> Option<T> {
+    let open = journal.as_mut()?;
+    match op(open) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::error!(
+                journal = %open.path().display(),
+                error = %e,
+                "the record's journal failed; committing to the store directly until the next start"
+            );
+            *journal = None;
+            None
+        }
+    }
+}
+
 /// The session index is a derived view (the chain is the truth), kept up to date per commit.
 impl SessionSummary {
     /// The order sessions are listed in: newest first, then by id.
@@ -1125,15 +1337,21 @@ pub fn restore(
         .flatten()
         .max_by_key(|h| h.index);
     let mut replaced_moved_to = None;
+    let replaced_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     if path.exists() {
-        let aside = path.with_extension(format!(
-            "redb.replaced-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        ));
+        let aside = path.with_extension(format!("redb.replaced-{replaced_at}"));
         std::fs::rename(path, &aside).map_err(|e| io(format!("cannot move it aside: {e}")))?;
         replaced_moved_to = Some(aside);
+    }
+    // The journal holds the replaced store's last commits, not the backup's: it goes aside
+    // with it.
+    let journal = Journal::path_for(path);
+    if journal.exists() {
+        let aside = journal.with_extension(format!("journal.replaced-{replaced_at}"));
+        std::fs::rename(&journal, aside)
+            .map_err(|e| io(format!("cannot move the journal aside: {e}")))?;
     }
     let copying = path.with_extension("redb.restoring");
     std::fs::copy(backup, &copying)

@@ -152,6 +152,9 @@ impl Store {
             Ok((purged, head))
         })?;
         self.committed(&mut tail, head);
+        if !purged.is_empty() {
+            self.erase_journal(&mut tail);
+        }
         Ok(purged)
     }
 
@@ -262,6 +265,8 @@ impl Store {
             message: format!("compaction: {e}"),
         };
         self.check_open()?;
+        // The tail before the database, in the order appends take them.
+        let mut tail = self.lock_tail();
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         let bytes_before = std::fs::metadata(&self.path).map_err(io)?.len();
         let fresh = compacting_path(&self.path);
@@ -286,6 +291,7 @@ impl Store {
                 .map_err(io)?;
         }
         *db = open_db(&self.path).map_err(|e| self.corrupt(e))?;
+        self.erase_journal(&mut tail);
         let bytes_after = std::fs::metadata(&self.path).map_err(io)?.len();
         Ok(Compacted {
             bytes_before,

@@ -264,12 +264,19 @@ fn verify_repaired_copy(path: &Path, options: &VerifyOptions) -> VerifyReport {
     if let Err(e) = std::fs::copy(path, &copy) {
         return corrupt(None, format!("cannot copy the store to repair it: {e}"));
     }
-    match redb::Database::open(&copy) {
-        Ok(db) => VerifyReport {
-            repaired: true,
-            ..verify_db(&db, options)
-        },
-        Err(e) => corrupt(None, e),
+    let db = match redb::Database::open(&copy) {
+        Ok(db) => db,
+        Err(e) => return corrupt(None, e),
+    };
+    // What the gateway does at its next start: the commits only the journal holds (durable
+    // there, not yet in redb's file when it stopped) are applied, to the copy.
+    let journal = crate::journal::Journal::read_beside(path).map_err(|e| e.to_string());
+    if let Err(e) = journal.and_then(|commits| crate::replay_journal(&db, commits)) {
+        return corrupt(None, format!("the record's journal: {e}"));
+    }
+    VerifyReport {
+        repaired: true,
+        ..verify_db(&db, options)
     }
 }
 
