@@ -10,7 +10,8 @@
 #
 # Targets: direct, pgbouncer, sluice-async, sluice-strict, sluice-strict-pg (the default set)
 # and sluice-bare: async with no plugin on the connection, to tell the plugins' cost from
-# the relay's and the record's.
+# the relay's and the record's; sluice-strict-nojournal: strict with SLUICE_RECORD_JOURNAL=off
+# (each commit durable in redb itself, as before the record's journal).
 #
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
@@ -34,7 +35,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port); BARE=$(free_port)
-RECORD_PG=$(free_port); STRICT_PG=$(free_port)
+RECORD_PG=$(free_port); STRICT_PG=$(free_port); STRICT_NJ=$(free_port)
 mkdir -p "$work/pg" "$work/bouncer" "$work/record-pg"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$work/pg" "$work/bouncer" "$work/record-pg"
 cleanup() {
@@ -72,7 +73,7 @@ echo '"postgres" ""' > "$work/bouncer/users.txt"
 as_pg pgbouncer "$work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
-gateway() { # NAME MODE PORT [STORE-SETTINGS] [POLICIES]
+gateway() { # NAME MODE PORT [STORE-SETTINGS] [POLICIES] [ENVIRONMENT]
   mkdir -p "$work/$1"
   cat > "$work/$1/sluice.toml" <<EOF
 ${4:-}
@@ -90,7 +91,7 @@ upstream = "127.0.0.1:$PG"
 database = "postgres"
 user = "postgres"
 EOF
-  (cd "$work/$1" && exec "$SLUICE" serve >/dev/null 2>&1) &
+  (cd "$work/$1" && exec env ${6:-} "$SLUICE" serve >/dev/null 2>&1) &
   pids+=($!)
   proxy_pid[$1]=$!
 }
@@ -102,6 +103,8 @@ mkdir -p "$work/bare-policies"
 printf '[chains]\npg = []\n[roles.default]\nconnect = ["developers"]\n' >"$work/bare-policies/default.toml"
 gateway bare async "$BARE" "" "$work/bare-policies"
 gateway strict strict "$STRICT"
+# The same with every commit durable in redb itself, as before the record's journal.
+gateway strict-nojournal strict "$STRICT_NJ" "" "" SLUICE_RECORD_JOURNAL=off
 gateway strict-pg strict "$STRICT_PG" "[store]
 kind = \"postgres\"
 url = \"postgres://postgres@127.0.0.1:$RECORD_PG/postgres\"
@@ -109,7 +112,7 @@ node = \"bench\"
 cluster_key = \"$work/cluster.key\""
 for _ in $(seq 300); do # the first start compiles the plugins
   [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] &&
-    [ -s "$work/bare/data/dev-tokens.json" ] &&
+    [ -s "$work/bare/data/dev-tokens.json" ] && [ -s "$work/strict-nojournal/data/dev-tokens.json" ] &&
     [ -s "$work/strict-pg/data/dev-tokens.json" ] && break
   sleep 0.1
 done
@@ -117,6 +120,7 @@ sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
 BARE_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/bare/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
+STRICT_NJ_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-nojournal/data/dev-tokens.json")
 STRICT_PG_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-pg/data/dev-tokens.json")
 
 proxy_pid[pgbouncer]=$(pgrep -f "^pgbouncer $work/bouncer" || echo 0)
@@ -187,6 +191,7 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
       sluice-bare) run sluice-bare "${proxy_pid[bare]}" "$BARE" "$BARE_TOKEN" "${args[@]}" ;;
       sluice-strict) run sluice-strict "${proxy_pid[strict]}" "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
+      sluice-strict-nojournal) run sluice-strict-nj "${proxy_pid[strict-nojournal]}" "$STRICT_NJ" "$STRICT_NJ_TOKEN" "${args[@]}" ;;
       sluice-strict-pg) run sluice-strict-pg "${proxy_pid[strict-pg]}" "$STRICT_PG" "$STRICT_PG_TOKEN" "${args[@]}" ;;
     esac
   done

@@ -174,11 +174,6 @@ fn echo_as(gw: &Gateway, token: &str) -> (i32, String, String) {
     gw.run_as(Some(token), &["exec", "shell", "--", "echo", "hi"])
 }
 
-fn store_holds(gw: &Gateway, needle: &str) -> bool {
-    let raw = std::fs::read(gw.store()).unwrap();
-    raw.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
 #[test]
 fn machine_tokens_open_sessions_and_bad_tokens_open_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -644,7 +639,7 @@ fn roles_from_the_policy_decide_who_connects_reviews_and_reads() {
         "may not decide review",
         "may not verify the record",
     ] {
-        assert!(store_holds(&gw, refusal), "not recorded: {refusal}");
+        assert!(gw.store_holds(refusal), "not recorded: {refusal}");
     }
 }
 

@@ -287,11 +287,6 @@ fn psql_with_input(port: u16, token: &str, args: &[&str], stdin: &str) -> (i32, 
     )
 }
 
-fn store_holds(gw: &Gateway, needle: &str) -> bool {
-    let raw = std::fs::read(gw.store()).unwrap();
-    raw.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
 #[test]
 fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
     let cluster = Cluster::start("scram-sha-256");
@@ -395,11 +390,8 @@ fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
     assert!(err.contains("expired: no decision within 200 ms"), "{err}");
 
     // The record has statements and masked rows; no value, and never the upstream password.
-    assert!(store_holds(
-        &gw,
-        "SELECT id, name, email, card FROM customers ORDER BY id"
-    ));
-    assert!(store_holds(&gw, "[MASKED:email]"));
+    assert!(gw.store_holds("SELECT id, name, email, card FROM customers ORDER BY id"));
+    assert!(gw.store_holds("[MASKED:email]"));
     for secret in [
         "alice@example.com",
         "carol@example.com",
@@ -407,7 +399,7 @@ fn psql_works_through_the_gateway_with_rows_masked_and_statements_gated() {
         "123-45-6789",
         UPSTREAM_PASSWORD,
     ] {
-        assert!(!store_holds(&gw, secret), "the store holds {secret}");
+        assert!(!gw.store_holds(secret), "the store holds {secret}");
     }
     let (code, out, _) = gw.run(&["sessions", "--connection", "pg"], "");
     assert_eq!(code, 0);
@@ -630,8 +622,8 @@ fn plain_tcp_connections_are_byte_frames_through_the_chain_and_the_record() {
     drop(socket);
     let _ = child.kill();
     let _ = child.wait();
-    assert!(!store_holds(&gw, "4242 4242 4242 4242"));
-    assert!(!store_holds(&gw, "bob@example.com"));
+    assert!(!gw.store_holds("4242 4242 4242 4242"));
+    assert!(!gw.store_holds("bob@example.com"));
     let (_, out, _) = gw.run(&["sessions", "--connection", "lines"], "");
     assert_eq!(out.lines().count(), 2, "{out}");
 }
@@ -814,11 +806,11 @@ fn server_errors_and_notices_reach_the_client_masked_and_are_recorded() {
             !from_server.contains(value),
             "{value} reached the client: {err}"
         );
-        assert!(!store_holds(&gw, value), "{value} reached the record");
+        assert!(!gw.store_holds(value), "{value} reached the record");
     }
     // And recorded: the masked error texts are output frames of the session.
-    assert!(store_holds(&gw, "no customer [MASKED:email]"));
-    assert!(store_holds(&gw, "looking for [MASKED:email]"));
+    assert!(gw.store_holds("no customer [MASKED:email]"));
+    assert!(gw.store_holds("looking for [MASKED:email]"));
 }
 
 #[test]
@@ -891,8 +883,8 @@ fn what_cannot_be_framed_soundly_is_refused_and_recorded_and_copy_data_held_back
         &["sessions", "--connection", "pg"],
     );
     assert!(records.lines().count() >= 5, "{records}");
-    assert!(store_holds(&gw, "says [REDACTED]"));
-    assert!(store_holds(&gw, "fast-path function call: function OID"));
+    assert!(gw.store_holds("says [REDACTED]"));
+    assert!(gw.store_holds("fast-path function call: function OID"));
 }
 
 #[test]
@@ -1012,7 +1004,7 @@ fn what_a_plugin_held_is_recorded_when_the_tcp_client_closes_first() {
         recorded.contains("banner for [MASKED:email]"),
         "{recorded:?}"
     );
-    assert!(!store_holds(&gw, "bob@example.com"));
+    assert!(!gw.store_holds("bob@example.com"));
 }
 
 /// A query sleeping on `cluster`'s server, reached through the gateway on `port`, is canceled

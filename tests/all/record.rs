@@ -732,8 +732,10 @@ fn commits_the_store_lost_are_declared_at_open_and_verify_fails_unless_the_loss_
     store.append(&[event("s", 2, "frame", "and this")]).unwrap();
     drop(store);
     // What redb's repair does when the last commits' pages are damaged: the file comes back
-    // as it was some commits ago. The witness beside it still has the newest head.
+    // as it was some commits ago; and the journal that would bring them back is lost too. The
+    // witness beside it still has the newest head.
     std::fs::copy(&older, &path).unwrap();
+    std::fs::remove_file(path.with_extension("journal")).unwrap();
     let rolled = verify_store(&path, VerifyOptions::default());
     assert!(
         matches!(

@@ -313,6 +313,12 @@ fn verify_holds_online_and_offline_and_names_a_tampered_entry() {
     // Change one recorded payload in a copy, past the store's checks.
     let copy = gw.dir.path().join("data/copy.redb");
     std::fs::copy(store, &copy).unwrap();
+    // A store killed mid-run: its last commits are in its journal, which goes with the copy.
+    std::fs::copy(
+        gw.store().with_extension("journal"),
+        copy.with_extension("journal"),
+    )
+    .unwrap();
     sluice_record::tamper::tamper(&copy, |store| {
         let mut bytes = store.get(Log::Payloads, 2).unwrap();
         bytes.push(b'!');

@@ -611,11 +611,7 @@ fn retention_purges_expired_sessions_scrubs_the_file_and_verify_reports_the_rang
     gateway.restart();
 
     exec(&gateway, "echo retention-canary-$((6*7))x");
-    let canary = b"retention-canary-42x";
-    let file_has_canary = || {
-        let bytes = std::fs::read(gateway.store()).unwrap();
-        bytes.windows(canary.len()).any(|w| w == canary)
-    };
+    let file_has_canary = || gateway.store_holds("retention-canary-42x");
     assert!(
         file_has_canary(),
         "the session's output should be in the store"

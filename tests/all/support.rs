@@ -316,6 +316,18 @@ impl Gateway {
         self.dir.path().join("data/record.redb")
     }
 
+    /// Whether `needle` is anywhere in the record's files: the store and its journal (where a
+    /// commit is durable first, `gateway/record/src/journal.rs`).
+    pub fn store_holds(&self, needle: &str) -> bool {
+        let store = self.store();
+        [store.with_extension("journal"), store].iter().any(|path| {
+            std::fs::read(path).is_ok_and(|raw| {
+                raw.windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+        })
+    }
+
     pub fn client(&self) -> sluice_cli::client::Client {
         let ca = self.dir.path().join("data/tls/ca.pem");
         sluice_cli::client::Client::new(&self.addr, Some(self.user_token.clone()), Some(ca))

@@ -2,7 +2,7 @@
 //! commit four ways, in one run:
 //!
 //! - `store_append`: the store as it is (one row per commit: a block, `blocks.rs`; durable in
-//!   the journal, `journal.rs`, and in redb every half second);
+//!   the journal, `journal.rs`, and in redb every two seconds);
 //! - `store_append_no_journal`: the same with `SLUICE_RECORD_JOURNAL=off` (each commit
 //!   durable in redb itself, as before the journal);
 //! - `two_rows_per_event`: the same chained, hashed and signed bytes (`link`) written as the

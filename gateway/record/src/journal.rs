@@ -3,8 +3,9 @@
 //! A commit's writes (its block, the sessions rows it changes, its signed head) are appended
 //! here as one record and `fdatasync`'d; that is the moment the commit is durable. redb then
 //! takes the same writes without an fsync of its own (`Durability::None`), and is made durable
-//! by a plain commit every half second ([`CHECKPOINT_EVERY`]), when a record would not fit, and when the
-//! store closes; after each such commit the journal starts over. A redb commit writes a dozen
+//! by a plain commit when the journal's oldest record is two seconds old ([`CHECKPOINT_AFTER`]),
+//! when a record would not fit, and when the store closes; after each such commit the journal
+//! starts over. A redb commit writes a dozen
 //! pages in a dozen places and syncs them; a journal record is one write into a file whose
 //! blocks exist already, several times cheaper on the disks measured (`benches/RESULTS.md`).
 //!
@@ -35,16 +36,23 @@ const RECORDS_AT: u64 = 4096;
 const RECORD_HEAD: usize = 4 + 8 + 4 + 32;
 /// The journal's size at most; a commit that does not fit goes to redb durably.
 const CAPACITY: u64 = 32 << 20;
-/// How long commits may live only in the journal and redb's memory: bounds the work at the
-/// next open and the memory redb keeps for commits not yet durable in its file.
-/// `SLUICE_RECORD_CHECKPOINT_MS` sets another (tests that need commits to stay in the journal).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// A commit larger than this goes to redb durably too: its pages are mostly its own, written
+/// in sequence, so redb's fixed cost per commit (a dozen scattered pages) matters little and
+/// the journal would only write its bytes twice (measured: 1,000 events per commit are 9%
+/// slower through the journal, 4 events 2× faster; `benches/RESULTS.md`).
+const LARGE: usize = 128 << 10;
+/// The age of the journal's oldest record at which the next commit goes to redb durably
+/// instead: under load, redb becomes durable that often (its pages freed by commits not yet
+/// durable are reused only after), while sparse commits (a person typing) still go through
+/// the journal. `SLUICE_RECORD_CHECKPOINT_MS` sets another (tests that need commits to stay
+/// in the journal). The capacity bounds the work of a start after a crash.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
 
-fn checkpoint_every() -> Duration {
+fn checkpoint_after() -> Duration {
     std::env::var("SLUICE_RECORD_CHECKPOINT_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
-        .map_or(CHECKPOINT_EVERY, Duration::from_millis)
+        .map_or(CHECKPOINT_AFTER, Duration::from_millis)
 }
 
 /// What one commit writes into redb, so that the journal can hold it and apply it again.
@@ -133,9 +141,10 @@ pub(crate) struct Journal {
     /// taken back before anything else is written, so the journal never holds a commit the
     /// store did not make.
     unconfirmed: Option<u64>,
-    /// When redb was last made durable, and how often it must be.
-    checkpointed: Instant,
-    checkpoint_every: Duration,
+    /// When the oldest record of this epoch was written, and its age that calls for a
+    /// durable redb commit.
+    oldest: Option<Instant>,
+    checkpoint_after: Duration,
     /// The record being written, kept to reuse its allocation.
     buffer: Vec<u8>,
 }
@@ -163,8 +172,8 @@ impl Journal {
             epoch,
             end: RECORDS_AT,
             unconfirmed: None,
-            checkpointed: Instant::now(),
-            checkpoint_every: checkpoint_every(),
+            oldest: None,
+            checkpoint_after: checkpoint_after(),
             buffer: Vec::new(),
         };
         Ok((journal, commits))
@@ -186,7 +195,10 @@ impl Journal {
     /// and calls [`restart`](Journal::restart).
     pub fn write(&mut self, commit: &Commit) -> io::Result<bool> {
         self.take_back_unconfirmed()?;
-        if self.checkpointed.elapsed() >= self.checkpoint_every {
+        let due = self
+            .oldest
+            .is_some_and(|at| at.elapsed() >= self.checkpoint_after);
+        if due || commit.block.len() > LARGE {
             return Ok(false);
         }
         let mut record = std::mem::take(&mut self.buffer);
@@ -196,7 +208,7 @@ impl Journal {
         record.extend_from_slice(&[0; 4 + 32]);
         commit.encode(&mut record);
         let body_len = record.len() - RECORD_HEAD;
-        if self.end + record.len() as u64 > CAPACITY || u32::try_from(body_len).is_err() {
+        if body_len > LARGE || self.end + record.len() as u64 > CAPACITY {
             self.buffer = record;
             return Ok(false);
         }
@@ -204,6 +216,7 @@ impl Journal {
         record[12..16].copy_from_slice(&(body_len as u32).to_le_bytes());
         record[16..RECORD_HEAD].copy_from_slice(&sum);
         self.unconfirmed = Some(self.end);
+        self.oldest.get_or_insert_with(Instant::now);
         let written = self
             .file
             .write_all_at(&record, self.end)
@@ -236,7 +249,7 @@ impl Journal {
         self.file.sync_data()?;
         self.end = RECORDS_AT;
         self.unconfirmed = None;
-        self.checkpointed = Instant::now();
+        self.oldest = None;
         Ok(())
     }
 
@@ -384,6 +397,35 @@ mod tests {
         assert!(Journal::read_beside(&store).unwrap().is_empty());
     }
 
+    #[test]
+    fn an_old_journal_or_a_large_commit_sends_the_commit_to_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("record.redb");
+        let (mut journal, _) = Journal::open(&store).unwrap();
+        journal.checkpoint_after = Duration::from_millis(50);
+        // However long since the last checkpoint, the first record is journaled...
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(journal.write(&commit(1)).unwrap());
+        journal.confirm();
+        assert!(journal.write(&commit(2)).unwrap());
+        journal.confirm();
+        // ...and once it is old enough, the next commit goes to redb, until a restart.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while journal.write(&commit(3)).unwrap() {
+            journal.confirm();
+            assert!(Instant::now() < deadline, "never due");
+        }
+        journal.restart().unwrap();
+        assert!(journal.write(&commit(4)).unwrap());
+        journal.confirm();
+        let large = Commit {
+            block: vec![0; LARGE + 1],
+            ..commit(5)
+        };
+        assert!(!journal.write(&large).unwrap());
+        assert_eq!(Journal::read_beside(&store).unwrap(), vec![commit(4)]);
+    }
+
     use crate::{NewEvent, Store, VerifyOptions, kinds, verify_store};
 
     fn event(seq: u64) -> NewEvent {
@@ -517,6 +559,27 @@ mod tests {
             ..VerifyOptions::default()
         };
         assert!(store.verify(accepting).problem.is_none());
+    }
+
+    #[test]
+    fn a_journal_that_does_not_follow_the_store_is_refused_not_applied() {
+        let dir = crashed_store();
+        // Another store put in place of the crashed one by hand, its journal left behind.
+        let other = tempfile::tempdir().unwrap();
+        let other_path = other.path().join("record.redb");
+        let store = Store::open(&other_path, &other.path().join("record.key")).unwrap();
+        store.append(&[event(1), event(2)]).unwrap();
+        store.close();
+        drop(store);
+        let store_path = dir.path().join("record.redb");
+        std::fs::copy(&other_path, &store_path).unwrap();
+        let e = Store::open(&store_path, &other.path().join("record.key")).unwrap_err();
+        assert!(e.to_string().contains("does not follow"), "{e}");
+        assert!(e.to_string().contains("sluice store restore"), "{e}");
+        // Nothing was applied: the store holds what it held.
+        std::fs::remove_file(Journal::path_for(&store_path)).unwrap();
+        let store = Store::open(&store_path, &other.path().join("record.key")).unwrap();
+        assert_eq!(frames(&store), vec![1, 2]);
     }
 
     #[test]

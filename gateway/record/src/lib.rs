@@ -1134,7 +1134,7 @@ fn replay_journal(db: &Database, commits: Vec<Commit>) -> Result<usize, String> 
         }
         let refuse = |why: &str| {
             Err(format!(
-                "the journal's commit of entries up to {} {why}; the journal is kept as it is",
+                "the journal's commit of entries up to {} {why}; the journal is kept as it is (a store file put in place by hand needs its journal moved aside: `sluice store restore` does both)",
                 commit.last
             ))
         };

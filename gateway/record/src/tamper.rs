@@ -51,14 +51,17 @@ pub struct Tamper<'a> {
     txn: &'a WriteTransaction,
 }
 
-/// Opens the store at `path` (which nothing else may have open) and lets `change` edit it in
-/// one transaction, committed when `change` returns.
+/// Opens the store at `path` (which nothing else may have open; its journal applied) and lets
+/// `change` edit it in one transaction, committed when `change` returns.
 pub fn tamper(path: &Path, change: impl FnOnce(&Tamper)) -> Result<(), RecordError> {
     let fail = |e: &dyn std::fmt::Display| RecordError::Io {
         path: path.display().to_string(),
         message: format!("tamper: {e}"),
     };
     let db = Database::open(path).map_err(|e| fail(&e))?;
+    // The store as the gateway opens it: commits only its journal holds are applied first.
+    let commits = crate::journal::Journal::read_beside(path).map_err(|e| fail(&e))?;
+    crate::replay_journal(&db, commits).map_err(|e| fail(&e))?;
     let txn = db.begin_write().map_err(|e| fail(&e))?;
     change(&Tamper { txn: &txn });
     txn.commit().map_err(|e| fail(&e))
