@@ -38,9 +38,10 @@ const RECORD_HEAD: usize = 4 + 8 + 4 + 32;
 const CAPACITY: u64 = 32 << 20;
 /// A commit larger than this goes to redb durably too: its pages are mostly its own, written
 /// in sequence, so redb's fixed cost per commit (a dozen scattered pages) matters little and
-/// the journal would only write its bytes twice (measured: 1,000 events per commit are 9%
-/// slower through the journal, 4 events 2× faster; `benches/RESULTS.md`).
-const LARGE: usize = 128 << 10;
+/// the journal would only write its bytes twice (measured: 1,000 events per commit, 370 KB,
+/// were 9% slower through the journal, 4 events 2× faster; the threshold between is a choice
+/// no run has pinned down; `benches/RESULTS.md`).
+const LARGE: usize = 32 << 10;
 /// The age of the journal's oldest record at which the next commit goes to redb durably
 /// instead: under load, redb becomes durable that often (its pages freed by commits not yet
 /// durable are reused only after), while sparse commits (a person typing) still go through
