@@ -157,9 +157,8 @@ impl Journal {
     }
 
     /// Opens the journal beside `store` (creating it empty), with the commits it holds, in
-    /// order. The caller applies those redb lacks, makes redb durable and calls [`restart`].
-    ///
-    /// [`restart`]: Journal::restart
+    /// order. The caller applies those redb lacks, makes redb durable and calls
+    /// [`new_epoch`](Journal::new_epoch).
     pub fn open(store: &Path) -> io::Result<(Journal, Vec<Commit>)> {
         let path = Journal::path_for(store);
         if !path.exists() {
@@ -191,9 +190,9 @@ impl Journal {
         }
     }
 
-    /// Makes `commit` durable in the journal. `Ok(false)` when it is the time for a durable
-    /// redb commit instead (the journal is full or a checkpoint is due): the caller makes one
-    /// and calls [`restart`](Journal::restart).
+    /// Makes `commit` durable in the journal. `Ok(false)` when a durable redb commit should
+    /// take it instead (a checkpoint is due, the commit is large, or the journal is full):
+    /// the caller makes one and calls [`restart`](Journal::restart).
     pub fn write(&mut self, commit: &Commit) -> io::Result<bool> {
         self.take_back_unconfirmed()?;
         let due = self
@@ -243,8 +242,17 @@ impl Journal {
         Ok(())
     }
 
-    /// redb is durable with every commit the journal holds: start over, under a new epoch.
+    /// redb is durable with every commit the journal holds: start over. Nothing to do when
+    /// it holds none (a stream of large commits pays no second sync).
     pub fn restart(&mut self) -> io::Result<()> {
+        if self.end == RECORDS_AT && self.unconfirmed.is_none() {
+            return Ok(());
+        }
+        self.new_epoch()
+    }
+
+    /// Starts a new epoch: nothing the file holds counts any more.
+    pub fn new_epoch(&mut self) -> io::Result<()> {
         self.epoch += 1;
         self.file.write_all_at(&header(self.epoch), 0)?;
         self.file.sync_data()?;
@@ -254,10 +262,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Like [`restart`](Journal::restart), and the file is cut back to its header: a purge
+    /// A new epoch, and the file cut back to its header: a purge
     /// or a compaction leaves no copy of what it deleted in the journal either.
     pub fn erase(&mut self) -> io::Result<()> {
-        self.restart()?;
+        self.new_epoch()?;
         self.file.set_len(RECORDS_AT)?;
         self.file.sync_all()
     }
@@ -357,7 +365,7 @@ mod tests {
         drop(journal);
         let (mut journal, held) = Journal::open(&store).unwrap();
         assert_eq!(held, vec![commit(3), commit(7)]);
-        journal.restart().unwrap();
+        journal.new_epoch().unwrap();
         assert!(journal.write(&commit(9)).unwrap());
         journal.confirm();
         // The new epoch's record overwrote the first; the second one's bytes are still in the
@@ -417,6 +425,10 @@ mod tests {
             assert!(Instant::now() < deadline, "never due");
         }
         journal.restart().unwrap();
+        // Empty now: a restart has nothing to do (no second sync after a large commit).
+        let epoch = journal.epoch;
+        journal.restart().unwrap();
+        assert_eq!(journal.epoch, epoch);
         assert!(journal.write(&commit(4)).unwrap());
         journal.confirm();
         let large = Commit {

@@ -335,7 +335,7 @@ impl Store {
                 "the record stopped uncleanly: its last commits were applied from the journal"
             );
         }
-        journal.restart().map_err(io)?;
+        journal.new_epoch().map_err(io)?;
         let off = std::env::var("SLUICE_RECORD_JOURNAL").is_ok_and(|v| v == "off");
         Ok((!off).then_some(journal))
     }
