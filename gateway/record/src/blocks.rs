@@ -24,6 +24,8 @@ use std::ops::{Bound, RangeBounds};
 
 use redb::{ReadableTable, TableDefinition};
 
+use crate::entry::Hash;
+
 pub(crate) const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 
 const BLOCK_VERSION: u8 = 2;
@@ -37,6 +39,17 @@ pub struct Held {
     pub stored: Vec<u8>,
     /// Nonce and payload; `None` once purged (or deleted).
     pub payload: Option<Vec<u8>>,
+}
+
+impl Held {
+    /// The entry's hash, stored after its encoding.
+    pub fn hash(&self) -> Result<Hash, String> {
+        self.stored
+            .len()
+            .checked_sub(32)
+            .and_then(|at| Hash::try_from(&self.stored[at..]).ok())
+            .ok_or_else(|| format!("entry {} is truncated", self.index))
+    }
 }
 
 /// A block's bytes.
@@ -410,7 +423,8 @@ impl<'t> Log<redb::Table<'t, u64, &'static [u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewEvent, Store, VerifyOptions};
+    use crate::test_events::frame as event;
+    use crate::{Store, VerifyOptions};
     use redb::ReadableTableMetadata;
 
     fn held(index: u64, payload: Option<&[u8]>) -> Held {
@@ -440,17 +454,6 @@ mod tests {
         assert!(decode(&[1]).is_err(), "an unknown layout");
         let backwards = encode(&[held(9, None), held(8, None)]);
         assert!(decode(&backwards).unwrap_err().contains("out of order"));
-    }
-
-    fn event(seq: u64) -> NewEvent {
-        NewEvent {
-            session: "s-1".into(),
-            seq,
-            kind: "frame".into(),
-            time_ms: 1_764_000_000_000 + seq,
-            meta: "{}".into(),
-            payload: format!("payload {seq}").into_bytes(),
-        }
     }
 
     /// A store written in layout 1 (two rows per entry) goes on in blocks: read, listed,

@@ -439,27 +439,19 @@ mod tests {
         assert_eq!(Journal::read_beside(&store).unwrap(), vec![commit(4)]);
     }
 
-    use crate::{NewEvent, Store, VerifyOptions, kinds, verify_store};
-
-    fn event(seq: u64) -> NewEvent {
-        NewEvent {
-            session: "s-1".into(),
-            seq,
-            kind: "frame".into(),
-            time_ms: 1_764_000_000_000 + seq,
-            meta: "{}".into(),
-            payload: format!("payload {seq}").into_bytes(),
-        }
-    }
+    use crate::test_events::frame as event;
+    use crate::{Store, VerifyOptions, kinds, verify_store};
 
     const COMMITS: u64 = 40;
+    /// Set in the process a crash test starts to play the gateway that crashes.
+    const CRASH_DIR: &str = "SLUICE_JOURNAL_CRASH_DIR";
 
-    /// Not a test of its own: the process the crash tests kill. It commits `COMMITS` groups
-    /// of three events and dies without closing anything, as a gateway killed by SIGKILL.
-    #[test]
-    #[ignore = "run by the crash tests in a process of its own"]
-    fn crash_child() {
-        let Ok(dir) = std::env::var("SLUICE_JOURNAL_CRASH_DIR") else {
+    /// In the process `crashed_store` starts (this test binary again, running only the test
+    /// that started it): commits `COMMITS` groups of three events into the folder it was
+    /// given and dies without closing anything, as a gateway killed by SIGKILL. In the test's
+    /// own process, does nothing.
+    fn crash_here_if_child() {
+        let Ok(dir) = std::env::var(CRASH_DIR) else {
             return;
         };
         let dir = Path::new(&dir);
@@ -471,17 +463,13 @@ mod tests {
         std::process::exit(0);
     }
 
-    /// Runs `crash_child` in a process of its own over a fresh folder; returns the folder.
-    fn crashed_store() -> tempfile::TempDir {
+    /// Runs `test` (which starts with `crash_here_if_child`) in a process of its own over a
+    /// fresh folder, where it crashes; returns the folder.
+    fn crashed_store(test: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "journal::tests::crash_child",
-                "--quiet",
-            ])
-            .env("SLUICE_JOURNAL_CRASH_DIR", dir.path())
+            .args(["--exact", &format!("journal::tests::{test}"), "--quiet"])
+            .env(CRASH_DIR, dir.path())
             // No checkpoint while it runs: every commit after the first lives in the journal
             // and redb's memory only.
             .env("SLUICE_RECORD_CHECKPOINT_MS", "600000")
@@ -504,7 +492,8 @@ mod tests {
 
     #[test]
     fn commits_only_the_journal_held_come_back_after_a_crash() {
-        let dir = crashed_store();
+        crash_here_if_child();
+        let dir = crashed_store("commits_only_the_journal_held_come_back_after_a_crash");
         let store_path = dir.path().join("record.redb");
         // redb's file alone lost what was committed after its last durable commit...
         let bare = tempfile::tempdir().unwrap();
@@ -542,7 +531,8 @@ mod tests {
 
     #[test]
     fn a_journal_cut_short_loses_only_its_last_commit_and_says_so() {
-        let dir = crashed_store();
+        crash_here_if_child();
+        let dir = crashed_store("a_journal_cut_short_loses_only_its_last_commit_and_says_so");
         let store_path = dir.path().join("record.redb");
         // The last record torn, as if the machine lost power during its write: that commit
         // was never acknowledged, but the witness file may name it. Here it does (the child
@@ -576,7 +566,8 @@ mod tests {
 
     #[test]
     fn a_journal_that_does_not_follow_the_store_is_refused_not_applied() {
-        let dir = crashed_store();
+        crash_here_if_child();
+        let dir = crashed_store("a_journal_that_does_not_follow_the_store_is_refused_not_applied");
         // Another store put in place of the crashed one by hand, its journal left behind.
         let other = tempfile::tempdir().unwrap();
         let other_path = other.path().join("record.redb");

@@ -518,11 +518,7 @@ impl Store {
 
     /// The log (both layouts) in a write transaction.
     fn log_in<'t>(&self, txn: &'t redb::WriteTransaction) -> Result<WriteLog<'t>, RecordError> {
-        Ok(blocks::Log {
-            rows: txn.open_table(ENTRIES).map_err(|e| self.corrupt(e))?,
-            payloads: txn.open_table(PAYLOADS).map_err(|e| self.corrupt(e))?,
-            blocks: Some(txn.open_table(BLOCKS).map_err(|e| self.corrupt(e))?),
-        })
+        write_log(txn).map_err(|e| self.corrupt(e))
     }
 
     fn corrupt(&self, e: impl std::fmt::Display) -> RecordError {
@@ -550,13 +546,7 @@ impl Store {
             let Some(held) = log.get(index).map_err(|e| self.corrupt(e))? else {
                 return Ok(None);
             };
-            let value = &held.stored;
-            let hash = value
-                .len()
-                .checked_sub(32)
-                .and_then(|at| <Hash>::try_from(&value[at..]).ok());
-            hash.map(Some)
-                .ok_or_else(|| self.corrupt(format!("entry {index} is truncated")))
+            held.hash().map(Some).map_err(|e| self.corrupt(e))
         })
     }
 
@@ -747,11 +737,7 @@ impl Store {
         }
         let commit = Commit {
             last: indices.last().copied().unwrap_or_default(),
-            block: if indices.is_empty() {
-                Vec::new()
-            } else {
-                block
-            },
+            block,
             sessions: rows,
             head: linked.head,
         };
@@ -1071,30 +1057,29 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
 /// Writes what `commit` holds into redb: the way an append and a replay from the journal
 /// write alike.
 fn apply_commit(txn: &redb::WriteTransaction, commit: &Commit) -> Result<(), String> {
-    let text = |e: &dyn std::fmt::Display| e.to_string();
     if !commit.block.is_empty() {
-        let mut blocks = txn.open_table(BLOCKS).map_err(|e| text(&e))?;
+        let mut blocks = txn.open_table(BLOCKS).map_err(|e| e.to_string())?;
         blocks
             .insert(commit.last, commit.block.as_slice())
-            .map_err(|e| text(&e))?;
+            .map_err(|e| e.to_string())?;
     }
-    let mut sessions = txn.open_table(SESSIONS).map_err(|e| text(&e))?;
+    let mut sessions = txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
     for (id, row) in &commit.sessions {
         sessions
             .insert(id.as_str(), row.as_slice())
-            .map_err(|e| text(&e))?;
+            .map_err(|e| e.to_string())?;
     }
     let Some(head) = &commit.head else {
         return Ok(());
     };
     let encoded = head.encode();
-    let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| text(&e))?;
+    let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
     checkpoints
         .insert(head.index, encoded.as_slice())
-        .map_err(|e| text(&e))?;
-    let mut meta = txn.open_table(META).map_err(|e| text(&e))?;
+        .map_err(|e| e.to_string())?;
+    let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
     meta.insert("head", encoded.as_slice())
-        .map_err(|e| text(&e))?;
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -1105,13 +1090,16 @@ fn tail_of<T: ReadableTable<u64, &'static [u8]>>(
     let Some(last) = log.last()? else {
         return Ok(None);
     };
-    let hash = last
-        .stored
-        .len()
-        .checked_sub(32)
-        .and_then(|at| <Hash>::try_from(&last.stored[at..]).ok())
-        .ok_or_else(|| format!("entry {} is truncated", last.index))?;
-    Ok(Some((last.index, hash)))
+    Ok(Some((last.index, last.hash()?)))
+}
+
+/// The log (both layouts) in a write transaction.
+fn write_log(txn: &redb::WriteTransaction) -> Result<WriteLog<'_>, redb::TableError> {
+    Ok(blocks::Log {
+        rows: txn.open_table(ENTRIES)?,
+        payloads: txn.open_table(PAYLOADS)?,
+        blocks: Some(txn.open_table(BLOCKS)?),
+    })
 }
 
 /// Applies, in one durable commit, the journal's commits that `db` lacks (those past its last
@@ -1119,14 +1107,7 @@ fn tail_of<T: ReadableTable<u64, &'static [u8]>>(
 /// key signed for its last entry. Returns how many it applied.
 fn replay_journal(db: &Database, commits: Vec<Commit>) -> Result<usize, String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
-    let mut last = {
-        let log = blocks::Log {
-            rows: txn.open_table(ENTRIES).map_err(|e| e.to_string())?,
-            payloads: txn.open_table(PAYLOADS).map_err(|e| e.to_string())?,
-            blocks: Some(txn.open_table(BLOCKS).map_err(|e| e.to_string())?),
-        };
-        tail_of(&log)?
-    };
+    let mut last = tail_of(&write_log(&txn).map_err(|e| e.to_string())?)?;
     let mut applied = 0;
     for commit in commits {
         if commit.block.is_empty() || last.is_some_and(|(index, _)| commit.last <= index) {
@@ -1148,20 +1129,16 @@ fn replay_journal(db: &Database, commits: Vec<Commit>) -> Result<usize, String> 
         if !follows {
             return refuse("does not follow the store's last entry");
         }
-        let hash = newest
-            .stored
-            .len()
-            .checked_sub(32)
-            .and_then(|at| <Hash>::try_from(&newest.stored[at..]).ok());
+        let hash = newest.hash()?;
         let signed = commit.head.as_ref().is_some_and(|head| {
             head.index == commit.last
                 && newest.index == commit.last
-                && Some(head.hash) == hash
+                && head.hash == hash
                 && head.signature_holds()
         });
-        let (true, Some(hash)) = (signed, hash) else {
+        if !signed {
             return refuse("has no valid signed head for its last entry");
-        };
+        }
         apply_commit(&txn, &commit)?;
         last = Some((commit.last, hash));
         applied += 1;
@@ -1189,6 +1166,22 @@ fn with_journal<T>(
             );
             *journal = None;
             None
+        }
+    }
+}
+
+/// Events for the crate's tests.
+#[cfg(test)]
+mod test_events {
+    /// Frame `seq` of session `s-1`, payload `payload SEQ`.
+    pub fn frame(seq: u64) -> super::NewEvent {
+        super::NewEvent {
+            session: "s-1".into(),
+            seq,
+            kind: "frame".into(),
+            time_ms: 1_764_000_000_000 + seq,
+            meta: "{}".into(),
+            payload: format!("payload {seq}").into_bytes(),
         }
     }
 }
