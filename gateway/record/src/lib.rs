@@ -459,8 +459,8 @@ impl Store {
         let mut tail = self.lock_tail();
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        // Everything durable in redb itself, so a store that stopped cleanly has an empty
-        // journal (nothing to apply, nothing to copy beside it).
+        // Everything durable in redb itself, so the journal of a store that stopped cleanly
+        // holds no commit (a new epoch: nothing to apply, nothing to copy beside it).
         let durable = guarded(&self.path, || {
             let txn = db.begin_write().map_err(|e| self.corrupt(e))?;
             txn.commit().map_err(|e| self.corrupt(e))
