@@ -11,7 +11,9 @@
 # Targets: direct, pgbouncer, sluice-async, sluice-strict, sluice-strict-pg (the default set)
 # and sluice-bare: async with no plugin on the connection, to tell the plugins' cost from
 # the relay's and the record's; sluice-strict-nojournal: strict with SLUICE_RECORD_JOURNAL=off
-# (each commit durable in redb itself, as before the record's journal).
+# (each commit durable in redb itself, as before the record's journal);
+# sluice-async-noprescreen: async with SLUICE_PLUGIN_PRESCREEN=off (the plugins called with
+# every frame of their interest, as before plugins declared prescreens).
 #
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
@@ -35,7 +37,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port); BARE=$(free_port)
-RECORD_PG=$(free_port); STRICT_PG=$(free_port); STRICT_NJ=$(free_port)
+RECORD_PG=$(free_port); STRICT_PG=$(free_port); STRICT_NJ=$(free_port); ASYNC_NP=$(free_port)
 mkdir -p "$work/pg" "$work/bouncer" "$work/record-pg"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$work/pg" "$work/bouncer" "$work/record-pg"
 cleanup() {
@@ -98,6 +100,8 @@ EOF
 declare -A proxy_pid
 for key in cluster connections; do head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/$key.key"; done
 gateway async async "$ASYNC"
+# The same with the plugins called on every frame of their interest (no prescreens run).
+gateway async-noprescreen async "$ASYNC_NP" "" "" SLUICE_PLUGIN_PRESCREEN=off
 # The same with no plugin on the connection: what the relay and the record cost alone.
 mkdir -p "$work/bare-policies"
 printf '[chains]\npg = []\n[roles.default]\nconnect = ["developers"]\n' >"$work/bare-policies/default.toml"
@@ -113,11 +117,13 @@ cluster_key = \"$work/cluster.key\""
 for _ in $(seq 300); do # the first start compiles the plugins
   [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] &&
     [ -s "$work/bare/data/dev-tokens.json" ] && [ -s "$work/strict-nojournal/data/dev-tokens.json" ] &&
-    [ -s "$work/strict-pg/data/dev-tokens.json" ] && break
+    [ -s "$work/strict-pg/data/dev-tokens.json" ] &&
+    [ -s "$work/async-noprescreen/data/dev-tokens.json" ] && break
   sleep 0.1
 done
 sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
+ASYNC_NP_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async-noprescreen/data/dev-tokens.json")
 BARE_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/bare/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
 STRICT_NJ_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-nojournal/data/dev-tokens.json")
@@ -189,6 +195,7 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
       direct) run direct 0 "$PG" "" "${args[@]}" ;;
       pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
+      sluice-async-noprescreen) run sluice-async-np "${proxy_pid[async-noprescreen]}" "$ASYNC_NP" "$ASYNC_NP_TOKEN" "${args[@]}" ;;
       sluice-bare) run sluice-bare "${proxy_pid[bare]}" "$BARE" "$BARE_TOKEN" "${args[@]}" ;;
       sluice-strict) run sluice-strict "${proxy_pid[strict]}" "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
       sluice-strict-nojournal) run sluice-strict-nj "${proxy_pid[strict-nojournal]}" "$STRICT_NJ" "$STRICT_NJ_TOKEN" "${args[@]}" ;;

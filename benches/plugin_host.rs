@@ -3,6 +3,8 @@
 //! Issue 18: the same filter in Rust, Python and JavaScript (`benches/languages.sh` builds
 //! them from `sluice plugin new` and names them in SLUICE_BENCH_PLUGINS).
 //!
+//! Issue 25: a pgbench transaction through the shipped chain, with and without prescreens.
+//!
 //! cargo bench -p sluice --bench plugin_host
 
 #![allow(clippy::unwrap_used)]
@@ -15,6 +17,7 @@ use sluice_core::frame::{Content, Direction, Frame, SessionInfo};
 use sluice_engine::chain::Chain;
 use sluice_engine::policy::{PluginSpec, Source, World};
 use sluice_plugin_host::{CacheOutcome, HostConfig, PluginHost};
+use sluice_plugin_sdk::prescreen::Screen;
 
 fn passthrough() -> PluginSpec {
     PluginSpec::standalone(
@@ -129,7 +132,13 @@ fn load_plugin(c: &mut Criterion) {
 fn pg_transaction(c: &mut Criterion) {
     sluice_plugin_host::builtin::provide(sluice_builtins::ALL);
     let host = PluginHost::new(HostConfig::default()).unwrap();
-    let spec = |name: &str, builtin: &str, config: &str| {
+    // The baseline: the same plugins called with every frame of their interest.
+    let unscreened = PluginHost::new(HostConfig {
+        prescreen: false,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let spec = |host: &PluginHost, name: &str, builtin: &str, config: &str| {
         let spec = PluginSpec::standalone(
             name,
             Source::Builtin(builtin.into()),
@@ -138,12 +147,12 @@ fn pg_transaction(c: &mut Criterion) {
         );
         host.load(&spec).unwrap()
     };
-    let gate = spec("sql-gate", "approve", r#"{"rules":["sql"]}"#);
-    let mask = spec(
-        "mask",
-        "mask",
-        r#"{"detectors":["default"],"style":"label","styles":{"card":"keep-last"}}"#,
-    );
+    const GATE: &str = r#"{"rules":["sql"]}"#;
+    const MASK: &str = r#"{"detectors":["default"],"style":"label","styles":{"card":"keep-last"}}"#;
+    let gate = spec(&host, "sql-gate", "approve", GATE);
+    let mask = spec(&host, "mask", "mask", MASK);
+    let gate_unscreened = spec(&unscreened, "sql-gate", "approve", GATE);
+    let mask_unscreened = spec(&unscreened, "mask", "mask", MASK);
     let frames = [
         (
             Direction::ClientToTarget,
@@ -184,6 +193,10 @@ fn pg_transaction(c: &mut Criterion) {
         ("sql-gate", vec![gate.clone()]),
         ("mask", vec![mask.clone()]),
         ("sql-gate+mask", vec![gate.clone(), mask.clone()]),
+        (
+            "sql-gate+mask/no-prescreen",
+            vec![gate_unscreened.clone(), mask_unscreened.clone()],
+        ),
     ] {
         let mut chain = Chain::new(&plugins, &session()).unwrap();
         group.bench_function(label, |b| b.iter(|| transaction(&mut chain)));
@@ -202,6 +215,10 @@ fn pg_transaction(c: &mut Criterion) {
     for (label, plugins) in [
         ("none", vec![]),
         ("sql-gate+mask", vec![gate.clone(), mask.clone()]),
+        (
+            "sql-gate+mask/no-prescreen",
+            vec![gate_unscreened.clone(), mask_unscreened.clone()],
+        ),
     ] {
         let mut chain = Chain::new(&plugins, &session()).unwrap();
         group.bench_function(format!("cold/{label}"), |b| {
@@ -212,7 +229,12 @@ fn pg_transaction(c: &mut Criterion) {
         });
     }
     for (i, name) in ["statement", "columns", "row"].iter().enumerate() {
-        for (label, plugin) in [("sql-gate", &gate), ("mask", &mask)] {
+        for (label, plugin) in [
+            ("sql-gate", &gate),
+            ("mask", &mask),
+            ("sql-gate/no-prescreen", &gate_unscreened),
+            ("mask/no-prescreen", &mask_unscreened),
+        ] {
             let mut chain = Chain::new(std::slice::from_ref(plugin), &session()).unwrap();
             let (direction, content) = &frames[i];
             group.bench_function(format!("{label}/{name}"), |b| {
@@ -228,6 +250,21 @@ fn pg_transaction(c: &mut Criterion) {
             });
         }
     }
+    // What the prescreen itself costs: the masker's (every default detector's pattern)
+    // compiled, as the host does once per plugin, and run on the transaction's row.
+    let prescreen = mask
+        .filter_instance(&session())
+        .unwrap()
+        .interest()
+        .prescreen
+        .unwrap();
+    group.bench_function("prescreen/mask-compile", |b| {
+        b.iter(|| black_box(Screen::new(&prescreen).unwrap()))
+    });
+    let screen = Screen::new(&prescreen).unwrap();
+    group.bench_function("prescreen/mask-row", |b| {
+        b.iter(|| black_box(screen.admits(&frames[2].1)))
+    });
     group.finish();
 }
 

@@ -68,11 +68,17 @@ export function text(content) {
 // gateway may then replace the instance with a fresh one between calls, which it does before
 // memory the engine keeps per call reaches the plugin's limit. Leave it false for a plugin
 // that keeps anything between frames (buffered bytes, counters).
+//
+// `prescreen: { kinds, patterns }` keeps frames of those kinds from the plugin unless one of
+// the patterns (Rust regex syntax, ASCII classes; `literal(text)` escapes a word) matches one
+// of their texts: the gateway runs the test natively, so frames the plugin cannot act on cost
+// no call. Name only what every frame the plugin acts on contains.
 export class Interest {
-  constructor({ clientToTarget = [], targetToClient = [], stateless = false } = {}) {
+  constructor({ clientToTarget = [], targetToClient = [], stateless = false, prescreen } = {}) {
     this.clientToTarget = clientToTarget;
     this.targetToClient = targetToClient;
     this.stateless = stateless;
+    this.prescreen = prescreen;
   }
   static all() {
     const every = Object.values(Kind);
@@ -82,6 +88,11 @@ export class Interest {
     const kinds = direction === Direction.CLIENT_TO_TARGET ? this.clientToTarget : this.targetToClient;
     return kinds.includes(kind);
   }
+}
+
+// `text` as a prescreen pattern that matches it literally.
+export function literal(text) {
+  return text.replace(/[\\.+*?()|[\]{}^$#&\-~]/g, '\\$&');
 }
 
 export class Verdict {
@@ -136,7 +147,9 @@ export class Filter {
   flush(direction) { return undefined; }
 }
 
-// Native tests: drive a Filter the way the gateway does.
+// Native tests: drive a Filter the way the gateway does. A prescreen is not applied: the
+// plugin must be right on every frame of its interest by itself (`sluice plugin run` applies
+// it as the gateway does).
 export class FilterHarness {
   constructor(Plugin, config = {}, kind = SessionKind.EXEC_SCRIPT) {
     const session = { id: 'test-session', connection: 'test', protocol: kind.protocol };
@@ -187,6 +200,10 @@ export function exportFilter(Plugin) {
           clientToTarget: interest.clientToTarget,
           targetToClient: interest.targetToClient,
           stateless: Boolean(interest.stateless),
+          prescreen: interest.prescreen && {
+            kinds: [...interest.prescreen.kinds],
+            patterns: interest.prescreen.patterns.map(String),
+          },
         };
       } catch (error) {
         // The result's error case: the session (or the config) is refused with this text.

@@ -33,7 +33,8 @@ from typing import List, Optional, Tuple
 __all__ = [
     "Direction", "Kind", "CellFormat", "Column", "Statement", "FileChunk", "ToolCall",
     "ToolResult", "HttpRequest", "HttpResponse", "Content", "Frame", "Interest", "Verdict",
-    "Identity", "SessionInfo", "SessionKind", "Filter", "export_filter", "log",
+    "Identity", "SessionInfo", "SessionKind", "Filter", "export_filter", "log", "Prescreen",
+    "literal",
 ]
 
 
@@ -179,6 +180,21 @@ class Frame:
 
 
 @dataclass
+class Prescreen:
+    """Frames of `kinds` reach the plugin only when one of `patterns` (Rust regex syntax,
+    ASCII classes; `literal(text)` escapes a word) matches one of their texts. The gateway
+    runs the test natively, so frames the plugin cannot act on cost no call: name only what
+    every frame the plugin acts on contains."""
+    kinds: List[Kind]
+    patterns: List[str]
+
+
+def literal(text: str) -> str:
+    """`text` as a prescreen pattern that matches it literally."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$#&-~" else c for c in text)
+
+
+@dataclass
 class Interest:
     """The frames a filter wants; the gateway passes the others on without a call.
 
@@ -189,6 +205,7 @@ class Interest:
     client_to_target: List[Kind] = field(default_factory=list)
     target_to_client: List[Kind] = field(default_factory=list)
     stateless: bool = False
+    prescreen: Optional[Prescreen] = None
 
     @staticmethod
     def all() -> "Interest":

@@ -117,8 +117,10 @@ def filter_world(cls):
                 raise Err(f"{type(error).__name__}: {error}")
             t = _types()
             kinds = lambda ks: [t.ContentKind[k.name] for k in ks]
+            p = interest.prescreen
+            prescreen = t.Prescreen(kinds(p.kinds), [str(x) for x in p.patterns]) if p else None
             return t.Interest(kinds(interest.client_to_target), kinds(interest.target_to_client),
-                              bool(interest.stateless))
+                              bool(interest.stateless), prescreen)
 
         def on_frame(self, frame):
             try:

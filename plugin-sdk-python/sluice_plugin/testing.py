@@ -1,5 +1,7 @@
 """Drive a Filter the way the gateway does, natively (no Wasm): frames numbered per
-direction, frames outside the plugin's interest passed without a call."""
+direction, frames outside the plugin's interest passed without a call. A prescreen is not
+applied: the plugin must be right on every frame of its interest by itself (`sluice plugin
+run` applies it as the gateway does)."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ pub mod sink {
         export_macro_name: "__export_sink_world",
         default_bindings_module: "sluice_plugin_sdk::__wasm::sink",
         with: {
-            "sluice:plugin/types@0.3.0": crate::__wasm::filter::sluice::plugin::types,
-            "sluice:plugin/log@0.3.0": crate::__wasm::filter::sluice::plugin::log,
+            "sluice:plugin/types@0.4.0": crate::__wasm::filter::sluice::plugin::types,
+            "sluice:plugin/log@0.4.0": crate::__wasm::filter::sluice::plugin::log,
         },
     });
 }

@@ -8,11 +8,16 @@
 #[macro_export]
 macro_rules! __impl_contract_conversions {
     () => {
+        $crate::__impl_contract_conversions!(@since_0_3);
+        $crate::__impl_contract_conversions!(@record Interest { client_to_target(each), target_to_client(each), stateless, prescreen(opt) });
+        $crate::__impl_contract_conversions!(@record Prescreen { kinds(each), patterns });
+    };
+    // What 0.4.0 kept of 0.3.0: everything but the interest.
+    (@since_0_3) => {
         $crate::__impl_contract_conversions!(@shared);
         $crate::__impl_contract_conversions!(@enum ContentKind {
             Bytes, Line, Statement, Columns, Row, File, ToolCall, ToolResult, HttpRequest, HttpResponse
         });
-        $crate::__impl_contract_conversions!(@record Interest { client_to_target(each), target_to_client(each), stateless });
         $crate::__impl_contract_conversions!(@record FileChunk { path, offset, data, size, digest });
         $crate::__impl_contract_conversions!(@record ToolCall { server, tool, id, arguments });
         $crate::__impl_contract_conversions!(@record ToolResult { server, tool, id, output, is_error });
@@ -55,7 +60,7 @@ macro_rules! __impl_contract_conversions {
         }
     };
     // What no version of the contract changed: shared with the bindings of earlier versions
-    // (the gateway still loads 0.2.0 plugins).
+    // (the gateway still loads 0.2.0 and 0.3.0 plugins).
     (@shared) => {
         $crate::__impl_contract_conversions!(@enum Direction { ClientToTarget, TargetToClient });
         $crate::__impl_contract_conversions!(@enum CellFormat { Text, Binary });

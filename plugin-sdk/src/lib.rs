@@ -28,6 +28,8 @@
 
 mod conversions;
 mod pattern;
+#[cfg(feature = "prescreen")]
+pub mod prescreen;
 mod sessions;
 mod types;
 

@@ -62,7 +62,9 @@ impl<F: Filter> FilterHarness<F> {
     }
 
     /// The plugin's verdict on the next frame, or `pass` without asking it when the frame is
-    /// not one its [`Filter::interest`] names (as the gateway does).
+    /// not one its [`Filter::interest`] names (as the gateway does). A prescreen is not
+    /// applied: the plugin must be right on every frame of its interest by itself
+    /// (`sluice plugin run` applies it as the gateway does).
     pub fn send(&mut self, direction: Direction, content: Content) -> Verdict {
         let slot = &mut self.next_seq[direction as usize];
         let frame = Frame {

@@ -211,6 +211,32 @@ impl ContentKind {
 }
 
 impl Content {
+    /// The texts a prescreen is matched on, in order, until `each` returns `true`: the chunk,
+    /// the line, a statement's text and each parameter, each column's name, each cell, a file
+    /// chunk's data, a tool call's arguments or a result's output, a request's URI, each
+    /// header as `name: value`. Whether `each` said `true` for one of them.
+    pub fn texts(&self, mut each: impl FnMut(&[u8]) -> bool) -> bool {
+        let header = |each: &mut dyn FnMut(&[u8]) -> bool, (name, value): &(String, String)| {
+            each(format!("{name}: {value}").as_bytes())
+        };
+        match self {
+            Content::Bytes(b) => each(b),
+            Content::Line(l) => each(l.as_bytes()),
+            Content::Statement(s) => {
+                each(s.text.as_bytes()) || s.params.iter().flatten().any(|p| each(p))
+            }
+            Content::Columns(columns) => columns.iter().any(|c| each(c.name.as_bytes())),
+            Content::Row(cells) => cells.iter().flatten().any(|c| each(c)),
+            Content::File(f) => each(&f.data),
+            Content::ToolCall(t) => each(t.arguments.as_bytes()),
+            Content::ToolResult(t) => each(t.output.as_bytes()),
+            Content::HttpRequest(h) => {
+                each(h.uri.as_bytes()) || h.headers.iter().any(|h| header(&mut each, h))
+            }
+            Content::HttpResponse(h) => h.headers.iter().any(|h| header(&mut each, h)),
+        }
+    }
+
     pub fn kind(&self) -> ContentKind {
         match self {
             Content::Bytes(_) => ContentKind::Bytes,
@@ -237,6 +263,32 @@ pub struct Interest {
     /// gateway may swap its instance for a fresh one between calls (see
     /// [`Interest::stateless`]). `false` unless said.
     pub stateless: bool,
+    /// Frames of some kinds reach the plugin only when they match (see [`Interest::prescreen`]).
+    pub prescreen: Option<Prescreen>,
+}
+
+/// `text` as a prescreen pattern that matches it literally (its regex metacharacters
+/// escaped): `Prescreen` patterns are regular expressions.
+pub fn literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A test the gateway runs natively on a frame before calling the plugin with it (see
+/// [`Interest::prescreen`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Prescreen {
+    /// The kinds the test applies to; the interest's other kinds always reach the plugin.
+    pub kinds: Vec<ContentKind>,
+    /// Patterns (the `regex` crate's syntax, on bytes, ASCII classes); a frame matches when
+    /// one of them matches one of its texts ([`Content::texts`]).
+    pub patterns: Vec<String>,
 }
 
 impl Interest {
@@ -246,6 +298,7 @@ impl Interest {
             client_to_target: ContentKind::ALL.to_vec(),
             target_to_client: ContentKind::ALL.to_vec(),
             stateless: false,
+            prescreen: None,
         }
     }
 
@@ -255,6 +308,7 @@ impl Interest {
             client_to_target: vec![],
             target_to_client: vec![],
             stateless: false,
+            prescreen: None,
         };
         match direction {
             Direction::ClientToTarget => interest.client_to_target = kinds.to_vec(),
@@ -273,6 +327,24 @@ impl Interest {
         self
     }
 
+    /// Frames of `kinds` reach the plugin only when one of `patterns` matches one of their
+    /// texts ([`Content::texts`]); the gateway runs the test natively, so a frame the plugin
+    /// cannot act on costs no call. Say only what every frame the plugin acts on contains:
+    /// the keywords its rules start from, the patterns of its detectors. Leave out kinds whose
+    /// verdict depends on state (a row masked because of its column's name, bytes buffered
+    /// across chunks).
+    pub fn prescreen<P: Into<String>>(
+        mut self,
+        kinds: &[ContentKind],
+        patterns: impl IntoIterator<Item = P>,
+    ) -> Interest {
+        self.prescreen = Some(Prescreen {
+            kinds: kinds.to_vec(),
+            patterns: patterns.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     pub fn wants(&self, direction: Direction, kind: ContentKind) -> bool {
         match direction {
             Direction::ClientToTarget => self.client_to_target.contains(&kind),
@@ -281,7 +353,8 @@ impl Interest {
     }
 }
 
-/// `client-to-target [statement, line], target-to-client [bytes], stateless`.
+/// `client-to-target [statement, line], target-to-client [bytes], stateless`, and
+/// `, prescreened [statement] (2 patterns)` when it is.
 impl std::fmt::Display for Interest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names = |kinds: &[ContentKind]| {
@@ -298,7 +371,13 @@ impl std::fmt::Display for Interest {
             } else {
                 "keeps state"
             }
-        )
+        )?;
+        if let Some(p) = &self.prescreen {
+            let s = if p.patterns.len() == 1 { "" } else { "s" };
+            let n = p.patterns.len();
+            write!(f, ", prescreened [{}] ({n} pattern{s})", names(&p.kinds))?;
+        }
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ fn plugin_check_names_the_world_and_refuses_foreign_files() {
     let (ok, out, _) = run_with_input(&["plugin", "check", "builtin:example-redact"], "");
     assert!(ok);
     assert!(
-        out.contains("a `filter` plugin of sluice:plugin@0.3.0"),
+        out.contains("a `filter` plugin of sluice:plugin@0.4.0"),
         "{out}"
     );
     assert!(out.contains("sha256: "), "{out}");

@@ -114,7 +114,7 @@ fn the_plugin_authors_walkthrough_works_as_written() {
 fn the_python_walkthrough_works_as_written() {
     let printed = [
         "test_masks_customer_ids_in_output (test_app.MaskCustomerIdsTest.test_masks_customer_ids_in_output) ... ok",
-        "a `filter` plugin of sluice:plugin@0.3.0",
+        "a `filter` plugin of sluice:plugin@0.4.0",
         r#""content":{"bytes":"owner [customer]"}"#,
     ];
     let files = ["app.py", "test_app.py", "policies/team-masks.toml"];
@@ -135,7 +135,7 @@ fn the_javascript_walkthrough_works_as_written() {
     };
     let printed = [
         "# pass 2",
-        "a `filter` plugin of sluice:plugin@0.3.0",
+        "a `filter` plugin of sluice:plugin@0.4.0",
         r#""content":{"bytes":"owner [customer]"}"#,
     ];
     let files = ["plugin.js", "plugin.test.js", "policies/team-masks.toml"];

@@ -301,5 +301,31 @@ fn the_example_plugins_pass_their_native_tests_and_build() {
             out.contains(r#""verdict":"deny","reason":"`shutdown` is not allowed here""#),
             "{wasm}: {out}"
         );
+        // Its prescreen crossed the component boundary: a line without the word is kept
+        // from it, one with it is not.
+        let (code, out, err) = run_command(
+            sluice()
+                .args(["plugin", "run"])
+                .arg(&path)
+                .args(["--config", "words=[\"a.b\"]"]),
+            "{\"line\": \"ls aXb\"}\n{\"line\": \"ls a.b\"}\n",
+        );
+        assert_eq!(code, 0, "{wasm}: {err}");
+        assert!(
+            err.contains("prescreened [statement, line] (1 pattern)"),
+            "{wasm}: {err}"
+        );
+        let reports: Vec<serde_json::Value> = (out.lines())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(reports[0]["verdict"], "pass", "{wasm}: {out}");
+        assert!(
+            reports[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("prescreen matched nothing"),
+            "{wasm}: {out}"
+        );
+        assert_eq!(reports[1]["verdict"], "deny", "{wasm}: {out}");
     }
 }

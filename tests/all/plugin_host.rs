@@ -429,16 +429,40 @@ fn buffered_content_is_flushed_through_the_rest_of_the_chain() {
     );
 }
 
-/// A component built against `sluice:plugin@0.2.0`, kept from before the contract moved.
-fn built_for_0_2(name: &str) -> std::path::PathBuf {
-    crate::support::repo().join(format!("tests/fixtures/contract-0.2.0/{name}.wasm"))
+/// A sink built against an earlier contract (`tests/guests/sink-count` then) still delivers,
+/// and its errors come back as they were.
+fn an_old_sink_delivers(host: &PluginHost, path: std::path::PathBuf) {
+    let mut spec = spec("count", file(path), "{}");
+    spec.world = World::Sink;
+    let mut sink = load(host, &spec).sink_instance().unwrap();
+    let event = sluice_core::frame::Event {
+        index: 1,
+        session: "s".into(),
+        seq: 1,
+        kind: "fail".into(),
+        time_ms: 0,
+        meta: "{}".into(),
+        payload: vec![],
+    };
+    assert_eq!(
+        sink.deliver(&[event]).unwrap(),
+        Err(sluice_core::frame::SinkError::Retryable(
+            "asked to fail".into()
+        ))
+    );
+}
+
+/// A component built against an earlier `sluice:plugin@VERSION`, kept from before the
+/// contract moved on (`tests/fixtures/contract-VERSION/`).
+fn built_for(version: &str, name: &str) -> std::path::PathBuf {
+    crate::support::repo().join(format!("tests/fixtures/contract-{version}/{name}.wasm"))
 }
 
 #[test]
 fn plugins_built_against_the_previous_contract_keep_loading_and_never_see_new_kinds() {
     use sluice_core::frame::{ContentKind, ToolCall};
     let host = host();
-    let redact = built_for_0_2("example_redact");
+    let redact = built_for("0.2.0", "example_redact");
     let bytes = std::fs::read(&redact).unwrap();
     let inspection = host.inspect(&bytes).unwrap();
     assert_eq!(
@@ -481,23 +505,136 @@ fn plugins_built_against_the_previous_contract_keep_loading_and_never_see_new_ki
     assert!(decision.calls.is_empty(), "{:?}", decision.calls);
 
     // A 0.2.0 sink delivers as before.
-    let mut spec = spec("count", file(built_for_0_2("sink_count")), "{}");
-    spec.world = World::Sink;
-    let mut sink = load(&host, &spec).sink_instance().unwrap();
-    let event = sluice_core::frame::Event {
-        index: 1,
-        session: "s".into(),
-        seq: 1,
-        kind: "fail".into(),
-        time_ms: 0,
-        meta: "{}".into(),
-        payload: vec![],
-    };
+    an_old_sink_delivers(&host, built_for("0.2.0", "sink_count"));
+}
+
+#[test]
+fn plugins_built_against_0_3_keep_loading_and_see_every_frame_of_their_interest() {
+    use sluice_core::frame::{ContentKind, ToolCall};
+    let host = host();
+    let redact = built_for("0.3.0", "example_redact");
+    let inspection = host.inspect(&std::fs::read(&redact).unwrap()).unwrap();
     assert_eq!(
-        sink.deliver(&[event]).unwrap(),
-        Err(sluice_core::frame::SinkError::Retryable(
-            "asked to fail".into()
-        ))
+        (inspection.world, inspection.version),
+        (World::Filter, "0.3.0")
+    );
+    let plugin = load(
+        &host,
+        &spec("old", file(redact), r#"{"literal": "hunter2"}"#),
+    );
+    let instance = plugin.filter_instance(&session("s1")).unwrap();
+    assert_eq!(instance.interest().prescreen, None);
+    assert!((instance.interest()).wants(Direction::ClientToTarget, ContentKind::ToolCall));
+    let mut chain = Chain::new(std::slice::from_ref(&plugin), &session("s2")).unwrap();
+    let decision = chain.on_frame(line(1, "echo hunter2"));
+    assert_eq!(decision.forward, Content::Line("echo [REDACTED]".into()));
+    // A kind 0.3.0 added reaches it, and it is called for frames it leaves alone too.
+    let call = Content::ToolCall(ToolCall {
+        server: "files".into(),
+        tool: "read".into(),
+        id: "1".into(),
+        arguments: r#"{"path": "hunter2"}"#.into(),
+    });
+    let decision = chain.on_frame(Frame::new(Direction::ClientToTarget, call));
+    assert!(
+        matches!(&decision.forward, Content::ToolCall(c) if c.arguments.contains("[REDACTED]")),
+        "{:?}",
+        decision.forward
+    );
+    assert_eq!(chain.on_frame(line(2, "ls")).calls.len(), 1);
+
+    an_old_sink_delivers(&host, built_for("0.3.0", "sink_count"));
+}
+
+/// The shipped PostgreSQL chain (the SQL gate, then the masker) with their prescreens: a
+/// read that holds nothing to mask or judge costs one call (the masker reading the result's
+/// columns), and whatever they act on still reaches them.
+#[test]
+fn prescreened_frames_pass_uncalled_and_what_plugins_act_on_still_reaches_them() {
+    use sluice_core::frame::{CellFormat, Column, Statement};
+    let host = host();
+    let plugins = [
+        load(
+            &host,
+            &spec("sql-gate", builtin("approve"), r#"{"rules": ["sql"]}"#),
+        ),
+        load(
+            &host,
+            &spec("mask", builtin("mask"), r#"{"detectors": ["default"]}"#),
+        ),
+    ];
+    let mut chain = Chain::new(&plugins, &session("pg")).unwrap();
+    let called = |d: &sluice_engine::chain::Decision| -> Vec<String> {
+        d.calls
+            .iter()
+            .map(|c| format!("{}:{}", c.plugin, c.verdict))
+            .collect()
+    };
+    let query = |text: &str| {
+        Frame::new(
+            Direction::ClientToTarget,
+            Content::Statement(Statement {
+                text: text.into(),
+                params: vec![],
+            }),
+        )
+    };
+    let d = chain.on_frame(query(
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+    ));
+    assert_eq!(called(&d), Vec::<String>::new());
+    let columns = Content::Columns(vec![Column {
+        name: "abalance".into(),
+        table: Some("pgbench_accounts".into()),
+        table_oid: 1,
+        type_oid: 23,
+        format: CellFormat::Text,
+    }]);
+    let d = chain.on_frame(Frame::new(Direction::TargetToClient, columns));
+    assert_eq!(called(&d), ["mask:pass"]);
+    let row = |cell: &str| {
+        Frame::new(
+            Direction::TargetToClient,
+            Content::Row(vec![Some(cell.as_bytes().to_vec())]),
+        )
+    };
+    let d = chain.on_frame(row("-2345"));
+    assert_eq!(called(&d), Vec::<String>::new());
+    assert_eq!(d.forward, row("-2345").content);
+
+    // What they act on reaches them.
+    let d = chain.on_frame(row("4242 4242 4242 4242"));
+    assert_eq!(called(&d), ["mask:replace"]);
+    assert_eq!(d.forward, row("[MASKED:card]").content);
+    let d = chain.on_frame(query("drop TABLE t"));
+    assert_eq!(called(&d), ["sql-gate:hold"]);
+    let d = chain.on_frame(query("SELECT 'bob@example.com'"));
+    assert_eq!(called(&d), ["mask:pass+record-as"]);
+    assert_eq!(
+        d.record,
+        query("SELECT '[MASKED:email]'").content,
+        "recorded masked"
+    );
+}
+
+/// A prescreen that does not compile refuses the plugin at load, saying which pattern.
+#[test]
+fn a_prescreen_that_does_not_compile_refuses_the_plugin() {
+    let host = host();
+    let err = sluice_plugin_host::PluginHost::load(
+        &host,
+        &spec(
+            "bad",
+            file(guest("antics")),
+            r#"{"prescreen": ["(unclosed"]}"#,
+        ),
+    )
+    .and_then(|p| p.check_config().map(|()| p))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("prescreen") && err.contains("(unclosed"),
+        "{err}"
     );
 }
 

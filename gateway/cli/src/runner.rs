@@ -274,11 +274,14 @@ pub fn run(
         let shown = ShownFrame::of(&frame);
         let seq = frame.seq;
         if !instance.wants(&frame) {
-            // As in the gateway: a frame outside the plugin's interest passes uncalled.
+            // As in the gateway: a frame outside the plugin's interest, or one its prescreen
+            // matches nothing in, passes uncalled.
+            let why = match instance.interest().wants(direction, frame.content.kind()) {
+                true => "not asked: its prescreen matched nothing in it, passed without a call",
+                false => "not asked: outside the plugin's interest, passed without a call",
+            };
             let report = Report {
-                reason: Some(
-                    "not asked: outside the plugin's interest, passed without a call".into(),
-                ),
+                reason: Some(why.into()),
                 ..report(seq, shown, Verdict::pass(), 0.0, instance.memory_bytes())
             };
             serde_json::to_writer(&mut output, &report)?;

@@ -5,8 +5,8 @@
 
 pub use sluice_plugin_sdk::{
     Action, CellFormat, Cells, Column, Config, Content, ContentKind, Direction, Event, FileChunk,
-    Frame, HttpRequest, HttpResponse, Identity, Interest, SessionInfo, SessionKind, SinkError,
-    Statement, ToolCall, ToolResult, Verdict,
+    Frame, HttpRequest, HttpResponse, Identity, Interest, Prescreen, SessionInfo, SessionKind,
+    SinkError, Statement, ToolCall, ToolResult, Verdict,
 };
 
 /// A short name for the kind of a frame's content, for logs and error messages.

@@ -140,6 +140,7 @@ mod tests {
             client_to_target: c2t.to_vec(),
             target_to_client: t2c.to_vec(),
             stateless: false,
+            prescreen: None,
         }
     }
 

@@ -1,10 +1,12 @@
 //! The plugin contract in every version the gateway speaks: the current one
-//! (`wit/plugin.wit`) and 0.2.0 (`wit/legacy/0.2.0`), so plugins built before a contract change
-//! keep loading. The rest of the host sees one filter and one sink, in the SDK's types; the
+//! (`wit/plugin.wit`), 0.3.0 and 0.2.0 (`wit/legacy/`), so plugins built before a contract
+//! change keep loading. The rest of the host sees one filter and one sink, in the SDK's types; the
 //! version is settled here, once, when a component is linked.
 //!
-//! 0.3.0 added content kinds and `interest.stateless`. A 0.2.0 filter's interest cannot name
-//! the new kinds, so the host never calls it with one, and it counts as keeping state.
+//! 0.4.0 added `interest.prescreen`: a 0.3.0 filter has none, so it sees every frame of its
+//! interest. 0.3.0 added content kinds and `interest.stateless`. A 0.2.0 filter's interest
+//! cannot name the new kinds, so the host never calls it with one, and it counts as keeping
+//! state.
 
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
@@ -17,46 +19,72 @@ use sluice_core::frame::{
 use crate::HostState;
 
 /// The version plugins are built against today.
-pub const CURRENT: &str = "0.3.0";
+pub const CURRENT: &str = "0.4.0";
 /// Every version the gateway loads, newest first.
-pub const VERSIONS: [&str; 2] = [CURRENT, "0.2.0"];
+pub const VERSIONS: [&str; 3] = [CURRENT, "0.3.0", "0.2.0"];
+
+/// One version's bindings: its filter and sink worlds over one set of types, and `log`.
+macro_rules! bindings {
+    ($path:tt) => {
+        pub mod filter {
+            wasmtime::component::bindgen!({ path: $path, world: "filter" });
+        }
+        pub mod sink {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "sink",
+                with: {
+                    "sluice:plugin/types": super::filter::sluice::plugin::types,
+                    "sluice:plugin/log": super::filter::sluice::plugin::log,
+                },
+            });
+        }
+        pub use filter::sluice::plugin::{log, types as wit};
+
+        impl log::Host for crate::HostState {
+            fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+                let level = match level {
+                    log::Level::Trace => tracing::Level::TRACE,
+                    log::Level::Debug => tracing::Level::DEBUG,
+                    log::Level::Info => tracing::Level::INFO,
+                    log::Level::Warn => tracing::Level::WARN,
+                    log::Level::Error => tracing::Level::ERROR,
+                };
+                self.log(level, message, fields);
+            }
+        }
+    };
+}
 
 mod current {
-    pub mod filter {
-        wasmtime::component::bindgen!({ path: "../../wit", world: "filter" });
-    }
-    pub mod sink {
-        wasmtime::component::bindgen!({
-            path: "../../wit",
-            world: "sink",
-            with: {
-                "sluice:plugin/types": super::filter::sluice::plugin::types,
-                "sluice:plugin/log": super::filter::sluice::plugin::log,
-            },
-        });
-    }
+    bindings!("../../wit");
     mod conversions {
         use super::filter::sluice::plugin::types as wit;
         sluice_plugin_sdk::__impl_contract_conversions!();
     }
-    pub use filter::sluice::plugin::{log, types as wit};
+}
+
+mod v0_3 {
+    bindings!("../../wit/legacy/0.3.0");
+
+    mod conversions {
+        use super::filter::sluice::plugin::types as wit;
+        sluice_plugin_sdk::__impl_contract_conversions!(@since_0_3);
+    }
+
+    /// A 0.3.0 interest: no prescreen.
+    pub fn interest(i: wit::Interest) -> super::Interest {
+        super::Interest {
+            client_to_target: i.client_to_target.into_iter().map(Into::into).collect(),
+            target_to_client: i.target_to_client.into_iter().map(Into::into).collect(),
+            stateless: i.stateless,
+            prescreen: None,
+        }
+    }
 }
 
 mod v0_2 {
-    pub mod filter {
-        wasmtime::component::bindgen!({ path: "../../wit/legacy/0.2.0", world: "filter" });
-    }
-    pub mod sink {
-        wasmtime::component::bindgen!({
-            path: "../../wit/legacy/0.2.0",
-            world: "sink",
-            with: {
-                "sluice:plugin/types": super::filter::sluice::plugin::types,
-                "sluice:plugin/log": super::filter::sluice::plugin::log,
-            },
-        });
-    }
-    pub use filter::sluice::plugin::{log, types as wit};
+    bindings!("../../wit/legacy/0.2.0");
 
     mod conversions {
         use super::filter::sluice::plugin::types as wit;
@@ -110,6 +138,7 @@ mod v0_2 {
             client_to_target: i.client_to_target.into_iter().map(kind).collect(),
             target_to_client: i.target_to_client.into_iter().map(kind).collect(),
             stateless: false,
+            prescreen: None,
         }
     }
 
@@ -130,52 +159,28 @@ mod v0_2 {
 /// `log` in every version, for filters and sinks alike.
 pub fn add_log_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     current::log::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    v0_3::log::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
     v0_2::log::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
-}
-
-impl current::log::Host for HostState {
-    fn log(&mut self, level: current::log::Level, message: String, fields: Vec<(String, String)>) {
-        use current::log::Level as L;
-        let level = match level {
-            L::Trace => tracing::Level::TRACE,
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        self.log(level, message, fields);
-    }
-}
-
-impl v0_2::log::Host for HostState {
-    fn log(&mut self, level: v0_2::log::Level, message: String, fields: Vec<(String, String)>) {
-        use v0_2::log::Level as L;
-        let level = match level {
-            L::Trace => tracing::Level::TRACE,
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        self.log(level, message, fields);
-    }
 }
 
 /// A filter component linked in its contract version.
 pub enum FilterPre {
     Current(current::filter::FilterPre<HostState>),
+    V0_3(v0_3::filter::FilterPre<HostState>),
     V0_2(v0_2::filter::FilterPre<HostState>),
 }
 
 /// A filter instance's exports.
 pub enum Filter {
     Current(current::filter::Filter),
+    V0_3(v0_3::filter::Filter),
     V0_2(v0_2::filter::Filter),
 }
 
 impl FilterPre {
     pub fn new(version: &str, pre: InstancePre<HostState>) -> wasmtime::Result<FilterPre> {
         Ok(match version {
+            "0.3.0" => FilterPre::V0_3(v0_3::filter::FilterPre::new(pre)?),
             "0.2.0" => FilterPre::V0_2(v0_2::filter::FilterPre::new(pre)?),
             _ => FilterPre::Current(current::filter::FilterPre::new(pre)?),
         })
@@ -184,6 +189,7 @@ impl FilterPre {
     pub fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Filter> {
         Ok(match self {
             FilterPre::Current(pre) => Filter::Current(pre.instantiate(store)?),
+            FilterPre::V0_3(pre) => Filter::V0_3(pre.instantiate(store)?),
             FilterPre::V0_2(pre) => Filter::V0_2(pre.instantiate(store)?),
         })
     }
@@ -200,6 +206,9 @@ impl Filter {
             Filter::Current(f) => f
                 .call_init(store, config, &session.clone().into())?
                 .map(Into::into),
+            Filter::V0_3(f) => f
+                .call_init(store, config, &session.clone().into())?
+                .map(v0_3::interest),
             Filter::V0_2(f) => f
                 .call_init(store, config, &session.clone().into())?
                 .map(v0_2::interest),
@@ -213,6 +222,7 @@ impl Filter {
     ) -> wasmtime::Result<Verdict> {
         Ok(match self {
             Filter::Current(f) => f.call_on_frame(store, &frame.clone().into())?.into(),
+            Filter::V0_3(f) => f.call_on_frame(store, &frame.clone().into())?.into(),
             Filter::V0_2(f) => match v0_2::frame(frame) {
                 Some(old) => v0_2::verdict(f.call_on_frame(store, &old)?),
                 // Unreachable through the chain (a 0.2.0 interest names no newer kind); as
@@ -229,6 +239,7 @@ impl Filter {
     ) -> wasmtime::Result<Option<Content>> {
         Ok(match self {
             Filter::Current(f) => f.call_flush(store, direction.into())?.map(Into::into),
+            Filter::V0_3(f) => f.call_flush(store, direction.into())?.map(Into::into),
             Filter::V0_2(f) => f.call_flush(store, direction.into())?.map(v0_2::content),
         })
     }
@@ -237,17 +248,20 @@ impl Filter {
 /// A sink component linked in its contract version.
 pub enum SinkPre {
     Current(current::sink::SinkPre<HostState>),
+    V0_3(v0_3::sink::SinkPre<HostState>),
     V0_2(v0_2::sink::SinkPre<HostState>),
 }
 
 pub enum Sink {
     Current(current::sink::Sink),
+    V0_3(v0_3::sink::Sink),
     V0_2(v0_2::sink::Sink),
 }
 
 impl SinkPre {
     pub fn new(version: &str, pre: InstancePre<HostState>) -> wasmtime::Result<SinkPre> {
         Ok(match version {
+            "0.3.0" => SinkPre::V0_3(v0_3::sink::SinkPre::new(pre)?),
             "0.2.0" => SinkPre::V0_2(v0_2::sink::SinkPre::new(pre)?),
             _ => SinkPre::Current(current::sink::SinkPre::new(pre)?),
         })
@@ -256,6 +270,7 @@ impl SinkPre {
     pub fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Sink> {
         Ok(match self {
             SinkPre::Current(pre) => Sink::Current(pre.instantiate(store)?),
+            SinkPre::V0_3(pre) => Sink::V0_3(pre.instantiate(store)?),
             SinkPre::V0_2(pre) => Sink::V0_2(pre.instantiate(store)?),
         })
     }
@@ -269,6 +284,7 @@ impl Sink {
     ) -> wasmtime::Result<Result<(), String>> {
         match self {
             Sink::Current(s) => s.call_init(store, config),
+            Sink::V0_3(s) => s.call_init(store, config),
             Sink::V0_2(s) => s.call_init(store, config),
         }
     }
@@ -282,6 +298,10 @@ impl Sink {
             Sink::Current(s) => {
                 let batch: Vec<current::wit::Event> =
                     batch.iter().cloned().map(Into::into).collect();
+                s.call_deliver(store, &batch)?.map_err(Into::into)
+            }
+            Sink::V0_3(s) => {
+                let batch: Vec<v0_3::wit::Event> = batch.iter().cloned().map(Into::into).collect();
                 s.call_deliver(store, &batch)?.map_err(Into::into)
             }
             Sink::V0_2(s) => {

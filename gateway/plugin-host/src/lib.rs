@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use sluice_plugin_sdk::prescreen::Screen;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -70,6 +71,9 @@ pub struct HostConfig {
     pub max_instances: u32,
     /// How sinks' outgoing requests resolve names (`[egress] hosts`, then DNS).
     pub resolver: Arc<Resolver>,
+    /// Run filters' prescreens (on unless measuring what they save:
+    /// `SLUICE_PLUGIN_PRESCREEN=off`). Off, a filter is called with every frame of its interest.
+    pub prescreen: bool,
 }
 
 impl Default for HostConfig {
@@ -78,6 +82,7 @@ impl Default for HostConfig {
             cache_dir: None,
             max_instances: 1000,
             resolver: Arc::default(),
+            prescreen: true,
         }
     }
 }
@@ -147,6 +152,7 @@ pub struct PluginHost {
     cache: Option<cache::ArtifactCache>,
     ticker_stop: Arc<AtomicBool>,
     resolver: Arc<Resolver>,
+    prescreen: bool,
 }
 
 impl fmt::Debug for PluginHost {
@@ -218,6 +224,7 @@ impl PluginHost {
             cache,
             ticker_stop,
             resolver: config.resolver,
+            prescreen: config.prescreen,
         })
     }
 
@@ -304,6 +311,8 @@ impl PluginHost {
             engine: self.engine.clone(),
             egress,
             pace: Pace::default(),
+            screens: Default::default(),
+            prescreen: self.prescreen,
         }));
         Ok((plugin, outcome))
     }
@@ -360,7 +369,7 @@ impl PluginHost {
             .ok_or_else(|| {
                 format!(
                     "it is built against sluice:plugin@{built_for}, and this gateway speaks {}: rebuild it with the SDK of one of those",
-                    contract::VERSIONS.join(" and ")
+                    contract::VERSIONS.join(", ")
                 )
             })?;
         // A world's functions must all be there; other exports are never called (a Python
@@ -459,6 +468,17 @@ struct Loaded {
     egress: Option<Arc<Egress>>,
     /// Whether its calls currently leave the async workers (it was seen computing long).
     pace: Pace,
+    /// The prescreens its instances declared, compiled once for all sessions.
+    screens: std::sync::Mutex<Vec<Arc<Prescreened>>>,
+    /// Whether they are run ([`HostConfig::prescreen`]).
+    prescreen: bool,
+}
+
+/// A prescreen as declared, and compiled.
+#[derive(Debug)]
+struct Prescreened {
+    declared: frame::Prescreen,
+    screen: Screen,
 }
 
 /// How long a plugin stays marked slow after its last slow call.
@@ -593,6 +613,26 @@ impl LoadedPlugin {
         };
         instance.instance.live(make_sink)?;
         Ok(instance)
+    }
+
+    /// `prescreen` compiled: from the plugin's cache when an instance declared it before
+    /// (every session of a plugin usually declares the same), else compiled now and kept.
+    fn screen(&self, prescreen: &frame::Prescreen) -> Result<Arc<Prescreened>, PluginError> {
+        let mut screens = self.0.screens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = screens.iter().find(|s| &s.declared == prescreen) {
+            return Ok(known.clone());
+        }
+        let screen = Screen::new(prescreen).map_err(|why| self.error(Failure::Init(why)))?;
+        let compiled = Arc::new(Prescreened {
+            declared: prescreen.clone(),
+            screen,
+        });
+        // A plugin whose prescreens differ per session: keep the last few, not all.
+        if screens.len() >= 8 {
+            screens.remove(0);
+        }
+        screens.push(compiled.clone());
+        Ok(compiled)
     }
 
     fn error(&self, failure: Failure) -> PluginError {
@@ -834,10 +874,11 @@ pub struct FilterInstance {
 }
 
 /// What a filter instance said in `init`: the frames it wants (a bit per kind of content,
-/// per direction), and whether it keeps no state between calls.
-#[derive(Clone, Copy, Debug)]
+/// per direction), the prescreen they must pass, and whether it keeps no state between calls.
+#[derive(Clone, Debug)]
 struct Wants {
     kinds: [u16; 2],
+    screen: Option<Arc<Prescreened>>,
     /// For a stateless instance, the memory past which it is renewed after a call: halfway
     /// from what it used fresh to its limit, leaving the other half for the next call's own
     /// needs. `None` for an instance that keeps state.
@@ -847,29 +888,37 @@ struct Wants {
 impl Wants {
     const NOTHING: Wants = Wants {
         kinds: [0; 2],
+        screen: None,
         renew_above: None,
     };
 
     /// What `interest` says, for an instance that uses `fresh` bytes after `init` and may use
     /// `limit`.
-    fn of(interest: &frame::Interest, fresh: usize, limit: usize) -> Wants {
+    fn of(
+        interest: &frame::Interest,
+        screen: Option<Arc<Prescreened>>,
+        fresh: usize,
+        limit: usize,
+    ) -> Wants {
         let bits = |kinds: &[ContentKind]| kinds.iter().fold(0u16, |bits, k| bits | 1 << *k as u16);
         Wants {
             kinds: [
                 bits(&interest.client_to_target),
                 bits(&interest.target_to_client),
             ],
+            screen,
             renew_above: interest
                 .stateless
                 .then(|| fresh + limit.saturating_sub(fresh) / 2),
         }
     }
 
-    fn frame(self, frame: &Frame) -> bool {
+    fn frame(&self, frame: &Frame) -> bool {
         self.kinds[frame.direction as usize] & 1 << frame.content.kind() as u16 != 0
+            && (self.screen.as_ref()).is_none_or(|s| s.screen.admits(&frame.content))
     }
 
-    fn interest(self) -> frame::Interest {
+    fn interest(&self) -> frame::Interest {
         let kinds = |bits: u16| {
             ContentKind::ALL
                 .into_iter()
@@ -880,6 +929,7 @@ impl Wants {
             client_to_target: kinds(self.kinds[0]),
             target_to_client: kinds(self.kinds[1]),
             stateless: self.renew_above.is_some(),
+            prescreen: self.screen.as_ref().map(|s| s.declared.clone()),
         }
     }
 }
@@ -1016,8 +1066,14 @@ fn make_filter(
         |store| pre.instantiate(store),
         |filter, store| filter.init(store, config, session),
     )?;
+    // Compiled even when not run, so a bad one fails the same way.
+    let screen = (interest.prescreen.as_ref())
+        .map(|p| plugin.screen(p))
+        .transpose()?
+        .filter(|_| plugin.0.prescreen);
     *wants = Wants::of(
         &interest,
+        screen,
         store.data().memory.used,
         plugin.0.spec.max_memory_bytes,
     );

@@ -312,6 +312,15 @@ impl Gate {
         })
     }
 
+    /// What a statement or a line must contain for [`Gate::check`] to find anything in it,
+    /// when that can be said natively: with SQL rules alone, one of their verbs. Shell rules
+    /// and custom patterns can match text without a fixed word, so then there is none.
+    fn prescreen(&self) -> Option<Vec<String>> {
+        let sql_only =
+            !self.shell && !self.has_custom(Language::Sql) && !self.has_custom(Language::Shell);
+        sql_only.then(|| self.verbs_on.patterns())
+    }
+
     /// What to do with `text`, a query or a command line: every hit with its action.
     pub fn check(&self, text: &str) -> Vec<(Action, String)> {
         let mut found = Vec::new();
@@ -474,14 +483,18 @@ impl Filter for Gate {
     /// Only what the client sends is judged: statements (PostgreSQL, `exec` scripts), lines
     /// (terminals) and MCP tool calls. Output, rows and raw bytes pass without a call.
     fn interest(&self) -> Interest {
-        Interest::only(
-            Direction::ClientToTarget,
-            &[
-                ContentKind::Statement,
-                ContentKind::Line,
-                ContentKind::ToolCall,
-            ],
-        )
+        let judged = [
+            ContentKind::Statement,
+            ContentKind::Line,
+            ContentKind::ToolCall,
+        ];
+        let interest = Interest::only(Direction::ClientToTarget, &judged);
+        match self.prescreen() {
+            Some(patterns) => {
+                interest.prescreen(&[ContentKind::Statement, ContentKind::Line], patterns)
+            }
+            None => interest,
+        }
     }
 
     fn on_frame(&mut self, frame: &Frame) -> Verdict {
@@ -560,6 +573,55 @@ mod tests {
         assert!(interest.wants(Direction::ClientToTarget, ContentKind::Statement));
         assert!(!interest.wants(Direction::TargetToClient, ContentKind::Row));
         assert!(!interest.wants(Direction::ClientToTarget, ContentKind::Bytes));
+    }
+
+    /// The prescreen the gate declares is its own first test ([`sql::Verbs::mentioned_in`]),
+    /// run by the gateway: the two agree on every text, so a statement kept from the gate is
+    /// one it would have passed unread.
+    #[test]
+    fn its_prescreen_is_its_own_first_test() {
+        use sluice_plugin_sdk::prescreen::Screen;
+        let g = gate(r#"{"rules": ["sql"], "actions": {"alter": "off"}}"#).unwrap();
+        let prescreen = g
+            .interest()
+            .prescreen
+            .expect("sql rules alone: a prescreen");
+        assert_eq!(prescreen.kinds, [ContentKind::Statement, ContentKind::Line]);
+        let screen = Screen::new(&prescreen).unwrap();
+        let words = [
+            "drop", "DrOp", "alter", "ALTER", "trunc", "ate", "delete", "upDATE", "do", "D", "O",
+            "revoke", "grant", "select", " ", ";", "/**/", "'", "$$", "é", "ſ", "K",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 6) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(words[(seed % words.len() as u64) as usize]);
+            }
+            let statement = Content::Statement(sluice_plugin_sdk::Statement {
+                text: text.clone(),
+                params: vec![],
+            });
+            assert_eq!(
+                screen.admits(&statement),
+                g.verbs_on.mentioned_in(&text),
+                "{text:?}"
+            );
+            if !screen.admits(&statement) {
+                assert_eq!(outcome(&g.verdict(&text)), "Pass", "{text:?}");
+            }
+        }
+        // Shell rules and custom patterns need no fixed word: no prescreen then.
+        for config in [
+            r#"{"rules": ["shell"]}"#,
+            r#"{"rules": ["sql", "shell"]}"#,
+            r#"{"rules": ["sql"], "custom": [{"name": "p", "pattern": "payroll"}]}"#,
+        ] {
+            assert_eq!(gate(config).unwrap().interest().prescreen, None, "{config}");
+        }
     }
 
     #[test]

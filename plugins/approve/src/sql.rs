@@ -79,6 +79,12 @@ impl Verbs {
         Verbs { list, by_first }
     }
 
+    /// The verbs as prescreen patterns: the same test as [`Verbs::mentioned_in`], run by the
+    /// gateway natively.
+    pub fn patterns(&self) -> Vec<String> {
+        self.list.iter().map(|verb| format!("(?i){verb}")).collect()
+    }
+
     /// Whether `sql` contains one of the verbs anywhere (ASCII case-insensitive).
     pub fn mentioned_in(&self, sql: &str) -> bool {
         let sql = sql.as_bytes();

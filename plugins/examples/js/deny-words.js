@@ -1,6 +1,6 @@
 // An example gate in JavaScript: commands that contain a forbidden word are refused, whether
 // they come as a one-shot script or SQL (statements) or are typed at a terminal (lines).
-import { Filter, Interest, Kind, Verdict, text } from './sluice-plugin/sluice-plugin.js';
+import { Filter, Interest, Kind, Verdict, literal, text } from './sluice-plugin/sluice-plugin.js';
 
 export class DenyWords extends Filter {
   constructor(config, session) {
@@ -12,7 +12,10 @@ export class DenyWords extends Filter {
   }
 
   interest() {
-    return new Interest({ clientToTarget: [Kind.STATEMENT, Kind.LINE], stateless: true });
+    // A command without one of the words passes uncalled: the gateway looks for them.
+    const kinds = [Kind.STATEMENT, Kind.LINE];
+    const prescreen = { kinds, patterns: this.words.map(literal) };
+    return new Interest({ clientToTarget: kinds, stateless: true, prescreen });
   }
 
   onFrame(frame) {

@@ -1,7 +1,7 @@
 """An example gate in Python: commands that contain a forbidden word are refused, whether
 they come as a one-shot script or SQL (statements) or are typed at a terminal (lines)."""
 
-from sluice_plugin import Filter, Interest, Kind, Verdict, export_filter
+from sluice_plugin import Filter, Interest, Kind, Prescreen, Verdict, export_filter, literal
 
 
 class DenyWords(Filter):
@@ -11,7 +11,10 @@ class DenyWords(Filter):
             raise ValueError("`words` must be a list of strings")
 
     def interest(self):
-        return Interest(client_to_target=[Kind.STATEMENT, Kind.LINE], stateless=True)
+        # A command without one of the words passes uncalled: the gateway looks for them.
+        kinds = [Kind.STATEMENT, Kind.LINE]
+        return Interest(client_to_target=kinds, stateless=True,
+                        prescreen=Prescreen(kinds, [literal(w) for w in self.words]))
 
     def on_frame(self, frame):
         text = frame.content.text() or ""

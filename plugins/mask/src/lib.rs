@@ -33,8 +33,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice_plugin_sdk::{
-    CellFormat, Column, Config, Content, Direction, Filter, Frame, SessionInfo, Statement,
-    ToolCall, ToolResult, Verdict,
+    CellFormat, Column, Config, Content, ContentKind, Direction, Filter, Frame, Interest,
+    SessionInfo, Statement, ToolCall, ToolResult, Verdict,
 };
 
 pub use detectors::{BUILTINS, Group, Validator};
@@ -118,6 +118,8 @@ pub struct Mask {
     /// Target-to-client bytes are held across chunks; the other way they cannot be (they
     /// must reach the target as typed), so each chunk is masked on its own for the record.
     output: Stream,
+    /// Every enabled detector's patterns: nothing is masked in a text none of them matches.
+    patterns: Vec<String>,
 }
 
 impl Mask {
@@ -226,6 +228,7 @@ impl Mask {
                 .ok_or_else(|| format!("{at}: no detector {name:?} is enabled"))?;
             detector.style = style_of(style, &at)?;
         }
+        let patterns = specs.iter().map(|spec| spec.regex.clone()).collect();
         let custom_names: Vec<String> = detectors.iter().map(|d| d.name.clone()).collect();
         let masker = Masker::new(detectors, &specs).map_err(|e| {
             let name = &custom_names[e.detector];
@@ -317,6 +320,7 @@ impl Mask {
             json,
             cells: Default::default(),
             output: Stream::default(),
+            patterns,
         })
     }
 
@@ -572,6 +576,23 @@ fn parse_style(name: &str, keep_last: usize, key: Option<&str>, at: &str) -> Res
 impl Filter for Mask {
     fn init(config: &Config, _session: &SessionInfo) -> Result<Self, String> {
         Mask::new(config.parse()?)
+    }
+
+    /// Every frame, with a prescreen: a line, a statement or (without rules that mask a
+    /// cell whatever it holds) a row reaches the masker only when one of its detectors'
+    /// patterns matches it, since a value is masked only where its pattern matches. Bytes
+    /// are held across chunks, columns set up the rows after them, and tool calls are JSON
+    /// whose escapes hide what a value reads as: those always reach it.
+    fn interest(&self) -> Interest {
+        let mut kinds = vec![ContentKind::Line, ContentKind::Statement];
+        let always = |rules: &BTreeMap<String, CellRule>| {
+            rules.values().any(|r| matches!(r, CellRule::Always(_)))
+        };
+        // A JSON cell is masked value by value, after its escapes are read.
+        if !always(&self.columns) && self.json.is_empty() {
+            kinds.push(ContentKind::Row);
+        }
+        Interest::all().prescreen(&kinds, self.patterns.iter().cloned())
     }
 
     fn on_frame(&mut self, frame: &Frame) -> Verdict {

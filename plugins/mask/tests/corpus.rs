@@ -180,3 +180,172 @@ fn keyword_detectors_are_compiled_only_once_a_keyword_appears() {
     );
     assert_eq!(mask.masker().compiled_keyword_detectors(), 1);
 }
+
+/// The masker's prescreen, as the gateway compiles and runs it.
+mod prescreen {
+    use super::*;
+    use sluice_plugin_sdk::prescreen::Screen;
+    use sluice_plugin_sdk::{
+        CellFormat, Column, Config, Content, ContentKind, Direction, Filter, Frame, Identity,
+        SessionInfo, Statement, Verdict,
+    };
+
+    fn filter(config: &str) -> Mask {
+        let session = SessionInfo {
+            id: "s".into(),
+            connection: "pg".into(),
+            protocol: "postgres".into(),
+            identity: Identity {
+                subject: "u".into(),
+                name: None,
+                groups: vec![],
+            },
+            started_at_ms: 0,
+        };
+        Mask::init(&Config::from_json(config), &session).unwrap()
+    }
+
+    fn screen(mask: &Mask) -> Screen {
+        Screen::new(mask.interest().prescreen.as_ref().expect("a prescreen")).unwrap()
+    }
+
+    /// Every detector of every group, on or off by default.
+    const EVERY: &str = r#"{"detectors": ["secrets", "pii", "payment"]}"#;
+
+    /// The texts to try: every corpus input, each value alone, and pieces of them cut and
+    /// joined at pseudo-random places (values with a byte more or less, two glued together).
+    fn texts() -> Vec<String> {
+        let cases = corpus();
+        let mut texts: Vec<String> = cases.iter().map(|c| c.input.clone()).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let a = &cases[next(cases.len())].input;
+            let b = &cases[next(cases.len())].input;
+            let (i, j) = (next(a.len() + 1), next(b.len() + 1));
+            let (i, j) = (floor(a, i), floor(b, j));
+            let glue = [" ", "", "\n", "=", "\t", ": "][next(6)];
+            texts.push(format!("{}{glue}{}", &a[i..], &b[..j]));
+        }
+        texts
+    }
+
+    fn floor(s: &str, mut i: usize) -> usize {
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+
+    fn changed(verdict: &Verdict) -> bool {
+        *verdict != Verdict::pass()
+    }
+
+    /// What the prescreen is for: a frame it keeps from the masker is one the masker would
+    /// have passed as it is. Tried on lines, statements (text and parameter) and row cells,
+    /// under a column name that confirms keyword detectors, for every detector there is.
+    #[test]
+    fn every_frame_the_masker_changes_passes_its_prescreen() {
+        for config in ["{}", EVERY] {
+            let mut mask = filter(config);
+            let screen = screen(&mask);
+            let columns = Content::Columns(
+                ["password", "ssn", "iban", "note"]
+                    .iter()
+                    .map(|name| Column {
+                        name: (*name).into(),
+                        table: Some("t".into()),
+                        table_oid: 1,
+                        type_oid: 25,
+                        format: CellFormat::Text,
+                    })
+                    .collect(),
+            );
+            mask.on_frame(&Frame::new(Direction::TargetToClient, columns));
+            let (mut acted, mut tried) = (0, 0);
+            for text in texts() {
+                let contents = [
+                    (Direction::ClientToTarget, Content::Line(text.clone())),
+                    (
+                        Direction::ClientToTarget,
+                        Content::Statement(Statement {
+                            text: text.clone(),
+                            params: vec![],
+                        }),
+                    ),
+                    (
+                        Direction::ClientToTarget,
+                        Content::Statement(Statement {
+                            text: "SELECT $1".into(),
+                            params: vec![Some(text.clone().into_bytes())],
+                        }),
+                    ),
+                    (
+                        Direction::TargetToClient,
+                        Content::Row(vec![Some(text.clone().into_bytes()); 4]),
+                    ),
+                ];
+                for (direction, content) in contents {
+                    tried += 1;
+                    let verdict = mask.on_frame(&Frame::new(direction, content.clone()));
+                    if changed(&verdict) {
+                        acted += 1;
+                        assert!(
+                            screen.admits(&content),
+                            "{config}: the masker changed {content:?}, which its prescreen keeps from it"
+                        );
+                    }
+                }
+            }
+            // The test means something only if the masker acts on many of them, not all.
+            assert!(acted > tried / 10 && acted < tried, "{acted} of {tried}");
+        }
+    }
+
+    #[test]
+    fn what_pgbench_sends_and_gets_never_reaches_the_masker() {
+        let screen = screen(&filter("{}"));
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -4231 WHERE aid = 93412;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 93412, -4231, CURRENT_TIMESTAMP);",
+        ] {
+            let statement = Content::Statement(Statement {
+                text: sql.into(),
+                params: vec![],
+            });
+            assert!(!screen.admits(&statement), "{sql}");
+        }
+        assert!(!screen.admits(&Content::Row(vec![Some(b"-2345".to_vec())])));
+        assert!(screen.admits(&Content::Row(vec![Some(b"4242 4242 4242 4242".to_vec())])));
+    }
+
+    #[test]
+    fn rows_are_not_prescreened_where_a_rule_masks_a_cell_whatever_it_holds() {
+        let kinds = |config: &str| filter(config).interest().prescreen.unwrap().kinds;
+        assert!(kinds("{}").contains(&ContentKind::Row));
+        assert!(kinds(r#"{"columns": {"notes": "never"}}"#).contains(&ContentKind::Row));
+        assert!(!kinds(r#"{"columns": {"users.ssn": "always"}}"#).contains(&ContentKind::Row));
+        assert!(!kinds(r#"{"columns": {"ssn": "fill"}}"#).contains(&ContentKind::Row));
+        assert!(!kinds(r#"{"json": {"ssn": "never"}}"#).contains(&ContentKind::Row));
+        // Bytes (held across chunks), columns and tool calls always reach it.
+        for kind in [
+            ContentKind::Bytes,
+            ContentKind::Columns,
+            ContentKind::ToolCall,
+            ContentKind::ToolResult,
+        ] {
+            assert!(!kinds("{}").contains(&kind), "{kind:?}");
+        }
+        // A custom detector's pattern is part of it.
+        let custom = r#"{"detectors": [], "custom": [{"name": "emp", "pattern": "EMP-[0-9]{6}"}]}"#;
+        let screen = screen(&filter(custom));
+        assert!(screen.admits(&Content::Line("id EMP-123456".into())));
+        assert!(!screen.admits(&Content::Line("id 4242 4242 4242 4242".into())));
+    }
+}

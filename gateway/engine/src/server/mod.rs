@@ -224,6 +224,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         resolver: Arc::new(sluice_plugin_host::egress::Resolver {
             hosts: config.egress.hosts.clone(),
         }),
+        // A measuring switch (benches/pg.sh), not a setting: prescreens only skip calls.
+        prescreen: std::env::var("SLUICE_PLUGIN_PRESCREEN").map_or(true, |v| v != "off"),
         ..HostConfig::default()
     })?);
     let (store, membership) = open_record(&config, &data)?;

@@ -2,7 +2,7 @@
 //! never be allowed to get away with.
 
 use sluice_plugin_sdk::{
-    Config, Content, Direction, Filter, Frame, Interest, SessionInfo, Verdict,
+    Config, Content, ContentKind, Direction, Filter, Frame, Interest, SessionInfo, Verdict,
 };
 
 pub struct Antics {
@@ -11,6 +11,8 @@ pub struct Antics {
     remembered: Option<String>,
     stash: Option<Content>,
     frames_seen: u64,
+    /// Lines reach it only when one of these matches (config `{"prescreen": [...]}`).
+    prescreen: Option<Vec<String>>,
 }
 
 impl Filter for Antics {
@@ -25,13 +27,21 @@ impl Filter for Antics {
             remembered: None,
             stash: None,
             frames_seen: 0,
+            prescreen: config
+                .parse::<std::collections::BTreeMap<String, Vec<String>>>()
+                .ok()
+                .and_then(|mut c| c.remove("prescreen")),
         })
     }
 
     fn interest(&self) -> Interest {
-        Interest {
+        let interest = Interest {
             stateless: self.stateless,
             ..Interest::all()
+        };
+        match &self.prescreen {
+            Some(patterns) => interest.prescreen(&[ContentKind::Line], patterns),
+            None => interest,
         }
     }
 

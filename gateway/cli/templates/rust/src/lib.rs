@@ -53,6 +53,7 @@ impl Filter for Plugin {
             client_to_target: vec![ContentKind::Statement, ContentKind::Line],
             target_to_client: vec![ContentKind::Bytes, ContentKind::Row, ContentKind::Line],
             stateless: true,
+            prescreen: None,
         }
     }
 
