@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 pub const WIT: &str = include_str!("../../../wit/plugin.wit");
 
 /// The SDK's sources (plugin-sdk/src), written out as `sluice-plugin-sdk/src`.
-const SDK_SOURCES: [(&str, &str); 9] = [
+const SDK_SOURCES: [(&str, &str); 10] = [
     ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
     ("types.rs", include_str!("../../../plugin-sdk/src/types.rs")),
     (
@@ -25,6 +25,10 @@ const SDK_SOURCES: [(&str, &str); 9] = [
     (
         "pattern.rs",
         include_str!("../../../plugin-sdk/src/pattern.rs"),
+    ),
+    (
+        "prescreen.rs",
+        include_str!("../../../plugin-sdk/src/prescreen.rs"),
     ),
     (
         "testing.rs",
