@@ -313,8 +313,9 @@ impl Gate {
     }
 
     /// What a statement or a line must contain for [`Gate::check`] to find anything in it,
-    /// when that can be said natively: with SQL rules alone, one of their verbs. Shell rules
-    /// and custom patterns can match text without a fixed word, so then there is none.
+    /// when that can be said natively: with SQL rules alone, one of their verbs (a keyword
+    /// is an unquoted word, spelled out). Shell rules read words after the shell's quoting
+    /// (`r''m` is `rm`) and custom patterns may match anything, so then there is none.
     fn prescreen(&self) -> Option<Vec<String>> {
         let sql_only =
             !self.shell && !self.has_custom(Language::Sql) && !self.has_custom(Language::Shell);
