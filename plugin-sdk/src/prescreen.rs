@@ -14,6 +14,7 @@ pub const MAX_BYTES: usize = 16 << 20;
 /// A [`Prescreen`] compiled: one automaton over all its patterns.
 #[derive(Debug)]
 pub struct Screen {
+    declared: Prescreen,
     /// A bit per kind of content the test applies to.
     kinds: u16,
     regex: Regex,
@@ -46,7 +47,16 @@ impl Screen {
             .kinds
             .iter()
             .fold(0, |bits, k| bits | 1 << *k as u16);
-        Ok(Screen { kinds, regex })
+        Ok(Screen {
+            declared: prescreen.clone(),
+            kinds,
+            regex,
+        })
+    }
+
+    /// The prescreen it was compiled from.
+    pub fn declared(&self) -> &Prescreen {
+        &self.declared
     }
 
     /// Whether the test applies to content of this kind.

@@ -257,7 +257,8 @@ pub fn run(
         ..SessionInfo::default()
     };
     let mut instance = plugin.filter_instance(&session)?;
-    eprintln!("{}: wants {}", plugin.name(), instance.interest());
+    let interest = instance.interest();
+    eprintln!("{}: wants {interest}", plugin.name());
     if explain {
         instance.capture_logs();
     }
@@ -276,7 +277,7 @@ pub fn run(
         if !instance.wants(&frame) {
             // As in the gateway: a frame outside the plugin's interest, or one its prescreen
             // matches nothing in, passes uncalled.
-            let why = match instance.interest().wants(direction, frame.content.kind()) {
+            let why = match interest.wants(direction, frame.content.kind()) {
                 true => "not asked: its prescreen matched nothing in it, passed without a call",
                 false => "not asked: outside the plugin's interest, passed without a call",
             };

@@ -469,16 +469,9 @@ struct Loaded {
     /// Whether its calls currently leave the async workers (it was seen computing long).
     pace: Pace,
     /// The prescreens its instances declared, compiled once for all sessions.
-    screens: std::sync::Mutex<Vec<Arc<Prescreened>>>,
+    screens: std::sync::Mutex<Vec<Arc<Screen>>>,
     /// Whether they are run ([`HostConfig::prescreen`]).
     prescreen: bool,
-}
-
-/// A prescreen as declared, and compiled.
-#[derive(Debug)]
-struct Prescreened {
-    declared: frame::Prescreen,
-    screen: Screen,
 }
 
 /// How long a plugin stays marked slow after its last slow call.
@@ -617,16 +610,13 @@ impl LoadedPlugin {
 
     /// `prescreen` compiled: from the plugin's cache when an instance declared it before
     /// (every session of a plugin usually declares the same), else compiled now and kept.
-    fn screen(&self, prescreen: &frame::Prescreen) -> Result<Arc<Prescreened>, PluginError> {
+    fn screen(&self, prescreen: &frame::Prescreen) -> Result<Arc<Screen>, PluginError> {
         let mut screens = self.0.screens.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = screens.iter().find(|s| &s.declared == prescreen) {
+        if let Some(known) = screens.iter().find(|s| s.declared() == prescreen) {
             return Ok(known.clone());
         }
         let screen = Screen::new(prescreen).map_err(|why| self.error(Failure::Init(why)))?;
-        let compiled = Arc::new(Prescreened {
-            declared: prescreen.clone(),
-            screen,
-        });
+        let compiled = Arc::new(screen);
         // A plugin whose prescreens differ per session: keep the last few, not all.
         if screens.len() >= 8 {
             screens.remove(0);
@@ -878,7 +868,7 @@ pub struct FilterInstance {
 #[derive(Clone, Debug)]
 struct Wants {
     kinds: [u16; 2],
-    screen: Option<Arc<Prescreened>>,
+    screen: Option<Arc<Screen>>,
     /// For a stateless instance, the memory past which it is renewed after a call: halfway
     /// from what it used fresh to its limit, leaving the other half for the next call's own
     /// needs. `None` for an instance that keeps state.
@@ -896,7 +886,7 @@ impl Wants {
     /// `limit`.
     fn of(
         interest: &frame::Interest,
-        screen: Option<Arc<Prescreened>>,
+        screen: Option<Arc<Screen>>,
         fresh: usize,
         limit: usize,
     ) -> Wants {
@@ -915,7 +905,7 @@ impl Wants {
 
     fn frame(&self, frame: &Frame) -> bool {
         self.kinds[frame.direction as usize] & 1 << frame.content.kind() as u16 != 0
-            && (self.screen.as_ref()).is_none_or(|s| s.screen.admits(&frame.content))
+            && (self.screen.as_ref()).is_none_or(|s| s.admits(&frame.content))
     }
 
     fn interest(&self) -> frame::Interest {
@@ -929,7 +919,7 @@ impl Wants {
             client_to_target: kinds(self.kinds[0]),
             target_to_client: kinds(self.kinds[1]),
             stateless: self.renew_above.is_some(),
-            prescreen: self.screen.as_ref().map(|s| s.declared.clone()),
+            prescreen: self.screen.as_ref().map(|s| s.declared().clone()),
         }
     }
 }
