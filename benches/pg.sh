@@ -15,16 +15,20 @@
 # sluice-async-noprescreen: async with SLUICE_PLUGIN_PRESCREEN=off (the plugins called with
 # every frame of their interest, as before plugins declared prescreens).
 #
+# tokio-copy and tokio-copy-1: no gateway at all, bytes copied both ways by tokio with two
+# workers or on one thread (benches/relay_floor.rs): the floor under any relay on tokio.
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
-# measured from /proc over the run less its first 2 s and last second.
+# measured from /proc over the run less its first 2 s and last second, and how often the
+# proxy's threads were switched out per transaction (each switch is a sleep and a wake-up).
 # Each round ends with the disk's fsync latency (4 KiB written and fdatasync'd beside the
 # strict gateway's record, median of 200) and the bound it sets on strict recording: at most
 # two group commits per transaction in flight, so 8 clients / (2 x fsync) transactions/s;
 # and the same for 12 scattered pages, the shape of one redb commit of the record.
 # PROFILE=DIR also samples each proxy's CPU over the same window with `perf record` and writes
 # its flat profile (self time by symbol) to DIR/TARGET-SCRIPT.txt (the samples in .perf.data
-# beside it; sampling adds to the CPU figures of that run).
+# beside it; sampling adds to the CPU figures of that run). SYSCALLS=DIR instead counts the
+# proxy's system calls over the window (`perf stat`) into DIR/TARGET-SCRIPT.txt.
 # Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
 # throwaway server and pgbouncer here have no certificates).
 set -euo pipefail
@@ -36,6 +40,7 @@ chmod 755 "$work"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+COPY2=$(free_port); COPY1=$(free_port)
 PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port); BARE=$(free_port)
 RECORD_PG=$(free_port); STRICT_PG=$(free_port); STRICT_NJ=$(free_port); ASYNC_NP=$(free_port)
 mkdir -p "$work/pg" "$work/bouncer" "$work/record-pg"
@@ -129,6 +134,12 @@ STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['
 STRICT_NJ_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-nojournal/data/dev-tokens.json")
 STRICT_PG_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-pg/data/dev-tokens.json")
 
+FLOOR=$PWD/target/release/examples/relay_floor
+if [[ " ${TARGETS:-} " == *" tokio-copy"* ]]; then
+  [ -x "$FLOOR" ] || cargo build -q --release -p sluice --example relay_floor
+  "$FLOOR" "127.0.0.1:$COPY2" "127.0.0.1:$PG" 2 & pids+=($!); proxy_pid[copy2]=$!
+  "$FLOOR" "127.0.0.1:$COPY1" "127.0.0.1:$PG" 0 & pids+=($!); proxy_pid[copy1]=$!
+fi
 proxy_pid[pgbouncer]=$(pgrep -f "^pgbouncer $work/bouncer" || echo 0)
 
 # CPU clock ticks the proxy PID, the server (the postmaster and its children) and pgbench
@@ -151,13 +162,24 @@ def ticks():  # {pid: (whose, utime + stime of all its threads)}
         if who:
             used[pid] = (who, int(fields[11]) + int(fields[12]))
     return used
+def switches():  # context switches of the proxy's threads: each is a sleep and a wake-up
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{proxy}/task"):
+            for line in open(f"/proc/{proxy}/task/{task}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[-1])
+    except OSError:
+        pass
+    return total
 time.sleep(2)
-before = ticks()
+before, switched = ticks(), switches()
 time.sleep(window)
+switched = switches() - switched
 spent = {"proxy": 0, "server": 0, "client": 0}
 for pid, (who, now) in ticks().items():  # (a process that ended meanwhile is not counted)
     spent[who] += now - before.get(pid, (who, 0))[1]
-print(spent["proxy"], spent["server"], spent["client"])
+print(spent["proxy"], spent["server"], spent["client"], switched)
 PY
 }
 
@@ -168,12 +190,18 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
   local ticks=$! sampler=
   if [ -n "${PROFILE:-}" ] && [ "$proxy" != 0 ]; then
     mkdir -p "$PROFILE"
-    (sleep 2 && exec perf record -q -F 1999 -p "$proxy" -o "$PROFILE/$label-$SCRIPT.perf.data" -- sleep "$window") >/dev/null 2>&1 &
+    (sleep 2 && exec perf record -q -F 1999 ${PERF_CALLS:+-g} -p "$proxy" -o "$PROFILE/$label-$SCRIPT.perf.data" -- sleep "$window") >/dev/null 2>&1 &
+    sampler=$!
+  fi
+  if [ -n "${SYSCALLS:-}" ] && [ "$proxy" != 0 ]; then
+    mkdir -p "$SYSCALLS"
+    (sleep 2 && exec perf stat -e "$(printf 'syscalls:sys_enter_%s,' sendto recvfrom epoll_wait futex write read writev)context-switches" \
+      -p "$proxy" -o "$SYSCALLS/$label-$SCRIPT.txt" -- sleep "$window") >/dev/null 2>&1 &
     sampler=$!
   fi
   out=$(PGSSLMODE=${SSLMODE:-disable} PGPASSWORD=$password pgbench -n -c 8 -j 2 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1)
   wait "$ticks"
-  if [ -n "$sampler" ]; then
+  if [ -n "$sampler" ] && [ -n "${PROFILE:-}" ]; then
     wait "$sampler"
     perf report -q -i "$PROFILE/$label-$SCRIPT.perf.data" --no-children --sort dso,symbol --percent-limit 0.3 \
       >"$PROFILE/$label-$SCRIPT.txt" 2>/dev/null
@@ -181,11 +209,12 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
   local tps latency
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
   latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
-  read -r proxy_ticks server_ticks client_ticks <"$work/cpu"
+  read -r proxy_ticks server_ticks client_ticks proxy_switches <"$work/cpu"
   per_txn() { python3 -c "print(round($1 / $(getconf CLK_TCK) * 1e6 / ($tps * $window)))"; }
-  printf '%-16s %-10s tps %8.0f  latency %7s ms  cpu µs/txn: proxy %3s server %3s pgbench %3s\n' \
+  printf '%-16s %-10s tps %8.0f  latency %7s ms  cpu µs/txn: proxy %3s server %3s pgbench %3s  proxy switches/txn %s\n' \
     "$label" "$SCRIPT" "$tps" "$latency" \
-    "$(per_txn "$proxy_ticks")" "$(per_txn "$server_ticks")" "$(per_txn "$client_ticks")"
+    "$(per_txn "$proxy_ticks")" "$(per_txn "$server_ticks")" "$(per_txn "$client_ticks")" \
+    "$(python3 -c "print(round($proxy_switches / ($tps * $window), 2))")"
 }
 for round in $(seq "${ROUNDS:-1}"); do # rounds interleave the targets: the machine drifts
 for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
@@ -193,6 +222,8 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
   for target in ${TARGETS:-direct pgbouncer sluice-async sluice-strict sluice-strict-pg}; do
     case $target in
       direct) run direct 0 "$PG" "" "${args[@]}" ;;
+      tokio-copy) run tokio-copy "${proxy_pid[copy2]}" "$COPY2" "" "${args[@]}" ;;
+      tokio-copy-1) run tokio-copy-1 "${proxy_pid[copy1]}" "$COPY1" "" "${args[@]}" ;;
       pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
       sluice-async-noprescreen) run sluice-async-np "${proxy_pid[async-noprescreen]}" "$ASYNC_NP" "$ASYNC_NP_TOKEN" "${args[@]}" ;;
