@@ -332,7 +332,9 @@ impl Interest {
     /// cannot act on costs no call. Say only what every frame the plugin acts on contains:
     /// the keywords its rules start from, the patterns of its detectors. Leave out kinds whose
     /// verdict depends on state (a row masked because of its column's name, bytes buffered
-    /// across chunks).
+    /// across chunks). Columns may be named even when the rows after them depend on them: a
+    /// result's columns that match nothing reach the plugin just before the first of its rows
+    /// that does, and must then be passed.
     pub fn prescreen<P: Into<String>>(
         mut self,
         kinds: &[ContentKind],

@@ -547,8 +547,8 @@ fn plugins_built_against_0_3_keep_loading_and_see_every_frame_of_their_interest(
 }
 
 /// The shipped PostgreSQL chain (the SQL gate, then the masker) with their prescreens: a
-/// read that holds nothing to mask or judge costs one call (the masker reading the result's
-/// columns), and whatever they act on still reaches them.
+/// read that holds nothing to mask or judge costs no call, and whatever they act on still
+/// reaches them (a row the masker is asked about, after the columns it was not).
 #[test]
 fn prescreened_frames_pass_uncalled_and_what_plugins_act_on_still_reaches_them() {
     use sluice_core::frame::{CellFormat, Column, Statement};
@@ -591,7 +591,7 @@ fn prescreened_frames_pass_uncalled_and_what_plugins_act_on_still_reaches_them()
         format: CellFormat::Text,
     }]);
     let d = chain.on_frame(Frame::new(Direction::TargetToClient, columns));
-    assert_eq!(called(&d), ["mask:pass"]);
+    assert_eq!(called(&d), Vec::<String>::new());
     let row = |cell: &str| {
         Frame::new(
             Direction::TargetToClient,
@@ -614,6 +614,108 @@ fn prescreened_frames_pass_uncalled_and_what_plugins_act_on_still_reaches_them()
         d.record,
         query("SELECT '[MASKED:email]'").content,
         "recorded masked"
+    );
+}
+
+/// A result's columns the masker's prescreen keeps from it reach it before the first of
+/// their rows that does, so what it sets up from them (a column never masked, one always
+/// masked) holds for that result's rows and no other's.
+#[test]
+fn prescreened_columns_reach_the_plugin_before_their_first_row_that_does() {
+    use sluice_core::frame::{CellFormat, Column};
+    let host = host();
+    let columns = |names: &[&str]| {
+        let columns = names.iter().map(|name| Column {
+            name: (*name).into(),
+            table: None,
+            table_oid: 0,
+            type_oid: 25,
+            format: CellFormat::Text,
+        });
+        Frame::new(
+            Direction::TargetToClient,
+            Content::Columns(columns.collect()),
+        )
+    };
+    let row = |cell: &str| {
+        Frame::new(
+            Direction::TargetToClient,
+            Content::Row(vec![Some(cell.as_bytes().to_vec())]),
+        )
+    };
+    let called = |d: &sluice_engine::chain::Decision| d.calls.len();
+    let card = "4242 4242 4242 4242";
+
+    // Rows prescreened: a card under a column the policy never masks passes as it is.
+    let never = load(
+        &host,
+        &spec(
+            "mask",
+            builtin("mask"),
+            r#"{"columns": {"notes": "never"}}"#,
+        ),
+    );
+    let mut chain = Chain::new(std::slice::from_ref(&never), &session("pg")).unwrap();
+    assert_eq!(called(&chain.on_frame(columns(&["notes"]))), 0);
+    assert_eq!(called(&chain.on_frame(row("no digits"))), 0);
+    let d = chain.on_frame(row(card));
+    assert_eq!((called(&d), &d.forward), (1, &row(card).content));
+    // The next result's columns replace them, whether or not a row of theirs was asked about.
+    chain.on_frame(columns(&["comment"]));
+    let d = chain.on_frame(row(card));
+    assert_eq!(d.forward, row("[MASKED:card]").content);
+    chain.on_frame(columns(&["notes"]));
+    chain.on_frame(columns(&["comment"]));
+    assert_eq!(
+        chain.on_frame(row(card)).forward,
+        row("[MASKED:card]").content
+    );
+
+    // Rows not prescreened (a column always masked): the columns still wait for the first.
+    let always = load(
+        &host,
+        &spec("mask", builtin("mask"), r#"{"columns": {"ssn": "always"}}"#),
+    );
+    let mut chain = Chain::new(std::slice::from_ref(&always), &session("pg")).unwrap();
+    assert_eq!(called(&chain.on_frame(columns(&["ssn"]))), 0);
+    let d = chain.on_frame(row("123-45-6789"));
+    assert_ne!(d.forward, row("123-45-6789").content, "masked");
+    chain.on_frame(columns(&["id"]));
+    assert_eq!(chain.on_frame(row("7")).forward, row("7").content);
+}
+
+/// A plugin that breaks its prescreen's promise (columns that matched none of its patterns,
+/// which it then does not pass when they reach it before a row) fails, and fails closed.
+#[test]
+fn a_verdict_other_than_pass_on_prescreened_columns_fails_closed() {
+    use sluice_core::frame::{CellFormat, Column};
+    let host = host();
+    let plugin = load(
+        &host,
+        &spec(
+            "antics",
+            file(guest("antics")),
+            r#"{"prescreen": ["nothing"]}"#,
+        ),
+    );
+    let mut chain = Chain::new(std::slice::from_ref(&plugin), &session("pg")).unwrap();
+    let columns = Content::Columns(vec![Column {
+        name: "refuse".into(),
+        table: None,
+        table_oid: 0,
+        type_oid: 25,
+        format: CellFormat::Text,
+    }]);
+    let d = chain.on_frame(Frame::new(Direction::TargetToClient, columns));
+    assert_eq!((d.calls.len(), &d.outcome), (0, &Outcome::Pass));
+    let d = chain.on_frame(Frame::new(
+        Direction::TargetToClient,
+        Content::Row(vec![Some(b"1".to_vec())]),
+    ));
+    assert!(
+        matches!(&d.outcome, Outcome::Deny { reason, .. } if reason.contains("was not `pass`")),
+        "{:?}",
+        d.outcome
     );
 }
 

@@ -278,6 +278,10 @@ pub fn run(
             // As in the gateway: a frame outside the plugin's interest, or one its prescreen
             // matches nothing in, passes uncalled.
             let why = match interest.wants(direction, frame.content.kind()) {
+                true if matches!(frame.content, Content::Columns(_)) => {
+                    "not asked: its prescreen matched nothing in it, passed without a call; \
+                     the plugin gets it before the first of its rows it is asked about"
+                }
                 true => "not asked: its prescreen matched nothing in it, passed without a call",
                 false => "not asked: outside the plugin's interest, passed without a call",
             };

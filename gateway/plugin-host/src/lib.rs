@@ -591,6 +591,7 @@ impl LoadedPlugin {
             capture: false,
             last_call: Duration::ZERO,
             renewals: 0,
+            held_columns: None,
             metric_labels: sluice_core::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
         let (session, wants) = (&instance.session, &mut instance.wants);
@@ -861,6 +862,9 @@ pub struct FilterInstance {
     last_call: Duration,
     /// Times a stateless instance was swapped for a fresh one (see [`FilterInstance::renewals`]).
     renewals: u64,
+    /// A result's columns that its prescreen kept from it: they reach it just before the
+    /// first of the result's rows that does (see `prescreen` in the contract).
+    held_columns: Option<Frame>,
 }
 
 /// What a filter instance said in `init`: the frames it wants (a bit per kind of content,
@@ -903,9 +907,13 @@ impl Wants {
         }
     }
 
-    fn frame(&self, frame: &Frame) -> bool {
+    /// Whether `frame` is of a kind the interest names (its prescreen aside).
+    fn names(&self, frame: &Frame) -> bool {
         self.kinds[frame.direction as usize] & 1 << frame.content.kind() as u16 != 0
-            && (self.screen.as_ref()).is_none_or(|s| s.admits(&frame.content))
+    }
+
+    fn frame(&self, frame: &Frame) -> bool {
+        self.names(frame) && (self.screen.as_ref()).is_none_or(|s| s.admits(&frame.content))
     }
 
     fn interest(&self) -> frame::Interest {
@@ -947,14 +955,45 @@ impl FilterInstance {
         self.wants.interest()
     }
 
-    /// Whether the plugin asked to see `frame` (see `interest` in the contract); the chain
-    /// passes the others on without calling it.
-    pub fn wants(&self, frame: &Frame) -> bool {
-        self.wants.frame(frame)
+    /// Whether the plugin asks for a verdict on `frame` (see `interest` in the contract);
+    /// the chain passes the others on without calling it. A result's columns its prescreen
+    /// matches nothing in are kept for [`FilterInstance::on_frame`] on the first of its rows.
+    pub fn wants(&mut self, frame: &Frame) -> bool {
+        let wanted = self.wants.frame(frame);
+        if let Content::Columns(_) = frame.content {
+            // A new result: the last one's columns, if still held, no longer apply.
+            self.held_columns = (!wanted && self.wants.names(frame)).then(|| frame.clone());
+        }
+        wanted
     }
 
     /// The plugin's verdict on one frame, checked. On any failure the instance is dropped.
+    /// A row's columns, when its prescreen kept them from the plugin, reach it first; its
+    /// prescreen promised `pass` for them, and any other verdict is a failure.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
+        let Some(columns) = (matches!(frame.content, Content::Row(_)))
+            .then(|| self.held_columns.take())
+            .flatten()
+        else {
+            return self.ask(frame);
+        };
+        let verdict = self.ask(&columns)?;
+        let columns_took = self.last_call;
+        if verdict != Verdict::pass() {
+            self.instance.live = None;
+            return Err(self.instance.plugin.error(Failure::Malformed(
+                "its verdict on a result's columns its prescreen matched nothing in was not \
+                 `pass` (they reach it only to set up the rows after them; a prescreen may \
+                 keep from a plugin only what it passes)"
+                    .into(),
+            )));
+        }
+        let verdict = self.ask(frame);
+        self.last_call += columns_took;
+        verdict
+    }
+
+    fn ask(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
         let started = std::time::Instant::now();
         let capture = self.capture;
         let called = self.call(|store, filter| {

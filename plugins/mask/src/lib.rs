@@ -580,11 +580,16 @@ impl Filter for Mask {
 
     /// Every frame, with a prescreen: a line, a statement or (without rules that mask a
     /// cell whatever it holds) a row reaches the masker only when one of its detectors'
-    /// patterns matches it, since a value is masked only where its pattern matches. Bytes
-    /// are held across chunks, columns set up the rows after them, and tool calls are JSON
-    /// whose escapes hide what a value reads as: those always reach it.
+    /// patterns matches it, since a value is masked only where its pattern matches. Columns
+    /// set up the rows after them and always pass: prescreened, they reach it just before
+    /// the first of their rows that does. Bytes are held across chunks, and tool calls are
+    /// JSON whose escapes hide what a value reads as: those always reach it.
     fn interest(&self) -> Interest {
-        let mut kinds = vec![ContentKind::Line, ContentKind::Statement];
+        let mut kinds = vec![
+            ContentKind::Line,
+            ContentKind::Statement,
+            ContentKind::Columns,
+        ];
         let always = |rules: &BTreeMap<String, CellRule>| {
             rules.values().any(|r| matches!(r, CellRule::Always(_)))
         };

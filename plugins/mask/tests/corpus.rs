@@ -321,8 +321,37 @@ mod prescreen {
             });
             assert!(!screen.admits(&statement), "{sql}");
         }
+        let columns = Content::Columns(vec![Column {
+            name: "abalance".into(),
+            table: Some("public.pgbench_accounts".into()),
+            table_oid: 1,
+            type_oid: 23,
+            format: CellFormat::Text,
+        }]);
+        assert!(!screen.admits(&columns));
         assert!(!screen.admits(&Content::Row(vec![Some(b"-2345".to_vec())])));
         assert!(screen.admits(&Content::Row(vec![Some(b"4242 4242 4242 4242".to_vec())])));
+    }
+
+    /// What naming columns in the prescreen promises: the masker passes every result's
+    /// columns as they are (they only set up the rows after them), whatever they are named.
+    #[test]
+    fn the_masker_passes_every_columns_frame() {
+        let rules = r#"{"columns": {"users.ssn": "always", "note": "never"}}"#;
+        for config in ["{}", EVERY, rules] {
+            let mut mask = filter(config);
+            for text in texts() {
+                let columns = [text.as_str(), "ssn", "note"].map(|name| Column {
+                    name: name.into(),
+                    table: Some("users".into()),
+                    table_oid: 1,
+                    type_oid: 25,
+                    format: CellFormat::Text,
+                });
+                let frame = Frame::new(Direction::TargetToClient, Content::Columns(columns.into()));
+                assert_eq!(mask.on_frame(&frame), Verdict::pass(), "{config}: {text:?}");
+            }
+        }
     }
 
     #[test]
@@ -333,10 +362,13 @@ mod prescreen {
         assert!(!kinds(r#"{"columns": {"users.ssn": "always"}}"#).contains(&ContentKind::Row));
         assert!(!kinds(r#"{"columns": {"ssn": "fill"}}"#).contains(&ContentKind::Row));
         assert!(!kinds(r#"{"json": {"ssn": "never"}}"#).contains(&ContentKind::Row));
-        // Bytes (held across chunks), columns and tool calls always reach it.
+        // Columns always pass: prescreened, they reach it before their first row that does.
+        for config in ["{}", r#"{"columns": {"users.ssn": "always"}}"#] {
+            assert!(kinds(config).contains(&ContentKind::Columns), "{config}");
+        }
+        // Bytes (held across chunks) and tool calls always reach it.
         for kind in [
             ContentKind::Bytes,
-            ContentKind::Columns,
             ContentKind::ToolCall,
             ContentKind::ToolResult,
         ] {

@@ -11,7 +11,8 @@ pub struct Antics {
     remembered: Option<String>,
     stash: Option<Content>,
     frames_seen: u64,
-    /// Lines reach it only when one of these matches (config `{"prescreen": [...]}`).
+    /// Lines and columns reach it only when one of these matches (config
+    /// `{"prescreen": [...]}`).
     prescreen: Option<Vec<String>>,
 }
 
@@ -40,7 +41,9 @@ impl Filter for Antics {
             ..Interest::all()
         };
         match &self.prescreen {
-            Some(patterns) => interest.prescreen(&[ContentKind::Line], patterns),
+            Some(patterns) => {
+                interest.prescreen(&[ContentKind::Line, ContentKind::Columns], patterns)
+            }
             None => interest,
         }
     }
@@ -62,6 +65,10 @@ impl Filter for Antics {
                 return Verdict::hold("asked in a comment");
             }
             Content::Statement(statement) => statement.text.trim_end(),
+            // Breaks its prescreen's promise when the columns match nothing in it.
+            Content::Columns(columns) if columns.iter().any(|c| c.name == "refuse") => {
+                return Verdict::deny("a column named refuse");
+            }
             _ => return Verdict::pass(),
         };
         match line.split_once(' ').unwrap_or((line, "")) {
