@@ -34,7 +34,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
-SLUICE=$PWD/target/release/sluice
+SLUICE=${SLUICE:-$PWD/target/release/sluice}
 work=$(mktemp -d /tmp/sluice-pgbench.XXXX)
 chmod 755 "$work"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }

@@ -16,10 +16,13 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: relay_floor LISTEN UPSTREAM [WORKERS]");
         std::process::exit(2);
     };
-    let workers: usize = args.next().map_or(Ok(2), |w| w.parse()).unwrap_or_else(|_| {
-        eprintln!("WORKERS is a number");
-        std::process::exit(2);
-    });
+    let workers: usize = args
+        .next()
+        .map_or(Ok(2), |w| w.parse())
+        .unwrap_or_else(|_| {
+            eprintln!("WORKERS is a number");
+            std::process::exit(2);
+        });
     let runtime = match workers {
         0 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
