@@ -27,7 +27,8 @@
 # and the same for 12 scattered pages, the shape of one redb commit of the record.
 # PROFILE=DIR also samples each proxy's CPU over the same window with `perf record` and writes
 # its flat profile (self time by symbol) to DIR/TARGET-SCRIPT.txt (the samples in .perf.data
-# beside it; sampling adds to the CPU figures of that run). SYSCALLS=DIR instead counts the
+# beside it; sampling adds to the CPU figures of that run; PERF_CALLS=fp|dwarf adds call
+# graphs, PERF_HZ sets the rate). SYSCALLS=DIR instead counts the
 # proxy's system calls over the window (`perf stat`) into DIR/TARGET-SCRIPT.txt.
 # Clients connect without TLS everywhere (SSLMODE=require to measure Sluice with it: the
 # throwaway server and pgbouncer here have no certificates).
@@ -190,7 +191,7 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
   local ticks=$! sampler=
   if [ -n "${PROFILE:-}" ] && [ "$proxy" != 0 ]; then
     mkdir -p "$PROFILE"
-    (sleep 2 && exec perf record -q -F 1999 ${PERF_CALLS:+-g} -p "$proxy" -o "$PROFILE/$label-$SCRIPT.perf.data" -- sleep "$window") >/dev/null 2>&1 &
+    (sleep 2 && exec perf record -q -F "${PERF_HZ:-1999}" ${PERF_CALLS:+--call-graph "$PERF_CALLS"} -p "$proxy" -o "$PROFILE/$label-$SCRIPT.perf.data" -- sleep "$window") >/dev/null 2>&1 &
     sampler=$!
   fi
   if [ -n "${SYSCALLS:-}" ] && [ "$proxy" != 0 ]; then
