@@ -226,6 +226,51 @@ fn plugin_run_explain_says_what_the_shipped_plugins_matched_where_never_the_valu
     assert!(quiet[0].get("explain").is_none(), "{:?}", quiet[0]);
 }
 
+/// `plugin run` holds a result's columns as the gateway does: kept from the masker, they reach
+/// it before the first row it is asked about, so a column the policy never masks is honoured.
+#[test]
+fn plugin_run_holds_prescreened_columns_for_their_first_row() {
+    let frames = [
+        r#"{"direction": "target-to-client", "columns": [{"name": "notes"}]}"#,
+        r#"{"direction": "target-to-client", "row": ["no digits"]}"#,
+        r#"{"direction": "target-to-client", "row": ["4242 4242 4242 4242"]}"#,
+        r#"{"direction": "target-to-client", "columns": [{"name": "comment"}]}"#,
+        r#"{"direction": "target-to-client", "row": ["4242 4242 4242 4242"]}"#,
+    ];
+    let (code, out, err) = run_command(
+        sluice().args([
+            "plugin",
+            "run",
+            "builtin:mask",
+            "--config",
+            r#"columns={notes="never"}"#,
+        ]),
+        &(frames.join("\n") + "\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("prescreened [line, statement, columns, row]"),
+        "{err}"
+    );
+    let reports: Vec<serde_json::Value> = (out.lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reason = |i: usize| {
+        reports[i]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(reason(0).contains("before the first of its rows"), "{out}");
+    assert!(reason(1).contains("prescreen matched nothing"), "{out}");
+    assert_eq!(
+        (&reports[2]["verdict"], reason(2)),
+        (&serde_json::json!("pass"), String::new()),
+        "asked, and the never rule held: {out}"
+    );
+    assert_eq!(reports[4]["content"]["row"][0], "[MASKED:card]", "{out}");
+}
+
 #[test]
 fn sluice_policy_warns_about_a_gate_that_never_sees_its_connections_commands() {
     let dir = tempfile::tempdir().unwrap();
