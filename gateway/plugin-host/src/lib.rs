@@ -971,10 +971,11 @@ impl FilterInstance {
     /// A row's columns, when its prescreen kept them from the plugin, reach it first; its
     /// prescreen promised `pass` for them, and any other verdict is a failure.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
-        let Some(columns) = (matches!(frame.content, Content::Row(_)))
-            .then(|| self.held_columns.take())
-            .flatten()
-        else {
+        let held = match frame.content {
+            Content::Row(_) => self.held_columns.take(),
+            _ => None,
+        };
+        let Some(columns) = held else {
             return self.ask(frame);
         };
         let verdict = self.ask(&columns)?;
