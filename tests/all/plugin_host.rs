@@ -622,21 +622,7 @@ fn prescreened_frames_pass_uncalled_and_what_plugins_act_on_still_reaches_them()
 /// masked) holds for that result's rows and no other's.
 #[test]
 fn prescreened_columns_reach_the_plugin_before_their_first_row_that_does() {
-    use sluice_core::frame::{CellFormat, Column};
     let host = host();
-    let columns = |names: &[&str]| {
-        let columns = names.iter().map(|name| Column {
-            name: (*name).into(),
-            table: None,
-            table_oid: 0,
-            type_oid: 25,
-            format: CellFormat::Text,
-        });
-        Frame::new(
-            Direction::TargetToClient,
-            Content::Columns(columns.collect()),
-        )
-    };
     let row = |cell: &str| {
         Frame::new(
             Direction::TargetToClient,
@@ -685,10 +671,10 @@ fn prescreened_columns_reach_the_plugin_before_their_first_row_that_does() {
 }
 
 /// A plugin that breaks its prescreen's promise (columns that matched none of its patterns,
-/// which it then does not pass when they reach it before a row) fails, and fails closed.
+/// which it then does not pass when they reach it before a row of theirs) fails, and fails
+/// closed.
 #[test]
 fn a_verdict_other_than_pass_on_prescreened_columns_fails_closed() {
-    use sluice_core::frame::{CellFormat, Column};
     let host = host();
     let plugin = load(
         &host,
@@ -699,24 +685,34 @@ fn a_verdict_other_than_pass_on_prescreened_columns_fails_closed() {
         ),
     );
     let mut chain = Chain::new(std::slice::from_ref(&plugin), &session("pg")).unwrap();
-    let columns = Content::Columns(vec![Column {
-        name: "refuse".into(),
-        table: None,
-        table_oid: 0,
-        type_oid: 25,
-        format: CellFormat::Text,
-    }]);
-    let d = chain.on_frame(Frame::new(Direction::TargetToClient, columns));
+    let d = chain.on_frame(columns(&["refuse"]));
     assert_eq!((d.calls.len(), &d.outcome), (0, &Outcome::Pass));
-    let d = chain.on_frame(Frame::new(
-        Direction::TargetToClient,
-        Content::Row(vec![Some(b"1".to_vec())]),
-    ));
+    let row = |direction| Frame::new(direction, Content::Row(vec![Some(b"1".to_vec())]));
+    // Columns are held per direction: a row the other way does not bring them.
+    let d = chain.on_frame(row(Direction::ClientToTarget));
+    assert_eq!((d.calls.len(), &d.outcome), (1, &Outcome::Pass));
+    let d = chain.on_frame(row(Direction::TargetToClient));
     assert!(
         matches!(&d.outcome, Outcome::Deny { reason, .. } if reason.contains("was not `pass`")),
         "{:?}",
         d.outcome
     );
+}
+
+/// A result's text columns, as the server announces them.
+fn columns(names: &[&str]) -> Frame {
+    use sluice_core::frame::{CellFormat, Column};
+    let columns = names.iter().map(|name| Column {
+        name: (*name).into(),
+        table: None,
+        table_oid: 0,
+        type_oid: 25,
+        format: CellFormat::Text,
+    });
+    Frame::new(
+        Direction::TargetToClient,
+        Content::Columns(columns.collect()),
+    )
 }
 
 /// A prescreen that does not compile refuses the plugin at load, saying which pattern.

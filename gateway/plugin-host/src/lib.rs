@@ -591,7 +591,7 @@ impl LoadedPlugin {
             capture: false,
             last_call: Duration::ZERO,
             renewals: 0,
-            held_columns: None,
+            held_columns: [None, None],
             metric_labels: sluice_core::metrics::labels(&[("plugin", &self.0.spec.name)]),
         };
         let (session, wants) = (&instance.session, &mut instance.wants);
@@ -862,9 +862,9 @@ pub struct FilterInstance {
     last_call: Duration,
     /// Times a stateless instance was swapped for a fresh one (see [`FilterInstance::renewals`]).
     renewals: u64,
-    /// A result's columns that its prescreen kept from it: they reach it just before the
-    /// first of the result's rows that does (see `prescreen` in the contract).
-    held_columns: Option<Frame>,
+    /// Per direction, a result's columns that its prescreen kept from it: they reach it just
+    /// before the first of the result's rows that does (see `prescreen` in the contract).
+    held_columns: [Option<Frame>; 2],
 }
 
 /// What a filter instance said in `init`: the frames it wants (a bit per kind of content,
@@ -962,7 +962,8 @@ impl FilterInstance {
         let wanted = self.wants.frame(frame);
         if let Content::Columns(_) = frame.content {
             // A new result: the last one's columns, if still held, no longer apply.
-            self.held_columns = (!wanted && self.wants.names(frame)).then(|| frame.clone());
+            self.held_columns[frame.direction as usize] =
+                (!wanted && self.wants.names(frame)).then(|| frame.clone());
         }
         wanted
     }
@@ -972,7 +973,7 @@ impl FilterInstance {
     /// prescreen promised `pass` for them, and any other verdict is a failure.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Verdict, PluginError> {
         let held = match frame.content {
-            Content::Row(_) => self.held_columns.take(),
+            Content::Row(_) => self.held_columns[frame.direction as usize].take(),
             _ => None,
         };
         let Some(columns) = held else {
