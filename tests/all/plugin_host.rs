@@ -51,7 +51,7 @@ fn verdicts_compose_through_a_chain_in_order() {
     let d = chain.on_frame(line(2, "echo hunter2"));
     assert_eq!(d.outcome, Outcome::Pass);
     assert_eq!(d.forward, Content::Line("echo [gone]".into()));
-    assert_eq!(d.record, d.forward);
+    assert_eq!(d.recorded(), &d.forward);
 
     // hold: the later plugins still run (and could still mask what the reviewer sees).
     let d = chain.on_frame(line(3, "hold needs a second pair of eyes"));
@@ -75,7 +75,7 @@ fn verdicts_compose_through_a_chain_in_order() {
     // record-as: forwarded intact, recorded redacted.
     let d = chain.on_frame(line(5, "secret s3cr3t"));
     assert_eq!(d.forward, Content::Line("secret s3cr3t".into()));
-    assert_eq!(d.record, Content::Line("secret ******".into()));
+    assert_eq!(d.recorded(), &Content::Line("secret ******".into()));
 }
 
 #[test]
@@ -611,8 +611,8 @@ fn prescreened_frames_pass_uncalled_and_what_plugins_act_on_still_reaches_them()
     let d = chain.on_frame(query("SELECT 'bob@example.com'"));
     assert_eq!(called(&d), ["mask:pass+record-as"]);
     assert_eq!(
-        d.record,
-        query("SELECT '[MASKED:email]'").content,
+        d.recorded(),
+        &query("SELECT '[MASKED:email]'").content,
         "recorded masked"
     );
 }

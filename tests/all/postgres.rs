@@ -846,6 +846,22 @@ fn what_cannot_be_framed_soundly_is_refused_and_recorded_and_copy_data_held_back
     let (code, out, err) = psql(port, &token, &["-c", "SELECT 'hunter2' AS said"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("[REDACTED]"), "{out}");
+    // A query that is not UTF-8 crosses the chain repaired (U+FFFD, three bytes, in place
+    // of the stray byte), and the server runs it as repaired, never as the bytes the chain
+    // did not see (which a UTF-8 server would refuse, and any other would count as one).
+    let (code, out, err) = run_command(
+        Command::new("psql")
+            .env("PGPASSWORD", &token)
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "whoever", "-d", "postgres", "-c"])
+            .arg(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                    b"SELECT octet_length('\xe9')",
+                ),
+            ),
+        "",
+    );
+    assert_eq!((code, out.trim()), (0, "3"), "{err}");
     // ...and is refused through the extended one, where the server parsed it as sent: what
     // the server runs and what the record says never differ.
     block_on(async move {

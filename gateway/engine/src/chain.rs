@@ -33,13 +33,27 @@ pub struct Decision {
     pub outcome: Outcome,
     /// What goes to the peer (when the outcome allows).
     pub forward: Content,
-    /// What the record and the sinks get.
-    pub record: Content,
+    /// What the record and the sinks get when it is not `forward` (a plugin's `record-as`):
+    /// read it through [`Decision::recorded`]. Kept apart rather than copied, so a frame no
+    /// plugin redacted is never cloned on its way to the record.
+    pub record_as: Option<Content>,
     /// Plugins that failed on this frame, whatever the outcome.
     pub failures: Vec<PluginError>,
     /// Each plugin call the frame took, in chain order (plugins it did not interest are
     /// not called): what `sluice trace` shows.
     pub calls: Vec<Call>,
+}
+
+impl Decision {
+    /// What the record and the sinks get for this frame.
+    pub fn recorded(&self) -> &Content {
+        self.record_as.as_ref().unwrap_or(&self.forward)
+    }
+
+    /// Whether `forward` is the frame as it came: no plugin replaced it.
+    pub fn forwards_as_read(&self) -> bool {
+        !self.calls.iter().any(|c| c.verdict.starts_with("replace"))
+    }
 }
 
 /// One plugin's answer on one frame, and how long the call took.
@@ -189,11 +203,10 @@ impl Chain {
         } else {
             Outcome::Hold { reasons: holds }
         };
-        let record = record.unwrap_or_else(|| frame.content.clone());
         Decision {
             outcome,
             forward: frame.content,
-            record,
+            record_as: record,
             failures,
             calls,
         }
@@ -218,8 +231,8 @@ fn deny(
             plugin: refusal.plugin,
             reason: refusal.reason,
         },
-        record: record.unwrap_or_else(|| content.clone()),
         forward: content,
+        record_as: record,
         failures,
         calls,
     }

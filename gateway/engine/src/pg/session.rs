@@ -243,6 +243,11 @@ impl<
                 };
                 self.expect.push_back(Expect::Query);
                 match self.statement(statement, true).await? {
+                    // The query as the client sent it, when that is what the chain passed
+                    // (byte for byte: text that was not UTF-8 crossed the chain repaired).
+                    Ok(text) if m.body.strip_suffix(&[0]) == Some(text.as_bytes()) => {
+                        self.forward(&m)
+                    }
                     Ok(text) => self.forward(&message::query(&text)),
                     Err(refusal) => self.forward(&message::query(&raise(&refusal))),
                 }
@@ -403,14 +408,10 @@ impl<
         statement: Statement,
         rewritable: bool,
     ) -> Result<Result<String, String>, End> {
-        let sent = statement.clone();
         let mut decision = self
             .core
             .filter(Direction::ClientToTarget, Content::Statement(statement));
-        if !rewritable
-            && decision.outcome == Outcome::Pass
-            && decision.forward != Content::Statement(sent)
-        {
+        if !rewritable && decision.outcome == Outcome::Pass && !decision.forwards_as_read() {
             decision.outcome = Outcome::Deny {
                 plugin: "sluice".into(),
                 reason: "a plugin rewrote this statement, which the extended query protocol cannot carry (the server has parsed it as sent); send it as a simple query".into(),
@@ -767,8 +768,13 @@ impl<
                         self.cut = true;
                     }
                     (Outcome::Pass, Content::Row(cells)) => {
-                        ready.push(self.encode_row(m.tag, cells));
                         batch.push(self.core.seq(out), &decision);
+                        // A row no plugin changed goes on as the server sent it.
+                        ready.push(if decision.forwards_as_read() {
+                            m
+                        } else {
+                            self.encode_row(m.tag, cells)
+                        });
                     }
                     (outcome, _) => {
                         // A refused row ends its response with an error.

@@ -535,7 +535,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut decision = self.core.filter(Direction::ClientToTarget, content);
         let seq = self.core.seq(Direction::ClientToTarget);
         if let Some(redacted) = redacted {
-            decision.record = redacted;
+            decision.record_as = Some(redacted);
         }
         if let Outcome::Hold { reasons } = &decision.outcome {
             let mut pending = self

@@ -281,8 +281,8 @@ impl Core {
                 plugin: "sluice".into(),
                 reason: reason.into(),
             },
-            forward: content.clone(),
-            record: content,
+            forward: content,
+            record_as: None,
             failures: Vec::new(),
             calls: Vec::new(),
         }
@@ -319,7 +319,7 @@ impl Core {
         decision: &Decision,
         reason: &str,
     ) -> Result<Pending, RecordFailed> {
-        let text = match &decision.record {
+        let text = match decision.recorded() {
             Content::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             other => String::from_utf8_lossy(&record_payload(other)).into_owned(),
         };
@@ -409,11 +409,11 @@ impl Core {
             Outcome::Deny { plugin, reason } => ("deny", Some(format!("{plugin}: {reason}"))),
         };
         let meta = FrameMeta {
-            content: sluice_core::frame::kind(&decision.record),
+            content: sluice_core::frame::kind(decision.recorded()),
             dir: direction_name(direction),
             failures: decision.failures.iter().map(|f| f.to_string()).collect(),
             outcome,
-            params: match &decision.record {
+            params: match decision.recorded() {
                 Content::Statement(s) if !s.params.is_empty() => Some(Cells(&s.params)),
                 _ => None,
             },
@@ -421,7 +421,7 @@ impl Core {
             calls: decision.calls.iter().map(CallMeta::of).collect(),
         };
         self.count_frames(direction, outcome, 1);
-        self.event("frame", seq, &meta, record_payload(&decision.record))
+        self.event("frame", seq, &meta, record_payload(decision.recorded()))
     }
 
     /// Queues a batch of result rows that all passed as one event, with the result's columns
@@ -437,7 +437,7 @@ impl Core {
         if let Some(columns) = columns {
             failures.extend(columns.failures.iter().map(|f| f.to_string()));
             calls.add_all(&columns.calls);
-            if let Content::Columns(c) = &columns.record {
+            if let Content::Columns(c) = columns.recorded() {
                 names = Some(c.iter().map(|c| c.name.as_str()).collect());
             }
         }
@@ -532,7 +532,7 @@ impl RowBatch {
             self.first_seq = seq;
         }
         self.count += 1;
-        let cells = match &decision.record {
+        let cells = match decision.recorded() {
             Content::Row(cells) => cells.as_slice(),
             _ => &[],
         };
