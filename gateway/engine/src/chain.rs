@@ -37,6 +37,9 @@ pub struct Decision {
     /// read it through [`Decision::recorded`]. Kept apart rather than copied, so a frame no
     /// plugin redacted is never cloned on its way to the record.
     pub record_as: Option<Content>,
+    /// Whether a plugin replaced the frame: when not, `forward` is the frame as it was read,
+    /// and its bytes as read may go on unchanged.
+    pub replaced: bool,
     /// Plugins that failed on this frame, whatever the outcome.
     pub failures: Vec<PluginError>,
     /// Each plugin call the frame took, in chain order (plugins it did not interest are
@@ -48,11 +51,6 @@ impl Decision {
     /// What the record and the sinks get for this frame.
     pub fn recorded(&self) -> &Content {
         self.record_as.as_ref().unwrap_or(&self.forward)
-    }
-
-    /// Whether `forward` is the frame as it came: no plugin replaced it.
-    pub fn forwards_as_read(&self) -> bool {
-        !self.calls.iter().any(|c| c.verdict.starts_with("replace"))
     }
 }
 
@@ -154,6 +152,7 @@ impl Chain {
 
     fn run_from(&mut self, start: usize, mut frame: Frame) -> Decision {
         let mut record: Option<Content> = None;
+        let mut replaced = false;
         let mut holds = Vec::new();
         let mut failures = Vec::new();
         let mut calls = Vec::new();
@@ -177,7 +176,7 @@ impl Chain {
                                 plugin: error.plugin,
                                 reason,
                             };
-                            return deny(frame.content, record, refusal, failures, calls);
+                            return deny(frame.content, replaced, record, refusal, failures, calls);
                         }
                     }
                 }
@@ -187,14 +186,17 @@ impl Chain {
             }
             match verdict.action {
                 Action::Pass => {}
-                Action::Replace(content) => frame.content = content,
+                Action::Replace(content) => {
+                    frame.content = content;
+                    replaced = true;
+                }
                 Action::Hold(reason) => holds.push(reason),
                 Action::Deny(reason) => {
                     let refusal = Refusal {
                         plugin: link.plugin().spec().name.clone(),
                         reason,
                     };
-                    return deny(frame.content, record, refusal, failures, calls);
+                    return deny(frame.content, replaced, record, refusal, failures, calls);
                 }
             }
         }
@@ -207,6 +209,7 @@ impl Chain {
             outcome,
             forward: frame.content,
             record_as: record,
+            replaced,
             failures,
             calls,
         }
@@ -221,6 +224,7 @@ struct Refusal {
 
 fn deny(
     content: Content,
+    replaced: bool,
     record: Option<Content>,
     refusal: Refusal,
     failures: Vec<PluginError>,
@@ -233,6 +237,7 @@ fn deny(
         },
         forward: content,
         record_as: record,
+        replaced,
         failures,
         calls,
     }

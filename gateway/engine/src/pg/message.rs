@@ -393,6 +393,14 @@ pub fn data_row_cells(m: &Message) -> Result<Cells, Error> {
     for _ in 0..n {
         cells.push(body.value()?.map(<[u8]>::to_vec));
     }
+    // Nothing may follow the last value: a row goes on as read when no plugin changed it,
+    // so bytes the chain never saw would reach the client with it.
+    if !body.rest().is_empty() {
+        return Err(Error::Malformed(format!(
+            "{} bytes after a DataRow's last value",
+            body.rest().len()
+        )));
+    }
     Ok(cells)
 }
 
@@ -516,6 +524,10 @@ mod tests {
         let mut short = data_row(&cells);
         short.body.truncate(short.body.len() - 4);
         assert!(data_row_cells(&short).is_err());
+        // ...and so is one with bytes after its last cell, which no cell would carry.
+        let mut long = data_row(&cells);
+        long.body.extend_from_slice(b"hidden");
+        assert!(data_row_cells(&long).is_err());
     }
 
     #[tokio::test]

@@ -411,7 +411,7 @@ impl<
         let mut decision = self
             .core
             .filter(Direction::ClientToTarget, Content::Statement(statement));
-        if !rewritable && decision.outcome == Outcome::Pass && !decision.forwards_as_read() {
+        if !rewritable && decision.outcome == Outcome::Pass && decision.replaced {
             decision.outcome = Outcome::Deny {
                 plugin: "sluice".into(),
                 reason: "a plugin rewrote this statement, which the extended query protocol cannot carry (the server has parsed it as sent); send it as a simple query".into(),
@@ -770,10 +770,10 @@ impl<
                     (Outcome::Pass, Content::Row(cells)) => {
                         batch.push(self.core.seq(out), &decision);
                         // A row no plugin changed goes on as the server sent it.
-                        ready.push(if decision.forwards_as_read() {
-                            m
-                        } else {
+                        ready.push(if decision.replaced {
                             self.encode_row(m.tag, cells)
+                        } else {
+                            m
                         });
                     }
                     (outcome, _) => {

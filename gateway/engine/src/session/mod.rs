@@ -283,6 +283,7 @@ impl Core {
             },
             forward: content,
             record_as: None,
+            replaced: false,
             failures: Vec::new(),
             calls: Vec::new(),
         }
