@@ -770,12 +770,12 @@ fn lock_head(txn: &mut Transaction<'_>) -> Result<Option<(u64, Hash)>, Failed> {
 
 /// Chains `events` after the head (locked for the transaction), writes them with their
 /// payloads, the sessions they touch and the signed head, and moves the head.
-fn append_in(
+fn append_in<'e>(
     txn: &mut Transaction<'_>,
-    events: &[NewEvent],
+    events: &'e [NewEvent],
     signer: &SigningKey,
     node: &str,
-) -> Result<Linked, Failed> {
+) -> Result<Linked<'e>, Failed> {
     let last = lock_head(txn)?;
     let first = last.map_or(0, |(index, _)| index + 1);
     let ids: Vec<&str> = events
@@ -803,8 +803,8 @@ fn append_in(
         return Ok(linked);
     };
     let indices: Vec<i64> = linked.rows.iter().map(|r| r.index as i64).collect();
-    let sessions: Vec<&str> = linked.rows.iter().map(|r| r.session.as_str()).collect();
-    let kinds: Vec<&str> = linked.rows.iter().map(|r| r.kind.as_str()).collect();
+    let sessions: Vec<&str> = linked.rows.iter().map(|r| r.session).collect();
+    let kinds: Vec<&str> = linked.rows.iter().map(|r| r.kind).collect();
     let stored: Vec<&[u8]> = linked.rows.iter().map(|r| r.stored.as_slice()).collect();
     let payloads: Vec<&[u8]> = linked.rows.iter().map(|r| r.payload.as_slice()).collect();
     let touched: Vec<&str> = linked.sessions.iter().map(|s| s.id.as_str()).collect();
@@ -826,13 +826,13 @@ fn append_in(
         .rows
         .iter()
         .filter(|r| r.kind == kinds::SESSION_CLOSE)
-        .map(|r| r.session.as_str())
+        .map(|r| r.session)
         .collect();
     let opened: Vec<&str> = linked
         .rows
         .iter()
-        .filter(|r| r.kind == kinds::SESSION_OPEN && !closed.contains(&r.session.as_str()))
-        .map(|r| r.session.as_str())
+        .filter(|r| r.kind == kinds::SESSION_OPEN && !closed.contains(&r.session))
+        .map(|r| r.session)
         .collect();
     let encoded = head.encode();
     // Everything the commit writes, in one statement: the head row is held for as few round
@@ -881,16 +881,16 @@ impl Record for PgStore {
         }
         let events = events.to_vec();
         let (signer, node) = (self.signer.clone(), self.node.clone());
-        let linked = self.write(move |c| {
+        let (indices, head) = self.write(move |c| {
             let mut txn = c.transaction()?;
             let linked = append_in(&mut txn, &events, &signer, &node)?;
             txn.commit()?;
-            Ok(linked)
+            Ok((linked.rows.iter().map(|r| r.index).collect(), linked.head))
         })?;
-        if let Some(head) = &linked.head {
+        if let Some(head) = &head {
             self.committed(head.index);
         }
-        Ok(linked.rows.iter().map(|r| r.index).collect())
+        Ok(indices)
     }
 
     fn rotate_key(&self, _new: SigningKey) -> Result<u64, RecordError> {

@@ -44,6 +44,7 @@ use journal::{Commit, Journal};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use entry::Fields;
 pub use entry::{Entry, GENESIS, Hash};
 pub use head::{Anchor, HEAD_KIND, SignedHead, Witness, anchors_from, heads_in_text};
 pub use key::{KeySource, NODE_KEY_KIND, NodeKey, ROTATION_KIND, Rotation, parse_public_key};
@@ -381,7 +382,7 @@ impl Store {
                         if entry.kind == "frame"
                             && let Some(summary) = rows.get_mut(&entry.session)
                         {
-                            summary.count_frame(&entry);
+                            summary.count_frame(&entry.fields());
                         }
                         Ok(true)
                     })
@@ -1219,8 +1220,8 @@ impl SessionSummary {
         {
             return Err(forged());
         }
-        let mut derived = SessionSummary::new(&opening);
-        derived.update(&opening);
+        let mut derived = SessionSummary::new(&opening.fields());
+        derived.update(&opening.fields());
         summary.subject = derived.subject;
         summary.connection = derived.connection;
         summary.client = derived.client;
@@ -1230,8 +1231,8 @@ impl SessionSummary {
 
     /// A frame's part in the summary. Read from the meta's text, not parsed: this runs for
     /// every frame recorded.
-    fn count_frame(&mut self, entry: &Entry) {
-        let meta = entry.meta.as_str();
+    fn count_frame(&mut self, entry: &Fields<'_>) {
+        let meta = entry.meta;
         if self.first_input_at.is_none()
             && meta.contains(r#""dir":"in""#)
             && (meta.contains(r#""content":"statement""#) || meta.contains(r#""content":"line""#))
@@ -1243,19 +1244,19 @@ impl SessionSummary {
         }
     }
 
-    fn new(first: &Entry) -> SessionSummary {
+    fn new(first: &Fields<'_>) -> SessionSummary {
         SessionSummary {
-            id: first.session.clone(),
+            id: first.session.to_string(),
             started_ms: first.time_ms,
             first_index: first.index,
             ..SessionSummary::default()
         }
     }
 
-    fn update(&mut self, entry: &Entry) {
+    fn update(&mut self, entry: &Fields<'_>) {
         self.last_index = entry.index;
-        let meta = || serde_json::from_str::<serde_json::Value>(&entry.meta).unwrap_or_default();
-        match entry.kind.as_str() {
+        let meta = || serde_json::from_str::<serde_json::Value>(entry.meta).unwrap_or_default();
+        match entry.kind {
             "session-open" => {
                 let meta = meta();
                 let text = |key: &str| {

@@ -4,26 +4,26 @@
 use ed25519_dalek::SigningKey;
 use sha2::Digest;
 
-use super::entry::{self, Entry, GENESIS, Hash};
+use super::entry::{self, Fields, GENESIS, Hash};
 use super::{NONCE_LEN, NewEvent, RecordError, SessionSummary, SignedHead, sign};
 
 /// One entry as it is stored.
 #[derive(Debug)]
-pub struct LinkedRow {
+pub struct LinkedRow<'e> {
     pub index: u64,
     /// The entry's encoding followed by its 32-byte hash.
     pub stored: Vec<u8>,
     /// The nonce followed by the payload the entry's digest covers.
     pub payload: Vec<u8>,
     /// The session it belongs to (empty for the gateway's own events).
-    pub session: String,
-    pub kind: String,
+    pub session: &'e str,
+    pub kind: &'e str,
 }
 
 /// A batch chained after the end: its rows, the sessions index rows it changes, its head.
 #[derive(Debug)]
-pub struct Linked {
-    pub rows: Vec<LinkedRow>,
+pub struct Linked<'e> {
+    pub rows: Vec<LinkedRow<'e>>,
     pub sessions: Vec<SessionSummary>,
     /// `None` for an empty batch.
     pub head: Option<SignedHead>,
@@ -31,13 +31,13 @@ pub struct Linked {
 
 /// Chains `events` after `last`, the first at index `first`, and signs the head with
 /// `signer`. `existing` reads a session's index row as stored (for sessions the batch extends).
-pub fn link(
+pub fn link<'e>(
     last: Option<(u64, Hash)>,
     first: u64,
-    events: &[NewEvent],
+    events: &'e [NewEvent],
     signer: &SigningKey,
     mut existing: impl FnMut(&str) -> Result<Option<SessionSummary>, RecordError>,
-) -> Result<Linked, RecordError> {
+) -> Result<Linked<'e>, RecordError> {
     let mut next = first;
     let mut prev = last.map_or(GENESIS, |(_, hash)| hash);
     // One draw of randomness for the whole group's nonces.
@@ -49,17 +49,19 @@ pub fn link(
     let mut rows = Vec::with_capacity(events.len());
     let mut sessions: Vec<SessionSummary> = Vec::new();
     for (event, nonce) in events.iter().zip(nonces.chunks_exact(NONCE_LEN)) {
-        let entry = Entry {
+        let digest = entry::payload_digest(nonce, &event.payload);
+        let entry = Fields {
             index: next,
-            prev_hash: prev,
-            session: event.session.clone(),
+            prev_hash: &prev,
+            session: &event.session,
             seq: event.seq,
-            kind: event.kind.clone(),
+            kind: &event.kind,
             time_ms: event.time_ms,
-            meta: event.meta.clone(),
-            payload_digest: entry::payload_digest(nonce, &event.payload),
+            meta: &event.meta,
+            payload_digest: &digest,
         };
-        let mut stored = entry.encode();
+        let mut stored = Vec::with_capacity(entry.stored_len());
+        entry.encode_into(&mut stored);
         let hash: Hash = sha2::Sha256::digest(&stored).into();
         stored.extend_from_slice(&hash);
         let mut payload = Vec::with_capacity(NONCE_LEN + event.payload.len());
@@ -71,7 +73,7 @@ pub fn link(
                 Some(at) => at,
                 None => {
                     let summary =
-                        existing(&entry.session)?.unwrap_or_else(|| SessionSummary::new(&entry));
+                        existing(entry.session)?.unwrap_or_else(|| SessionSummary::new(&entry));
                     sessions.push(summary);
                     sessions.len() - 1
                 }
@@ -82,8 +84,8 @@ pub fn link(
             index: next,
             stored,
             payload,
-            session: entry.session,
-            kind: entry.kind,
+            session: &event.session,
+            kind: &event.kind,
         });
         prev = hash;
         next += 1;

@@ -547,8 +547,8 @@ impl<'a> Walk<'a> {
         if !entry.session.is_empty() {
             self.sessions
                 .entry(entry.session.clone())
-                .or_insert_with(|| SessionSummary::new(entry))
-                .update(entry);
+                .or_insert_with(|| SessionSummary::new(&entry.fields()))
+                .update(&entry.fields());
         }
         let meta = || serde_json::from_str::<serde_json::Value>(&entry.meta).unwrap_or_default();
         match entry.kind.as_str() {
