@@ -378,6 +378,11 @@ pub struct Gateway {
     pub policies: PathBuf,
     #[serde(default)]
     pub record_mode: RecordMode,
+    /// Async recording only: how long the record's writer gathers events after the first of
+    /// a commit (default 10). Longer groups cost less per event under load, and a crash can
+    /// lose that much more of what peers already saw. At most 1000.
+    #[serde(default)]
+    pub record_linger_ms: Option<u64>,
     /// Generate a user and a reviewer token at first start and print them. For development.
     #[serde(default)]
     pub dev_tokens: bool,
@@ -480,6 +485,7 @@ impl Default for Gateway {
             data_dir: default_data_dir(),
             policies: default_policies(),
             record_mode: RecordMode::default(),
+            record_linger_ms: None,
             dev_tokens: false,
             hold_timeout_ms: default_hold_timeout_ms(),
             review_retention_days: None,
@@ -540,6 +546,22 @@ fn default_max_signing_in() -> usize {
 }
 fn default_sign_in_timeout_ms() -> u64 {
     10_000
+}
+
+/// Async recording's default linger: a commit per 10 ms under load.
+const DEFAULT_RECORD_LINGER_MS: u64 = 10;
+const MAX_RECORD_LINGER_MS: u64 = 1000;
+
+impl Gateway {
+    /// How long the record's writer gathers events before a commit: nothing in strict mode.
+    pub fn record_linger(&self) -> std::time::Duration {
+        match self.record_mode {
+            RecordMode::Strict => std::time::Duration::ZERO,
+            RecordMode::Async => std::time::Duration::from_millis(
+                self.record_linger_ms.unwrap_or(DEFAULT_RECORD_LINGER_MS),
+            ),
+        }
+    }
 }
 
 /// When a frame may be forwarded relative to its recording.
@@ -936,6 +958,17 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.store.validate().map_err(|e| e.to_string())?;
+        match (self.gateway.record_mode, self.gateway.record_linger_ms) {
+            (RecordMode::Strict, Some(_)) => {
+                return Err("gateway.record_linger_ms is for record_mode = \"async\": in strict mode every commit starts as soon as a session waits for it".into());
+            }
+            (_, Some(ms)) if ms > MAX_RECORD_LINGER_MS => {
+                return Err(format!(
+                    "gateway.record_linger_ms: at most {MAX_RECORD_LINGER_MS} (a crash can lose what the writer is still gathering)"
+                ));
+            }
+            _ => {}
+        }
         if self.store.kind == StoreKind::Postgres && self.gateway.connections_key.is_none() {
             return Err("[store] kind = \"postgres\" needs gateway.connections_key = \"env:NAME\" or a file, the same on every node: each node must open the secrets of connections another node added (a per-node key in the data folder could not)".into());
         }
@@ -1250,6 +1283,32 @@ mod tests {
         assert!(config.connections.contains_key("shell"));
         assert!(config.connections.contains_key("python"));
         assert!(config.gateway.dev_tokens);
+    }
+
+    /// The record's linger: async only, bounded, 10 ms unless set, nothing in strict mode.
+    #[test]
+    fn the_record_linger_is_for_async_recording() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        let load = |gateway: &str| {
+            std::fs::write(&path, format!("[gateway]\n{gateway}\n")).unwrap();
+            Config::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let linger = |gateway: &str| load(gateway).unwrap().gateway.record_linger();
+        assert_eq!(linger("record_mode = \"async\""), Duration::from_millis(10));
+        assert_eq!(
+            linger("record_mode = \"async\"\nrecord_linger_ms = 100"),
+            Duration::from_millis(100)
+        );
+        assert_eq!(linger("record_mode = \"strict\""), Duration::ZERO);
+        let err = load("record_linger_ms = 100").unwrap_err();
+        assert!(
+            err.contains("record_linger_ms is for record_mode = \"async\""),
+            "{err}"
+        );
+        let err = load("record_mode = \"async\"\nrecord_linger_ms = 1001").unwrap_err();
+        assert!(err.contains("record_linger_ms: at most 1000"), "{err}");
     }
 
     #[test]

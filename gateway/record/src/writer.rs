@@ -55,7 +55,9 @@ impl Recorder {
 
     /// Starts the writer for `store`; after the first event of a group it waits `linger` for
     /// more, so a steady flow of events costs one durable commit per `linger` rather than one
-    /// per event (for async mode, where nobody waits for the commit).
+    /// per event (for async mode, where nobody waits for the commit). It does not wait when
+    /// someone waits for the first event's commit, nor after a full group (a backlog is
+    /// committed group after group, so the linger never caps the record's rate).
     pub fn spawn_lingering(store: Arc<dyn Record>, linger: std::time::Duration) -> Recorder {
         let (queue, mut rx) = mpsc::channel::<(Queued, Option<Ack>)>(8 * MAX_GROUP);
         // One thread of its own: redb blocks, and commits from one thread keep the
@@ -63,8 +65,12 @@ impl Recorder {
         let spawned = std::thread::Builder::new()
             .name("sluice-record".into())
             .spawn(move || {
+                // The last group was full: more events are waiting, so the next commits at once.
+                let mut behind = false;
                 while let Some(first) = rx.blocking_recv() {
-                    if !linger.is_zero() {
+                    // Linger only for events nobody waits on: a session that waits for its
+                    // commit (one opening, or strict) gets it at once.
+                    if !linger.is_zero() && !behind && first.1.is_none() {
                         std::thread::sleep(linger);
                     }
                     // Queued events in order; each ack goes with the last event of its item.
@@ -81,6 +87,7 @@ impl Recorder {
                             next = rx.try_recv().ok();
                         }
                     }
+                    behind = events.len() >= MAX_GROUP;
                     let started = std::time::Instant::now();
                     let result = store.append(&events);
                     sluice_core::metrics::observe(
@@ -194,5 +201,60 @@ impl Receipt {
     /// The event's index once its commit is durable (`None` for an untracked event).
     pub async fn durable(mut self) -> Result<Option<u64>, RecordFailed> {
         self.wait().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::Store;
+
+    fn lingering(linger: Duration) -> (tempfile::TempDir, Recorder) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("record.redb"),
+            &dir.path().join("record.key"),
+        );
+        let recorder = Recorder::spawn_lingering(Arc::new(store.unwrap()), linger);
+        (dir, recorder)
+    }
+
+    fn event(n: usize) -> NewEvent {
+        NewEvent::gateway("test", &serde_json::json!({ "n": n }))
+    }
+
+    /// A session that waits for its commit (one opening in async mode) is not made to wait
+    /// out the linger meant for events nobody waits on.
+    #[tokio::test]
+    async fn a_waited_for_event_does_not_linger() {
+        let (_dir, recorder) = lingering(Duration::from_secs(60));
+        let committed = tokio::time::timeout(Duration::from_secs(20), recorder.append(event(0)));
+        committed
+            .await
+            .expect("committed without lingering")
+            .unwrap();
+    }
+
+    /// Under a backlog (full groups), the writer commits group after group: lingering before
+    /// each would cap the record at one group per linger.
+    #[tokio::test]
+    async fn a_backlog_is_committed_without_lingering_again() {
+        let linger = Duration::from_secs(2);
+        let (_dir, recorder) = lingering(linger);
+        let started = Instant::now();
+        for n in 0..4 * MAX_GROUP {
+            recorder.enqueue(event(n)).await.unwrap();
+        }
+        let last = tokio::time::timeout(Duration::from_secs(60), recorder.append(event(0)));
+        let index = last.await.expect("the backlog was committed").unwrap();
+        assert!(
+            index >= 4 * MAX_GROUP as u64,
+            "every queued event is before it: {index}"
+        );
+        // One linger and five commits; lingering before each full group takes 4 × 2 s.
+        let took = started.elapsed();
+        assert!(took < 3 * linger, "the backlog lingered: {took:?}");
     }
 }

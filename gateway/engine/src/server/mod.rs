@@ -239,14 +239,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Started, Running)> {
         )?,
         Some(_) => 0,
     };
-    // In async mode nobody waits for a commit: group events over 10 ms per fsync.
-    let recorder = Recorder::spawn_lingering(
-        store.clone(),
-        match config.gateway.record_mode {
-            crate::config::RecordMode::Async => Duration::from_millis(10),
-            crate::config::RecordMode::Strict => Duration::ZERO,
-        },
-    );
+    // In async mode nobody waits for a commit: group events over a linger per fsync.
+    let recorder = Recorder::spawn_lingering(store.clone(), config.gateway.record_linger());
     let sealer = crate::sealed::Sealer::load(config.gateway.connections_key.as_deref(), &data)?;
     let connections = Arc::new(Connections::open(
         config.connections.clone(),
