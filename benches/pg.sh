@@ -13,14 +13,17 @@
 # the relay's and the record's; sluice-strict-nojournal: strict with SLUICE_RECORD_JOURNAL=off
 # (each commit durable in redb itself, as before the record's journal);
 # sluice-async-noprescreen: async with SLUICE_PLUGIN_PRESCREEN=off (the plugins called with
-# every frame of their interest, as before plugins declared prescreens).
+# every frame of their interest, as before plugins declared prescreens);
+# sluice-async-linger: async with record_linger_ms = LINGER_MS (default 100; the shipped
+# default is 10), the record's writer gathering events that long per commit.
 #
 # tokio-copy and tokio-copy-1: no gateway at all, bytes copied both ways by tokio with two
 # workers or on one thread (benches/relay_floor.rs): the floor under any relay on tokio.
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
 # measured from /proc over the run less its first 2 s and last second, and how often the
-# proxy's threads were switched out per transaction (each switch is a sleep and a wake-up).
+# proxy's threads were switched out per transaction (each switch is a sleep and a wake-up);
+# for Sluice, the record's writer thread's share of the proxy's CPU (`writer`).
 # Each round ends with the disk's fsync latency (4 KiB written and fdatasync'd beside the
 # strict gateway's record, median of 200) and the bound it sets on strict recording: at most
 # two group commits per transaction in flight, so 8 clients / (2 x fsync) transactions/s;
@@ -44,6 +47,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 COPY2=$(free_port); COPY1=$(free_port)
 PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port); BARE=$(free_port)
 RECORD_PG=$(free_port); STRICT_PG=$(free_port); STRICT_NJ=$(free_port); ASYNC_NP=$(free_port)
+ASYNC_LINGER=$(free_port)
 mkdir -p "$work/pg" "$work/bouncer" "$work/record-pg"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$work/pg" "$work/bouncer" "$work/record-pg"
 cleanup() {
@@ -81,7 +85,7 @@ echo '"postgres" ""' > "$work/bouncer/users.txt"
 as_pg pgbouncer "$work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
-gateway() { # NAME MODE PORT [STORE-SETTINGS] [POLICIES] [ENVIRONMENT]
+gateway() { # NAME MODE PORT [STORE-SETTINGS] [POLICIES] [ENVIRONMENT] [GATEWAY-SETTINGS]
   mkdir -p "$work/$1"
   cat > "$work/$1/sluice.toml" <<EOF
 ${4:-}
@@ -91,6 +95,7 @@ listen = "127.0.0.1:0"
 data_dir = "data"
 policies = "${5:-${POLICIES:-$PWD/policies}}"
 record_mode = "$2"
+${7:-}
 dev_tokens = true
 [connections.pg]
 kind = "postgres"
@@ -108,6 +113,8 @@ for key in cluster connections; do head -c 32 /dev/urandom | od -An -tx1 | tr -d
 gateway async async "$ASYNC"
 # The same with the plugins called on every frame of their interest (no prescreens run).
 gateway async-noprescreen async "$ASYNC_NP" "" "" SLUICE_PLUGIN_PRESCREEN=off
+# The same with the record's writer gathering events for longer per commit.
+gateway async-linger async "$ASYNC_LINGER" "" "" "" "record_linger_ms = ${LINGER_MS:-100}"
 # The same with no plugin on the connection: what the relay and the record cost alone.
 mkdir -p "$work/bare-policies"
 printf '[chains]\npg = []\n[roles.default]\nconnect = ["developers"]\n' >"$work/bare-policies/default.toml"
@@ -124,12 +131,14 @@ for _ in $(seq 300); do # the first start compiles the plugins
   [ -s "$work/async/data/dev-tokens.json" ] && [ -s "$work/strict/data/dev-tokens.json" ] &&
     [ -s "$work/bare/data/dev-tokens.json" ] && [ -s "$work/strict-nojournal/data/dev-tokens.json" ] &&
     [ -s "$work/strict-pg/data/dev-tokens.json" ] &&
-    [ -s "$work/async-noprescreen/data/dev-tokens.json" ] && break
+    [ -s "$work/async-noprescreen/data/dev-tokens.json" ] &&
+    [ -s "$work/async-linger/data/dev-tokens.json" ] && break
   sleep 0.1
 done
 sleep 1
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async/data/dev-tokens.json")
 ASYNC_NP_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async-noprescreen/data/dev-tokens.json")
+ASYNC_LINGER_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/async-linger/data/dev-tokens.json")
 BARE_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/bare/data/dev-tokens.json")
 STRICT_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict/data/dev-tokens.json")
 STRICT_NJ_TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['user'])" "$work/strict-nojournal/data/dev-tokens.json")
@@ -162,6 +171,13 @@ def ticks():  # {pid: (whose, utime + stime of all its threads)}
                else "client" if comm == "pgbench" else None)
         if who:
             used[pid] = (who, int(fields[11]) + int(fields[12]))
+    try:  # the record's writer, one thread of the proxy (Sluice only)
+        for task in os.listdir(f"/proc/{proxy}/task"):
+            if open(f"/proc/{proxy}/task/{task}/comm").read().strip() == "sluice-record":
+                fields = open(f"/proc/{proxy}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+                used["writer"] = ("writer", int(fields[11]) + int(fields[12]))
+    except OSError:
+        pass
     return used
 def switches():  # context switches of the proxy's threads: each is a sleep and a wake-up
     total = 0
@@ -177,10 +193,10 @@ time.sleep(2)
 before, switched = ticks(), switches()
 time.sleep(window)
 switched = switches() - switched
-spent = {"proxy": 0, "server": 0, "client": 0}
+spent = {"proxy": 0, "server": 0, "client": 0, "writer": 0}
 for pid, (who, now) in ticks().items():  # (a process that ended meanwhile is not counted)
     spent[who] += now - before.get(pid, (who, 0))[1]
-print(spent["proxy"], spent["server"], spent["client"], switched)
+print(spent["proxy"], spent["server"], spent["client"], switched, spent["writer"])
 PY
 }
 
@@ -210,11 +226,12 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
   local tps latency
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
   latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
-  read -r proxy_ticks server_ticks client_ticks proxy_switches <"$work/cpu"
+  read -r proxy_ticks server_ticks client_ticks proxy_switches writer_ticks <"$work/cpu"
   per_txn() { python3 -c "print(round($1 / $(getconf CLK_TCK) * 1e6 / ($tps * $window)))"; }
-  printf '%-16s %-10s tps %8.0f  latency %7s ms  cpu µs/txn: proxy %3s server %3s pgbench %3s  proxy switches/txn %s\n' \
+  printf '%-16s %-10s tps %8.0f  latency %7s ms  cpu µs/txn: proxy %3s (writer %s) server %3s pgbench %3s  proxy switches/txn %s\n' \
     "$label" "$SCRIPT" "$tps" "$latency" \
-    "$(per_txn "$proxy_ticks")" "$(per_txn "$server_ticks")" "$(per_txn "$client_ticks")" \
+    "$(per_txn "$proxy_ticks")" "$(python3 -c "print(round($writer_ticks / $(getconf CLK_TCK) * 1e6 / ($tps * $window), 1))")" \
+    "$(per_txn "$server_ticks")" "$(per_txn "$client_ticks")" \
     "$(python3 -c "print(round($proxy_switches / ($tps * $window), 2))")"
 }
 for round in $(seq "${ROUNDS:-1}"); do # rounds interleave the targets: the machine drifts
@@ -227,6 +244,7 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
       tokio-copy-1) run tokio-copy-1 "${proxy_pid[copy1]}" "$COPY1" "" "${args[@]}" ;;
       pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
+      sluice-async-linger) run sluice-async-linger "${proxy_pid[async-linger]}" "$ASYNC_LINGER" "$ASYNC_LINGER_TOKEN" "${args[@]}" ;;
       sluice-async-noprescreen) run sluice-async-np "${proxy_pid[async-noprescreen]}" "$ASYNC_NP" "$ASYNC_NP_TOKEN" "${args[@]}" ;;
       sluice-bare) run sluice-bare "${proxy_pid[bare]}" "$BARE" "$BARE_TOKEN" "${args[@]}" ;;
       sluice-strict) run sluice-strict "${proxy_pid[strict]}" "$STRICT" "$STRICT_TOKEN" "${args[@]}" ;;
