@@ -227,10 +227,10 @@ run() { # LABEL PROXY-PID PORT PASSWORD SCRIPT-ARGS...
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
   latency=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
   read -r proxy_ticks server_ticks client_ticks proxy_switches writer_ticks <"$work/cpu"
-  per_txn() { python3 -c "print(round($1 / $(getconf CLK_TCK) * 1e6 / ($tps * $window)))"; }
+  per_txn() { python3 -c "print(round($1 / $(getconf CLK_TCK) * 1e6 / ($tps * $window), ${2:-None}))"; } # TICKS [DIGITS]
   printf '%-16s %-10s tps %8.0f  latency %7s ms  cpu µs/txn: proxy %3s (writer %s) server %3s pgbench %3s  proxy switches/txn %s\n' \
     "$label" "$SCRIPT" "$tps" "$latency" \
-    "$(per_txn "$proxy_ticks")" "$(python3 -c "print(round($writer_ticks / $(getconf CLK_TCK) * 1e6 / ($tps * $window), 1))")" \
+    "$(per_txn "$proxy_ticks")" "$(per_txn "$writer_ticks" 1)" \
     "$(per_txn "$server_ticks")" "$(per_txn "$client_ticks")" \
     "$(python3 -c "print(round($proxy_switches / ($tps * $window), 2))")"
 }

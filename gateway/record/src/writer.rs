@@ -68,8 +68,8 @@ impl Recorder {
                 // The last group was full: more events are waiting, so the next commits at once.
                 let mut behind = false;
                 while let Some(first) = rx.blocking_recv() {
-                    // Linger only for events nobody waits on: a session that waits for its
-                    // commit (one opening, or strict) gets it at once.
+                    // Linger only for events nobody waits on: one that is waited for (in
+                    // async mode, an admin's change or a review's decision) commits at once.
                     if !linger.is_zero() && !behind && first.1.is_none() {
                         std::thread::sleep(linger);
                     }
