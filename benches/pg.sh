@@ -18,7 +18,9 @@
 # default is 10), the record's writer gathering events that long per commit.
 #
 # tokio-copy and tokio-copy-1: no gateway at all, bytes copied both ways by tokio with two
-# workers or on one thread (benches/relay_floor.rs): the floor under any relay on tokio.
+# workers or on one thread (benches/relay_floor.rs): the floor under any relay on tokio;
+# tokio-copy-pinned: the same on two current-thread runtimes, each keeping the connections it
+# accepted (thread-per-core).
 # Prints one line per (target, script): TPS and mean latency, from pgbench's own report, and
 # the CPU each part used per transaction (the proxy, the server's processes, pgbench),
 # measured from /proc over the run less its first 2 s and last second, and how often the
@@ -44,7 +46,7 @@ chmod 755 "$work"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-COPY2=$(free_port); COPY1=$(free_port)
+COPY2=$(free_port); COPY1=$(free_port); COPYP=$(free_port)
 PG=$(free_port); BOUNCER=$(free_port); ASYNC=$(free_port); STRICT=$(free_port); BARE=$(free_port)
 RECORD_PG=$(free_port); STRICT_PG=$(free_port); STRICT_NJ=$(free_port); ASYNC_NP=$(free_port)
 ASYNC_LINGER=$(free_port)
@@ -149,6 +151,7 @@ if [[ " ${TARGETS:-} " == *" tokio-copy"* ]]; then
   [ -x "$FLOOR" ] || cargo build -q --release -p sluice --example relay_floor
   "$FLOOR" "127.0.0.1:$COPY2" "127.0.0.1:$PG" 2 & pids+=($!); proxy_pid[copy2]=$!
   "$FLOOR" "127.0.0.1:$COPY1" "127.0.0.1:$PG" 0 & pids+=($!); proxy_pid[copy1]=$!
+  "$FLOOR" "127.0.0.1:$COPYP" "127.0.0.1:$PG" p2 & pids+=($!); proxy_pid[copyp]=$!
 fi
 proxy_pid[pgbouncer]=$(pgrep -f "^pgbouncer $work/bouncer" || echo 0)
 
@@ -242,6 +245,7 @@ for SCRIPT in ${SCRIPTS:-select-only tpcb-like}; do
       direct) run direct 0 "$PG" "" "${args[@]}" ;;
       tokio-copy) run tokio-copy "${proxy_pid[copy2]}" "$COPY2" "" "${args[@]}" ;;
       tokio-copy-1) run tokio-copy-1 "${proxy_pid[copy1]}" "$COPY1" "" "${args[@]}" ;;
+      tokio-copy-pinned) run tokio-copy-pin "${proxy_pid[copyp]}" "$COPYP" "" "${args[@]}" ;;
       pgbouncer) run pgbouncer "${proxy_pid[pgbouncer]}" "$BOUNCER" "" "${args[@]}" ;;
       sluice-async) run sluice-async "${proxy_pid[async]}" "$ASYNC" "$TOKEN" "${args[@]}" ;;
       sluice-async-linger) run sluice-async-linger "${proxy_pid[async-linger]}" "$ASYNC_LINGER" "$ASYNC_LINGER_TOKEN" "${args[@]}" ;;
