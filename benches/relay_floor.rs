@@ -37,7 +37,9 @@ fn main() -> std::io::Result<()> {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    runtime.block_on(async { relay(TcpListener::from_std(listener?)?, upstream).await })
+                    runtime.block_on(async {
+                        relay(TcpListener::from_std(listener?)?, upstream).await
+                    })
                 })
             })
             .collect();

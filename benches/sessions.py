@@ -11,12 +11,13 @@ default) and async mode.
 
     cargo build --release && python3 benches/sessions.py
 
-`POLICIES=DIR` runs the gateway with another policy folder than the shipped one.
+`POLICIES=DIR` runs the gateway with another policy folder than the shipped one; `SLUICE=PATH`
+another build of `sluice` (for the gateway and the client alike).
 """
 import json, os, pty, select, shutil, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLUICE = os.path.join(ROOT, "target", "release", "sluice")
+SLUICE = os.environ.get("SLUICE", os.path.join(ROOT, "target", "release", "sluice"))
 ROUNDS = 500
 SIZE = 200 * 1000 * 1000
 

@@ -149,6 +149,38 @@ fn interactive_bash_and_python_sessions_work_and_are_recorded() {
     assert!(String::from_utf8_lossy(&recorded_output(&python)).contains("pypy"));
 }
 
+/// The client reads a pipe on its runtime through a description of its own: whoever shares the
+/// pipe's (the rest of a shell's pipeline) finds it blocking after the session, as before.
+#[test]
+fn a_session_typed_from_a_pipe_leaves_the_pipe_blocking() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let gw = Gateway::start();
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let shared = reader.try_clone().unwrap();
+    let mut connect = gw.cli();
+    connect.args(["connect", "shell"]).stdin(reader);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(connect.output()));
+    writer.write_all(b"echo $((6 * 7))\nexit 4\n").unwrap();
+    drop(writer);
+    let out = finished
+        .recv_timeout(std::time::Duration::from_secs(360))
+        .expect("the session ends")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("42"), "{err}");
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", shared.as_raw_fd()));
+    let flags = info
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:").map(str::trim).map(String::from));
+    let flags = u32::from_str_radix(&flags.unwrap(), 8).unwrap();
+    const O_NONBLOCK: u32 = 0o4000; // Linux
+    assert_eq!(flags & O_NONBLOCK, 0, "the pipe was left non-blocking");
+}
+
 #[test]
 fn in_strict_mode_the_keys_before_enter_and_the_typed_line_share_one_durable_commit() {
     // Strict mode writes a typed line to the program only once it is durable: the keys and
@@ -747,7 +779,9 @@ def size(fd, rows, cols):
 pid, fd = pty.fork()
 if pid == 0:
     size(0, 30, 100)
-    os.execvp(sys.argv[1], sys.argv[1:])
+    # After the client, what the shell would find: the terminal as the client found it.
+    check = "import fcntl, os; print('stdin-nonblocking=%s' % bool(fcntl.fcntl(0, fcntl.F_GETFL) & os.O_NONBLOCK))"
+    os.execvp("sh", ["sh", "-c", '"$@"; exec python3 -c "$0"', check] + sys.argv[1:])
 seen = b""
 def until(text, count=1):
     global seen
@@ -776,10 +810,13 @@ for _ in range(50):
 else:
     sys.exit("the shell never saw the resize; saw %r" % seen)
 os.write(fd, b"exit\n")
+until(b"stdin-nonblocking=False")
 os.waitpid(pid, 0)
 sys.stdout.write(seen.decode(errors="replace"))
 "#;
 
+/// Typed through a real terminal (a PTY), and the terminal is left as the client found it
+/// (blocking) for the shell after it: the client polls its own description of the terminal.
 #[test]
 fn a_terminal_session_records_its_size_and_resizes_for_replay() {
     let gw = Gateway::start();

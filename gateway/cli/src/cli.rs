@@ -582,7 +582,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let client = target.client()?.with_reason(reason);
-            let runtime = runtime()?;
+            // One person's terminal is one session: a runtime on this thread alone wakes
+            // once per keystroke and per output, where worker threads would hand each over.
+            let runtime = match port {
+                Some(_) => runtime()?,
+                None => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            };
             let status = match port {
                 Some(port) => runtime.block_on(crate::client::tunnel(&client, &connection, port)),
                 None => runtime.block_on(crate::client::connect(&client, &connection)),

@@ -308,7 +308,7 @@ pub async fn connect(client: &Client, connection: &str) -> anyhow::Result<u8> {
     }
     let input = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
-        let mut stdin = tokio::io::stdin();
+        let mut stdin = crate::stdin::open();
         let mut buf = vec![0u8; 4096];
         let mut winch =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();

@@ -12,6 +12,7 @@ pub mod mcp;
 pub mod runner;
 pub mod scaffold;
 pub mod ssh;
+mod stdin;
 pub mod trace;
 
 pub use cli::main;

@@ -39,7 +39,7 @@ pub async fn bridge(client: Client, connection: &str) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     });
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = tokio::io::BufReader::new(crate::stdin::open()).lines();
     let mut posted = Vec::new();
     while let Some(line) = stdin.next_line().await? {
         if line.trim().is_empty() {
