@@ -594,9 +594,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(port) => runtime.block_on(crate::client::tunnel(&client, &connection, port)),
                 None => runtime.block_on(crate::client::connect(&client, &connection)),
             };
-            // Standard input is read on a blocking thread that cannot be cancelled: once the
-            // session is over (ended by the program, an auditor or a lost agent), do not wait
-            // for a key press that would only end that read.
+            // Standard input that the reactor cannot poll (a file) is read on a blocking
+            // thread that cannot be cancelled: once the session is over (ended by the program,
+            // an auditor or a lost agent), do not wait for a read that would only end it.
             runtime.shutdown_background();
             Ok(ExitCode::from(status?))
         }
