@@ -582,17 +582,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let client = target.client()?.with_reason(reason);
-            // One person's terminal is one session: a runtime on this thread alone wakes
-            // once per keystroke and per output, where worker threads would hand each over.
-            let runtime = match port {
-                Some(_) => runtime()?,
-                None => tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?,
-            };
-            let status = match port {
-                Some(port) => runtime.block_on(crate::client::tunnel(&client, &connection, port)),
-                None => runtime.block_on(crate::client::connect(&client, &connection)),
+            let (runtime, status) = match port {
+                Some(port) => {
+                    let runtime = runtime()?;
+                    let status =
+                        runtime.block_on(crate::client::tunnel(&client, &connection, port));
+                    (runtime, status)
+                }
+                None => {
+                    // One person's terminal is one session: a runtime on this thread alone
+                    // wakes once per keystroke and per output, where workers would hand each over.
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let status = runtime.block_on(crate::client::connect(&client, &connection));
+                    (runtime, status)
+                }
             };
             // Standard input that the reactor cannot poll (a file) is read on a blocking
             // thread that cannot be cancelled: once the session is over (ended by the program,
